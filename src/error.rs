@@ -1,0 +1,187 @@
+//! One error type for every operation, carrying Qt's error category.
+
+use std::fmt;
+use std::io;
+
+/// Qt's `QSharedMemory::SharedMemoryError`, with the same variants and meanings.
+///
+/// [`Error::kind`] never returns [`NoError`](SharedMemoryError::NoError); that value
+/// only appears in [`SharedMemory::error`](crate::SharedMemory::error), the Qt-style
+/// "last error" accessor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SharedMemoryError {
+    /// No error occurred.
+    NoError,
+    /// The caller lacks the permissions the operation needs.
+    PermissionDenied,
+    /// A create operation failed because the requested size was invalid.
+    InvalidSize,
+    /// The operation failed because of an invalid (or empty) key.
+    KeyError,
+    /// A create operation failed because a segment with this key already exists.
+    AlreadyExists,
+    /// An attach (or lookup) failed because no segment with this key exists.
+    NotFound,
+    /// Locking failed: not attached, or the lock primitive reported a system error.
+    LockError,
+    /// Not enough memory or system resources to fill the request.
+    OutOfResources,
+    /// Something else happened, and it was bad.
+    UnknownError,
+}
+
+impl SharedMemoryError {
+    /// Short lowercase description, used in [`Error`]'s `Display`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SharedMemoryError::NoError => "no error",
+            SharedMemoryError::PermissionDenied => "permission denied",
+            SharedMemoryError::InvalidSize => "invalid size",
+            SharedMemoryError::KeyError => "invalid key",
+            SharedMemoryError::AlreadyExists => "already exists",
+            SharedMemoryError::NotFound => "doesn't exist",
+            SharedMemoryError::LockError => "lock error",
+            SharedMemoryError::OutOfResources => "out of resources",
+            SharedMemoryError::UnknownError => "unknown error",
+        }
+    }
+
+    /// The category an OS error number falls into (as Qt's `setUnixErrorString`).
+    pub(crate) fn from_errno(errno: i32) -> SharedMemoryError {
+        match errno {
+            libc::EACCES | libc::EPERM | libc::EROFS => SharedMemoryError::PermissionDenied,
+            libc::EEXIST => SharedMemoryError::AlreadyExists,
+            libc::ENOENT | libc::EIDRM => SharedMemoryError::NotFound,
+            libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOSPC | libc::ERANGE => {
+                SharedMemoryError::OutOfResources
+            }
+            libc::ENAMETOOLONG => SharedMemoryError::KeyError,
+            _ => SharedMemoryError::UnknownError,
+        }
+    }
+}
+
+/// The error of every fallible qshm operation.
+///
+/// It names the operation and the key it was for, keeps the OS error when there was
+/// one, and maps to Qt's [`SharedMemoryError`] category through [`kind`](Error::kind).
+/// `Display` reads like `create "market": already exists`.
+#[derive(Debug)]
+pub struct Error {
+    kind: SharedMemoryError,
+    op: &'static str,
+    key: String,
+    detail: Option<String>,
+    os: Option<io::Error>,
+}
+
+impl Error {
+    /// An error of `kind` in operation `op` on `key`, with an optional explanation.
+    pub(crate) fn new(kind: SharedMemoryError, op: &'static str, key: &str) -> Error {
+        Error {
+            kind,
+            op,
+            key: key.to_owned(),
+            detail: None,
+            os: None,
+        }
+    }
+
+    /// An error built from an OS error; the category follows the errno.
+    pub(crate) fn os(op: &'static str, key: &str, err: io::Error) -> Error {
+        let kind = SharedMemoryError::from_errno(err.raw_os_error().unwrap_or(0));
+        Error::new(kind, op, key).with_os(err)
+    }
+
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Error {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub(crate) fn with_os(mut self, err: io::Error) -> Error {
+        self.os = Some(err);
+        self
+    }
+
+    pub(crate) fn with_kind(mut self, kind: SharedMemoryError) -> Error {
+        self.kind = kind;
+        self
+    }
+
+    /// Qt's error category.
+    pub fn kind(&self) -> SharedMemoryError {
+        self.kind
+    }
+
+    /// The operation that failed, e.g. `"create"`, `"attach"`, `"lock"`.
+    pub fn operation(&self) -> &'static str {
+        self.op
+    }
+
+    /// The key (legacy key when there is one, else the native key) it failed for.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The OS error behind this error, if any.
+    pub fn os_error(&self) -> Option<&io::Error> {
+        self.os.as_ref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}: ", self.op, self.key)?;
+        match &self.detail {
+            Some(detail) => f.write_str(detail)?,
+            None => f.write_str(self.kind.describe())?,
+        }
+        if let Some(os) = &self.os {
+            write!(f, " ({os})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.os.as_ref().map(|e| e as _)
+    }
+}
+
+/// `Result` with qshm's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_operation_key_and_cause() {
+        let e = Error::new(SharedMemoryError::AlreadyExists, "create", "market");
+        assert_eq!(e.to_string(), r#"create "market": already exists"#);
+        let e = Error::os("attach", "k", io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(e.kind(), SharedMemoryError::NotFound);
+        assert!(e.to_string().starts_with(r#"attach "k": doesn't exist ("#));
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn errno_categories_follow_qt() {
+        use SharedMemoryError::*;
+        let cases = [
+            (libc::EACCES, PermissionDenied),
+            (libc::EEXIST, AlreadyExists),
+            (libc::ENOENT, NotFound),
+            (libc::ENOMEM, OutOfResources),
+            (libc::ENOSPC, OutOfResources),
+            (libc::EMFILE, OutOfResources),
+            (libc::ENAMETOOLONG, KeyError),
+            (libc::EIO, UnknownError),
+        ];
+        for (errno, kind) in cases {
+            assert_eq!(SharedMemoryError::from_errno(errno), kind, "errno {errno}");
+        }
+    }
+}

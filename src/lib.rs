@@ -1,0 +1,41 @@
+//! # qshm — Qt-compatible named shared memory for Rust
+//!
+//! `qshm` does what Qt's `QSharedMemory` does on Linux — named shared-memory segments
+//! shared by threads and processes, with a system-wide lock — and is compatible with
+//! it: the same legacy key gives the same native key and the same lock, so a Qt
+//! program and a qshm program meet in one segment.
+//!
+//! What it does better: the segment is destroyed when the last user detaches, also
+//! for POSIX keys and also after crashes ([`sys`](crate) design notes in
+//! `src/sys/posix.rs`); a lock whose holder died is handed on and reported
+//! ([`LockGuard::previous_owner_died`]); an optional [`LockMode::Fast`] lock costs no
+//! system call; and errors are typed values, never panics.
+//!
+//! ```
+//! use qshm::{AccessMode, SharedMemory};
+//! # let key = format!("lib-doc-{}", std::process::id());
+//! let mut shm = SharedMemory::new(&key);
+//! shm.create(4096, AccessMode::ReadWrite)?;
+//! {
+//!     let mut data = shm.lock()?;       // system-wide lock, RAII
+//!     data[..4].copy_from_slice(b"ping");
+//! }                                       // unlocked here
+//! shm.detach()?;                          // last user: the segment is destroyed
+//! # Ok::<(), qshm::Error>(())
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod key;
+mod lock;
+mod semaphore;
+mod shared_memory;
+mod sys;
+
+pub use error::{Error, Result, SharedMemoryError};
+pub use key::{KeyType, NativeIpcKey};
+pub use lock::LockMode;
+pub use semaphore::SystemSemaphore;
+pub use shared_memory::{AccessMode, DEFAULT_PERMISSIONS, LockGuard, ReadGuard, SegmentInfo, SharedMemory};
+pub use sys::SemaphoreMode;

@@ -1,0 +1,123 @@
+//! [`SystemSemaphore`]: Qt's `QSystemSemaphore`.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::key::{self, IpcType, KeyType, NativeIpcKey};
+use crate::sys::{self, SemaphoreBackend, SemaphoreMode};
+
+/// A counting semaphore shared between processes, keyed like Qt's `QSystemSemaphore`.
+///
+/// System V semaphores are operated with `SEM_UNDO`: units a process took are given
+/// back by the kernel if it dies. POSIX named semaphores have no such safety net.
+///
+/// Like Qt, the handle that created the semaphore (or opened it in
+/// [`SemaphoreMode::Create`]) removes it from the system when dropped.
+///
+/// ```
+/// use qshm::{SemaphoreMode, SystemSemaphore};
+/// # let key = format!("sem-doc-{}", std::process::id());
+/// let sem = SystemSemaphore::new(&key, 2, SemaphoreMode::Create)?;
+/// sem.acquire()?;
+/// sem.acquire()?;
+/// assert!(!sem.try_acquire()?); // both units taken
+/// sem.release(2)?;
+/// # Ok::<(), qshm::Error>(())
+/// ```
+pub struct SystemSemaphore {
+    key: NativeIpcKey,
+    backend: Box<dyn SemaphoreBackend>,
+}
+
+impl SystemSemaphore {
+    /// Open the semaphore of legacy key `key` (System V, as Qt's legacy default).
+    pub fn new(key: &str, initial: u32, mode: SemaphoreMode) -> Result<SystemSemaphore> {
+        Self::with_native_key(Self::legacy_native_key(key, KeyType::legacy_default()), initial, mode)
+    }
+
+    /// Open the semaphore of a native key.
+    pub fn with_native_key(key: NativeIpcKey, initial: u32, mode: SemaphoreMode) -> Result<SystemSemaphore> {
+        let backend = sys::open_semaphore(&key, initial, mode, crate::DEFAULT_PERMISSIONS)?;
+        Ok(SystemSemaphore { key, backend })
+    }
+
+    /// The native key Qt derives for a semaphore from a legacy key
+    /// (`QSystemSemaphore::legacyNativeKey`): prefix `qipc_systemsem_`.
+    pub fn legacy_native_key(key: &str, kind: KeyType) -> NativeIpcKey {
+        key::legacy_platform_safe_key(key, IpcType::SystemSemaphore, kind)
+    }
+
+    /// Qt 6.6's portable key (`QSystemSemaphore::platformSafeKey`).
+    pub fn platform_safe_key(key: &str, kind: KeyType) -> NativeIpcKey {
+        key::platform_safe_key(key, kind)
+    }
+
+    /// The legacy key, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.legacy_key()
+    }
+
+    /// The native key string.
+    pub fn native_key(&self) -> &str {
+        self.key.native()
+    }
+
+    /// The native key with its type.
+    pub fn native_ipc_key(&self) -> &NativeIpcKey {
+        &self.key
+    }
+
+    /// Take one unit, waiting as long as it takes.
+    pub fn acquire(&self) -> Result<()> {
+        self.wait(None).map(drop)
+    }
+
+    /// Take one unit if one is free now.
+    pub fn try_acquire(&self) -> Result<bool> {
+        self.wait(Some(Duration::ZERO))
+    }
+
+    /// Take one unit, waiting at most `timeout`; `Ok(false)` on timeout.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.wait(Some(timeout))
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.backend.acquire(timeout).map_err(|e| Error::os("acquire", self.key.display_name(), e))
+    }
+
+    /// Give back `n` units (0 does nothing).
+    pub fn release(&self, n: u32) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.backend.release(n).map_err(|e| Error::os("release", self.key.display_name(), e))
+    }
+
+    /// The current count.
+    pub fn value(&self) -> Result<i32> {
+        self.backend.value().map_err(|e| Error::os("value", self.key.display_name(), e))
+    }
+
+    /// Remove the semaphore from the system now (whoever created it).
+    pub fn remove(self) -> Result<()> {
+        let result = self.backend.remove().map_err(|e| Error::os("remove", self.key.display_name(), e));
+        std::mem::forget(self);
+        result
+    }
+}
+
+impl Drop for SystemSemaphore {
+    fn drop(&mut self) {
+        if self.backend.created() {
+            let _ = self.backend.remove();
+        }
+    }
+}
+
+impl fmt::Debug for SystemSemaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SystemSemaphore").field("key", &self.key).finish()
+    }
+}

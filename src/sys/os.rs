@@ -1,0 +1,563 @@
+//! Every raw system call qshm makes, each wrapped once into an `io::Result`.
+//!
+//! Nothing here knows about keys or segments: the backends compose these.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Turn a `-1`-on-error return value into an `io::Result`.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Retry `f` while it fails with `EINTR`.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// A path or name as a C string; an interior NUL is `EINVAL`.
+pub(crate) fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as usize } else { 4096 }
+}
+
+pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    retry(|| {
+        // SAFETY: path is a valid NUL-terminated string; open returns a new fd or -1.
+        let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+        // SAFETY: fd was just returned by open and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    })
+}
+
+pub(crate) fn shm_open(name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    retry(|| {
+        // SAFETY: name is a valid NUL-terminated string; shm_open returns a new fd or -1.
+        let fd = cvt(unsafe { libc::shm_open(name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+        // SAFETY: fd was just returned by shm_open and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    })
+}
+
+pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
+    // SAFETY: path is a valid NUL-terminated string.
+    cvt(unsafe { libc::unlink(path.as_ptr()) }).map(drop)
+}
+
+/// `flock(2)`; `Ok(false)` when a non-blocking request would block.
+pub(crate) fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<bool> {
+    // SAFETY: fd is an open descriptor owned by the caller.
+    match retry(|| cvt(unsafe { libc::flock(fd.as_raw_fd(), op) })) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The fields of `struct stat` qshm uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub ctime_ns: i64,
+}
+
+impl FileStat {
+    fn from_raw(st: &libc::stat) -> FileStat {
+        FileStat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        }
+    }
+
+    /// Same file: same device and inode.
+    pub fn same_file(&self, other: &FileStat) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+}
+
+pub(crate) fn fstat(fd: &OwnedFd) -> io::Result<FileStat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fd is open and st points to writable memory of the right size.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it filled st.
+    let st = unsafe { st.assume_init() };
+    Ok(FileStat::from_raw(&st))
+}
+
+/// `lstat(2)`: the link itself, never its target.
+pub(crate) fn lstat(path: &CStr) -> io::Result<FileStat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: path is NUL-terminated and st points to writable memory of the right size.
+    cvt(unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: lstat succeeded, so it filled st.
+    let st = unsafe { st.assume_init() };
+    Ok(FileStat::from_raw(&st))
+}
+
+pub(crate) fn ftruncate(fd: &OwnedFd, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fd is open; ftruncate only changes the file's length.
+    retry(|| cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })).map(drop)
+}
+
+pub(crate) fn fchmod(fd: &OwnedFd, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: fd is open; fchmod only changes the file's mode bits.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+/// Give the unnamed file `fd` (opened with `O_TMPFILE`) the name `path`; fails with
+/// `EEXIST` when the name is taken, which makes publishing a prepared file atomic.
+pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
+    let proc_path = cstring(&format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    // SAFETY: both paths are NUL-terminated; AT_SYMLINK_FOLLOW resolves the magic link.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Map `len` bytes of `fd` shared; read-only unless `writable`.
+pub(crate) fn mmap_shared(fd: RawFd, len: usize, writable: bool) -> io::Result<*mut u8> {
+    let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+    // SAFETY: a fresh mapping chosen by the kernel (addr NULL) cannot alias Rust memory.
+    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+    if ptr == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ptr.cast())
+    }
+}
+
+/// # Safety
+/// `ptr..ptr+len` must be a mapping made by [`mmap_shared`] that nothing uses any more.
+pub(crate) unsafe fn munmap(ptr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: guaranteed by the caller.
+    cvt(unsafe { libc::munmap(ptr.cast(), len) }).map(drop)
+}
+
+/// Free bytes and total bytes of the file system holding `path`.
+pub(crate) fn fs_space(path: &CStr) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: path is NUL-terminated and st points to writable memory of the right size.
+    cvt(unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statvfs succeeded, so it filled st.
+    let st = unsafe { st.assume_init() };
+    Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+}
+
+/// RAM plus swap, in bytes: no segment can be larger than this.
+pub(crate) fn memory_limit() -> u64 {
+    let mut info = std::mem::MaybeUninit::<libc::sysinfo>::uninit();
+    // SAFETY: info points to writable memory of the right size.
+    if unsafe { libc::sysinfo(info.as_mut_ptr()) } != 0 {
+        return u64::MAX;
+    }
+    // SAFETY: sysinfo succeeded, so it filled info.
+    let info = unsafe { info.assume_init() };
+    (info.totalram as u64)
+        .saturating_add(info.totalswap as u64)
+        .saturating_mul(info.mem_unit as u64)
+}
+
+pub(crate) fn user_name(uid: libc::uid_t) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut result = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the sizes given; getpwuid_r is reentrant.
+    let rc = unsafe { libc::getpwuid_r(uid, pwd.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_name points to a NUL-terminated string in buf.
+    let name = unsafe { CStr::from_ptr((*result).pw_name) };
+    name.to_str().ok().map(str::to_owned)
+}
+
+/// True when process `pid` exists (it may belong to another user).
+pub(crate) fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+// ---------------------------------------------------------------- System V shared memory
+
+pub(crate) fn ftok(path: &CStr, id: i32) -> io::Result<libc::key_t> {
+    // SAFETY: path is NUL-terminated; ftok only stats it.
+    let key = unsafe { libc::ftok(path.as_ptr(), id) };
+    if key == -1 { Err(io::Error::last_os_error()) } else { Ok(key) }
+}
+
+pub(crate) fn shmget(key: libc::key_t, size: usize, flags: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: shmget takes plain values.
+    cvt(unsafe { libc::shmget(key, size, flags) })
+}
+
+pub(crate) fn shmat(id: libc::c_int, read_only: bool) -> io::Result<*mut u8> {
+    let flags = if read_only { libc::SHM_RDONLY } else { 0 };
+    // SAFETY: attaching at a kernel-chosen address (NULL) cannot alias Rust memory.
+    let ptr = unsafe { libc::shmat(id, std::ptr::null(), flags) };
+    if ptr as isize == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ptr.cast())
+    }
+}
+
+/// # Safety
+/// `ptr` must come from [`shmat`] and nothing may use the mapping any more.
+pub(crate) unsafe fn shmdt(ptr: *mut u8) -> io::Result<()> {
+    // SAFETY: guaranteed by the caller.
+    cvt(unsafe { libc::shmdt(ptr.cast()) }).map(drop)
+}
+
+pub(crate) fn shm_stat(id: libc::c_int) -> io::Result<libc::shmid_ds> {
+    let mut ds = std::mem::MaybeUninit::<libc::shmid_ds>::uninit();
+    // SAFETY: ds points to writable memory of the right size for IPC_STAT.
+    cvt(unsafe { libc::shmctl(id, libc::IPC_STAT, ds.as_mut_ptr()) })?;
+    // SAFETY: IPC_STAT succeeded, so it filled ds.
+    Ok(unsafe { ds.assume_init() })
+}
+
+pub(crate) fn shm_remove(id: libc::c_int) -> io::Result<()> {
+    // SAFETY: IPC_RMID ignores the buffer argument.
+    cvt(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) }).map(drop)
+}
+
+/// `SHM_DEST` in `shm_perm.mode`: the segment is marked for destruction.
+pub(crate) const SHM_DEST: u16 = 0o1000;
+
+/// Every System V segment on the machine, from `/proc/sysvipc/shm`.
+pub(crate) fn sysv_segments() -> io::Result<Vec<SysvSegmentInfo>> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm")?;
+    Ok(text.lines().skip(1).filter_map(SysvSegmentInfo::parse).collect())
+}
+
+/// A line of `/proc/sysvipc/shm`.
+#[derive(Clone, Debug)]
+pub(crate) struct SysvSegmentInfo {
+    pub key: libc::key_t,
+    pub id: libc::c_int,
+    pub perms: u32,
+    pub size: u64,
+    pub creator_pid: i32,
+    pub last_pid: i32,
+    pub nattch: u64,
+    pub uid: u32,
+    pub ctime: i64,
+}
+
+impl SysvSegmentInfo {
+    fn parse(line: &str) -> Option<SysvSegmentInfo> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // key shmid perms size cpid lpid nattch uid gid cuid cgid atime dtime ctime ...
+        Some(SysvSegmentInfo {
+            key: f.first()?.parse().ok()?,
+            id: f.get(1)?.parse().ok()?,
+            perms: u32::from_str_radix(f.get(2)?, 8).ok()?,
+            size: f.get(3)?.parse().ok()?,
+            creator_pid: f.get(4)?.parse().ok()?,
+            last_pid: f.get(5)?.parse().ok()?,
+            nattch: f.get(6)?.parse().ok()?,
+            uid: f.get(7)?.parse().ok()?,
+            ctime: f.get(13)?.parse().ok()?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- System V semaphores
+
+pub(crate) fn semget(key: libc::key_t, flags: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: semget takes plain values.
+    cvt(unsafe { libc::semget(key, 1, flags) })
+}
+
+pub(crate) fn sem_setval(id: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: SETVAL takes the value as the variadic int argument (union semun.val).
+    cvt(unsafe { libc::semctl(id, 0, libc::SETVAL, value) }).map(drop)
+}
+
+pub(crate) fn sem_getval(id: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: GETVAL takes no extra argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::GETVAL) })
+}
+
+pub(crate) fn sem_getpid(id: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: GETPID takes no extra argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::GETPID) })
+}
+
+pub(crate) fn sem_remove(id: libc::c_int) -> io::Result<()> {
+    // SAFETY: IPC_RMID takes no extra argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::IPC_RMID) }).map(drop)
+}
+
+/// Add `delta` to semaphore 0 of set `id` with `SEM_UNDO`, so the kernel reverts it if
+/// this process dies. `timeout`: `None` blocks, `Some(0)` never blocks. `Ok(false)`
+/// means it would have blocked or timed out.
+pub(crate) fn semop_undo(id: libc::c_int, delta: i16, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut flags = libc::SEM_UNDO as libc::c_short;
+    if timeout == Some(Duration::ZERO) {
+        flags |= libc::IPC_NOWAIT as libc::c_short;
+    }
+    let mut op = libc::sembuf { sem_num: 0, sem_op: delta, sem_flg: flags };
+    let rc = match timeout {
+        Some(t) if !t.is_zero() => {
+            let ts = timespec(t);
+            // SAFETY: op and ts are valid for the duration of the call.
+            unsafe { libc::syscall(libc::SYS_semtimedop, id, &mut op, 1usize, &ts) as libc::c_int }
+        }
+        // SAFETY: op is valid for the duration of the call.
+        _ => unsafe { libc::semop(id, &mut op, 1) },
+    };
+    match cvt(rc) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Semaphore sets on the machine, from `/proc/sysvipc/sem`: (key, id, perms, uid).
+pub(crate) fn sysv_semaphores() -> io::Result<Vec<(libc::key_t, libc::c_int, u32, u32)>> {
+    let text = std::fs::read_to_string("/proc/sysvipc/sem")?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.parse().ok()?,
+                u32::from_str_radix(f.get(2)?, 8).ok()?,
+                f.get(4)?.parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
+fn timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    }
+}
+
+/// Absolute `CLOCK_REALTIME` time `d` from now (what `sem_timedwait` and
+/// `pthread_mutex_timedlock` take).
+pub(crate) fn realtime_deadline(d: Duration) -> libc::timespec {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: now is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let d = timespec(d);
+    let mut nsec = now.tv_nsec + d.tv_nsec;
+    let mut sec = now.tv_sec.saturating_add(d.tv_sec);
+    if nsec >= 1_000_000_000 {
+        nsec -= 1_000_000_000;
+        sec = sec.saturating_add(1);
+    }
+    libc::timespec { tv_sec: sec, tv_nsec: nsec }
+}
+
+// ---------------------------------------------------------------- POSIX named semaphores
+
+/// An open POSIX named semaphore.
+pub(crate) struct NamedSemaphore(*mut libc::sem_t);
+
+// SAFETY: a sem_t handle may be used from any thread; the semaphore is process-shared.
+unsafe impl Send for NamedSemaphore {}
+// SAFETY: sem_wait/sem_post are thread-safe.
+unsafe impl Sync for NamedSemaphore {}
+
+impl NamedSemaphore {
+    pub(crate) fn open(name: &CStr, flags: libc::c_int, mode: libc::mode_t, value: u32) -> io::Result<Self> {
+        retry(|| {
+            // SAFETY: name is NUL-terminated; the variadic mode and value are passed as
+            // the C ABI expects (mode_t promoted to unsigned int, value unsigned int).
+            let sem = unsafe { libc::sem_open(name.as_ptr(), flags, mode as libc::c_uint, value) };
+            if sem == libc::SEM_FAILED {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(NamedSemaphore(sem))
+            }
+        })
+    }
+
+    pub(crate) fn unlink(name: &CStr) -> io::Result<()> {
+        // SAFETY: name is NUL-terminated.
+        cvt(unsafe { libc::sem_unlink(name.as_ptr()) }).map(drop)
+    }
+
+    /// Wait; `None` blocks, `Some(0)` tries once. `Ok(false)` on busy or timeout.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let rc = retry(|| match timeout {
+            // SAFETY: self.0 is a live semaphore handle.
+            None => cvt(unsafe { libc::sem_wait(self.0) }),
+            // SAFETY: self.0 is a live semaphore handle.
+            Some(t) if t.is_zero() => cvt(unsafe { libc::sem_trywait(self.0) }),
+            Some(t) => {
+                let deadline = realtime_deadline(t);
+                // SAFETY: self.0 is live and deadline is a valid timespec.
+                cvt(unsafe { libc::sem_timedwait(self.0, &deadline) })
+            }
+        });
+        match rc {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ETIMEDOUT)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn post(&self) -> io::Result<()> {
+        // SAFETY: self.0 is a live semaphore handle.
+        cvt(unsafe { libc::sem_post(self.0) }).map(drop)
+    }
+
+    pub(crate) fn value(&self) -> io::Result<i32> {
+        let mut v = 0;
+        // SAFETY: self.0 is live and v is a valid int to write.
+        cvt(unsafe { libc::sem_getvalue(self.0, &mut v) })?;
+        Ok(v)
+    }
+}
+
+impl Drop for NamedSemaphore {
+    fn drop(&mut self) {
+        // SAFETY: self.0 came from sem_open and is closed exactly once.
+        unsafe { libc::sem_close(self.0) };
+    }
+}
+
+// ---------------------------------------------------------------- robust process-shared mutex
+
+/// Initialise a robust, process-shared, error-checking mutex in place.
+///
+/// # Safety
+/// `m` must point to writable memory for a `pthread_mutex_t` that no one uses now.
+pub(crate) unsafe fn robust_mutex_init(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) };
+    // SAFETY: attr is initialised by pthread_mutexattr_init before any other use; m is
+    // valid per the caller's contract.
+    unsafe {
+        check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
+        let result = check(libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED))
+            .and_then(|_| check(libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST)))
+            .and_then(|_| check(libc::pthread_mutexattr_settype(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ERRORCHECK)))
+            .and_then(|_| check(libc::pthread_mutex_init(m, attr.as_ptr())));
+        libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+        result
+    }
+}
+
+/// How a robust mutex lock attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RobustLock {
+    /// Locked; the previous owner released it normally.
+    Acquired,
+    /// Locked, but the previous owner died holding it; it has been made consistent.
+    OwnerDied,
+    /// Not locked: busy (try) or timed out.
+    Busy,
+}
+
+/// Lock a robust mutex. `None` blocks, `Some(0)` tries once, else waits up to `timeout`.
+///
+/// # Safety
+/// `m` must point to a mutex initialised by [`robust_mutex_init`] in mapped memory.
+pub(crate) unsafe fn robust_mutex_lock(
+    m: *mut libc::pthread_mutex_t,
+    timeout: Option<Duration>,
+) -> io::Result<RobustLock> {
+    // SAFETY: m is a valid initialised mutex per the caller's contract.
+    let rc = unsafe {
+        match timeout {
+            None => libc::pthread_mutex_lock(m),
+            Some(t) if t.is_zero() => libc::pthread_mutex_trylock(m),
+            Some(t) => libc::pthread_mutex_timedlock(m, &realtime_deadline(t)),
+        }
+    };
+    match rc {
+        0 => Ok(RobustLock::Acquired),
+        libc::EOWNERDEAD => {
+            // SAFETY: we own the mutex now (EOWNERDEAD hands it over); mark it usable.
+            let rc = unsafe { libc::pthread_mutex_consistent(m) };
+            if rc == 0 { Ok(RobustLock::OwnerDied) } else { Err(io::Error::from_raw_os_error(rc)) }
+        }
+        libc::EBUSY | libc::ETIMEDOUT => Ok(RobustLock::Busy),
+        rc => Err(io::Error::from_raw_os_error(rc)),
+    }
+}
+
+/// # Safety
+/// `m` must be a mutex locked by the calling thread.
+pub(crate) unsafe fn robust_mutex_unlock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
+    // SAFETY: guaranteed by the caller.
+    match unsafe { libc::pthread_mutex_unlock(m) } {
+        0 => Ok(()),
+        rc => Err(io::Error::from_raw_os_error(rc)),
+    }
+}
+
+// ---------------------------------------------------------------- /proc scans
+
+/// True when a process other than this one maps the file `(dev, ino)` at `path`.
+///
+/// Used before destroying a POSIX segment whose flock count says "no users left":
+/// programs that do not take qshm's flock (Qt itself) still show up here.
+pub(crate) fn mapped_by_other_process(path: &str, ino: u64) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let me = std::process::id().to_string();
+    let ino = ino.to_string();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str() else { continue };
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+        for line in maps.lines() {
+            // addr perms offset dev inode path
+            let mut fields = line.split_whitespace();
+            let (Some(line_ino), Some(line_path)) = (fields.nth(4), fields.next()) else { continue };
+            if line_ino == ino && line_path == path {
+                return true;
+            }
+        }
+    }
+    false
+}
