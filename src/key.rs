@@ -357,9 +357,18 @@ mod tests {
     fn posix_legacy_keys_are_pinned_to_qt() {
         // Values printed by Qt 6.11 (PyQt6): QSharedMemory.legacyNativeKey(key, PosixRealtime)
         let pinned = [
-            ("market", "/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3"),
-            ("a", "/qipc_sharedmemory_a86f7e437faa5a7fce15d1ddcb9eaeaea377667b8"),
-            ("a/b", "/qipc_sharedmemory_ab3ec69c85a4ff96830024afeef2d4e512181c8f7b"),
+            (
+                "market",
+                "/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3",
+            ),
+            (
+                "a",
+                "/qipc_sharedmemory_a86f7e437faa5a7fce15d1ddcb9eaeaea377667b8",
+            ),
+            (
+                "a/b",
+                "/qipc_sharedmemory_ab3ec69c85a4ff96830024afeef2d4e512181c8f7b",
+            ),
             (
                 "héllo wörld",
                 "/qipc_sharedmemory_hllowrld24e9f5c07847ff8a2a9fa77456655792f5bc7f9f",
@@ -392,7 +401,10 @@ mod tests {
     #[test]
     fn semaphore_keys_use_their_own_prefix() {
         let k = legacy_platform_safe_key("market", IpcType::SystemSemaphore, KeyType::PosixRealtime);
-        assert_eq!(k.native(), "/qipc_systemsem_market5c9f73af73334ffe350c60ec076e5744db0ecda3");
+        assert_eq!(
+            k.native(),
+            "/qipc_systemsem_market5c9f73af73334ffe350c60ec076e5744db0ecda3"
+        );
     }
 
     #[test]
@@ -422,7 +434,14 @@ mod tests {
 
     #[test]
     fn bad_string_forms_are_key_errors() {
-        for text in ["", "nokind", "windows:x", "posix://host/x", "posix:/a%zz", "posix:/a?x=1"] {
+        for text in [
+            "",
+            "nokind",
+            "windows:x",
+            "posix://host/x",
+            "posix:/a%zz",
+            "posix:/a?x=1",
+        ] {
             let err = text.parse::<NativeIpcKey>().unwrap_err();
             assert_eq!(err.kind(), SharedMemoryError::KeyError, "{text:?}");
         }

@@ -133,18 +133,21 @@ impl Companion {
         // Readers of the segment need to write the lock state.
         let perms = (perms | ((perms & 0o444) >> 1)) & 0o666;
         for _ in 0..32 {
-            let (fd, created) =
-                match os::open(&path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, perms) {
-                    Ok(fd) => (fd, true),
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        match os::open(&path, libc::O_RDWR | libc::O_NOFOLLOW, 0) {
-                            Ok(fd) => (fd, false),
-                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                            Err(e) => return Err(e),
-                        }
+            let (fd, created) = match os::open(
+                &path,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                perms,
+            ) {
+                Ok(fd) => (fd, true),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    match os::open(&path, libc::O_RDWR | libc::O_NOFOLLOW, 0) {
+                        Ok(fd) => (fd, false),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
-                };
+                }
+                Err(e) => return Err(e),
+            };
             if created {
                 os::fchmod(&fd, perms)?;
             }
@@ -160,7 +163,10 @@ impl Companion {
             }
             use std::os::fd::AsRawFd;
             let ptr = os::mmap_shared(fd.as_raw_fd(), len, true)?;
-            let companion = Companion { state: ptr.cast(), len };
+            let companion = Companion {
+                state: ptr.cast(),
+                len,
+            };
             let bound = companion.bind(segment, mode);
             // The mapping keeps the open file (and so its flock) alive after fd is
             // closed: unlock explicitly.
@@ -241,11 +247,11 @@ impl Locker {
             Error::new(kind, "lock", key.display_name())
                 .with_detail(format!("cannot open the lock state: {e}"))
         })?;
-        Ok(Locker { mode, companion, semaphore })
-    }
-
-    pub(crate) fn mode(&self) -> LockMode {
-        self.mode
+        Ok(Locker {
+            mode,
+            companion,
+            semaphore,
+        })
     }
 
     /// Take the lock. `None` waits forever, `Some(0)` tries once.
@@ -265,7 +271,11 @@ impl Locker {
         }
     }
 
-    fn acquire_semaphore(&self, sem: &dyn SemaphoreBackend, timeout: Option<Duration>) -> io::Result<Option<bool>> {
+    fn acquire_semaphore(
+        &self,
+        sem: &dyn SemaphoreBackend,
+        timeout: Option<Duration>,
+    ) -> io::Result<Option<bool>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let repair = sem.needs_dead_holder_repair();
         loop {
@@ -347,4 +357,3 @@ pub(crate) fn semaphore_key(key: &NativeIpcKey) -> NativeIpcKey {
         _ => key.clone(),
     }
 }
-

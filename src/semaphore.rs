@@ -33,7 +33,11 @@ pub struct SystemSemaphore {
 impl SystemSemaphore {
     /// Open the semaphore of legacy key `key` (System V, as Qt's legacy default).
     pub fn new(key: &str, initial: u32, mode: SemaphoreMode) -> Result<SystemSemaphore> {
-        Self::with_native_key(Self::legacy_native_key(key, KeyType::legacy_default()), initial, mode)
+        Self::with_native_key(
+            Self::legacy_native_key(key, KeyType::legacy_default()),
+            initial,
+            mode,
+        )
     }
 
     /// Open the semaphore of a native key.
@@ -84,7 +88,9 @@ impl SystemSemaphore {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.backend.acquire(timeout).map_err(|e| Error::os("acquire", self.key.display_name(), e))
+        self.backend
+            .acquire(timeout)
+            .map_err(|e| Error::os("acquire", self.key.display_name(), e))
     }
 
     /// Give back `n` units (0 does nothing).
@@ -92,17 +98,24 @@ impl SystemSemaphore {
         if n == 0 {
             return Ok(());
         }
-        self.backend.release(n).map_err(|e| Error::os("release", self.key.display_name(), e))
+        self.backend
+            .release(n)
+            .map_err(|e| Error::os("release", self.key.display_name(), e))
     }
 
     /// The current count.
     pub fn value(&self) -> Result<i32> {
-        self.backend.value().map_err(|e| Error::os("value", self.key.display_name(), e))
+        self.backend
+            .value()
+            .map_err(|e| Error::os("value", self.key.display_name(), e))
     }
 
     /// Remove the semaphore from the system now (whoever created it).
     pub fn remove(self) -> Result<()> {
-        let result = self.backend.remove().map_err(|e| Error::os("remove", self.key.display_name(), e));
+        let result = self
+            .backend
+            .remove()
+            .map_err(|e| Error::os("remove", self.key.display_name(), e));
         std::mem::forget(self);
         result
     }

@@ -182,13 +182,21 @@ impl SharedMemory {
             return Err(Error::new(SharedMemoryError::AlreadyExists, OP, &name)
                 .with_detail("this handle is already attached; detach first"));
         }
-        let size = checked_size(size).map_err(|why| Error::new(SharedMemoryError::InvalidSize, OP, &name).with_detail(why))?;
+        let size = checked_size(size)
+            .map_err(|why| Error::new(SharedMemoryError::InvalidSize, OP, &name).with_detail(why))?;
         let limit = os::memory_limit();
         if size as u64 > limit {
-            return Err(Error::new(SharedMemoryError::OutOfResources, OP, &name)
-                .with_detail(format!("{size} bytes is more than this machine's memory and swap ({limit} bytes)")));
+            return Err(
+                Error::new(SharedMemoryError::OutOfResources, OP, &name).with_detail(format!(
+                    "{size} bytes is more than this machine's memory and swap ({limit} bytes)"
+                )),
+            );
         }
-        let req = CreateRequest { size, perms: self.perms, writable: mode == AccessMode::ReadWrite };
+        let req = CreateRequest {
+            size,
+            perms: self.perms,
+            writable: mode == AccessMode::ReadWrite,
+        };
         let key = self.key.clone();
         let segment = sys::create_segment(&self.key, req, &mut || destroy_companions(&key))?;
         // Like Qt's create (QSystemSemaphore::Create): take over a semaphore that may
@@ -200,7 +208,12 @@ impl SharedMemory {
                 return Err(e);
             }
         };
-        self.attached = Some(Attached { segment, access: mode, semaphore, locker: OnceLock::new() });
+        self.attached = Some(Attached {
+            segment,
+            access: mode,
+            semaphore,
+            locker: OnceLock::new(),
+        });
         Ok(())
     }
 
@@ -212,8 +225,12 @@ impl SharedMemory {
 
     fn attach_inner(&mut self, mode: AccessMode) -> Result<()> {
         if self.attached.is_some() {
-            return Err(Error::new(SharedMemoryError::AlreadyExists, "attach", self.key.display_name())
-                .with_detail("this handle is already attached; detach first"));
+            return Err(Error::new(
+                SharedMemoryError::AlreadyExists,
+                "attach",
+                self.key.display_name(),
+            )
+            .with_detail("this handle is already attached; detach first"));
         }
         let segment = sys::attach_segment(&self.key, mode == AccessMode::ReadWrite)?;
         let semaphore = match self.open_semaphore(SemaphoreMode::Open) {
@@ -224,7 +241,12 @@ impl SharedMemory {
                 return Err(e);
             }
         };
-        self.attached = Some(Attached { segment, access: mode, semaphore, locker: OnceLock::new() });
+        self.attached = Some(Attached {
+            segment,
+            access: mode,
+            semaphore,
+            locker: OnceLock::new(),
+        });
         Ok(())
     }
 
@@ -233,8 +255,10 @@ impl SharedMemory {
             return Ok(None);
         }
         let sem_key = lock::semaphore_key(&self.key);
-        let sem = sys::open_semaphore(&sem_key, 1, mode, self.perms)
-            .map_err(|e| Error::new(e.kind(), "lock", self.key.display_name()).with_detail(format!("unable to set key on lock ({e})")))?;
+        let sem = sys::open_semaphore(&sem_key, 1, mode, self.perms).map_err(|e| {
+            Error::new(e.kind(), "lock", self.key.display_name())
+                .with_detail(format!("unable to set key on lock ({e})"))
+        })?;
         Ok(Some(std::sync::Arc::from(sem)))
     }
 
@@ -248,18 +272,30 @@ impl SharedMemory {
 
     fn detach_inner(&mut self) -> Result<()> {
         let Some(attached) = self.attached.take() else {
-            return Err(Error::new(SharedMemoryError::NotFound, "detach", self.key.display_name())
-                .with_detail("not attached"));
+            return Err(
+                Error::new(SharedMemoryError::NotFound, "detach", self.key.display_name())
+                    .with_detail("not attached"),
+            );
         };
-        let Attached { segment, semaphore, locker, .. } = attached;
+        let Attached {
+            segment,
+            semaphore,
+            locker,
+            ..
+        } = attached;
         drop(locker);
         // Qt serialises detach with its semaphore: do the same so a Qt attach cannot
         // slip between our "last one?" check and the removal.
-        let held = semaphore.as_ref().is_some_and(|sem| sem.acquire(Some(DETACH_LOCK_WAIT)).unwrap_or(false));
+        let held = semaphore
+            .as_ref()
+            .is_some_and(|sem| sem.acquire(Some(DETACH_LOCK_WAIT)).unwrap_or(false));
         let key = self.key.clone();
         let destroyed = segment.detach(&mut || destroy_companions(&key));
         // a destroyed segment took its semaphore with it: nothing to release
-        if held && !matches!(destroyed, Ok(true)) && let Some(sem) = &semaphore {
+        if held
+            && !matches!(destroyed, Ok(true))
+            && let Some(sem) = &semaphore
+        {
             let _ = sem.release(1);
         }
         destroyed.map(drop)
@@ -286,7 +322,9 @@ impl SharedMemory {
     /// The pointer stays valid until `detach`. Reading through it while another
     /// process writes is a data race unless you hold the lock or use atomics.
     pub fn as_ptr(&self) -> *const u8 {
-        self.attached.as_ref().map_or(std::ptr::null(), |a| a.segment.base())
+        self.attached
+            .as_ref()
+            .map_or(std::ptr::null(), |a| a.segment.base())
     }
 
     /// Start of the segment for writing (Qt's `data()`), null when not attached or
@@ -303,12 +341,16 @@ impl SharedMemory {
     /// `LockError` when not attached, `PermissionDenied` when attached read-only
     /// (use [`lock_read`](Self::lock_read)).
     pub fn lock(&self) -> Result<LockGuard<'_>> {
-        self.acquire(None, true).map(|raw| LockGuard { raw: raw.expect("blocking lock cannot time out") })
+        self.acquire(None, true).map(|raw| LockGuard {
+            raw: raw.expect("blocking lock cannot time out"),
+        })
     }
 
     /// Lock for writing if nobody holds the lock now; `Ok(None)` if it is busy.
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
-        Ok(self.acquire(Some(Duration::ZERO), true)?.map(|raw| LockGuard { raw }))
+        Ok(self
+            .acquire(Some(Duration::ZERO), true)?
+            .map(|raw| LockGuard { raw }))
     }
 
     /// Lock for writing, waiting at most `timeout`; `Ok(None)` on timeout.
@@ -318,12 +360,16 @@ impl SharedMemory {
 
     /// Lock the segment for reading (works for both access modes).
     pub fn lock_read(&self) -> Result<ReadGuard<'_>> {
-        self.acquire(None, false).map(|raw| ReadGuard { raw: raw.expect("blocking lock cannot time out") })
+        self.acquire(None, false).map(|raw| ReadGuard {
+            raw: raw.expect("blocking lock cannot time out"),
+        })
     }
 
     /// [`lock_read`](Self::lock_read) without waiting; `Ok(None)` if busy.
     pub fn try_lock_read(&self) -> Result<Option<ReadGuard<'_>>> {
-        Ok(self.acquire(Some(Duration::ZERO), false)?.map(|raw| ReadGuard { raw }))
+        Ok(self
+            .acquire(Some(Duration::ZERO), false)?
+            .map(|raw| ReadGuard { raw }))
     }
 
     /// [`lock_read`](Self::lock_read), waiting at most `timeout`; `Ok(None)` on timeout.
@@ -339,12 +385,16 @@ impl SharedMemory {
     fn acquire_inner(&self, timeout: Option<Duration>, write: bool) -> Result<Option<RawGuard<'_>>> {
         const OP: &str = "lock";
         let Some(attached) = &self.attached else {
-            return Err(Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
-                .with_detail("not attached: create or attach first"));
+            return Err(
+                Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
+                    .with_detail("not attached: create or attach first"),
+            );
         };
         if write && attached.access == AccessMode::ReadOnly {
-            return Err(Error::new(SharedMemoryError::PermissionDenied, OP, self.key.display_name())
-                .with_detail("attached read-only: use lock_read()"));
+            return Err(
+                Error::new(SharedMemoryError::PermissionDenied, OP, self.key.display_name())
+                    .with_detail("attached read-only: use lock_read()"),
+            );
         }
         let locker = self.locker(attached)?;
         match locker.acquire(timeout) {
@@ -358,12 +408,16 @@ impl SharedMemory {
             })),
             Ok(None) => Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => {
-                Err(Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
-                    .with_detail("this thread already holds the lock"))
+                Err(
+                    Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
+                        .with_detail("this thread already holds the lock"),
+                )
             }
-            Err(e) => Err(Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
-                .with_detail("unable to lock")
-                .with_os(e)),
+            Err(e) => Err(
+                Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
+                    .with_detail("unable to lock")
+                    .with_os(e),
+            ),
         }
     }
 
@@ -371,9 +425,17 @@ impl SharedMemory {
         if let Some(locker) = attached.locker.get() {
             return Ok(locker);
         }
-        let semaphore: Option<Box<dyn SemaphoreBackend>> =
-            attached.semaphore.clone().map(|s| Box::new(SharedSemaphore(s)) as Box<dyn SemaphoreBackend>);
-        let locker = Locker::new(&self.key, attached.segment.id(), self.lock_mode, self.perms, semaphore)?;
+        let semaphore: Option<Box<dyn SemaphoreBackend>> = attached
+            .semaphore
+            .clone()
+            .map(|s| Box::new(SharedSemaphore(s)) as Box<dyn SemaphoreBackend>);
+        let locker = Locker::new(
+            &self.key,
+            attached.segment.id(),
+            self.lock_mode,
+            self.perms,
+            semaphore,
+        )?;
         // Another thread may have won the race; its locker is as good as ours.
         let _ = attached.locker.set(locker);
         Ok(attached.locker.get().expect("just set"))
@@ -381,7 +443,10 @@ impl SharedMemory {
 
     /// The last error of this handle (Qt's `error()`); `NoError` after a success.
     pub fn error(&self) -> SharedMemoryError {
-        self.last_error.lock().map(|e| e.0).unwrap_or(SharedMemoryError::UnknownError)
+        self.last_error
+            .lock()
+            .map(|e| e.0)
+            .unwrap_or(SharedMemoryError::UnknownError)
     }
 
     /// Text of the last error (Qt's `errorString()`); empty after a success.
@@ -399,14 +464,48 @@ impl SharedMemory {
         result
     }
 
+    /// Destroy the segment of `key`, with qshm's lock state and Qt's semaphore, even
+    /// if processes are still attached (they keep their mapping until they detach).
+    /// For tools and tests cleaning up after crashes. Returns whether a segment existed.
+    pub fn force_remove(key: &NativeIpcKey) -> Result<bool> {
+        let existed = sys::remove_segment(key)?;
+        destroy_companions(key);
+        Ok(existed)
+    }
+
+    /// The key of the semaphore [`LockMode::QtCompatible`] locks: what Qt's
+    /// `QSharedMemory::lock()` uses for this handle's key.
+    pub fn semaphore_key(&self) -> NativeIpcKey {
+        lock::semaphore_key(&self.key)
+    }
+
+    /// The file holding qshm's lock state for this key (exists once someone locked).
+    pub fn lock_state_path(&self) -> std::path::PathBuf {
+        format!("{}/{}", sys::posix::SHM_DIR, lock::companion_name(&self.key)).into()
+    }
+
+    /// The numeric System V key (`ftok(path, 'Q')`) of a System V native key, if its
+    /// key file exists.
+    pub fn system_v_key(key: &NativeIpcKey) -> Option<i32> {
+        match key.kind() {
+            KeyType::SystemV => sys::sysv::numeric_key(key),
+            KeyType::PosixRealtime => None,
+        }
+    }
+
     /// Facts about the attached segment, for tools: native id, attachment count
     /// (System V only), permissions, owner, creation time.
     pub fn info(&self) -> Result<SegmentInfo> {
         let Some(attached) = &self.attached else {
-            return Err(Error::new(SharedMemoryError::NotFound, "stat", self.key.display_name())
-                .with_detail("not attached"));
+            return Err(
+                Error::new(SharedMemoryError::NotFound, "stat", self.key.display_name())
+                    .with_detail("not attached"),
+            );
         };
-        let st = attached.segment.stat().map_err(|e| Error::os("stat", self.key.display_name(), e))?;
+        let st = attached
+            .segment
+            .stat()
+            .map_err(|e| Error::os("stat", self.key.display_name(), e))?;
         Ok(SegmentInfo {
             size: st.size,
             attachments: st.attachments,
@@ -414,7 +513,7 @@ impl SharedMemory {
             owner_uid: st.uid,
             created_unix: st.ctime_secs,
             os_id: st.os_id,
-            lock_state_file: format!("{}/{}", sys::posix::SHM_DIR, lock::companion_name(&self.key)),
+            lock_state_file: self.lock_state_path(),
         })
     }
 }
@@ -459,7 +558,7 @@ pub struct SegmentInfo {
     /// The OS's name for it (`shmid …` or the `/dev/shm` path).
     pub os_id: String,
     /// Where qshm keeps the lock state.
-    pub lock_state_file: String,
+    pub lock_state_file: std::path::PathBuf,
 }
 
 /// The segment is going away: remove qshm's lock state and Qt's semaphore with it.
@@ -474,7 +573,9 @@ fn checked_size(size: usize) -> std::result::Result<usize, String> {
         return Err("size must be at least 1 byte".to_owned());
     }
     if size > isize::MAX as usize {
-        return Err(format!("{size} bytes is more than any segment can have (a negative size?)"));
+        return Err(format!(
+            "{size} bytes is more than any segment can have (a negative size?)"
+        ));
     }
     let page = os::page_size();
     size.checked_next_multiple_of(page)
@@ -522,9 +623,13 @@ struct RawGuard<'a> {
 impl RawGuard<'_> {
     fn unlock(&mut self) -> Result<()> {
         self.locker.release().map_err(|e| {
-            Error::new(SharedMemoryError::LockError, "unlock", self.shm.key.display_name())
-                .with_detail("unable to unlock")
-                .with_os(e)
+            Error::new(
+                SharedMemoryError::LockError,
+                "unlock",
+                self.shm.key.display_name(),
+            )
+            .with_detail("unable to unlock")
+            .with_os(e)
         })
     }
 }
@@ -623,8 +728,14 @@ mod tests {
     #[test]
     fn empty_key_is_a_key_error() {
         let mut shm = SharedMemory::default();
-        assert_eq!(shm.create(10, AccessMode::ReadWrite).unwrap_err().kind(), SharedMemoryError::KeyError);
-        assert_eq!(shm.attach(AccessMode::ReadOnly).unwrap_err().kind(), SharedMemoryError::KeyError);
+        assert_eq!(
+            shm.create(10, AccessMode::ReadWrite).unwrap_err().kind(),
+            SharedMemoryError::KeyError
+        );
+        assert_eq!(
+            shm.attach(AccessMode::ReadOnly).unwrap_err().kind(),
+            SharedMemoryError::KeyError
+        );
         assert!(!shm.is_attached());
         assert!(shm.as_ptr().is_null());
     }

@@ -139,3 +139,13 @@ pub(crate) fn remove_semaphore_if_exists(key: &NativeIpcKey) {
         KeyType::PosixRealtime => posix::remove_semaphore_if_exists(key),
     }
 }
+
+/// Destroy the segment of `key` whatever its users think (for tools and tests).
+/// Returns whether there was one.
+pub(crate) fn remove_segment(key: &NativeIpcKey) -> Result<bool> {
+    check_key(key, "remove")?;
+    match key.kind() {
+        KeyType::SystemV => sysv::remove_segment(key),
+        KeyType::PosixRealtime => posix::remove_segment(key),
+    }
+}

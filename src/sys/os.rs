@@ -150,7 +150,11 @@ pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
 
 /// Map `len` bytes of `fd` shared; read-only unless `writable`.
 pub(crate) fn mmap_shared(fd: RawFd, len: usize, writable: bool) -> io::Result<*mut u8> {
-    let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
     // SAFETY: a fresh mapping chosen by the kernel (addr NULL) cannot alias Rust memory.
     let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
     if ptr == libc::MAP_FAILED {
@@ -186,8 +190,8 @@ pub(crate) fn memory_limit() -> u64 {
     }
     // SAFETY: sysinfo succeeded, so it filled info.
     let info = unsafe { info.assume_init() };
-    (info.totalram as u64)
-        .saturating_add(info.totalswap as u64)
+    info.totalram
+        .saturating_add(info.totalswap)
         .saturating_mul(info.mem_unit as u64)
 }
 
@@ -205,22 +209,16 @@ pub(crate) fn user_name(uid: libc::uid_t) -> Option<String> {
     name.to_str().ok().map(str::to_owned)
 }
 
-/// True when process `pid` exists (it may belong to another user).
-pub(crate) fn process_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 // ---------------------------------------------------------------- System V shared memory
 
 pub(crate) fn ftok(path: &CStr, id: i32) -> io::Result<libc::key_t> {
     // SAFETY: path is NUL-terminated; ftok only stats it.
     let key = unsafe { libc::ftok(path.as_ptr(), id) };
-    if key == -1 { Err(io::Error::last_os_error()) } else { Ok(key) }
+    if key == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(key)
+    }
 }
 
 pub(crate) fn shmget(key: libc::key_t, size: usize, flags: libc::c_int) -> io::Result<libc::c_int> {
@@ -262,44 +260,6 @@ pub(crate) fn shm_remove(id: libc::c_int) -> io::Result<()> {
 /// `SHM_DEST` in `shm_perm.mode`: the segment is marked for destruction.
 pub(crate) const SHM_DEST: u16 = 0o1000;
 
-/// Every System V segment on the machine, from `/proc/sysvipc/shm`.
-pub(crate) fn sysv_segments() -> io::Result<Vec<SysvSegmentInfo>> {
-    let text = std::fs::read_to_string("/proc/sysvipc/shm")?;
-    Ok(text.lines().skip(1).filter_map(SysvSegmentInfo::parse).collect())
-}
-
-/// A line of `/proc/sysvipc/shm`.
-#[derive(Clone, Debug)]
-pub(crate) struct SysvSegmentInfo {
-    pub key: libc::key_t,
-    pub id: libc::c_int,
-    pub perms: u32,
-    pub size: u64,
-    pub creator_pid: i32,
-    pub last_pid: i32,
-    pub nattch: u64,
-    pub uid: u32,
-    pub ctime: i64,
-}
-
-impl SysvSegmentInfo {
-    fn parse(line: &str) -> Option<SysvSegmentInfo> {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // key shmid perms size cpid lpid nattch uid gid cuid cgid atime dtime ctime ...
-        Some(SysvSegmentInfo {
-            key: f.first()?.parse().ok()?,
-            id: f.get(1)?.parse().ok()?,
-            perms: u32::from_str_radix(f.get(2)?, 8).ok()?,
-            size: f.get(3)?.parse().ok()?,
-            creator_pid: f.get(4)?.parse().ok()?,
-            last_pid: f.get(5)?.parse().ok()?,
-            nattch: f.get(6)?.parse().ok()?,
-            uid: f.get(7)?.parse().ok()?,
-            ctime: f.get(13)?.parse().ok()?,
-        })
-    }
-}
-
 // ---------------------------------------------------------------- System V semaphores
 
 pub(crate) fn semget(key: libc::key_t, flags: libc::c_int) -> io::Result<libc::c_int> {
@@ -317,11 +277,6 @@ pub(crate) fn sem_getval(id: libc::c_int) -> io::Result<libc::c_int> {
     cvt(unsafe { libc::semctl(id, 0, libc::GETVAL) })
 }
 
-pub(crate) fn sem_getpid(id: libc::c_int) -> io::Result<libc::c_int> {
-    // SAFETY: GETPID takes no extra argument.
-    cvt(unsafe { libc::semctl(id, 0, libc::GETPID) })
-}
-
 pub(crate) fn sem_remove(id: libc::c_int) -> io::Result<()> {
     // SAFETY: IPC_RMID takes no extra argument.
     cvt(unsafe { libc::semctl(id, 0, libc::IPC_RMID) }).map(drop)
@@ -335,7 +290,11 @@ pub(crate) fn semop_undo(id: libc::c_int, delta: i16, timeout: Option<Duration>)
     if timeout == Some(Duration::ZERO) {
         flags |= libc::IPC_NOWAIT as libc::c_short;
     }
-    let mut op = libc::sembuf { sem_num: 0, sem_op: delta, sem_flg: flags };
+    let mut op = libc::sembuf {
+        sem_num: 0,
+        sem_op: delta,
+        sem_flg: flags,
+    };
     let rc = match timeout {
         Some(t) if !t.is_zero() => {
             let ts = timespec(t);
@@ -352,24 +311,6 @@ pub(crate) fn semop_undo(id: libc::c_int, delta: i16, timeout: Option<Duration>)
     }
 }
 
-/// Semaphore sets on the machine, from `/proc/sysvipc/sem`: (key, id, perms, uid).
-pub(crate) fn sysv_semaphores() -> io::Result<Vec<(libc::key_t, libc::c_int, u32, u32)>> {
-    let text = std::fs::read_to_string("/proc/sysvipc/sem")?;
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            Some((
-                f.first()?.parse().ok()?,
-                f.get(1)?.parse().ok()?,
-                u32::from_str_radix(f.get(2)?, 8).ok()?,
-                f.get(4)?.parse().ok()?,
-            ))
-        })
-        .collect())
-}
-
 fn timespec(d: Duration) -> libc::timespec {
     libc::timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
@@ -380,7 +321,10 @@ fn timespec(d: Duration) -> libc::timespec {
 /// Absolute `CLOCK_REALTIME` time `d` from now (what `sem_timedwait` and
 /// `pthread_mutex_timedlock` take).
 pub(crate) fn realtime_deadline(d: Duration) -> libc::timespec {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: now is a valid timespec to write.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
     let d = timespec(d);
@@ -390,7 +334,10 @@ pub(crate) fn realtime_deadline(d: Duration) -> libc::timespec {
         nsec -= 1_000_000_000;
         sec = sec.saturating_add(1);
     }
-    libc::timespec { tv_sec: sec, tv_nsec: nsec }
+    libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    }
 }
 
 // ---------------------------------------------------------------- POSIX named semaphores
@@ -470,15 +417,34 @@ impl Drop for NamedSemaphore {
 /// `m` must point to writable memory for a `pthread_mutex_t` that no one uses now.
 pub(crate) unsafe fn robust_mutex_init(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
     let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) };
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    };
     // SAFETY: attr is initialised by pthread_mutexattr_init before any other use; m is
     // valid per the caller's contract.
     unsafe {
         check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
-        let result = check(libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED))
-            .and_then(|_| check(libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST)))
-            .and_then(|_| check(libc::pthread_mutexattr_settype(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ERRORCHECK)))
-            .and_then(|_| check(libc::pthread_mutex_init(m, attr.as_ptr())));
+        let result = check(libc::pthread_mutexattr_setpshared(
+            attr.as_mut_ptr(),
+            libc::PTHREAD_PROCESS_SHARED,
+        ))
+        .and_then(|_| {
+            check(libc::pthread_mutexattr_setrobust(
+                attr.as_mut_ptr(),
+                libc::PTHREAD_MUTEX_ROBUST,
+            ))
+        })
+        .and_then(|_| {
+            check(libc::pthread_mutexattr_settype(
+                attr.as_mut_ptr(),
+                libc::PTHREAD_MUTEX_ERRORCHECK,
+            ))
+        })
+        .and_then(|_| check(libc::pthread_mutex_init(m, attr.as_ptr())));
         libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
         result
     }
@@ -516,7 +482,11 @@ pub(crate) unsafe fn robust_mutex_lock(
         libc::EOWNERDEAD => {
             // SAFETY: we own the mutex now (EOWNERDEAD hands it over); mark it usable.
             let rc = unsafe { libc::pthread_mutex_consistent(m) };
-            if rc == 0 { Ok(RobustLock::OwnerDied) } else { Err(io::Error::from_raw_os_error(rc)) }
+            if rc == 0 {
+                Ok(RobustLock::OwnerDied)
+            } else {
+                Err(io::Error::from_raw_os_error(rc))
+            }
         }
         libc::EBUSY | libc::ETIMEDOUT => Ok(RobustLock::Busy),
         rc => Err(io::Error::from_raw_os_error(rc)),
@@ -540,7 +510,9 @@ pub(crate) unsafe fn robust_mutex_unlock(m: *mut libc::pthread_mutex_t) -> io::R
 /// Used before destroying a POSIX segment whose flock count says "no users left":
 /// programs that do not take qshm's flock (Qt itself) still show up here.
 pub(crate) fn mapped_by_other_process(path: &str, ino: u64) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     let me = std::process::id().to_string();
     let ino = ino.to_string();
     for entry in dir.flatten() {
@@ -549,11 +521,15 @@ pub(crate) fn mapped_by_other_process(path: &str, ino: u64) -> bool {
         if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
         for line in maps.lines() {
             // addr perms offset dev inode path
             let mut fields = line.split_whitespace();
-            let (Some(line_ino), Some(line_path)) = (fields.nth(4), fields.next()) else { continue };
+            let (Some(line_ino), Some(line_path)) = (fields.nth(4), fields.next()) else {
+                continue;
+            };
             if line_ino == ino && line_path == path {
                 return true;
             }

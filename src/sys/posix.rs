@@ -93,7 +93,11 @@ enum Probe {
 }
 
 impl Segment {
-    pub(crate) fn create(key: &NativeIpcKey, req: CreateRequest, on_stale: &mut dyn FnMut()) -> Result<Segment> {
+    pub(crate) fn create(
+        key: &NativeIpcKey,
+        req: CreateRequest,
+        on_stale: &mut dyn FnMut(),
+    ) -> Result<Segment> {
         const OP: &str = "create";
         let name = key.display_name();
         let (path, c_path) = segment_path(OP, key)?;
@@ -101,8 +105,12 @@ impl Segment {
         if let Ok((free, _)) = os::fs_space(&dir)
             && req.size as u64 > free
         {
-            return Err(Error::new(SharedMemoryError::OutOfResources, OP, name)
-                .with_detail(format!("{} bytes requested but {SHM_DIR} has {free} free", req.size)));
+            return Err(
+                Error::new(SharedMemoryError::OutOfResources, OP, name).with_detail(format!(
+                    "{} bytes requested but {SHM_DIR} has {free} free",
+                    req.size
+                )),
+            );
         }
 
         let fd = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, req.perms as libc::mode_t)
@@ -134,7 +142,14 @@ impl Segment {
         let file = os::fstat(&fd).map_err(|e| Error::os(OP, name, e))?;
         let mapped = os::mmap_shared(fd.as_raw_fd(), req.size, req.writable);
         match mapped {
-            Ok(ptr) => Ok(Segment { fd, ptr, len: req.size, file, path, c_path }),
+            Ok(ptr) => Ok(Segment {
+                fd,
+                ptr,
+                len: req.size,
+                file,
+                path,
+                c_path,
+            }),
             Err(e) => {
                 // Nobody can have seen it usefully yet: take it back.
                 let _ = os::unlink(&c_path);
@@ -150,7 +165,8 @@ impl Segment {
         let c_name = os::cstring(key.native()).map_err(|e| Error::os(OP, name, e))?;
         let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY };
         for attempt in 0..RACE_RETRIES {
-            let fd = os::shm_open(&c_name, flags | libc::O_NOFOLLOW, 0).map_err(|e| Error::os(OP, name, e))?;
+            let fd =
+                os::shm_open(&c_name, flags | libc::O_NOFOLLOW, 0).map_err(|e| Error::os(OP, name, e))?;
             os::flock(&fd, libc::LOCK_SH).map_err(|e| Error::os(OP, name, e))?;
             let file = os::fstat(&fd).map_err(|e| Error::os(OP, name, e))?;
             match os::lstat(&c_path) {
@@ -167,9 +183,17 @@ impl Segment {
                 return Err(Error::new(SharedMemoryError::UnknownError, OP, name)
                     .with_detail("the segment has size 0 (its creator never set a size)"));
             }
-            let len = usize::try_from(file.size).map_err(|_| Error::new(SharedMemoryError::InvalidSize, OP, name))?;
+            let len = usize::try_from(file.size)
+                .map_err(|_| Error::new(SharedMemoryError::InvalidSize, OP, name))?;
             let ptr = os::mmap_shared(fd.as_raw_fd(), len, writable).map_err(|e| Error::os(OP, name, e))?;
-            return Ok(Segment { fd, ptr, len, file, path, c_path });
+            return Ok(Segment {
+                fd,
+                ptr,
+                len,
+                file,
+                path,
+                c_path,
+            });
         }
         Err(Error::new(SharedMemoryError::NotFound, OP, name))
     }
@@ -181,7 +205,9 @@ fn size_error(op: &'static str, name: &str, size: usize, e: io::Error) -> Error 
         Some(libc::ENOSPC | libc::ENOMEM) => SharedMemoryError::OutOfResources,
         _ => SharedMemoryError::from_errno(e.raw_os_error().unwrap_or(0)),
     };
-    Error::new(kind, op, name).with_detail(format!("cannot size the segment to {size} bytes")).with_os(e)
+    Error::new(kind, op, name)
+        .with_detail(format!("cannot size the segment to {size} bytes"))
+        .with_os(e)
 }
 
 /// Look at the segment file that holds `path`: remove it if stale, else report it live.
@@ -213,7 +239,11 @@ fn probe_existing(path: &str, c_path: &CString, on_stale: &mut dyn FnMut()) -> i
         // Someone holds a lock. A shared lock means a live user; an exclusive one means
         // a destroyer, who always unlinks: wait it out, then see if the name survived.
         os::flock(&fd, libc::LOCK_SH)?;
-        Ok(if still_named(c_path, &file) { Probe::Live } else { Probe::Gone })
+        Ok(if still_named(c_path, &file) {
+            Probe::Live
+        } else {
+            Probe::Gone
+        })
     }
 }
 
@@ -247,7 +277,14 @@ impl SegmentBackend for Segment {
     }
 
     fn detach(self: Box<Self>, on_last: &mut dyn FnMut()) -> Result<bool> {
-        let Segment { fd, ptr, len, file, path, c_path } = *self;
+        let Segment {
+            fd,
+            ptr,
+            len,
+            file,
+            path,
+            c_path,
+        } = *self;
         // SAFETY: ptr/len is our mapping; SharedMemory guarantees no borrow outlives it.
         unsafe { os::munmap(ptr, len) }.map_err(|e| Error::os("detach", &path, e))?;
         let last = os::flock(&fd, libc::LOCK_EX | libc::LOCK_NB).unwrap_or(false)
@@ -277,7 +314,12 @@ pub(crate) struct Semaphore {
 }
 
 impl Semaphore {
-    pub(crate) fn open(key: &NativeIpcKey, initial: u32, mode: SemaphoreMode, perms: u32) -> Result<Semaphore> {
+    pub(crate) fn open(
+        key: &NativeIpcKey,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+    ) -> Result<Semaphore> {
         const OP: &str = "open semaphore";
         let display = key.display_name();
         shm_file_name(key.native()).map_err(|why| key_error(OP, key, why))?;
@@ -287,7 +329,13 @@ impl Semaphore {
         loop {
             tries += 1;
             match NamedSemaphore::open(&name, libc::O_CREAT | libc::O_EXCL, perms, initial) {
-                Ok(sem) => return Ok(Semaphore { sem, name, created: true }),
+                Ok(sem) => {
+                    return Ok(Semaphore {
+                        sem,
+                        name,
+                        created: true,
+                    });
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(Error::os(OP, display, e)),
             }
@@ -299,7 +347,13 @@ impl Semaphore {
                     Err(e) => return Err(Error::os(OP, display, e)),
                 },
                 _ => match NamedSemaphore::open(&name, 0, 0, 0) {
-                    Ok(sem) => return Ok(Semaphore { sem, name, created: false }),
+                    Ok(sem) => {
+                        return Ok(Semaphore {
+                            sem,
+                            name,
+                            created: false,
+                        });
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) && tries < 3 => continue,
                     Err(e) => return Err(Error::os(OP, display, e)),
                 },
@@ -337,6 +391,15 @@ impl SemaphoreBackend for Semaphore {
 
     fn created(&self) -> bool {
         self.created
+    }
+}
+
+pub(crate) fn remove_segment(key: &NativeIpcKey) -> Result<bool> {
+    let (_, c_path) = segment_path("remove", key)?;
+    match os::unlink(&c_path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(Error::os("remove", key.display_name(), e)),
     }
 }
 

@@ -42,7 +42,11 @@ fn lock_key_file(path: &CString, create: bool) -> io::Result<Option<KeyFileLock>
     for _ in 0..32 {
         let mut created = false;
         let opened = if create {
-            match os::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o640) {
+            match os::open(
+                path,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o640,
+            ) {
                 Ok(fd) => {
                     created = true;
                     Ok(fd)
@@ -64,7 +68,10 @@ fn lock_key_file(path: &CString, create: bool) -> io::Result<Option<KeyFileLock>
             // Another user's key file we may not open: go on without the lock; the
             // System V permissions still decide what we may do with the segment.
             Err(e) if e.raw_os_error() == Some(libc::EACCES) && !create => {
-                return Ok(Some(KeyFileLock { _fd: None, created: false }));
+                return Ok(Some(KeyFileLock {
+                    _fd: None,
+                    created: false,
+                }));
             }
             Err(e) => return Err(e),
         };
@@ -74,7 +81,10 @@ fn lock_key_file(path: &CString, create: bool) -> io::Result<Option<KeyFileLock>
         }
         os::flock(&fd, libc::LOCK_EX)?;
         if matches!(os::lstat(path), Ok(now) if now.same_file(&file)) {
-            return Ok(Some(KeyFileLock { _fd: Some(fd), created }));
+            return Ok(Some(KeyFileLock {
+                _fd: Some(fd),
+                created,
+            }));
         }
         // the file was removed (and maybe re-created) while we waited: start over
     }
@@ -83,7 +93,9 @@ fn lock_key_file(path: &CString, create: bool) -> io::Result<Option<KeyFileLock>
 
 fn open_existing(path: &CString) -> io::Result<OwnedFd> {
     match os::open(path, libc::O_RDWR | libc::O_NOFOLLOW, 0) {
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => os::open(path, libc::O_RDONLY | libc::O_NOFOLLOW, 0),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            os::open(path, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
+        }
         other => other,
     }
 }
@@ -103,7 +115,9 @@ fn key_file_error(op: &'static str, key: &NativeIpcKey, e: io::Error) -> Error {
         Some(libc::ENOSPC | libc::EMFILE | libc::ENFILE) => SharedMemoryError::OutOfResources,
         _ => SharedMemoryError::KeyError,
     };
-    Error::new(kind, op, key.display_name()).with_detail(detail).with_os(e)
+    Error::new(kind, op, key.display_name())
+        .with_detail(detail)
+        .with_os(e)
 }
 
 /// `ftok(path, 'Q')`, the numeric key Qt uses.
@@ -127,7 +141,11 @@ unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
 impl Segment {
-    pub(crate) fn create(key: &NativeIpcKey, req: CreateRequest, on_stale: &mut dyn FnMut()) -> Result<Segment> {
+    pub(crate) fn create(
+        key: &NativeIpcKey,
+        req: CreateRequest,
+        on_stale: &mut dyn FnMut(),
+    ) -> Result<Segment> {
         const OP: &str = "create";
         let name = key.display_name();
         let path = key_path(OP, key)?;
@@ -140,13 +158,25 @@ impl Segment {
             let _ = os::unlink(&path);
         }
         drop(lock);
-        result.map_err(|e| if e.key().is_empty() { Error::new(e.kind(), OP, name) } else { e })
+        result.map_err(|e| {
+            if e.key().is_empty() {
+                Error::new(e.kind(), OP, name)
+            } else {
+                e
+            }
+        })
     }
 
-    fn create_locked(key: &NativeIpcKey, path: &CString, req: CreateRequest, on_stale: &mut dyn FnMut()) -> Result<Segment> {
+    fn create_locked(
+        key: &NativeIpcKey,
+        path: &CString,
+        req: CreateRequest,
+        on_stale: &mut dyn FnMut(),
+    ) -> Result<Segment> {
         const OP: &str = "create";
         let name = key.display_name();
-        let shm_key = ftok_key(path).map_err(|e| Error::os(OP, name, e).with_kind(SharedMemoryError::KeyError))?;
+        let shm_key =
+            ftok_key(path).map_err(|e| Error::os(OP, name, e).with_kind(SharedMemoryError::KeyError))?;
         let perms = (req.perms & 0o777) as libc::c_int;
         let mut id = None;
         for _ in 0..2 {
@@ -158,7 +188,8 @@ impl Segment {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     // Stale (every user died)? Then nobody is attached: reclaim it.
                     let old = os::shmget(shm_key, 0, 0).ok();
-                    let stale = old.and_then(|old| os::shm_stat(old).ok().map(|ds| (old, ds.shm_nattch == 0)));
+                    let stale =
+                        old.and_then(|old| os::shm_stat(old).ok().map(|ds| (old, ds.shm_nattch == 0)));
                     match stale {
                         Some((old, true)) => {
                             on_stale();
@@ -171,7 +202,10 @@ impl Segment {
                     let errno = e.raw_os_error();
                     return Err(match errno {
                         Some(libc::EINVAL) => Error::new(SharedMemoryError::InvalidSize, OP, name)
-                            .with_detail(format!("{} bytes is outside the system's limits (SHMMIN/SHMMAX)", req.size))
+                            .with_detail(format!(
+                                "{} bytes is outside the system's limits (SHMMIN/SHMMAX)",
+                                req.size
+                            ))
                             .with_os(e),
                         _ => Error::os(OP, name, e),
                     });
@@ -198,7 +232,8 @@ impl Segment {
             Err(e) => return Err(key_file_error(OP, key, e)),
         };
         let shm_key = ftok_key(&path).map_err(|e| Error::os(OP, name, e))?;
-        let id = os::shmget(shm_key, 0, if writable { 0o600 } else { 0o400 }).map_err(|e| Error::os(OP, name, e))?;
+        let id = os::shmget(shm_key, 0, if writable { 0o600 } else { 0o400 })
+            .map_err(|e| Error::os(OP, name, e))?;
         let ds = os::shm_stat(id).map_err(|e| Error::os(OP, name, e))?;
         if ds.shm_perm.mode & os::SHM_DEST != 0 {
             // being destroyed by a peer that does not take our key-file lock
@@ -285,28 +320,45 @@ pub(crate) struct Semaphore {
 }
 
 impl Semaphore {
-    pub(crate) fn open(key: &NativeIpcKey, initial: u32, mode: SemaphoreMode, perms: u32) -> Result<Semaphore> {
+    pub(crate) fn open(
+        key: &NativeIpcKey,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+    ) -> Result<Semaphore> {
         const OP: &str = "open semaphore";
         let path = key_path(OP, key)?;
         let (id, created) = Self::get(&path, initial, mode, perms).map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP | libc::EINVAL) => key_file_error(OP, key, e),
             _ => Error::os(OP, key.display_name(), e),
         })?;
-        Ok(Semaphore { id: AtomicI32::new(id), path, perms, initial, created })
+        Ok(Semaphore {
+            id: AtomicI32::new(id),
+            path,
+            perms,
+            initial,
+            created,
+        })
     }
 
     fn get(path: &CString, initial: u32, mode: SemaphoreMode, perms: u32) -> io::Result<(libc::c_int, bool)> {
         // ftok needs a file: make it if missing (never through a symlink)
-        match os::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o640) {
+        match os::open(
+            path,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o640,
+        ) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 let st: FileStat = os::lstat(path)?;
                 if st.mode & libc::S_IFMT != libc::S_IFREG {
-                    return Err(io::Error::from_raw_os_error(if st.mode & libc::S_IFMT == libc::S_IFLNK {
-                        libc::ELOOP
-                    } else {
-                        libc::EINVAL
-                    }));
+                    return Err(io::Error::from_raw_os_error(
+                        if st.mode & libc::S_IFMT == libc::S_IFLNK {
+                            libc::ELOOP
+                        } else {
+                            libc::EINVAL
+                        },
+                    ));
                 }
             }
             Err(e) => return Err(e),
@@ -315,11 +367,14 @@ impl Semaphore {
         let perms = (perms & 0o777) as libc::c_int;
         let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
             Ok(id) => (id, true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => (os::semget(key, perms | libc::IPC_CREAT)?, false),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                (os::semget(key, perms | libc::IPC_CREAT)?, false)
+            }
             Err(e) => return Err(e),
         };
         if created || mode == SemaphoreMode::Create {
-            let value = libc::c_int::try_from(initial).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
+            let value =
+                libc::c_int::try_from(initial).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
             os::sem_setval(id, value)?;
         }
         Ok((id, created || mode == SemaphoreMode::Create))
@@ -375,8 +430,33 @@ impl SemaphoreBackend for Semaphore {
     }
 }
 
+pub(crate) fn remove_segment(key: &NativeIpcKey) -> Result<bool> {
+    const OP: &str = "remove";
+    let path = key_path(OP, key)?;
+    let Some(_lock) = lock_key_file(&path, false).map_err(|e| key_file_error(OP, key, e))? else {
+        return Ok(false);
+    };
+    let mut existed = false;
+    if let Ok(skey) = ftok_key(&path)
+        && let Ok(id) = os::shmget(skey, 0, 0)
+    {
+        os::shm_remove(id).map_err(|e| Error::os(OP, key.display_name(), e))?;
+        existed = true;
+    }
+    let _ = os::unlink(&path);
+    Ok(existed)
+}
+
+/// The numeric System V key of a native key, if its key file exists.
+pub(crate) fn numeric_key(key: &NativeIpcKey) -> Option<libc::key_t> {
+    let path = os::cstring(key.native()).ok()?;
+    ftok_key(&path).ok()
+}
+
 pub(crate) fn remove_semaphore_if_exists(key: &NativeIpcKey) {
-    let Ok(path) = os::cstring(key.native()) else { return };
+    let Ok(path) = os::cstring(key.native()) else {
+        return;
+    };
     let Ok(file) = os::lstat(&path) else { return };
     if file.mode & libc::S_IFMT != libc::S_IFREG {
         return;
@@ -387,12 +467,4 @@ pub(crate) fn remove_semaphore_if_exists(key: &NativeIpcKey) {
         let _ = os::sem_remove(id);
     }
     let _ = os::unlink(&path);
-}
-
-impl Semaphore {
-    /// PID of the last process that operated on the semaphore (for `stat`).
-    #[allow(dead_code)]
-    pub(crate) fn last_pid(&self) -> io::Result<i32> {
-        os::sem_getpid(self.id.load(Ordering::Acquire))
-    }
 }

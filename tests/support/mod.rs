@@ -1,0 +1,276 @@
+//! Shared test support: unique keys, cleanup that also runs when a test fails, child
+//! processes (the test binary re-executed in a "child role"), and leak checks.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::Duration;
+
+use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory, SystemSemaphore};
+
+/// Environment variable that turns the test binary into a child process.
+pub const CHILD_ENV: &str = "QSHM_TEST_CHILD";
+
+/// A key no other test (in this or a parallel run) uses.
+pub fn unique_key(tag: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("qshm-test-{tag}-{}-{n}-{nanos}", std::process::id())
+}
+
+pub fn kind_name(kind: KeyType) -> &'static str {
+    kind.as_str()
+}
+
+pub fn parse_kind(s: &str) -> KeyType {
+    s.parse().expect("key type")
+}
+
+pub fn mode_name(mode: LockMode) -> &'static str {
+    match mode {
+        LockMode::QtCompatible => "qt",
+        LockMode::Fast => "fast",
+    }
+}
+
+pub fn parse_mode(s: &str) -> LockMode {
+    match s {
+        "qt" => LockMode::QtCompatible,
+        "fast" => LockMode::Fast,
+        other => panic!("lock mode {other:?}"),
+    }
+}
+
+/// Everything a test made, removed when the test ends, pass or fail.
+#[derive(Default)]
+pub struct Cleanup {
+    keys: Vec<(String, KeyType)>,
+    children: Vec<Child>,
+}
+
+impl Cleanup {
+    pub fn key(&mut self, key: &str, kind: KeyType) {
+        self.keys.push((key.to_owned(), kind));
+    }
+
+    pub fn child(&mut self, child: Child) -> usize {
+        self.children.push(child);
+        self.children.len() - 1
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (key, kind) in &self.keys {
+            let native = SharedMemory::legacy_native_key(key, *kind);
+            let _ = SharedMemory::force_remove(&native);
+        }
+    }
+}
+
+/// A child process speaking a line protocol on stdin/stdout.
+pub struct Peer {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Peer {
+    /// Re-execute this test binary in child `role` with `args`.
+    pub fn spawn(role: &str, args: &[&str]) -> Peer {
+        let exe = std::env::current_exe().expect("test binary path");
+        Self::spawn_command(Command::new(exe).env(CHILD_ENV, role).args(args))
+    }
+
+    /// Run an arbitrary command (e.g. the qshm CLI) as a peer.
+    pub fn spawn_command(cmd: &mut Command) -> Peer {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Peer {
+            child,
+            stdin,
+            lines: rx,
+        }
+    }
+
+    /// The next line the child prints, within `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!("child printed nothing within {timeout:?}"),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait();
+                panic!("child ended without output: {status:?}")
+            }
+        }
+    }
+
+    /// Read lines until one starts with `prefix`; return the rest of it.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.line(left.max(Duration::from_millis(1)));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    /// Send a line to the child.
+    pub fn send(&mut self, line: &str) {
+        if let Some(stdin) = &mut self.stdin {
+            let _ = writeln!(stdin, "{line}");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Close stdin (children waiting for a line then finish).
+    pub fn finish(&mut self) -> std::process::ExitStatus {
+        self.stdin = None;
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// Wait for the child to exit, killing it after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("child did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        // SAFETY: kill only sends a signal to our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Block until a line arrives on stdin (or it closes).
+pub fn wait_for_stdin_line() {
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+/// Print a protocol line and flush.
+pub fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The numeric System V keys (segment, semaphore) of legacy key `key`, taken while its
+/// key files exist, so [`leftovers`] can look for them after the files are gone.
+pub fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32)> {
+    let mut keys = Vec::new();
+    if kind == KeyType::SystemV {
+        if let Some(k) = SharedMemory::system_v_key(&native(key, kind)) {
+            keys.push(("/proc/sysvipc/shm", k));
+        }
+        if let Some(k) = SharedMemory::system_v_key(&SystemSemaphore::legacy_native_key(key, kind)) {
+            keys.push(("/proc/sysvipc/sem", k));
+        }
+    }
+    keys
+}
+
+/// Everything of legacy key `key` that is still on the system: segment, key files,
+/// lock state, semaphore (plus the numeric System V keys recorded earlier).
+pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32)]) -> Vec<String> {
+    let mut found = Vec::new();
+    let native = native(key, kind);
+    let handle = SharedMemory::with_native_key(native.clone());
+    let sem = SystemSemaphore::legacy_native_key(key, kind);
+    if handle.lock_state_path().exists() {
+        found.push(format!("lock state {}", handle.lock_state_path().display()));
+    }
+    match kind {
+        KeyType::PosixRealtime => {
+            let seg = format!("/dev/shm/{}", native.native().trim_start_matches('/'));
+            if std::path::Path::new(&seg).exists() {
+                found.push(format!("segment {seg}"));
+            }
+            let sem_file = format!("/dev/shm/sem.{}", sem.native().trim_start_matches('/'));
+            if std::path::Path::new(&sem_file).exists() {
+                found.push(format!("semaphore {sem_file}"));
+            }
+        }
+        KeyType::SystemV => {
+            for path in [native.native(), sem.native()] {
+                if std::path::Path::new(path).exists() {
+                    found.push(format!("key file {path}"));
+                }
+            }
+            let mut keys = recorded.to_vec();
+            keys.extend(sysv_keys(key, kind));
+            for (table, k) in keys {
+                if sysv_table_has(table, k) {
+                    found.push(format!("{table} key {k:#x}"));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn sysv_table_has(table: &str, key: i32) -> bool {
+    let text = std::fs::read_to_string(table).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().next().and_then(|k| k.parse::<i32>().ok()) == Some(key))
+}
+
+/// Both key types, for tests that run once per backend.
+pub const KINDS: [KeyType; 2] = [KeyType::SystemV, KeyType::PosixRealtime];
+
+/// Build a handle for a legacy key with a key type and lock mode.
+pub fn handle(key: &str, kind: KeyType, mode: LockMode) -> SharedMemory {
+    SharedMemory::with_key_type(key, kind).with_lock_mode(mode)
+}
+
+pub fn native(key: &str, kind: KeyType) -> NativeIpcKey {
+    SharedMemory::legacy_native_key(key, kind)
+}
