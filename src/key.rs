@@ -172,11 +172,13 @@ pub(crate) fn platform_safe_key(key: &str, kind: KeyType) -> NativeIpcKey {
 
 /// `QStandardPaths::writableLocation(TempLocation)` on Linux.
 pub(crate) fn qt_temp_dir() -> String {
-    let dir = std::env::var("TMPDIR")
-        .ok()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "/tmp".to_owned());
-    canonical(&clean_path(&dir))
+    temp_dir_from(std::env::var("TMPDIR").ok().as_deref())
+}
+
+/// Qt's temporary directory for a given value of `$TMPDIR`.
+fn temp_dir_from(tmpdir: Option<&str>) -> String {
+    let dir = tmpdir.filter(|d| !d.is_empty()).unwrap_or("/tmp");
+    canonical(&clean_path(dir))
 }
 
 /// `QStandardPaths::writableLocation(RuntimeLocation)` on Linux: `$XDG_RUNTIME_DIR` when
@@ -379,6 +381,32 @@ mod tests {
             assert_eq!(k.native(), native, "key {legacy:?}");
             assert_eq!(k.legacy_key(), Some(legacy));
         }
+    }
+
+    #[test]
+    fn temp_dir_follows_tmpdir_like_qt() {
+        assert_eq!(temp_dir_from(None), canonical("/tmp"));
+        assert_eq!(temp_dir_from(Some("")), canonical("/tmp"));
+        assert_eq!(temp_dir_from(Some("/tmp/./")), canonical("/tmp"));
+        assert_eq!(temp_dir_from(Some("/tmp/../tmp//")), canonical("/tmp"));
+        // QDir::canonicalPath of a missing directory is empty
+        assert_eq!(temp_dir_from(Some("/nonexistent-qshm-dir")), "");
+    }
+
+    #[test]
+    fn system_v_legacy_keys_are_pinned_to_qt() {
+        // Qt 6.11 (PyQt6), TMPDIR unset, prints /tmp/<name>; the directory part follows
+        // the temp dir (tested above), the name part is pinned.
+        let tmp = qt_temp_dir();
+        let k = legacy_platform_safe_key("market", IpcType::SharedMemory, KeyType::SystemV);
+        let name = "qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3";
+        assert_eq!(k.native(), format!("{tmp}/{name}"));
+        assert_eq!(k.to_string(), format!("systemv:{tmp}/{name}?legacyKey=market"));
+        let k = legacy_platform_safe_key("a/b", IpcType::SharedMemory, KeyType::SystemV);
+        assert_eq!(
+            k.native(),
+            format!("{tmp}/qipc_sharedmemory_ab3ec69c85a4ff96830024afeef2d4e512181c8f7b")
+        );
     }
 
     #[test]
