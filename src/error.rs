@@ -68,7 +68,11 @@ impl SharedMemoryError {
 /// one, and maps to Qt's [`SharedMemoryError`] category through [`kind`](Error::kind).
 /// `Display` reads like `create "market": already exists`.
 #[derive(Debug)]
-pub struct Error {
+pub struct Error(Box<ErrorInner>);
+
+/// Boxed so that `Result<T, Error>` stays one pointer wider than `T` on hot paths.
+#[derive(Debug)]
+struct ErrorInner {
     kind: SharedMemoryError,
     op: &'static str,
     key: String,
@@ -78,14 +82,15 @@ pub struct Error {
 
 impl Error {
     /// An error of `kind` in operation `op` on `key`, with an optional explanation.
+    #[cold]
     pub(crate) fn new(kind: SharedMemoryError, op: &'static str, key: &str) -> Error {
-        Error {
+        Error(Box::new(ErrorInner {
             kind,
             op,
             key: key.to_owned(),
             detail: None,
             os: None,
-        }
+        }))
     }
 
     /// An error built from an OS error; the category follows the errno.
@@ -95,49 +100,50 @@ impl Error {
     }
 
     pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Error {
-        self.detail = Some(detail.into());
+        self.0.detail = Some(detail.into());
         self
     }
 
     pub(crate) fn with_os(mut self, err: io::Error) -> Error {
-        self.os = Some(err);
+        self.0.os = Some(err);
         self
     }
 
     pub(crate) fn with_kind(mut self, kind: SharedMemoryError) -> Error {
-        self.kind = kind;
+        self.0.kind = kind;
         self
     }
 
     /// Qt's error category.
     pub fn kind(&self) -> SharedMemoryError {
-        self.kind
+        self.0.kind
     }
 
     /// The operation that failed, e.g. `"create"`, `"attach"`, `"lock"`.
     pub fn operation(&self) -> &'static str {
-        self.op
+        self.0.op
     }
 
     /// The key (legacy key when there is one, else the native key) it failed for.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.0.key
     }
 
     /// The OS error behind this error, if any.
     pub fn os_error(&self) -> Option<&io::Error> {
-        self.os.as_ref()
+        self.0.os.as_ref()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?}: ", self.op, self.key)?;
-        match &self.detail {
+        let e = &self.0;
+        write!(f, "{} {:?}: ", e.op, e.key)?;
+        match &e.detail {
             Some(detail) => f.write_str(detail)?,
-            None => f.write_str(self.kind.describe())?,
+            None => f.write_str(e.kind.describe())?,
         }
-        if let Some(os) = &self.os {
+        if let Some(os) = &e.os {
             write!(f, " ({os})")?;
         }
         Ok(())
@@ -146,7 +152,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.os.as_ref().map(|e| e as _)
+        self.0.os.as_ref().map(|e| e as _)
     }
 }
 

@@ -204,11 +204,13 @@ impl Companion {
         Ok(())
     }
 
+    #[inline]
     fn fast(&self) -> *mut libc::pthread_mutex_t {
         // SAFETY: state is a live mapping; taking a field's address does not read it.
         unsafe { &raw mut (*self.state).fast }
     }
 
+    #[inline]
     fn marker(&self) -> *mut libc::pthread_mutex_t {
         // SAFETY: as in fast().
         unsafe { &raw mut (*self.state).marker }
@@ -254,9 +256,19 @@ impl Locker {
         })
     }
 
+    /// The Fast-mode mutex, for the inlined fast path (`None` in Qt-compatible mode).
+    #[inline]
+    pub(crate) fn fast_mutex(&self) -> Option<*mut libc::pthread_mutex_t> {
+        match (self.mode, &self.semaphore) {
+            (LockMode::QtCompatible, Some(_)) => None,
+            _ => Some(self.companion.fast()),
+        }
+    }
+
     /// Take the lock. `None` waits forever, `Some(0)` tries once.
     /// `Ok(None)`: busy or timed out. `Ok(Some(died))`: held; `died` when the previous
     /// holder died holding it.
+    #[inline]
     pub(crate) fn acquire(&self, timeout: Option<Duration>) -> io::Result<Option<bool>> {
         match (self.mode, &self.semaphore) {
             (LockMode::QtCompatible, Some(sem)) => self.acquire_semaphore(sem.as_ref(), timeout),
@@ -333,6 +345,7 @@ impl Locker {
     }
 
     /// Release the lock taken by [`acquire`](Self::acquire) on this thread.
+    #[inline]
     pub(crate) fn release(&self) -> io::Result<()> {
         match (self.mode, &self.semaphore) {
             (LockMode::QtCompatible, Some(sem)) => {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -55,16 +56,50 @@ pub struct SharedMemory {
     perms: u32,
     lock_mode: LockMode,
     attached: Option<Attached>,
-    last_error: Mutex<(SharedMemoryError, String)>,
+    last_error: LastError,
+}
+
+/// Qt-style "last error" of a handle. The success path (every lock) only reads one
+/// atomic flag; the mutex is touched when an error is recorded or cleared.
+#[derive(Default)]
+struct LastError {
+    set: AtomicBool,
+    error: Mutex<Option<(SharedMemoryError, String)>>,
 }
 
 struct Attached {
     segment: Box<dyn SegmentBackend>,
+    /// `segment.base()` and `segment.len()`, kept here for the lock fast path.
+    base: *mut u8,
+    len: usize,
     access: AccessMode,
     /// Qt's semaphore, in QtCompatible mode (opened at create/attach, as Qt does).
     semaphore: Option<std::sync::Arc<dyn SemaphoreBackend>>,
     /// Opened on first lock.
     locker: OnceLock<Locker>,
+}
+
+// SAFETY: base/len describe the process-wide mapping owned by `segment` (Send + Sync);
+// the pointer is only an address, accessed through guards or by callers of as_ptr.
+unsafe impl Send for Attached {}
+// SAFETY: as above; every &Attached method only reads.
+unsafe impl Sync for Attached {}
+
+impl Attached {
+    fn new(
+        segment: Box<dyn SegmentBackend>,
+        access: AccessMode,
+        semaphore: Option<std::sync::Arc<dyn SemaphoreBackend>>,
+    ) -> Attached {
+        Attached {
+            base: segment.base(),
+            len: segment.len(),
+            segment,
+            access,
+            semaphore,
+            locker: OnceLock::new(),
+        }
+    }
 }
 
 impl SharedMemory {
@@ -86,7 +121,7 @@ impl SharedMemory {
             perms: DEFAULT_PERMISSIONS,
             lock_mode: LockMode::default(),
             attached: None,
-            last_error: Mutex::new((SharedMemoryError::NoError, String::new())),
+            last_error: LastError::default(),
         }
     }
 
@@ -196,6 +231,7 @@ impl SharedMemory {
             size,
             perms: self.perms,
             writable: mode == AccessMode::ReadWrite,
+            foreign_peers: self.lock_mode == LockMode::QtCompatible,
         };
         let key = self.key.clone();
         let segment = sys::create_segment(&self.key, req, &mut || destroy_companions(&key))?;
@@ -208,12 +244,7 @@ impl SharedMemory {
                 return Err(e);
             }
         };
-        self.attached = Some(Attached {
-            segment,
-            access: mode,
-            semaphore,
-            locker: OnceLock::new(),
-        });
+        self.attached = Some(Attached::new(segment, mode, semaphore));
         Ok(())
     }
 
@@ -232,7 +263,8 @@ impl SharedMemory {
             )
             .with_detail("this handle is already attached; detach first"));
         }
-        let segment = sys::attach_segment(&self.key, mode == AccessMode::ReadWrite)?;
+        let foreign_peers = self.lock_mode == LockMode::QtCompatible;
+        let segment = sys::attach_segment(&self.key, mode == AccessMode::ReadWrite, foreign_peers)?;
         let semaphore = match self.open_semaphore(SemaphoreMode::Open) {
             Ok(sem) => sem,
             Err(e) => {
@@ -241,12 +273,7 @@ impl SharedMemory {
                 return Err(e);
             }
         };
-        self.attached = Some(Attached {
-            segment,
-            access: mode,
-            semaphore,
-            locker: OnceLock::new(),
-        });
+        self.attached = Some(Attached::new(segment, mode, semaphore));
         Ok(())
     }
 
@@ -314,7 +341,7 @@ impl SharedMemory {
     /// Size of the attached segment in bytes, 0 when not attached. After `create` it is
     /// the requested size rounded up to whole pages; after `attach` the segment's size.
     pub fn size(&self) -> usize {
-        self.attached.as_ref().map_or(0, |a| a.segment.len())
+        self.attached.as_ref().map_or(0, |a| a.len)
     }
 
     /// Start of the segment (Qt's `constData()`), null when not attached.
@@ -322,16 +349,14 @@ impl SharedMemory {
     /// The pointer stays valid until `detach`. Reading through it while another
     /// process writes is a data race unless you hold the lock or use atomics.
     pub fn as_ptr(&self) -> *const u8 {
-        self.attached
-            .as_ref()
-            .map_or(std::ptr::null(), |a| a.segment.base())
+        self.attached.as_ref().map_or(std::ptr::null(), |a| a.base)
     }
 
     /// Start of the segment for writing (Qt's `data()`), null when not attached or
     /// attached [`ReadOnly`](AccessMode::ReadOnly).
     pub fn as_mut_ptr(&self) -> *mut u8 {
         match &self.attached {
-            Some(a) if a.access == AccessMode::ReadWrite => a.segment.base(),
+            Some(a) if a.access == AccessMode::ReadWrite => a.base,
             _ => std::ptr::null_mut(),
         }
     }
@@ -340,13 +365,18 @@ impl SharedMemory {
     ///
     /// `LockError` when not attached, `PermissionDenied` when attached read-only
     /// (use [`lock_read`](Self::lock_read)).
+    #[inline]
     pub fn lock(&self) -> Result<LockGuard<'_>> {
-        self.acquire(None, true).map(|raw| LockGuard {
-            raw: raw.expect("blocking lock cannot time out"),
-        })
+        if let Some(fast) = self.fast_lock(true) {
+            return fast.map(|raw| LockGuard { raw });
+        }
+        self.acquire(None, true)
+            .and_then(|raw| self.blocking(raw))
+            .map(|raw| LockGuard { raw })
     }
 
     /// Lock for writing if nobody holds the lock now; `Ok(None)` if it is busy.
+    #[inline]
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
         Ok(self
             .acquire(Some(Duration::ZERO), true)?
@@ -354,18 +384,24 @@ impl SharedMemory {
     }
 
     /// Lock for writing, waiting at most `timeout`; `Ok(None)` on timeout.
+    #[inline]
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>> {
         Ok(self.acquire(Some(timeout), true)?.map(|raw| LockGuard { raw }))
     }
 
     /// Lock the segment for reading (works for both access modes).
+    #[inline]
     pub fn lock_read(&self) -> Result<ReadGuard<'_>> {
-        self.acquire(None, false).map(|raw| ReadGuard {
-            raw: raw.expect("blocking lock cannot time out"),
-        })
+        if let Some(fast) = self.fast_lock(false) {
+            return fast.map(|raw| ReadGuard { raw });
+        }
+        self.acquire(None, false)
+            .and_then(|raw| self.blocking(raw))
+            .map(|raw| ReadGuard { raw })
     }
 
     /// [`lock_read`](Self::lock_read) without waiting; `Ok(None)` if busy.
+    #[inline]
     pub fn try_lock_read(&self) -> Result<Option<ReadGuard<'_>>> {
         Ok(self
             .acquire(Some(Duration::ZERO), false)?
@@ -373,15 +409,87 @@ impl SharedMemory {
     }
 
     /// [`lock_read`](Self::lock_read), waiting at most `timeout`; `Ok(None)` on timeout.
+    #[inline]
     pub fn lock_read_timeout(&self, timeout: Duration) -> Result<Option<ReadGuard<'_>>> {
         Ok(self.acquire(Some(timeout), false)?.map(|raw| ReadGuard { raw }))
     }
 
+    /// The Fast-mode path once the lock state is open: straight to the mutex, with no
+    /// system call when uncontended. `None` means "take the general path".
+    #[inline]
+    fn fast_lock(&self, write: bool) -> Option<Result<RawGuard<'_>>> {
+        let attached = self.attached.as_ref()?;
+        if write && attached.access != AccessMode::ReadWrite {
+            return None;
+        }
+        let locker = attached.locker.get()?;
+        let mutex = locker.fast_mutex()?;
+        // SAFETY: mutex points into the lock-state mapping owned by locker, which lives
+        // as long as the attachment; it was initialised as a robust pshared mutex.
+        let rc = unsafe { libc::pthread_mutex_lock(mutex) };
+        let previous_owner_died = match rc {
+            0 => false,
+            _ => match self.fast_lock_failed(rc, mutex) {
+                Ok(died) => died,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        if self.last_error.set.load(Ordering::Relaxed) {
+            self.record_slow(None);
+        }
+        Some(Ok(RawGuard {
+            shm: self,
+            locker,
+            ptr: attached.base,
+            len: attached.len,
+            previous_owner_died,
+            _not_send: PhantomData,
+        }))
+    }
+
+    /// `pthread_mutex_lock` returned `rc` != 0: a dead previous owner (we hold the lock
+    /// now) or an error.
+    #[cold]
+    fn fast_lock_failed(&self, rc: i32, mutex: *mut libc::pthread_mutex_t) -> Result<bool> {
+        let error = match rc {
+            libc::EOWNERDEAD => {
+                // SAFETY: EOWNERDEAD hands us the mutex; mark it usable again.
+                match unsafe { libc::pthread_mutex_consistent(mutex) } {
+                    0 => return Ok(true),
+                    rc => std::io::Error::from_raw_os_error(rc),
+                }
+            }
+            rc => std::io::Error::from_raw_os_error(rc),
+        };
+        self.record(Err(self.lock_error(error)))
+    }
+
+    /// A blocking acquire cannot come back empty; if it ever did, say so instead of panicking.
+    fn blocking<'a>(&self, raw: Option<RawGuard<'a>>) -> Result<RawGuard<'a>> {
+        raw.ok_or_else(|| {
+            Error::new(SharedMemoryError::LockError, "lock", self.key.display_name())
+                .with_detail("the lock wait ended without the lock")
+        })
+    }
+
+    fn lock_error(&self, e: std::io::Error) -> Error {
+        const OP: &str = "lock";
+        if e.raw_os_error() == Some(libc::EDEADLK) {
+            return Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
+                .with_detail("this thread already holds the lock");
+        }
+        Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
+            .with_detail("unable to lock")
+            .with_os(e)
+    }
+
+    #[inline]
     fn acquire(&self, timeout: Option<Duration>, write: bool) -> Result<Option<RawGuard<'_>>> {
         let result = self.acquire_inner(timeout, write);
         self.record(result)
     }
 
+    #[inline]
     fn acquire_inner(&self, timeout: Option<Duration>, write: bool) -> Result<Option<RawGuard<'_>>> {
         const OP: &str = "lock";
         let Some(attached) = &self.attached else {
@@ -401,26 +509,17 @@ impl SharedMemory {
             Ok(Some(died)) => Ok(Some(RawGuard {
                 shm: self,
                 locker,
-                ptr: attached.segment.base(),
-                len: attached.segment.len(),
+                ptr: attached.base,
+                len: attached.len,
                 previous_owner_died: died,
                 _not_send: PhantomData,
             })),
             Ok(None) => Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => {
-                Err(
-                    Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
-                        .with_detail("this thread already holds the lock"),
-                )
-            }
-            Err(e) => Err(
-                Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
-                    .with_detail("unable to lock")
-                    .with_os(e),
-            ),
+            Err(e) => Err(self.lock_error(e)),
         }
     }
 
+    #[inline]
     fn locker<'a>(&self, attached: &'a Attached) -> Result<&'a Locker> {
         if let Some(locker) = attached.locker.get() {
             return Ok(locker);
@@ -443,25 +542,38 @@ impl SharedMemory {
 
     /// The last error of this handle (Qt's `error()`); `NoError` after a success.
     pub fn error(&self) -> SharedMemoryError {
-        self.last_error
-            .lock()
-            .map(|e| e.0)
-            .unwrap_or(SharedMemoryError::UnknownError)
+        self.last_error_entry()
+            .map_or(SharedMemoryError::NoError, |e| e.0)
     }
 
     /// Text of the last error (Qt's `errorString()`); empty after a success.
     pub fn error_string(&self) -> String {
-        self.last_error.lock().map(|e| e.1.clone()).unwrap_or_default()
+        self.last_error_entry().map(|e| e.1).unwrap_or_default()
     }
 
+    fn last_error_entry(&self) -> Option<(SharedMemoryError, String)> {
+        if !self.last_error.set.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.last_error.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    #[inline]
     fn record<T>(&self, result: Result<T>) -> Result<T> {
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = match &result {
-                Ok(_) => (SharedMemoryError::NoError, String::new()),
-                Err(e) => (e.kind(), e.to_string()),
-            };
+        // The success path (every lock and unlock) costs one relaxed load.
+        if result.is_err() || self.last_error.set.load(Ordering::Relaxed) {
+            self.record_slow(result.as_ref().err());
         }
         result
+    }
+
+    #[cold]
+    fn record_slow(&self, error: Option<&Error>) {
+        if let Ok(mut last) = self.last_error.error.lock() {
+            let entry = error.map(|e| (e.kind(), e.to_string()));
+            self.last_error.set.store(entry.is_some(), Ordering::Relaxed);
+            *last = entry;
+        }
     }
 
     /// Destroy the segment of `key`, with qshm's lock state and Qt's semaphore, even
@@ -621,16 +733,28 @@ struct RawGuard<'a> {
 }
 
 impl RawGuard<'_> {
+    #[inline]
     fn unlock(&mut self) -> Result<()> {
-        self.locker.release().map_err(|e| {
-            Error::new(
-                SharedMemoryError::LockError,
-                "unlock",
-                self.shm.key.display_name(),
-            )
-            .with_detail("unable to unlock")
-            .with_os(e)
-        })
+        let released = match self.locker.fast_mutex() {
+            // SAFETY: this thread locked the mutex when it made this guard.
+            Some(mutex) => match unsafe { libc::pthread_mutex_unlock(mutex) } {
+                0 => Ok(()),
+                rc => Err(std::io::Error::from_raw_os_error(rc)),
+            },
+            None => self.locker.release(),
+        };
+        released.map_err(|e| self.unlock_error(e))
+    }
+
+    #[cold]
+    fn unlock_error(&self, e: std::io::Error) -> Error {
+        Error::new(
+            SharedMemoryError::LockError,
+            "unlock",
+            self.shm.key.display_name(),
+        )
+        .with_detail("unable to unlock")
+        .with_os(e)
     }
 }
 
@@ -665,6 +789,7 @@ macro_rules! guard_common {
 
         impl Deref for $guard<'_> {
             type Target = [u8];
+            #[inline]
             fn deref(&self) -> &[u8] {
                 // SAFETY: ptr/len is the live mapping (the guard borrows the handle, so
                 // it cannot detach), and we hold the segment lock.
@@ -673,6 +798,7 @@ macro_rules! guard_common {
         }
 
         impl Drop for $guard<'_> {
+            #[inline]
             fn drop(&mut self) {
                 let result = self.raw.unlock();
                 let _ = self.raw.shm.record(result);
@@ -694,6 +820,7 @@ guard_common!(LockGuard);
 guard_common!(ReadGuard);
 
 impl DerefMut for LockGuard<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in deref; the attachment is ReadWrite (checked in lock()), and the
         // &mut borrow of the guard makes this the only slice.

@@ -79,6 +79,9 @@ pub(crate) struct CreateRequest {
     pub size: usize,
     pub perms: u32,
     pub writable: bool,
+    /// Programs that keep no qshm attachment count (Qt) may share the segment: before
+    /// destroying a POSIX segment, also check that no other process maps it.
+    pub foreign_peers: bool,
 }
 
 /// Create a new segment for `key`; a stale one (no user left alive) is reclaimed,
@@ -95,12 +98,16 @@ pub(crate) fn create_segment(
     }
 }
 
-/// Attach to the existing segment of `key`.
-pub(crate) fn attach_segment(key: &NativeIpcKey, writable: bool) -> Result<Box<dyn SegmentBackend>> {
+/// Attach to the existing segment of `key` (`foreign_peers`: see [`CreateRequest`]).
+pub(crate) fn attach_segment(
+    key: &NativeIpcKey,
+    writable: bool,
+    foreign_peers: bool,
+) -> Result<Box<dyn SegmentBackend>> {
     check_key(key, "attach")?;
     match key.kind() {
         KeyType::SystemV => Ok(Box::new(sysv::Segment::attach(key, writable)?)),
-        KeyType::PosixRealtime => Ok(Box::new(posix::Segment::attach(key, writable)?)),
+        KeyType::PosixRealtime => Ok(Box::new(posix::Segment::attach(key, writable, foreign_peers)?)),
     }
 }
 

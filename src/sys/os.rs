@@ -465,6 +465,7 @@ pub(crate) enum RobustLock {
 ///
 /// # Safety
 /// `m` must point to a mutex initialised by [`robust_mutex_init`] in mapped memory.
+#[inline]
 pub(crate) unsafe fn robust_mutex_lock(
     m: *mut libc::pthread_mutex_t,
     timeout: Option<Duration>,
@@ -495,6 +496,7 @@ pub(crate) unsafe fn robust_mutex_lock(
 
 /// # Safety
 /// `m` must be a mutex locked by the calling thread.
+#[inline]
 pub(crate) unsafe fn robust_mutex_unlock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
     // SAFETY: guaranteed by the caller.
     match unsafe { libc::pthread_mutex_unlock(m) } {

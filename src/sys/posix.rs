@@ -17,13 +17,15 @@
 //!   destroyed while we waited: the loser sees `NotFound` (or, if a new segment was
 //!   created meanwhile, attaches to that one) and never maps a half-destroyed segment.
 //! * **detach** unmaps and asks for the exclusive lock without waiting. Getting it
-//!   means no other qshm attachment exists; qshm then also checks that no other
-//!   process maps the file (Qt and other non-qshm programs take no flock), and only
-//!   then unlinks the name. Whoever holds the exclusive lock always unlinks, so a
+//!   means no other qshm attachment exists. In Qt-compatible lock mode qshm then also
+//!   checks that no other process maps the file (Qt and other non-qshm programs take
+//!   no flock; a `/proc` scan, about a millisecond); `LockMode::Fast` declares a
+//!   qshm-only segment and skips that scan. Then it unlinks the name. Whoever holds the exclusive lock always unlinks, so a
 //!   waiter that later gets its shared lock on that file knows it is gone.
 //! * **stale segments**: when every user was killed, the name remains but nobody holds
 //!   a lock on it. `create` finds the name taken, takes the exclusive lock without
-//!   waiting, sees no mapper, and removes it (with its companions), then retries.
+//!   waiting, sees no mapper (always checked here: never delete a live Qt segment),
+//!   and removes it (with its companions), then retries.
 
 use std::ffi::CString;
 use std::io;
@@ -77,6 +79,7 @@ pub(crate) struct Segment {
     file: FileStat,
     path: String,
     c_path: CString,
+    foreign_peers: bool,
 }
 
 // SAFETY: the mapping is process-wide memory; the raw pointer is only an address.
@@ -149,6 +152,7 @@ impl Segment {
                 file,
                 path,
                 c_path,
+                foreign_peers: req.foreign_peers,
             }),
             Err(e) => {
                 // Nobody can have seen it usefully yet: take it back.
@@ -158,7 +162,7 @@ impl Segment {
         }
     }
 
-    pub(crate) fn attach(key: &NativeIpcKey, writable: bool) -> Result<Segment> {
+    pub(crate) fn attach(key: &NativeIpcKey, writable: bool, foreign_peers: bool) -> Result<Segment> {
         const OP: &str = "attach";
         let name = key.display_name();
         let (path, c_path) = segment_path(OP, key)?;
@@ -193,6 +197,7 @@ impl Segment {
                 file,
                 path,
                 c_path,
+                foreign_peers,
             });
         }
         Err(Error::new(SharedMemoryError::NotFound, OP, name))
@@ -284,12 +289,13 @@ impl SegmentBackend for Segment {
             file,
             path,
             c_path,
+            foreign_peers,
         } = *self;
         // SAFETY: ptr/len is our mapping; SharedMemory guarantees no borrow outlives it.
         unsafe { os::munmap(ptr, len) }.map_err(|e| Error::os("detach", &path, e))?;
         let last = os::flock(&fd, libc::LOCK_EX | libc::LOCK_NB).unwrap_or(false)
             && still_named(&c_path, &file)
-            && !os::mapped_by_other_process(&path, file.ino);
+            && !(foreign_peers && os::mapped_by_other_process(&path, file.ino));
         if last {
             on_last();
             match os::unlink(&c_path) {
