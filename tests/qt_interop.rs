@@ -1,0 +1,344 @@
+//! Interop with real Qt 6: a Qt process (PyQt6, driven by `interop/qt_peer.py`) and qshm
+//! share one segment and one lock, for both key types.
+//!
+//! The Qt peer is found through `QSHM_QT_PEER` (a Python with PyQt6), else
+//! `interop/setup.sh` installs PyQt6 into `target/qt-venv` (cached). If that fails the
+//! tests are reported as ignored with a loud `SKIP` line, never silently passed.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SystemSemaphore};
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn main() {
+    let args = Arguments::from_args();
+    let python = find_qt_python();
+    let mut trials = Vec::new();
+    let tricky: [&'static str; 2] = ["plain", "a/b c:é%"];
+    for kind in KINDS {
+        let k = kind_name(kind);
+        for (i, base) in tricky.into_iter().enumerate() {
+            let py = python.clone();
+            trials.push(trial(
+                format!("{k}::key{i}::qt_creates_qshm_attaches_and_reads"),
+                &py,
+                move |py| qt_creates_qshm_reads(py, kind, base),
+            ));
+            trials.push(trial(
+                format!("{k}::key{i}::qshm_creates_qt_attaches_and_reads"),
+                &py,
+                move |py| qshm_creates_qt_reads(py, kind, base),
+            ));
+        }
+        trials.push(trial(
+            format!("{k}::qt_holds_lock_qshm_waits"),
+            &python,
+            move |py| qt_holds_lock(py, kind),
+        ));
+        trials.push(trial(
+            format!("{k}::qshm_holds_lock_qt_waits"),
+            &python,
+            move |py| qshm_holds_lock(py, kind),
+        ));
+        trials.push(trial(
+            format!("{k}::qt_leaks_qshm_cleans_up"),
+            &python,
+            move |py| qt_leaks_qshm_cleans(py, kind),
+        ));
+    }
+    trials.push(trial(
+        "native_keys_and_string_forms_match_qt".into(),
+        &python,
+        keys_match_qt,
+    ));
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn trial(
+    name: String,
+    python: &Option<PathBuf>,
+    f: impl FnOnce(&PathBuf) -> Result<(), Failed> + Send + 'static,
+) -> Trial {
+    match python.clone() {
+        Some(py) => Trial::test(name, move || f(&py)),
+        None => Trial::test(name, || Ok(())).with_ignored_flag(true),
+    }
+}
+
+/// A Python that can import PyQt6, or None (after a loud SKIP line).
+fn find_qt_python() -> Option<PathBuf> {
+    if let Ok(py) = std::env::var("QSHM_QT_PEER") {
+        return Some(PathBuf::from(py));
+    }
+    let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/setup.sh");
+    let out = Command::new("bash").arg(setup).output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            stdout.lines().last().map(|l| PathBuf::from(l.trim()))
+        }
+        Ok(out) => {
+            eprintln!(
+                "\n*** SKIP: Qt interop tests: PyQt6 unavailable ({}) ***\n",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("\n*** SKIP: Qt interop tests: cannot run {setup}: {e} ***\n");
+            None
+        }
+    }
+}
+
+fn qt_peer(python: &PathBuf, action: &str, key: &str, kind: KeyType, extra: &[&str]) -> Peer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_peer.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
+        .arg(action)
+        .args(["--key", key, "--type", kind_name(kind)])
+        .args(extra);
+    Peer::spawn_command(&mut cmd)
+}
+
+fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(what.into().into()) }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+}
+
+fn qt_creates_qshm_reads(py: &PathBuf, kind: KeyType, base: &str) -> Result<(), Failed> {
+    let key = format!("{base}{}", unique_key("qtc"));
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut qt = qt_peer(
+        py,
+        "create",
+        &key,
+        kind,
+        &["--size", "100", "--text", "written by Qt"],
+    );
+    let ready = qt.expect("READY", T);
+    let qt_size: usize = field(&ready, "size").ok_or("no size")?.parse()?;
+    let qt_native = field(&ready, "native").ok_or("no native key")?;
+    let recorded = sysv_keys(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    check(
+        shm.native_key() == qt_native,
+        format!("native key: qshm {} vs Qt {qt_native}", shm.native_key()),
+    )?;
+    shm.attach(AccessMode::ReadWrite)?;
+    check(
+        shm.size() == qt_size,
+        format!("size: qshm {} vs Qt {qt_size}", shm.size()),
+    )?;
+    {
+        let data = shm.lock()?;
+        check(
+            &data[..13] == b"written by Qt",
+            format!("bytes: {:?}", String::from_utf8_lossy(&data[..13])),
+        )?;
+    }
+    // qshm detaches last: it must clean up what Qt would leave.
+    qt.send("detach");
+    qt.expect("DETACHED", T);
+    qt.wait(T);
+    shm.detach()?;
+    let left = leftovers(&key, kind, &recorded);
+    check(
+        left.is_empty(),
+        format!("left behind after qshm detached last: {left:?}"),
+    )
+}
+
+fn qshm_creates_qt_reads(py: &PathBuf, kind: KeyType, base: &str) -> Result<(), Failed> {
+    let key = format!("{base}{}", unique_key("qsc"));
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(100, AccessMode::ReadWrite)?;
+    let recorded = sysv_keys(&key, kind);
+    shm.lock()?[..14].copy_from_slice(b"written by Rust");
+    let mut qt = qt_peer(py, "read", &key, kind, &["--len", "14"]);
+    let size: usize = qt.expect("SIZE", T).parse()?;
+    check(
+        size == shm.size(),
+        format!("Qt sees size {size}, qshm {}", shm.size()),
+    )?;
+    check(
+        qt.expect("DATA", T) == hex(b"written by Rust"),
+        "Qt reads the bytes qshm wrote",
+    )?;
+    check(qt.wait(T).success(), "Qt peer exits cleanly")?;
+    shm.detach()?;
+    let left = leftovers(&key, kind, &recorded);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+fn qt_holds_lock(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("qtlock");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let recorded = sysv_keys(&key, kind);
+    let mut qt = qt_peer(py, "hold-lock", &key, kind, &[]);
+    qt.expect("LOCKED", T);
+    check(
+        shm.try_lock()?.is_none(),
+        "qshm's Qt-compatible try_lock is busy while Qt holds the lock",
+    )?;
+    check(
+        shm.lock_timeout(Duration::from_millis(300))?.is_none(),
+        "and lock_timeout times out",
+    )?;
+    let start = Instant::now();
+    qt.send("release");
+    let guard = shm
+        .lock_timeout(Duration::from_secs(10))?
+        .ok_or("qshm never got the lock after Qt released")?;
+    check(
+        start.elapsed() < Duration::from_secs(5),
+        "qshm got the lock promptly",
+    )?;
+    check(!guard.previous_owner_died(), "a clean Qt release is not a death")?;
+    drop(guard);
+    qt.expect("UNLOCKED", T);
+    qt.finish();
+    shm.detach()?;
+    let left = leftovers(&key, kind, &recorded);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+fn qshm_holds_lock(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("qshmlock");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let recorded = sysv_keys(&key, kind);
+    let guard = shm.lock()?;
+    let mut qt = qt_peer(py, "time-lock", &key, kind, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(guard);
+    let waited: f64 = qt.expect("LOCKED_AFTER_MS", T).parse()?;
+    check(
+        waited >= 100.0,
+        format!("Qt's lock() returned after {waited} ms although qshm held the lock"),
+    )?;
+    check(qt.wait(T).success(), "Qt peer exits cleanly")?;
+    shm.detach()?;
+    let left = leftovers(&key, kind, &recorded);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+/// Qt alone leaks; qshm's next create reclaims what Qt left.
+fn qt_leaks_qshm_cleans(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("leak");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut qt = qt_peer(py, "create", &key, kind, &["--size", "64", "--text", "x"]);
+    qt.expect("READY", T);
+    let recorded = sysv_keys(&key, kind);
+    qt.send("detach");
+    qt.expect("DETACHED", T);
+    check(qt.wait(T).success(), "Qt peer exits cleanly")?;
+    let qt_left = leftovers(&key, kind, &recorded);
+    eprintln!(
+        "Qt 6 alone left behind for a {} key: {qt_left:?}",
+        kind_name(kind)
+    );
+    if kind == KeyType::PosixRealtime {
+        check(!qt_left.is_empty(), "Qt is known to leak POSIX segments on Linux")?;
+    }
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    shm.detach()?;
+    let left = leftovers(&key, kind, &recorded);
+    check(
+        left.is_empty(),
+        format!("qshm did not clean up after Qt: {left:?}"),
+    )
+}
+
+fn keys_match_qt(py: &PathBuf) -> Result<(), Failed> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_peer.py");
+    for key in ["market", "a/b c:é%", "héllo wörld", "!!!", &"x".repeat(300)] {
+        let out = Command::new(py).arg(script).args(["keys", key]).output()?;
+        check(
+            out.status.success(),
+            format!("qt_peer keys failed: {}", String::from_utf8_lossy(&out.stderr)),
+        )?;
+        let json = String::from_utf8(out.stdout)?;
+        for kind in KINDS {
+            let t = kind_name(kind);
+            let shm = SharedMemory::legacy_native_key(key, kind);
+            let sem = SystemSemaphore::legacy_native_key(key, kind);
+            let qt_shm = json_string(&json, &format!("shm_legacy_{t}")).ok_or("no shm key")?;
+            let qt_sem = json_string(&json, &format!("sem_legacy_{t}")).ok_or("no sem key")?;
+            let qt_str = json_string(&json, &format!("shm_legacy_{t}_str")).ok_or("no string form")?;
+            check(
+                shm.native() == qt_shm,
+                format!("{key:?} {t}: qshm {} vs Qt {qt_shm}", shm.native()),
+            )?;
+            check(
+                sem.native() == qt_sem,
+                format!("{key:?} {t} semaphore: qshm {} vs Qt {qt_sem}", sem.native()),
+            )?;
+            let parsed: NativeIpcKey = qt_str.parse()?;
+            check(
+                parsed == shm,
+                format!("Qt's string form {qt_str:?} parses to {parsed:?}"),
+            )?;
+            let safe = SharedMemory::platform_safe_key(key, kind);
+            let qt_safe = json_string(&json, &format!("shm_safe_{t}")).ok_or("no safe key")?;
+            check(
+                safe.native() == qt_safe,
+                format!("{key:?} {t} platformSafeKey: {} vs {qt_safe}", safe.native()),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The string value of `"name": "..."` in flat JSON output (with \uXXXX and \\ escapes).
+fn json_string(json: &str, name: &str) -> Option<String> {
+    let start = json.find(&format!("\"{name}\""))? + name.len() + 2;
+    let rest = json[start..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'u' => {
+                    let code: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&code, 16).ok()?)?);
+                }
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
