@@ -172,8 +172,8 @@ fn qshm_creates_qt_reads(py: &PathBuf, kind: KeyType, base: &str) -> Result<(), 
     let mut shm = handle(&key, kind, LockMode::QtCompatible);
     shm.create(100, AccessMode::ReadWrite)?;
     let recorded = sysv_keys(&key, kind);
-    shm.lock()?[..14].copy_from_slice(b"written by Rust");
-    let mut qt = qt_peer(py, "read", &key, kind, &["--len", "14"]);
+    shm.lock()?[..15].copy_from_slice(b"written by Rust");
+    let mut qt = qt_peer(py, "read", &key, kind, &["--len", "15"]);
     let size: usize = qt.expect("SIZE", T).parse()?;
     check(
         size == shm.size(),
