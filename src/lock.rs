@@ -228,6 +228,16 @@ pub(crate) struct Locker {
     companion: Companion,
     /// Qt's semaphore (QtCompatible mode only).
     semaphore: Option<Box<dyn SemaphoreBackend>>,
+    /// The thread holding the semaphore through this locker (0: none). A second lock
+    /// from that thread would wait for itself forever; it gets `EDEADLK` instead, as the
+    /// Fast mode's error-checking mutex does.
+    holder: AtomicU64,
+}
+
+/// A number unique to the calling thread while it lives (never 0).
+fn thread_token() -> u64 {
+    thread_local!(static TOKEN: u8 = const { 0 });
+    TOKEN.with(|t| t as *const u8 as u64)
 }
 
 /// How long a POSIX-semaphore waiter sleeps before checking for a dead holder.
@@ -253,6 +263,7 @@ impl Locker {
             mode,
             companion,
             semaphore,
+            holder: AtomicU64::new(0),
         })
     }
 
@@ -288,6 +299,10 @@ impl Locker {
         sem: &dyn SemaphoreBackend,
         timeout: Option<Duration>,
     ) -> io::Result<Option<bool>> {
+        let me = thread_token();
+        if self.holder.load(Ordering::Acquire) == me {
+            return Err(io::Error::from_raw_os_error(libc::EDEADLK));
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let repair = sem.needs_dead_holder_repair();
         loop {
@@ -323,6 +338,7 @@ impl Locker {
             }
         };
         let pending = self.companion.owner_died_pending().swap(0, Ordering::AcqRel) != 0;
+        self.holder.store(me, Ordering::Release);
         Ok(Some(died || pending))
     }
 
@@ -349,6 +365,7 @@ impl Locker {
     pub(crate) fn release(&self) -> io::Result<()> {
         match (self.mode, &self.semaphore) {
             (LockMode::QtCompatible, Some(sem)) => {
+                self.holder.store(0, Ordering::Release);
                 // SAFETY: this thread locked marker in acquire_semaphore.
                 let unlocked = unsafe { os::robust_mutex_unlock(self.companion.marker()) };
                 let posted = sem.release(1);

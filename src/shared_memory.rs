@@ -760,6 +760,14 @@ impl RawGuard<'_> {
 
 /// Exclusive access to a segment attached [`ReadWrite`](AccessMode::ReadWrite):
 /// derefs to `[u8]` and `mut [u8]`; unlocks when dropped.
+///
+/// A guard stays on the thread that locked (the lock belongs to that thread):
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// let shm = qshm::SharedMemory::new("guard-is-not-send");
+/// send(shm.lock().unwrap());
+/// ```
 pub struct LockGuard<'a> {
     raw: RawGuard<'a>,
 }
