@@ -27,6 +27,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+pub mod inspect;
 mod key;
 mod lock;
 mod semaphore;

@@ -88,7 +88,7 @@ unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
 /// What a look at an existing segment name found.
-enum Probe {
+pub(crate) enum Probe {
     /// It is in use (or not ours to remove).
     Live,
     /// It was removed (by us, because it was stale, or by someone else).
@@ -216,7 +216,7 @@ fn size_error(op: &'static str, name: &str, size: usize, e: io::Error) -> Error 
 }
 
 /// Look at the segment file that holds `path`: remove it if stale, else report it live.
-fn probe_existing(path: &str, c_path: &CString, on_stale: &mut dyn FnMut()) -> io::Result<Probe> {
+pub(crate) fn probe_existing(path: &str, c_path: &CString, on_stale: &mut dyn FnMut()) -> io::Result<Probe> {
     let fd = match os::open(c_path, libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Gone),

@@ -468,3 +468,22 @@ pub(crate) fn remove_semaphore_if_exists(key: &NativeIpcKey) {
     }
     let _ = os::unlink(&path);
 }
+
+/// Remove System V segment `id` if nobody is attached (its users all died), with its key
+/// file `key_file` when known, running `on_stale` first. Returns whether it was removed.
+pub(crate) fn remove_if_stale(id: libc::c_int, key_file: Option<&str>, on_stale: &mut dyn FnMut()) -> bool {
+    let path = key_file.and_then(|p| os::cstring(p).ok());
+    let _lock = path.as_ref().and_then(|p| lock_key_file(p, false).ok().flatten());
+    match os::shm_stat(id) {
+        Ok(ds) if ds.shm_nattch == 0 => {}
+        _ => return false,
+    }
+    on_stale();
+    if os::shm_remove(id).is_err() {
+        return false;
+    }
+    if let Some(path) = &path {
+        let _ = os::unlink(path);
+    }
+    true
+}
