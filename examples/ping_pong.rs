@@ -18,7 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = format!("ping-pong-{}", std::process::id());
     let mut shm = SharedMemory::new(&key).with_lock_mode(LockMode::Fast);
     shm.create(64, AccessMode::ReadWrite)?;
-    let mut pong = std::process::Command::new(std::env::current_exe()?).args(["pong", &key]).spawn()?;
+    let mut pong = std::process::Command::new(std::env::current_exe()?)
+        .args(["pong", &key])
+        .spawn()?;
     play(&key, 0)?;
     pong.wait()?;
     shm.detach()?; // last user: the segment is destroyed
