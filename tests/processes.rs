@@ -149,7 +149,7 @@ fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
     if cond { Ok(()) } else { Err(what.into().into()) }
 }
 
-fn no_leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32)]) -> Result<(), Failed> {
+fn no_leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]) -> Result<(), Failed> {
     let left = leftovers(key, kind, recorded);
     check(left.is_empty(), format!("left behind: {left:?}"))
 }

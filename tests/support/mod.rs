@@ -200,16 +200,23 @@ pub fn say(line: impl std::fmt::Display) {
     let _ = out.flush();
 }
 
-/// The numeric System V keys (segment, semaphore) of legacy key `key`, taken while its
-/// key files exist, so [`leftovers`] can look for them after the files are gone.
-pub fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32)> {
+/// The System V objects (table, numeric key, id) of legacy key `key`, taken while its key
+/// files exist, so [`leftovers`] can look for exactly them after the files are gone.
+/// (The id matters: `ftok` uses only 16 bits of the inode, so once a key file is
+/// deleted, another test's new key file can reuse the numeric key.)
+pub fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32, i32)> {
     let mut keys = Vec::new();
     if kind == KeyType::SystemV {
-        if let Some(k) = SharedMemory::system_v_key(&native(key, kind)) {
-            keys.push(("/proc/sysvipc/shm", k));
-        }
-        if let Some(k) = SharedMemory::system_v_key(&SystemSemaphore::legacy_native_key(key, kind)) {
-            keys.push(("/proc/sysvipc/sem", k));
+        let sem = SystemSemaphore::legacy_native_key(key, kind);
+        for (table, native) in [
+            ("/proc/sysvipc/shm", native(key, kind)),
+            ("/proc/sysvipc/sem", sem),
+        ] {
+            if let Some(k) = SharedMemory::system_v_key(&native) {
+                for id in sysv_ids(table, k) {
+                    keys.push((table, k, id));
+                }
+            }
         }
     }
     keys
@@ -217,7 +224,7 @@ pub fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32)> {
 
 /// Everything of legacy key `key` that is still on the system: segment, key files,
 /// lock state, semaphore (plus the numeric System V keys recorded earlier).
-pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32)]) -> Vec<String> {
+pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]) -> Vec<String> {
     let mut found = Vec::new();
     let native = native(key, kind);
     let handle = SharedMemory::with_native_key(native.clone());
@@ -244,9 +251,9 @@ pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32)]) -> 
             }
             let mut keys = recorded.to_vec();
             keys.extend(sysv_keys(key, kind));
-            for (table, k) in keys {
-                if sysv_table_has(table, k) {
-                    found.push(format!("{table} key {k:#x}"));
+            for (table, k, id) in keys {
+                if sysv_ids(table, k).contains(&id) {
+                    found.push(format!("{table} key {k:#x} id {id}"));
                 }
             }
         }
@@ -256,11 +263,18 @@ pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32)]) -> 
     found
 }
 
-fn sysv_table_has(table: &str, key: i32) -> bool {
+/// Ids of the entries with numeric key `key` in a `/proc/sysvipc` table.
+fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
     let text = std::fs::read_to_string(table).unwrap_or_default();
     text.lines()
         .skip(1)
-        .any(|l| l.split_whitespace().next().and_then(|k| k.parse::<i32>().ok()) == Some(key))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let k: i32 = f.next()?.parse().ok()?;
+            let id: i32 = f.next()?.parse().ok()?;
+            (k == key).then_some(id)
+        })
+        .collect()
 }
 
 /// Both key types, for tests that run once per backend.
