@@ -460,6 +460,36 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_key_derives_and_round_trips(key in "\\PC{0,80}", posix in proptest::bool::ANY) {
+            let kind = if posix { KeyType::PosixRealtime } else { KeyType::SystemV };
+            let k = legacy_platform_safe_key(&key, IpcType::SharedMemory, kind);
+            if key.is_empty() {
+                proptest::prop_assert!(k.is_empty());
+            } else {
+                let name = k.native().rsplit('/').next().unwrap();
+                proptest::prop_assert!(name.starts_with("qipc_sharedmemory_"));
+                proptest::prop_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+                let back: NativeIpcKey = k.to_string().parse().unwrap();
+                proptest::prop_assert_eq!(back, k);
+            }
+        }
+
+        #[test]
+        fn any_native_string_round_trips(native in "\\PC{0,60}", posix in proptest::bool::ANY) {
+            let kind = if posix { KeyType::PosixRealtime } else { KeyType::SystemV };
+            let k = NativeIpcKey::new(native, kind);
+            let back: NativeIpcKey = k.to_string().parse().unwrap();
+            proptest::prop_assert_eq!(back, k);
+        }
+
+        #[test]
+        fn parsing_garbage_never_panics(text in "\\PC{0,60}") {
+            let _ = text.parse::<NativeIpcKey>();
+        }
+    }
+
     #[test]
     fn bad_string_forms_are_key_errors() {
         for text in [
