@@ -244,9 +244,10 @@ fn escape_path_char(c: char) -> bool {
     matches!(c, '%' | '?' | '#') || c.is_ascii_control()
 }
 
-/// Characters that must be percent-encoded in the `legacyKey` query value.
+/// Characters that must be percent-encoded in the `legacyKey` query value (as Qt's
+/// `QUrlQuery` does: `+`, `?`, `/`, spaces and non-ASCII stay as they are).
 fn escape_query_char(c: char) -> bool {
-    matches!(c, '%' | '#' | '&' | '=' | '+') || c.is_ascii_control()
+    matches!(c, '%' | '#' | '&' | '=') || c.is_ascii_control()
 }
 
 fn percent_encode(s: &str, escape: fn(char) -> bool) -> String {
@@ -308,7 +309,9 @@ impl FromStr for NativeIpcKey {
                 .with_detail(format!("not a native key string: {why}"))
         };
         let (scheme, rest) = text.split_once(':').ok_or_else(|| invalid("no type"))?;
-        let kind = match scheme {
+        // URL schemes are case-insensitive (QUrl lowercases them). Qt's "systemv-N"
+        // (a System V key with an ftok id other than 'Q') is not supported.
+        let kind = match scheme.to_ascii_lowercase().as_str() {
             "systemv" => KeyType::SystemV,
             "posix" => KeyType::PosixRealtime,
             _ => return Err(invalid("unknown or unsupported key type")),
@@ -488,6 +491,29 @@ mod tests {
         fn parsing_garbage_never_panics(text in "\\PC{0,60}") {
             let _ = text.parse::<NativeIpcKey>();
         }
+    }
+
+    #[test]
+    fn string_forms_match_qt_escaping() {
+        // What Qt 6.11's QNativeIpcKey::toString() prints (PyQt6)
+        let k = NativeIpcKey::new("/tmp/a b%c?d#e", KeyType::SystemV);
+        assert_eq!(k.to_string(), "systemv:/tmp/a b%25c%3Fd%23e");
+        assert_eq!(
+            NativeIpcKey::new("//x", KeyType::PosixRealtime).to_string(),
+            "posix:/%2Fx"
+        );
+        let k = legacy_platform_safe_key("a/b c:é%", IpcType::SharedMemory, KeyType::PosixRealtime);
+        assert_eq!(
+            k.to_string(),
+            "posix:/qipc_sharedmemory_abc8cd40d65376172d4221f778233c4d8329103da1c?legacyKey=a/b c:é%25"
+        );
+        let mut k = NativeIpcKey::new("/x", KeyType::PosixRealtime);
+        k.legacy = Some("q?&=#+%20".to_owned());
+        assert_eq!(k.to_string(), "posix:/x?legacyKey=q?%26%3D%23+%2520");
+        assert_eq!(
+            "SYSTEMV:/tmp/x".parse::<NativeIpcKey>().unwrap().kind(),
+            KeyType::SystemV
+        );
     }
 
     #[test]

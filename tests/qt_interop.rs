@@ -277,7 +277,14 @@ fn qt_leaks_qshm_cleans(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
 
 fn keys_match_qt(py: &PathBuf) -> Result<(), Failed> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_peer.py");
-    for key in ["market", "a/b c:é%", "héllo wörld", "!!!", &"x".repeat(300)] {
+    for key in [
+        "market",
+        "a/b c:é%",
+        "héllo wörld",
+        "q?&=#+%20",
+        "!!!",
+        &"x".repeat(300),
+    ] {
         let out = Command::new(py).arg(script).args(["keys", key]).output()?;
         check(
             out.status.success(),
@@ -298,6 +305,10 @@ fn keys_match_qt(py: &PathBuf) -> Result<(), Failed> {
             check(
                 sem.native() == qt_sem,
                 format!("{key:?} {t} semaphore: qshm {} vs Qt {qt_sem}", sem.native()),
+            )?;
+            check(
+                shm.to_string() == qt_str,
+                format!("string form: qshm {shm} vs Qt {qt_str}"),
             )?;
             let parsed: NativeIpcKey = qt_str.parse()?;
             check(
