@@ -539,3 +539,10 @@ pub(crate) fn mapped_by_other_process(path: &str, ino: u64) -> bool {
     }
     false
 }
+
+/// `semctl(GETPID)`: the process that last operated on semaphore 0 of set `id` (0 when
+/// nobody has yet), for `qshm ls` to tell an abandoned semaphore from one in use.
+pub(crate) fn sem_last_pid(id: libc::c_int) -> io::Result<libc::pid_t> {
+    // SAFETY: GETPID takes no extra argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::GETPID) })
+}

@@ -1,133 +1,233 @@
 //! `qshm`: see, inspect and clean shared-memory segments — Qt-style keys included.
+//!
+//! Every command prints at most one error line, `qshm: <what happened>: <what to do>`,
+//! and exits with 0 (ok), 1 (bad input: a range, a file, a size, a key), 2 (usage,
+//! from clap), 3 (no such segment), 4 (already exists), 5 (permission denied),
+//! 6 (anything else) or 130 (interrupted while waiting).
 
+mod commands;
 mod demo;
+mod interrupt;
+mod list;
+mod progress;
 
-use std::io::{IsTerminal, Write};
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use qshm::inspect;
-use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, SystemSemaphore};
+use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, inspect};
 
 /// See, inspect and clean shared-memory segments; keys work as in Qt's QSharedMemory.
 ///
 /// KEY is a legacy key, as passed to `QSharedMemory(key)`, turned into the native key
-/// Qt 6 derives (System V unless --posix). A native key string such as
-/// `posix:/name` or `systemv:/tmp/file` is used as it is.
+/// Qt 6 derives (System V unless --posix). With --native (or when it starts with
+/// `posix:` or `systemv:`) KEY is a native key string as Qt's `QNativeIpcKey::toString`
+/// prints it, e.g. `posix:/name` or `systemv:/tmp/file`.
 #[derive(Parser, Debug)]
-#[command(name = "qshm", version, about, long_about = None)]
+#[command(name = "qshm", version, about, long_about)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 bad input, 2 usage, 3 not found, 4 already exists, \
+                        5 permission denied, 6 other error, 130 interrupted."
+)]
 struct Cli {
     #[command(flatten)]
-    key_opts: KeyOpts,
+    opts: KeyOpts,
     #[command(subcommand)]
     command: Command,
 }
 
+/// How KEY is read and which lock is used (valid with every command).
 #[derive(Args, Debug, Clone, Copy)]
-struct KeyOpts {
-    /// Use POSIX keys (shm_open) for legacy keys
+pub struct KeyOpts {
+    /// KEY names a POSIX segment (shm_open, /dev/shm)
     #[arg(long, global = true, conflicts_with = "sysv")]
-    posix: bool,
-    /// Use System V keys (shmget) for legacy keys (the default, as Qt's legacy keys)
+    pub posix: bool,
+    /// KEY names a System V segment (shmget) — the default, as for Qt's legacy keys
     #[arg(long, global = true)]
-    sysv: bool,
-    /// Lock with qshm's fast lock instead of Qt's semaphore (qshm peers only)
+    pub sysv: bool,
+    /// KEY is a native key: `posix:/name`, `systemv:/path` (Qt's string form), or a bare
+    /// `/name` or `/path` of the --posix/--sysv type
     #[arg(long, global = true)]
-    fast: bool,
+    pub native: bool,
+    /// Lock with qshm's fast lock (LockMode::Fast; qshm peers only) instead of Qt's semaphore
+    #[arg(long, global = true)]
+    pub fast: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a segment and keep it alive (--hold SECONDS, or until Ctrl-C)
+    /// Create a segment and keep it alive (for --hold SECONDS, or until Ctrl-C)
     Create {
+        /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
-        /// Size in bytes (rounded up to whole pages)
-        size: usize,
+        /// Size in bytes, or with a K, M or G suffix (KiB, MiB, GiB); rounded up to whole
+        /// pages. Default with --from: the file's size
+        #[arg(value_parser = parse_size, required_unless_present = "from")]
+        size: Option<usize>,
         /// Permission bits, octal
-        #[arg(long, default_value = "0600", value_parser = parse_octal)]
+        #[arg(long, default_value = "0600", value_parser = parse_mode)]
         mode: u32,
-        /// Fill every byte with this value (0-255)
-        #[arg(long, conflicts_with = "from")]
+        /// Fill every byte with this value (0-255 or 0x00-0xff)
+        #[arg(long, value_parser = parse_byte, value_name = "BYTE")]
         fill: Option<u8>,
-        /// Copy this file into the segment
-        #[arg(long)]
+        /// Copy this file into the start of the segment (`-`: standard input)
+        #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
-        /// Keep it for this many seconds, then detach (default: until Ctrl-C)
-        #[arg(long)]
-        hold: Option<f64>,
+        /// Keep the segment this long, then detach (default: until Ctrl-C)
+        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+        hold: Option<Duration>,
     },
     /// Write text or a file into a segment, under the lock
     Write {
+        /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
-        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        /// The text to write
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
         text: Option<String>,
-        #[arg(long)]
+        /// The file to write (`-`: standard input)
+        #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
         /// Byte offset to write at
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value = "0", value_parser = parse_size)]
         offset: usize,
     },
-    /// Print a segment's bytes, under the lock
+    /// Print a segment's bytes, read under the lock
     Cat {
+        /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
-        #[arg(long, default_value_t = 0)]
+        /// First byte to print
+        #[arg(long, default_value = "0", value_parser = parse_size)]
         offset: usize,
         /// How many bytes (default: to the end)
-        #[arg(long)]
+        #[arg(long, value_parser = parse_size)]
         len: Option<usize>,
         /// Hex dump instead of raw bytes
         #[arg(long)]
         hex: bool,
     },
     /// Native key, backend, size, attachments, permissions, owner, lock state
-    Stat { key: String },
-    /// List every System V and POSIX segment on the machine
+    Stat {
+        /// The key: legacy, as in QSharedMemory(KEY), or native with --native
+        key: String,
+    },
+    /// List every System V and POSIX segment on the machine, and orphans
     Ls {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
-    /// Remove a segment with its lock and semaphore, or (--stale) every dead one
+    /// Remove a segment with its lock state and semaphore, or (--stale) every dead one
     Rm {
-        #[arg(required_unless_present = "stale")]
+        /// The key: legacy, as in QSharedMemory(KEY), or native with --native
+        #[arg(required_unless_present = "stale", conflicts_with = "stale")]
         key: Option<String>,
-        /// Remove every stale segment and leftover (never a live one)
-        #[arg(long, conflicts_with = "key")]
+        /// Remove every stale Qt/qshm segment and orphan (never a live one)
+        #[arg(long)]
         stale: bool,
+        /// With --stale: also other programs' stale segments (System V nobody is attached
+        /// to, files in /dev/shm nobody maps)
+        #[arg(long, requires = "stale")]
+        all: bool,
     },
     /// Hold the segment's lock (for testing other programs)
     Lock {
+        /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
-        #[arg(long)]
-        hold: f64,
+        /// Release it after this long (default: at Ctrl-C)
+        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+        hold: Option<Duration>,
     },
     /// Print the native keys Qt derives for KEY (both types)
-    Key { key: String },
+    Key {
+        /// A legacy key, as in QSharedMemory(KEY)
+        key: String,
+    },
     /// Two processes exchange messages through a segment under the lock
     Demo {
         /// Number of messages
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         messages: u32,
     },
+    /// The consumer side of `qshm demo` (started by it)
     #[command(hide = true)]
     DemoConsumer { key: String },
 }
 
-fn parse_octal(s: &str) -> Result<u32, String> {
+/// `4096`, `64K`, `1M`, `2G` (powers of 1024).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (t, 0),
+        Some((i, _)) => {
+            let shift = match t[i..].to_ascii_lowercase().as_str() {
+                "k" | "kb" | "kib" => 10,
+                "m" | "mb" | "mib" => 20,
+                "g" | "gb" | "gib" => 30,
+                _ => return Err(format!("{s:?} is not a size like 4096, 64K or 1M")),
+            };
+            (&t[..i], shift)
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1usize.checked_shl(shift)?))
+        .ok_or_else(|| format!("{s:?} is not a size like 4096, 64K or 1M"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("{s:?} is not an octal mode like 0600"))
 }
 
+fn parse_byte(s: &str) -> Result<u8, String> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("{s:?} is not a byte value (0-255 or 0x00-0xff)"))
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v >= 0.0)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds like 5 or 0.5"))
+}
+
 /// A failure: one line for the user, and the exit code.
-struct Failure {
+#[derive(Debug)]
+pub struct Failure {
     message: String,
     code: u8,
+}
+
+impl Failure {
+    /// Bad input (exit code 1).
+    pub fn input(message: String) -> Failure {
+        Failure { message, code: 1 }
+    }
+
+    /// Anything else (exit code 6).
+    pub fn other(message: String) -> Failure {
+        Failure { message, code: 6 }
+    }
+
+    /// Interrupted by a signal while waiting (exit code 130).
+    pub fn interrupted(message: String) -> Failure {
+        Failure { message, code: 130 }
+    }
+
+    pub fn with_hint(mut self, hint: &str) -> Failure {
+        let _ = write!(self.message, ": {hint}");
+        self
+    }
 }
 
 impl From<qshm::Error> for Failure {
@@ -136,21 +236,30 @@ impl From<qshm::Error> for Failure {
             SharedMemoryError::NotFound => 3,
             SharedMemoryError::AlreadyExists => 4,
             SharedMemoryError::PermissionDenied => 5,
+            SharedMemoryError::InvalidSize | SharedMemoryError::KeyError => 1,
             _ => 6,
         };
-        Failure {
+        let mut failure = Failure {
             message: e.to_string(),
             code,
+        };
+        if e.kind() == SharedMemoryError::PermissionDenied {
+            failure = failure.with_hint("run as the segment's owner (see `qshm ls`) or as root");
         }
+        failure
     }
 }
 
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Failure {
-        Failure {
-            message: e.to_string(),
-            code: 6,
+        // a reader that stopped reading (`qshm cat KEY | head`) is not an error
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Failure {
+                message: String::new(),
+                code: 0,
+            };
         }
+        Failure::other(e.to_string())
     }
 }
 
@@ -161,14 +270,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("qshm: {}", f.message);
+            if !f.message.is_empty() {
+                eprintln!("qshm: {}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }
 }
 
 fn run(cli: Cli) -> CliResult {
-    let opts = cli.key_opts;
+    let opts = cli.opts;
     match cli.command {
         Command::Create {
             key,
@@ -177,27 +288,58 @@ fn run(cli: Cli) -> CliResult {
             fill,
             from,
             hold,
-        } => create(opts, &key, size, mode, fill, from, hold),
+        } => commands::create(
+            &opts.target(&key)?,
+            commands::CreateArgs {
+                size,
+                mode,
+                fill,
+                from,
+                hold,
+            },
+        ),
         Command::Write {
             key,
             text,
             from,
             offset,
-        } => write(opts, &key, text, from, offset),
+        } => commands::write(&opts.target(&key)?, text, from, offset),
         Command::Cat {
             key,
             offset,
             len,
             hex,
-        } => cat(opts, &key, offset, len, hex),
-        Command::Stat { key } => stat(opts, &key),
-        Command::Ls { json } => ls(json),
-        Command::Rm { key, stale } => rm(opts, key.as_deref(), stale),
-        Command::Lock { key, hold } => lock(opts, &key, hold),
-        Command::Key { key } => print_keys(&key),
-        Command::Demo { messages } => demo::run(messages),
-        Command::DemoConsumer { key } => demo::consumer(&key),
+        } => commands::cat(&opts.target(&key)?, offset, len, hex),
+        Command::Stat { key } => commands::stat(&opts.target(&key)?),
+        Command::Ls { json } => list::ls(json),
+        Command::Rm { key, stale, all } => match key {
+            Some(key) if !stale => commands::rm(&opts.target(&key)?),
+            _ => commands::rm_stale(all),
+        },
+        Command::Lock { key, hold } => commands::lock(&opts.target(&key)?, hold),
+        Command::Key { key } => {
+            if opts.native {
+                return Err(Failure::input(
+                    "`qshm key` derives native keys from a legacy key; drop --native".to_owned(),
+                ));
+            }
+            commands::print_keys(&key)
+        }
+        Command::Demo { messages } => demo::run(opts, messages),
+        Command::DemoConsumer { key } => demo::consumer(&opts.target(&key)?),
     }
+}
+
+/// The segment a command is about: KEY as typed, its native key, and the options.
+pub struct Target {
+    /// KEY as the user typed it.
+    pub shown: String,
+    /// The native key it stands for.
+    pub native: NativeIpcKey,
+    /// The user's lock mode.
+    pub mode: LockMode,
+    /// KEY was a legacy key (so the other key type can be suggested).
+    pub legacy: bool,
 }
 
 impl KeyOpts {
@@ -209,430 +351,260 @@ impl KeyOpts {
         }
     }
 
-    fn lock_mode(self) -> LockMode {
-        if self.fast {
+    /// Read KEY: a legacy key (Qt's derivation), or a native key.
+    pub fn target(self, key: &str) -> Result<Target, Failure> {
+        if key.is_empty() {
+            return Err(Failure::input(
+                "the key is empty: give a name like \"market\"".to_owned(),
+            ));
+        }
+        let lower = key.get(..8).unwrap_or(key).to_ascii_lowercase();
+        let has_scheme = lower.starts_with("posix:") || lower.starts_with("systemv:");
+        let mode = if self.fast {
             LockMode::Fast
         } else {
             LockMode::QtCompatible
-        }
-    }
-
-    /// The native key for KEY: a native string form as is, else Qt's legacy derivation.
-    fn native(self, key: &str) -> Result<NativeIpcKey, Failure> {
-        if key.starts_with("systemv:") || key.starts_with("posix:") {
-            return key.parse().map_err(Failure::from);
-        }
-        if key.is_empty() {
-            return Err(Failure {
-                message: "the key is empty: give a name like \"market\"".into(),
-                code: 1,
+        };
+        if !self.native && !has_scheme {
+            return Ok(Target {
+                shown: key.to_owned(),
+                native: SharedMemory::legacy_native_key(key, self.kind()),
+                mode,
+                legacy: true,
             });
         }
-        Ok(SharedMemory::legacy_native_key(key, self.kind()))
-    }
-
-    fn handle(self, key: &str) -> Result<SharedMemory, Failure> {
-        Ok(SharedMemory::with_native_key(self.native(key)?).with_lock_mode(self.lock_mode()))
-    }
-}
-
-/// Attach, turning NotFound into a hint about the other key type.
-fn attach(opts: KeyOpts, key: &str, mode: AccessMode) -> Result<SharedMemory, Failure> {
-    let mut shm = opts.handle(key)?;
-    match shm.attach(mode) {
-        Ok(()) => Ok(shm),
-        Err(e) if e.kind() == SharedMemoryError::NotFound => {
-            let kind = shm.native_ipc_key().kind();
-            let mut message = format!("no segment for key {key:?} ({})", type_name(kind));
-            if shm.key().is_some() {
-                let other = match kind {
-                    KeyType::SystemV => KeyType::PosixRealtime,
-                    KeyType::PosixRealtime => KeyType::SystemV,
-                };
-                let mut probe = SharedMemory::with_key_type(key, other).with_lock_mode(LockMode::Fast);
-                if probe.attach(AccessMode::ReadOnly).is_ok() {
-                    let flag = if other == KeyType::PosixRealtime {
-                        "--posix"
-                    } else {
-                        "--sysv"
-                    };
-                    message.push_str(&format!(": did you mean {flag}?"));
-                } else {
-                    message.push_str(": create it first (qshm create KEY SIZE), or see `qshm ls`");
-                }
-            }
-            Err(Failure { message, code: 3 })
+        // `/name` or `/path`: a bare native key of the --posix/--sysv type; else Qt's string form
+        let native: NativeIpcKey = if key.starts_with('/') {
+            NativeIpcKey::new(key, self.kind())
+        } else {
+            key.parse().map_err(Failure::from)?
+        };
+        let asked = (self.posix || self.sysv).then(|| self.kind());
+        if let Some(asked) = asked.filter(|k| *k != native.kind()) {
+            return Err(Failure::input(format!(
+                "{key:?} is a {} key but {} was given: drop {}",
+                native.kind(),
+                type_flag(asked),
+                type_flag(asked)
+            )));
         }
-        Err(e) => Err(e.into()),
+        Ok(Target {
+            shown: key.to_owned(),
+            native,
+            mode,
+            legacy: false,
+        })
     }
 }
 
-fn type_name(kind: KeyType) -> &'static str {
+impl Target {
+    /// The same segment with another lock mode.
+    pub fn with_mode(&self, mode: LockMode) -> Target {
+        Target {
+            shown: self.shown.clone(),
+            native: self.native.clone(),
+            mode,
+            legacy: self.legacy,
+        }
+    }
+
+    /// A handle (not attached) with the user's lock mode.
+    pub fn handle(&self) -> SharedMemory {
+        SharedMemory::with_native_key(self.native.clone()).with_lock_mode(self.mode)
+    }
+
+    /// A command line for this segment, for hints: `qshm <sub> KEY [rest] [--posix] [--fast]`.
+    pub fn command(&self, sub: &str, rest: &str) -> String {
+        let mut words = format!("qshm {sub} ");
+        if self.legacy {
+            words.push_str(&shell_word(&self.shown));
+        } else {
+            words.push_str("--native ");
+            words.push_str(&shell_word(&self.native.to_string()));
+        }
+        if !rest.is_empty() {
+            words.push(' ');
+            words.push_str(rest);
+        }
+        if self.legacy && self.native.kind() == KeyType::PosixRealtime {
+            words.push_str(" --posix");
+        }
+        if self.mode == LockMode::Fast && sub != "rm" && sub != "stat" {
+            words.push_str(" --fast");
+        }
+        words
+    }
+
+    /// Attach, turning NotFound into a hint about the other key type.
+    pub fn attach(&self, access: AccessMode) -> Result<SharedMemory, Failure> {
+        let mut shm = self.handle();
+        match shm.attach(access) {
+            Ok(()) => Ok(shm),
+            Err(e) if e.kind() == SharedMemoryError::NotFound => Err(self.not_found(true)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `no segment for key "x" (System V): did you mean --posix?`, or (`suggest_create`)
+    /// how to make one.
+    pub fn not_found(&self, suggest_create: bool) -> Failure {
+        let kind = self.native.kind();
+        let failure = Failure {
+            message: format!("no segment for key {:?} ({})", self.shown, type_name(kind)),
+            code: 3,
+        };
+        let other = match kind {
+            KeyType::SystemV => KeyType::PosixRealtime,
+            KeyType::PosixRealtime => KeyType::SystemV,
+        };
+        if self.legacy && inspect::exists(&SharedMemory::legacy_native_key(&self.shown, other)) {
+            failure.with_hint(&format!("did you mean {}?", type_flag(other)))
+        } else if suggest_create {
+            failure.with_hint(&format!(
+                "create it with `{}`, or see `qshm ls`",
+                self.command("create", "SIZE")
+            ))
+        } else {
+            failure.with_hint("see `qshm ls` for the segments that exist")
+        }
+    }
+
+    /// A lock failure, with a hint when the segment's users lock it in the other mode.
+    pub fn lock_failure(&self, shm: &SharedMemory, e: qshm::Error) -> Failure {
+        let failure = Failure::from(e);
+        if failure.code != 6 || !shm.is_attached() {
+            return failure;
+        }
+        let other = match self.mode {
+            LockMode::QtCompatible => LockMode::Fast,
+            LockMode::Fast => LockMode::QtCompatible,
+        };
+        // `shm` stays attached meanwhile, so this probe's detach is never the last one.
+        let mut probe = SharedMemory::with_native_key(self.native.clone()).with_lock_mode(other);
+        let works = probe.attach(AccessMode::ReadOnly).is_ok() && probe.try_lock_read().is_ok();
+        drop(probe);
+        match (works, other) {
+            (true, LockMode::Fast) => failure.with_hint("its users lock it in Fast mode: add --fast"),
+            (true, LockMode::QtCompatible) => {
+                failure.with_hint("its users lock it in Qt-compatible mode: drop --fast")
+            }
+            (false, _) => failure,
+        }
+    }
+}
+
+/// `--posix` or `--sysv`.
+pub fn type_flag(kind: KeyType) -> &'static str {
+    match kind {
+        KeyType::SystemV => "--sysv",
+        KeyType::PosixRealtime => "--posix",
+    }
+}
+
+/// `System V` or `POSIX`.
+pub fn type_name(kind: KeyType) -> &'static str {
     match kind {
         KeyType::SystemV => "System V",
         KeyType::PosixRealtime => "POSIX",
     }
 }
 
-/// A progress bar on stderr for transfers over 1 MiB, when stderr is a terminal.
-fn progress(total: usize, what: &str) -> Option<indicatif::ProgressBar> {
-    if total <= 1 << 20 || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+/// `word` quoted for a POSIX shell when it needs it.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b))
     {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_owned());
-    Some(bar)
-}
-
-/// Copy `src` into `dst` in chunks, advancing the progress bar.
-fn copy_with_progress(dst: &mut [u8], src: &[u8], what: &str) {
-    let bar = progress(src.len(), what);
-    for (d, s) in dst.chunks_mut(1 << 20).zip(src.chunks(1 << 20)) {
-        d.copy_from_slice(s);
-        if let Some(bar) = &bar {
-            bar.inc(s.len() as u64);
-        }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
-fn read_source(text: Option<String>, from: Option<PathBuf>) -> Result<Vec<u8>, Failure> {
-    match (text, from) {
-        (Some(text), _) => Ok(text.into_bytes()),
-        (None, Some(path)) => std::fs::read(&path).map_err(|e| Failure {
-            message: format!("cannot read {}: {e}", path.display()),
-            code: 6,
-        }),
-        (None, None) => Ok(Vec::new()),
-    }
-}
-
-fn create(
-    opts: KeyOpts,
-    key: &str,
-    size: usize,
-    mode: u32,
-    fill: Option<u8>,
-    from: Option<PathBuf>,
-    hold: Option<f64>,
-) -> CliResult {
-    let data = read_source(None, from)?;
-    if data.len() > size {
-        return Err(Failure {
-            message: format!("the file has {} bytes, more than SIZE {size}", data.len()),
-            code: 1,
-        });
-    }
-    let mut shm = opts.handle(key)?.with_permissions(mode);
-    shm.create(size, AccessMode::ReadWrite).map_err(|e| {
-        if e.kind() == SharedMemoryError::AlreadyExists {
-            Failure {
-                message: format!("{e}: attach to it, or remove it with `qshm rm {key}`"),
-                code: 4,
-            }
-        } else {
-            e.into()
-        }
-    })?;
-    {
-        let mut bytes = shm.lock()?;
-        if let Some(byte) = fill {
-            bytes.fill(byte);
-        }
-        copy_with_progress(&mut bytes[..data.len()], &data, "writing");
-    }
-    println!(
-        "created {key} native={} type={} size={}",
-        shm.native_ipc_key(),
-        shm.native_ipc_key().kind(),
-        shm.size()
-    );
-    println!(
-        "holding{} (Ctrl-C to release)",
-        hold.map(|s| format!(" for {s} s")).unwrap_or_default()
-    );
-    let _ = std::io::stdout().flush();
-    wait_for_signal(hold)?;
-    shm.detach()?;
-    println!("detached");
-    Ok(())
-}
-
-/// Sleep until SIGINT/SIGTERM/SIGHUP or `seconds` pass.
-fn wait_for_signal(seconds: Option<f64>) -> Result<(), Failure> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
-    let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn out_of_range(offset: usize, len: usize, size: usize) -> Failure {
-    Failure {
-        message: format!(
-            "bytes {offset}..{} are outside the segment (size {size})",
-            offset.saturating_add(len)
-        ),
-        code: 1,
-    }
-}
-
-fn write(opts: KeyOpts, key: &str, text: Option<String>, from: Option<PathBuf>, offset: usize) -> CliResult {
-    let data = read_source(text, from)?;
-    let shm = attach(opts, key, AccessMode::ReadWrite)?;
-    let end = offset.checked_add(data.len()).filter(|&e| e <= shm.size());
-    let Some(end) = end else {
-        return Err(out_of_range(offset, data.len(), shm.size()));
-    };
-    let mut bytes = shm.lock()?;
-    copy_with_progress(&mut bytes[offset..end], &data, "writing");
-    drop(bytes);
-    println!("wrote {} bytes at offset {offset}", data.len());
-    Ok(())
-}
-
-fn cat(opts: KeyOpts, key: &str, offset: usize, len: Option<usize>, hex: bool) -> CliResult {
-    let shm = attach(opts, key, AccessMode::ReadOnly)?;
-    let len = len.unwrap_or(shm.size().saturating_sub(offset));
-    let end = offset.checked_add(len).filter(|&e| e <= shm.size());
-    let Some(end) = end else {
-        return Err(out_of_range(offset, len, shm.size()));
-    };
-    let mut copy = vec![0u8; len];
-    {
-        let bytes = shm.lock_read()?;
-        copy_with_progress(&mut copy, &bytes[offset..end], "reading");
-    }
+/// Print a status line and flush it at once (readers wait for it); a closed stdout
+/// does not stop a command that holds a segment.
+pub fn say(line: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
-    if hex {
-        for (i, line) in copy.chunks(16).enumerate() {
-            let hexes: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
-            let text: String = line
-                .iter()
-                .map(|&b| {
-                    if b.is_ascii_graphic() || b == b' ' {
-                        b as char
-                    } else {
-                        '.'
-                    }
-                })
-                .collect();
-            writeln!(out, "{:08x}  {:<47}  |{text}|", offset + i * 16, hexes.join(" "))?;
-        }
-    } else {
-        out.write_all(&copy)?;
-    }
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Print `text` on stdout (one write; a closed pipe is not an error).
+pub fn print_all(text: &str) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(())
 }
 
-fn stat(opts: KeyOpts, key: &str) -> CliResult {
-    let shm = attach(opts, key, AccessMode::ReadOnly)?;
-    let info = shm.info()?;
-    let attachments = match info.attachments {
-        Some(n) => n.to_string(),
-        None => format!(
-            "{} processes map it",
-            inspect::posix_mappers(info.os_id.split(' ').next().unwrap_or(""))
-        ),
-    };
-    let lock = match shm.try_lock_read() {
-        Ok(Some(_)) => "free".to_owned(),
-        Ok(None) => "held by another process".to_owned(),
-        Err(e) => format!("unknown ({e})"),
-    };
-    let owner = inspect::owner_name(info.owner_uid);
-    println!("key:          {}", shm.key().unwrap_or("(native key)"));
-    println!("native key:   {}", shm.native_ipc_key());
-    println!("backend:      {}", type_name(shm.native_ipc_key().kind()));
-    println!("os id:        {}", info.os_id);
-    println!("size:         {} bytes", info.size);
-    println!("attachments:  {attachments}");
-    println!("permissions:  {:04o}", info.permissions);
-    println!("owner:        {owner} (uid {})", info.owner_uid);
-    println!(
-        "created:      {} s ago",
-        now_secs().saturating_sub(info.created_unix.max(0) as u64)
-    );
-    println!(
-        "lock:         {lock} ({:?} mode, semaphore {})",
-        shm.lock_mode(),
-        shm.semaphore_key()
-    );
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+    #[test]
+    fn sizes_accept_suffixes_and_reject_nonsense() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("1T").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("18446744073709551615G").is_err(), "overflow");
+    }
 
-fn ls(json: bool) -> CliResult {
-    let segments = inspect::segments()?;
-    let leftovers = inspect::leftovers()?;
-    if json {
-        let items: Vec<serde_json::Value> = segments
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "type": s.kind.as_str(),
-                    "native_key": s.native_key,
-                    "key_hint": s.key_hint,
-                    "os_id": s.os_id,
-                    "size": s.size,
-                    "attachments": s.attachments,
-                    "lock_holders": s.lock_holders,
-                    "owner": s.owner,
-                    "uid": s.owner_uid,
-                    "permissions": format!("{:04o}", s.permissions),
-                    "age_secs": s.age_secs,
-                    "stale": s.stale,
-                    "qt_style": s.qt_style,
-                })
-            })
-            .collect();
-        let left: Vec<serde_json::Value> = leftovers
-            .iter()
-            .map(|l| serde_json::json!({"what": l.what, "path": l.path}))
-            .collect();
-        let doc = serde_json::json!({"segments": items, "leftovers": left});
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-        return Ok(());
-    }
-    println!(
-        "{:<7} {:<12} {:>10} {:>6} {:<10} {:<5} {:>8}  {:<6} NATIVE KEY / OS ID",
-        "TYPE", "KEY HINT", "SIZE", "ATTACH", "OWNER", "PERM", "AGE", "STATE"
-    );
-    for s in &segments {
-        println!(
-            "{:<7} {:<12} {:>10} {:>6} {:<10} {:<5} {:>8}  {:<6} {}",
-            s.kind.as_str(),
-            s.key_hint.as_deref().unwrap_or("-"),
-            s.size,
-            s.attachments,
-            s.owner,
-            format!("{:04o}", s.permissions),
-            age(s.age_secs),
-            if s.stale { "STALE" } else { "live" },
-            s.native_key.as_deref().unwrap_or(&s.os_id)
-        );
-    }
-    for l in &leftovers {
-        println!("leftover {}: {}", l.what, l.path);
-    }
-    let stale = segments.iter().filter(|s| s.stale).count();
-    println!(
-        "{} segments, {stale} stale, {} leftovers{}",
-        segments.len(),
-        leftovers.len(),
-        if stale + leftovers.len() > 0 {
-            " (qshm rm --stale removes them)"
-        } else {
-            ""
+    #[test]
+    fn seconds_are_finite_and_not_negative() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        for bad in ["inf", "NaN", "-1", "1e300", "soon"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
         }
-    );
-    Ok(())
-}
-
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
     }
-}
 
-fn rm(opts: KeyOpts, key: Option<&str>, stale: bool) -> CliResult {
-    if stale {
-        let removed = inspect::remove_stale()?;
-        for r in &removed {
-            println!("removed {r}");
-        }
-        println!("{} removed", removed.len());
-        return Ok(());
+    #[test]
+    fn bytes_and_modes() {
+        assert_eq!(parse_byte("46"), Ok(46));
+        assert_eq!(parse_byte("0xff"), Ok(255));
+        assert!(parse_byte("256").is_err());
+        assert_eq!(parse_mode("0640"), Ok(0o640));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("01777").is_err());
     }
-    let key = key.unwrap_or_default();
-    let native = opts.native(key)?;
-    if SharedMemory::force_remove(&native)? {
-        println!("removed {native}");
-        Ok(())
-    } else {
-        // maybe the user meant the other type
-        let mut failure = Failure {
-            message: format!("no segment for key {key:?} ({})", type_name(native.kind())),
-            code: 3,
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(shell_word("market"), "market");
+        assert_eq!(shell_word("posix:/x?legacyKey=a"), "'posix:/x?legacyKey=a'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn keys_are_legacy_unless_native() {
+        let opts = KeyOpts {
+            posix: true,
+            sysv: false,
+            native: false,
+            fast: false,
         };
-        if native.legacy_key().is_some() {
-            let other = if opts.posix {
-                KeyType::SystemV
-            } else {
-                KeyType::PosixRealtime
-            };
-            let mut probe = SharedMemory::with_key_type(key, other).with_lock_mode(LockMode::Fast);
-            if probe.attach(AccessMode::ReadOnly).is_ok() {
-                failure.message.push_str(if other == KeyType::PosixRealtime {
-                    ": did you mean --posix?"
-                } else {
-                    ": did you mean --sysv?"
-                });
-            }
-        }
-        Err(failure)
+        let t = opts.target("market").unwrap();
+        assert!(t.legacy);
+        assert_eq!(
+            t.native.native(),
+            "/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3"
+        );
+        let t = opts.target("posix:/abc").unwrap();
+        assert!(!t.legacy);
+        assert_eq!(t.native.native(), "/abc");
+        let native = KeyOpts { native: true, ..opts };
+        assert_eq!(
+            native.target("/abc").unwrap().native.kind(),
+            KeyType::PosixRealtime
+        );
+        assert_eq!(opts.target("systemv:/tmp/x").err().map(|f| f.code), Some(1));
+        assert_eq!(opts.target("").err().map(|f| f.code), Some(1));
     }
-}
-
-fn lock(opts: KeyOpts, key: &str, hold: f64) -> CliResult {
-    let shm = attach(opts, key, AccessMode::ReadOnly)?;
-    let guard = shm.lock_read()?;
-    println!(
-        "locked {key}{}",
-        if guard.previous_owner_died() {
-            " (the previous holder had died)"
-        } else {
-            ""
-        }
-    );
-    let _ = std::io::stdout().flush();
-    wait_for_signal(Some(hold))?;
-    guard.unlock()?;
-    println!("unlocked");
-    Ok(())
-}
-
-fn print_keys(key: &str) -> CliResult {
-    if key.is_empty() {
-        return Err(Failure {
-            message: "the key is empty: Qt derives no native key from it".into(),
-            code: 1,
-        });
-    }
-    for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
-        let shm = SharedMemory::legacy_native_key(key, kind);
-        let sem = SystemSemaphore::legacy_native_key(key, kind);
-        println!("{}:", type_name(kind));
-        println!("  segment:    {}", shm.native());
-        println!("  semaphore:  {}", sem.native());
-        println!("  string:     {shm}");
-        if let Some(k) = SharedMemory::system_v_key(&shm) {
-            println!("  ftok key:   {:#010x}", k as u32);
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,383 @@
+//! create, write, cat, stat, rm, lock and key.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qshm::{
+    AccessMode, KeyType, LockMode, SemaphoreMode, SharedMemory, SharedMemoryError, SystemSemaphore, inspect,
+};
+
+use crate::interrupt::{self, Interrupt};
+use crate::{CliResult, Failure, Target, print_all, progress, say, type_name};
+
+/// The options of `qshm create`.
+pub struct CreateArgs {
+    pub size: Option<usize>,
+    pub mode: u32,
+    pub fill: Option<u8>,
+    pub from: Option<PathBuf>,
+    pub hold: Option<Duration>,
+}
+
+pub fn create(target: &Target, args: CreateArgs) -> CliResult {
+    // Before anything exists: a Ctrl-C from now on ends in a clean detach.
+    let interrupt = interrupt::install()?;
+    let limit = args.size.unwrap_or(isize::MAX as usize);
+    let data = match &args.from {
+        Some(path) => progress::read_input(path, limit, &interrupt, || {
+            Failure::input(format!(
+                "{} has more than SIZE ({limit}) bytes: give a larger SIZE or none",
+                progress::name(path)
+            ))
+        })?,
+        None => Vec::new(),
+    };
+    let size = args.size.unwrap_or(data.len());
+    let mut shm = target.handle().with_permissions(args.mode);
+    shm.create(size, AccessMode::ReadWrite)
+        .map_err(|e| match e.kind() {
+            SharedMemoryError::AlreadyExists => Failure::from(e).with_hint(&format!(
+                "someone uses it (see `{}`); `{}` removes it anyway",
+                target.command("stat", ""),
+                target.command("rm", "")
+            )),
+            _ => Failure::from(e),
+        })?;
+    if args.fill.is_some() || !data.is_empty() {
+        let mut bytes = interrupt.lock(&target.shown, |t| shm.lock_timeout(t), Failure::from)?;
+        if let Some(byte) = args.fill {
+            bytes.fill(byte);
+        }
+        bytes[..data.len()].copy_from_slice(&data);
+    }
+    say(format_args!(
+        "created {} native={} size={} type={}",
+        target.shown,
+        shm.native_ipc_key(),
+        shm.size(),
+        shm.native_ipc_key().kind()
+    ));
+    match args.hold {
+        Some(d) => say(format_args!(
+            "holding for {} s (Ctrl-C to release)",
+            d.as_secs_f64()
+        )),
+        None => say(format_args!("holding until Ctrl-C")),
+    }
+    interrupt.wait(args.hold);
+    shm.detach()?;
+    say(format_args!("detached"));
+    Ok(())
+}
+
+fn out_of_range(offset: usize, len: usize, size: usize) -> Failure {
+    Failure::input(format!(
+        "bytes {offset}..{} are outside the segment (size {size})",
+        offset.saturating_add(len)
+    ))
+}
+
+/// `offset..offset + len` if it lies within `size`.
+fn range(offset: usize, len: usize, size: usize) -> Result<std::ops::Range<usize>, Failure> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(offset..end),
+        _ => Err(out_of_range(offset, len, size)),
+    }
+}
+
+pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offset: usize) -> CliResult {
+    let interrupt = interrupt::install()?;
+    let shm = target.attach(AccessMode::ReadWrite)?;
+    let room = shm.size().saturating_sub(offset);
+    let data = match (text, &from) {
+        (Some(text), _) => text.into_bytes(),
+        (None, Some(path)) => {
+            // refuse a file that cannot fit before reading it
+            if let Some(len) = progress::file_len(path) {
+                range(offset, usize::try_from(len).unwrap_or(usize::MAX), shm.size())?;
+            }
+            progress::read_input(path, room, &interrupt, || {
+                Failure::input(format!(
+                    "{} has more than the {room} bytes from offset {offset} to the end of the segment",
+                    progress::name(path)
+                ))
+            })?
+        }
+        (None, None) => Vec::new(),
+    };
+    let span = range(offset, data.len(), shm.size())?;
+    let mut bytes = interrupt.lock(
+        &target.shown,
+        |t| shm.lock_timeout(t),
+        |e| target.lock_failure(&shm, e),
+    )?;
+    bytes[span].copy_from_slice(&data);
+    drop(bytes);
+    print_all(&format!("wrote {} bytes at offset {offset}\n", data.len()))
+}
+
+pub fn cat(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> CliResult {
+    let interrupt = interrupt::install()?;
+    let mut shm = target.attach(AccessMode::ReadOnly)?;
+    let len = len.unwrap_or(shm.size().saturating_sub(offset));
+    let span = range(offset, len, shm.size())?;
+    let copy = {
+        let bytes = interrupt.lock(
+            &target.shown,
+            |t| shm.lock_read_timeout(t),
+            |e| target.lock_failure(&shm, e),
+        )?;
+        bytes[span].to_vec()
+    };
+    // a slow reader of our output must not keep the segment alive
+    shm.detach()?;
+    let mut out = std::io::stdout().lock();
+    if hex {
+        progress::write_output(&mut out, hex_dump(&copy, offset).as_bytes(), &interrupt)
+    } else {
+        progress::write_output(&mut out, &copy, &interrupt)
+    }
+}
+
+/// `hexdump -C` style: offset, 16 bytes in hex, the printable ones as text.
+fn hex_dump(data: &[u8], offset: usize) -> String {
+    let mut text = String::with_capacity(data.len() * 4 + 80);
+    for (i, line) in data.chunks(16).enumerate() {
+        let _ = write!(text, "{:08x} ", offset + i * 16);
+        for (j, b) in line.iter().enumerate() {
+            let gap = if j == 8 { "  " } else { " " };
+            let _ = write!(text, "{gap}{b:02x}");
+        }
+        let missing = 16 - line.len();
+        let pad = missing * 3 + usize::from(line.len() <= 8);
+        let _ = write!(text, "{:pad$}  |", "");
+        text.extend(line.iter().map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        }));
+        text.push_str("|\n");
+    }
+    text
+}
+
+/// What `stat` says about the lock.
+fn lock_state(target: &Target, shm: &SharedMemory) -> String {
+    let state_file = shm.lock_state_path();
+    if state_file.exists() {
+        // Recorded in Fast mode? A Fast handle's lock says so (or fails on a mismatch).
+        // `shm` stays attached, so the probe's detach is never the last one.
+        let mut fast = SharedMemory::with_native_key(target.native.clone()).with_lock_mode(LockMode::Fast);
+        if fast.attach(AccessMode::ReadOnly).is_ok() {
+            match fast.try_lock_read() {
+                Ok(Some(_)) => return format!("free (Fast mode, lock state {})", state_file.display()),
+                Ok(None) => return format!("held (Fast mode, lock state {})", state_file.display()),
+                Err(_) => {} // recorded in Qt-compatible mode
+            }
+        }
+    }
+    // Qt-compatible: the semaphore Qt's lock() takes (stat's own attach opened it)
+    let key = shm.semaphore_key();
+    let value = SystemSemaphore::with_native_key(key.clone(), 1, SemaphoreMode::Open).and_then(|s| s.value());
+    let note = if state_file.exists() {
+        ""
+    } else {
+        "; no qshm process has locked it yet"
+    };
+    match value {
+        Ok(v) if v > 0 => format!("free (Qt-compatible mode, semaphore {key}{note})"),
+        Ok(_) => format!("held (Qt-compatible mode, semaphore {key}{note})"),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+pub fn stat(target: &Target) -> CliResult {
+    // Attach in Qt-compatible mode whatever --fast says: it checks for Qt peers before
+    // destroying, and stat's lock probe never records a mode (see lock_state).
+    let mut probe = target
+        .with_mode(LockMode::QtCompatible)
+        .attach(AccessMode::ReadOnly)?;
+    let info = probe.info()?;
+    let kind = probe.native_ipc_key().kind();
+    let attachments = match info.attachments {
+        Some(n) => format!("{n} (this stat included)"),
+        None => {
+            let path = info.os_id.split(" (").next().unwrap_or("");
+            let (holders, mappers) = inspect::posix_users(path);
+            format!("{mappers} processes map it, {holders} qshm attachments (this stat included)")
+        }
+    };
+    let lock = lock_state(target, &probe);
+    let age = now_secs().saturating_sub(info.created_unix.max(0) as u64);
+    let mut text = String::new();
+    let _ = writeln!(text, "key:          {}", probe.key().unwrap_or("(native key)"));
+    let _ = writeln!(text, "native key:   {}", probe.native_ipc_key());
+    let _ = writeln!(text, "backend:      {}", type_name(kind));
+    let _ = writeln!(text, "os id:        {}", info.os_id);
+    let _ = writeln!(text, "size:         {} bytes", info.size);
+    let _ = writeln!(text, "attachments:  {attachments}");
+    let _ = writeln!(text, "permissions:  {:04o}", info.permissions);
+    let _ = writeln!(
+        text,
+        "owner:        {} (uid {})",
+        inspect::owner_name(info.owner_uid),
+        info.owner_uid
+    );
+    let _ = writeln!(text, "created:      {age} s ago");
+    let _ = writeln!(text, "lock:         {lock}");
+    probe.detach()?;
+    print_all(&text)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn rm(target: &Target) -> CliResult {
+    // who is still attached (they keep their mapping until they detach)
+    let users = inspect::scan()
+        .ok()
+        .and_then(|scan| {
+            scan.segments.into_iter().find(|s| {
+                s.kind == target.native.kind() && s.native_key.as_deref() == Some(target.native.native())
+            })
+        })
+        .map_or(0, |s| s.attachments);
+    if !SharedMemory::force_remove(&target.native)? {
+        return Err(target.not_found(false));
+    }
+    let mut text = format!("removed {}", target.native);
+    if users > 0 {
+        let _ = write!(
+            text,
+            " ({users} attached process{} keep{} the memory until {} detach{})",
+            if users == 1 { "" } else { "es" },
+            if users == 1 { "s" } else { "" },
+            if users == 1 { "it" } else { "they" },
+            if users == 1 { "es" } else { "" },
+        );
+    }
+    text.push('\n');
+    print_all(&text)
+}
+
+pub fn rm_stale(all: bool) -> CliResult {
+    let removal = inspect::remove_stale(all)?;
+    let mut text = String::new();
+    for line in &removal.removed {
+        let _ = writeln!(text, "removed {line}");
+    }
+    let _ = writeln!(text, "{} removed", removal.removed.len());
+    if !removal.kept_foreign.is_empty() {
+        let _ = writeln!(
+            text,
+            "kept {} stale segment{} of other programs ({}): `qshm rm --stale --all` removes them too",
+            removal.kept_foreign.len(),
+            if removal.kept_foreign.len() == 1 { "" } else { "s" },
+            removal.kept_foreign.join(", ")
+        );
+    }
+    print_all(&text)
+}
+
+pub fn lock(target: &Target, hold: Option<Duration>) -> CliResult {
+    let interrupt = interrupt::install()?;
+    let shm = target.attach(AccessMode::ReadOnly)?;
+    let guard = interrupt.lock(
+        &target.shown,
+        |t| shm.lock_read_timeout(t),
+        |e| target.lock_failure(&shm, e),
+    )?;
+    say(format_args!(
+        "locked {}{}",
+        target.shown,
+        if guard.previous_owner_died() {
+            " (its previous holder had died)"
+        } else {
+            ""
+        }
+    ));
+    hold_for(&interrupt, hold);
+    guard.unlock()?;
+    say(format_args!("unlocked"));
+    Ok(())
+}
+
+fn hold_for(interrupt: &Interrupt, hold: Option<Duration>) {
+    if hold.is_none() {
+        say(format_args!("holding until Ctrl-C"));
+    }
+    interrupt.wait(hold);
+}
+
+pub fn print_keys(key: &str) -> CliResult {
+    if key.is_empty() {
+        return Err(Failure::input(
+            "the key is empty: Qt derives no native key from it".to_owned(),
+        ));
+    }
+    let mut text = String::new();
+    for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
+        let shm = SharedMemory::legacy_native_key(key, kind);
+        let sem = SystemSemaphore::legacy_native_key(key, kind);
+        let _ = writeln!(
+            text,
+            "{} (QSharedMemory({key:?}){}):",
+            type_name(kind),
+            if kind == KeyType::SystemV {
+                ", Qt's default"
+            } else {
+                " with QNativeIpcKey::Type::PosixRealtime"
+            }
+        );
+        let _ = writeln!(text, "  segment:    {}", shm.native());
+        let _ = writeln!(text, "  semaphore:  {}", sem.native());
+        let _ = writeln!(text, "  string:     {shm}");
+        if let Some(k) = SharedMemory::system_v_key(&shm) {
+            let _ = writeln!(text, "  ftok key:   {:#010x} (the key file exists)", k as u32);
+        }
+    }
+    let _ = writeln!(text, "Qt 6.6 platformSafeKey({key:?}) (not a legacy key):");
+    for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
+        let _ = writeln!(
+            text,
+            "  {:<11} {}",
+            format!("{}:", type_name(kind)),
+            SharedMemory::platform_safe_key(key, kind)
+        );
+    }
+    print_all(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_dump_matches_hexdump_c() {
+        let dump = hex_dump(b"EURUSD 1.0842\0\0\0\x01", 0);
+        assert_eq!(
+            dump,
+            "00000000  45 55 52 55 53 44 20 31  2e 30 38 34 32 00 00 00  |EURUSD 1.0842...|\n\
+             00000010  01                                                |.|\n"
+        );
+        let short = hex_dump(b"abc", 32);
+        assert_eq!(
+            short,
+            "00000020  61 62 63                                          |abc|\n"
+        );
+    }
+
+    #[test]
+    fn ranges_never_overflow() {
+        assert_eq!(range(4, 4, 8).ok(), Some(4..8));
+        assert!(range(5, 4, 8).is_err());
+        assert!(range(usize::MAX, 2, 8).is_err());
+    }
+}
