@@ -53,6 +53,10 @@ fn main() {
                 format!("{k}::{m}::try_lock_busy_and_lock_timeout"),
                 move || busy_and_timeout(kind, mode),
             ));
+            trials.push(Trial::test(
+                format!("{k}::{m}::late_attacher_sees_the_held_lock"),
+                move || late_attacher(kind, mode),
+            ));
         }
     }
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
@@ -121,6 +125,14 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                 data[..8].copy_from_slice(&(value + 1).to_ne_bytes());
             }
             say("DONE");
+            0
+        }
+        "try-lock" => {
+            shm.attach(AccessMode::ReadWrite).expect("attach");
+            match shm.try_lock().expect("try_lock") {
+                Some(_) => say("FREE"),
+                None => say("BUSY"),
+            }
             0
         }
         "hold-lock" => {
@@ -369,6 +381,30 @@ fn busy_and_timeout(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
     check(!guard.previous_owner_died(), "a clean release is not a death")?;
     drop(guard);
     check(holder.finish().success(), "holder exits cleanly")?;
+    shm.detach()?;
+    no_leftovers(&key, kind, &recorded)
+}
+
+/// Regression: tmpfs bumps a file's ctime on writes through a mapping; lock state bound
+/// to ctime was re-initialised by an attacher that came after a write, breaking exclusion.
+fn late_attacher(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
+    let key = unique_key("late");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, mode);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let recorded = sysv_keys(&key, kind);
+    let mut guard = shm.lock()?;
+    guard[..5].copy_from_slice(b"write");
+    std::thread::sleep(Duration::from_millis(20)); // a later ctime
+    guard[5..10].copy_from_slice(b"again");
+    let mut late = Peer::spawn("try-lock", &args(&key, kind, mode, &[]));
+    check(late.line(T) == "BUSY", "a late attacher must see the lock held")?;
+    check(late.wait(T).success(), "child exits cleanly")?;
+    drop(guard);
+    let mut late = Peer::spawn("try-lock", &args(&key, kind, mode, &[]));
+    check(late.line(T) == "FREE", "and free once released")?;
+    late.wait(T);
     shm.detach()?;
     no_leftovers(&key, kind, &recorded)
 }

@@ -546,3 +546,28 @@ pub(crate) fn sem_last_pid(id: libc::c_int) -> io::Result<libc::pid_t> {
     // SAFETY: GETPID takes no extra argument.
     cvt(unsafe { libc::semctl(id, 0, libc::GETPID) })
 }
+
+/// Birth time of the open file `fd` in nanoseconds (`statx` `STATX_BTIME`), if the file
+/// system records one. Unlike ctime it never changes: tmpfs bumps ctime on every write
+/// through a shared mapping.
+pub(crate) fn birth_time_ns(fd: &OwnedFd) -> Option<i64> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: an empty path with AT_EMPTY_PATH makes statx describe fd itself; stx points
+    // to writable memory of the right size.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_BTIME,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statx succeeded and the buffer was zeroed, so every field is initialised.
+    let stx = unsafe { stx.assume_init() };
+    (stx.stx_mask & libc::STATX_BTIME != 0)
+        .then(|| stx.stx_btime.tv_sec * 1_000_000_000 + i64::from(stx.stx_btime.tv_nsec))
+}

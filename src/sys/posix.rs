@@ -266,7 +266,10 @@ impl SegmentBackend for Segment {
     }
 
     fn id(&self) -> SegmentId {
-        SegmentId([self.file.dev, self.file.ino, self.file.ctime_ns as u64])
+        // Not ctime: tmpfs changes it on every write through a mapping, and a changed id
+        // would make a late locker re-initialise a lock state in use.
+        let born = os::birth_time_ns(&self.fd).unwrap_or(0);
+        SegmentId([self.file.dev, self.file.ino, born as u64])
     }
 
     fn stat(&self) -> io::Result<SegmentStat> {
