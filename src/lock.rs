@@ -195,9 +195,13 @@ impl Companion {
                 (*state).owner_died_pending.store(0, Ordering::Relaxed);
                 (*state).magic.store(MAGIC, Ordering::Release);
             } else if (*state).mode != mode.tag() {
+                let theirs = match LockMode::from_tag((*state).mode) {
+                    Some(LockMode::Fast) => "LockMode::Fast",
+                    Some(LockMode::QtCompatible) => "LockMode::QtCompatible",
+                    None => "an unknown mode",
+                };
                 return Err(io::Error::other(format!(
-                    "the segment's other qshm users lock it in {:?} mode; use the same LockMode",
-                    LockMode::from_tag((*state).mode)
+                    "the segment's other qshm users lock it with {theirs}; use the same LockMode"
                 )));
             }
         }

@@ -315,7 +315,7 @@ impl SharedMemory {
         // slip between our "last one?" check and the removal.
         let held = semaphore
             .as_ref()
-            .is_some_and(|sem| sem.acquire(Some(DETACH_LOCK_WAIT)).unwrap_or(false));
+            .is_some_and(|sem| sem.acquire_if_exists(Some(DETACH_LOCK_WAIT)).unwrap_or(false));
         let key = self.key.clone();
         let destroyed = segment.detach(&mut || destroy_companions(&key));
         // a destroyed segment took its semaphore with it: nothing to release
@@ -636,6 +636,9 @@ struct SharedSemaphore(std::sync::Arc<dyn SemaphoreBackend>);
 impl SemaphoreBackend for SharedSemaphore {
     fn acquire(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
         self.0.acquire(timeout)
+    }
+    fn acquire_if_exists(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
+        self.0.acquire_if_exists(timeout)
     }
     fn release(&self, n: u32) -> std::io::Result<()> {
         self.0.release(n)

@@ -244,3 +244,20 @@ fn system_semaphore_counts_and_cleans_up() {
         assert!(leftovers(&key, kind, &[]).is_empty());
     }
 }
+
+#[test]
+fn detach_after_force_remove_recreates_nothing() {
+    for kind in KINDS {
+        let key = unique_key("forced");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let mut shm = handle(&key, kind, LockMode::QtCompatible);
+        shm.create(64, AccessMode::ReadWrite).unwrap();
+        drop(shm.lock().unwrap());
+        let recorded = sysv_keys(&key, kind);
+        assert!(SharedMemory::force_remove(shm.native_ipc_key()).unwrap());
+        shm.detach().unwrap();
+        let left = leftovers(&key, kind, &recorded);
+        assert!(left.is_empty(), "{kind:?}: {left:?}");
+    }
+}

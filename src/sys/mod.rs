@@ -50,6 +50,10 @@ pub(crate) trait SegmentBackend: Send + Sync {
 pub(crate) trait SemaphoreBackend: Send + Sync {
     /// Take one unit. `None` blocks, `Some(0)` tries once. `Ok(false)`: busy or timed out.
     fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool>;
+    /// Like `acquire`, but a semaphore removed meanwhile is not made again (`Ok(false)`).
+    fn acquire_if_exists(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.acquire(timeout)
+    }
     /// Give back `n` units.
     fn release(&self, n: u32) -> io::Result<()>;
     /// Current value, for diagnostics.

@@ -399,6 +399,13 @@ impl SemaphoreBackend for Semaphore {
         self.with_reopen(|id| os::semop_undo(id, -1, timeout))
     }
 
+    fn acquire_if_exists(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        match os::semop_undo(self.id.load(Ordering::Acquire), -1, timeout) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(false),
+            other => other,
+        }
+    }
+
     fn release(&self, n: u32) -> io::Result<()> {
         let n = i16::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
         // No re-creation here (unlike acquire): a removed semaphore has nobody to wake.
