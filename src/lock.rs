@@ -90,6 +90,13 @@ struct LockState {
     marker: libc::pthread_mutex_t,
 }
 
+/// Mode of the lock state and semaphore of a segment with mode `perms`: whoever may read
+/// the segment may also lock it (locking writes the lock), so each read bit brings its
+/// write bit. 0600 stays 0600; 0644 becomes 0666.
+pub(crate) fn lock_permissions(perms: u32) -> u32 {
+    (perms | ((perms & 0o444) >> 1)) & 0o666
+}
+
 /// Name of the companion file for a key (in `/dev/shm`).
 pub(crate) fn companion_name(key: &NativeIpcKey) -> String {
     let digest = Sha1::digest(format!("{}:{}", key.kind(), key.native()).as_bytes());
@@ -130,8 +137,7 @@ impl Drop for Companion {
 impl Companion {
     fn open(key: &NativeIpcKey, segment: SegmentId, mode: LockMode, perms: u32) -> io::Result<Companion> {
         let path = os::cstring(&companion_path(key))?;
-        // Readers of the segment need to write the lock state.
-        let perms = (perms | ((perms & 0o444) >> 1)) & 0o666;
+        let perms = lock_permissions(perms);
         for _ in 0..32 {
             let (fd, created) = match os::open(
                 &path,

@@ -282,10 +282,11 @@ impl SharedMemory {
             return Ok(None);
         }
         let sem_key = lock::semaphore_key(&self.key);
-        let sem = sys::open_semaphore(&sem_key, 1, mode, self.perms).map_err(|e| {
-            Error::new(e.kind(), "lock", self.key.display_name())
-                .with_detail(format!("unable to set key on lock ({e})"))
-        })?;
+        let sem =
+            sys::open_semaphore(&sem_key, 1, mode, lock::lock_permissions(self.perms)).map_err(|e| {
+                Error::new(e.kind(), "lock", self.key.display_name())
+                    .with_detail(format!("unable to set key on lock ({e})"))
+            })?;
         Ok(Some(std::sync::Arc::from(sem)))
     }
 

@@ -131,6 +131,11 @@ pub(crate) fn fchmod(fd: &OwnedFd, mode: libc::mode_t) -> io::Result<()> {
     cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
 }
 
+pub(crate) fn chmod(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: path is NUL-terminated; chmod only changes mode bits.
+    cvt(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+}
+
 /// Give the unnamed file `fd` (opened with `O_TMPFILE`) the name `path`; fails with
 /// `EEXIST` when the name is taken, which makes publishing a prepared file atomic.
 pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {

@@ -339,6 +339,11 @@ impl Semaphore {
             tries += 1;
             match NamedSemaphore::open(&name, libc::O_CREAT | libc::O_EXCL, perms, initial) {
                 Ok(sem) => {
+                    // sem_open applies the umask; give it exactly the mode asked for
+                    let file = format!("{SHM_DIR}/sem.{}", key.native().trim_start_matches('/'));
+                    if let Ok(file) = os::cstring(&file) {
+                        let _ = os::chmod(&file, perms);
+                    }
                     return Ok(Semaphore {
                         sem,
                         name,

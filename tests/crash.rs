@@ -1,0 +1,302 @@
+//! Crash trials and races with real processes: random users of one key are SIGKILLed at
+//! random moments (holding the lock, mid-create, mid-detach); afterwards nothing of the
+//! key may be left, the next create must succeed and no lock may block past a bound.
+//!
+//! `QSHM_TRIALS` sets the number of trials (default 40; `bench/soak.sh` runs 1000),
+//! `QSHM_SEED` replays a run (the seed is printed).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use qshm::{AccessMode, KeyType, LockMode, SharedMemoryError};
+use support::*;
+
+/// No lock wait and no child may take longer than this.
+const BOUND: Duration = Duration::from_secs(10);
+
+fn main() {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(child_main(&role, &args));
+    }
+    let trials = vec![
+        Trial::test("crash_trials_leave_nothing_and_never_hang", crash_trials),
+        Trial::test("systemv::racing_creates_have_exactly_one_winner", || {
+            racing_creates(KeyType::SystemV)
+        }),
+        Trial::test("posix::racing_creates_have_exactly_one_winner", || {
+            racing_creates(KeyType::PosixRealtime)
+        }),
+        Trial::test("systemv::attach_racing_last_detach_sees_whole_or_nothing", || {
+            attach_vs_detach(KeyType::SystemV)
+        }),
+        Trial::test("posix::attach_racing_last_detach_sees_whole_or_nothing", || {
+            attach_vs_detach(KeyType::PosixRealtime)
+        }),
+    ];
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
+
+/// xorshift64*: small, seedable, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const PAGE_PATTERN: u8 = 0xA5;
+
+fn child_main(role: &str, args: &[String]) -> i32 {
+    let (key, kind, mode) = (&args[0], parse_kind(&args[1]), parse_mode(&args[2]));
+    match role {
+        // Random create/attach, lock, write, unlock, detach, for a while.
+        "chaos" => {
+            let mut rng = Rng(args[3].parse::<u64>().unwrap() | 1);
+            let start = Instant::now();
+            for _ in 0..(5 + rng.below(20)) {
+                let mut shm = handle(key, kind, mode);
+                let attached = if rng.below(2) == 0 {
+                    shm.create(4096, AccessMode::ReadWrite)
+                        .or_else(|e| match e.kind() {
+                            SharedMemoryError::AlreadyExists => shm.attach(AccessMode::ReadWrite),
+                            _ => Err(e),
+                        })
+                } else {
+                    shm.attach(AccessMode::ReadWrite)
+                };
+                match attached {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == SharedMemoryError::NotFound => continue,
+                    Err(e) => {
+                        eprintln!("chaos child: {e}");
+                        return 3;
+                    }
+                }
+                for _ in 0..rng.below(4) {
+                    match shm.lock_timeout(BOUND) {
+                        Ok(Some(mut data)) => {
+                            data[..64].fill(PAGE_PATTERN);
+                            if rng.below(3) == 0 {
+                                std::thread::sleep(Duration::from_millis(rng.below(3)));
+                            }
+                        }
+                        Ok(None) => return 42, // hung past the bound
+                        Err(e) => {
+                            eprintln!("chaos child: {e}");
+                            return 4;
+                        }
+                    }
+                }
+                drop(shm);
+                if start.elapsed() > BOUND {
+                    return 42;
+                }
+            }
+            0
+        }
+        "race-create" => {
+            let mut shm = handle(key, kind, mode);
+            wait_for_stdin_line(); // "go"
+            match shm.create(4096, AccessMode::ReadWrite) {
+                Ok(()) => say("WON"),
+                Err(e) => say(format!("LOST {:?}", e.kind())),
+            }
+            wait_for_stdin_line();
+            0
+        }
+        "attach-check" => {
+            // Attach as often as possible; every success must be a whole, valid segment.
+            let deadline = Instant::now() + Duration::from_millis(args[3].parse().unwrap());
+            let (mut whole, mut missing) = (0, 0);
+            while Instant::now() < deadline {
+                let mut shm = handle(key, kind, mode);
+                match shm.attach(AccessMode::ReadOnly) {
+                    Ok(()) => {
+                        // Either freshly created (zeros, the creator has not written yet) or
+                        // written; never a short or unmapped segment (that would be SIGBUS).
+                        let first = shm.lock_read().map(|d| (d[0], d[4095]));
+                        let valid = matches!(first, Ok((0 | PAGE_PATTERN, 0)));
+                        if shm.size() != 4096 || !valid {
+                            say(format!("BROKEN size {} bytes {first:?}", shm.size()));
+                            return 5;
+                        }
+                        whole += 1;
+                    }
+                    Err(e) if e.kind() == SharedMemoryError::NotFound => missing += 1,
+                    Err(e) => {
+                        say(format!("BROKEN {e}"));
+                        return 5;
+                    }
+                }
+            }
+            say(format!("DONE {whole} {missing}"));
+            0
+        }
+        other => {
+            eprintln!("unknown role {other}");
+            2
+        }
+    }
+}
+
+fn crash_trials() -> Result<(), Failed> {
+    let trials: u64 = std::env::var("QSHM_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(40);
+    let seed: u64 = std::env::var("QSHM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    let mut rng = Rng(seed | 1);
+    let (mut leaked, mut hung, mut killed, mut failed) = (0, 0, 0, Vec::new());
+    let modes = [LockMode::QtCompatible, LockMode::Fast];
+    for trial in 0..trials {
+        let kind = KINDS[rng.below(2) as usize];
+        let mode = modes[rng.below(2) as usize];
+        let key = unique_key("crash");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let procs = 2 + rng.below(5);
+        let mut peers: Vec<Peer> = (0..procs)
+            .map(|_| {
+                let child_seed = rng.next().to_string();
+                Peer::spawn("chaos", &[&key, kind_name(kind), mode_name(mode), &child_seed])
+            })
+            .collect();
+        let mut recorded = Vec::new();
+        for _ in 0..1 + rng.below(procs) {
+            std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+            recorded.extend(sysv_keys(&key, kind));
+            let victim = rng.below(procs) as usize;
+            if let Ok(None) = peers[victim].child.try_wait() {
+                peers[victim].kill9();
+                killed += 1;
+            }
+        }
+        for peer in &mut peers {
+            let deadline = Instant::now() + BOUND * 2;
+            let status = loop {
+                if let Some(status) = peer.child.try_wait()? {
+                    break Some(status);
+                }
+                if Instant::now() > deadline {
+                    peer.kill9();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            match status.map(|s| s.code()) {
+                None | Some(Some(42)) => hung += 1, // past the bound
+                Some(None) | Some(Some(0)) => {}    // killed by us, or finished
+                Some(Some(code)) => failed.push(format!("trial {trial}: a child exited with {code}")),
+            }
+        }
+        // The survivors are done: the next create must work and the lock must be free.
+        let mut next = handle(&key, kind, mode);
+        match next.create(64, AccessMode::ReadWrite) {
+            Ok(()) => match next.lock_timeout(BOUND) {
+                Ok(Some(_)) => {}
+                Ok(None) => hung += 1,
+                Err(e) => failed.push(format!("trial {trial}: lock after the trial: {e}")),
+            },
+            Err(e) => failed.push(format!("trial {trial}: create after the trial: {e}")),
+        }
+        drop(next);
+        let left = leftovers(&key, kind, &recorded);
+        if !left.is_empty() {
+            leaked += 1;
+            failed.push(format!("trial {trial} ({kind:?}, {mode:?}): left {left:?}"));
+        }
+    }
+    eprintln!(
+        "crash trials: {trials} trials, {leaked} leaked, {hung} hung, {killed} processes killed (seed {seed})"
+    );
+    if leaked == 0 && hung == 0 && failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("seed {seed}: {leaked} leaked, {hung} hung; {failed:?}").into())
+    }
+}
+
+fn racing_creates(kind: KeyType) -> Result<(), Failed> {
+    const RACERS: usize = 8;
+    for mode in [LockMode::QtCompatible, LockMode::Fast] {
+        let key = unique_key("race");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let mut peers: Vec<Peer> = (0..RACERS)
+            .map(|_| Peer::spawn("race-create", &[&key, kind_name(kind), mode_name(mode)]))
+            .collect();
+        std::thread::sleep(Duration::from_millis(100)); // all waiting on stdin
+        for p in &mut peers {
+            p.send("go");
+        }
+        let results: Vec<String> = peers
+            .iter_mut()
+            .map(|p| p.line(Duration::from_secs(20)))
+            .collect();
+        let recorded = sysv_keys(&key, kind);
+        let winners = results.iter().filter(|r| *r == "WON").count();
+        let losers = results.iter().filter(|r| *r == "LOST AlreadyExists").count();
+        if winners != 1 || losers != RACERS - 1 {
+            return Err(format!("{mode:?}: {results:?}").into());
+        }
+        for p in &mut peers {
+            p.finish();
+        }
+        let left = leftovers(&key, kind, &recorded);
+        if !left.is_empty() {
+            return Err(format!("{mode:?}: left {left:?}").into());
+        }
+    }
+    Ok(())
+}
+
+/// One process keeps creating a segment and destroying it (as its last user) while
+/// another keeps attaching: the attacher sees either NotFound or a whole, valid segment.
+fn attach_vs_detach(kind: KeyType) -> Result<(), Failed> {
+    let mode = LockMode::QtCompatible;
+    let key = unique_key("churn");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut checker = Peer::spawn("attach-check", &[&key, kind_name(kind), mode_name(mode), "1500"]);
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut cycles = 0;
+    while Instant::now() < deadline {
+        let mut shm = handle(&key, kind, mode);
+        match shm.create(4096, AccessMode::ReadWrite) {
+            Ok(()) => {
+                shm.lock()?[..64].fill(PAGE_PATTERN);
+                shm.detach()?;
+                cycles += 1;
+            }
+            // the checker is attached to the last one: let it go
+            Err(e) if e.kind() == SharedMemoryError::AlreadyExists => std::thread::yield_now(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let done = checker.line(Duration::from_secs(20));
+    let status = checker.wait(Duration::from_secs(20));
+    if !status.success() || !done.starts_with("DONE") {
+        return Err(format!("the attacher saw a broken segment: {done}").into());
+    }
+    eprintln!("{kind:?}: {cycles} create/destroy cycles; attacher (whole, NotFound): {done}");
+    Ok(())
+}
