@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QSHM_TRIALS="${QSHM_TRIALS:-1000}" cargo test --release --test crash -- --nocapture --test-threads 1 2>&1 \
-    | grep -E "crash trials:|cycles|test result|FAILED|panicked"
+    | grep -E "crash trials:|cycles|test result|FAILED|panicked|leaked|hung"

@@ -313,10 +313,13 @@ impl SharedMemory {
         } = attached;
         drop(locker);
         // Qt serialises detach with its semaphore: do the same so a Qt attach cannot
-        // slip between our "last one?" check and the removal.
-        let held = semaphore
-            .as_ref()
-            .is_some_and(|sem| sem.acquire_if_exists(Some(DETACH_LOCK_WAIT)).unwrap_or(false));
+        // slip between our "last one?" check and the removal. Only where a holder's death
+        // gives the semaphore back (System V, SEM_UNDO): a POSIX semaphore held here by a
+        // process killed mid-detach would stay taken for good, with no marker for waiters
+        // to repair it. (Qt never removes POSIX segments, so no Qt attach races with that.)
+        let held = semaphore.as_ref().is_some_and(|sem| {
+            !sem.needs_dead_holder_repair() && sem.acquire_if_exists(Some(DETACH_LOCK_WAIT)).unwrap_or(false)
+        });
         let key = self.key.clone();
         let destroyed = segment.detach(&mut || destroy_companions(&key));
         // a destroyed segment took its semaphore with it: nothing to release

@@ -203,8 +203,11 @@ fn crash_trials() -> Result<(), Failed> {
                 std::thread::sleep(Duration::from_millis(5));
             };
             match status.map(|s| s.code()) {
-                None | Some(Some(42)) => hung += 1, // past the bound
-                Some(None) | Some(Some(0)) => {}    // killed by us, or finished
+                None | Some(Some(42)) => {
+                    hung += 1; // past the bound
+                    failed.push(format!("trial {trial} ({kind:?}, {mode:?}): a child hung"));
+                }
+                Some(None) | Some(Some(0)) => {} // killed by us, or finished
                 Some(Some(code)) => failed.push(format!("trial {trial}: a child exited with {code}")),
             }
         }
@@ -213,7 +216,12 @@ fn crash_trials() -> Result<(), Failed> {
         match next.create(64, AccessMode::ReadWrite) {
             Ok(()) => match next.lock_timeout(BOUND) {
                 Ok(Some(_)) => {}
-                Ok(None) => hung += 1,
+                Ok(None) => {
+                    hung += 1;
+                    failed.push(format!(
+                        "trial {trial} ({kind:?}, {mode:?}): lock after the trial hung"
+                    ));
+                }
                 Err(e) => failed.push(format!("trial {trial}: lock after the trial: {e}")),
             },
             Err(e) => failed.push(format!("trial {trial}: create after the trial: {e}")),
