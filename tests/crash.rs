@@ -2,7 +2,7 @@
 //! random moments (holding the lock, mid-create, mid-detach); afterwards nothing of the
 //! key may be left, the next create must succeed and no lock may block past a bound.
 //!
-//! `QSHM_TRIALS` sets the number of trials (default 40; `bench/soak.sh` runs 1000),
+//! `QSHM_TRIALS` sets the number of trials (default 25; `bench/soak.sh` runs 1000),
 //! `QSHM_SEED` replays a run (the seed is printed).
 
 mod support;
@@ -197,6 +197,11 @@ fn crash_trials() -> Result<(), Failed> {
                     break Some(status);
                 }
                 if Instant::now() > deadline {
+                    let pid = peer.child.id();
+                    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+                    let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+                    let first = stack.lines().next().unwrap_or("").to_owned();
+                    failed.push(format!("trial {trial}: child {pid} stuck in {wchan} ({first})"));
                     peer.kill9();
                     break None;
                 }

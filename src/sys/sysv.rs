@@ -179,7 +179,7 @@ impl Segment {
             ftok_key(path).map_err(|e| Error::os(OP, name, e).with_kind(SharedMemoryError::KeyError))?;
         let perms = (req.perms & 0o777) as libc::c_int;
         let mut id = None;
-        for _ in 0..2 {
+        for _ in 0..4 {
             match os::shmget(shm_key, req.size, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
                 Ok(new) => {
                     id = Some(new);
@@ -193,7 +193,13 @@ impl Segment {
                     match stale {
                         Some((old, true)) => {
                             on_stale();
-                            os::shm_remove(old).map_err(|e| Error::os(OP, name, e))?;
+                            match os::shm_remove(old) {
+                                // removed meanwhile by its last detacher: fine, retry
+                                Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => {
+                                    return Err(Error::os(OP, name, e));
+                                }
+                                _ => {}
+                            }
                         }
                         _ => return Err(Error::new(SharedMemoryError::AlreadyExists, OP, name)),
                     }
