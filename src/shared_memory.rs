@@ -235,9 +235,16 @@ impl SharedMemory {
         };
         let key = self.key.clone();
         let segment = sys::create_segment(&self.key, req, &mut || destroy_companions(&key))?;
-        // Like Qt's create (QSystemSemaphore::Create): take over a semaphore that may
-        // have survived a crash. Unlike Qt, only once the segment is really ours.
-        let semaphore = match self.open_semaphore(SemaphoreMode::Create) {
+        // Like Qt's create (QSystemSemaphore::Create): take over a System V semaphore that
+        // may have survived a crash (reset in place). Unlike Qt, only once the segment is
+        // really ours, and a POSIX semaphore is opened, never replaced: an attacher may
+        // already use it, and replacing it would split the lock in two. (Leftovers of a
+        // dead segment were removed with it, as stale.)
+        let sem_mode = match self.key.kind() {
+            KeyType::SystemV => SemaphoreMode::Create,
+            KeyType::PosixRealtime => SemaphoreMode::Open,
+        };
+        let semaphore = match self.open_semaphore(sem_mode) {
             Ok(sem) => sem,
             Err(e) => {
                 let _ = segment.detach(&mut || destroy_companions(&key));
