@@ -250,7 +250,8 @@ fn thread_token() -> u64 {
     TOKEN.with(|t| t as *const u8 as u64)
 }
 
-/// How long a POSIX-semaphore waiter sleeps before checking for a dead holder.
+/// How long a waiter sleeps before looking again: for a dead POSIX-semaphore holder, or
+/// for a robust-mutex wake-up lost with a waiter that was killed.
 const REPAIR_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Locker {
@@ -293,13 +294,26 @@ impl Locker {
     pub(crate) fn acquire(&self, timeout: Option<Duration>) -> io::Result<Option<bool>> {
         match (self.mode, &self.semaphore) {
             (LockMode::QtCompatible, Some(sem)) => self.acquire_semaphore(sem.as_ref(), timeout),
-            _ => {
-                // SAFETY: the companion mapping outlives self and holds an initialised mutex.
-                match unsafe { os::robust_mutex_lock(self.companion.fast(), timeout) }? {
-                    RobustLock::Acquired => Ok(Some(false)),
-                    RobustLock::OwnerDied => Ok(Some(true)),
-                    RobustLock::Busy => Ok(None),
-                }
+            _ => self.acquire_fast(timeout),
+        }
+    }
+
+    /// Wait for the robust mutex in slices of at most [`REPAIR_INTERVAL`]. When an owner
+    /// dies the kernel wakes one waiter; if that waiter is killed before it takes the
+    /// lock, the other waiters are never woken. Bounded sleeps make them look again.
+    fn acquire_fast(&self, timeout: Option<Duration>) -> io::Result<Option<bool>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let slice = match deadline {
+                None => REPAIR_INTERVAL,
+                Some(d) => d.saturating_duration_since(Instant::now()).min(REPAIR_INTERVAL),
+            };
+            // SAFETY: the companion mapping outlives self and holds an initialised mutex.
+            match unsafe { os::robust_mutex_lock(self.companion.fast(), Some(slice)) }? {
+                RobustLock::Acquired => return Ok(Some(false)),
+                RobustLock::OwnerDied => return Ok(Some(true)),
+                RobustLock::Busy if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
+                RobustLock::Busy => {}
             }
         }
     }

@@ -426,7 +426,8 @@ impl SharedMemory {
     }
 
     /// The Fast-mode path once the lock state is open: straight to the mutex, with no
-    /// system call when uncontended. `None` means "take the general path".
+    /// system call when uncontended. `None` means "take the general path" (also when
+    /// the lock is busy).
     #[inline]
     fn fast_lock(&self, write: bool) -> Option<Result<RawGuard<'_>>> {
         let attached = self.attached.as_ref()?;
@@ -435,11 +436,13 @@ impl SharedMemory {
         }
         let locker = attached.locker.get()?;
         let mutex = locker.fast_mutex()?;
+        // Try, never wait here: waiting happens in bounded slices in Locker::acquire.
         // SAFETY: mutex points into the lock-state mapping owned by locker, which lives
         // as long as the attachment; it was initialised as a robust pshared mutex.
-        let rc = unsafe { libc::pthread_mutex_lock(mutex) };
+        let rc = unsafe { libc::pthread_mutex_trylock(mutex) };
         let previous_owner_died = match rc {
             0 => false,
+            libc::EBUSY => return None, // contended: the general path waits
             _ => match self.fast_lock_failed(rc, mutex) {
                 Ok(died) => died,
                 Err(e) => return Some(Err(e)),
