@@ -242,7 +242,15 @@ pub(crate) struct Locker {
     /// from that thread would wait for itself forever; it gets `EDEADLK` instead, as the
     /// Fast mode's error-checking mutex does.
     holder: AtomicU64,
+    /// The Fast-mode mutex (None in Qt-compatible mode), computed once for the fast path.
+    fast: Option<*mut libc::pthread_mutex_t>,
 }
+
+// SAFETY: `fast` points into `companion`'s mapping, which the Locker owns; the mutex is
+// process-shared and thread-safe, like the rest of the lock state (see Companion).
+unsafe impl Send for Locker {}
+// SAFETY: as above.
+unsafe impl Sync for Locker {}
 
 /// A number unique to the calling thread while it lives (never 0).
 fn thread_token() -> u64 {
@@ -270,21 +278,23 @@ impl Locker {
             Error::new(kind, "lock", key.display_name())
                 .with_detail(format!("cannot open the lock state: {e}"))
         })?;
-        Ok(Locker {
+        let mut locker = Locker {
             mode,
             companion,
             semaphore,
             holder: AtomicU64::new(0),
-        })
+            fast: None,
+        };
+        if !(mode == LockMode::QtCompatible && locker.semaphore.is_some()) {
+            locker.fast = Some(locker.companion.fast());
+        }
+        Ok(locker)
     }
 
     /// The Fast-mode mutex, for the inlined fast path (`None` in Qt-compatible mode).
     #[inline]
     pub(crate) fn fast_mutex(&self) -> Option<*mut libc::pthread_mutex_t> {
-        match (self.mode, &self.semaphore) {
-            (LockMode::QtCompatible, Some(_)) => None,
-            _ => Some(self.companion.fast()),
-        }
+        self.fast
     }
 
     /// Take the lock. `None` waits forever, `Some(0)` tries once.

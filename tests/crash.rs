@@ -2,7 +2,7 @@
 //! random moments (holding the lock, mid-create, mid-detach); afterwards nothing of the
 //! key may be left, the next create must succeed and no lock may block past a bound.
 //!
-//! `QSHM_TRIALS` sets the number of trials (default 15; `bench/soak.sh` runs 1000),
+//! `QSHM_TRIALS` sets the number of trials (default 40; `bench/soak.sh` runs 1000),
 //! `QSHM_SEED` replays a run (the seed is printed).
 
 mod support;
