@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let size = usize::from_le_bytes(data[..8].try_into().unwrap()) >> (data[8] % 64);
-    let kind = if data[8] & 0x80 == 0 { KeyType::SystemV } else { KeyType::PosixRealtime };
+    let kind = if data[8] & 0x80 == 0 {
+        KeyType::SystemV
+    } else {
+        KeyType::PosixRealtime
+    };
     let text = String::from_utf8_lossy(&data[9..]);
     // the string form parser on arbitrary text
     if let Ok(key) = text.parse::<NativeIpcKey>() {
