@@ -36,6 +36,7 @@
 //!   `marker`, or between releasing `marker` and posting) is a few instructions wide.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -237,7 +238,7 @@ pub(crate) struct Locker {
     mode: LockMode,
     companion: Companion,
     /// Qt's semaphore (QtCompatible mode only).
-    semaphore: Option<Box<dyn SemaphoreBackend>>,
+    semaphore: Option<Arc<dyn SemaphoreBackend>>,
     /// The thread holding the semaphore through this locker (0: none). A second lock
     /// from that thread would wait for itself forever; it gets `EDEADLK` instead, as the
     /// Fast mode's error-checking mutex does.
@@ -268,7 +269,7 @@ impl Locker {
         segment: SegmentId,
         mode: LockMode,
         perms: u32,
-        semaphore: Option<Box<dyn SemaphoreBackend>>,
+        semaphore: Option<Arc<dyn SemaphoreBackend>>,
     ) -> Result<Locker> {
         let companion = Companion::open(key, segment, mode, perms).map_err(|e| {
             let kind = match e.raw_os_error() {

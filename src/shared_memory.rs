@@ -538,16 +538,12 @@ impl SharedMemory {
         if let Some(locker) = attached.locker.get() {
             return Ok(locker);
         }
-        let semaphore: Option<Box<dyn SemaphoreBackend>> = attached
-            .semaphore
-            .clone()
-            .map(|s| Box::new(SharedSemaphore(s)) as Box<dyn SemaphoreBackend>);
         let locker = Locker::new(
             &self.key,
             attached.segment.id(),
             self.lock_mode,
             self.perms,
-            semaphore,
+            attached.semaphore.clone(),
         )?;
         // Another thread may have won the race; its locker is as good as ours.
         let _ = attached.locker.set(locker);
@@ -641,33 +637,6 @@ impl SharedMemory {
             os_id: st.os_id,
             lock_state_file: self.lock_state_path(),
         })
-    }
-}
-
-/// The semaphore shared between the attachment (for detach) and its locker.
-struct SharedSemaphore(std::sync::Arc<dyn SemaphoreBackend>);
-
-impl SemaphoreBackend for SharedSemaphore {
-    fn acquire(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
-        self.0.acquire(timeout)
-    }
-    fn acquire_if_exists(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
-        self.0.acquire_if_exists(timeout)
-    }
-    fn release(&self, n: u32) -> std::io::Result<()> {
-        self.0.release(n)
-    }
-    fn value(&self) -> std::io::Result<i32> {
-        self.0.value()
-    }
-    fn remove(&self) -> std::io::Result<()> {
-        self.0.remove()
-    }
-    fn needs_dead_holder_repair(&self) -> bool {
-        self.0.needs_dead_holder_repair()
-    }
-    fn created(&self) -> bool {
-        self.0.created()
     }
 }
 
