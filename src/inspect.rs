@@ -339,34 +339,17 @@ fn device(text: &str) -> Option<u64> {
 /// For every file under `/dev/shm`: the number of processes mapping it, by (device, inode).
 fn shm_mappers() -> HashMap<(u64, u64), u64> {
     let mut map: HashMap<(u64, u64), u64> = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return map;
-    };
+    let mut seen = HashSet::new();
     let prefix = format!("{}/", posix::SHM_DIR);
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str() else { continue };
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
+    os::visit_mappings(|pid, dev, ino, path| {
+        if path.starts_with(&prefix)
+            && let Some(dev) = device(dev)
+            && seen.insert((pid, dev, ino))
+        {
+            *map.entry((dev, ino)).or_insert(0) += 1;
         }
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            continue;
-        };
-        let mut seen = HashSet::new();
-        for line in maps.lines() {
-            // address perms offset dev inode path
-            let mut f = line.split_whitespace();
-            let (Some(dev), Some(ino), Some(path)) = (f.nth(3), f.next(), f.next()) else {
-                continue;
-            };
-            if path.starts_with(&prefix)
-                && let Some(id) = device(dev).zip(ino.parse::<u64>().ok())
-                && seen.insert(id)
-            {
-                *map.entry(id).or_insert(0) += 1;
-            }
-        }
-    }
+        false
+    });
     map
 }
 

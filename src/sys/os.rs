@@ -517,32 +517,41 @@ pub(crate) unsafe fn robust_mutex_unlock(m: *mut libc::pthread_mutex_t) -> io::R
 /// Used before destroying a POSIX segment whose flock count says "no users left":
 /// programs that do not take qshm's flock (Qt itself) still show up here.
 pub(crate) fn mapped_by_other_process(path: &str, ino: u64) -> bool {
+    let me = std::process::id();
+    let mut found = false;
+    visit_mappings(|pid, _, line_ino, line_path| {
+        found = pid != me && line_ino == ino && line_path == path;
+        found
+    });
+    found
+}
+
+/// Visit every file mapping of every process we may inspect (`/proc/*/maps`) as
+/// (pid, device as `MAJOR:MINOR` hex, inode, path); stop as soon as `visit` says true.
+pub(crate) fn visit_mappings(mut visit: impl FnMut(u32, &str, u64, &str) -> bool) {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
+        return;
     };
-    let me = std::process::id().to_string();
-    let ino = ino.to_string();
     for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str() else { continue };
-        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
-        }
+        };
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             continue;
         };
         for line in maps.lines() {
-            // addr perms offset dev inode path
+            // address perms offset dev inode path
             let mut fields = line.split_whitespace();
-            let (Some(line_ino), Some(line_path)) = (fields.nth(4), fields.next()) else {
+            let (Some(dev), Some(ino), Some(path)) = (fields.nth(3), fields.next(), fields.next()) else {
                 continue;
             };
-            if line_ino == ino && line_path == path {
-                return true;
+            if let Ok(ino) = ino.parse()
+                && visit(pid, dev, ino, path)
+            {
+                return;
             }
         }
     }
-    false
 }
 
 /// `semctl(GETPID)`: the process that last operated on semaphore 0 of set `id` (0 when
