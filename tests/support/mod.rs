@@ -288,3 +288,126 @@ pub fn handle(key: &str, kind: KeyType, mode: LockMode) -> SharedMemory {
 pub fn native(key: &str, kind: KeyType) -> NativeIpcKey {
     SharedMemory::legacy_native_key(key, kind)
 }
+
+// ------------------------------------------------------------------ other users, namespaces
+
+/// True when this process runs as root (needed for `useradd`, `unshare -m`, `mount`).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A throw-away Unix user with a name of its own, removed again when dropped.
+pub struct TempUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TempUser {
+    /// `None` (after printing a loud SKIP line naming `test`) when not root or `useradd` fails.
+    pub fn create(test: &str) -> Option<TempUser> {
+        if !is_root() {
+            eprintln!("*** SKIP {test}: needs root and useradd ***");
+            return None;
+        }
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // user names are at most 32 characters
+        let name = format!("qshm{}x{n}", std::process::id());
+        let ok = Command::new("useradd")
+            .args(["-M", "-N", "-s", "/bin/false", &name])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("*** SKIP {test}: useradd {name} failed ***");
+            return None;
+        }
+        let id = |flag: &str| -> Option<u32> {
+            let out = Command::new("id").args([flag, &name]).output().ok()?;
+            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+        };
+        match (id("-u"), id("-g")) {
+            (Some(uid), Some(gid)) => Some(TempUser { name, uid, gid }),
+            _ => {
+                let _ = Command::new("userdel").arg(&name).status();
+                None
+            }
+        }
+    }
+
+    /// Run this test binary in child `role` as this user; returns what it printed.
+    pub fn run(&self, role: &str, args: &[&str]) -> std::process::Output {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().expect("test binary path");
+        Command::new(exe)
+            .env(CHILD_ENV, role)
+            .args(args)
+            .uid(self.uid)
+            .gid(self.gid)
+            .output()
+            .expect("run child as another user")
+    }
+
+    /// Start this test binary in child `role` as this user, as a line-protocol peer.
+    pub fn spawn(&self, role: &str, args: &[&str]) -> Peer {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().expect("test binary path");
+        Peer::spawn_command(
+            Command::new(exe)
+                .env(CHILD_ENV, role)
+                .args(args)
+                .uid(self.uid)
+                .gid(self.gid),
+        )
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel")
+            .arg(&self.name)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Run this test binary in child `role` inside a private mount namespace whose `/dev/shm` is
+/// a fresh tmpfs of `size` (e.g. `"1m"`). `None` (after a SKIP line) when not root.
+pub fn run_in_small_dev_shm(
+    test: &str,
+    size: &str,
+    role: &str,
+    args: &[&str],
+) -> Option<std::process::Output> {
+    if !is_root() {
+        eprintln!("*** SKIP {test}: needs root for unshare -m and mount ***");
+        return None;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let script = format!("mount -t tmpfs -o size={size} qshm-test /dev/shm && exec \"$0\" \"$@\"");
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(exe)
+        .args(args)
+        .env(CHILD_ENV, role)
+        .output();
+    match out {
+        Ok(out) => Some(out),
+        Err(e) => {
+            eprintln!("*** SKIP {test}: cannot run unshare: {e} ***");
+            None
+        }
+    }
+}
+
+/// The `/dev/shm` path of a POSIX native key.
+pub fn shm_path(native: &NativeIpcKey) -> String {
+    format!("/dev/shm/{}", native.native().trim_start_matches('/'))
+}
+
+/// The `/dev/shm` file of a POSIX semaphore key.
+pub fn sem_path(native: &NativeIpcKey) -> String {
+    format!("/dev/shm/sem.{}", native.native().trim_start_matches('/'))
+}

@@ -1,0 +1,961 @@
+//! Hardening: races between real processes, another user's objects, a full `/dev/shm`,
+//! bounded waits, `fork()` without exec, and bad input at the edges. Each test pins one
+//! finding of the adversarial review (issue #10); each failed on the code before the fix.
+
+mod support;
+
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use qshm::{
+    AccessMode, KeyType, LockMode, NativeIpcKey, SemaphoreMode, SharedMemory, SharedMemoryError,
+    SystemSemaphore,
+};
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn main() {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(child_main(&role, &args));
+    }
+    let mut trials = Vec::new();
+    for kind in KINDS {
+        let k = kind_name(kind);
+        for mode in [LockMode::QtCompatible, LockMode::Fast] {
+            let m = mode_name(mode);
+            trials.push(Trial::test(
+                format!("{k}::{m}::create_or_attach_loop_of_4_processes_never_splits"),
+                move || create_or_attach_loop(kind, mode),
+            ));
+            trials.push(Trial::test(
+                format!("{k}::{m}::fork_child_copy_is_inert"),
+                move || fork_child_is_inert(kind, mode),
+            ));
+        }
+        trials.push(Trial::test(
+            format!("{k}::another_users_segment_is_never_adopted_by_create"),
+            move || foreign_segment(kind),
+        ));
+        trials.push(Trial::test(
+            format!("{k}::another_users_semaphore_is_never_adopted_by_create"),
+            move || foreign_semaphore(kind),
+        ));
+        trials.push(Trial::test(
+            format!("{k}::a_held_attachment_lock_bounds_attach"),
+            move || held_file_lock_bounds_attach(kind),
+        ));
+    }
+    trials.push(Trial::test(
+        "systemv::a_failed_create_never_unlinks_a_key_file_in_use",
+        failed_create_keeps_key_file,
+    ));
+    trials.push(Trial::test(
+        "posix::dead_semaphore_holder_outside_qshm_is_recovered",
+        dead_raw_semaphore_holder,
+    ));
+    trials.push(Trial::test(
+        "posix::lock_state_file_of_another_user_is_never_used",
+        foreign_lock_state,
+    ));
+    trials.push(Trial::test(
+        "posix::full_dev_shm_is_out_of_resources_not_sigbus",
+        full_dev_shm_posix,
+    ));
+    trials.push(Trial::test(
+        "systemv::full_dev_shm_is_out_of_resources_not_sigbus",
+        full_dev_shm_sysv,
+    ));
+    trials.push(Trial::test(
+        "systemv::remove_and_detach_never_delete_a_file_qshm_did_not_make",
+        native_key_files_survive,
+    ));
+    trials.push(Trial::test(
+        "systemv::detach_does_not_wait_for_a_held_lock",
+        detach_does_not_wait_for_lock,
+    ));
+    trials.push(Trial::test(
+        "lock_timeout_duration_max_does_not_panic",
+        lock_timeout_max,
+    ));
+    trials.push(Trial::test(
+        "systemv::semaphore_initial_value_too_large_leaves_nothing",
+        semaphore_initial_too_large,
+    ));
+    trials.push(Trial::test(
+        "posix::semaphore_release_past_the_maximum_changes_nothing",
+        semaphore_release_overflow,
+    ));
+    trials.push(Trial::test(
+        "systemv::missing_key_directory_reports_enoent",
+        missing_key_directory,
+    ));
+    trials.push(Trial::test(
+        "posix::native_keys_of_qshm_and_glibc_files_are_refused",
+        reserved_native_names,
+    ));
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
+
+fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(what.into().into()) }
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+/// Child roles. Most take: key, key type, lock mode.
+fn child_main(role: &str, args: &[String]) -> i32 {
+    match role {
+        "loop" => {
+            let (key, kind, mode) = (&args[0], parse_kind(&args[1]), parse_mode(&args[2]));
+            let millis: u64 = args[3].parse().unwrap();
+            wait_for_stdin_line(); // start together
+            let deadline = Instant::now() + Duration::from_millis(millis);
+            let mut rounds = 0u64;
+            while Instant::now() < deadline {
+                let mut shm = handle(key, kind, mode);
+                let attached = shm.create(64, AccessMode::ReadWrite).or_else(|e| match e.kind() {
+                    SharedMemoryError::AlreadyExists => shm.attach(AccessMode::ReadWrite),
+                    _ => Err(e),
+                });
+                match attached {
+                    Ok(()) => {}
+                    // lost the race with the last detach: try again
+                    Err(e) if e.kind() == SharedMemoryError::NotFound => continue,
+                    Err(e) => {
+                        say(format!("ERROR attach: {e}"));
+                        return 1;
+                    }
+                }
+                match shm.lock_timeout(Duration::from_secs(10)) {
+                    Ok(Some(mut data)) => {
+                        let n = u64::from_ne_bytes(data[..8].try_into().unwrap());
+                        data[..8].copy_from_slice(&(n + 1).to_ne_bytes());
+                    }
+                    Ok(None) => {
+                        say("ERROR lock: hung for 10 s");
+                        return 1;
+                    }
+                    Err(e) => {
+                        say(format!("ERROR lock: {e}"));
+                        return 1;
+                    }
+                }
+                if let Err(e) = shm.detach() {
+                    say(format!("ERROR detach: {e}"));
+                    return 1;
+                }
+                rounds += 1;
+            }
+            say(format!("DONE {rounds}"));
+            0
+        }
+        "create-report" => {
+            let (key, kind) = (&args[0], parse_kind(&args[1]));
+            let mut shm = handle(key, kind, LockMode::QtCompatible);
+            match shm.create(64, AccessMode::ReadWrite) {
+                Ok(()) => say("CREATED"),
+                Err(e) => say(format!("ERROR {:?}", e.kind())),
+            }
+            0
+        }
+        "sem-hold" => {
+            // A process outside qshm's lock protocol (like Qt) takes the lock's semaphore.
+            let sem_key: NativeIpcKey = args[0].parse().unwrap();
+            let sem = SystemSemaphore::with_native_key(sem_key, 1, SemaphoreMode::Open).expect("open");
+            sem.acquire().expect("acquire");
+            say("HELD");
+            wait_for_stdin_line();
+            std::mem::forget(sem);
+            0
+        }
+        "make-file" => {
+            // make a file (as whoever runs this role) with a mode and a size
+            let (path, mode, size) = (&args[0], u32::from_str_radix(&args[1], 8).unwrap(), &args[2]);
+            let file = std::fs::File::create(path).expect("create file");
+            file.set_len(size.parse().unwrap()).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            say("MADE");
+            0
+        }
+        "sysv-segment" => {
+            // key file + segment at its ftok key, mode 0666, nobody attached (as a hostile user)
+            let path = c(&args[0]);
+            std::fs::File::create(&args[0]).expect("key file");
+            // SAFETY: path is NUL-terminated; ftok only stats it.
+            let key = unsafe { libc::ftok(path.as_ptr(), 0x51) };
+            // SAFETY: shmget takes plain values.
+            let id = unsafe { libc::shmget(key, 4096, 0o666 | libc::IPC_CREAT | libc::IPC_EXCL) };
+            say(if id >= 0 {
+                format!("SHMID {id}")
+            } else {
+                "FAILED".to_owned()
+            });
+            0
+        }
+        "sysv-semaphore" => {
+            let path = c(&args[0]);
+            std::fs::File::create(&args[0]).expect("key file");
+            // SAFETY: as above.
+            let key = unsafe { libc::ftok(path.as_ptr(), 0x51) };
+            // SAFETY: semget takes plain values.
+            let id = unsafe { libc::semget(key, 1, 0o666 | libc::IPC_CREAT | libc::IPC_EXCL) };
+            say(if id >= 0 {
+                format!("SEMID {id}")
+            } else {
+                "FAILED".to_owned()
+            });
+            0
+        }
+        "posix-semaphore" => {
+            let name = c(&args[0]);
+            // SAFETY: name is NUL-terminated; mode and value are passed as the C ABI expects.
+            let sem = unsafe {
+                libc::sem_open(
+                    name.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL,
+                    0o666 as libc::c_uint,
+                    1u32,
+                )
+            };
+            say(if sem == libc::SEM_FAILED { "FAILED" } else { "MADE" });
+            0
+        }
+        "full-posix" => {
+            // In a 1 MiB /dev/shm: two 700 KiB segments cannot both exist.
+            let key = &args[0];
+            let mut a = SharedMemory::with_key_type(key, KeyType::PosixRealtime);
+            if let Err(e) = a.create(700 << 10, AccessMode::ReadWrite) {
+                say(format!("FIRST {:?} {e}", e.kind()));
+                return 1;
+            }
+            let mut b = SharedMemory::with_key_type(&format!("{key}-2"), KeyType::PosixRealtime);
+            match b.create(700 << 10, AccessMode::ReadWrite) {
+                Ok(()) => {
+                    say("SECOND created");
+                    // SIGBUS here unless both are really reserved
+                    a.lock().expect("lock").fill(1);
+                    b.lock().expect("lock").fill(1);
+                    say("SECOND written");
+                }
+                Err(e) => say(format!("SECOND {:?}", e.kind())),
+            }
+            0
+        }
+        "full-sysv" => {
+            // /dev/shm full to the last byte: a System V create fails cleanly or works fully.
+            let key = &args[0];
+            let filler = "/dev/shm/filler";
+            let mut f = std::fs::File::create(filler).expect("filler");
+            let block = vec![7u8; 4096];
+            while std::io::Write::write_all(&mut f, &block).is_ok() {}
+            drop(f);
+            let mut shm = SharedMemory::with_key_type(key, KeyType::SystemV);
+            match shm.create(64, AccessMode::ReadWrite) {
+                Ok(()) => match shm.lock() {
+                    Ok(mut g) => {
+                        g[0] = 1;
+                        drop(g);
+                        say("CREATED and LOCKED");
+                    }
+                    Err(e) => say(format!("LOCK {:?}", e.kind())),
+                },
+                Err(e) => say(format!("CREATE {:?}", e.kind())),
+            }
+            drop(shm);
+            let _ = std::fs::remove_file(filler);
+            0
+        }
+        "attach-bounded" => {
+            let (key, kind) = (&args[0], parse_kind(&args[1]));
+            let mut shm = handle(key, kind, LockMode::QtCompatible);
+            let start = Instant::now();
+            let result = shm.attach(AccessMode::ReadWrite);
+            say(format!(
+                "RESULT {:?} after {} ms",
+                result.err().map(|e| e.kind()),
+                start.elapsed().as_millis()
+            ));
+            0
+        }
+        "detach-timed" => {
+            let key = &args[0];
+            let mut shm = handle(key, KeyType::SystemV, LockMode::QtCompatible);
+            shm.attach(AccessMode::ReadWrite).expect("attach");
+            let start = Instant::now();
+            shm.detach().expect("detach");
+            say(format!("DETACHED after {} ms", start.elapsed().as_millis()));
+            0
+        }
+        "fork" => fork_role(&args[0], parse_kind(&args[1]), parse_mode(&args[2])),
+        other => {
+            eprintln!("unknown child role {other}");
+            2
+        }
+    }
+}
+
+// ------------------------------------------------------------------ 1. no split brain
+
+/// Four processes loop create-or-attach / lock / increment / detach on one key. Before
+/// the fix a failed create unlinked the key file another process's live segment used,
+/// which split the key into two segments (EIDRM, SIGSEGV in the robust mutex, hangs).
+fn create_or_attach_loop(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
+    const PROCS: usize = 4;
+    let key = unique_key("loop");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    // CI runs a short slice; `QSHM_LOOP_MS` (bench/stress.sh) runs it for longer.
+    let millis = std::env::var("QSHM_LOOP_MS").unwrap_or_else(|_| "3000".to_owned());
+    let mut peers: Vec<Peer> = (0..PROCS)
+        .map(|_| Peer::spawn("loop", &[&key, kind_name(kind), mode_name(mode), &millis]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for p in &mut peers {
+        p.send("go");
+    }
+    let mut total = 0u64;
+    for p in &mut peers {
+        let line = p.line(T);
+        let status = p.wait(T);
+        check(
+            status.success() && line.starts_with("DONE"),
+            format!("a looping process failed: {line:?}, {status:?}"),
+        )?;
+        total += line.trim_start_matches("DONE ").parse::<u64>()?;
+    }
+    check(total > 0, "no process completed a round")?;
+    let left = leftovers(&key, kind, &[]);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+/// The race behind the split brain, made deterministic: a creator makes the key file,
+/// then (delayed by strace's fault injection) waits for its `flock`; meanwhile another
+/// process creates the segment through that file. The delayed creator then fails with
+/// AlreadyExists and, before the fix, unlinked the key file of the live segment: the next
+/// create made a second segment under the same key.
+fn failed_create_keeps_key_file() -> Result<(), Failed> {
+    let kind = KeyType::SystemV;
+    let strace_ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strace_ok {
+        eprintln!("*** SKIP a_failed_create_never_unlinks_a_key_file_in_use: needs strace ***");
+        return Ok(());
+    }
+    let key = unique_key("keyrace");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = SharedMemory::legacy_native_key(&key, kind);
+    let exe = std::env::current_exe()?;
+    let mut slow = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=flock"])
+            .args(["-e", "inject=flock:delay_enter=1500000:when=1"])
+            .arg(exe)
+            .args([key.as_str(), kind_name(kind)])
+            .env(CHILD_ENV, "create-report"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(native.native()).exists() {
+        check(
+            Instant::now() < deadline,
+            "the slow creator never made the key file",
+        )?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut fast = handle(&key, kind, LockMode::QtCompatible);
+    fast.create(64, AccessMode::ReadWrite)?;
+    fast.lock()?[..4].copy_from_slice(b"live");
+    let line = slow.line(T);
+    slow.wait(T);
+    check(line == "ERROR AlreadyExists", format!("the slow creator: {line}"))?;
+    check(
+        std::path::Path::new(native.native()).exists(),
+        "the failed create unlinked the key file of a live segment",
+    )?;
+    let mut late = handle(&key, kind, LockMode::QtCompatible);
+    late.attach(AccessMode::ReadOnly)?;
+    check(
+        &late.lock_read()?[..4] == b"live",
+        "a late attacher finds the live segment",
+    )?;
+    let mut second = handle(&key, kind, LockMode::QtCompatible);
+    let again = second.create(64, AccessMode::ReadWrite);
+    check(
+        again.as_ref().err().map(|e| e.kind()) == Some(SharedMemoryError::AlreadyExists),
+        format!("a second create beside the live segment: {again:?}"),
+    )
+}
+
+// ------------------------------------------------------------------ 2. dead holder, POSIX
+
+/// A process outside qshm's lock protocol (a Qt program, or a qshm process killed between
+/// `sem_wait` and recording that it holds the lock) dies holding the POSIX semaphore. The
+/// kernel never gives that unit back; qshm must see that no living process can hold it.
+fn dead_raw_semaphore_holder() -> Result<(), Failed> {
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("rawdead");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let sem_key = shm.semaphore_key().to_string();
+    let mut holder = Peer::spawn("sem-hold", &[&sem_key]);
+    holder.expect("HELD", T);
+    check(shm.try_lock()?.is_none(), "the raw holder has the lock")?;
+    holder.kill9();
+    let guard = shm
+        .lock_timeout(Duration::from_secs(15))?
+        .ok_or("the lock was never recovered from the dead holder")?;
+    check(
+        guard.previous_owner_died(),
+        "the new holder is told the previous one died",
+    )?;
+    drop(guard);
+    let again = shm.try_lock()?.ok_or("free again after unlock")?;
+    check(!again.previous_owner_died(), "the death is reported once")?;
+    drop(again);
+    shm.detach()?;
+    let left = leftovers(&key, kind, &[]);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+// ------------------------------------------------------------------ 3. and 4. other users
+
+/// Another user pre-creates the lock-state file qshm (before the fix) used for a key,
+/// mode 0666: qshm used it whatever its owner, so that user could hold or reset the lock.
+fn foreign_lock_state() -> Result<(), Failed> {
+    let Some(user) = TempUser::create("lock_state_file_of_another_user_is_never_used") else {
+        return Ok(());
+    };
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("foreignlock");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = SharedMemory::legacy_native_key(&key, kind);
+    // the name the first version derived: sha1 of "posix:<native>"
+    let old_name = {
+        use std::fmt::Write;
+        let digest = sha1_hex(format!("posix:{}", native.native()).as_bytes());
+        let mut s = String::from("/dev/shm/qshm-lock.");
+        let _ = write!(s, "{digest}");
+        s
+    };
+    let _remove = RemoveFile(old_name.clone());
+    let made = user.run("make-file", &[&old_name, "666", "4096"]);
+    check(
+        String::from_utf8_lossy(&made.stdout).contains("MADE"),
+        format!("the other user could not make {old_name}"),
+    )?;
+    let before = std::fs::read(&old_name)?;
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    drop(shm.lock()?);
+    let mut fast = handle(&format!("{key}-fast"), kind, LockMode::Fast);
+    cleanup.key(&format!("{key}-fast"), kind);
+    fast.create(64, AccessMode::ReadWrite)?;
+    drop(fast.lock()?);
+    let after = std::fs::read(&old_name)?;
+    check(
+        before == after,
+        "qshm wrote into a lock-state file another user owns",
+    )?;
+    let meta = std::fs::metadata(shm.lock_state_path())?;
+    check(
+        meta.uid() == 0,
+        format!("the lock state in use belongs to uid {}", meta.uid()),
+    )?;
+    shm.detach()?;
+    fast.detach()?;
+    Ok(())
+}
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    // tiny SHA-1 via the sha1sum tool keeps the test free of a hash dependency
+    let mut child = std::process::Command::new("sha1sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha1sum");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+struct RemoveFile(String);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Another user pre-creates the segment (System V: key file plus a 0666 segment at its
+/// `ftok` key; POSIX: a 0666 file under the name). `create` must refuse, naming the
+/// owner, and leave their object alone; before the fix root removed it and created its own.
+fn foreign_segment(kind: KeyType) -> Result<(), Failed> {
+    let Some(user) = TempUser::create("another_users_segment_is_never_adopted_by_create") else {
+        return Ok(());
+    };
+    let key = unique_key("foreignseg");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = SharedMemory::legacy_native_key(&key, kind);
+    match kind {
+        KeyType::SystemV => {
+            let out = user.run("sysv-segment", &[native.native()]);
+            let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            check(line.starts_with("SHMID"), format!("other user's segment: {line}"))?;
+        }
+        KeyType::PosixRealtime => {
+            let out = user.run("make-file", &[&shm_path(&native), "666", "4096"]);
+            check(
+                String::from_utf8_lossy(&out.stdout).contains("MADE"),
+                "other user's file",
+            )?;
+        }
+    }
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    let result = shm.create(64, AccessMode::ReadWrite);
+    let still_there = match kind {
+        KeyType::SystemV => SharedMemory::system_v_key(&native)
+            .is_some_and(|k| sysv_owner("/proc/sysvipc/shm", k) == Some(user.uid)),
+        KeyType::PosixRealtime => std::fs::metadata(shm_path(&native)).is_ok_and(|m| m.uid() == user.uid),
+    };
+    // clean up their object (as root) before judging
+    drop(shm);
+    let err = result
+        .err()
+        .ok_or("create adopted (or replaced) another user's segment")?;
+    check(err.kind() == SharedMemoryError::AlreadyExists, format!("{err}"))?;
+    check(
+        err.to_string().contains(&user.name),
+        format!("the message names the owner: {err}"),
+    )?;
+    check(still_there, "the other user's segment was removed")
+}
+
+/// The `uid` of the System V object with numeric key `key` in a `/proc/sysvipc` table.
+fn sysv_owner(table: &str, key: i32) -> Option<u32> {
+    let text = std::fs::read_to_string(table).ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let uid_column = if table.ends_with("shm") { 7 } else { 4 };
+        (f.first()?.parse::<i32>().ok()? == key).then(|| f.get(uid_column)?.parse().ok())?
+    })
+}
+
+/// Another user pre-creates the lock's semaphore, mode 0666: `create` must not use it
+/// (they could set it to 0, a hang, or to 5, no exclusion).
+fn foreign_semaphore(kind: KeyType) -> Result<(), Failed> {
+    let Some(user) = TempUser::create("another_users_semaphore_is_never_adopted_by_create") else {
+        return Ok(());
+    };
+    let key = unique_key("foreignsem");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let sem = SystemSemaphore::legacy_native_key(&key, kind);
+    let _sem_file = RemoveFile(match kind {
+        KeyType::SystemV => sem.native().to_owned(),
+        KeyType::PosixRealtime => sem_path(&sem),
+    });
+    let role = match kind {
+        KeyType::SystemV => "sysv-semaphore",
+        KeyType::PosixRealtime => "posix-semaphore",
+    };
+    let out = user.run(role, &[sem.native()]);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    check(
+        line.starts_with("SEMID") || line == "MADE",
+        format!("other user's semaphore: {line}"),
+    )?;
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    let result = shm.create(64, AccessMode::ReadWrite);
+    drop(shm);
+    if kind == KeyType::SystemV
+        && let Some(k) = SharedMemory::system_v_key(&sem)
+    {
+        // SAFETY: semget/semctl take plain values; removing the test's own semaphore.
+        unsafe {
+            let id = libc::semget(k, 0, 0);
+            if id >= 0 {
+                libc::semctl(id, 0, libc::IPC_RMID);
+            }
+        }
+    }
+    let err = result.err().ok_or("create used a semaphore another user made")?;
+    check(
+        matches!(
+            err.kind(),
+            SharedMemoryError::AlreadyExists | SharedMemoryError::PermissionDenied
+        ),
+        format!("{err}"),
+    )?;
+    check(
+        err.to_string().contains(&user.name),
+        format!("the message names the owner: {err}"),
+    )
+}
+
+// ------------------------------------------------------------------ 5. full /dev/shm
+
+fn full_dev_shm_posix() -> Result<(), Failed> {
+    let key = unique_key("full");
+    let Some(out) = run_in_small_dev_shm(
+        "full_dev_shm_is_out_of_resources_not_sigbus",
+        "1m",
+        "full-posix",
+        &[&key],
+    ) else {
+        return Ok(());
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success(),
+        format!(
+            "child died: {:?} signal {:?}; printed {stdout}",
+            out.status,
+            out.status.signal()
+        ),
+    )?;
+    check(
+        stdout.contains("SECOND OutOfResources"),
+        format!("the second 700 KiB segment in a 1 MiB /dev/shm: {stdout}"),
+    )
+}
+
+fn full_dev_shm_sysv() -> Result<(), Failed> {
+    let key = unique_key("fullsysv");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let Some(out) = run_in_small_dev_shm(
+        "full_dev_shm_is_out_of_resources_not_sigbus",
+        "1m",
+        "full-sysv",
+        &[&key],
+    ) else {
+        return Ok(());
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success(),
+        format!(
+            "child died: {:?} signal {:?}; printed {stdout}",
+            out.status,
+            out.status.signal()
+        ),
+    )?;
+    check(
+        stdout.contains("CREATE OutOfResources") || stdout.contains("CREATED and LOCKED"),
+        format!("a System V create with /dev/shm full: {stdout}"),
+    )?;
+    let left = leftovers(&key, KeyType::SystemV, &[]);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+// ------------------------------------------------------------------ 6. files qshm did not make
+
+/// `qshm rm systemv:/path` and a create + detach of such a native key deleted the file,
+/// whatever it was (as root even `/etc/passwd`).
+fn native_key_files_survive() -> Result<(), Failed> {
+    let dir = std::env::temp_dir();
+    let victim = dir.join(format!("{}-precious", unique_key("victim")));
+    let victim_str = victim.to_str().ok_or("path")?.to_owned();
+    let _remove = RemoveFile(victim_str.clone());
+    std::fs::write(&victim, b"precious data")?;
+    let native = NativeIpcKey::new(victim_str.clone(), KeyType::SystemV);
+
+    // removing a key that has no segment
+    let _ = SharedMemory::force_remove(&native);
+    check(
+        victim.exists(),
+        "force_remove deleted a file that is not a qshm key file",
+    )?;
+
+    // create + detach with it as the key file
+    let mut shm = SharedMemory::with_native_key(native.clone());
+    shm.create(64, AccessMode::ReadWrite)?;
+    shm.detach()?;
+    check(
+        victim.exists(),
+        "the last detach deleted a file qshm did not make",
+    )?;
+    check(
+        std::fs::read(&victim)? == b"precious data",
+        "and its content is intact",
+    )?;
+
+    // a key file qshm made itself is removed with its segment (no leak)
+    let own = dir.join(format!("{}-own", unique_key("ownkey")));
+    let own_str = own.to_str().ok_or("path")?.to_owned();
+    let _remove_own = RemoveFile(own_str.clone());
+    let mut shm = SharedMemory::with_native_key(NativeIpcKey::new(own_str, KeyType::SystemV));
+    shm.create(64, AccessMode::ReadWrite)?;
+    check(own.exists(), "create made the key file")?;
+    shm.detach()?;
+    check(
+        !own.exists(),
+        "the key file qshm made is removed with its segment",
+    )
+}
+
+// ------------------------------------------------------------------ 7. bounded waits
+
+/// Another process holds an exclusive `flock` on the segment file (POSIX; only a
+/// destroyer takes it, briefly) or on the key file (System V) for as long as it likes:
+/// attach must give up with an error after a bound. Before the fix it waited for ever,
+/// as root even behind another user's file, and SIGTERM did not end the wait.
+fn held_file_lock_bounds_attach(kind: KeyType) -> Result<(), Failed> {
+    use std::os::fd::AsRawFd;
+    let key = unique_key("heldflock");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = SharedMemory::legacy_native_key(&key, kind);
+    let mut creator = handle(&key, kind, LockMode::QtCompatible);
+    let (path, _remove) = match kind {
+        KeyType::SystemV => {
+            creator.create(64, AccessMode::ReadWrite)?;
+            (native.native().to_owned(), None)
+        }
+        KeyType::PosixRealtime => {
+            // a segment file nobody is attached to (as a hostile user could make it)
+            let path = shm_path(&native);
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?
+                .set_len(4096)?;
+            (path.clone(), Some(RemoveFile(path)))
+        }
+    };
+    let file = std::fs::File::open(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    check(rc == 0, format!("took the exclusive flock of {path}"))?;
+    let mut attacher = Peer::spawn("attach-bounded", &[&key, kind_name(kind)]);
+    let line = attacher.expect("RESULT", T);
+    drop(file);
+    attacher.wait(T);
+    check(
+        !line.starts_with("None"),
+        format!("attach got through a held lock: {line}"),
+    )?;
+    check(
+        line.contains("LockError"),
+        format!("a held file lock is a LockError: {line}"),
+    )
+}
+
+/// System V, Qt-compatible: detach used to wait up to 2 s for Qt's semaphore while
+/// another process held the lock (also in `Drop` and `qshm stat`).
+fn detach_does_not_wait_for_lock() -> Result<(), Failed> {
+    let kind = KeyType::SystemV;
+    let key = unique_key("nostall");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let guard = shm.lock()?;
+    let mut other = Peer::spawn("detach-timed", &[&key]);
+    let line = other.expect("DETACHED", T);
+    drop(guard);
+    other.wait(T);
+    let millis: u64 = line
+        .trim_end_matches(" ms")
+        .trim_start_matches("after ")
+        .parse()?;
+    check(
+        millis < 1000,
+        format!("a detach that is not the last one waited {millis} ms for the lock"),
+    )
+}
+
+// ------------------------------------------------------------------ 8. fork without exec
+
+fn fork_child_is_inert(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
+    let key = unique_key("fork");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let out = {
+        let exe = std::env::current_exe()?;
+        std::process::Command::new(exe)
+            .env(CHILD_ENV, "fork")
+            .args([&key, kind_name(kind), mode_name(mode)])
+            .output()?
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success() && stdout.contains("PARENT OK"),
+        format!("{:?}: {stdout}", out.status),
+    )?;
+    let left = leftovers(&key, kind, &[]);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+/// Runs in a single-threaded child process: forks, lets the grandchild drop its copies.
+fn fork_role(key: &str, kind: KeyType, mode: LockMode) -> i32 {
+    let mut shm = handle(key, kind, mode);
+    shm.create(64, AccessMode::ReadWrite).expect("create");
+    shm.lock().expect("lock")[..6].copy_from_slice(b"parent");
+    // 1. the child detaches its copy of the handle
+    // SAFETY: this process is single-threaded (a re-executed test binary in a child role).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(shm);
+        // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    wait_pid(pid);
+    let mut other = handle(key, kind, mode);
+    if let Err(e) = other.attach(AccessMode::ReadWrite) {
+        say(format!(
+            "FAIL the child's detach destroyed the parent's segment: {e}"
+        ));
+        return 1;
+    }
+    if other.lock().map(|g| g[..6] == *b"parent").ok() != Some(true) {
+        say("FAIL the segment lost its data");
+        return 1;
+    }
+    // 2. the child drops a guard it inherited: the parent's lock must stay held
+    let guard = shm.lock().expect("lock");
+    // SAFETY: as above, still single-threaded.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(guard);
+        drop(other);
+        drop(shm);
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) };
+    }
+    wait_pid(pid);
+    // from another thread: the parent's own thread would get "already holds the lock"
+    let tried = std::thread::scope(|s| s.spawn(|| other.try_lock().map(|g| g.is_none())).join());
+    let held = match tried {
+        Ok(Ok(held)) => held,
+        other => {
+            say(format!("FAIL try_lock: {other:?}"));
+            return 1;
+        }
+    };
+    drop(guard);
+    if !held {
+        say("FAIL the child's copy of the guard released the parent's lock");
+        return 1;
+    }
+    drop(other);
+    drop(shm);
+    say("PARENT OK");
+    0
+}
+
+fn wait_pid(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+// ------------------------------------------------------------------ 9. smaller edges
+
+fn lock_timeout_max() -> Result<(), Failed> {
+    for (kind, mode) in [
+        (KeyType::SystemV, LockMode::QtCompatible),
+        (KeyType::PosixRealtime, LockMode::QtCompatible),
+        (KeyType::PosixRealtime, LockMode::Fast),
+    ] {
+        let key = unique_key("maxwait");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let mut shm = handle(&key, kind, mode);
+        shm.create(64, AccessMode::ReadWrite)?;
+        let guard = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shm.lock_timeout(Duration::MAX).map(|g| g.is_some())
+        }));
+        check(
+            matches!(guard, Ok(Ok(true))),
+            format!("{kind:?} {mode:?}: {guard:?}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn semaphore_initial_too_large() -> Result<(), Failed> {
+    let key = unique_key("seminit");
+    let native = SystemSemaphore::legacy_native_key(&key, KeyType::SystemV);
+    let _remove = RemoveFile(native.native().to_owned());
+    let result = SystemSemaphore::with_native_key(native.clone(), u32::MAX, SemaphoreMode::Create);
+    let file_left = std::path::Path::new(native.native()).exists();
+    let sem_left =
+        SharedMemory::system_v_key(&native).is_some_and(|k| sysv_owner("/proc/sysvipc/sem", k).is_some());
+    if sem_left && let Some(k) = SharedMemory::system_v_key(&native) {
+        // SAFETY: removing the semaphore this test made.
+        unsafe { libc::semctl(libc::semget(k, 0, 0), 0, libc::IPC_RMID) };
+    }
+    check(
+        result.is_err(),
+        "an initial value above the system maximum is an error",
+    )?;
+    check(
+        !file_left && !sem_left,
+        format!("left: key file {file_left}, semaphore {sem_left}"),
+    )
+}
+
+fn semaphore_release_overflow() -> Result<(), Failed> {
+    let key = unique_key("semmax");
+    let native = SystemSemaphore::legacy_native_key(&key, KeyType::PosixRealtime);
+    let sem = SystemSemaphore::with_native_key(native, 1, SemaphoreMode::Create)?;
+    let result = sem.release(u32::MAX);
+    let value = sem.value()?;
+    check(result.is_err(), "releasing past the maximum is an error")?;
+    check(value == 1, format!("the value changed to {value}"))
+}
+
+fn missing_key_directory() -> Result<(), Failed> {
+    let native = NativeIpcKey::new(
+        format!("/nonexistent-{}/dir/f", unique_key("nodir")),
+        KeyType::SystemV,
+    );
+    let mut shm = SharedMemory::with_native_key(native);
+    let err = shm.create(64, AccessMode::ReadWrite).unwrap_err();
+    check(
+        err.os_error().and_then(|e| e.raw_os_error()) == Some(libc::ENOENT),
+        format!("the real cause is ENOENT: {err}"),
+    )
+}
+
+fn reserved_native_names() -> Result<(), Failed> {
+    for native in ["/sem.qshmtest", "/qshm-lock.0123456789abcdef"] {
+        let key = NativeIpcKey::new(native, KeyType::PosixRealtime);
+        let mut shm = SharedMemory::with_native_key(key.clone());
+        let result = shm.create(64, AccessMode::ReadWrite);
+        let _ = SharedMemory::force_remove(&key);
+        let err = result
+            .err()
+            .ok_or(format!("{native} was accepted as a segment name"))?;
+        check(
+            err.kind() == SharedMemoryError::KeyError,
+            format!("{native}: {err}"),
+        )?;
+    }
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn mode_bits(path: &str) -> Option<u32> {
+    std::fs::metadata(path).ok().map(|m| m.mode() & 0o7777)
+}
