@@ -99,6 +99,15 @@ impl Error {
         Error::new(kind, op, key).with_os(err)
     }
 
+    /// The error of operation `op` on `key` that `failure` describes.
+    #[cold]
+    pub(crate) fn from_failure(op: &'static str, key: &str, failure: Failure) -> Error {
+        let mut error = Error::new(failure.kind, op, key);
+        error.0.detail = failure.detail;
+        error.0.os = failure.os;
+        error
+    }
+
     pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Error {
         self.0.detail = Some(detail.into());
         self
@@ -153,6 +162,60 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.os.as_ref().map(|e| e as _)
+    }
+}
+
+/// A failure inside the library, before it is tied to an operation and a key: the
+/// backends return it, the facade turns it into an [`Error`] once ([`Error::from_failure`]).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub kind: SharedMemoryError,
+    pub detail: Option<String>,
+    pub os: Option<io::Error>,
+}
+
+impl Failure {
+    /// A failure of category `kind`.
+    #[cold]
+    pub(crate) fn new(kind: SharedMemoryError) -> Failure {
+        Failure {
+            kind,
+            detail: None,
+            os: None,
+        }
+    }
+
+    /// A failure of category `kind`, explained.
+    #[cold]
+    pub(crate) fn because(kind: SharedMemoryError, detail: impl Into<String>) -> Failure {
+        Failure::new(kind).with_detail(detail)
+    }
+
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Failure {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub(crate) fn with_kind(mut self, kind: SharedMemoryError) -> Failure {
+        self.kind = kind;
+        self
+    }
+}
+
+impl From<io::Error> for Failure {
+    /// The category follows the errno (a bounded wait that ran out is a `LockError`).
+    #[cold]
+    fn from(err: io::Error) -> Failure {
+        let kind = if err.kind() == io::ErrorKind::TimedOut {
+            SharedMemoryError::LockError
+        } else {
+            SharedMemoryError::from_errno(err.raw_os_error().unwrap_or(0))
+        };
+        Failure {
+            kind,
+            detail: None,
+            os: Some(err),
+        }
     }
 }
 

@@ -19,14 +19,15 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::key::{KeyType, NativeIpcKey};
+use crate::sys::lock_state::{LOCK_STATE_PREFIX, SegmentId, name_tag};
+use crate::sys::named_file::NamedFile;
+use crate::sys::procfs::{self, Mapped, device};
 use crate::sys::{self, os, posix};
 
 /// Prefix of Qt's (and qshm's) shared-memory native keys.
 const SEGMENT_PREFIX: &str = "qipc_sharedmemory_";
 /// Prefix of Qt's semaphore native keys.
 const SEMAPHORE_PREFIX: &str = "qipc_systemsem_";
-/// Prefix of qshm's lock-state files in `/dev/shm`.
-const LOCK_STATE_PREFIX: &str = "qshm-lock.";
 /// A System V segment nobody ever attached to, or an empty POSIX segment, younger than
 /// this is being created right now, not stale.
 const NEW_GRACE_SECS: i64 = 10;
@@ -216,6 +217,7 @@ struct ShmRow {
     id: i32,
     perms: u32,
     size: u64,
+    cpid: i32,
     nattch: u64,
     uid: u32,
     atime: i64,
@@ -246,6 +248,7 @@ fn shm_rows() -> Vec<ShmRow> {
                 id: f.get(1)?.parse().ok()?,
                 perms: u32::from_str_radix(f.get(2)?, 8).ok()?,
                 size: f.get(3)?.parse().ok()?,
+                cpid: f.get(4)?.parse().ok()?,
                 nattch: f.get(6)?.parse().ok()?,
                 uid: f.get(7)?.parse().ok()?,
                 atime: num(11).unwrap_or(0),
@@ -300,7 +303,7 @@ fn key_files() -> Vec<KeyFile> {
                 path,
                 name,
                 ftok,
-                ctime: st.ctime_ns / 1_000_000_000,
+                ctime: st.created_secs(),
             });
         }
     }
@@ -328,22 +331,14 @@ fn flock_holders() -> HashMap<(u64, u64), u64> {
     map
 }
 
-/// A device number from its `/proc` form `MAJOR:MINOR` (hex), as `stat` reports it.
-fn device(text: &str) -> Option<u64> {
-    let (major, minor) = text.split_once(':')?;
-    let major = u32::from_str_radix(major, 16).ok()?;
-    let minor = u32::from_str_radix(minor, 16).ok()?;
-    Some(libc::makedev(major, minor))
-}
-
 /// For every file under `/dev/shm`: the number of processes mapping it, by (device, inode).
 fn shm_mappers() -> HashMap<(u64, u64), u64> {
     let mut map: HashMap<(u64, u64), u64> = HashMap::new();
     let mut seen = HashSet::new();
     let prefix = format!("{}/", posix::SHM_DIR);
-    os::visit_mappings(|pid, dev, ino, path| {
+    procfs::visit_mappings(|pid, dev, ino, path| {
         if path.starts_with(&prefix)
-            && let Some(dev) = device(dev)
+            && let Some(dev) = dev
             && seen.insert((pid, dev, ino))
         {
             *map.entry((dev, ino)).or_insert(0) += 1;
@@ -379,6 +374,28 @@ fn shm_dir_files() -> io::Result<Vec<ShmFile>> {
 
 fn is_segment_file(name: &str) -> bool {
     !name.starts_with("sem.") && !name.starts_with(LOCK_STATE_PREFIX)
+}
+
+/// The identity a POSIX segment file's lock state is named after.
+fn posix_id(f: &ShmFile) -> SegmentId {
+    SegmentId::Posix {
+        name_tag: name_tag(&f.name),
+        ino: f.st.ino,
+        btime_ns: f.st.btime_ns.unwrap_or(f.st.ctime_ns),
+    }
+}
+
+/// A glibc `sem_open` temporary file (`sem.` and six random characters), left behind when
+/// its maker was killed between creating and naming a semaphore.
+fn is_glibc_temporary(name: &str) -> bool {
+    name.strip_prefix("sem.")
+        .is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// True when a process other than this one maps the file `st` (or we cannot tell).
+fn mapped_by_others(st: &os::FileStat) -> bool {
+    let census = procfs::census(&[Mapped::File { dev: st.dev, ino: st.ino }]);
+    !census.mapping.is_empty()
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -451,7 +468,7 @@ pub fn scan() -> io::Result<Scan> {
     for f in dir.iter().filter(|f| is_segment_file(&f.name)) {
         let lock_holders = holders.get(&(f.st.dev, f.st.ino)).copied().unwrap_or(0);
         let attachments = mappers.get(&(f.st.dev, f.st.ino)).copied().unwrap_or(0);
-        let age = (now - f.st.ctime_ns / 1_000_000_000).max(0);
+        let age = (now - f.st.created_secs()).max(0);
         let state = if lock_holders > 0 || attachments > 0 {
             State::Live
         } else if f.st.size == 0 && age < NEW_GRACE_SECS {
@@ -463,9 +480,7 @@ pub fn scan() -> io::Result<Scan> {
         };
         let native = format!("/{}", f.name);
         let qt_style = f.name.starts_with(SEGMENT_PREFIX);
-        let has_lock_state = lock_files.contains(
-            crate::lock::companion_name(&NativeIpcKey::new(native.clone(), KeyType::PosixRealtime)).as_str(),
-        );
+        let has_lock_state = lock_files.contains(posix_id(f).lock_state_name().as_str());
         segments.push(SegmentEntry {
             kind: KeyType::PosixRealtime,
             native_key: Some(native),
@@ -490,17 +505,19 @@ pub fn scan() -> io::Result<Scan> {
     let unused = |f: &ShmFile| {
         holders.get(&(f.st.dev, f.st.ino)).copied().unwrap_or(0) == 0
             && mappers.get(&(f.st.dev, f.st.ino)).copied().unwrap_or(0) == 0
-            && old_enough(f.st.ctime_ns / 1_000_000_000)
+            && old_enough(f.st.created_secs())
     };
 
     // qshm lock state whose segment is gone
-    let used: HashSet<String> = segments
-        .iter()
-        .filter_map(SegmentEntry::native_ipc_key)
-        .map(|k| crate::lock::companion_name(&k))
-        .collect();
+    let posix_alive: HashSet<SegmentId> = dir.iter().filter(|f| is_segment_file(&f.name)).map(posix_id).collect();
+    let sysv_alive: HashSet<(i32, i32)> = shm.iter().map(|r| (r.id, r.cpid)).collect();
     for f in dir.iter().filter(|f| f.name.starts_with(LOCK_STATE_PREFIX)) {
-        if !used.contains(&f.name) && unused(f) {
+        let alive = match SegmentId::from_lock_state_name(&f.name) {
+            Some(id @ SegmentId::Posix { .. }) => posix_alive.contains(&id),
+            Some(SegmentId::SystemV { shmid, cpid, .. }) => sysv_alive.contains(&(shmid, cpid)),
+            None => true, // not named by qshm: leave it alone
+        };
+        if !alive && unused(f) {
             orphans.push(Orphan {
                 kind: OrphanKind::LockState,
                 key_type: KeyType::PosixRealtime,
@@ -511,9 +528,20 @@ pub fn scan() -> io::Result<Scan> {
         }
     }
 
-    // POSIX Qt semaphores whose segment is gone and that nobody has open
+    // POSIX Qt semaphores whose segment is gone and that nobody has open, and glibc's
+    // temporary semaphore files whose maker died
     let posix_segments: HashSet<&str> = dir.iter().map(|f| f.name.as_str()).collect();
     for f in &dir {
+        if is_glibc_temporary(&f.name) && unused(f) {
+            orphans.push(Orphan {
+                kind: OrphanKind::Semaphore,
+                key_type: KeyType::PosixRealtime,
+                path: f.path.clone(),
+                key_hint: None,
+                detail: Some("glibc's temporary file of an unfinished sem_open".to_owned()),
+            });
+            continue;
+        }
         let Some(sem_name) = f.name.strip_prefix("sem.") else {
             continue;
         };
@@ -613,27 +641,23 @@ pub fn remove_stale(include_foreign: bool) -> io::Result<Removal> {
             continue;
         }
         let key = seg.native_ipc_key();
-        let qt_style = seg.qt_style;
-        let mut cleanup = || {
-            if let Some(key) = &key {
-                crate::lock::remove_companion(key);
-                let sem = semaphore_of(key);
-                if qt_style || posix_semaphore_unused(&sem) {
-                    sys::remove_semaphore_if_exists(&sem);
-                }
-            }
-        };
+        let semaphore = key
+            .as_ref()
+            .filter(|_| seg.qt_style)
+            .map(semaphore_of);
         let gone = match (seg.kind, seg.shmid) {
             (KeyType::SystemV, Some(id)) => {
-                sys::sysv::remove_if_stale(id, seg.native_key.as_deref(), &mut cleanup)
+                sys::sysv::remove_if_stale(id, seg.native_key.as_deref(), semaphore.as_ref())
             }
             (KeyType::SystemV, None) => false,
-            (KeyType::PosixRealtime, _) => os::cstring(&seg.os_id).is_ok_and(|c| {
-                matches!(
-                    posix::probe_existing(&seg.os_id, &c, &mut cleanup),
-                    Ok(posix::Probe::Gone)
-                )
-            }),
+            (KeyType::PosixRealtime, _) => {
+                let gone = os::cstring(&seg.os_id)
+                    .is_ok_and(|c| matches!(posix::probe_existing(&c), Ok(posix::Probe::Gone)));
+                if gone && let Some(sem) = &semaphore {
+                    posix::remove_semaphore_if_unused(sem);
+                }
+                gone
+            }
         };
         if gone {
             out.removed.push(match (&seg.native_key, seg.kind) {
@@ -658,12 +682,13 @@ fn posix_semaphore_unused(sem: &NativeIpcKey) -> bool {
     if sem.kind() != KeyType::PosixRealtime {
         return false;
     }
-    let Ok(name) = posix::shm_file_name(sem.native()) else {
+    let Ok(name) = posix::shm_file_name(sem.native()).or_else(|_| Ok::<_, ()>(sem.native().trim_start_matches('/')))
+    else {
         return false;
     };
     let path = format!("{}/sem.{name}", posix::SHM_DIR);
     match os::cstring(&path).and_then(|c| os::lstat(&c)) {
-        Ok(st) => !os::mapped_by_other_process(&path, st.ino),
+        Ok(st) => !mapped_by_others(&st),
         Err(_) => true,
     }
 }
@@ -675,18 +700,23 @@ fn remove_orphan(orphan: &Orphan) -> bool {
     };
     match (orphan.kind, orphan.key_type) {
         (OrphanKind::LockState, _) => {
-            // Companion::open initialises under an exclusive flock: never race it.
-            let Ok(fd) = os::open(&c_path, libc::O_RDONLY | libc::O_NOFOLLOW, 0) else {
+            // a lock state nobody has open or mapped any more (a lease probe)
+            let Ok(file) = NamedFile::open(&c_path, libc::O_RDONLY, 0) else {
                 return false;
             };
-            let Ok(file) = os::fstat(&fd) else { return false };
-            if !matches!(os::flock(&fd, libc::LOCK_EX | libc::LOCK_NB), Ok(true))
-                || !matches!(os::lstat(&c_path), Ok(now) if now.same_file(&file))
-                || os::mapped_by_other_process(&orphan.path, file.ino)
-            {
+            let alone = file.alone().unwrap_or_else(|| !mapped_by_others(&file.stat));
+            let removed = alone && matches!(file.unlink_if_still_named(), Ok(true));
+            file.release();
+            removed
+        }
+        (OrphanKind::Semaphore, KeyType::PosixRealtime) if orphan.key_hint.is_none() && orphan.detail.is_some() => {
+            let Ok(file) = NamedFile::open(&c_path, libc::O_RDONLY, 0) else {
                 return false;
-            }
-            os::unlink(&c_path).is_ok()
+            };
+            let alone = file.alone().unwrap_or_else(|| !mapped_by_others(&file.stat));
+            let removed = alone && matches!(file.unlink_if_still_named(), Ok(true));
+            file.release();
+            removed
         }
         (OrphanKind::Semaphore, KeyType::PosixRealtime) => {
             let Some(name) = orphan
@@ -698,11 +728,7 @@ fn remove_orphan(orphan: &Orphan) -> bool {
                 return false;
             };
             let sem = NativeIpcKey::new(format!("/{name}"), KeyType::PosixRealtime);
-            if !posix_semaphore_unused(&sem) {
-                return false;
-            }
-            sys::remove_semaphore_if_exists(&sem);
-            os::lstat(&c_path).is_err()
+            posix_semaphore_unused(&sem) && posix::remove_semaphore_if_unused(&sem)
         }
         (OrphanKind::Semaphore, KeyType::SystemV) => {
             // still ownerless, and still without its segment?
@@ -713,11 +739,13 @@ fn remove_orphan(orphan: &Orphan) -> bool {
             let segment = NativeIpcKey::new(segment_key, KeyType::SystemV);
             match os::semget(skey, 0) {
                 Ok(id) if last_user_dead(id) && !exists(&segment) => {
-                    sys::remove_semaphore_if_exists(&NativeIpcKey::new(
-                        orphan.path.clone(),
-                        KeyType::SystemV,
-                    ));
-                    os::semget(skey, 0).is_err()
+                    let _ = os::sem_remove(id);
+                    if os::semget(skey, 0).is_err() {
+                        let _ = os::unlink(&c_path);
+                        true
+                    } else {
+                        false
+                    }
                 }
                 _ => false,
             }

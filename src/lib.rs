@@ -27,6 +27,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+mod guard;
 pub mod inspect;
 mod key;
 mod lock;
@@ -35,8 +36,8 @@ mod shared_memory;
 mod sys;
 
 pub use error::{Error, Result, SharedMemoryError};
+pub use guard::{LockGuard, ReadGuard};
 pub use key::{KeyType, NativeIpcKey};
-pub use lock::LockMode;
 pub use semaphore::SystemSemaphore;
-pub use shared_memory::{AccessMode, DEFAULT_PERMISSIONS, LockGuard, ReadGuard, SegmentInfo, SharedMemory};
-pub use sys::SemaphoreMode;
+pub use shared_memory::{AccessMode, DEFAULT_PERMISSIONS, SegmentInfo, SharedMemory};
+pub use sys::{LockMode, SemaphoreMode};

@@ -1,415 +1,352 @@
-//! The segment lock: two modes, one crash-safe design.
+//! The segment lock: [`Locker`] takes and releases it in the segment's [`LockMode`].
 //!
-//! # Lock modes
+//! * [`LockMode::QtCompatible`] takes the very semaphore `QSharedMemory::lock()` takes (a
+//!   System V semaphore for System V keys, a POSIX named semaphore for POSIX keys), so a
+//!   qshm process and a Qt process exclude each other.
+//! * [`LockMode::Fast`] takes a robust process-shared pthread mutex in the lock state: an
+//!   uncontended lock and unlock stay in user space. Only qshm processes see it.
 //!
-//! * [`LockMode::QtCompatible`] (the default) takes the very semaphore
-//!   `QSharedMemory::lock()` takes: for a legacy key the `qipc_systemsem_…` key Qt
-//!   derives, else the segment's own native key; a System V semaphore for System V keys
-//!   and a POSIX named semaphore for POSIX keys. A qshm process and a Qt process
-//!   exclude each other. Each lock and unlock is a system call.
-//! * [`LockMode::Fast`] uses a robust, process-shared pthread mutex: an uncontended
-//!   lock and unlock stay in user space (tens of nanoseconds). Only qshm processes
-//!   see this lock, so use it when no Qt program shares the segment.
+//! # Crash safety in Qt-compatible mode
 //!
-//! All qshm users of one segment must use the same mode; the mode is recorded with the
-//! lock state, and a handle using the other mode gets a `LockError`.
+//! The kernel gives a dead holder's System V unit back (`SEM_UNDO`), but never a POSIX
+//! one: a Qt program killed while holding the lock blocks everyone for good. qshm's side
+//! keeps enough in the lock state to tell a dead holder from a live one:
 //!
-//! # Lock state and crash safety
+//! * a qshm process first locks the robust `marker` mutex, and holds it while it waits
+//!   for, holds and releases the semaphore, recording its `phase` (acquiring, held,
+//!   releasing). So at most one qshm process at a time deals with the semaphore.
+//! * When a qshm holder dies, the next qshm locker gets `marker` with `EOWNERDEAD` and
+//!   reads the phase: **held** means the dead process held the unit, so it is posted on
+//!   its behalf and the death reported ([`previous_owner_died`]). **Acquiring** or
+//!   **releasing** means it died within the few instructions around `sem_wait`/`sem_post`,
+//!   and whether it held the unit cannot be read off anything; that case joins the next.
+//! * A waiter (holding `marker`) that has not got the semaphore for a second looks in
+//!   `/proc` for a process that could hold it: one that maps the semaphore without mapping
+//!   qshm's lock state (a qshm process mapping the lock state cannot hold the semaphore
+//!   while we hold `marker`). Twice in a row, a second apart, nobody: the holder died, the
+//!   unit is posted and the death reported. So a dead Qt holder, and a qshm process killed
+//!   anywhere around its semaphore calls, is recovered whenever no living non-qshm process
+//!   has the semaphore open. While a living one has, its unit may be legitimately taken,
+//!   and qshm waits (as Qt would). Processes of other users that we may not inspect count
+//!   as possible holders if the semaphore's permissions let them open it (root's
+//!   processes excepted: they are assumed not to use another user's semaphore).
 //!
-//! Lock state lives in a small companion file next to POSIX segments,
-//! `/dev/shm/qshm-lock.<sha1 of type and native key>`, bound to one incarnation of the
-//! segment (a re-created segment re-initialises it) and removed with the segment. It
-//! holds two robust mutexes:
-//!
-//! * `fast`: the Fast-mode lock. If its holder dies, the next locker gets it with
-//!   `EOWNERDEAD`; qshm marks it consistent and reports
-//!   [`previous_owner_died`](crate::LockGuard::previous_owner_died).
-//! * `marker`: in Qt-compatible mode, held by the qshm process that holds the
-//!   semaphore, from just after acquiring to just before releasing it. The System V
-//!   semaphore is used with `SEM_UNDO`, so the kernel gives back a dead holder's unit;
-//!   the next holder then finds `marker` owner-dead and reports the death. A POSIX
-//!   semaphore is *not* given back by the kernel (a crashed Qt holder blocks everyone
-//!   for good). qshm waiters therefore wake every 50 ms, try `marker` without waiting,
-//!   and if its owner died (which can only happen while that owner held the semaphore)
-//!   post the semaphore on the dead process's behalf and flag the death for the next
-//!   holder. The remaining window (death between acquiring the semaphore and taking
-//!   `marker`, or between releasing `marker` and posting) is a few instructions wide.
+//! [`previous_owner_died`]: crate::LockGuard::previous_owner_died
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sha1::{Digest, Sha1};
-
-use crate::error::{Error, Result, SharedMemoryError};
-use crate::key::NativeIpcKey;
-use crate::sys::os::{self, RobustLock};
-use crate::sys::{SegmentId, SemaphoreBackend};
-
-/// Which lock [`SharedMemory::lock`](crate::SharedMemory::lock) takes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum LockMode {
-    /// The semaphore Qt's `QSharedMemory::lock()` takes: excludes Qt programs too.
-    /// One system call per lock and unlock.
-    #[default]
-    QtCompatible,
-    /// A robust process-shared mutex: no system call when uncontended, but only
-    /// qshm programs see it.
-    Fast,
-}
-
-impl LockMode {
-    fn tag(self) -> u32 {
-        match self {
-            LockMode::QtCompatible => 1,
-            LockMode::Fast => 2,
-        }
-    }
-
-    fn from_tag(tag: u32) -> Option<LockMode> {
-        match tag {
-            1 => Some(LockMode::QtCompatible),
-            2 => Some(LockMode::Fast),
-            _ => None,
-        }
-    }
-}
-
-const MAGIC: u64 = u64::from_le_bytes(*b"QSHMLCK1");
-
-/// The companion file's content. Only ever accessed through a shared mapping.
-#[repr(C)]
-struct LockState {
-    magic: AtomicU64,
-    binding: [u64; 3],
-    mode: u32,
-    /// Set by a waiter that repaired a dead holder's POSIX semaphore; the next holder
-    /// reports the death and clears it.
-    owner_died_pending: AtomicU32,
-    fast: libc::pthread_mutex_t,
-    marker: libc::pthread_mutex_t,
-}
-
-/// Mode of the lock state and semaphore of a segment with mode `perms`: whoever may read
-/// the segment may also lock it (locking writes the lock), so each read bit brings its
-/// write bit. 0600 stays 0600; 0644 becomes 0666.
-pub(crate) fn lock_permissions(perms: u32) -> u32 {
-    (perms | ((perms & 0o444) >> 1)) & 0o666
-}
-
-/// Name of the companion file for a key (in `/dev/shm`).
-pub(crate) fn companion_name(key: &NativeIpcKey) -> String {
-    let digest = Sha1::digest(format!("{}:{}", key.kind(), key.native()).as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("qshm-lock.{hex}")
-}
-
-fn companion_path(key: &NativeIpcKey) -> String {
-    format!("{}/{}", crate::sys::posix::SHM_DIR, companion_name(key))
-}
-
-/// Remove the companion file of `key` (the segment is going away).
-pub(crate) fn remove_companion(key: &NativeIpcKey) {
-    if let Ok(path) = os::cstring(&companion_path(key)) {
-        let _ = os::unlink(&path);
-    }
-}
-
-/// A mapped companion file.
-struct Companion {
-    state: *mut LockState,
-    len: usize,
-}
-
-// SAFETY: the state is process-shared memory accessed only through atomics and
-// process-shared pthread mutexes, which are safe to use from any thread.
-unsafe impl Send for Companion {}
-// SAFETY: as above.
-unsafe impl Sync for Companion {}
-
-impl Drop for Companion {
-    fn drop(&mut self) {
-        // SAFETY: the mapping is ours; Locker is dropped only after every guard is gone.
-        let _ = unsafe { os::munmap(self.state.cast(), self.len) };
-    }
-}
-
-impl Companion {
-    fn open(key: &NativeIpcKey, segment: SegmentId, mode: LockMode, perms: u32) -> io::Result<Companion> {
-        let path = os::cstring(&companion_path(key))?;
-        let perms = lock_permissions(perms);
-        for _ in 0..32 {
-            let (fd, created) = match os::open(
-                &path,
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                perms,
-            ) {
-                Ok(fd) => (fd, true),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    match os::open(&path, libc::O_RDWR | libc::O_NOFOLLOW, 0) {
-                        Ok(fd) => (fd, false),
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                Err(e) => return Err(e),
-            };
-            if created {
-                os::fchmod(&fd, perms)?;
-            }
-            // Serialise initialisation; the lock is dropped with fd below.
-            os::flock(&fd, libc::LOCK_EX)?;
-            let file = os::fstat(&fd)?;
-            if !matches!(os::lstat(&path), Ok(now) if now.same_file(&file)) {
-                continue;
-            }
-            let len = os::page_size().max(std::mem::size_of::<LockState>());
-            if file.size < len as u64 {
-                os::ftruncate(&fd, len as u64)?;
-            }
-            use std::os::fd::AsRawFd;
-            let ptr = os::mmap_shared(fd.as_raw_fd(), len, true)?;
-            let companion = Companion {
-                state: ptr.cast(),
-                len,
-            };
-            let bound = companion.bind(segment, mode);
-            // The mapping keeps the open file (and so its flock) alive after fd is
-            // closed: unlock explicitly.
-            os::flock(&fd, libc::LOCK_UN)?;
-            bound?;
-            return Ok(companion);
-        }
-        Err(io::Error::from_raw_os_error(libc::EAGAIN))
-    }
-
-    /// Make the state belong to `segment`, initialising it if it belongs to another
-    /// incarnation (or to nobody). Runs under the companion's exclusive flock.
-    fn bind(&self, segment: SegmentId, mode: LockMode) -> io::Result<()> {
-        let state = self.state;
-        // SAFETY: state points to a live mapping of at least size_of::<LockState>()
-        // bytes; we hold the file's exclusive flock, so no other qshm process is
-        // initialising it, and a state bound to another incarnation has no users.
-        unsafe {
-            let bound = (*state).magic.load(Ordering::Acquire) == MAGIC && (*state).binding == segment.0;
-            if !bound {
-                (*state).magic.store(0, Ordering::Release);
-                os::robust_mutex_init(&raw mut (*state).fast)?;
-                os::robust_mutex_init(&raw mut (*state).marker)?;
-                (*state).binding = segment.0;
-                (*state).mode = mode.tag();
-                (*state).owner_died_pending.store(0, Ordering::Relaxed);
-                (*state).magic.store(MAGIC, Ordering::Release);
-            } else if (*state).mode != mode.tag() {
-                let theirs = match LockMode::from_tag((*state).mode) {
-                    Some(LockMode::Fast) => "LockMode::Fast",
-                    Some(LockMode::QtCompatible) => "LockMode::QtCompatible",
-                    None => "an unknown mode",
-                };
-                return Err(io::Error::other(format!(
-                    "the segment's other qshm users lock it with {theirs}; use the same LockMode"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn fast(&self) -> *mut libc::pthread_mutex_t {
-        // SAFETY: state is a live mapping; taking a field's address does not read it.
-        unsafe { &raw mut (*self.state).fast }
-    }
-
-    #[inline]
-    fn marker(&self) -> *mut libc::pthread_mutex_t {
-        // SAFETY: as in fast().
-        unsafe { &raw mut (*self.state).marker }
-    }
-
-    fn owner_died_pending(&self) -> &AtomicU32 {
-        // SAFETY: the atomic lives in the mapping for as long as self.
-        unsafe { &(*self.state).owner_died_pending }
-    }
-}
-
-/// Everything needed to lock one attached segment.
-pub(crate) struct Locker {
-    mode: LockMode,
-    companion: Companion,
-    /// Qt's semaphore (QtCompatible mode only).
-    semaphore: Option<Arc<dyn SemaphoreBackend>>,
-    /// The thread holding the semaphore through this locker (0: none). A second lock
-    /// from that thread would wait for itself forever; it gets `EDEADLK` instead, as the
-    /// Fast mode's error-checking mutex does.
-    holder: AtomicU64,
-    /// The Fast-mode mutex (None in Qt-compatible mode), computed once for the fast path.
-    fast: Option<*mut libc::pthread_mutex_t>,
-}
-
-// SAFETY: `fast` points into `companion`'s mapping, which the Locker owns; the mutex is
-// process-shared and thread-safe, like the rest of the lock state (see Companion).
-unsafe impl Send for Locker {}
-// SAFETY: as above.
-unsafe impl Sync for Locker {}
-
-/// A number unique to the calling thread while it lives (never 0).
-fn thread_token() -> u64 {
-    thread_local!(static TOKEN: u8 = const { 0 });
-    TOKEN.with(|t| t as *const u8 as u64)
-}
+use crate::key::{IpcType, NativeIpcKey};
+use crate::sys::lock_state::{LockState, phase};
+use crate::sys::procfs::{self, Mapped};
+use crate::sys::robust_mutex::{self, Locked};
+use crate::sys::{LockMode, SemaphoreBackend, fork};
 
 /// How long a waiter sleeps before looking again: for a dead POSIX-semaphore holder, or
 /// for a robust-mutex wake-up lost with a waiter that was killed.
 const REPAIR_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How long a POSIX semaphore must stay taken before a waiter looks for its holder, and
+/// how far apart the two looks are.
+const DEAD_HOLDER_LOOK: Duration = Duration::from_millis(1000);
+
+/// The error for a handle copied into a `fork()`ed child.
+pub(crate) fn forked_error() -> io::Error {
+    io::Error::other("this handle was inherited through fork(); attach anew in the child process")
+}
+
+/// Everything needed to lock one attached segment.
+pub(crate) struct Locker {
+    mode: LockMode,
+    /// `None` only in Qt-compatible mode on a segment another program made, where we may
+    /// not add a lock state: then the semaphore alone excludes, with no dead-holder repair.
+    state: Option<LockState>,
+    /// Qt's semaphore (Qt-compatible mode).
+    semaphore: Option<Arc<dyn SemaphoreBackend>>,
+    /// Without lock state: the thread holding the semaphore through this locker (0: none),
+    /// so that a second lock from it is `EDEADLK`, as the mutexes' error checking gives.
+    holder: AtomicU64,
+    fork_epoch: u64,
+}
+
+/// A number unique to the calling thread, never reused (never 0).
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    TOKEN.with(|t| *t)
+}
+
+/// `now + timeout`, or `None` (wait for ever) when there is no timeout or it overflows.
+fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// How long to wait next: what is left until `deadline` (once: `Duration::ZERO`), at
+/// most `cap`.
+fn slice(deadline: Option<Instant>, cap: Duration) -> Duration {
+    match deadline {
+        None => cap,
+        Some(d) => d.saturating_duration_since(Instant::now()).min(cap),
+    }
+}
+
+fn expired(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
 impl Locker {
     pub(crate) fn new(
-        key: &NativeIpcKey,
-        segment: SegmentId,
         mode: LockMode,
-        perms: u32,
+        state: Option<LockState>,
         semaphore: Option<Arc<dyn SemaphoreBackend>>,
-    ) -> Result<Locker> {
-        let companion = Companion::open(key, segment, mode, perms).map_err(|e| {
-            let kind = match e.raw_os_error() {
-                Some(libc::EACCES | libc::EPERM) => SharedMemoryError::PermissionDenied,
-                _ => SharedMemoryError::LockError,
-            };
-            Error::new(kind, "lock", key.display_name())
-                .with_detail(format!("cannot open the lock state: {e}"))
-        })?;
-        let mut locker = Locker {
+        fork_epoch: u64,
+    ) -> Locker {
+        Locker {
             mode,
-            companion,
+            state,
             semaphore,
             holder: AtomicU64::new(0),
-            fast: None,
-        };
-        if !(mode == LockMode::QtCompatible && locker.semaphore.is_some()) {
-            locker.fast = Some(locker.companion.fast());
+            fork_epoch,
         }
-        Ok(locker)
     }
 
-    /// The Fast-mode mutex, for the inlined fast path (`None` in Qt-compatible mode).
-    #[inline]
-    pub(crate) fn fast_mutex(&self) -> Option<*mut libc::pthread_mutex_t> {
-        self.fast
+    /// The lock mode.
+    pub(crate) fn mode(&self) -> LockMode {
+        self.mode
     }
 
-    /// Take the lock. `None` waits forever, `Some(0)` tries once.
-    /// `Ok(None)`: busy or timed out. `Ok(Some(died))`: held; `died` when the previous
-    /// holder died holding it.
+    /// The lock state, if there is one.
+    pub(crate) fn state(&self) -> Option<&LockState> {
+        self.state.as_ref()
+    }
+
+    /// True in a `fork()`ed child that inherited this locker.
     #[inline]
+    pub(crate) fn forked(&self) -> bool {
+        fork::epoch() != self.fork_epoch
+    }
+
+    /// The uncontended Fast-mode path: one try, no system call. `None`: not Fast mode, or
+    /// busy (the caller then takes the general path, which waits).
+    #[inline]
+    pub(crate) fn try_fast(&self) -> Option<io::Result<bool>> {
+        if self.mode != LockMode::Fast {
+            return None;
+        }
+        let state = self.state.as_ref()?;
+        if self.forked() {
+            return Some(Err(forked_error()));
+        }
+        // SAFETY: the mutex lives in the lock-state mapping owned by self.
+        match unsafe { robust_mutex::try_lock(state.fast()) } {
+            Ok(Locked::Yes) => Some(Ok(false)),
+            Ok(Locked::OwnerDied) => Some(Ok(true)),
+            Ok(Locked::Busy) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Take the lock. `None` waits for ever, `Some(0)` tries once. `Ok(None)`: busy or
+    /// timed out. `Ok(Some(died))`: held; `died` when the previous holder died holding it.
     pub(crate) fn acquire(&self, timeout: Option<Duration>) -> io::Result<Option<bool>> {
-        match (self.mode, &self.semaphore) {
-            (LockMode::QtCompatible, Some(sem)) => self.acquire_semaphore(sem.as_ref(), timeout),
-            _ => self.acquire_fast(timeout),
+        if self.forked() {
+            return Err(forked_error());
+        }
+        let deadline = deadline_after(timeout);
+        let once = timeout == Some(Duration::ZERO);
+        match (self.mode, &self.state, &self.semaphore) {
+            (LockMode::Fast, Some(state), _) => self.acquire_fast(state, deadline, once),
+            (LockMode::QtCompatible, Some(state), Some(sem)) => self.acquire_qt(state, sem.as_ref(), deadline, once),
+            (LockMode::QtCompatible, None, Some(sem)) => self.acquire_bare(sem.as_ref(), timeout),
+            _ => Err(io::Error::other("no lock: the segment's lock state is missing")),
         }
     }
 
-    /// Wait for the robust mutex in slices of at most [`REPAIR_INTERVAL`]. When an owner
-    /// dies the kernel wakes one waiter; if that waiter is killed before it takes the
+    /// Wait for the robust mutex in slices of at most [`REPAIR_INTERVAL`]: when an owner
+    /// dies the kernel wakes one waiter, and if that waiter is killed before it takes the
     /// lock, the other waiters are never woken. Bounded sleeps make them look again.
-    fn acquire_fast(&self, timeout: Option<Duration>) -> io::Result<Option<bool>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+    fn acquire_fast(&self, state: &LockState, deadline: Option<Instant>, once: bool) -> io::Result<Option<bool>> {
         loop {
-            let slice = match deadline {
-                None => REPAIR_INTERVAL,
-                Some(d) => d.saturating_duration_since(Instant::now()).min(REPAIR_INTERVAL),
-            };
-            // SAFETY: the companion mapping outlives self and holds an initialised mutex.
-            match unsafe { os::robust_mutex_lock(self.companion.fast(), Some(slice)) }? {
-                RobustLock::Acquired => return Ok(Some(false)),
-                RobustLock::OwnerDied => return Ok(Some(true)),
-                RobustLock::Busy if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
-                RobustLock::Busy => {}
+            let wait = if once { Duration::ZERO } else { slice(deadline, REPAIR_INTERVAL) };
+            // SAFETY: the mutex lives in the lock-state mapping owned by self.
+            match unsafe { robust_mutex::lock(state.fast(), wait) }? {
+                Locked::Yes => return Ok(Some(false)),
+                Locked::OwnerDied => return Ok(Some(true)),
+                Locked::Busy if once || expired(deadline) => return Ok(None),
+                Locked::Busy => {}
             }
         }
     }
 
-    fn acquire_semaphore(
+    fn acquire_qt(
         &self,
+        state: &LockState,
         sem: &dyn SemaphoreBackend,
-        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+        once: bool,
     ) -> io::Result<Option<bool>> {
+        // 1. marker: the right to deal with the semaphore on qshm's side
+        let mut died = false;
+        loop {
+            let wait = if once { Duration::ZERO } else { slice(deadline, REPAIR_INTERVAL) };
+            // SAFETY: the mutex lives in the lock-state mapping owned by self.
+            match unsafe { robust_mutex::lock(state.marker(), wait) }? {
+                Locked::Yes => break,
+                Locked::OwnerDied => {
+                    died = self.repair_after_dead_marker_owner(state, sem)?;
+                    break;
+                }
+                Locked::Busy if once || expired(deadline) => return Ok(None),
+                Locked::Busy => {}
+            }
+        }
+        state.phase().store(phase::ACQUIRING, Ordering::SeqCst);
+        // 2. the semaphore, watching for a holder that cannot be alive any more
+        let repair = sem.needs_dead_holder_repair();
+        let started = Instant::now();
+        let mut last_look: Option<Instant> = None;
+        let mut nobody_seen = 0;
+        loop {
+            let wait = match (once, repair, deadline) {
+                (true, ..) => Some(Duration::ZERO),
+                (false, true, _) => Some(slice(deadline, REPAIR_INTERVAL)),
+                (false, false, None) => None,
+                (false, false, Some(_)) => Some(slice(deadline, Duration::MAX)),
+            };
+            match sem.acquire(wait) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    self.leave_marker(state);
+                    return Err(e);
+                }
+            }
+            if repair && !once && started.elapsed() >= DEAD_HOLDER_LOOK && last_look.is_none_or(|t| t.elapsed() >= DEAD_HOLDER_LOOK) {
+                last_look = Some(Instant::now());
+                if no_living_holder_possible(state, sem) {
+                    nobody_seen += 1;
+                } else {
+                    nobody_seen = 0;
+                }
+                if nobody_seen >= 2 {
+                    // Nobody alive can hold it: its holder died. Post on its behalf
+                    // (unless it came back meanwhile) and take it in the next round.
+                    nobody_seen = 0;
+                    if !sem.acquire(Some(Duration::ZERO))? {
+                        sem.post_for_dead_holder()?;
+                    } else {
+                        died = true;
+                        break;
+                    }
+                    died = true;
+                    continue;
+                }
+            }
+            if once || expired(deadline) {
+                self.leave_marker(state);
+                return Ok(None);
+            }
+        }
+        state.phase().store(phase::HELD, Ordering::SeqCst);
+        let pending = state.owner_died_pending().swap(0, Ordering::AcqRel) != 0;
+        Ok(Some(died || pending))
+    }
+
+    /// We got `marker` from a dead qshm process: act on the phase it left.
+    fn repair_after_dead_marker_owner(&self, state: &LockState, sem: &dyn SemaphoreBackend) -> io::Result<bool> {
+        let died = match state.phase().load(Ordering::SeqCst) {
+            phase::HELD => {
+                // It held the unit. System V: SEM_UNDO gave it back already.
+                if sem.needs_dead_holder_repair() {
+                    sem.post_for_dead_holder()?;
+                }
+                true
+            }
+            // Around sem_wait/sem_post: undecidable here; if the unit stays missing, the
+            // look for living holders in acquire_qt recovers it.
+            _ => false,
+        };
+        state.phase().store(phase::IDLE, Ordering::SeqCst);
+        Ok(died)
+    }
+
+    fn leave_marker(&self, state: &LockState) {
+        state.phase().store(phase::IDLE, Ordering::SeqCst);
+        // SAFETY: this thread locked marker in acquire_qt.
+        let _ = unsafe { robust_mutex::unlock(state.marker()) };
+    }
+
+    /// Qt-compatible without lock state: the semaphore alone.
+    fn acquire_bare(&self, sem: &dyn SemaphoreBackend, timeout: Option<Duration>) -> io::Result<Option<bool>> {
         let me = thread_token();
         if self.holder.load(Ordering::Acquire) == me {
             return Err(io::Error::from_raw_os_error(libc::EDEADLK));
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let repair = sem.needs_dead_holder_repair();
-        loop {
-            let slice = match (deadline, repair) {
-                (None, false) => None,
-                (None, true) => Some(REPAIR_INTERVAL),
-                (Some(d), false) => Some(d.saturating_duration_since(Instant::now())),
-                (Some(d), true) => Some(d.saturating_duration_since(Instant::now()).min(REPAIR_INTERVAL)),
-            };
-            if sem.acquire(slice)? {
-                break;
-            }
-            if repair {
-                self.repair_dead_holder(sem)?;
-            }
-            let expired = deadline.is_some_and(|d| Instant::now() >= d);
-            if expired {
-                // one last try right after a repair, so try_lock sees a repaired lock
-                if repair && sem.acquire(Some(Duration::ZERO))? {
-                    break;
-                }
-                return Ok(None);
-            }
+        let wait = timeout.filter(|t| Instant::now().checked_add(*t).is_some());
+        if !sem.acquire(wait)? {
+            return Ok(None);
         }
-        // SAFETY: the companion mapping outlives self and holds an initialised mutex.
-        let marker = unsafe { os::robust_mutex_lock(self.companion.marker(), None) };
-        let died = match marker {
-            Ok(RobustLock::OwnerDied) => true,
-            Ok(_) => false,
-            Err(e) => {
-                let _ = sem.release(1);
-                return Err(e);
-            }
-        };
-        let pending = self.companion.owner_died_pending().swap(0, Ordering::AcqRel) != 0;
         self.holder.store(me, Ordering::Release);
-        Ok(Some(died || pending))
+        Ok(Some(false))
     }
 
-    /// If a qshm process died holding the POSIX semaphore, give its unit back.
-    fn repair_dead_holder(&self, sem: &dyn SemaphoreBackend) -> io::Result<()> {
-        // SAFETY: the companion mapping outlives self and holds an initialised mutex.
-        match unsafe { os::robust_mutex_lock(self.companion.marker(), Some(Duration::ZERO)) }? {
-            RobustLock::OwnerDied => {
-                // marker is only held while holding the semaphore: its dead owner
-                // still holds a unit nobody will ever post.
-                self.companion.owner_died_pending().store(1, Ordering::Release);
-                sem.release(1)?;
-                // SAFETY: we locked marker just above.
-                unsafe { os::robust_mutex_unlock(self.companion.marker()) }
-            }
-            // SAFETY: we locked marker just above.
-            RobustLock::Acquired => unsafe { os::robust_mutex_unlock(self.companion.marker()) },
-            RobustLock::Busy => Ok(()),
-        }
-    }
-
-    /// Release the lock taken by [`acquire`](Self::acquire) on this thread.
+    /// Release the lock taken by [`acquire`](Self::acquire) (or [`try_fast`](Self::try_fast))
+    /// on this thread. In a `fork()`ed child it does nothing: the lock is the parent's.
     #[inline]
     pub(crate) fn release(&self) -> io::Result<()> {
-        match (self.mode, &self.semaphore) {
-            (LockMode::QtCompatible, Some(sem)) => {
-                self.holder.store(0, Ordering::Release);
-                // SAFETY: this thread locked marker in acquire_semaphore.
-                let unlocked = unsafe { os::robust_mutex_unlock(self.companion.marker()) };
+        if self.forked() {
+            return Ok(());
+        }
+        match (self.mode, &self.state, &self.semaphore) {
+            // SAFETY: this thread locked fast in acquire or try_fast.
+            (LockMode::Fast, Some(state), _) => unsafe { robust_mutex::unlock(state.fast()) },
+            (LockMode::QtCompatible, Some(state), Some(sem)) => {
+                state.phase().store(phase::RELEASING, Ordering::SeqCst);
                 let posted = sem.release(1);
-                unlocked.and(posted)
+                state.phase().store(phase::IDLE, Ordering::SeqCst);
+                // SAFETY: this thread locked marker in acquire_qt.
+                let unlocked = unsafe { robust_mutex::unlock(state.marker()) };
+                posted.and(unlocked)
             }
-            // SAFETY: this thread locked fast in acquire.
-            _ => unsafe { os::robust_mutex_unlock(self.companion.fast()) },
+            (LockMode::QtCompatible, None, Some(sem)) => {
+                self.holder.store(0, Ordering::Release);
+                sem.release(1)
+            }
+            _ => Ok(()),
         }
     }
+}
+
+/// True when no living process could hold the POSIX semaphore: every process that maps
+/// it also maps our lock state (qshm's, which cannot hold it while we hold `marker`), and
+/// no process we may not inspect could open it.
+fn no_living_holder_possible(state: &LockState, sem: &dyn SemaphoreBackend) -> bool {
+    let Some((dev, ino)) = sem.file_id() else {
+        return false;
+    };
+    let (ldev, lino) = state.file_id();
+    let census = procfs::census(&[Mapped::File { dev, ino }, Mapped::File { dev: ldev, ino: lino }]);
+    if census.mapping.iter().any(|&(_, bits)| bits & 0b01 != 0 && bits & 0b10 == 0) {
+        return false;
+    }
+    let owner_and_mode = census_file_stat(dev, ino);
+    census.hidden.iter().all(|&(_, uid)| match owner_and_mode {
+        Some((owner, mode)) => uid == 0 || (uid != owner && mode & 0o066 == 0),
+        None => false,
+    })
+}
+
+/// Owner and mode of the semaphore's file, found by device and inode among `/dev/shm`'s
+/// `sem.*` files (its name may have been replaced since we opened it).
+fn census_file_stat(dev: u64, ino: u64) -> Option<(u32, u32)> {
+    let dir = std::fs::read_dir(crate::sys::posix::SHM_DIR).ok()?;
+    dir.flatten().find_map(|entry| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = entry.metadata().ok()?;
+        (meta.dev() == dev && meta.ino() == ino).then_some((meta.uid(), meta.mode() & 0o777))
+    })
 }
 
 /// The segment's Qt semaphore key (`QSharedMemoryPrivate::initKey`): derived from the
@@ -417,7 +354,7 @@ impl Locker {
 pub(crate) fn semaphore_key(key: &NativeIpcKey) -> NativeIpcKey {
     match key.legacy_key() {
         Some(legacy) if !legacy.is_empty() => {
-            crate::key::legacy_platform_safe_key(legacy, crate::key::IpcType::SystemSemaphore, key.kind())
+            crate::key::legacy_platform_safe_key(legacy, IpcType::SystemSemaphore, key.kind())
         }
         _ => key.clone(),
     }

@@ -27,7 +27,8 @@ use crate::sys::{self, SemaphoreBackend, SemaphoreMode};
 /// ```
 pub struct SystemSemaphore {
     key: NativeIpcKey,
-    backend: Box<dyn SemaphoreBackend>,
+    /// `None` once [`remove`](Self::remove) took it.
+    backend: Option<Box<dyn SemaphoreBackend>>,
 }
 
 impl SystemSemaphore {
@@ -42,8 +43,12 @@ impl SystemSemaphore {
 
     /// Open the semaphore of a native key.
     pub fn with_native_key(key: NativeIpcKey, initial: u32, mode: SemaphoreMode) -> Result<SystemSemaphore> {
-        let backend = sys::open_semaphore(&key, initial, mode, crate::DEFAULT_PERMISSIONS)?;
-        Ok(SystemSemaphore { key, backend })
+        let backend = sys::open_semaphore(&key, initial, mode, crate::DEFAULT_PERMISSIONS)
+            .map_err(|f| Error::from_failure("open semaphore", key.display_name(), f))?;
+        Ok(SystemSemaphore {
+            key,
+            backend: Some(backend),
+        })
     }
 
     /// The native key Qt derives for a semaphore from a legacy key
@@ -87,8 +92,15 @@ impl SystemSemaphore {
         self.wait(Some(timeout))
     }
 
+    fn backend(&self) -> &dyn SemaphoreBackend {
+        // Some from construction until remove(self), which consumes the handle
+        self.backend.as_deref().expect("a SystemSemaphore keeps its backend until remove")
+    }
+
     fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.backend
+        // a timeout too far away to express is no timeout
+        let timeout = timeout.filter(|t| std::time::Instant::now().checked_add(*t).is_some());
+        self.backend()
             .acquire(timeout)
             .map_err(|e| Error::os("acquire", self.key.display_name(), e))
     }
@@ -98,33 +110,36 @@ impl SystemSemaphore {
         if n == 0 {
             return Ok(());
         }
-        self.backend
+        self.backend()
             .release(n)
             .map_err(|e| Error::os("release", self.key.display_name(), e))
     }
 
     /// The current count.
     pub fn value(&self) -> Result<i32> {
-        self.backend
+        self.backend()
             .value()
             .map_err(|e| Error::os("value", self.key.display_name(), e))
     }
 
-    /// Remove the semaphore from the system now (whoever created it).
-    pub fn remove(self) -> Result<()> {
-        let result = self
-            .backend
-            .remove()
-            .map_err(|e| Error::os("remove", self.key.display_name(), e));
-        std::mem::forget(self);
-        result
+    /// Remove the semaphore from the system now (whoever created it), and close it.
+    pub fn remove(mut self) -> Result<()> {
+        let backend = self.backend.take();
+        match backend {
+            Some(backend) => backend
+                .remove()
+                .map_err(|e| Error::os("remove", self.key.display_name(), e)),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for SystemSemaphore {
     fn drop(&mut self) {
-        if self.backend.created() {
-            let _ = self.backend.remove();
+        if let Some(backend) = &self.backend
+            && backend.created()
+        {
+            let _ = backend.remove();
         }
     }
 }

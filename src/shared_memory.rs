@@ -1,16 +1,16 @@
 //! [`SharedMemory`]: Qt's `QSharedMemory` with a Rust face.
 
 use std::fmt;
-use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::error::{Error, Result, SharedMemoryError};
+use crate::error::{Error, Failure, Result, SharedMemoryError};
+use crate::guard::{LockGuard, ReadGuard};
 use crate::key::{self, IpcType, KeyType, NativeIpcKey};
-use crate::lock::{self, LockMode, Locker};
-use crate::sys::{self, CreateRequest, SegmentBackend, SemaphoreBackend, SemaphoreMode, os};
+use crate::lock::{self, Locker};
+use crate::sys::mapping::Mapping;
+use crate::sys::{self, AttachRequest, CreateRequest, LockMode, SegmentBackend, fork, os};
 
 /// How a segment is mapped (Qt's `QSharedMemory::AccessMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -26,16 +26,11 @@ pub enum AccessMode {
 /// The mode new segments get unless [`SharedMemory::set_permissions`] says otherwise.
 pub const DEFAULT_PERMISSIONS: u32 = 0o600;
 
-/// How long a Qt-compatible `detach` waits for Qt's semaphore (which Qt holds around
-/// its own create/attach/detach) before detaching without it. Keeps `Drop` from
-/// blocking forever behind a peer that holds the lock.
-const DETACH_LOCK_WAIT: Duration = Duration::from_secs(2);
-
 /// A named shared-memory segment, shared by threads and processes.
 ///
-/// One handle [`create`](Self::create)s the segment (choosing its size); others
-/// [`attach`](Self::attach) to it. The segment is destroyed when the last handle, in
-/// any process, detaches; dropping a handle detaches it. Locking returns a guard that
+/// One handle [`create`](Self::create)s the segment (choosing its size and lock mode);
+/// others [`attach`](Self::attach) to it. The segment is destroyed when the last handle,
+/// in any process, detaches; dropping a handle detaches it. Locking returns a guard that
 /// gives the bytes as a slice and unlocks when dropped.
 ///
 /// ```
@@ -48,14 +43,35 @@ const DETACH_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// let mut reader = SharedMemory::new(&key); // e.g. in another process
 /// reader.attach(AccessMode::ReadOnly)?;
 /// assert_eq!(&reader.lock_read()?[..5], b"hello");
-/// assert!(reader.size() >= 100); // whole pages
+/// assert_eq!(reader.size(), 100); // exactly what create asked, as in Qt
 /// # Ok::<(), qshm::Error>(())
 /// ```
+///
+/// # Soundness
+///
+/// The guards hand out `&[u8]` and `&mut [u8]` to memory other processes can change.
+/// That is sound only under this contract, which qshm cannot enforce across processes:
+///
+/// * every process that writes the segment takes its lock for the write (qshm
+///   processes through the guards, Qt programs with `QSharedMemory::lock()`; in
+///   [`LockMode::Fast`] only qshm processes can take it, so no Qt program may write);
+/// * nobody shrinks the segment file (`ftruncate` of a POSIX segment; qshm and Qt never
+///   do), which would turn reads into `SIGBUS`;
+/// * a process that writes without the lock uses the raw pointers ([`as_mut_ptr`]) and
+///   atomic or volatile accesses, never the guards.
+///
+/// The raw pointers ([`as_ptr`], [`as_mut_ptr`]) are for experts: dereferencing them is
+/// `unsafe` and subject to the same contract.
+///
+/// [`as_ptr`]: Self::as_ptr
+/// [`as_mut_ptr`]: Self::as_mut_ptr
 pub struct SharedMemory {
     key: NativeIpcKey,
     perms: u32,
-    lock_mode: LockMode,
-    attached: Option<Attached>,
+    /// The mode asked for with `with_lock_mode`/`set_lock_mode`: used by `create`, and
+    /// required (rather than adopted) by `attach`.
+    requested_mode: Option<LockMode>,
+    attached: Option<Attachment>,
     last_error: LastError,
 }
 
@@ -67,44 +83,19 @@ struct LastError {
     error: Mutex<Option<(SharedMemoryError, String)>>,
 }
 
-struct Attached {
+/// An attached segment: its bytes, its lock, and the backend that detaches it.
+struct Attachment {
+    mapping: Mapping,
+    locker: Locker,
     segment: Box<dyn SegmentBackend>,
-    /// `segment.base()` and `segment.len()`, kept here for the lock fast path.
-    base: *mut u8,
-    len: usize,
     access: AccessMode,
-    /// Qt's semaphore, in QtCompatible mode (opened at create/attach, as Qt does).
-    semaphore: Option<std::sync::Arc<dyn SemaphoreBackend>>,
-    /// Opened on first lock.
-    locker: OnceLock<Locker>,
-}
-
-// SAFETY: base/len describe the process-wide mapping owned by `segment` (Send + Sync);
-// the pointer is only an address, accessed through guards or by callers of as_ptr.
-unsafe impl Send for Attached {}
-// SAFETY: as above; every &Attached method only reads.
-unsafe impl Sync for Attached {}
-
-impl Attached {
-    fn new(
-        segment: Box<dyn SegmentBackend>,
-        access: AccessMode,
-        semaphore: Option<std::sync::Arc<dyn SemaphoreBackend>>,
-    ) -> Attached {
-        Attached {
-            base: segment.base(),
-            len: segment.len(),
-            segment,
-            access,
-            semaphore,
-            locker: OnceLock::new(),
-        }
-    }
+    fork_epoch: u64,
 }
 
 impl SharedMemory {
     /// A handle for the legacy key `key` (what `QSharedMemory(key)` does): the native
     /// key is derived as Qt 6 derives it, for [`KeyType::legacy_default`] (System V).
+    #[doc(alias = "QSharedMemory")]
     pub fn new(key: &str) -> SharedMemory {
         SharedMemory::with_native_key(Self::legacy_native_key(key, KeyType::legacy_default()))
     }
@@ -119,7 +110,7 @@ impl SharedMemory {
         SharedMemory {
             key,
             perms: DEFAULT_PERMISSIONS,
-            lock_mode: LockMode::default(),
+            requested_mode: None,
             attached: None,
             last_error: LastError::default(),
         }
@@ -132,11 +123,13 @@ impl SharedMemory {
     /// let key = SharedMemory::legacy_native_key("market", KeyType::PosixRealtime);
     /// assert_eq!(key.native(), "/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3");
     /// ```
+    #[doc(alias = "legacyNativeKey")]
     pub fn legacy_native_key(key: &str, kind: KeyType) -> NativeIpcKey {
         key::legacy_platform_safe_key(key, IpcType::SharedMemory, kind)
     }
 
     /// Qt 6.6's portable native key (`QSharedMemory::platformSafeKey`).
+    #[doc(alias = "platformSafeKey")]
     pub fn platform_safe_key(key: &str, kind: KeyType) -> NativeIpcKey {
         key::platform_safe_key(key, kind)
     }
@@ -149,24 +142,43 @@ impl SharedMemory {
 
     /// Builder form of [`set_lock_mode`](Self::set_lock_mode).
     pub fn with_lock_mode(mut self, mode: LockMode) -> SharedMemory {
-        self.lock_mode = mode;
+        self.requested_mode = Some(mode);
         self
     }
 
-    /// Permission bits for segments this handle creates (default 0600); the lock
-    /// state and semaphore get matching bits.
+    /// Permission bits for segments this handle creates (default 0600). The lock state and
+    /// Qt's semaphore get the matching bits, read bits bringing write bits (readers lock).
     pub fn set_permissions(&mut self, mode: u32) {
         self.perms = mode & 0o777;
     }
 
-    /// Which lock [`lock`](Self::lock) takes; applies from the next create/attach.
-    pub fn set_lock_mode(&mut self, mode: LockMode) {
-        self.lock_mode = mode;
+    /// Ask for lock mode `mode`: `create` makes the segment with it; `attach` then fails
+    /// with `LockError` if the segment has the other mode (without a request, `attach`
+    /// adopts the segment's mode). The lock mode belongs to the segment: while attached,
+    /// only the segment's own mode is accepted (another one is a `LockError`).
+    pub fn set_lock_mode(&mut self, mode: LockMode) -> Result<()> {
+        if let Some(attached) = &self.attached
+            && attached.locker.mode() != mode
+        {
+            let error = Error::new(SharedMemoryError::LockError, "set lock mode", self.key.display_name()).with_detail(
+                format!(
+                    "the segment's lock mode is {}; it cannot change while attached",
+                    attached.locker.mode().name()
+                ),
+            );
+            return self.record(Err(error));
+        }
+        self.requested_mode = Some(mode);
+        Ok(())
     }
 
-    /// The lock mode in use.
+    /// The lock mode: the segment's while attached, else the one asked for (or the
+    /// default, [`LockMode::QtCompatible`]).
     pub fn lock_mode(&self) -> LockMode {
-        self.lock_mode
+        match &self.attached {
+            Some(attached) => attached.locker.mode(),
+            None => self.requested_mode.unwrap_or_default(),
+        }
     }
 
     /// The legacy key, if the handle was made from one (Qt's `key()`).
@@ -175,21 +187,27 @@ impl SharedMemory {
     }
 
     /// The native key string (Qt's `nativeKey()`).
+    #[doc(alias = "nativeKey")]
     pub fn native_key(&self) -> &str {
         self.key.native()
     }
 
     /// The native key with its type (Qt's `nativeIpcKey()`).
+    #[doc(alias = "nativeIpcKey")]
     pub fn native_ipc_key(&self) -> &NativeIpcKey {
         &self.key
     }
 
-    /// Use legacy key `key` from now on (Qt's `setKey`); detaches first if the key changes.
+    /// Use legacy key `key` from now on (Qt's `setKey`): derived, as in Qt, for
+    /// [`KeyType::legacy_default`] (System V) whatever the current key's type. Detaches
+    /// first if the key changes.
+    #[doc(alias = "setKey")]
     pub fn set_key(&mut self, key: &str) -> Result<()> {
-        self.set_native_key(Self::legacy_native_key(key, self.key.kind()))
+        self.set_native_key(Self::legacy_native_key(key, KeyType::legacy_default()))
     }
 
     /// Use native key `key` from now on (Qt's `setNativeKey`); detaches first if it changes.
+    #[doc(alias = "setNativeKey")]
     pub fn set_native_key(&mut self, key: NativeIpcKey) -> Result<()> {
         if key == self.key {
             return Ok(());
@@ -199,12 +217,14 @@ impl SharedMemory {
         detached
     }
 
-    /// Create a segment of at least `size` bytes and attach to it with `mode`.
+    /// Create a segment of exactly `size` bytes and attach to it with `mode`.
     ///
-    /// The size is rounded up to whole pages; [`size`](Self::size) tells the real size.
-    /// Fails with `AlreadyExists` if a live segment has this key (a stale one, whose
-    /// users all died, is removed and replaced), `InvalidSize` for 0 or absurd sizes,
-    /// `OutOfResources` when the system cannot hold it, `KeyError` for an empty key.
+    /// The segment gets this handle's lock mode (default [`LockMode::QtCompatible`]) and
+    /// permissions. Its pages are reserved now, so a full `/dev/shm` is `OutOfResources`
+    /// here rather than a `SIGBUS` later. Fails with `AlreadyExists` if a live segment has
+    /// this key (a stale one of ours, whose users all died, is replaced; another user's
+    /// object is never taken over), `InvalidSize` for 0 or absurd sizes, `KeyError` for an
+    /// empty or unusable key.
     pub fn create(&mut self, size: usize, mode: AccessMode) -> Result<()> {
         let result = self.create_inner(size, mode);
         self.record(result)
@@ -212,134 +232,65 @@ impl SharedMemory {
 
     fn create_inner(&mut self, size: usize, mode: AccessMode) -> Result<()> {
         const OP: &str = "create";
-        let name = self.key.display_name().to_owned();
         if self.attached.is_some() {
-            return Err(Error::new(SharedMemoryError::AlreadyExists, OP, &name)
-                .with_detail("this handle is already attached; detach first"));
+            return Err(self.error_of(OP, SharedMemoryError::AlreadyExists, "this handle is already attached; detach first"));
         }
-        let size = checked_size(size)
-            .map_err(|why| Error::new(SharedMemoryError::InvalidSize, OP, &name).with_detail(why))?;
+        checked_size(size).map_err(|why| self.error_of(OP, SharedMemoryError::InvalidSize, why))?;
         let limit = os::memory_limit();
         if size as u64 > limit {
-            return Err(
-                Error::new(SharedMemoryError::OutOfResources, OP, &name).with_detail(format!(
-                    "{size} bytes is more than this machine's memory and swap ({limit} bytes)"
-                )),
-            );
+            return Err(self.error_of(OP,
+                SharedMemoryError::OutOfResources,
+                format!("{size} bytes is more than this machine's memory and swap ({limit} bytes)"),
+            ));
         }
         let req = CreateRequest {
             size,
             perms: self.perms,
             writable: mode == AccessMode::ReadWrite,
-            foreign_peers: self.lock_mode == LockMode::QtCompatible,
+            mode: self.requested_mode.unwrap_or_default(),
+            semaphore: lock::semaphore_key(&self.key),
         };
-        let key = self.key.clone();
-        let segment = sys::create_segment(&self.key, req, &mut || destroy_companions(&key))?;
-        // Like Qt's create (QSystemSemaphore::Create): take over a System V semaphore that
-        // may have survived a crash (reset in place). Unlike Qt, only once the segment is
-        // really ours, and a POSIX semaphore is opened, never replaced: an attacher may
-        // already use it, and replacing it would split the lock in two. (Leftovers of a
-        // dead segment were removed with it, as stale.)
-        let sem_mode = match self.key.kind() {
-            KeyType::SystemV => SemaphoreMode::Create,
-            KeyType::PosixRealtime => SemaphoreMode::Open,
-        };
-        let semaphore = match self.open_semaphore(sem_mode) {
-            Ok(sem) => sem,
-            Err(e) => {
-                let _ = segment.detach(&mut || destroy_companions(&key));
-                return Err(e);
-            }
-        };
-        self.attached = Some(Attached::new(segment, mode, semaphore));
+        let attached = sys::create(&self.key, &req).map_err(|f| self.fail(OP, f))?;
+        self.attached = Some(Attachment::new(attached, mode));
         Ok(())
     }
 
-    /// Attach to the existing segment (`NotFound` if there is none).
+    /// Attach to the existing segment (`NotFound` if there is none), adopting its lock mode
+    /// (or failing with `LockError` if this handle asked for the other one).
     pub fn attach(&mut self, mode: AccessMode) -> Result<()> {
         let result = self.attach_inner(mode);
         self.record(result)
     }
 
     fn attach_inner(&mut self, mode: AccessMode) -> Result<()> {
+        const OP: &str = "attach";
         if self.attached.is_some() {
-            return Err(Error::new(
-                SharedMemoryError::AlreadyExists,
-                "attach",
-                self.key.display_name(),
-            )
-            .with_detail("this handle is already attached; detach first"));
+            return Err(self.error_of(OP, SharedMemoryError::AlreadyExists, "this handle is already attached; detach first"));
         }
-        let foreign_peers = self.lock_mode == LockMode::QtCompatible;
-        let segment = sys::attach_segment(&self.key, mode == AccessMode::ReadWrite, foreign_peers)?;
-        let semaphore = match self.open_semaphore(SemaphoreMode::Open) {
-            Ok(sem) => sem,
-            Err(e) => {
-                let key = self.key.clone();
-                let _ = segment.detach(&mut || destroy_companions(&key));
-                return Err(e);
-            }
+        let req = AttachRequest {
+            writable: mode == AccessMode::ReadWrite,
+            mode: self.requested_mode,
+            semaphore: lock::semaphore_key(&self.key),
         };
-        self.attached = Some(Attached::new(segment, mode, semaphore));
+        let attached = sys::attach(&self.key, &req).map_err(|f| self.fail(OP, f))?;
+        self.attached = Some(Attachment::new(attached, mode));
         Ok(())
-    }
-
-    fn open_semaphore(&self, mode: SemaphoreMode) -> Result<Option<std::sync::Arc<dyn SemaphoreBackend>>> {
-        if self.lock_mode != LockMode::QtCompatible {
-            return Ok(None);
-        }
-        let sem_key = lock::semaphore_key(&self.key);
-        let sem =
-            sys::open_semaphore(&sem_key, 1, mode, lock::lock_permissions(self.perms)).map_err(|e| {
-                Error::new(e.kind(), "lock", self.key.display_name())
-                    .with_detail(format!("unable to set key on lock ({e})"))
-            })?;
-        Ok(Some(std::sync::Arc::from(sem)))
     }
 
     /// Detach from the segment; the last detach (in any process) destroys it.
     ///
-    /// Fails with `NotFound` when the handle is not attached.
+    /// Fails with `NotFound` when the handle is not attached; as in Qt, that failure is
+    /// not recorded in [`error`](Self::error).
     pub fn detach(&mut self) -> Result<()> {
-        let result = self.detach_inner();
+        let Some(attached) = self.attached.take() else {
+            return Err(Error::new(SharedMemoryError::NotFound, "detach", self.key.display_name()).with_detail("not attached"));
+        };
+        let result = attached.detach().map_err(|f| self.fail("detach", f));
         self.record(result)
     }
 
-    fn detach_inner(&mut self) -> Result<()> {
-        let Some(attached) = self.attached.take() else {
-            return Err(
-                Error::new(SharedMemoryError::NotFound, "detach", self.key.display_name())
-                    .with_detail("not attached"),
-            );
-        };
-        let Attached {
-            segment,
-            semaphore,
-            locker,
-            ..
-        } = attached;
-        drop(locker);
-        // Qt serialises detach with its semaphore: do the same so a Qt attach cannot
-        // slip between our "last one?" check and the removal. Only where a holder's death
-        // gives the semaphore back (System V, SEM_UNDO): a POSIX semaphore held here by a
-        // process killed mid-detach would stay taken for good, with no marker for waiters
-        // to repair it. (Qt never removes POSIX segments, so no Qt attach races with that.)
-        let held = semaphore.as_ref().is_some_and(|sem| {
-            !sem.needs_dead_holder_repair() && sem.acquire_if_exists(Some(DETACH_LOCK_WAIT)).unwrap_or(false)
-        });
-        let key = self.key.clone();
-        let destroyed = segment.detach(&mut || destroy_companions(&key));
-        // a destroyed segment took its semaphore with it: nothing to release
-        if held
-            && !matches!(destroyed, Ok(true))
-            && let Some(sem) = &semaphore
-        {
-            let _ = sem.release(1);
-        }
-        destroyed.map(drop)
-    }
-
     /// True while attached (Qt's `isAttached()`).
+    #[doc(alias = "isAttached")]
     pub fn is_attached(&self) -> bool {
         self.attached.is_some()
     }
@@ -349,214 +300,152 @@ impl SharedMemory {
         self.attached.as_ref().map(|a| a.access)
     }
 
-    /// Size of the attached segment in bytes, 0 when not attached. After `create` it is
-    /// the requested size rounded up to whole pages; after `attach` the segment's size.
+    /// Size of the attached segment in bytes, 0 when not attached: exactly what its
+    /// creator asked for (what Qt's `size()` reports too).
     pub fn size(&self) -> usize {
-        self.attached.as_ref().map_or(0, |a| a.len)
+        self.attached.as_ref().map_or(0, |a| a.mapping.len())
     }
 
     /// Start of the segment (Qt's `constData()`), null when not attached.
     ///
-    /// The pointer stays valid until `detach`. Reading through it while another
-    /// process writes is a data race unless you hold the lock or use atomics.
+    /// The pointer stays valid until `detach`. Reading through it while another process
+    /// writes is a data race unless you hold the lock or use atomics (see `## Soundness`).
+    #[doc(alias = "constData")]
     pub fn as_ptr(&self) -> *const u8 {
-        self.attached.as_ref().map_or(std::ptr::null(), |a| a.base)
+        self.attached.as_ref().map_or(std::ptr::null(), |a| a.mapping.ptr())
     }
 
     /// Start of the segment for writing (Qt's `data()`), null when not attached or
     /// attached [`ReadOnly`](AccessMode::ReadOnly).
+    #[doc(alias = "data")]
     pub fn as_mut_ptr(&self) -> *mut u8 {
         match &self.attached {
-            Some(a) if a.access == AccessMode::ReadWrite => a.base,
+            Some(a) if a.access == AccessMode::ReadWrite => a.mapping.ptr(),
             _ => std::ptr::null_mut(),
         }
     }
 
     /// Lock the segment for reading and writing, waiting as long as it takes.
     ///
-    /// `LockError` when not attached, `PermissionDenied` when attached read-only
-    /// (use [`lock_read`](Self::lock_read)).
+    /// `LockError` when not attached (or a second lock from the thread holding it: Qt
+    /// would return at once, but two guards would be two `&mut` to the same bytes),
+    /// `PermissionDenied` when attached read-only (use [`lock_read`](Self::lock_read)).
     #[inline]
     pub fn lock(&self) -> Result<LockGuard<'_>> {
-        if let Some(fast) = self.fast_lock(true) {
-            return fast.map(|raw| LockGuard { raw });
-        }
-        self.acquire(None, true)
-            .and_then(|raw| self.blocking(raw))
-            .map(|raw| LockGuard { raw })
+        let (a, died) = self.take(None, true)?.ok_or_else(|| self.never_empty())?;
+        Ok(LockGuard::new(self, &a.locker, &a.mapping, died))
     }
 
     /// Lock for writing if nobody holds the lock now; `Ok(None)` if it is busy.
     #[inline]
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
         Ok(self
-            .acquire(Some(Duration::ZERO), true)?
-            .map(|raw| LockGuard { raw }))
+            .take(Some(Duration::ZERO), true)?
+            .map(|(a, died)| LockGuard::new(self, &a.locker, &a.mapping, died)))
     }
 
     /// Lock for writing, waiting at most `timeout`; `Ok(None)` on timeout.
+    /// (`Duration::MAX` waits for ever.)
     #[inline]
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>> {
-        Ok(self.acquire(Some(timeout), true)?.map(|raw| LockGuard { raw }))
+        Ok(self
+            .take(Some(timeout), true)?
+            .map(|(a, died)| LockGuard::new(self, &a.locker, &a.mapping, died)))
     }
 
     /// Lock the segment for reading (works for both access modes).
     #[inline]
     pub fn lock_read(&self) -> Result<ReadGuard<'_>> {
-        if let Some(fast) = self.fast_lock(false) {
-            return fast.map(|raw| ReadGuard { raw });
-        }
-        self.acquire(None, false)
-            .and_then(|raw| self.blocking(raw))
-            .map(|raw| ReadGuard { raw })
+        let (a, died) = self.take(None, false)?.ok_or_else(|| self.never_empty())?;
+        Ok(ReadGuard::new(self, &a.locker, &a.mapping, died))
     }
 
     /// [`lock_read`](Self::lock_read) without waiting; `Ok(None)` if busy.
     #[inline]
     pub fn try_lock_read(&self) -> Result<Option<ReadGuard<'_>>> {
         Ok(self
-            .acquire(Some(Duration::ZERO), false)?
-            .map(|raw| ReadGuard { raw }))
+            .take(Some(Duration::ZERO), false)?
+            .map(|(a, died)| ReadGuard::new(self, &a.locker, &a.mapping, died)))
     }
 
     /// [`lock_read`](Self::lock_read), waiting at most `timeout`; `Ok(None)` on timeout.
     #[inline]
     pub fn lock_read_timeout(&self, timeout: Duration) -> Result<Option<ReadGuard<'_>>> {
-        Ok(self.acquire(Some(timeout), false)?.map(|raw| ReadGuard { raw }))
+        Ok(self
+            .take(Some(timeout), false)?
+            .map(|(a, died)| ReadGuard::new(self, &a.locker, &a.mapping, died)))
     }
 
-    /// The Fast-mode path once the lock state is open: straight to the mutex, with no
-    /// system call when uncontended. `None` means "take the general path" (also when
-    /// the lock is busy).
+    /// Take the lock: the inlined uncontended Fast-mode path first, else the general one.
     #[inline]
-    fn fast_lock(&self, write: bool) -> Option<Result<RawGuard<'_>>> {
-        let attached = self.attached.as_ref()?;
-        if write && attached.access != AccessMode::ReadWrite {
-            return None;
+    fn take(&self, timeout: Option<Duration>, write: bool) -> Result<Option<(&Attachment, bool)>> {
+        if let Some(a) = &self.attached
+            && (!write || a.access == AccessMode::ReadWrite)
+            && let Some(fast) = a.locker.try_fast()
+        {
+            let result = fast.map(|died| Some((a, died))).map_err(|e| self.lock_error(e));
+            return self.record(result);
         }
-        let locker = attached.locker.get()?;
-        let mutex = locker.fast_mutex()?;
-        // Try, never wait here: waiting happens in bounded slices in Locker::acquire.
-        // SAFETY: mutex points into the lock-state mapping owned by locker, which lives
-        // as long as the attachment; it was initialised as a robust pshared mutex.
-        let rc = unsafe { libc::pthread_mutex_trylock(mutex) };
-        let previous_owner_died = match rc {
-            0 => false,
-            libc::EBUSY => return None, // contended: the general path waits
-            _ => match self.fast_lock_failed(rc, mutex) {
-                Ok(died) => died,
-                Err(e) => return Some(Err(e)),
-            },
-        };
-        if self.last_error.set.load(Ordering::Relaxed) {
-            self.record_slow(None);
-        }
-        Some(Ok(RawGuard {
-            shm: self,
-            locker,
-            ptr: attached.base,
-            len: attached.len,
-            previous_owner_died,
-            _not_send: PhantomData,
-        }))
-    }
-
-    /// `pthread_mutex_lock` returned `rc` != 0: a dead previous owner (we hold the lock
-    /// now) or an error.
-    #[cold]
-    fn fast_lock_failed(&self, rc: i32, mutex: *mut libc::pthread_mutex_t) -> Result<bool> {
-        let error = match rc {
-            libc::EOWNERDEAD => {
-                // SAFETY: EOWNERDEAD hands us the mutex; mark it usable again.
-                match unsafe { libc::pthread_mutex_consistent(mutex) } {
-                    0 => return Ok(true),
-                    rc => std::io::Error::from_raw_os_error(rc),
-                }
-            }
-            rc => std::io::Error::from_raw_os_error(rc),
-        };
-        self.record(Err(self.lock_error(error)))
-    }
-
-    /// A blocking acquire cannot come back empty; if it ever did, say so instead of panicking.
-    fn blocking<'a>(&self, raw: Option<RawGuard<'a>>) -> Result<RawGuard<'a>> {
-        raw.ok_or_else(|| {
-            Error::new(SharedMemoryError::LockError, "lock", self.key.display_name())
-                .with_detail("the lock wait ended without the lock")
-        })
-    }
-
-    fn lock_error(&self, e: std::io::Error) -> Error {
-        const OP: &str = "lock";
-        if e.raw_os_error() == Some(libc::EDEADLK) {
-            return Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
-                .with_detail("this thread already holds the lock");
-        }
-        Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
-            .with_detail("unable to lock")
-            .with_os(e)
-    }
-
-    #[inline]
-    fn acquire(&self, timeout: Option<Duration>, write: bool) -> Result<Option<RawGuard<'_>>> {
-        let result = self.acquire_inner(timeout, write);
+        let result = self.take_slow(timeout, write);
         self.record(result)
     }
 
-    #[inline]
-    fn acquire_inner(&self, timeout: Option<Duration>, write: bool) -> Result<Option<RawGuard<'_>>> {
+    #[inline(never)]
+    fn take_slow(&self, timeout: Option<Duration>, write: bool) -> Result<Option<(&Attachment, bool)>> {
         const OP: &str = "lock";
-        let Some(attached) = &self.attached else {
-            return Err(
-                Error::new(SharedMemoryError::LockError, OP, self.key.display_name())
-                    .with_detail("not attached: create or attach first"),
-            );
+        let Some(a) = &self.attached else {
+            return Err(self.error_of(OP, SharedMemoryError::LockError, "not attached: create or attach first"));
         };
-        if write && attached.access == AccessMode::ReadOnly {
-            return Err(
-                Error::new(SharedMemoryError::PermissionDenied, OP, self.key.display_name())
-                    .with_detail("attached read-only: use lock_read()"),
-            );
+        if write && a.access == AccessMode::ReadOnly {
+            return Err(self.error_of(OP, SharedMemoryError::PermissionDenied, "attached read-only: use lock_read()"));
         }
-        let locker = self.locker(attached)?;
-        match locker.acquire(timeout) {
-            Ok(Some(died)) => Ok(Some(RawGuard {
-                shm: self,
-                locker,
-                ptr: attached.base,
-                len: attached.len,
-                previous_owner_died: died,
-                _not_send: PhantomData,
-            })),
+        match a.locker.acquire(timeout) {
+            Ok(Some(died)) => Ok(Some((a, died))),
             Ok(None) => Ok(None),
             Err(e) => Err(self.lock_error(e)),
         }
     }
 
-    #[inline]
-    fn locker<'a>(&self, attached: &'a Attached) -> Result<&'a Locker> {
-        if let Some(locker) = attached.locker.get() {
-            return Ok(locker);
+    /// A blocking acquire cannot come back empty; if it ever did, say so instead of panicking.
+    #[cold]
+    fn never_empty(&self) -> Error {
+        self.error_of("lock", SharedMemoryError::LockError, "the lock wait ended without the lock")
+    }
+
+    #[cold]
+    fn lock_error(&self, e: std::io::Error) -> Error {
+        if e.raw_os_error() == Some(libc::EDEADLK) {
+            return self.error_of("lock", SharedMemoryError::LockError, "this thread already holds the lock");
         }
-        let locker = Locker::new(
-            &self.key,
-            attached.segment.id(),
-            self.lock_mode,
-            self.perms,
-            attached.semaphore.clone(),
-        )?;
-        // Another thread may have won the race; its locker is as good as ours.
-        let _ = attached.locker.set(locker);
-        Ok(attached.locker.get().expect("just set"))
+        Error::new(SharedMemoryError::LockError, "lock", self.key.display_name())
+            .with_detail("unable to lock")
+            .with_os(e)
+    }
+
+    #[cold]
+    pub(crate) fn unlock_error(&self, e: std::io::Error) -> Error {
+        Error::new(SharedMemoryError::LockError, "unlock", self.key.display_name())
+            .with_detail("unable to unlock")
+            .with_os(e)
+    }
+
+    #[cold]
+    fn error_of(&self, op: &'static str, kind: SharedMemoryError, detail: impl Into<String>) -> Error {
+        Error::new(kind, op, self.key.display_name()).with_detail(detail)
+    }
+
+    #[cold]
+    fn fail(&self, op: &'static str, failure: Failure) -> Error {
+        Error::from_failure(op, self.key.display_name(), failure)
     }
 
     /// The last error of this handle (Qt's `error()`); `NoError` after a success.
     pub fn error(&self) -> SharedMemoryError {
-        self.last_error_entry()
-            .map_or(SharedMemoryError::NoError, |e| e.0)
+        self.last_error_entry().map_or(SharedMemoryError::NoError, |e| e.0)
     }
 
     /// Text of the last error (Qt's `errorString()`); empty after a success.
+    #[doc(alias = "errorString")]
     pub fn error_string(&self) -> String {
         self.last_error_entry().map(|e| e.1).unwrap_or_default()
     }
@@ -569,7 +458,7 @@ impl SharedMemory {
     }
 
     #[inline]
-    fn record<T>(&self, result: Result<T>) -> Result<T> {
+    pub(crate) fn record<T>(&self, result: Result<T>) -> Result<T> {
         // The success path (every lock and unlock) costs one relaxed load.
         if result.is_err() || self.last_error.set.load(Ordering::Relaxed) {
             self.record_slow(result.as_ref().err());
@@ -586,13 +475,12 @@ impl SharedMemory {
         }
     }
 
-    /// Destroy the segment of `key`, with qshm's lock state and Qt's semaphore, even
-    /// if processes are still attached (they keep their mapping until they detach).
-    /// For tools and tests cleaning up after crashes. Returns whether a segment existed.
+    /// Destroy the segment of `key`, with qshm's lock state and Qt's semaphore, even if
+    /// processes are still attached (they keep their mapping until they detach). For tools
+    /// and tests cleaning up after crashes. Returns whether a segment existed. Never
+    /// deletes a file that is not a segment or a key file qshm or Qt would make.
     pub fn force_remove(key: &NativeIpcKey) -> Result<bool> {
-        let existed = sys::remove_segment(key)?;
-        destroy_companions(key);
-        Ok(existed)
+        sys::remove(key, &lock::semaphore_key(key)).map_err(|f| Error::from_failure("remove", key.display_name(), f))
     }
 
     /// The key of the semaphore [`LockMode::QtCompatible`] locks: what Qt's
@@ -601,9 +489,10 @@ impl SharedMemory {
         lock::semaphore_key(&self.key)
     }
 
-    /// The file holding qshm's lock state for this key (exists once someone locked).
-    pub fn lock_state_path(&self) -> std::path::PathBuf {
-        format!("{}/{}", sys::posix::SHM_DIR, lock::companion_name(&self.key)).into()
+    /// The file holding qshm's lock state for the attached segment, if it has one.
+    pub fn lock_state_path(&self) -> Option<std::path::PathBuf> {
+        let attached = self.attached.as_ref()?;
+        attached.locker.state().map(|s| s.segment().lock_state_path().into())
     }
 
     /// The numeric System V key (`ftok(path, 'Q')`) of a System V native key, if its
@@ -616,13 +505,10 @@ impl SharedMemory {
     }
 
     /// Facts about the attached segment, for tools: native id, attachment count
-    /// (System V only), permissions, owner, creation time.
+    /// (System V only), permissions, owner, creation time, lock.
     pub fn info(&self) -> Result<SegmentInfo> {
         let Some(attached) = &self.attached else {
-            return Err(
-                Error::new(SharedMemoryError::NotFound, "stat", self.key.display_name())
-                    .with_detail("not attached"),
-            );
+            return Err(self.error_of("stat", SharedMemoryError::NotFound, "not attached"));
         };
         let st = attached
             .segment
@@ -633,15 +519,51 @@ impl SharedMemory {
             attachments: st.attachments,
             permissions: st.perms,
             owner_uid: st.uid,
-            created_unix: st.ctime_secs,
+            created_unix: st.created_secs,
             os_id: st.os_id,
+            lock_mode: attached.locker.mode(),
             lock_state_file: self.lock_state_path(),
+            made_by_qshm: attached
+                .locker
+                .state()
+                .is_some_and(|s| s.origin() == sys::lock_state::Origin::Qshm),
         })
+    }
+}
+
+impl Attachment {
+    fn new(attached: sys::Attached, access: AccessMode) -> Attachment {
+        let fork_epoch = fork::epoch_watched();
+        Attachment {
+            locker: Locker::new(attached.mode, attached.lock_state, attached.semaphore, fork_epoch),
+            mapping: attached.mapping,
+            segment: attached.segment,
+            access,
+            fork_epoch,
+        }
+    }
+
+    fn detach(self) -> std::result::Result<(), Failure> {
+        let Attachment {
+            mapping,
+            locker,
+            segment,
+            fork_epoch,
+            ..
+        } = self;
+        drop(locker);
+        drop(mapping);
+        if fork::epoch() != fork_epoch {
+            segment.forget();
+            return Ok(());
+        }
+        segment.detach().map(drop)
     }
 }
 
 /// Facts about an attached segment ([`SharedMemory::info`]).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SegmentInfo {
     /// Size in bytes.
     pub size: u64,
@@ -651,40 +573,34 @@ pub struct SegmentInfo {
     pub permissions: u32,
     /// Owner's user id.
     pub owner_uid: u32,
-    /// Creation (or last change) time, seconds since the epoch.
+    /// Creation time (POSIX: the file's birth time), seconds since the epoch.
     pub created_unix: i64,
     /// The OS's name for it (`shmid …` or the `/dev/shm` path).
     pub os_id: String,
-    /// Where qshm keeps the lock state.
-    pub lock_state_file: std::path::PathBuf,
+    /// The segment's lock mode.
+    pub lock_mode: LockMode,
+    /// Where qshm keeps the lock state (`None`: a segment another program made, where
+    /// this user may not add one).
+    pub lock_state_file: Option<std::path::PathBuf>,
+    /// True when qshm created the segment (false: Qt or another program did).
+    pub made_by_qshm: bool,
 }
 
-/// The segment is going away: remove qshm's lock state and Qt's semaphore with it.
-fn destroy_companions(key: &NativeIpcKey) {
-    lock::remove_companion(key);
-    sys::remove_semaphore_if_exists(&lock::semaphore_key(key));
-}
-
-/// Round `size` up to whole pages, or say why it cannot be a segment size.
+/// Check that `size` can be a segment size, or say why not.
 fn checked_size(size: usize) -> std::result::Result<usize, String> {
     if size == 0 {
         return Err("size must be at least 1 byte".to_owned());
     }
     if size > isize::MAX as usize {
-        return Err(format!(
-            "{size} bytes is more than any segment can have (a negative size?)"
-        ));
+        return Err(format!("{size} bytes is more than any segment can have (a negative size?)"));
     }
-    let page = os::page_size();
-    size.checked_next_multiple_of(page)
-        .filter(|&s| s <= isize::MAX as usize)
-        .ok_or_else(|| format!("{size} bytes is more than any segment can have"))
+    Ok(size)
 }
 
 impl Drop for SharedMemory {
     fn drop(&mut self) {
-        if self.attached.is_some() {
-            let _ = self.detach_inner();
+        if let Some(attached) = self.attached.take() {
+            let _ = attached.detach();
         }
     }
 }
@@ -695,130 +611,17 @@ impl fmt::Debug for SharedMemory {
             .field("key", &self.key)
             .field("attached", &self.access_mode())
             .field("size", &self.size())
-            .field("lock_mode", &self.lock_mode)
+            .field("lock_mode", &self.lock_mode())
             .finish()
     }
 }
 
 impl Default for SharedMemory {
-    /// A handle without a key (Qt's `QSharedMemory()`): set one before create/attach.
+    /// A handle without a key (Qt's `QSharedMemory()`): an empty key of Qt's default type
+    /// for the OS (`QNativeIpcKey::DefaultTypeForOs`, POSIX on Linux); set one before
+    /// create/attach.
     fn default() -> SharedMemory {
-        SharedMemory::with_native_key(NativeIpcKey::new(String::new(), KeyType::legacy_default()))
-    }
-}
-
-/// A held lock; common part of both guards.
-struct RawGuard<'a> {
-    shm: &'a SharedMemory,
-    locker: &'a Locker,
-    ptr: *mut u8,
-    len: usize,
-    previous_owner_died: bool,
-    /// Unlocking must happen on the locking thread (pthread mutexes demand it).
-    _not_send: PhantomData<*const ()>,
-}
-
-impl RawGuard<'_> {
-    #[inline]
-    fn unlock(&mut self) -> Result<()> {
-        let released = match self.locker.fast_mutex() {
-            // SAFETY: this thread locked the mutex when it made this guard.
-            Some(mutex) => match unsafe { libc::pthread_mutex_unlock(mutex) } {
-                0 => Ok(()),
-                rc => Err(std::io::Error::from_raw_os_error(rc)),
-            },
-            None => self.locker.release(),
-        };
-        released.map_err(|e| self.unlock_error(e))
-    }
-
-    #[cold]
-    fn unlock_error(&self, e: std::io::Error) -> Error {
-        Error::new(
-            SharedMemoryError::LockError,
-            "unlock",
-            self.shm.key.display_name(),
-        )
-        .with_detail("unable to unlock")
-        .with_os(e)
-    }
-}
-
-/// Exclusive access to a segment attached [`ReadWrite`](AccessMode::ReadWrite):
-/// derefs to `[u8]` and `mut [u8]`; unlocks when dropped.
-///
-/// A guard stays on the thread that locked (the lock belongs to that thread):
-///
-/// ```compile_fail
-/// fn send<T: Send>(_: T) {}
-/// let shm = qshm::SharedMemory::new("guard-is-not-send");
-/// send(shm.lock().unwrap());
-/// ```
-pub struct LockGuard<'a> {
-    raw: RawGuard<'a>,
-}
-
-/// Exclusive access for reading: derefs to `[u8]`; unlocks when dropped.
-pub struct ReadGuard<'a> {
-    raw: RawGuard<'a>,
-}
-
-macro_rules! guard_common {
-    ($guard:ident) => {
-        impl $guard<'_> {
-            /// True when the previous holder died while holding the lock: the data
-            /// may be half-written; check or repair it.
-            pub fn previous_owner_died(&self) -> bool {
-                self.raw.previous_owner_died
-            }
-
-            /// Unlock now and report a failure (Qt's `unlock()`); dropping the guard
-            /// unlocks too, but silently.
-            pub fn unlock(self) -> Result<()> {
-                let mut this = std::mem::ManuallyDrop::new(self);
-                let result = this.raw.unlock();
-                this.raw.shm.record(result)
-            }
-        }
-
-        impl Deref for $guard<'_> {
-            type Target = [u8];
-            #[inline]
-            fn deref(&self) -> &[u8] {
-                // SAFETY: ptr/len is the live mapping (the guard borrows the handle, so
-                // it cannot detach), and we hold the segment lock.
-                unsafe { std::slice::from_raw_parts(self.raw.ptr, self.raw.len) }
-            }
-        }
-
-        impl Drop for $guard<'_> {
-            #[inline]
-            fn drop(&mut self) {
-                let result = self.raw.unlock();
-                let _ = self.raw.shm.record(result);
-            }
-        }
-
-        impl fmt::Debug for $guard<'_> {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($guard))
-                    .field("len", &self.raw.len)
-                    .field("previous_owner_died", &self.raw.previous_owner_died)
-                    .finish()
-            }
-        }
-    };
-}
-
-guard_common!(LockGuard);
-guard_common!(ReadGuard);
-
-impl DerefMut for LockGuard<'_> {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in deref; the attachment is ReadWrite (checked in lock()), and the
-        // &mut borrow of the guard makes this the only slice.
-        unsafe { std::slice::from_raw_parts_mut(self.raw.ptr, self.raw.len) }
+        SharedMemory::with_native_key(NativeIpcKey::new(String::new(), KeyType::default_for_os()))
     }
 }
 
@@ -827,14 +630,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_round_up_to_pages_and_reject_nonsense() {
-        let page = os::page_size();
-        assert_eq!(checked_size(1), Ok(page));
-        assert_eq!(checked_size(page), Ok(page));
-        assert_eq!(checked_size(page + 1), Ok(2 * page));
+    fn sizes_are_exact_and_nonsense_is_refused() {
+        assert_eq!(checked_size(1), Ok(1));
+        assert_eq!(checked_size(100), Ok(100));
         assert!(checked_size(0).is_err());
         assert!(checked_size(usize::MAX).is_err());
-        assert!(checked_size(isize::MAX as usize).is_err());
+        assert!(checked_size(isize::MAX as usize + 1).is_err());
     }
 
     #[test]

@@ -1,24 +1,34 @@
 //! Platform backends behind one internal interface.
 //!
-//! [`SegmentBackend`] is an attached segment of either kind, [`SemaphoreBackend`] an open
-//! counting semaphore of either kind. [`create_segment`], [`attach_segment`] and
-//! [`open_semaphore`] pick the backend from the key's [`KeyType`]. Raw system calls
-//! live in [`os`] only.
+//! [`create`] and [`attach`] pick the backend from the key's [`KeyType`] and hand back an
+//! [`Attached`]: the segment (a [`SegmentBackend`]), its lock state and, in Qt-compatible
+//! mode, Qt's semaphore, all found or made under the backend's own serialisation (so the
+//! facade never runs code in the middle of a backend operation). Detaching returns what
+//! happened; the backend removes the segment's companions itself when it destroys it.
+//!
+//! Errors are [`Failure`]s (a category, an explanation, the OS error); the facade adds the
+//! operation and the key once. Raw system calls live in [`os`] only.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result, SharedMemoryError};
+use crate::error::{Failure, SharedMemoryError};
 use crate::key::{KeyType, NativeIpcKey};
 
+pub(crate) mod fork;
+pub(crate) mod lock_state;
+pub(crate) mod mapping;
+pub(crate) mod named_file;
 pub(crate) mod os;
 pub(crate) mod posix;
+pub(crate) mod procfs;
+pub(crate) mod robust_mutex;
 pub(crate) mod sysv;
 
-/// Identifies one incarnation of a segment: a segment destroyed and created again
-/// under the same key gets another id. Lock state is bound to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SegmentId(pub [u64; 3]);
+pub use lock_state::LockMode;
+use lock_state::{LockState, NewLockState, Origin, SegmentId, Untrusted};
+use mapping::Mapping;
 
 /// What a segment says about itself (for `stat`/`ls`).
 #[derive(Clone, Debug)]
@@ -27,44 +37,59 @@ pub(crate) struct SegmentStat {
     pub attachments: Option<u64>,
     pub perms: u32,
     pub uid: u32,
-    pub ctime_secs: i64,
+    pub created_secs: i64,
     pub os_id: String,
 }
 
-/// An attached segment.
+/// How a detach ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Detached {
+    /// Others still use the segment (or it is not ours to destroy).
+    Kept,
+    /// We were its last user: it is destroyed, with its lock state and Qt's semaphore.
+    Destroyed,
+    /// Someone had already removed it behind our back; we removed what was left of it.
+    WasGone,
+}
+
+/// An attached segment (its bytes are the [`Mapping`] that came with it, which the facade
+/// owns and drops before detaching).
 pub(crate) trait SegmentBackend: Send + Sync {
-    /// Start of the mapping.
-    fn base(&self) -> *mut u8;
-    /// Mapped length in bytes (the segment's real size).
-    fn len(&self) -> usize;
     /// Which incarnation of the key this is.
     fn id(&self) -> SegmentId;
     /// Current facts from the OS.
     fn stat(&self) -> io::Result<SegmentStat>;
-    /// Unmap. If no user is left, run `on_last` (while other users are still kept out)
-    /// and destroy the segment. Returns whether it was destroyed.
-    fn detach(self: Box<Self>, on_last: &mut dyn FnMut()) -> Result<bool>;
+    /// Detach (the mapping is gone already); if no user is left, destroy the segment,
+    /// its lock state and Qt's semaphore.
+    fn detach(self: Box<Self>) -> Result<Detached, Failure>;
+    /// In a `fork()`ed child: let go of this copy; the parent's attachment stays intact.
+    fn forget(self: Box<Self>);
 }
 
 /// A counting semaphore shared between processes.
 pub(crate) trait SemaphoreBackend: Send + Sync {
     /// Take one unit. `None` blocks, `Some(0)` tries once. `Ok(false)`: busy or timed out.
     fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool>;
-    /// Like `acquire`, but a semaphore removed meanwhile is not made again (`Ok(false)`).
-    fn acquire_if_exists(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.acquire(timeout)
-    }
-    /// Give back `n` units.
+    /// Give back `n` units (all or none: never past the maximum).
     fn release(&self, n: u32) -> io::Result<()>;
     /// Current value, for diagnostics.
     fn value(&self) -> io::Result<i32>;
     /// Destroy the OS object (and a System V key file).
     fn remove(&self) -> io::Result<()>;
-    /// True when a waiter that cannot get in should check for a dead holder
-    /// (POSIX semaphores are not released by the kernel when their holder dies).
+    /// True when the kernel does not give a dead holder's unit back (POSIX), so waiters
+    /// must look for dead holders themselves.
     fn needs_dead_holder_repair(&self) -> bool;
     /// True when this handle created the OS object (or, in `Create` mode, took it over).
     fn created(&self) -> bool;
+    /// The file a POSIX semaphore lives in, as (device, inode), to find who maps it.
+    fn file_id(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// Give back one unit on behalf of a holder that died, without the owner checks of
+    /// `release` (same as `release(1)` here).
+    fn post_for_dead_holder(&self) -> io::Result<()> {
+        self.release(1)
+    }
 }
 
 /// What to do with a semaphore that already exists (Qt's `QSystemSemaphore::AccessMode`).
@@ -77,41 +102,52 @@ pub enum SemaphoreMode {
     Create,
 }
 
-/// Options of a segment creation.
-#[derive(Clone, Copy, Debug)]
+/// A segment creation.
+#[derive(Clone, Debug)]
 pub(crate) struct CreateRequest {
     pub size: usize,
     pub perms: u32,
     pub writable: bool,
-    /// Programs that keep no qshm attachment count (Qt) may share the segment: before
-    /// destroying a POSIX segment, also check that no other process maps it.
-    pub foreign_peers: bool,
+    pub mode: LockMode,
+    /// Qt's semaphore for this key (used in Qt-compatible mode).
+    pub semaphore: NativeIpcKey,
 }
 
-/// Create a new segment for `key`; a stale one (no user left alive) is reclaimed,
-/// calling `on_stale` first so its companions can be removed too.
-pub(crate) fn create_segment(
-    key: &NativeIpcKey,
-    req: CreateRequest,
-    on_stale: &mut dyn FnMut(),
-) -> Result<Box<dyn SegmentBackend>> {
-    check_key(key, "create")?;
+/// An attach.
+#[derive(Clone, Debug)]
+pub(crate) struct AttachRequest {
+    pub writable: bool,
+    /// The mode the caller insists on; `None` adopts the segment's.
+    pub mode: Option<LockMode>,
+    pub semaphore: NativeIpcKey,
+}
+
+/// What create and attach hand to the facade.
+pub(crate) struct Attached {
+    pub segment: Box<dyn SegmentBackend>,
+    pub mapping: Mapping,
+    /// `None` only for a segment another program made, whose lock state we may not add.
+    pub lock_state: Option<LockState>,
+    /// Qt's semaphore (Qt-compatible mode).
+    pub semaphore: Option<Arc<dyn SemaphoreBackend>>,
+    pub mode: LockMode,
+}
+
+/// Create a new segment for `key`; a stale one of ours (no user left alive) is reclaimed.
+pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
+    check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => Ok(Box::new(sysv::Segment::create(key, req, on_stale)?)),
-        KeyType::PosixRealtime => Ok(Box::new(posix::Segment::create(key, req, on_stale)?)),
+        KeyType::SystemV => sysv::create(key, req),
+        KeyType::PosixRealtime => posix::create(key, req),
     }
 }
 
-/// Attach to the existing segment of `key` (`foreign_peers`: see [`CreateRequest`]).
-pub(crate) fn attach_segment(
-    key: &NativeIpcKey,
-    writable: bool,
-    foreign_peers: bool,
-) -> Result<Box<dyn SegmentBackend>> {
-    check_key(key, "attach")?;
+/// Attach to the existing segment of `key`.
+pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
+    check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => Ok(Box::new(sysv::Segment::attach(key, writable)?)),
-        KeyType::PosixRealtime => Ok(Box::new(posix::Segment::attach(key, writable, foreign_peers)?)),
+        KeyType::SystemV => sysv::attach(key, req),
+        KeyType::PosixRealtime => posix::attach(key, req),
     }
 }
 
@@ -121,42 +157,171 @@ pub(crate) fn open_semaphore(
     initial: u32,
     mode: SemaphoreMode,
     perms: u32,
-) -> Result<Box<dyn SemaphoreBackend>> {
-    check_key(key, "open semaphore")?;
+) -> Result<Box<dyn SemaphoreBackend>, Failure> {
+    check_key(key)?;
     match key.kind() {
         KeyType::SystemV => Ok(Box::new(sysv::Semaphore::open(key, initial, mode, perms)?)),
         KeyType::PosixRealtime => Ok(Box::new(posix::Semaphore::open(key, initial, mode, perms)?)),
     }
 }
 
-fn check_key(key: &NativeIpcKey, op: &'static str) -> Result<()> {
+/// Destroy the segment of `key` whatever its users think (for tools and tests), with its
+/// lock state and Qt's semaphore `semaphore`. Returns whether there was a segment.
+/// Never removes a file that is not a segment or key file qshm or Qt would make.
+pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<bool, Failure> {
+    check_key(key)?;
+    match key.kind() {
+        KeyType::SystemV => sysv::remove(key, semaphore),
+        KeyType::PosixRealtime => posix::remove(key, semaphore),
+    }
+}
+
+fn check_key(key: &NativeIpcKey) -> Result<(), Failure> {
     if key.is_empty() {
-        return Err(Error::new(SharedMemoryError::KeyError, op, "").with_detail("key is empty"));
+        return Err(Failure::because(SharedMemoryError::KeyError, "key is empty"));
     }
     if key.native().contains('\0') {
-        return Err(Error::new(SharedMemoryError::KeyError, op, key.display_name())
-            .with_detail("key contains a NUL byte"));
+        return Err(Failure::because(SharedMemoryError::KeyError, "key contains a NUL byte"));
     }
     Ok(())
 }
 
-/// Remove the Qt-style semaphore of `key` if it exists (never creates it).
-pub(crate) fn remove_semaphore_if_exists(key: &NativeIpcKey) {
-    if key.is_empty() {
-        return;
-    }
-    match key.kind() {
-        KeyType::SystemV => sysv::remove_semaphore_if_exists(key),
-        KeyType::PosixRealtime => posix::remove_semaphore_if_exists(key),
+/// "user mallory (uid 1001)", for messages about other users' objects.
+pub(crate) fn owner_label(uid: u32) -> String {
+    match os::user_name(uid) {
+        Some(name) => format!("user {name} (uid {uid})"),
+        None => format!("uid {uid}"),
     }
 }
 
-/// Destroy the segment of `key` whatever its users think (for tools and tests).
-/// Returns whether there was one.
-pub(crate) fn remove_segment(key: &NativeIpcKey) -> Result<bool> {
-    check_key(key, "remove")?;
-    match key.kind() {
-        KeyType::SystemV => sysv::remove_segment(key),
-        KeyType::PosixRealtime => posix::remove_segment(key),
+/// A failure saying that an existing object belongs to someone else and is left alone.
+pub(crate) fn not_ours(what: &str, uid: u32) -> Failure {
+    Failure::because(
+        SharedMemoryError::AlreadyExists,
+        format!(
+            "{what} already exists and belongs to {}; qshm never takes over another user's object",
+            owner_label(uid)
+        ),
+    )
+}
+
+/// Facts about a segment that decide whose lock state to trust.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    /// The creator's uid (System V keeps it apart from the owner).
+    pub creator_uid: u32,
+    pub perms: u32,
+}
+
+/// Find the lock state of segment `id` and settle the lock mode, as an attacher does:
+/// the segment's recorded mode is adopted; a conflicting explicit request is an error; a
+/// segment without lock state was made by another program (Qt) and is locked the Qt way
+/// (its owner, or root for them, adds a lock state so dead holders can be recovered).
+pub(crate) fn adopt_lock_state(
+    id: SegmentId,
+    owner: Owner,
+    requested: Option<LockMode>,
+) -> Result<(Option<LockState>, LockMode), Failure> {
+    for _ in 0..3 {
+        match LockState::open(id, owner.uid, owner.creator_uid, owner.perms) {
+            Ok(Some(state)) => {
+                let mode = state.mode().unwrap_or_default();
+                if let Some(asked) = requested.filter(|&asked| asked != mode) {
+                    return Err(mode_conflict(asked, mode));
+                }
+                return Ok((Some(state), mode));
+            }
+            Ok(None) => {
+                if requested == Some(LockMode::Fast) {
+                    return Err(Failure::because(
+                        SharedMemoryError::LockError,
+                        "the segment was made by a program that is not qshm (Qt?), which would not \
+                         see LockMode::Fast's lock; attach with LockMode::QtCompatible",
+                    ));
+                }
+                let me = os::euid();
+                if me != owner.uid && me != 0 {
+                    return Ok((None, LockMode::QtCompatible));
+                }
+                let new = NewLockState {
+                    id,
+                    mode: LockMode::QtCompatible,
+                    origin: Origin::Foreign,
+                    perms: lock_state::lock_permissions(owner.perms),
+                    owner: (me != owner.uid).then_some((owner.uid, owner.gid)),
+                    key_file: None,
+                };
+                match LockState::create(new) {
+                    Ok(state) => return Ok((Some(state), LockMode::QtCompatible)),
+                    // another attacher was quicker: use theirs (next round)
+                    Err(lock_state::CreateError::Taken { .. }) => continue,
+                    // no room for it: the semaphore alone still excludes
+                    Err(lock_state::CreateError::Io(_)) => return Ok((None, LockMode::QtCompatible)),
+                }
+            }
+            Err(Ok(why)) => return Err(untrusted(id, why)),
+            Err(Err(e)) => {
+                return Err(Failure::from(e).with_detail(format!(
+                    "cannot open the lock state {}",
+                    id.lock_state_path()
+                )));
+            }
+        }
     }
+    Err(Failure::because(
+        SharedMemoryError::LockError,
+        "the lock state kept changing while attaching; try again",
+    ))
+}
+
+fn mode_conflict(asked: LockMode, mode: LockMode) -> Failure {
+    Failure::because(
+        SharedMemoryError::LockError,
+        format!(
+            "the segment's lock mode is {} (chosen by its creator), not the {} this handle asks for; \
+             attach without with_lock_mode to adopt it",
+            mode.name(),
+            asked.name()
+        ),
+    )
+}
+
+fn untrusted(id: SegmentId, why: Untrusted) -> Failure {
+    let path = id.lock_state_path();
+    let detail = match why {
+        Untrusted::Owner(uid) => format!(
+            "refusing the lock state {path}: it belongs to {}, not the segment's owner",
+            owner_label(uid)
+        ),
+        Untrusted::Permissions(mode) => format!(
+            "refusing the lock state {path}: its mode {mode:04o} lets more users change the lock than may read the segment"
+        ),
+        Untrusted::Content => format!("refusing the lock state {path}: it does not belong to this segment"),
+    };
+    Failure::because(SharedMemoryError::LockError, detail)
+}
+
+/// In `LockMode::Fast`, refuse a segment that a process outside qshm maps: that process
+/// would not see the lock. (Processes mapping the lock state are qshm's.)
+pub(crate) fn refuse_fast_next_to_foreign_mapper(
+    segment: procfs::Mapped,
+    lock_state: Option<&LockState>,
+) -> Result<(), Failure> {
+    let Some(state) = lock_state else {
+        return Ok(());
+    };
+    let (dev, ino) = state.file_id();
+    let census = procfs::census(&[segment, procfs::Mapped::File { dev, ino }]);
+    if let Some((pid, _)) = census.mapping.iter().find(|(_, bits)| bits & 0b11 == 0b01) {
+        return Err(Failure::because(
+            SharedMemoryError::LockError,
+            format!(
+                "the segment uses LockMode::Fast, but process {pid} maps it without qshm's lock state \
+                 (Qt?) and would not see the lock; refusing to attach"
+            ),
+        ));
+    }
+    Ok(())
 }

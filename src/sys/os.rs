@@ -70,7 +70,7 @@ pub(crate) fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<bool> {
     }
 }
 
-/// The fields of `struct stat` qshm uses.
+/// The fields of `struct statx` qshm uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FileStat {
     pub dev: u64,
@@ -80,18 +80,23 @@ pub(crate) struct FileStat {
     pub uid: u32,
     pub gid: u32,
     pub ctime_ns: i64,
+    /// Birth time, when the file system records one (tmpfs does). Unlike ctime it never
+    /// changes: tmpfs bumps ctime on every write through a shared mapping.
+    pub btime_ns: Option<i64>,
 }
 
 impl FileStat {
-    fn from_raw(st: &libc::stat) -> FileStat {
+    fn from_statx(stx: &libc::statx) -> FileStat {
+        let ns = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
         FileStat {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: st.st_size as u64,
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+            ino: stx.stx_ino,
+            size: stx.stx_size,
+            mode: u32::from(stx.stx_mode),
+            uid: stx.stx_uid,
+            gid: stx.stx_gid,
+            ctime_ns: ns(stx.stx_ctime),
+            btime_ns: (stx.stx_mask & libc::STATX_BTIME != 0).then(|| ns(stx.stx_btime)),
         }
     }
 
@@ -99,25 +104,36 @@ impl FileStat {
     pub fn same_file(&self, other: &FileStat) -> bool {
         self.dev == other.dev && self.ino == other.ino
     }
+
+    /// A regular file (not a directory, device, FIFO or symbolic link).
+    pub fn is_regular(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    /// Birth time when known, else the status-change time, in whole seconds.
+    pub fn created_secs(&self) -> i64 {
+        self.btime_ns.unwrap_or(self.ctime_ns) / 1_000_000_000
+    }
 }
 
+fn statx(dirfd: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<FileStat> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let mask = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
+    // SAFETY: path is NUL-terminated and stx points to writable memory of the right size.
+    cvt(unsafe { libc::statx(dirfd, path.as_ptr(), flags, mask, stx.as_mut_ptr()) })?;
+    // SAFETY: statx succeeded and the buffer was zeroed, so every field is initialised.
+    let stx = unsafe { stx.assume_init() };
+    Ok(FileStat::from_statx(&stx))
+}
+
+/// `fstat(2)` (as `statx`, for the birth time).
 pub(crate) fn fstat(fd: &OwnedFd) -> io::Result<FileStat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fd is open and st points to writable memory of the right size.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so it filled st.
-    let st = unsafe { st.assume_init() };
-    Ok(FileStat::from_raw(&st))
+    statx(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
 }
 
-/// `lstat(2)`: the link itself, never its target.
+/// `lstat(2)` (as `statx`): the link itself, never its target.
 pub(crate) fn lstat(path: &CStr) -> io::Result<FileStat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: path is NUL-terminated and st points to writable memory of the right size.
-    cvt(unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) })?;
-    // SAFETY: lstat succeeded, so it filled st.
-    let st = unsafe { st.assume_init() };
-    Ok(FileStat::from_raw(&st))
+    statx(libc::AT_FDCWD, path, libc::AT_SYMLINK_NOFOLLOW)
 }
 
 pub(crate) fn ftruncate(fd: &OwnedFd, len: u64) -> io::Result<()> {
@@ -129,6 +145,23 @@ pub(crate) fn ftruncate(fd: &OwnedFd, len: u64) -> io::Result<()> {
 pub(crate) fn fchmod(fd: &OwnedFd, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: fd is open; fchmod only changes the file's mode bits.
     cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+pub(crate) fn fchown(fd: &OwnedFd, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: fd is open; fchown only changes the file's owner.
+    cvt(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
+}
+
+/// Reserve `len` bytes of `fd` (`posix_fallocate`): on tmpfs the pages are really taken
+/// now, so a full file system is `ENOSPC` here instead of `SIGBUS` at the first write.
+pub(crate) fn fallocate(fd: &OwnedFd, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fd is open; posix_fallocate returns an error number instead of setting errno.
+    let rc = retry(|| match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        rc => Err(io::Error::from_raw_os_error(rc)),
+    });
+    rc
 }
 
 pub(crate) fn chmod(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
@@ -151,6 +184,39 @@ pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
         )
     })
     .map(drop)
+}
+
+/// Ask for a write lease on `fd` (`fcntl(F_SETLEASE, F_WRLCK)`): `Ok(true)` means no other
+/// open file description of the file exists anywhere, open or mapped (since Linux 5.3 the
+/// kernel counts read-only ones too), and until [`release_lease`] any `open` of the file
+/// by another process waits. `Ok(false)`: someone else has it open or mapped. Errors:
+/// `EACCES` (not the owner and no `CAP_LEASE`), `EINVAL` (leases unsupported or off).
+/// `F_SETSIG` (Linux's `fcntl` command 10, not in the libc crate).
+const F_SETSIG: libc::c_int = 10;
+
+pub(crate) fn take_write_lease(fd: &OwnedFd) -> io::Result<bool> {
+    let fd = fd.as_raw_fd();
+    // A lease break signals the lease holder, by default with SIGIO, whose default action
+    // ends the process. Use SIGURG (ignored by default) and then clear the owner, so that
+    // no signal is sent at all.
+    // SAFETY: F_SETSIG takes an int.
+    cvt(unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) })?;
+    // SAFETY: F_SETLEASE takes an int.
+    match cvt(unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) }) {
+        Ok(_) => {
+            // SAFETY: F_SETOWN 0 removes the owner: lease breaks then signal nobody.
+            unsafe { libc::fcntl(fd, libc::F_SETOWN, 0) };
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Give back a lease taken by [`take_write_lease`].
+pub(crate) fn release_lease(fd: &OwnedFd) {
+    // SAFETY: F_SETLEASE takes an int; F_UNLCK on a descriptor without a lease is harmless.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
 }
 
 /// Map `len` bytes of `fd` shared; read-only unless `writable`.
@@ -198,6 +264,18 @@ pub(crate) fn memory_limit() -> u64 {
     info.totalram
         .saturating_add(info.totalswap)
         .saturating_mul(info.mem_unit as u64)
+}
+
+/// The effective user id.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The effective group id.
+pub(crate) fn egid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
 }
 
 pub(crate) fn user_name(uid: libc::uid_t) -> Option<String> {
@@ -282,6 +360,15 @@ pub(crate) fn sem_getval(id: libc::c_int) -> io::Result<libc::c_int> {
     cvt(unsafe { libc::semctl(id, 0, libc::GETVAL) })
 }
 
+/// The owner's uid of semaphore set `id` (`semctl(IPC_STAT)`).
+pub(crate) fn sem_owner(id: libc::c_int) -> io::Result<u32> {
+    let mut ds = std::mem::MaybeUninit::<libc::semid_ds>::zeroed();
+    // SAFETY: IPC_STAT writes a semid_ds through the variadic pointer argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::IPC_STAT, ds.as_mut_ptr()) })?;
+    // SAFETY: IPC_STAT succeeded (and the buffer was zeroed), so ds is initialised.
+    Ok(unsafe { ds.assume_init() }.sem_perm.uid)
+}
+
 pub(crate) fn sem_remove(id: libc::c_int) -> io::Result<()> {
     // SAFETY: IPC_RMID takes no extra argument.
     cvt(unsafe { libc::semctl(id, 0, libc::IPC_RMID) }).map(drop)
@@ -347,6 +434,12 @@ pub(crate) fn realtime_deadline(d: Duration) -> libc::timespec {
 
 // ---------------------------------------------------------------- POSIX named semaphores
 
+/// glibc's `SEM_VALUE_MAX`: a POSIX semaphore never counts higher.
+pub(crate) const SEM_VALUE_MAX: u32 = i32::MAX as u32;
+
+/// System V's `SEMVMX`: a System V semaphore never counts higher.
+pub(crate) const SEMVMX: u32 = 32767;
+
 /// An open POSIX named semaphore.
 pub(crate) struct NamedSemaphore(*mut libc::sem_t);
 
@@ -394,6 +487,11 @@ impl NamedSemaphore {
         }
     }
 
+    /// Where the semaphore is mapped (to find its file in `/proc/self/maps`).
+    pub(crate) fn addr(&self) -> usize {
+        self.0 as usize
+    }
+
     pub(crate) fn post(&self) -> io::Result<()> {
         // SAFETY: self.0 is a live semaphore handle.
         cvt(unsafe { libc::sem_post(self.0) }).map(drop)
@@ -414,174 +512,9 @@ impl Drop for NamedSemaphore {
     }
 }
 
-// ---------------------------------------------------------------- robust process-shared mutex
-
-/// Initialise a robust, process-shared, error-checking mutex in place.
-///
-/// # Safety
-/// `m` must point to writable memory for a `pthread_mutex_t` that no one uses now.
-pub(crate) unsafe fn robust_mutex_init(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
-    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-    let check = |rc: libc::c_int| {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(rc))
-        }
-    };
-    // SAFETY: attr is initialised by pthread_mutexattr_init before any other use; m is
-    // valid per the caller's contract.
-    unsafe {
-        check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
-        let result = check(libc::pthread_mutexattr_setpshared(
-            attr.as_mut_ptr(),
-            libc::PTHREAD_PROCESS_SHARED,
-        ))
-        .and_then(|_| {
-            check(libc::pthread_mutexattr_setrobust(
-                attr.as_mut_ptr(),
-                libc::PTHREAD_MUTEX_ROBUST,
-            ))
-        })
-        .and_then(|_| {
-            check(libc::pthread_mutexattr_settype(
-                attr.as_mut_ptr(),
-                libc::PTHREAD_MUTEX_ERRORCHECK,
-            ))
-        })
-        .and_then(|_| check(libc::pthread_mutex_init(m, attr.as_ptr())));
-        libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
-        result
-    }
-}
-
-/// How a robust mutex lock attempt ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RobustLock {
-    /// Locked; the previous owner released it normally.
-    Acquired,
-    /// Locked, but the previous owner died holding it; it has been made consistent.
-    OwnerDied,
-    /// Not locked: busy (try) or timed out.
-    Busy,
-}
-
-/// Lock a robust mutex. `None` blocks, `Some(0)` tries once, else waits up to `timeout`.
-///
-/// # Safety
-/// `m` must point to a mutex initialised by [`robust_mutex_init`] in mapped memory.
-#[inline]
-pub(crate) unsafe fn robust_mutex_lock(
-    m: *mut libc::pthread_mutex_t,
-    timeout: Option<Duration>,
-) -> io::Result<RobustLock> {
-    // SAFETY: m is a valid initialised mutex per the caller's contract.
-    let rc = unsafe {
-        match timeout {
-            None => libc::pthread_mutex_lock(m),
-            Some(t) if t.is_zero() => libc::pthread_mutex_trylock(m),
-            Some(t) => libc::pthread_mutex_timedlock(m, &realtime_deadline(t)),
-        }
-    };
-    match rc {
-        0 => Ok(RobustLock::Acquired),
-        libc::EOWNERDEAD => {
-            // SAFETY: we own the mutex now (EOWNERDEAD hands it over); mark it usable.
-            let rc = unsafe { libc::pthread_mutex_consistent(m) };
-            if rc == 0 {
-                Ok(RobustLock::OwnerDied)
-            } else {
-                Err(io::Error::from_raw_os_error(rc))
-            }
-        }
-        libc::EBUSY | libc::ETIMEDOUT => Ok(RobustLock::Busy),
-        rc => Err(io::Error::from_raw_os_error(rc)),
-    }
-}
-
-/// # Safety
-/// `m` must be a mutex locked by the calling thread.
-#[inline]
-pub(crate) unsafe fn robust_mutex_unlock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
-    // SAFETY: guaranteed by the caller.
-    match unsafe { libc::pthread_mutex_unlock(m) } {
-        0 => Ok(()),
-        rc => Err(io::Error::from_raw_os_error(rc)),
-    }
-}
-
-// ---------------------------------------------------------------- /proc scans
-
-/// True when a process other than this one maps the file `(dev, ino)` at `path`.
-///
-/// Used before destroying a POSIX segment whose flock count says "no users left":
-/// programs that do not take qshm's flock (Qt itself) still show up here.
-pub(crate) fn mapped_by_other_process(path: &str, ino: u64) -> bool {
-    let me = std::process::id();
-    let mut found = false;
-    visit_mappings(|pid, _, line_ino, line_path| {
-        found = pid != me && line_ino == ino && line_path == path;
-        found
-    });
-    found
-}
-
-/// Visit every file mapping of every process we may inspect (`/proc/*/maps`) as
-/// (pid, device as `MAJOR:MINOR` hex, inode, path); stop as soon as `visit` says true.
-pub(crate) fn visit_mappings(mut visit: impl FnMut(u32, &str, u64, &str) -> bool) {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            continue;
-        };
-        for line in maps.lines() {
-            // address perms offset dev inode path
-            let mut fields = line.split_whitespace();
-            let (Some(dev), Some(ino), Some(path)) = (fields.nth(3), fields.next(), fields.next()) else {
-                continue;
-            };
-            if let Ok(ino) = ino.parse()
-                && visit(pid, dev, ino, path)
-            {
-                return;
-            }
-        }
-    }
-}
-
 /// `semctl(GETPID)`: the process that last operated on semaphore 0 of set `id` (0 when
 /// nobody has yet), for `qshm ls` to tell an abandoned semaphore from one in use.
 pub(crate) fn sem_last_pid(id: libc::c_int) -> io::Result<libc::pid_t> {
     // SAFETY: GETPID takes no extra argument.
     cvt(unsafe { libc::semctl(id, 0, libc::GETPID) })
-}
-
-/// Birth time of the open file `fd` in nanoseconds (`statx` `STATX_BTIME`), if the file
-/// system records one. Unlike ctime it never changes: tmpfs bumps ctime on every write
-/// through a shared mapping.
-pub(crate) fn birth_time_ns(fd: &OwnedFd) -> Option<i64> {
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: an empty path with AT_EMPTY_PATH makes statx describe fd itself; stx points
-    // to writable memory of the right size.
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_BTIME,
-            stx.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statx succeeded and the buffer was zeroed, so every field is initialised.
-    let stx = unsafe { stx.assume_init() };
-    (stx.stx_mask & libc::STATX_BTIME != 0)
-        .then(|| stx.stx_btime.tv_sec * 1_000_000_000 + i64::from(stx.stx_btime.tv_nsec))
 }

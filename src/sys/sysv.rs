@@ -4,281 +4,391 @@
 //! # Lifetime
 //!
 //! The kernel counts attachments (`shm_nattch`) and drops them when a process dies, so
-//! the count is crash-safe by itself. qshm removes the segment (`IPC_RMID`) and its key
-//! file when a detach leaves `shm_nattch == 0`, as Qt does.
+//! the count is crash-safe by itself. qshm removes the segment (`IPC_RMID`) with its lock
+//! state, Qt's semaphore and the key file qshm made when a detach leaves
+//! `shm_nattch == 0`, as Qt does.
 //!
 //! create, attach and detach each hold an exclusive `flock` on the key file while they
-//! run, so "check the count, then remove" can never interleave with another qshm
-//! process's "find, then attach". (Qt serialises the same steps with its semaphore;
-//! qshm in Qt-compatible lock mode takes that semaphore as well.) A segment whose
-//! users were all killed keeps `shm_nattch == 0`: the next `create` removes it and
-//! creates a fresh one.
+//! run (waiting a bounded time for it), so "check the count, then remove" never
+//! interleaves with another qshm process's "find, then attach", and a create that loses a
+//! race never touches the winner's key file. (Qt serialises the same steps with its
+//! semaphore; in Qt-compatible mode qshm's last detacher takes that semaphore as well.) A
+//! segment whose users were all killed keeps `shm_nattch == 0`: the next `create` of its
+//! owner removes it and creates a fresh one; another user's is `AlreadyExists`.
 //!
-//! Key files are created with `O_CREAT | O_EXCL | O_NOFOLLOW` (never through a
-//! symlink) and mode 0640, like Qt's `createUnixKeyFile`; an existing key file must be
-//! a regular file.
+//! Key files are created with `O_CREAT | O_EXCL | O_NOFOLLOW` and mode 0640, like Qt's
+//! `createUnixKeyFile`; an existing key file must be a regular file. A key file is only
+//! ever removed if qshm made it for this segment (recorded in the lock state) or it is
+//! Qt-named (`qipc_…`) — and then only if it is empty and no segment uses it: a native key
+//! such as `systemv:/etc/passwd` never loses its file.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
+use super::mapping::Mapping;
+use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use super::os::{self, FileStat};
-use super::{CreateRequest, SegmentBackend, SegmentId, SegmentStat, SemaphoreBackend, SemaphoreMode};
-use crate::error::{Error, Result, SharedMemoryError};
+use super::procfs::Mapped;
+use super::{
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, Owner, SegmentBackend, SegmentStat,
+    SemaphoreBackend, SemaphoreMode, fork, not_ours, owner_label,
+};
+use crate::error::{Failure, SharedMemoryError};
 use crate::key::{NativeIpcKey, SYSV_PROJECT_ID};
 
-/// An exclusive `flock` on a key file, held while a segment changes hands.
-struct KeyFileLock {
-    _fd: Option<OwnedFd>,
-    created: bool,
-}
-
-/// Open (optionally create) the key file at `path` and lock it exclusively.
-///
-/// `Ok(None)` when the file does not exist and `create` is false.
-fn lock_key_file(path: &CString, create: bool) -> io::Result<Option<KeyFileLock>> {
-    for _ in 0..32 {
-        let mut created = false;
-        let opened = if create {
-            match os::open(
-                path,
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                0o640,
-            ) {
-                Ok(fd) => {
-                    created = true;
-                    Ok(fd)
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => open_existing(path),
-                Err(e) => Err(e),
-            }
-        } else {
-            open_existing(path)
-        };
-        let fd = match opened {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if create {
-                    continue; // removed between our two opens: try again
-                }
-                return Ok(None);
-            }
-            // Another user's key file we may not open: go on without the lock; the
-            // System V permissions still decide what we may do with the segment.
-            Err(e) if e.raw_os_error() == Some(libc::EACCES) && !create => {
-                return Ok(Some(KeyFileLock {
-                    _fd: None,
-                    created: false,
-                }));
-            }
-            Err(e) => return Err(e),
-        };
-        let file = os::fstat(&fd)?;
-        if file.mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        os::flock(&fd, libc::LOCK_EX)?;
-        if matches!(os::lstat(path), Ok(now) if now.same_file(&file)) {
-            return Ok(Some(KeyFileLock {
-                _fd: Some(fd),
-                created,
-            }));
-        }
-        // the file was removed (and maybe re-created) while we waited: start over
-    }
-    Err(io::Error::from_raw_os_error(libc::EAGAIN))
-}
-
-fn open_existing(path: &CString) -> io::Result<OwnedFd> {
-    match os::open(path, libc::O_RDWR | libc::O_NOFOLLOW, 0) {
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-            os::open(path, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
-        }
-        other => other,
-    }
-}
-
-fn key_path(op: &'static str, key: &NativeIpcKey) -> Result<CString> {
-    os::cstring(key.native()).map_err(|e| Error::os(op, key.display_name(), e))
-}
-
-fn key_file_error(op: &'static str, key: &NativeIpcKey, e: io::Error) -> Error {
-    let detail = match e.raw_os_error() {
-        Some(libc::ELOOP) => "the key file is a symbolic link; refusing to follow it".to_owned(),
-        Some(libc::EINVAL) => "the key file is not a regular file".to_owned(),
-        _ => format!("unable to make key file {}", key.native()),
-    };
-    let kind = match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM) => SharedMemoryError::PermissionDenied,
-        Some(libc::ENOSPC | libc::EMFILE | libc::ENFILE) => SharedMemoryError::OutOfResources,
-        _ => SharedMemoryError::KeyError,
-    };
-    Error::new(kind, op, key.display_name())
-        .with_detail(detail)
-        .with_os(e)
-}
+/// How long a destroyer waits for Qt's semaphore (see `posix.rs`).
+const DESTROY_SEMAPHORE_WAIT: Duration = Duration::from_millis(100);
 
 /// `ftok(path, 'Q')`, the numeric key Qt uses.
 pub(crate) fn ftok_key(path: &CString) -> io::Result<libc::key_t> {
     os::ftok(path, SYSV_PROJECT_ID)
 }
 
+fn key_path(key: &NativeIpcKey) -> Result<CString, Failure> {
+    Ok(os::cstring(key.native())?)
+}
+
+/// A failure about the key file `path` (a symbolic link, not a regular file, a missing
+/// directory, no room).
+fn key_file_failure(path: &CString, e: io::Error) -> Failure {
+    let shown = path.to_string_lossy();
+    let detail = match e.raw_os_error() {
+        Some(libc::ELOOP) => format!("the key file {shown} is a symbolic link; refusing to follow it"),
+        Some(libc::EINVAL) => format!("the key file {shown} is not a regular file"),
+        Some(libc::ENOENT) => format!("the directory of the key file {shown} does not exist"),
+        _ if e.kind() == io::ErrorKind::TimedOut => e.to_string(),
+        _ => format!("unable to make the key file {shown}"),
+    };
+    let kind = match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => SharedMemoryError::PermissionDenied,
+        Some(libc::ENOSPC | libc::EMFILE | libc::ENFILE) => SharedMemoryError::OutOfResources,
+        _ if e.kind() == io::ErrorKind::TimedOut => SharedMemoryError::LockError,
+        _ => SharedMemoryError::KeyError,
+    };
+    Failure::from(e).with_kind(kind).with_detail(detail)
+}
+
+/// The key file, created if missing, locked exclusively. Returns it and whether we made it.
+fn lock_key_file_for_create(path: &CString) -> Result<(NamedFile, bool), Failure> {
+    let deadline = Instant::now() + FILE_LOCK_WAIT;
+    loop {
+        let (file, created) = match NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o640) {
+            Ok(file) => (file, true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_existing(path) {
+                Ok(file) => (file, false),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(key_file_failure(path, e)),
+            },
+            Err(e) => return Err(key_file_failure(path, e)),
+        };
+        if file.stat.uid != os::euid() {
+            return Err(not_ours(&format!("the key file {}", path.to_string_lossy()), file.stat.uid));
+        }
+        file.lock_until(FileLock::Exclusive, deadline)
+            .map_err(|e| key_file_failure(path, e))?;
+        if file.still_named() {
+            return Ok((file, created));
+        }
+    }
+}
+
+fn open_existing(path: &CString) -> io::Result<NamedFile> {
+    match NamedFile::open(path, libc::O_RDWR, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => NamedFile::open(path, libc::O_RDONLY, 0),
+        other => other,
+    }
+}
+
+/// The key file, locked exclusively, for attach and detach: `Ok(None)` when it does not
+/// exist; an unreadable key file of another user is skipped (`Ok(Some(None))`).
+fn lock_key_file(path: &CString) -> Result<Option<Option<NamedFile>>, Failure> {
+    let deadline = Instant::now() + FILE_LOCK_WAIT;
+    loop {
+        let file = match open_existing(path) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(Some(None)),
+            Err(e) => return Err(key_file_failure(path, e)),
+        };
+        file.lock_until(FileLock::Exclusive, deadline)
+            .map_err(|e| key_file_failure(path, e))?;
+        if file.still_named() {
+            return Ok(Some(Some(file)));
+        }
+    }
+}
+
+fn id_of(shmid: libc::c_int, ds: &libc::shmid_ds) -> SegmentId {
+    SegmentId::SystemV {
+        key: ds.shm_perm.__key,
+        shmid,
+        cpid: ds.shm_cpid,
+    }
+}
+
+fn owner_of(ds: &libc::shmid_ds) -> Owner {
+    Owner {
+        uid: ds.shm_perm.uid,
+        gid: ds.shm_perm.gid,
+        creator_uid: ds.shm_perm.cuid,
+        perms: u32::from(ds.shm_perm.mode) & 0o777,
+    }
+}
+
 /// An attached System V segment.
 pub(crate) struct Segment {
     id: libc::c_int,
-    ptr: *mut u8,
-    len: usize,
-    ctime: i64,
+    segment_id: SegmentId,
     path: CString,
-    display: String,
+    mode: LockMode,
+    semaphore: Option<Arc<dyn SemaphoreBackend>>,
+    semaphore_key: NativeIpcKey,
+    /// The key file qshm made for this segment (from the lock state).
+    key_file: Option<[u64; 3]>,
+    fork_epoch: u64,
 }
 
-// SAFETY: the mapping is process-wide memory; the raw pointer is only an address.
-unsafe impl Send for Segment {}
-// SAFETY: Segment has no interior mutability; &Segment only reads plain fields.
-unsafe impl Sync for Segment {}
-
-impl Segment {
-    pub(crate) fn create(
-        key: &NativeIpcKey,
-        req: CreateRequest,
-        on_stale: &mut dyn FnMut(),
-    ) -> Result<Segment> {
-        const OP: &str = "create";
-        let name = key.display_name();
-        let path = key_path(OP, key)?;
-        let lock = lock_key_file(&path, true)
-            .map_err(|e| key_file_error(OP, key, e))?
-            .expect("create mode always yields a lock");
-        let result = Self::create_locked(key, &path, req, on_stale);
-        if result.is_err() && lock.created {
-            // keep no key file behind for a segment we did not make
-            let _ = os::unlink(&path);
-        }
-        drop(lock);
-        result.map_err(|e| {
-            if e.key().is_empty() {
-                Error::new(e.kind(), OP, name)
-            } else {
-                e
-            }
-        })
+pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
+    let path = key_path(key)?;
+    let fork_epoch = fork::epoch_watched();
+    let (key_file, created) = lock_key_file_for_create(&path)?;
+    let result = create_locked(&key_file, created, req, fork_epoch);
+    if result.is_err() && created && !segment_uses(&path) {
+        // keep no key file behind for a segment we did not make (and never one a live
+        // segment uses: we hold its lock, so nobody made one since we looked)
+        let _ = key_file.unlink_if_still_named();
     }
+    result
+}
 
-    fn create_locked(
-        key: &NativeIpcKey,
-        path: &CString,
-        req: CreateRequest,
-        on_stale: &mut dyn FnMut(),
-    ) -> Result<Segment> {
-        const OP: &str = "create";
-        let name = key.display_name();
-        let shm_key =
-            ftok_key(path).map_err(|e| Error::os(OP, name, e).with_kind(SharedMemoryError::KeyError))?;
-        let perms = (req.perms & 0o777) as libc::c_int;
-        let mut id = None;
-        for _ in 0..4 {
-            match os::shmget(shm_key, req.size, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
-                Ok(new) => {
-                    id = Some(new);
-                    break;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    // Stale (every user died)? Then nobody is attached: reclaim it.
-                    let old = os::shmget(shm_key, 0, 0).ok();
-                    let stale =
-                        old.and_then(|old| os::shm_stat(old).ok().map(|ds| (old, ds.shm_nattch == 0)));
-                    match stale {
-                        Some((old, true)) => {
-                            on_stale();
-                            match os::shm_remove(old) {
-                                // removed meanwhile by its last detacher: fine, retry
-                                Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => {
-                                    return Err(Error::os(OP, name, e));
-                                }
-                                _ => {}
-                            }
-                        }
-                        _ => return Err(Error::new(SharedMemoryError::AlreadyExists, OP, name)),
-                    }
-                }
-                Err(e) => {
-                    let errno = e.raw_os_error();
-                    return Err(match errno {
-                        Some(libc::EINVAL) => Error::new(SharedMemoryError::InvalidSize, OP, name)
-                            .with_detail(format!(
-                                "{} bytes is outside the system's limits (SHMMIN/SHMMAX)",
-                                req.size
-                            ))
-                            .with_os(e),
-                        _ => Error::os(OP, name, e),
-                    });
-                }
+/// Whether a segment exists at the `ftok` key of `path`.
+fn segment_uses(path: &CString) -> bool {
+    ftok_key(path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok() || os::semget(k, 0).is_ok())
+}
+
+fn create_locked(key_file: &NamedFile, created: bool, req: &CreateRequest, fork_epoch: u64) -> Result<Attached, Failure> {
+    let path = &key_file.path;
+    let shm_key = ftok_key(path).map_err(|e| key_file_failure(path, e))?;
+    let perms = req.perms & 0o777;
+    let lock_perms = lock_state::lock_permissions(perms);
+    for _ in 0..8 {
+        let id = match os::shmget(shm_key, req.size, perms as libc::c_int | libc::IPC_CREAT | libc::IPC_EXCL) {
+            Ok(id) => id,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                reclaim_if_stale(shm_key)?;
+                continue;
             }
-        }
-        let id = id.ok_or_else(|| Error::new(SharedMemoryError::AlreadyExists, OP, name))?;
-        match Self::map(id, req.writable, path, name) {
-            Ok(seg) => Ok(seg),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(Failure::from(e).with_kind(SharedMemoryError::InvalidSize).with_detail(format!(
+                    "{} bytes is outside the system's limits (SHMMIN/SHMMAX)",
+                    req.size
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ds = match os::shm_stat(id) {
+            Ok(ds) => ds,
             Err(e) => {
                 let _ = os::shm_remove(id);
-                Err(e)
+                return Err(e.into());
             }
-        }
-    }
-
-    pub(crate) fn attach(key: &NativeIpcKey, writable: bool) -> Result<Segment> {
-        const OP: &str = "attach";
-        let name = key.display_name();
-        let path = key_path(OP, key)?;
-        let _lock = match lock_key_file(&path, false) {
-            Ok(Some(lock)) => lock,
-            Ok(None) => return Err(Error::new(SharedMemoryError::NotFound, OP, name)),
-            Err(e) => return Err(key_file_error(OP, key, e)),
         };
-        let shm_key = ftok_key(&path).map_err(|e| Error::os(OP, name, e))?;
-        let id = os::shmget(shm_key, 0, if writable { 0o600 } else { 0o400 })
-            .map_err(|e| Error::os(OP, name, e))?;
-        let ds = os::shm_stat(id).map_err(|e| Error::os(OP, name, e))?;
-        if ds.shm_perm.mode & os::SHM_DEST != 0 {
-            // being destroyed by a peer that does not take our key-file lock
-            return Err(Error::new(SharedMemoryError::NotFound, OP, name));
-        }
-        Self::map(id, writable, &path, name)
-    }
-
-    fn map(id: libc::c_int, writable: bool, path: &CString, name: &str) -> Result<Segment> {
-        let ptr = os::shmat(id, !writable).map_err(|e| Error::os("attach", name, e))?;
-        match os::shm_stat(id) {
-            Ok(ds) => Ok(Segment {
-                id,
-                ptr,
-                len: ds.shm_segsz,
-                ctime: ds.shm_ctime,
-                path: path.clone(),
-                display: name.to_owned(),
-            }),
-            Err(e) => {
-                // SAFETY: ptr was just attached and nobody else has it.
-                let _ = unsafe { os::shmdt(ptr) };
-                Err(Error::os("attach", name, e))
+        let segment_id = id_of(id, &ds);
+        let recorded_key_file = created.then(|| lock_state::file_words(&key_file.stat));
+        let lock_state = match LockState::create(NewLockState {
+            id: segment_id,
+            mode: req.mode,
+            origin: Origin::Qshm,
+            perms: lock_perms,
+            owner: None,
+            key_file: recorded_key_file,
+        }) {
+            Ok(state) => state,
+            Err(CreateError::Taken { .. }) => {
+                // someone squats on this identity's name: a new segment gets a new id
+                let _ = os::shm_remove(id);
+                continue;
             }
+            Err(CreateError::Io(e)) => {
+                let _ = os::shm_remove(id);
+                return Err(super::posix::lock_state_failure(e));
+            }
+        };
+        let undo = |state: LockState| {
+            drop(state);
+            LockState::remove(segment_id);
+            let _ = os::shm_remove(id);
+        };
+        let semaphore: Option<Arc<dyn SemaphoreBackend>> = match req.mode {
+            LockMode::QtCompatible => match open_owned_semaphore(&req.semaphore, lock_perms) {
+                Ok(sem) => Some(sem),
+                Err(e) => {
+                    undo(lock_state);
+                    return Err(e);
+                }
+            },
+            LockMode::Fast => None,
+        };
+        let mapping = match Mapping::attach_system_v(id, ds.shm_segsz, req.writable) {
+            Ok(mapping) => mapping,
+            Err(e) => {
+                undo(lock_state);
+                return Err(e.into());
+            }
+        };
+        let segment = Segment {
+            id,
+            segment_id,
+            path: path.clone(),
+            mode: req.mode,
+            semaphore: semaphore.clone(),
+            semaphore_key: req.semaphore.clone(),
+            key_file: recorded_key_file,
+            fork_epoch,
+        };
+        return Ok(Attached {
+            segment: Box::new(segment),
+            mapping,
+            lock_state: Some(lock_state),
+            semaphore,
+            mode: req.mode,
+        });
+    }
+    Err(Failure::new(SharedMemoryError::AlreadyExists))
+}
+
+/// A segment exists at `shm_key`: remove it if it is ours and nobody is attached (every
+/// user died), else report it. Runs under the key file's lock.
+fn reclaim_if_stale(shm_key: libc::key_t) -> Result<(), Failure> {
+    let old = match os::shmget(shm_key, 0, 0) {
+        Ok(old) => old,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()), // gone meanwhile
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            let owner = table_owner(shm_key).unwrap_or(u32::MAX);
+            return Err(not_ours("a segment of this key", owner));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ds = match os::shm_stat(old) {
+        Ok(ds) => ds,
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            let owner = table_owner(shm_key).unwrap_or(u32::MAX);
+            return Err(not_ours("a segment of this key", owner));
+        }
+        Err(_) => return Ok(()), // removed meanwhile: try again
+    };
+    if ds.shm_perm.uid != os::euid() {
+        return Err(not_ours("a segment of this key", ds.shm_perm.uid));
+    }
+    if ds.shm_nattch > 0 {
+        return Err(Failure::new(SharedMemoryError::AlreadyExists));
+    }
+    LockState::remove(id_of(old, &ds));
+    match os::shm_remove(old) {
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The owner of the segment with numeric key `key`, from `/proc/sysvipc/shm` (readable
+/// by everyone, unlike `IPC_STAT` of a segment we may not read).
+fn table_owner(key: libc::key_t) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first()?.parse::<i32>().ok()? == key).then(|| f.get(7)?.parse().ok())?
+    })
+}
+
+/// Qt's semaphore for a segment being created (see `posix::open_owned_semaphore`).
+fn open_owned_semaphore(key: &NativeIpcKey, perms: u32) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
+    // its key file too: whoever owns that file could delete it, and the next opener would
+    // make a second semaphore under another ftok key
+    if let Ok(st) = key_path(key).and_then(|p| Ok(os::lstat(&p)?))
+        && st.uid != os::euid()
+    {
+        return Err(not_ours(&format!("the lock's semaphore key file {}", key.native()), st.uid));
+    }
+    let sem = Semaphore::open(key, 1, SemaphoreMode::Open, perms)?;
+    match os::sem_owner(sem.id.load(Ordering::Acquire)) {
+        Ok(uid) if uid != os::euid() => Err(not_ours("the lock's semaphore", uid)),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Err(not_ours("the lock's semaphore", u32::MAX)),
+        _ => {
+            // Like Qt's create (QSystemSemaphore::Create): a semaphore of ours that
+            // survived a crash is set back to 1. SEM_UNDO already returns a dead
+            // holder's unit; this heals one made but never initialised.
+            let _ = os::sem_setval(sem.id.load(Ordering::Acquire), 1);
+            Ok(Arc::new(sem))
         }
     }
+}
+
+pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
+    let path = key_path(key)?;
+    let fork_epoch = fork::epoch_watched();
+    let _key_file = match lock_key_file(&path)? {
+        Some(file) => file,
+        None => return Err(Failure::new(SharedMemoryError::NotFound)),
+    };
+    let shm_key = ftok_key(&path).map_err(|e| key_file_failure(&path, e))?;
+    let id = os::shmget(shm_key, 0, if req.writable { 0o600 } else { 0o400 }).map_err(|e| {
+        let owner = table_owner(shm_key).map(owner_label).unwrap_or_default();
+        Failure::from(e).with_detail(if owner.is_empty() {
+            "no segment".to_owned()
+        } else {
+            format!("the segment belongs to {owner}")
+        })
+    })?;
+    let ds = os::shm_stat(id)?;
+    if ds.shm_perm.mode & os::SHM_DEST != 0 {
+        // being destroyed by a peer that does not take our key-file lock
+        return Err(Failure::new(SharedMemoryError::NotFound));
+    }
+    let segment_id = id_of(id, &ds);
+    let (lock_state, mode) = super::adopt_lock_state(segment_id, owner_of(&ds), req.mode)?;
+    if mode == LockMode::Fast {
+        super::refuse_fast_next_to_foreign_mapper(Mapped::SystemV { shmid: id }, lock_state.as_ref())?;
+    }
+    let mapping = Mapping::attach_system_v(id, ds.shm_segsz, req.writable)?;
+    if os::shm_stat(id).is_ok_and(|ds| ds.shm_perm.mode & os::SHM_DEST != 0) {
+        return Err(Failure::new(SharedMemoryError::NotFound));
+    }
+    let semaphore: Option<Arc<dyn SemaphoreBackend>> = match mode {
+        LockMode::QtCompatible => Some(Arc::new(Semaphore::open(
+            &req.semaphore,
+            1,
+            SemaphoreMode::Open,
+            lock_state::lock_permissions(owner_of(&ds).perms),
+        )?)),
+        LockMode::Fast => None,
+    };
+    let key_file = lock_state.as_ref().and_then(LockState::key_file);
+    let segment = Segment {
+        id,
+        segment_id,
+        path,
+        mode,
+        semaphore: semaphore.clone(),
+        semaphore_key: req.semaphore.clone(),
+        key_file,
+        fork_epoch,
+    };
+    Ok(Attached {
+        segment: Box::new(segment),
+        mapping,
+        lock_state,
+        semaphore,
+        mode,
+    })
 }
 
 impl SegmentBackend for Segment {
-    fn base(&self) -> *mut u8 {
-        self.ptr
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
     fn id(&self) -> SegmentId {
-        SegmentId([self.id as u64, self.ctime as u64, 0])
+        self.segment_id
     }
 
     fn stat(&self) -> io::Result<SegmentStat> {
@@ -288,30 +398,120 @@ impl SegmentBackend for Segment {
             attachments: Some(ds.shm_nattch),
             perms: u32::from(ds.shm_perm.mode) & 0o777,
             uid: ds.shm_perm.uid,
-            ctime_secs: ds.shm_ctime,
+            created_secs: ds.shm_ctime,
             os_id: format!("shmid {} key {:#010x}", self.id, ds.shm_perm.__key),
         })
     }
 
-    fn detach(self: Box<Self>, on_last: &mut dyn FnMut()) -> Result<bool> {
-        let lock = lock_key_file(&self.path, false).ok().flatten();
-        // SAFETY: ptr is our attachment; SharedMemory guarantees no borrow outlives it.
-        unsafe { os::shmdt(self.ptr) }.map_err(|e| Error::os("detach", &self.display, e))?;
-        let last = matches!(os::shm_stat(self.id), Ok(ds) if ds.shm_nattch == 0);
-        if last {
-            on_last();
-            match os::shm_remove(self.id) {
-                Ok(()) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => return Ok(false),
-                Err(e) => return Err(Error::os("detach", &self.display, e)),
+    fn detach(self: Box<Self>) -> Result<Detached, Failure> {
+        let Segment {
+            id,
+            segment_id,
+            path,
+            mode,
+            semaphore,
+            semaphore_key,
+            key_file,
+            fork_epoch,
+        } = *self;
+        if fork::epoch() != fork_epoch {
+            return Ok(Detached::Kept);
+        }
+        // Never destroy without the key file's lock; if another process holds it past
+        // the bound, only detach (the segment is reclaimed later, as a stale one).
+        let lock = lock_key_file(&path);
+        let may_destroy = !matches!(lock, Err(_));
+        let nattch = match os::shm_stat(id) {
+            Ok(ds) => Some(ds.shm_nattch),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => None,
+            Err(_) => return Ok(Detached::Kept),
+        };
+        match nattch {
+            Some(n) if n > 0 || !may_destroy => Ok(Detached::Kept),
+            Some(_) => {
+                // Keep Qt's attach out (Qt holds its semaphore around attach), then look again.
+                let held = mode == LockMode::QtCompatible
+                    && semaphore
+                        .as_ref()
+                        .is_some_and(|sem| sem.acquire(Some(DESTROY_SEMAPHORE_WAIT)).unwrap_or(false));
+                let last = matches!(os::shm_stat(id), Ok(ds) if ds.shm_nattch == 0);
+                let removed = last
+                    && match os::shm_remove(id) {
+                        Ok(()) => true,
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => true,
+                        Err(_) => false, // not ours to remove; its owner reclaims it
+                    };
+                if held && let Some(sem) = &semaphore {
+                    let _ = sem.release(1);
+                }
+                if !removed {
+                    return Ok(Detached::Kept);
+                }
+                LockState::remove(segment_id);
+                drop(semaphore);
+                let held_file = lock.as_ref().ok().and_then(|l| l.as_ref()).and_then(|f| f.as_ref());
+                let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
+                remove_companions(held_file, key_file, sem);
+                Ok(Detached::Destroyed)
             }
-            if lock.is_some() {
-                let _ = os::unlink(&self.path);
+            None => {
+                // removed behind our back and now freed: remove what was left of it
+                LockState::remove(segment_id);
+                let segment_now = ftok_key(&path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok());
+                if !segment_now {
+                    drop(semaphore);
+                    let held_file = lock.as_ref().ok().and_then(|l| l.as_ref()).and_then(|f| f.as_ref());
+                    let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
+                    remove_companions(held_file, key_file, sem);
+                }
+                Ok(Detached::WasGone)
             }
         }
-        drop(lock);
-        Ok(last)
+    }
+
+    fn forget(self: Box<Self>) {
+        // shmdt (the facade dropped the mapping) lowered the count fork() had raised
+        drop(self);
+    }
+}
+
+/// Remove the key file `file` (which we hold locked) if qshm made it for this segment
+/// (`recorded`) or it is Qt-named, it is empty, and no segment or semaphore uses it.
+fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3]>) {
+    let made_by_qshm = recorded == Some(lock_state::file_words(&file.stat));
+    let qt_named = file
+        .path
+        .to_str()
+        .ok()
+        .and_then(|p| p.rsplit('/').next())
+        .is_some_and(|name| name.starts_with("qipc_"));
+    let empty = os::fstat(&file.fd).is_ok_and(|st| st.size == 0);
+    if (made_by_qshm || qt_named) && empty && !segment_uses(&file.path) {
+        let _ = file.unlink_if_still_named();
+    }
+}
+
+/// Remove what belongs to a destroyed segment: Qt's semaphore `semaphore` if it is ours
+/// (with its key file, which for a native key is the segment's own), then the segment's
+/// key file `key_file` (held locked) if qshm made it (`recorded`) or Qt named it.
+fn remove_companions(key_file: Option<&NamedFile>, recorded: Option<[u64; 3]>, semaphore: Option<&NativeIpcKey>) {
+    if let Some(sem) = semaphore
+        && let Ok(sem_path) = os::cstring(sem.native())
+    {
+        let shared = key_file.is_some_and(|f| f.path == sem_path);
+        let sem_file = if shared { None } else { lock_key_file(&sem_path).ok().flatten().flatten() };
+        if let Ok(skey) = ftok_key(&sem_path)
+            && let Ok(id) = os::semget(skey, 0)
+            && os::sem_owner(id).is_ok_and(|uid| uid == os::euid() || os::euid() == 0)
+        {
+            let _ = os::sem_remove(id);
+        }
+        if let Some(file) = &sem_file {
+            remove_key_file_if_ours(file, None);
+        }
+    }
+    if let Some(file) = key_file {
+        remove_key_file_if_ours(file, recorded);
     }
 }
 
@@ -326,17 +526,17 @@ pub(crate) struct Semaphore {
 }
 
 impl Semaphore {
-    pub(crate) fn open(
-        key: &NativeIpcKey,
-        initial: u32,
-        mode: SemaphoreMode,
-        perms: u32,
-    ) -> Result<Semaphore> {
-        const OP: &str = "open semaphore";
-        let path = key_path(OP, key)?;
+    pub(crate) fn open(key: &NativeIpcKey, initial: u32, mode: SemaphoreMode, perms: u32) -> Result<Semaphore, Failure> {
+        if initial > os::SEMVMX {
+            return Err(Failure::because(
+                SharedMemoryError::InvalidSize,
+                format!("initial value {initial} is above the system's maximum {} (SEMVMX)", os::SEMVMX),
+            ));
+        }
+        let path = key_path(key)?;
         let (id, created) = Self::get(&path, initial, mode, perms).map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP | libc::EINVAL) => key_file_error(OP, key, e),
-            _ => Error::os(OP, key.display_name(), e),
+            Some(libc::ELOOP | libc::EINVAL | libc::ENOENT) => key_file_failure(&path, e),
+            _ => Failure::from(e),
         })?;
         Ok(Semaphore {
             id: AtomicI32::new(id),
@@ -349,41 +549,44 @@ impl Semaphore {
 
     fn get(path: &CString, initial: u32, mode: SemaphoreMode, perms: u32) -> io::Result<(libc::c_int, bool)> {
         // ftok needs a file: make it if missing (never through a symlink)
-        match os::open(
+        let made_file = match os::open(
             path,
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
             0o640,
         ) {
-            Ok(_) => {}
+            Ok(_) => true,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 let st: FileStat = os::lstat(path)?;
-                if st.mode & libc::S_IFMT != libc::S_IFREG {
-                    return Err(io::Error::from_raw_os_error(
-                        if st.mode & libc::S_IFMT == libc::S_IFLNK {
-                            libc::ELOOP
-                        } else {
-                            libc::EINVAL
-                        },
-                    ));
+                if !st.is_regular() {
+                    let errno = if st.mode & libc::S_IFMT == libc::S_IFLNK {
+                        libc::ELOOP
+                    } else {
+                        libc::EINVAL
+                    };
+                    return Err(io::Error::from_raw_os_error(errno));
                 }
-            }
-            Err(e) => return Err(e),
-        }
-        let key = ftok_key(path)?;
-        let perms = (perms & 0o777) as libc::c_int;
-        let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
-            Ok(id) => (id, true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                (os::semget(key, perms | libc::IPC_CREAT)?, false)
+                false
             }
             Err(e) => return Err(e),
         };
-        if created || mode == SemaphoreMode::Create {
-            let value =
-                libc::c_int::try_from(initial).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
-            os::sem_setval(id, value)?;
+        let result = (|| {
+            let key = ftok_key(path)?;
+            let perms = (perms & 0o777) as libc::c_int;
+            let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
+                Ok(id) => (id, true),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => (os::semget(key, perms | libc::IPC_CREAT)?, false),
+                Err(e) => return Err(e),
+            };
+            if created || mode == SemaphoreMode::Create {
+                // initial <= SEMVMX was checked
+                os::sem_setval(id, initial as libc::c_int)?;
+            }
+            Ok((id, created || mode == SemaphoreMode::Create))
+        })();
+        if result.is_err() && made_file {
+            let _ = os::unlink(path);
         }
-        Ok((id, created || mode == SemaphoreMode::Create))
+        result
     }
 
     fn with_reopen<T>(&self, mut op: impl FnMut(libc::c_int) -> io::Result<T>) -> io::Result<T> {
@@ -405,13 +608,6 @@ impl SemaphoreBackend for Semaphore {
         self.with_reopen(|id| os::semop_undo(id, -1, timeout))
     }
 
-    fn acquire_if_exists(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        match os::semop_undo(self.id.load(Ordering::Acquire), -1, timeout) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(false),
-            other => other,
-        }
-    }
-
     fn release(&self, n: u32) -> io::Result<()> {
         let n = i16::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
         // No re-creation here (unlike acquire): a removed semaphore has nobody to wake.
@@ -430,7 +626,9 @@ impl SemaphoreBackend for Semaphore {
             Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e),
             _ => Ok(()),
         };
-        let _ = os::unlink(&self.path);
+        if let Ok(Some(Some(file))) = lock_key_file(&self.path) {
+            remove_key_file_if_ours(&file, None);
+        }
         removed
     }
 
@@ -443,20 +641,30 @@ impl SemaphoreBackend for Semaphore {
     }
 }
 
-pub(crate) fn remove_segment(key: &NativeIpcKey) -> Result<bool> {
-    const OP: &str = "remove";
-    let path = key_path(OP, key)?;
-    let Some(_lock) = lock_key_file(&path, false).map_err(|e| key_file_error(OP, key, e))? else {
+/// Destroy the segment of `key` whatever its users think (they keep their mapping until
+/// they detach), with its lock state and Qt's semaphore. Never deletes a file that is not
+/// a key file qshm or Qt would make.
+pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<bool, Failure> {
+    let path = key_path(key)?;
+    let Some(lock) = lock_key_file(&path)? else {
         return Ok(false);
     };
     let mut existed = false;
+    let mut recorded = None;
     if let Ok(skey) = ftok_key(&path)
         && let Ok(id) = os::shmget(skey, 0, 0)
     {
-        os::shm_remove(id).map_err(|e| Error::os(OP, key.display_name(), e))?;
+        if let Ok(ds) = os::shm_stat(id) {
+            let segment_id = id_of(id, &ds);
+            if let Ok(Some(state)) = LockState::open(segment_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms) {
+                recorded = state.key_file();
+            }
+            LockState::remove(segment_id);
+        }
+        os::shm_remove(id)?;
         existed = true;
     }
-    let _ = os::unlink(&path);
+    remove_companions(lock.as_ref(), recorded, Some(semaphore));
     Ok(existed)
 }
 
@@ -466,37 +674,31 @@ pub(crate) fn numeric_key(key: &NativeIpcKey) -> Option<libc::key_t> {
     ftok_key(&path).ok()
 }
 
-pub(crate) fn remove_semaphore_if_exists(key: &NativeIpcKey) {
-    let Ok(path) = os::cstring(key.native()) else {
-        return;
-    };
-    let Ok(file) = os::lstat(&path) else { return };
-    if file.mode & libc::S_IFMT != libc::S_IFREG {
-        return;
-    }
-    if let Ok(skey) = ftok_key(&path)
-        && let Ok(id) = os::semget(skey, 0)
-    {
-        let _ = os::sem_remove(id);
-    }
-    let _ = os::unlink(&path);
-}
-
-/// Remove System V segment `id` if nobody is attached (its users all died), with its key
-/// file `key_file` when known, running `on_stale` first. Returns whether it was removed.
-pub(crate) fn remove_if_stale(id: libc::c_int, key_file: Option<&str>, on_stale: &mut dyn FnMut()) -> bool {
+/// Remove System V segment `id` if nobody is attached (its users all died), with its lock
+/// state, its key file `key_file` when known and Qt's semaphore `semaphore` when given.
+/// Returns whether it was removed.
+pub(crate) fn remove_if_stale(id: libc::c_int, key_file: Option<&str>, semaphore: Option<&NativeIpcKey>) -> bool {
     let path = key_file.and_then(|p| os::cstring(p).ok());
-    let _lock = path.as_ref().and_then(|p| lock_key_file(p, false).ok().flatten());
-    match os::shm_stat(id) {
-        Ok(ds) if ds.shm_nattch == 0 => {}
+    let lock = match &path {
+        Some(p) => match lock_key_file(p) {
+            Ok(lock) => lock.flatten(),
+            Err(_) => return false,
+        },
+        None => None,
+    };
+    let ds = match os::shm_stat(id) {
+        Ok(ds) if ds.shm_nattch == 0 => ds,
         _ => return false,
-    }
-    on_stale();
+    };
+    let segment_id = id_of(id, &ds);
+    let recorded = LockState::open(segment_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
+        .ok()
+        .flatten()
+        .and_then(|s| s.key_file());
     if os::shm_remove(id).is_err() {
         return false;
     }
-    if let Some(path) = &path {
-        let _ = os::unlink(path);
-    }
+    LockState::remove(segment_id);
+    remove_companions(lock.as_ref(), recorded, semaphore);
     true
 }

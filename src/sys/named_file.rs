@@ -1,0 +1,161 @@
+//! [`NamedFile`]: a file opened by name the careful way, once for every user of the idiom
+//! (segment files, key files, lock state): never through a symbolic link, only a regular
+//! file, `flock`ed with a bounded wait, and checked to still carry its name afterwards
+//! (a file unlinked, or replaced, while we waited is not the one the name means now).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::os::{self, FileStat};
+
+/// How long `flock` waits for another process before giving up. Every legitimate
+/// holder (a create, attach or destroy of the same key) holds it for milliseconds.
+pub(crate) const FILE_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// A regular file opened by name.
+#[derive(Debug)]
+pub(crate) struct NamedFile {
+    pub fd: OwnedFd,
+    pub stat: FileStat,
+    pub path: CString,
+}
+
+/// Shared or exclusive `flock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileLock {
+    Shared,
+    Exclusive,
+}
+
+impl FileLock {
+    fn op(self) -> libc::c_int {
+        match self {
+            FileLock::Shared => libc::LOCK_SH,
+            FileLock::Exclusive => libc::LOCK_EX,
+        }
+    }
+}
+
+/// The error a bounded lock wait ends with: `ErrorKind::TimedOut`.
+pub(crate) fn lock_wait_timeout(path: &CStr) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "{} has been locked by another process for more than {} s",
+            path.to_string_lossy(),
+            FILE_LOCK_WAIT.as_secs()
+        ),
+    )
+}
+
+impl NamedFile {
+    /// Open `path` with `flags` (`O_NOFOLLOW` and `O_CLOEXEC` are added) and check that it
+    /// is a regular file (`EINVAL` if not; a symbolic link is `ELOOP`).
+    pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<NamedFile> {
+        let fd = os::open(path, flags | libc::O_NOFOLLOW, mode)?;
+        let stat = os::fstat(&fd)?;
+        if !stat.is_regular() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(NamedFile {
+            fd,
+            stat,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Open `path` and lock it; retry while the name is re-pointed meanwhile. `Ok(None)`
+    /// when there is no such file. Waits at most [`FILE_LOCK_WAIT`] for the lock.
+    pub(crate) fn open_locked(path: &CStr, flags: libc::c_int, lock: FileLock) -> io::Result<Option<NamedFile>> {
+        let deadline = Instant::now() + FILE_LOCK_WAIT;
+        loop {
+            let file = match NamedFile::open(path, flags, 0) {
+                Ok(file) => file,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            file.lock_until(lock, deadline)?;
+            if file.still_named() {
+                return Ok(Some(file));
+            }
+            // removed (and maybe made anew) while we waited: look again
+        }
+    }
+
+    /// Take `lock`, waiting until `deadline` at most (then `ErrorKind::TimedOut`).
+    pub(crate) fn lock_until(&self, lock: FileLock, deadline: Instant) -> io::Result<()> {
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if os::flock(&self.fd, lock.op() | libc::LOCK_NB)? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(lock_wait_timeout(&self.path));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// Try `lock` once; `Ok(false)` when someone else holds a conflicting lock.
+    pub(crate) fn try_lock(&self, lock: FileLock) -> io::Result<bool> {
+        os::flock(&self.fd, lock.op() | libc::LOCK_NB)
+    }
+
+    /// True while `path` still names this very file.
+    pub(crate) fn still_named(&self) -> bool {
+        matches!(os::lstat(&self.path), Ok(now) if now.same_file(&self.stat))
+    }
+
+    /// Unlink the name if it still names this file (never someone else's new file).
+    pub(crate) fn unlink_if_still_named(&self) -> io::Result<bool> {
+        if !self.still_named() {
+            return Ok(false);
+        }
+        match os::unlink(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when no other open file description of this file exists, anywhere (a write
+    /// lease probe); `None` when the kernel cannot tell us (not the owner, leases off).
+    /// While `Some(true)` is acted upon, the lease is held: call [`release`](Self::release).
+    pub(crate) fn alone(&self) -> Option<bool> {
+        if !leases_see_readers() {
+            return None;
+        }
+        os::take_write_lease(&self.fd).ok()
+    }
+
+    /// Give back the lease [`alone`](Self::alone) took.
+    pub(crate) fn release(&self) {
+        os::release_lease(&self.fd);
+    }
+}
+
+/// Whether write leases see read-only openers too (Linux 5.3 and later count them): checked
+/// once per process on a scratch file, so an older kernel falls back to `/proc` scans.
+fn leases_see_readers() -> bool {
+    static CHECKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHECKED.get_or_init(|| {
+        let Ok(dir) = os::cstring(super::posix::SHM_DIR) else {
+            return false;
+        };
+        let Ok(file) = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, 0o600) else {
+            return false;
+        };
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+        let Ok(reader) = os::cstring(&proc_path).and_then(|p| os::open(&p, libc::O_RDONLY, 0)) else {
+            return false;
+        };
+        let seen = matches!(os::take_write_lease(&file), Ok(false));
+        os::release_lease(&file);
+        drop(reader);
+        seen
+    })
+}
