@@ -1,6 +1,7 @@
 //! The `qshm` binary, driven across processes: every subcommand, run as its own process
 //! next to `qshm create --hold` holders and library handles.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};
