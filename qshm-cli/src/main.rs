@@ -10,6 +10,7 @@ mod demo;
 mod interrupt;
 mod list;
 mod progress;
+mod size;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -63,21 +64,22 @@ enum Command {
     Create {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
-        /// Size in bytes, or with a K, M or G suffix (KiB, MiB, GiB); rounded up to whole
-        /// pages. Default with --from: the file's size
-        #[arg(value_parser = parse_size, required_unless_present = "from")]
+        /// Size in bytes, or with a unit K, M, G or T: powers of 1024 (K = Ki = KiB = 1024
+        /// bytes; KB, MB, ... are refused as ambiguous); `1.5M` is fine. Rounded up to
+        /// whole pages. Default with --from: the file's size
+        #[arg(value_parser = size::parse_nonzero, required_unless_present = "from", allow_negative_numbers = true)]
         size: Option<usize>,
         /// Permission bits, octal
         #[arg(long, default_value = "0600", value_parser = parse_mode)]
         mode: u32,
         /// Fill every byte with this value (0-255 or 0x00-0xff)
-        #[arg(long, value_parser = parse_byte, value_name = "BYTE")]
+        #[arg(long, value_parser = parse_byte, value_name = "BYTE", allow_negative_numbers = true)]
         fill: Option<u8>,
         /// Copy this file into the start of the segment (`-`: standard input)
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
         /// Keep the segment this long, then detach (default: until Ctrl-C)
-        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS", allow_negative_numbers = true)]
         hold: Option<Duration>,
     },
     /// Write text or a file into a segment, under the lock
@@ -90,19 +92,19 @@ enum Command {
         /// The file to write (`-`: standard input)
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
-        /// Byte offset to write at
-        #[arg(long, default_value = "0", value_parser = parse_size)]
+        /// Byte offset to write at (a size: 4096, 64K, 1.5M)
+        #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
         offset: usize,
     },
     /// Print a segment's bytes, read under the lock
     Cat {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
-        /// First byte to print
-        #[arg(long, default_value = "0", value_parser = parse_size)]
+        /// First byte to print (a size: 4096, 64K, 1.5M)
+        #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
         offset: usize,
         /// How many bytes (default: to the end)
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = size::parse, allow_negative_numbers = true)]
         len: Option<usize>,
         /// Hex dump instead of raw bytes
         #[arg(long)]
@@ -137,7 +139,7 @@ enum Command {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
         /// Release it after this long (default: at Ctrl-C)
-        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS", allow_negative_numbers = true)]
         hold: Option<Duration>,
     },
     /// Print the native keys Qt derives for KEY (both types)
@@ -154,28 +156,6 @@ enum Command {
     /// The consumer side of `qshm demo` (started by it)
     #[command(hide = true)]
     DemoConsumer { key: String },
-}
-
-/// `4096`, `64K`, `1M`, `2G` (powers of 1024).
-fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let (digits, shift) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (t, 0),
-        Some((i, _)) => {
-            let shift = match t[i..].to_ascii_lowercase().as_str() {
-                "k" | "kb" | "kib" => 10,
-                "m" | "mb" | "mib" => 20,
-                "g" | "gb" | "gib" => 30,
-                _ => return Err(format!("{s:?} is not a size like 4096, 64K or 1M")),
-            };
-            (&t[..i], shift)
-        }
-    };
-    digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(1usize.checked_shl(shift)?))
-        .ok_or_else(|| format!("{s:?} is not a size like 4096, 64K or 1M"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -266,7 +246,10 @@ impl From<std::io::Error> for Failure {
 type CliResult = Result<(), Failure>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_failure(&e),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -276,6 +259,36 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A value clap's parsers refused is bad input: one line, exit code 1, like every other
+/// bad input. Other command-line errors are usage errors (clap's message, exit code 2);
+/// --help and --version exit 0.
+fn parse_failure(e: &clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::ValueValidation {
+        let arg = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => arg.clone(),
+            _ => "a value".to_owned(),
+        };
+        // `--offset <OFFSET>` -> `--offset`, `[SIZE]` -> `SIZE`
+        let arg = arg
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .trim_matches(['[', ']', '<', '>']);
+        let reason = std::error::Error::source(e).map_or_else(
+            || match e.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(v)) => format!("{v:?} is not valid"),
+                _ => "is not valid".to_owned(),
+            },
+            ToString::to_string,
+        );
+        eprintln!("qshm: {arg} {reason}");
+        return ExitCode::from(1);
+    }
+    let _ = e.print();
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 
 fn run(cli: Cli) -> CliResult {
@@ -541,19 +554,6 @@ pub fn print_all(text: &str) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_accept_suffixes_and_reject_nonsense() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("1T").is_err());
-        assert!(parse_size("99999999999999999999").is_err());
-        assert!(parse_size("18446744073709551615G").is_err(), "overflow");
-    }
 
     #[test]
     fn seconds_are_finite_and_not_negative() {

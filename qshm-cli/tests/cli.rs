@@ -607,19 +607,18 @@ fn errors_have_exit_codes_and_hints() {
              or see `qshm ls`\n"
         )
     );
-    let err = assert_fails(&qshm(&["create", &unique_key("clizero"), "0"]), 1);
-    assert!(err.contains("size must be at least 1 byte"), "{err}");
     assert_fails(&qshm(&["write", "", "--text", "x"]), 1);
-    // usage errors are clap's (exit 2), never a panic
+    // a bad value is bad input (exit 1, one line)
     for args in [
         &["create", "x", "10", "--hold", "inf"][..],
         &["create", "x", "10", "--hold", "1e300"],
-        &["create", "x", "ten"],
-        &["lock", "x", "--hold", "-1"],
-        &["create", "x", "10", "--fill", "256"],
-        &["cat", "x", "--posix", "--sysv"],
-        &["rm"],
+        &["create", "x", "10", "--mode", "0800"],
+        &["demo", "--messages", "10001"],
     ] {
+        assert_fails(&qshm(args), 1);
+    }
+    // usage errors are clap's (exit 2), never a panic
+    for args in [&["cat", "x", "--posix", "--sysv"][..], &["rm"], &["create"], &["frobnicate"]] {
         let out = qshm(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).contains("panicked"), "{args:?}");
@@ -663,4 +662,70 @@ fn demo_exchanges_messages_and_leaves_nothing() {
         let left = leftovers(&key, kind, &[]);
         assert!(left.is_empty(), "{left:?}");
     }
+}
+
+#[test]
+fn sizes_offsets_and_lengths_share_one_parser_and_exit_code_1() {
+    let key = unique_key("clisize");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let examples = "give a number of bytes like 4096, 64K or 1.5M";
+    // --hold 0: an old build that accepted a bad size must not hold it forever
+    let create = |size: &str| qshm(&["create", &key, size, "--hold", "0"]);
+    let cases = [
+        (
+            create("0"),
+            "SIZE \"0\" is too small: a segment needs at least 1 byte".to_owned(),
+        ),
+        (create("-5"), format!("SIZE \"-5\" is negative: {examples}")),
+        (
+            create("1.1K"),
+            format!("SIZE \"1.1K\" is not a whole number of bytes: {examples}"),
+        ),
+        (
+            create("99999999999999999999"),
+            "SIZE \"99999999999999999999\" is too large: at most 9223372036854775807 bytes".to_owned(),
+        ),
+        (
+            create("10MB"),
+            "SIZE \"10MB\" is ambiguous: write 10M or 10MiB for 10485760 bytes (K, M, G, T are powers \
+             of 1024), or 10000000 for 10 x 1000^2"
+                .to_owned(),
+        ),
+        (create("ten"), format!("SIZE \"ten\" is not a size: {examples}")),
+        (
+            qshm(&["cat", &key, "--offset", "-5"]),
+            format!("--offset \"-5\" is negative: {examples}"),
+        ),
+        (
+            qshm(&["cat", &key, "--len", "99999999999999999999"]),
+            "--len \"99999999999999999999\" is too large: at most 9223372036854775807 bytes".to_owned(),
+        ),
+        (
+            qshm(&["write", &key, "--text", "x", "--offset", "1.5kb"]),
+            "--offset \"1.5kb\" is ambiguous: write 1.5K or 1.5KiB for 1536 bytes (K, M, G, T are \
+             powers of 1024), or 1500 for 1.5 x 1000^1"
+                .to_owned(),
+        ),
+        // other values are bad input too, with the same one-line form
+        (
+            qshm(&["lock", &key, "--hold", "-1"]),
+            "--hold \"-1\" is not a number of seconds like 5 or 0.5".to_owned(),
+        ),
+        (
+            qshm(&["create", &key, "10", "--fill", "256"]),
+            "--fill \"256\" is not a byte value (0-255 or 0x00-0xff)".to_owned(),
+        ),
+    ];
+    for (out, message) in cases {
+        let err = assert_fails(&out, 1);
+        assert_eq!(err, format!("qshm: {message}\n"));
+    }
+    // a fraction that is whole bytes is exact: 1.5 MiB
+    let (mut holder, line) = hold(&key, KeyType::SystemV, "1.5M", &[]);
+    assert!(line.ends_with(" size=1572864 type=systemv"), "{line}");
+    let out = qshm(&["cat", &key, "--offset", "1M", "--len", "0.5K"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, [0; 512]);
+    interrupt(&mut holder);
 }
