@@ -34,28 +34,51 @@ use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemo
                         5 permission denied, 6 other error, 130 interrupted."
 )]
 struct Cli {
-    #[command(flatten)]
-    opts: KeyOpts,
     #[command(subcommand)]
     command: Command,
 }
 
-/// How KEY is read and which lock is used (valid with every command).
+/// How KEY is read (the commands that take a KEY).
 #[derive(Args, Debug, Clone, Copy)]
-pub struct KeyOpts {
+struct KeyFlags {
     /// KEY names a POSIX segment (shm_open, /dev/shm)
-    #[arg(long, global = true, conflicts_with = "sysv")]
-    pub posix: bool,
+    #[arg(long, conflicts_with = "sysv", requires = "key")]
+    posix: bool,
     /// KEY names a System V segment (shmget) — the default, as for Qt's legacy keys
-    #[arg(long, global = true)]
-    pub sysv: bool,
+    #[arg(long, requires = "key")]
+    sysv: bool,
     /// KEY is a native key: `posix:/name`, `systemv:/path` (Qt's string form), or a bare
     /// `/name` or `/path` of the --posix/--sysv type
-    #[arg(long, global = true)]
-    pub native: bool,
+    #[arg(long, requires = "key")]
+    native: bool,
+}
+
+/// Which lock is used (the commands that lock or create).
+#[derive(Args, Debug, Clone, Copy)]
+struct LockFlag {
     /// Lock with qshm's fast lock (LockMode::Fast; qshm peers only) instead of Qt's semaphore
-    #[arg(long, global = true)]
+    #[arg(long)]
+    fast: bool,
+}
+
+/// How KEY is read and which lock is used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyOpts {
+    pub posix: bool,
+    pub sysv: bool,
+    pub native: bool,
     pub fast: bool,
+}
+
+impl KeyOpts {
+    fn new(flags: KeyFlags, lock: Option<LockFlag>) -> KeyOpts {
+        KeyOpts {
+            posix: flags.posix,
+            sysv: flags.sysv,
+            native: flags.native,
+            fast: lock.is_some_and(|l| l.fast),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +87,10 @@ enum Command {
     Create {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
         /// Size in bytes, or with a unit K, M, G or T: powers of 1024 (K = Ki = KiB = 1024
         /// bytes; KB, MB, ... are refused as ambiguous); `1.5M` is fine. Rounded up to
         /// whole pages. Default with --from: the file's size
@@ -86,6 +113,10 @@ enum Command {
     Write {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
         /// The text to write
         #[arg(long, required_unless_present = "from", conflicts_with = "from")]
         text: Option<String>,
@@ -100,6 +131,10 @@ enum Command {
     Cat {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
         /// First byte to print (a size: 4096, 64K, 1.5M)
         #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
         offset: usize,
@@ -114,6 +149,8 @@ enum Command {
     Stat {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
     },
     /// List every System V and POSIX segment on the machine, and orphans
     Ls {
@@ -122,10 +159,13 @@ enum Command {
         json: bool,
     },
     /// Remove a segment with its lock state and semaphore, or (--stale) every dead one
+    #[command(group(clap::ArgGroup::new("key_flags").args(["posix", "sysv", "native"]).multiple(true).conflicts_with("stale")))]
     Rm {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         #[arg(required_unless_present = "stale", conflicts_with = "stale")]
         key: Option<String>,
+        #[command(flatten)]
+        flags: KeyFlags,
         /// Remove every stale Qt/qshm segment and orphan (never a live one)
         #[arg(long)]
         stale: bool,
@@ -138,6 +178,10 @@ enum Command {
     Lock {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
         /// Release it after this long (default: at Ctrl-C)
         #[arg(long, value_parser = parse_seconds, value_name = "SECONDS", allow_negative_numbers = true)]
         hold: Option<Duration>,
@@ -149,13 +193,24 @@ enum Command {
     },
     /// Two processes exchange messages through a segment under the lock
     Demo {
+        /// Use a POSIX segment (default: System V)
+        #[arg(long)]
+        posix: bool,
+        #[command(flatten)]
+        lock: LockFlag,
         /// Number of messages
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         messages: u32,
     },
     /// The consumer side of `qshm demo` (started by it)
     #[command(hide = true)]
-    DemoConsumer { key: String },
+    DemoConsumer {
+        key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
+    },
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -292,17 +347,18 @@ fn parse_failure(e: &clap::Error) -> ExitCode {
 }
 
 fn run(cli: Cli) -> CliResult {
-    let opts = cli.opts;
     match cli.command {
         Command::Create {
             key,
+            flags,
+            lock,
             size,
             mode,
             fill,
             from,
             hold,
         } => commands::create(
-            &opts.target(&key)?,
+            &KeyOpts::new(flags, Some(lock)).target(&key)?,
             commands::CreateArgs {
                 size,
                 mode,
@@ -313,33 +369,53 @@ fn run(cli: Cli) -> CliResult {
         ),
         Command::Write {
             key,
+            flags,
+            lock,
             text,
             from,
             offset,
-        } => commands::write(&opts.target(&key)?, text, from, offset),
+        } => commands::write(&KeyOpts::new(flags, Some(lock)).target(&key)?, text, from, offset),
         Command::Cat {
             key,
+            flags,
+            lock,
             offset,
             len,
             hex,
-        } => commands::cat(&opts.target(&key)?, offset, len, hex),
-        Command::Stat { key } => commands::stat(&opts.target(&key)?),
+        } => commands::cat(&KeyOpts::new(flags, Some(lock)).target(&key)?, offset, len, hex),
+        Command::Stat { key, flags } => commands::stat(&KeyOpts::new(flags, None).target(&key)?),
         Command::Ls { json } => list::ls(json),
-        Command::Rm { key, stale, all } => match key {
-            Some(key) if !stale => commands::rm(&opts.target(&key)?),
+        Command::Rm {
+            key,
+            flags,
+            stale,
+            all,
+        } => match key {
+            Some(key) if !stale => commands::rm(&KeyOpts::new(flags, None).target(&key)?),
             _ => commands::rm_stale(all),
         },
-        Command::Lock { key, hold } => commands::lock(&opts.target(&key)?, hold),
-        Command::Key { key } => {
-            if opts.native {
-                return Err(Failure::input(
-                    "`qshm key` derives native keys from a legacy key; drop --native".to_owned(),
-                ));
-            }
-            commands::print_keys(&key)
+        Command::Lock {
+            key,
+            flags,
+            lock,
+            hold,
+        } => commands::lock(&KeyOpts::new(flags, Some(lock)).target(&key)?, hold),
+        Command::Key { key } => commands::print_keys(&key),
+        Command::Demo {
+            posix,
+            lock,
+            messages,
+        } => demo::run(
+            KeyOpts {
+                posix,
+                fast: lock.fast,
+                ..KeyOpts::default()
+            },
+            messages,
+        ),
+        Command::DemoConsumer { key, flags, lock } => {
+            demo::consumer(&KeyOpts::new(flags, Some(lock)).target(&key)?)
         }
-        Command::Demo { messages } => demo::run(opts, messages),
-        Command::DemoConsumer { key } => demo::consumer(&opts.target(&key)?),
     }
 }
 

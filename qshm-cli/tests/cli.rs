@@ -154,7 +154,6 @@ fn key_prints_the_native_keys_qt_derives() {
         assert!(text.contains(&safe.to_string()), "{text}");
     }
     assert_fails(&qshm(&["key", ""]), 1);
-    assert_fails(&qshm(&["key", "--native", "posix:/x"]), 1);
 }
 
 #[test]
@@ -618,7 +617,12 @@ fn errors_have_exit_codes_and_hints() {
         assert_fails(&qshm(args), 1);
     }
     // usage errors are clap's (exit 2), never a panic
-    for args in [&["cat", "x", "--posix", "--sysv"][..], &["rm"], &["create"], &["frobnicate"]] {
+    for args in [
+        &["cat", "x", "--posix", "--sysv"][..],
+        &["rm"],
+        &["create"],
+        &["frobnicate"],
+    ] {
         let out = qshm(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).contains("panicked"), "{args:?}");
@@ -728,4 +732,54 @@ fn sizes_offsets_and_lengths_share_one_parser_and_exit_code_1() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, [0; 512]);
     interrupt(&mut holder);
+}
+
+#[test]
+fn key_type_and_lock_flags_only_where_they_mean_something() {
+    let help = |args: &[&str]| {
+        let out = qshm(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    // KEY's type: the commands that take a KEY; --fast: those that lock or create
+    for (sub, key_flags, fast) in [
+        ("create", true, true),
+        ("write", true, true),
+        ("cat", true, true),
+        ("lock", true, true),
+        ("stat", true, false),
+        ("rm", true, false),
+        ("demo", false, true),
+        ("ls", false, false),
+        ("key", false, false),
+    ] {
+        let text = help(&[sub, "--help"]);
+        let has = |flag: &str| text.lines().any(|l| l.trim_start().starts_with(flag));
+        for flag in ["--sysv", "--native"] {
+            assert_eq!(has(flag), key_flags, "{sub} {flag}: {text}");
+        }
+        assert_eq!(has("--posix"), key_flags || sub == "demo", "{sub}: {text}");
+        assert_eq!(has("--fast"), fast, "{sub}: {text}");
+    }
+    let top = help(&["--help"]);
+    for flag in ["--posix", "--sysv", "--native", "--fast"] {
+        assert!(
+            !top.lines().any(|l| l.trim_start().starts_with(flag)),
+            "no global {flag}: {top}"
+        );
+    }
+    for args in [
+        &["ls", "--posix"][..],
+        &["ls", "--fast"],
+        &["key", "x", "--posix"],
+        &["key", "x", "--native"],
+        &["stat", "x", "--fast"],
+        &["rm", "x", "--fast"],
+        &["rm", "--stale", "--posix"],
+        &["demo", "--native"],
+    ] {
+        let out = qshm(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).starts_with("error: "), "{args:?}: {}", stderr(&out));
+    }
 }
