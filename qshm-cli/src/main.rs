@@ -13,12 +13,12 @@ mod progress;
 mod size;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, inspect};
 
 /// See, inspect and clean shared-memory segments; keys work as in Qt's QSharedMemory.
@@ -110,6 +110,7 @@ enum Command {
         hold: Option<Duration>,
     },
     /// Write text or a file into a segment, under the lock
+    #[command(group(clap::ArgGroup::new("data").args(["text", "from"]).required(true)))]
     Write {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
@@ -118,7 +119,7 @@ enum Command {
         #[command(flatten)]
         lock: LockFlag,
         /// The text to write
-        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        #[arg(long)]
         text: Option<String>,
         /// The file to write (`-`: standard input)
         #[arg(long, value_name = "FILE")]
@@ -160,6 +161,7 @@ enum Command {
     },
     /// Remove a segment with its lock state and semaphore, or (--stale) every dead one
     #[command(group(clap::ArgGroup::new("key_flags").args(["posix", "sysv", "native"]).multiple(true).conflicts_with("stale")))]
+    #[command(override_usage = "qshm rm [--posix|--sysv] [--native] <KEY>\n       qshm rm --stale [--all]")]
     Rm {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         #[arg(required_unless_present = "stale", conflicts_with = "stale")]
@@ -171,7 +173,7 @@ enum Command {
         stale: bool,
         /// With --stale: also other programs' stale segments (System V nobody is attached
         /// to, files in /dev/shm nobody maps)
-        #[arg(long, requires = "stale")]
+        #[arg(long, requires = "stale", conflicts_with = "key")]
         all: bool,
     },
     /// Hold the segment's lock (for testing other programs)
@@ -301,6 +303,16 @@ impl From<std::io::Error> for Failure {
 type CliResult = Result<(), Failure>;
 
 fn main() -> ExitCode {
+    // Bare `qshm` is a usage error that shows the whole --help (on stderr, exit 2).
+    if std::env::args_os().len() <= 1 {
+        let help = Cli::command().render_long_help();
+        if std::io::stderr().is_terminal() {
+            eprint!("{}", help.ansi());
+        } else {
+            eprint!("{help}");
+        }
+        return ExitCode::from(2);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return parse_failure(&e),

@@ -783,3 +783,45 @@ fn key_type_and_lock_flags_only_where_they_mean_something() {
         assert!(stderr(&out).starts_with("error: "), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn usage_errors_show_usages_that_work() {
+    // bare `qshm` is a usage error that prints the whole --help
+    let bare = qshm(&[]);
+    assert_eq!(bare.status.code(), Some(2));
+    let help = qshm(&["--help"]);
+    assert!(help.status.success());
+    assert_eq!(stderr(&bare), stdout(&help));
+    assert!(bare.stdout.is_empty());
+
+    // `write` names both ways to give the data
+    for args in [&["write"][..], &["write", "k"]] {
+        let out = qshm(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("--text") && err.contains("--from"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // `rm --all` shows the two real forms of rm, never `--all <KEY>` (which is refused)
+    let out = qshm(&["rm", "--all"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("qshm rm --stale [--all]"), "{err}");
+    assert!(err.contains("qshm rm [--posix|--sysv] [--native] <KEY>"), "{err}");
+    assert!(
+        !err.contains("--all <KEY>") && !err.contains("--stale <KEY>"),
+        "{err}"
+    );
+    for args in [&["rm", "k", "--stale"][..], &["rm", "k", "--all"], &["rm"]] {
+        let out = qshm(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("qshm rm --stale [--all]"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
