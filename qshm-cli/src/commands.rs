@@ -71,19 +71,25 @@ pub fn create(target: &Target, args: CreateArgs) -> CliResult {
     Ok(())
 }
 
-fn out_of_range(offset: usize, len: usize, size: usize) -> Failure {
-    Failure::input(format!(
-        "bytes {offset}..{} are outside the segment (size {size})",
-        offset.saturating_add(len)
-    ))
-}
-
-/// `offset..offset + len` if it lies within `size`.
-fn range(offset: usize, len: usize, size: usize) -> Result<std::ops::Range<usize>, Failure> {
+/// Where `len` bytes at `offset` go, if they fit within `size` (writes never shrink).
+fn write_range(offset: usize, len: usize, size: usize) -> Result<std::ops::Range<usize>, Failure> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(offset..end),
-        _ => Err(out_of_range(offset, len, size)),
+        _ => Err(Failure::input(format!(
+            "{len} bytes at offset {offset} do not fit in the segment ({size} bytes)"
+        ))),
     }
+}
+
+/// What a read of up to `len` bytes (`None`: all) at `offset` gets: what exists, like
+/// `head -c`; only an offset past the end is an error.
+fn read_range(offset: usize, len: Option<usize>, size: usize) -> Result<std::ops::Range<usize>, Failure> {
+    let Some(room) = size.checked_sub(offset) else {
+        return Err(Failure::input(format!(
+            "offset {offset} is past the end of the segment ({size} bytes)"
+        )));
+    };
+    Ok(offset..offset + len.map_or(room, |len| len.min(room)))
 }
 
 pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offset: usize) -> CliResult {
@@ -95,7 +101,7 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
         (None, Some(path)) => {
             // refuse a file that cannot fit before reading it
             if let Some(len) = progress::file_len(path) {
-                range(offset, usize::try_from(len).unwrap_or(usize::MAX), shm.size())?;
+                write_range(offset, usize::try_from(len).unwrap_or(usize::MAX), shm.size())?;
             }
             progress::read_input(path, room, &interrupt, || {
                 Failure::input(format!(
@@ -106,7 +112,7 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
         }
         (None, None) => Vec::new(),
     };
-    let span = range(offset, data.len(), shm.size())?;
+    let span = write_range(offset, data.len(), shm.size())?;
     let mut bytes = interrupt.lock(
         &target.shown,
         |t| shm.lock_timeout(t),
@@ -120,8 +126,7 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
 pub fn cat(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> CliResult {
     let interrupt = interrupt::install()?;
     let mut shm = target.attach(AccessMode::ReadOnly)?;
-    let len = len.unwrap_or(shm.size().saturating_sub(offset));
-    let span = range(offset, len, shm.size())?;
+    let span = read_range(offset, len, shm.size())?;
     let copy = {
         let bytes = interrupt.lock(
             &target.shown,
@@ -376,8 +381,14 @@ mod tests {
 
     #[test]
     fn ranges_never_overflow() {
-        assert_eq!(range(4, 4, 8).ok(), Some(4..8));
-        assert!(range(5, 4, 8).is_err());
-        assert!(range(usize::MAX, 2, 8).is_err());
+        assert_eq!(write_range(4, 4, 8).ok(), Some(4..8));
+        assert!(write_range(5, 4, 8).is_err());
+        assert!(write_range(usize::MAX, 2, 8).is_err());
+        assert_eq!(read_range(4, None, 8).ok(), Some(4..8));
+        assert_eq!(read_range(5, Some(4), 8).ok(), Some(5..8));
+        assert_eq!(read_range(8, Some(usize::MAX), 8).ok(), Some(8..8));
+        assert_eq!(read_range(2, Some(usize::MAX), 8).ok(), Some(2..8));
+        assert!(read_range(9, Some(0), 8).is_err());
+        assert!(read_range(usize::MAX, Some(usize::MAX), 8).is_err());
     }
 }

@@ -252,7 +252,7 @@ fn large_files_and_stdin_round_trip() {
             type_flag(kind),
         ]);
         let err = assert_fails(&out, 1);
-        assert!(err.contains("outside the segment"), "{err}");
+        assert!(err.contains("do not fit in the segment"), "{err}");
 
         let half = &data[..1 << 20];
         let out = qshm_with_stdin(
@@ -590,11 +590,8 @@ fn errors_have_exit_codes_and_hints() {
         assert!(err.contains("did you mean"), "{err}");
         let err = assert_fails(&qshm(&["create", &key, "64", type_flag(kind)]), 4);
         assert!(err.contains("already exists") && err.contains("qshm rm"), "{err}");
-        let err = assert_fails(
-            &qshm(&["cat", &key, "--offset", "4000", "--len", "97", type_flag(kind)]),
-            1,
-        );
-        assert!(err.contains("outside the segment (size 4096)"), "{err}");
+        let err = assert_fails(&qshm(&["cat", &key, "--offset", "4097", type_flag(kind)]), 1);
+        assert!(err.contains("past the end of the segment (4096 bytes)"), "{err}");
         interrupt(&mut holder);
     }
     let missing = unique_key("climissing");
@@ -824,4 +821,51 @@ fn usage_errors_show_usages_that_work() {
             stderr(&out)
         );
     }
+}
+
+#[test]
+fn cat_reads_what_exists_and_ranges_never_overflow() {
+    let key = unique_key("clirange");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let (mut holder, _) = hold(&key, KeyType::SystemV, "4096", &[]);
+    let out = qshm(&["write", &key, "--text", "abcdef", "--offset", "4090"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let max = isize::MAX.to_string();
+    // like `head -c`: a length past the end reads what exists
+    for (args, expected) in [
+        (&["--offset", "4090", "--len", "100"][..], &b"abcdef"[..]),
+        (&["--offset", "4094", "--len", &max], b"ef"),
+        (&["--offset", "4096"], b""),
+        (&["--offset", "4096", "--len", "5"], b""),
+        (&["--offset", "4093", "--len", "0"], b""),
+    ] {
+        let out = qshm(&[&["cat", &key][..], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(out.stdout, expected, "{args:?}");
+    }
+    let out = qshm(&["cat", &key, "--offset", "4000", "--len", "200", "--hex"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("|..........abcdef|"), "{}", stdout(&out));
+    // an offset past the end is an error; no sum ever wraps around
+    for offset in ["4097", max.as_str()] {
+        for len in [&[][..], &["--len", &max]] {
+            let err = assert_fails(&qshm(&[&["cat", &key, "--offset", offset][..], len].concat()), 1);
+            assert_eq!(
+                err,
+                format!("qshm: offset {offset} is past the end of the segment (4096 bytes)\n")
+            );
+        }
+    }
+    let err = assert_fails(&qshm(&["write", &key, "--text", "xy", "--offset", &max]), 1);
+    assert_eq!(
+        err,
+        format!("qshm: 2 bytes at offset {max} do not fit in the segment (4096 bytes)\n")
+    );
+    let err = assert_fails(&qshm(&["write", &key, "--text", "xy", "--offset", "4095"]), 1);
+    assert_eq!(
+        err,
+        "qshm: 2 bytes at offset 4095 do not fit in the segment (4096 bytes)\n"
+    );
+    interrupt(&mut holder);
 }
