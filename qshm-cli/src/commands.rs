@@ -139,16 +139,35 @@ pub fn cat(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> Cli
     shm.detach()?;
     let mut out = std::io::stdout().lock();
     if hex {
-        progress::write_output(&mut out, hex_dump(&copy, offset).as_bytes(), &interrupt)
+        // like `hexdump -n 0`: nothing asked, nothing printed
+        let dump = if len == Some(0) {
+            String::new()
+        } else {
+            hex_dump(&copy, offset)
+        };
+        progress::write_output(&mut out, dump.as_bytes(), &interrupt)
     } else {
         progress::write_output(&mut out, &copy, &interrupt)
     }
 }
 
-/// `hexdump -C` style: offset, 16 bytes in hex, the printable ones as text.
+/// Exactly what `hexdump -C` prints for `data` found at `offset`: offset, 16 bytes in
+/// hex, the printable ones as text; a run of lines equal to the one before is one `*`;
+/// the last line is the end offset.
 fn hex_dump(data: &[u8], offset: usize) -> String {
     let mut text = String::with_capacity(data.len() * 4 + 80);
+    let mut previous: Option<&[u8]> = None;
+    let mut starred = false;
     for (i, line) in data.chunks(16).enumerate() {
+        if line.len() == 16 && previous == Some(line) {
+            if !starred {
+                text.push_str("*\n");
+                starred = true;
+            }
+            continue;
+        }
+        previous = Some(line);
+        starred = false;
         let _ = write!(text, "{:08x} ", offset + i * 16);
         for (j, b) in line.iter().enumerate() {
             let gap = if j == 8 { "  " } else { " " };
@@ -166,6 +185,7 @@ fn hex_dump(data: &[u8], offset: usize) -> String {
         }));
         text.push_str("|\n");
     }
+    let _ = writeln!(text, "{:08x}", offset + data.len());
     text
 }
 
@@ -370,12 +390,26 @@ mod tests {
         assert_eq!(
             dump,
             "00000000  45 55 52 55 53 44 20 31  2e 30 38 34 32 00 00 00  |EURUSD 1.0842...|\n\
-             00000010  01                                                |.|\n"
+             00000010  01                                                |.|\n\
+             00000011\n"
         );
         let short = hex_dump(b"abc", 32);
         assert_eq!(
             short,
-            "00000020  61 62 63                                          |abc|\n"
+            "00000020  61 62 63                                          |abc|\n00000023\n"
+        );
+        assert_eq!(hex_dump(b"", 4096), "00001000\n", "at the end: the offset only");
+        let mut runs = vec![0u8; 64];
+        runs.extend([1u8; 16]);
+        runs.extend([0u8; 20]);
+        assert_eq!(
+            hex_dump(&runs, 0),
+            "00000000  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+             *\n\
+             00000040  01 01 01 01 01 01 01 01  01 01 01 01 01 01 01 01  |................|\n\
+             00000050  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+             00000060  00 00 00 00                                       |....|\n\
+             00000064\n"
         );
     }
 

@@ -187,7 +187,7 @@ fn create_write_cat_stat_across_processes() {
         let out = qshm(&["cat", &key, "--len", "8", "--hex", type_flag(kind)]);
         assert_eq!(
             stdout(&out),
-            "00000000  2e 2e 2e 2e 68 65 6c 6c                           |....hell|\n"
+            "00000000  2e 2e 2e 2e 68 65 6c 6c                           |....hell|\n00000008\n"
         );
 
         // what the CLI wrote, the library reads, under the same lock
@@ -868,4 +868,85 @@ fn cat_reads_what_exists_and_ranges_never_overflow() {
         "qshm: 2 bytes at offset 4095 do not fit in the segment (4096 bytes)\n"
     );
     interrupt(&mut holder);
+}
+
+/// `hexdump -C -s OFFSET [-n LEN] FILE`, or None (after a loud SKIP line) without hexdump.
+fn real_hexdump(file: &std::path::Path, offset: usize, len: Option<usize>) -> Option<String> {
+    let mut cmd = Command::new("hexdump");
+    cmd.args(["-C", "-s", &offset.to_string()]);
+    if let Some(len) = len {
+        cmd.args(["-n", &len.to_string()]);
+    }
+    match cmd.arg(file).output() {
+        Ok(out) if out.status.success() => Some(stdout(&out)),
+        _ => {
+            eprintln!("*** SKIP: `hexdump -C` comparison: hexdump is not installed ***");
+            None
+        }
+    }
+}
+
+#[test]
+fn hex_is_hexdump_c_with_repeated_lines_collapsed() {
+    let key = unique_key("clihex");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let (mut holder, _) = hold(&key, KeyType::SystemV, "4096", &[]);
+    for (offset, text) in [("100", "hello"), ("2000", &"A".repeat(48)), ("4090", "tail!!")] {
+        let out = qshm(&["write", &key, "--text", text, "--offset", offset]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let hex = |offset: usize, len: Option<usize>| {
+        let mut args = vec!["cat".to_owned(), key.clone(), "--hex".to_owned()];
+        args.extend(["--offset".to_owned(), offset.to_string()]);
+        if let Some(len) = len {
+            args.extend(["--len".to_owned(), len.to_string()]);
+        }
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    // pinned: zeros collapse to `*`, the dump ends with the end offset
+    assert_eq!(
+        hex(1984, Some(100)),
+        "000007c0  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+         000007d0  41 41 41 41 41 41 41 41  41 41 41 41 41 41 41 41  |AAAAAAAAAAAAAAAA|\n\
+         *\n\
+         00000800  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+         *\n\
+         00000820  00 00 00 00                                       |....|\n\
+         00000824\n"
+    );
+    assert_eq!(
+        hex(0, Some(0)),
+        "",
+        "nothing asked, nothing printed (hexdump -n 0)"
+    );
+
+    let raw = qshm(&["cat", &key]).stdout;
+    assert_eq!(raw.len(), 4096);
+    let file = std::env::temp_dir().join(format!("{key}.bin"));
+    std::fs::write(&file, &raw).unwrap();
+    let cases = [
+        (0, None),
+        (0, Some(4096)),
+        (16, Some(40)),
+        (3, Some(200)),
+        (100, Some(5)),
+        (1990, Some(100)),
+        (2000, Some(48)),
+        (4090, None),
+        (4096, None),
+        (4096, Some(5)),
+    ];
+    let mut compared = 0;
+    for (offset, len) in cases {
+        if let Some(expected) = real_hexdump(&file, offset, len) {
+            assert_eq!(hex(offset, len), expected, "--offset {offset} --len {len:?}");
+            compared += 1;
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    interrupt(&mut holder);
+    assert!(compared == 0 || compared == cases.len());
 }
