@@ -368,6 +368,11 @@ pub fn print_keys(key: &str) -> CliResult {
             let _ = writeln!(text, "  ftok key:   {:#010x} (the key file exists)", k as u32);
         }
     }
+    let posix = SharedMemory::legacy_native_key(key, KeyType::PosixRealtime);
+    let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
+    if let Some(hint) = crate::list::hint(Some(&letters), posix.native()) {
+        let _ = writeln!(text, "`qshm ls` key hint: {hint}");
+    }
     let _ = writeln!(text, "Qt 6.6 platformSafeKey({key:?}) (not a legacy key):");
     for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
         let _ = writeln!(

@@ -154,6 +154,11 @@ enum Command {
         flags: KeyFlags,
     },
     /// List every System V and POSIX segment on the machine, and orphans
+    ///
+    /// KEY HINT tells which legacy key a Qt-style segment was made for: the letters Qt
+    /// keeps in the native key (it drops digits and every other character), `#`, and the
+    /// first 6 hex digits of the key's SHA-1, so `fm2` and `fm3` show different hints.
+    /// `qshm key KEY` prints the hint of KEY.
     Ls {
         /// Machine-readable output
         #[arg(long)]

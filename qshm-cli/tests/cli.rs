@@ -424,7 +424,6 @@ fn ls_marks_and_rm_stale_removes_dead_segments() {
         let (mut holder, _) = hold(&key, kind, "64", &[]);
         let recorded = sysv_keys(&key, kind);
         let native = SharedMemory::legacy_native_key(&key, kind).native().to_owned();
-        let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
 
         let mine = find_segment(&ls_json(), kind, &native).expect("ls lists our segment");
         assert_eq!(mine["state"], "live");
@@ -433,7 +432,7 @@ fn ls_marks_and_rm_stale_removes_dead_segments() {
         assert_eq!(mine["attachments"], 1);
         assert_eq!(mine["permissions"], "0600");
         assert_eq!(mine["qt_style"], true);
-        assert_eq!(mine["key_hint"], letters.as_str());
+        assert_eq!(mine["key_hint"], hint_of(&key).as_str());
         // SAFETY: geteuid has no preconditions.
         assert_eq!(mine["uid"], unsafe { libc::geteuid() });
         let table = stdout(&qshm(&["ls"]));
@@ -949,4 +948,45 @@ fn hex_is_hexdump_c_with_repeated_lines_collapsed() {
     let _ = std::fs::remove_file(&file);
     interrupt(&mut holder);
     assert!(compared == 0 || compared == cases.len());
+}
+
+/// What `ls` shows as KEY HINT: Qt's letters of the key, `#`, the start of its SHA-1.
+fn hint_of(key: &str) -> String {
+    let native = SharedMemory::legacy_native_key(key, KeyType::PosixRealtime);
+    let hash = &native.native()[native.native().len() - 40..];
+    let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
+    format!("{letters}#{}", &hash[..6])
+}
+
+#[test]
+fn ls_key_hints_tell_keys_apart_that_differ_in_digits() {
+    let base = unique_key("clihint");
+    for kind in KINDS {
+        let (fm2, fm3) = (format!("{base}fm2"), format!("{base}fm3"));
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&fm2, kind);
+        cleanup.key(&fm3, kind);
+        let (mut a, _) = hold(&fm2, kind, "64", &[]);
+        let (mut b, _) = hold(&fm3, kind, "64", &[]);
+        let json = ls_json();
+        let table = stdout(&qshm(&["ls"]));
+        let mut hints = Vec::new();
+        for key in [&fm2, &fm3] {
+            let native = SharedMemory::legacy_native_key(key, kind).native().to_owned();
+            let hint = hint_of(key);
+            let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
+            assert!(hint.starts_with(&format!("{letters}#")) && hint.len() == letters.len() + 7);
+            let entry = find_segment(&json, kind, &native).expect("listed");
+            assert_eq!(entry["key_hint"], hint.as_str());
+            let row = table.lines().find(|l| l.ends_with(&native)).expect("a table row");
+            assert!(row.split_whitespace().nth(1) == Some(hint.as_str()), "{row}");
+            // `qshm key` says how ls shows the key
+            let keys = stdout(&qshm(&["key", key]));
+            assert!(keys.contains(&format!("`qshm ls` key hint: {hint}\n")), "{keys}");
+            hints.push(hint);
+        }
+        assert_ne!(hints[0], hints[1], "fm2 and fm3 look different");
+        interrupt(&mut a);
+        interrupt(&mut b);
+    }
 }
