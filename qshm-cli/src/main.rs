@@ -3,7 +3,7 @@
 //! Every command prints at most one error line, `qshm: <what happened>: <what to do>`,
 //! and exits with 0 (ok), 1 (bad input: a range, a file, a size, a key), 2 (usage,
 //! from clap), 3 (no such segment), 4 (already exists), 5 (permission denied),
-//! 6 (anything else) or 130 (interrupted while waiting).
+//! 6 (anything else) or 130 (interrupted by a signal: see interrupt.rs).
 
 mod commands;
 mod demo;
@@ -261,9 +261,13 @@ impl Failure {
         Failure { message, code: 6 }
     }
 
-    /// Interrupted by a signal while waiting (exit code 130).
+    /// Interrupted by a signal (exit code 130); says so at once, before any clean-up.
     pub fn interrupted(message: String) -> Failure {
-        Failure { message, code: 130 }
+        interrupt::tell(&message);
+        Failure {
+            message: String::new(),
+            code: 130,
+        }
     }
 
     pub fn with_hint(mut self, hint: &str) -> Failure {

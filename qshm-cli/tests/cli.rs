@@ -990,3 +990,105 @@ fn ls_key_hints_tell_keys_apart_that_differ_in_digits() {
         interrupt(&mut b);
     }
 }
+
+/// Send `signal` to `child` and return its exit code and how long it took to exit
+/// (None: still running after `limit`, then killed).
+fn signal_and_time(child: &mut std::process::Child, signal: i32, limit: Duration) -> (Option<i32>, Duration) {
+    let start = std::time::Instant::now();
+    // SAFETY: kill only sends a signal to our own child's pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, start.elapsed())
+}
+
+fn spawn_quiet(args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigterm_ends_a_lock_wait_with_130() {
+    for kind in KINDS {
+        let key = unique_key("cliterm");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let (mut holder, _) = hold(&key, kind, "64", &[]);
+        let mut locker =
+            Peer::spawn_command(Command::new(BIN).args(["lock", &key, "--hold", "60", type_flag(kind)]));
+        assert_eq!(locker.line(T), format!("locked {key}"));
+        let mut waiter = spawn_quiet(&["lock", &key, type_flag(kind)]);
+        let mut err = BufReader::new(waiter.stderr.take().unwrap()).lines();
+        let first = err.next().expect("a line").unwrap();
+        assert!(first.starts_with("qshm: waiting for the lock"), "{first}");
+        let (code, took) = signal_and_time(&mut waiter, libc::SIGTERM, Duration::from_secs(2));
+        assert_eq!(code, Some(130), "SIGTERM'd waiter: {took:?}");
+        let rest: Vec<String> = err.map_while(Result::ok).collect();
+        assert_eq!(
+            rest,
+            [format!("qshm: interrupted while waiting for the lock of {key:?}")]
+        );
+        interrupt(&mut locker);
+        interrupt(&mut holder);
+    }
+}
+
+/// Hold the exclusive flock of a System V key file, as qshm's create/attach/detach do.
+fn lock_key_file(path: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    file
+}
+
+#[test]
+fn signals_end_a_wait_inside_the_library() {
+    let key = unique_key("cliwait");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let (mut holder, _) = hold(&key, KeyType::SystemV, "64", &[]);
+    let key_file = native(&key, KeyType::SystemV).native().to_owned();
+    for (signals, what) in [
+        (&[libc::SIGTERM][..], "one SIGTERM"),
+        (&[libc::SIGINT], "one Ctrl-C"),
+        (&[libc::SIGINT, libc::SIGTERM], "a second signal"),
+    ] {
+        // attach waits for the key file's lock, inside the library
+        let lock = lock_key_file(&key_file);
+        let mut cat = spawn_quiet(&["cat", &key, "--len", "1"]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(cat.try_wait().unwrap().is_none(), "cat waits for the key file");
+        let (mut code, mut took) = (None, Duration::ZERO);
+        for (i, &signal) in signals.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (code, took) = signal_and_time(&mut cat, signal, Duration::from_secs(2));
+            if code.is_some() {
+                break;
+            }
+        }
+        drop(lock);
+        assert_eq!(code, Some(130), "{what}: exit code after {took:?}");
+        let mut err = String::new();
+        use std::io::Read;
+        cat.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(
+            err.starts_with("qshm: interrupted by SIG") && err.lines().count() == 1,
+            "{what}: {err}"
+        );
+    }
+    interrupt(&mut holder);
+}
