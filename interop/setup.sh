@@ -3,7 +3,8 @@
 #   venv: ${QSHM_QT_VENV:-<repo>/target/qt-venv}
 # Prints the venv's python (absolute path) as the LAST line of stdout and exits 0; on
 # failure prints a loud `SKIP: PyQt6 could not be installed (...)` line on stderr and
-# exits 1. Idempotent: a venv that already imports PyQt6.QtCore is reused at once.
+# exits 1. Idempotent: a venv that already imports PyQt6.QtCore is reused at once. Before
+# downloading, says so in one `qshm: installing PyQt6 ...` line on stderr.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${QSHM_QT_VENV:-$root/target/qt-venv}"
@@ -33,6 +34,9 @@ if command -v flock >/dev/null 2>&1 && exec 9>"$venv.lock"; then
     fi
 fi
 
+# Say so once, before the download (silent when the venv is ready: see above).
+echo "qshm: installing PyQt6 (real Qt 6 for the Qt interop tests, a download of about 300 MB)" \
+    "into $venv; QSHM_QT_PEER=/path/to/python uses a Python that has it" >&2
 if ! python3 -m venv "$venv" >"$log" 2>&1; then
     skip "python3 -m venv $venv failed: $(tail -n 1 "$log" 2>/dev/null)"
 fi

@@ -58,6 +58,10 @@ fn main() {
         &python,
         keys_match_qt,
     ));
+    trials.push(Trial::test(
+        "setup_announces_the_pyqt6_download_once",
+        setup_announces_the_download_once,
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -78,16 +82,12 @@ fn find_qt_python() -> Option<PathBuf> {
         return Some(PathBuf::from(py));
     }
     let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/setup.sh");
-    let out = Command::new("bash").arg(setup).output();
-    match out {
-        Ok(out) if out.status.success() => {
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            stdout.lines().last().map(|l| PathBuf::from(l.trim()))
-        }
-        Ok(out) => {
+    match run_setup(setup) {
+        Ok((true, stdout, _)) => stdout.lines().last().map(|l| PathBuf::from(l.trim())),
+        Ok((false, _, stderr)) => {
             eprintln!(
                 "\n*** SKIP: Qt interop tests: PyQt6 unavailable ({}) ***\n",
-                String::from_utf8_lossy(&out.stderr).trim()
+                stderr.trim()
             );
             None
         }
@@ -96,6 +96,34 @@ fn find_qt_python() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Run `setup.sh`: its `qshm: ...` note goes to our stderr as it comes (it must be seen
+/// before the download); the rest of its stderr is kept for the SKIP line.
+fn run_setup(setup: &str) -> std::io::Result<(bool, String, String)> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new("bash")
+        .arg(setup)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stderr = String::new();
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines() {
+            let line = line?;
+            if line.starts_with("qshm: ") {
+                eprintln!("{line}");
+            } else {
+                stderr.push_str(&line);
+                stderr.push('\n');
+            }
+        }
+    }
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    Ok((child.wait()?.success(), stdout, stderr))
 }
 
 fn qt_peer(python: &PathBuf, action: &str, key: &str, kind: KeyType, extra: &[&str]) -> Peer {
@@ -352,4 +380,60 @@ fn json_string(json: &str, name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// `interop/setup.sh` says on stderr, once, before downloading, that it installs PyQt6,
+/// and says nothing when the venv is ready. (A fake `python3` first in PATH makes a fake
+/// venv whose pip "installs" PyQt6 by touching a file: nothing is downloaded.)
+fn setup_announces_the_download_once() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(unique_key("setup"));
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let result = (|| -> Result<(), Failed> {
+        let fake_python = r#"#!/bin/sh
+venv="$(dirname "$(dirname "$0")")"
+case "$1 $2" in
+    "-m venv") mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;;
+    "-m pip") touch "$venv/pyqt6-installed" ;;
+    "-c import PyQt6.QtCore") test -e "$venv/pyqt6-installed" ;;
+    *) exit 3 ;;
+esac
+"#;
+        let python3 = bin.join("python3");
+        std::fs::write(&python3, fake_python)?;
+        std::fs::set_permissions(&python3, std::fs::Permissions::from_mode(0o755))?;
+        let venv = dir.join("venv");
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let run = || {
+            Command::new("bash")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/interop/setup.sh"))
+                .env("PATH", &path)
+                .env("QSHM_QT_VENV", &venv)
+                .output()
+        };
+        let first = run()?;
+        let err = String::from_utf8_lossy(&first.stderr).into_owned();
+        check(first.status.success(), format!("first set-up failed: {err}"))?;
+        let out = String::from_utf8_lossy(&first.stdout).into_owned();
+        let py = venv.join("bin/python");
+        check(
+            out.lines().last() == Some(&*py.to_string_lossy()),
+            format!("python: {out}"),
+        )?;
+        let notice = format!(
+            "qshm: installing PyQt6 (real Qt 6 for the Qt interop tests, a download of about \
+             300 MB) into {}; QSHM_QT_PEER=/path/to/python uses a Python that has it",
+            venv.display()
+        );
+        check(err == format!("{notice}\n"), format!("the notice, once: {err:?}"))?;
+        let second = run()?;
+        check(second.status.success(), "second set-up failed")?;
+        check(
+            second.stderr.is_empty(),
+            format!("silent when ready: {:?}", String::from_utf8_lossy(&second.stderr)),
+        )
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -17,15 +17,29 @@ fn main() {
         std::process::exit(child_main(&role, &args));
     }
     let mut trials = Vec::new();
+    // Tests that switch users need temporary users: skipped (ignored, with one SKIP line)
+    // only when they cannot be made at all.
+    let no_users = users_unavailable();
+    if let Some(why) = &no_users {
+        eprintln!("*** SKIP: tests as another user: {why} ***");
+    }
+    let as_other_user = |name: String, test: Box<dyn FnOnce() -> Result<(), Failed> + Send>| {
+        Trial::test(name, test).with_ignored_flag(no_users.is_some())
+    };
     for kind in KINDS {
         let k = kind_name(kind);
         trials.push(Trial::test(format!("{k}::created_0600_by_default"), move || {
             default_modes(kind)
         }));
-        trials.push(Trial::test(format!("{k}::another_user_is_denied"), move || {
-            other_user(kind)
-        }));
+        trials.push(as_other_user(
+            format!("{k}::another_user_is_denied"),
+            Box::new(move || other_user(kind)),
+        ));
     }
+    trials.push(as_other_user(
+        "temporary_users_are_distinct_and_removed".to_owned(),
+        Box::new(distinct_users),
+    ));
     trials.push(Trial::test(
         "systemv::key_file_symlink_is_refused",
         symlinked_key_file,
@@ -101,7 +115,41 @@ fn default_modes(kind: KeyType) -> Result<(), Failed> {
     Ok(())
 }
 
-/// A throw-away Unix user, removed again when dropped.
+/// Why no temporary user can be made here (None: they can).
+fn users_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (to run useradd)".to_owned());
+    }
+    for tool in ["useradd", "userdel"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    None
+}
+
+/// useradd and userdel lock /etc/passwd and fail when another one holds it: one at a time.
+static USER_TOOLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn user_tool(args: &[&str]) -> Result<(), String> {
+    let _turn = USER_TOOLS.lock().unwrap_or_else(|e| e.into_inner());
+    match Command::new(args[0]).args(&args[1..]).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("{}: {e}", args[0])),
+    }
+}
+
+/// A throw-away Unix user with a name of its own, removed again when dropped.
 struct TempUser {
     name: String,
     uid: u32,
@@ -109,35 +157,28 @@ struct TempUser {
 }
 
 impl TempUser {
-    fn create() -> Option<TempUser> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return None;
-        }
-        let name = format!("qshmt{}", std::process::id() % 1_000_000);
-        let ok = Command::new("useradd")
-            .args(["-M", "-N", "-s", "/bin/false", &name])
-            .status()
-            .ok()?;
-        if !ok.success() {
-            return None;
-        }
-        let id = |flag: &str| -> Option<u32> {
-            let out = Command::new("id").args([flag, &name]).output().ok()?;
-            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    fn create() -> Result<TempUser, Failed> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // unique per process and per call (user names may have 32 characters)
+        let name = format!("qshmt{}u{n}", std::process::id() % 1_000_000);
+        user_tool(&["useradd", "-M", "-N", "-s", "/bin/false", &name])?;
+        // from here on, Drop removes the user whatever happens
+        let mut user = TempUser { name, uid: 0, gid: 0 };
+        let id = |flag: &str| -> Result<u32, Failed> {
+            let out = Command::new("id").args([flag, &user.name]).output()?;
+            Ok(String::from_utf8(out.stdout)?.trim().parse()?)
         };
-        let user = TempUser {
-            uid: id("-u")?,
-            gid: id("-g")?,
-            name,
-        };
-        Some(user)
+        (user.uid, user.gid) = (id("-u")?, id("-g")?);
+        Ok(user)
     }
 }
 
 impl Drop for TempUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
+        if let Err(e) = user_tool(&["userdel", &self.name]) {
+            eprintln!("{e}");
+        }
     }
 }
 
@@ -153,10 +194,7 @@ fn attach_as(user: &TempUser, key: &str, kind: KeyType, mode: &str) -> Result<St
 }
 
 fn other_user(kind: KeyType) -> Result<(), Failed> {
-    let Some(user) = TempUser::create() else {
-        eprintln!("*** SKIP another_user_is_denied: needs root and useradd ***");
-        return Ok(());
-    };
+    let user = TempUser::create()?;
     let key = unique_key("perm");
     let mut cleanup = Cleanup::default();
     cleanup.key(&key, kind);
@@ -204,4 +242,30 @@ fn symlinked_key_file() -> Result<(), Failed> {
     check(err.kind() == SharedMemoryError::KeyError, format!("{err}"))?;
     check(err.to_string().contains("symbolic link"), format!("{err}"))?;
     check(!victim_exists, "the symlink's target must not be created")
+}
+
+fn user_exists(name: &str) -> bool {
+    Command::new("id")
+        .arg(name)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Two users at once (as the parallel tests make them) get different names, and each
+/// is gone when dropped.
+fn distinct_users() -> Result<(), Failed> {
+    let a = TempUser::create()?;
+    let b = TempUser::create()?;
+    check(
+        a.name != b.name && a.uid != b.uid,
+        format!("{} and {}", a.name, b.name),
+    )?;
+    let names = [a.name.clone(), b.name.clone()];
+    check(names.iter().all(|n| user_exists(n)), "both exist")?;
+    drop(a);
+    drop(b);
+    check(
+        !names.iter().any(|n| user_exists(n)),
+        format!("{names:?} removed"),
+    )
 }

@@ -1,6 +1,7 @@
 //! The `qshm` binary, driven across processes: every subcommand, run as its own process
 //! next to `qshm create --hold` holders and library handles.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -153,7 +154,6 @@ fn key_prints_the_native_keys_qt_derives() {
         assert!(text.contains(&safe.to_string()), "{text}");
     }
     assert_fails(&qshm(&["key", ""]), 1);
-    assert_fails(&qshm(&["key", "--native", "posix:/x"]), 1);
 }
 
 #[test]
@@ -187,7 +187,7 @@ fn create_write_cat_stat_across_processes() {
         let out = qshm(&["cat", &key, "--len", "8", "--hex", type_flag(kind)]);
         assert_eq!(
             stdout(&out),
-            "00000000  2e 2e 2e 2e 68 65 6c 6c                           |....hell|\n"
+            "00000000  2e 2e 2e 2e 68 65 6c 6c                           |....hell|\n00000008\n"
         );
 
         // what the CLI wrote, the library reads, under the same lock
@@ -252,7 +252,7 @@ fn large_files_and_stdin_round_trip() {
             type_flag(kind),
         ]);
         let err = assert_fails(&out, 1);
-        assert!(err.contains("outside the segment"), "{err}");
+        assert!(err.contains("do not fit in the segment"), "{err}");
 
         let half = &data[..1 << 20];
         let out = qshm_with_stdin(
@@ -424,7 +424,6 @@ fn ls_marks_and_rm_stale_removes_dead_segments() {
         let (mut holder, _) = hold(&key, kind, "64", &[]);
         let recorded = sysv_keys(&key, kind);
         let native = SharedMemory::legacy_native_key(&key, kind).native().to_owned();
-        let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
 
         let mine = find_segment(&ls_json(), kind, &native).expect("ls lists our segment");
         assert_eq!(mine["state"], "live");
@@ -433,7 +432,7 @@ fn ls_marks_and_rm_stale_removes_dead_segments() {
         assert_eq!(mine["attachments"], 1);
         assert_eq!(mine["permissions"], "0600");
         assert_eq!(mine["qt_style"], true);
-        assert_eq!(mine["key_hint"], letters.as_str());
+        assert_eq!(mine["key_hint"], hint_of(&key).as_str());
         // SAFETY: geteuid has no preconditions.
         assert_eq!(mine["uid"], unsafe { libc::geteuid() });
         let table = stdout(&qshm(&["ls"]));
@@ -590,11 +589,8 @@ fn errors_have_exit_codes_and_hints() {
         assert!(err.contains("did you mean"), "{err}");
         let err = assert_fails(&qshm(&["create", &key, "64", type_flag(kind)]), 4);
         assert!(err.contains("already exists") && err.contains("qshm rm"), "{err}");
-        let err = assert_fails(
-            &qshm(&["cat", &key, "--offset", "4000", "--len", "97", type_flag(kind)]),
-            1,
-        );
-        assert!(err.contains("outside the segment (size 4096)"), "{err}");
+        let err = assert_fails(&qshm(&["cat", &key, "--offset", "4097", type_flag(kind)]), 1);
+        assert!(err.contains("past the end of the segment (4096 bytes)"), "{err}");
         interrupt(&mut holder);
     }
     let missing = unique_key("climissing");
@@ -606,18 +602,22 @@ fn errors_have_exit_codes_and_hints() {
              or see `qshm ls`\n"
         )
     );
-    let err = assert_fails(&qshm(&["create", &unique_key("clizero"), "0"]), 1);
-    assert!(err.contains("size must be at least 1 byte"), "{err}");
     assert_fails(&qshm(&["write", "", "--text", "x"]), 1);
-    // usage errors are clap's (exit 2), never a panic
+    // a bad value is bad input (exit 1, one line)
     for args in [
         &["create", "x", "10", "--hold", "inf"][..],
         &["create", "x", "10", "--hold", "1e300"],
-        &["create", "x", "ten"],
-        &["lock", "x", "--hold", "-1"],
-        &["create", "x", "10", "--fill", "256"],
-        &["cat", "x", "--posix", "--sysv"],
+        &["create", "x", "10", "--mode", "0800"],
+        &["demo", "--messages", "10001"],
+    ] {
+        assert_fails(&qshm(args), 1);
+    }
+    // usage errors are clap's (exit 2), never a panic
+    for args in [
+        &["cat", "x", "--posix", "--sysv"][..],
         &["rm"],
+        &["create"],
+        &["frobnicate"],
     ] {
         let out = qshm(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -662,4 +662,433 @@ fn demo_exchanges_messages_and_leaves_nothing() {
         let left = leftovers(&key, kind, &[]);
         assert!(left.is_empty(), "{left:?}");
     }
+}
+
+#[test]
+fn sizes_offsets_and_lengths_share_one_parser_and_exit_code_1() {
+    let key = unique_key("clisize");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let examples = "give a number of bytes like 4096, 64K or 1.5M";
+    // --hold 0: an old build that accepted a bad size must not hold it forever
+    let create = |size: &str| qshm(&["create", &key, size, "--hold", "0"]);
+    let cases = [
+        (
+            create("0"),
+            "SIZE \"0\" is too small: a segment needs at least 1 byte".to_owned(),
+        ),
+        (create("-5"), format!("SIZE \"-5\" is negative: {examples}")),
+        (
+            create("1.1K"),
+            format!("SIZE \"1.1K\" is not a whole number of bytes: {examples}"),
+        ),
+        (
+            create("99999999999999999999"),
+            "SIZE \"99999999999999999999\" is too large: at most 9223372036854775807 bytes".to_owned(),
+        ),
+        (
+            create("10MB"),
+            "SIZE \"10MB\" is ambiguous: write 10M or 10MiB for 10485760 bytes (K, M, G, T are powers \
+             of 1024), or 10000000 for 10 x 1000^2"
+                .to_owned(),
+        ),
+        (create("ten"), format!("SIZE \"ten\" is not a size: {examples}")),
+        (
+            qshm(&["cat", &key, "--offset", "-5"]),
+            format!("--offset \"-5\" is negative: {examples}"),
+        ),
+        (
+            qshm(&["cat", &key, "--len", "99999999999999999999"]),
+            "--len \"99999999999999999999\" is too large: at most 9223372036854775807 bytes".to_owned(),
+        ),
+        (
+            qshm(&["write", &key, "--text", "x", "--offset", "1.5kb"]),
+            "--offset \"1.5kb\" is ambiguous: write 1.5K or 1.5KiB for 1536 bytes (K, M, G, T are \
+             powers of 1024), or 1500 for 1.5 x 1000^1"
+                .to_owned(),
+        ),
+        // other values are bad input too, with the same one-line form
+        (
+            qshm(&["lock", &key, "--hold", "-1"]),
+            "--hold \"-1\" is not a number of seconds like 5 or 0.5".to_owned(),
+        ),
+        (
+            qshm(&["create", &key, "10", "--fill", "256"]),
+            "--fill \"256\" is not a byte value (0-255 or 0x00-0xff)".to_owned(),
+        ),
+    ];
+    for (out, message) in cases {
+        let err = assert_fails(&out, 1);
+        assert_eq!(err, format!("qshm: {message}\n"));
+    }
+    // a fraction that is whole bytes is exact: 1.5 MiB
+    let (mut holder, line) = hold(&key, KeyType::SystemV, "1.5M", &[]);
+    assert!(line.ends_with(" size=1572864 type=systemv"), "{line}");
+    let out = qshm(&["cat", &key, "--offset", "1M", "--len", "0.5K"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, [0; 512]);
+    interrupt(&mut holder);
+}
+
+#[test]
+fn key_type_and_lock_flags_only_where_they_mean_something() {
+    let help = |args: &[&str]| {
+        let out = qshm(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    // KEY's type: the commands that take a KEY; --fast: those that lock or create
+    for (sub, key_flags, fast) in [
+        ("create", true, true),
+        ("write", true, true),
+        ("cat", true, true),
+        ("lock", true, true),
+        ("stat", true, false),
+        ("rm", true, false),
+        ("demo", false, true),
+        ("ls", false, false),
+        ("key", false, false),
+    ] {
+        let text = help(&[sub, "--help"]);
+        let has = |flag: &str| text.lines().any(|l| l.trim_start().starts_with(flag));
+        for flag in ["--sysv", "--native"] {
+            assert_eq!(has(flag), key_flags, "{sub} {flag}: {text}");
+        }
+        assert_eq!(has("--posix"), key_flags || sub == "demo", "{sub}: {text}");
+        assert_eq!(has("--fast"), fast, "{sub}: {text}");
+    }
+    let top = help(&["--help"]);
+    for flag in ["--posix", "--sysv", "--native", "--fast"] {
+        assert!(
+            !top.lines().any(|l| l.trim_start().starts_with(flag)),
+            "no global {flag}: {top}"
+        );
+    }
+    for args in [
+        &["ls", "--posix"][..],
+        &["ls", "--fast"],
+        &["key", "x", "--posix"],
+        &["key", "x", "--native"],
+        &["stat", "x", "--fast"],
+        &["rm", "x", "--fast"],
+        &["rm", "--stale", "--posix"],
+        &["demo", "--native"],
+    ] {
+        let out = qshm(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).starts_with("error: "), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn usage_errors_show_usages_that_work() {
+    // bare `qshm` is a usage error that prints the whole --help
+    let bare = qshm(&[]);
+    assert_eq!(bare.status.code(), Some(2));
+    let help = qshm(&["--help"]);
+    assert!(help.status.success());
+    assert_eq!(stderr(&bare), stdout(&help));
+    assert!(bare.stdout.is_empty());
+
+    // `write` names both ways to give the data
+    for args in [&["write"][..], &["write", "k"]] {
+        let out = qshm(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("--text") && err.contains("--from"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // `rm --all` shows the two real forms of rm, never `--all <KEY>` (which is refused)
+    let out = qshm(&["rm", "--all"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("qshm rm --stale [--all]"), "{err}");
+    assert!(err.contains("qshm rm [--posix|--sysv] [--native] <KEY>"), "{err}");
+    assert!(
+        !err.contains("--all <KEY>") && !err.contains("--stale <KEY>"),
+        "{err}"
+    );
+    for args in [&["rm", "k", "--stale"][..], &["rm", "k", "--all"], &["rm"]] {
+        let out = qshm(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("qshm rm --stale [--all]"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn cat_reads_what_exists_and_ranges_never_overflow() {
+    let key = unique_key("clirange");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let (mut holder, _) = hold(&key, KeyType::SystemV, "4096", &[]);
+    let out = qshm(&["write", &key, "--text", "abcdef", "--offset", "4090"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let max = isize::MAX.to_string();
+    // like `head -c`: a length past the end reads what exists
+    for (args, expected) in [
+        (&["--offset", "4090", "--len", "100"][..], &b"abcdef"[..]),
+        (&["--offset", "4094", "--len", &max], b"ef"),
+        (&["--offset", "4096"], b""),
+        (&["--offset", "4096", "--len", "5"], b""),
+        (&["--offset", "4093", "--len", "0"], b""),
+    ] {
+        let out = qshm(&[&["cat", &key][..], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(out.stdout, expected, "{args:?}");
+    }
+    let out = qshm(&["cat", &key, "--offset", "4000", "--len", "200", "--hex"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("|..........abcdef|"), "{}", stdout(&out));
+    // an offset past the end is an error; no sum ever wraps around
+    for offset in ["4097", max.as_str()] {
+        for len in [&[][..], &["--len", &max]] {
+            let err = assert_fails(&qshm(&[&["cat", &key, "--offset", offset][..], len].concat()), 1);
+            assert_eq!(
+                err,
+                format!("qshm: offset {offset} is past the end of the segment (4096 bytes)\n")
+            );
+        }
+    }
+    let err = assert_fails(&qshm(&["write", &key, "--text", "xy", "--offset", &max]), 1);
+    assert_eq!(
+        err,
+        format!("qshm: 2 bytes at offset {max} do not fit in the segment (4096 bytes)\n")
+    );
+    let err = assert_fails(&qshm(&["write", &key, "--text", "xy", "--offset", "4095"]), 1);
+    assert_eq!(
+        err,
+        "qshm: 2 bytes at offset 4095 do not fit in the segment (4096 bytes)\n"
+    );
+    interrupt(&mut holder);
+}
+
+/// `hexdump -C -s OFFSET [-n LEN] FILE`, or None (after a loud SKIP line) without hexdump.
+fn real_hexdump(file: &std::path::Path, offset: usize, len: Option<usize>) -> Option<String> {
+    let mut cmd = Command::new("hexdump");
+    cmd.args(["-C", "-s", &offset.to_string()]);
+    if let Some(len) = len {
+        cmd.args(["-n", &len.to_string()]);
+    }
+    match cmd.arg(file).output() {
+        Ok(out) if out.status.success() => Some(stdout(&out)),
+        _ => {
+            eprintln!("*** SKIP: `hexdump -C` comparison: hexdump is not installed ***");
+            None
+        }
+    }
+}
+
+#[test]
+fn hex_is_hexdump_c_with_repeated_lines_collapsed() {
+    let key = unique_key("clihex");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let (mut holder, _) = hold(&key, KeyType::SystemV, "4096", &[]);
+    for (offset, text) in [("100", "hello"), ("2000", &"A".repeat(48)), ("4090", "tail!!")] {
+        let out = qshm(&["write", &key, "--text", text, "--offset", offset]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let hex = |offset: usize, len: Option<usize>| {
+        let mut args = vec!["cat".to_owned(), key.clone(), "--hex".to_owned()];
+        args.extend(["--offset".to_owned(), offset.to_string()]);
+        if let Some(len) = len {
+            args.extend(["--len".to_owned(), len.to_string()]);
+        }
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    // pinned: zeros collapse to `*`, the dump ends with the end offset
+    assert_eq!(
+        hex(1984, Some(100)),
+        "000007c0  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+         000007d0  41 41 41 41 41 41 41 41  41 41 41 41 41 41 41 41  |AAAAAAAAAAAAAAAA|\n\
+         *\n\
+         00000800  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+         *\n\
+         00000820  00 00 00 00                                       |....|\n\
+         00000824\n"
+    );
+    assert_eq!(
+        hex(0, Some(0)),
+        "",
+        "nothing asked, nothing printed (hexdump -n 0)"
+    );
+
+    let raw = qshm(&["cat", &key]).stdout;
+    assert_eq!(raw.len(), 4096);
+    let file = std::env::temp_dir().join(format!("{key}.bin"));
+    std::fs::write(&file, &raw).unwrap();
+    let cases = [
+        (0, None),
+        (0, Some(4096)),
+        (16, Some(40)),
+        (3, Some(200)),
+        (100, Some(5)),
+        (1990, Some(100)),
+        (2000, Some(48)),
+        (4090, None),
+        (4096, None),
+        (4096, Some(5)),
+    ];
+    let mut compared = 0;
+    for (offset, len) in cases {
+        if let Some(expected) = real_hexdump(&file, offset, len) {
+            assert_eq!(hex(offset, len), expected, "--offset {offset} --len {len:?}");
+            compared += 1;
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    interrupt(&mut holder);
+    assert!(compared == 0 || compared == cases.len());
+}
+
+/// What `ls` shows as KEY HINT: Qt's letters of the key, `#`, the start of its SHA-1.
+fn hint_of(key: &str) -> String {
+    let native = SharedMemory::legacy_native_key(key, KeyType::PosixRealtime);
+    let hash = &native.native()[native.native().len() - 40..];
+    let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
+    format!("{letters}#{}", &hash[..6])
+}
+
+#[test]
+fn ls_key_hints_tell_keys_apart_that_differ_in_digits() {
+    let base = unique_key("clihint");
+    for kind in KINDS {
+        let (fm2, fm3) = (format!("{base}fm2"), format!("{base}fm3"));
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&fm2, kind);
+        cleanup.key(&fm3, kind);
+        let (mut a, _) = hold(&fm2, kind, "64", &[]);
+        let (mut b, _) = hold(&fm3, kind, "64", &[]);
+        let json = ls_json();
+        let table = stdout(&qshm(&["ls"]));
+        let mut hints = Vec::new();
+        for key in [&fm2, &fm3] {
+            let native = SharedMemory::legacy_native_key(key, kind).native().to_owned();
+            let hint = hint_of(key);
+            let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
+            assert!(hint.starts_with(&format!("{letters}#")) && hint.len() == letters.len() + 7);
+            let entry = find_segment(&json, kind, &native).expect("listed");
+            assert_eq!(entry["key_hint"], hint.as_str());
+            let row = table.lines().find(|l| l.ends_with(&native)).expect("a table row");
+            assert!(row.split_whitespace().nth(1) == Some(hint.as_str()), "{row}");
+            // `qshm key` says how ls shows the key
+            let keys = stdout(&qshm(&["key", key]));
+            assert!(keys.contains(&format!("`qshm ls` key hint: {hint}\n")), "{keys}");
+            hints.push(hint);
+        }
+        assert_ne!(hints[0], hints[1], "fm2 and fm3 look different");
+        interrupt(&mut a);
+        interrupt(&mut b);
+    }
+}
+
+/// Send `signal` to `child` and return its exit code and how long it took to exit
+/// (None: still running after `limit`, then killed).
+fn signal_and_time(child: &mut std::process::Child, signal: i32, limit: Duration) -> (Option<i32>, Duration) {
+    let start = std::time::Instant::now();
+    // SAFETY: kill only sends a signal to our own child's pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, start.elapsed())
+}
+
+fn spawn_quiet(args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigterm_ends_a_lock_wait_with_130() {
+    for kind in KINDS {
+        let key = unique_key("cliterm");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let (mut holder, _) = hold(&key, kind, "64", &[]);
+        let mut locker =
+            Peer::spawn_command(Command::new(BIN).args(["lock", &key, "--hold", "60", type_flag(kind)]));
+        assert_eq!(locker.line(T), format!("locked {key}"));
+        let mut waiter = spawn_quiet(&["lock", &key, type_flag(kind)]);
+        let mut err = BufReader::new(waiter.stderr.take().unwrap()).lines();
+        let first = err.next().expect("a line").unwrap();
+        assert!(first.starts_with("qshm: waiting for the lock"), "{first}");
+        let (code, took) = signal_and_time(&mut waiter, libc::SIGTERM, Duration::from_secs(2));
+        assert_eq!(code, Some(130), "SIGTERM'd waiter: {took:?}");
+        let rest: Vec<String> = err.map_while(Result::ok).collect();
+        assert_eq!(
+            rest,
+            [format!("qshm: interrupted while waiting for the lock of {key:?}")]
+        );
+        interrupt(&mut locker);
+        interrupt(&mut holder);
+    }
+}
+
+/// Hold the exclusive flock of a System V key file, as qshm's create/attach/detach do.
+fn lock_key_file(path: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    file
+}
+
+#[test]
+fn signals_end_a_wait_inside_the_library() {
+    let key = unique_key("cliwait");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::SystemV);
+    let (mut holder, _) = hold(&key, KeyType::SystemV, "64", &[]);
+    let key_file = native(&key, KeyType::SystemV).native().to_owned();
+    for (signals, what) in [
+        (&[libc::SIGTERM][..], "one SIGTERM"),
+        (&[libc::SIGINT], "one Ctrl-C"),
+        (&[libc::SIGINT, libc::SIGTERM], "a second signal"),
+    ] {
+        // attach waits for the key file's lock, inside the library
+        let lock = lock_key_file(&key_file);
+        let mut cat = spawn_quiet(&["cat", &key, "--len", "1"]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(cat.try_wait().unwrap().is_none(), "cat waits for the key file");
+        let (mut code, mut took) = (None, Duration::ZERO);
+        for (i, &signal) in signals.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (code, took) = signal_and_time(&mut cat, signal, Duration::from_secs(2));
+            if code.is_some() {
+                break;
+            }
+        }
+        drop(lock);
+        assert_eq!(code, Some(130), "{what}: exit code after {took:?}");
+        let mut err = String::new();
+        use std::io::Read;
+        cat.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(
+            err.starts_with("qshm: interrupted by SIG") && err.lines().count() == 1,
+            "{what}: {err}"
+        );
+    }
+    interrupt(&mut holder);
 }

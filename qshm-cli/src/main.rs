@@ -3,21 +3,22 @@
 //! Every command prints at most one error line, `qshm: <what happened>: <what to do>`,
 //! and exits with 0 (ok), 1 (bad input: a range, a file, a size, a key), 2 (usage,
 //! from clap), 3 (no such segment), 4 (already exists), 5 (permission denied),
-//! 6 (anything else) or 130 (interrupted while waiting).
+//! 6 (anything else) or 130 (interrupted by a signal: see interrupt.rs).
 
 mod commands;
 mod demo;
 mod interrupt;
 mod list;
 mod progress;
+mod size;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, inspect};
 
 /// See, inspect and clean shared-memory segments; keys work as in Qt's QSharedMemory.
@@ -33,28 +34,51 @@ use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemo
                         5 permission denied, 6 other error, 130 interrupted."
 )]
 struct Cli {
-    #[command(flatten)]
-    opts: KeyOpts,
     #[command(subcommand)]
     command: Command,
 }
 
-/// How KEY is read and which lock is used (valid with every command).
+/// How KEY is read (the commands that take a KEY).
 #[derive(Args, Debug, Clone, Copy)]
-pub struct KeyOpts {
+struct KeyFlags {
     /// KEY names a POSIX segment (shm_open, /dev/shm)
-    #[arg(long, global = true, conflicts_with = "sysv")]
-    pub posix: bool,
+    #[arg(long, conflicts_with = "sysv", requires = "key")]
+    posix: bool,
     /// KEY names a System V segment (shmget) — the default, as for Qt's legacy keys
-    #[arg(long, global = true)]
-    pub sysv: bool,
+    #[arg(long, requires = "key")]
+    sysv: bool,
     /// KEY is a native key: `posix:/name`, `systemv:/path` (Qt's string form), or a bare
     /// `/name` or `/path` of the --posix/--sysv type
-    #[arg(long, global = true)]
-    pub native: bool,
+    #[arg(long, requires = "key")]
+    native: bool,
+}
+
+/// Which lock is used (the commands that lock or create).
+#[derive(Args, Debug, Clone, Copy)]
+struct LockFlag {
     /// Lock with qshm's fast lock (LockMode::Fast; qshm peers only) instead of Qt's semaphore
-    #[arg(long, global = true)]
+    #[arg(long)]
+    fast: bool,
+}
+
+/// How KEY is read and which lock is used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyOpts {
+    pub posix: bool,
+    pub sysv: bool,
+    pub native: bool,
     pub fast: bool,
+}
+
+impl KeyOpts {
+    fn new(flags: KeyFlags, lock: Option<LockFlag>) -> KeyOpts {
+        KeyOpts {
+            posix: flags.posix,
+            sysv: flags.sysv,
+            native: flags.native,
+            fast: lock.is_some_and(|l| l.fast),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,46 +87,60 @@ enum Command {
     Create {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
-        /// Size in bytes, or with a K, M or G suffix (KiB, MiB, GiB); rounded up to whole
-        /// pages. Default with --from: the file's size
-        #[arg(value_parser = parse_size, required_unless_present = "from")]
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
+        /// Size in bytes, or with a unit K, M, G or T: powers of 1024 (K = Ki = KiB = 1024
+        /// bytes; KB, MB, ... are refused as ambiguous); `1.5M` is fine. Rounded up to
+        /// whole pages. Default with --from: the file's size
+        #[arg(value_parser = size::parse_nonzero, required_unless_present = "from", allow_negative_numbers = true)]
         size: Option<usize>,
         /// Permission bits, octal
         #[arg(long, default_value = "0600", value_parser = parse_mode)]
         mode: u32,
         /// Fill every byte with this value (0-255 or 0x00-0xff)
-        #[arg(long, value_parser = parse_byte, value_name = "BYTE")]
+        #[arg(long, value_parser = parse_byte, value_name = "BYTE", allow_negative_numbers = true)]
         fill: Option<u8>,
         /// Copy this file into the start of the segment (`-`: standard input)
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
         /// Keep the segment this long, then detach (default: until Ctrl-C)
-        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS", allow_negative_numbers = true)]
         hold: Option<Duration>,
     },
     /// Write text or a file into a segment, under the lock
+    #[command(group(clap::ArgGroup::new("data").args(["text", "from"]).required(true)))]
     Write {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
         /// The text to write
-        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        #[arg(long)]
         text: Option<String>,
         /// The file to write (`-`: standard input)
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
-        /// Byte offset to write at
-        #[arg(long, default_value = "0", value_parser = parse_size)]
+        /// Byte offset to write at (a size: 4096, 64K, 1.5M)
+        #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
         offset: usize,
     },
     /// Print a segment's bytes, read under the lock
     Cat {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
-        /// First byte to print
-        #[arg(long, default_value = "0", value_parser = parse_size)]
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
+        /// First byte to print (a size: 4096, 64K, 1.5M)
+        #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
         offset: usize,
         /// How many bytes (default: to the end)
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = size::parse, allow_negative_numbers = true)]
         len: Option<usize>,
         /// Hex dump instead of raw bytes
         #[arg(long)]
@@ -112,32 +150,47 @@ enum Command {
     Stat {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
     },
     /// List every System V and POSIX segment on the machine, and orphans
+    ///
+    /// KEY HINT tells which legacy key a Qt-style segment was made for: the letters Qt
+    /// keeps in the native key (it drops digits and every other character), `#`, and the
+    /// first 6 hex digits of the key's SHA-1, so `fm2` and `fm3` show different hints.
+    /// `qshm key KEY` prints the hint of KEY.
     Ls {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
     /// Remove a segment with its lock state and semaphore, or (--stale) every dead one
+    #[command(group(clap::ArgGroup::new("key_flags").args(["posix", "sysv", "native"]).multiple(true).conflicts_with("stale")))]
+    #[command(override_usage = "qshm rm [--posix|--sysv] [--native] <KEY>\n       qshm rm --stale [--all]")]
     Rm {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         #[arg(required_unless_present = "stale", conflicts_with = "stale")]
         key: Option<String>,
+        #[command(flatten)]
+        flags: KeyFlags,
         /// Remove every stale Qt/qshm segment and orphan (never a live one)
         #[arg(long)]
         stale: bool,
         /// With --stale: also other programs' stale segments (System V nobody is attached
         /// to, files in /dev/shm nobody maps)
-        #[arg(long, requires = "stale")]
+        #[arg(long, requires = "stale", conflicts_with = "key")]
         all: bool,
     },
     /// Hold the segment's lock (for testing other programs)
     Lock {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
         /// Release it after this long (default: at Ctrl-C)
-        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS", allow_negative_numbers = true)]
         hold: Option<Duration>,
     },
     /// Print the native keys Qt derives for KEY (both types)
@@ -147,35 +200,24 @@ enum Command {
     },
     /// Two processes exchange messages through a segment under the lock
     Demo {
+        /// Use a POSIX segment (default: System V)
+        #[arg(long)]
+        posix: bool,
+        #[command(flatten)]
+        lock: LockFlag,
         /// Number of messages
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         messages: u32,
     },
     /// The consumer side of `qshm demo` (started by it)
     #[command(hide = true)]
-    DemoConsumer { key: String },
-}
-
-/// `4096`, `64K`, `1M`, `2G` (powers of 1024).
-fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let (digits, shift) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (t, 0),
-        Some((i, _)) => {
-            let shift = match t[i..].to_ascii_lowercase().as_str() {
-                "k" | "kb" | "kib" => 10,
-                "m" | "mb" | "mib" => 20,
-                "g" | "gb" | "gib" => 30,
-                _ => return Err(format!("{s:?} is not a size like 4096, 64K or 1M")),
-            };
-            (&t[..i], shift)
-        }
-    };
-    digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(1usize.checked_shl(shift)?))
-        .ok_or_else(|| format!("{s:?} is not a size like 4096, 64K or 1M"))
+    DemoConsumer {
+        key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
+    },
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -219,9 +261,13 @@ impl Failure {
         Failure { message, code: 6 }
     }
 
-    /// Interrupted by a signal while waiting (exit code 130).
+    /// Interrupted by a signal (exit code 130); says so at once, before any clean-up.
     pub fn interrupted(message: String) -> Failure {
-        Failure { message, code: 130 }
+        interrupt::tell(&message);
+        Failure {
+            message: String::new(),
+            code: 130,
+        }
     }
 
     pub fn with_hint(mut self, hint: &str) -> Failure {
@@ -266,7 +312,20 @@ impl From<std::io::Error> for Failure {
 type CliResult = Result<(), Failure>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Bare `qshm` is a usage error that shows the whole --help (on stderr, exit 2).
+    if std::env::args_os().len() <= 1 {
+        let help = Cli::command().render_long_help();
+        if std::io::stderr().is_terminal() {
+            eprint!("{}", help.ansi());
+        } else {
+            eprint!("{help}");
+        }
+        return ExitCode::from(2);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_failure(&e),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -278,18 +337,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// A value clap's parsers refused is bad input: one line, exit code 1, like every other
+/// bad input. Other command-line errors are usage errors (clap's message, exit code 2);
+/// --help and --version exit 0.
+fn parse_failure(e: &clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::ValueValidation {
+        let arg = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => arg.clone(),
+            _ => "a value".to_owned(),
+        };
+        // `--offset <OFFSET>` -> `--offset`, `[SIZE]` -> `SIZE`
+        let arg = arg
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .trim_matches(['[', ']', '<', '>']);
+        let reason = std::error::Error::source(e).map_or_else(
+            || match e.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(v)) => format!("{v:?} is not valid"),
+                _ => "is not valid".to_owned(),
+            },
+            ToString::to_string,
+        );
+        eprintln!("qshm: {arg} {reason}");
+        return ExitCode::from(1);
+    }
+    let _ = e.print();
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
 fn run(cli: Cli) -> CliResult {
-    let opts = cli.opts;
     match cli.command {
         Command::Create {
             key,
+            flags,
+            lock,
             size,
             mode,
             fill,
             from,
             hold,
         } => commands::create(
-            &opts.target(&key)?,
+            &KeyOpts::new(flags, Some(lock)).target(&key)?,
             commands::CreateArgs {
                 size,
                 mode,
@@ -300,33 +390,53 @@ fn run(cli: Cli) -> CliResult {
         ),
         Command::Write {
             key,
+            flags,
+            lock,
             text,
             from,
             offset,
-        } => commands::write(&opts.target(&key)?, text, from, offset),
+        } => commands::write(&KeyOpts::new(flags, Some(lock)).target(&key)?, text, from, offset),
         Command::Cat {
             key,
+            flags,
+            lock,
             offset,
             len,
             hex,
-        } => commands::cat(&opts.target(&key)?, offset, len, hex),
-        Command::Stat { key } => commands::stat(&opts.target(&key)?),
+        } => commands::cat(&KeyOpts::new(flags, Some(lock)).target(&key)?, offset, len, hex),
+        Command::Stat { key, flags } => commands::stat(&KeyOpts::new(flags, None).target(&key)?),
         Command::Ls { json } => list::ls(json),
-        Command::Rm { key, stale, all } => match key {
-            Some(key) if !stale => commands::rm(&opts.target(&key)?),
+        Command::Rm {
+            key,
+            flags,
+            stale,
+            all,
+        } => match key {
+            Some(key) if !stale => commands::rm(&KeyOpts::new(flags, None).target(&key)?),
             _ => commands::rm_stale(all),
         },
-        Command::Lock { key, hold } => commands::lock(&opts.target(&key)?, hold),
-        Command::Key { key } => {
-            if opts.native {
-                return Err(Failure::input(
-                    "`qshm key` derives native keys from a legacy key; drop --native".to_owned(),
-                ));
-            }
-            commands::print_keys(&key)
+        Command::Lock {
+            key,
+            flags,
+            lock,
+            hold,
+        } => commands::lock(&KeyOpts::new(flags, Some(lock)).target(&key)?, hold),
+        Command::Key { key } => commands::print_keys(&key),
+        Command::Demo {
+            posix,
+            lock,
+            messages,
+        } => demo::run(
+            KeyOpts {
+                posix,
+                fast: lock.fast,
+                ..KeyOpts::default()
+            },
+            messages,
+        ),
+        Command::DemoConsumer { key, flags, lock } => {
+            demo::consumer(&KeyOpts::new(flags, Some(lock)).target(&key)?)
         }
-        Command::Demo { messages } => demo::run(opts, messages),
-        Command::DemoConsumer { key } => demo::consumer(&opts.target(&key)?),
     }
 }
 
@@ -541,19 +651,6 @@ pub fn print_all(text: &str) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_accept_suffixes_and_reject_nonsense() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("1T").is_err());
-        assert!(parse_size("99999999999999999999").is_err());
-        assert!(parse_size("18446744073709551615G").is_err(), "overflow");
-    }
 
     #[test]
     fn seconds_are_finite_and_not_negative() {

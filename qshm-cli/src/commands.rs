@@ -71,19 +71,25 @@ pub fn create(target: &Target, args: CreateArgs) -> CliResult {
     Ok(())
 }
 
-fn out_of_range(offset: usize, len: usize, size: usize) -> Failure {
-    Failure::input(format!(
-        "bytes {offset}..{} are outside the segment (size {size})",
-        offset.saturating_add(len)
-    ))
-}
-
-/// `offset..offset + len` if it lies within `size`.
-fn range(offset: usize, len: usize, size: usize) -> Result<std::ops::Range<usize>, Failure> {
+/// Where `len` bytes at `offset` go, if they fit within `size` (writes never shrink).
+fn write_range(offset: usize, len: usize, size: usize) -> Result<std::ops::Range<usize>, Failure> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(offset..end),
-        _ => Err(out_of_range(offset, len, size)),
+        _ => Err(Failure::input(format!(
+            "{len} bytes at offset {offset} do not fit in the segment ({size} bytes)"
+        ))),
     }
+}
+
+/// What a read of up to `len` bytes (`None`: all) at `offset` gets: what exists, like
+/// `head -c`; only an offset past the end is an error.
+fn read_range(offset: usize, len: Option<usize>, size: usize) -> Result<std::ops::Range<usize>, Failure> {
+    let Some(room) = size.checked_sub(offset) else {
+        return Err(Failure::input(format!(
+            "offset {offset} is past the end of the segment ({size} bytes)"
+        )));
+    };
+    Ok(offset..offset + len.map_or(room, |len| len.min(room)))
 }
 
 pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offset: usize) -> CliResult {
@@ -95,7 +101,7 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
         (None, Some(path)) => {
             // refuse a file that cannot fit before reading it
             if let Some(len) = progress::file_len(path) {
-                range(offset, usize::try_from(len).unwrap_or(usize::MAX), shm.size())?;
+                write_range(offset, usize::try_from(len).unwrap_or(usize::MAX), shm.size())?;
             }
             progress::read_input(path, room, &interrupt, || {
                 Failure::input(format!(
@@ -106,7 +112,7 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
         }
         (None, None) => Vec::new(),
     };
-    let span = range(offset, data.len(), shm.size())?;
+    let span = write_range(offset, data.len(), shm.size())?;
     let mut bytes = interrupt.lock(
         &target.shown,
         |t| shm.lock_timeout(t),
@@ -120,8 +126,7 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
 pub fn cat(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> CliResult {
     let interrupt = interrupt::install()?;
     let mut shm = target.attach(AccessMode::ReadOnly)?;
-    let len = len.unwrap_or(shm.size().saturating_sub(offset));
-    let span = range(offset, len, shm.size())?;
+    let span = read_range(offset, len, shm.size())?;
     let copy = {
         let bytes = interrupt.lock(
             &target.shown,
@@ -134,16 +139,35 @@ pub fn cat(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> Cli
     shm.detach()?;
     let mut out = std::io::stdout().lock();
     if hex {
-        progress::write_output(&mut out, hex_dump(&copy, offset).as_bytes(), &interrupt)
+        // like `hexdump -n 0`: nothing asked, nothing printed
+        let dump = if len == Some(0) {
+            String::new()
+        } else {
+            hex_dump(&copy, offset)
+        };
+        progress::write_output(&mut out, dump.as_bytes(), &interrupt)
     } else {
         progress::write_output(&mut out, &copy, &interrupt)
     }
 }
 
-/// `hexdump -C` style: offset, 16 bytes in hex, the printable ones as text.
+/// Exactly what `hexdump -C` prints for `data` found at `offset`: offset, 16 bytes in
+/// hex, the printable ones as text; a run of lines equal to the one before is one `*`;
+/// the last line is the end offset.
 fn hex_dump(data: &[u8], offset: usize) -> String {
     let mut text = String::with_capacity(data.len() * 4 + 80);
+    let mut previous: Option<&[u8]> = None;
+    let mut starred = false;
     for (i, line) in data.chunks(16).enumerate() {
+        if line.len() == 16 && previous == Some(line) {
+            if !starred {
+                text.push_str("*\n");
+                starred = true;
+            }
+            continue;
+        }
+        previous = Some(line);
+        starred = false;
         let _ = write!(text, "{:08x} ", offset + i * 16);
         for (j, b) in line.iter().enumerate() {
             let gap = if j == 8 { "  " } else { " " };
@@ -161,6 +185,7 @@ fn hex_dump(data: &[u8], offset: usize) -> String {
         }));
         text.push_str("|\n");
     }
+    let _ = writeln!(text, "{:08x}", offset + data.len());
     text
 }
 
@@ -343,6 +368,11 @@ pub fn print_keys(key: &str) -> CliResult {
             let _ = writeln!(text, "  ftok key:   {:#010x} (the key file exists)", k as u32);
         }
     }
+    let posix = SharedMemory::legacy_native_key(key, KeyType::PosixRealtime);
+    let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
+    if let Some(hint) = crate::list::hint(Some(&letters), posix.native()) {
+        let _ = writeln!(text, "`qshm ls` key hint: {hint}");
+    }
     let _ = writeln!(text, "Qt 6.6 platformSafeKey({key:?}) (not a legacy key):");
     for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
         let _ = writeln!(
@@ -365,19 +395,39 @@ mod tests {
         assert_eq!(
             dump,
             "00000000  45 55 52 55 53 44 20 31  2e 30 38 34 32 00 00 00  |EURUSD 1.0842...|\n\
-             00000010  01                                                |.|\n"
+             00000010  01                                                |.|\n\
+             00000011\n"
         );
         let short = hex_dump(b"abc", 32);
         assert_eq!(
             short,
-            "00000020  61 62 63                                          |abc|\n"
+            "00000020  61 62 63                                          |abc|\n00000023\n"
+        );
+        assert_eq!(hex_dump(b"", 4096), "00001000\n", "at the end: the offset only");
+        let mut runs = vec![0u8; 64];
+        runs.extend([1u8; 16]);
+        runs.extend([0u8; 20]);
+        assert_eq!(
+            hex_dump(&runs, 0),
+            "00000000  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+             *\n\
+             00000040  01 01 01 01 01 01 01 01  01 01 01 01 01 01 01 01  |................|\n\
+             00000050  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+             00000060  00 00 00 00                                       |....|\n\
+             00000064\n"
         );
     }
 
     #[test]
     fn ranges_never_overflow() {
-        assert_eq!(range(4, 4, 8).ok(), Some(4..8));
-        assert!(range(5, 4, 8).is_err());
-        assert!(range(usize::MAX, 2, 8).is_err());
+        assert_eq!(write_range(4, 4, 8).ok(), Some(4..8));
+        assert!(write_range(5, 4, 8).is_err());
+        assert!(write_range(usize::MAX, 2, 8).is_err());
+        assert_eq!(read_range(4, None, 8).ok(), Some(4..8));
+        assert_eq!(read_range(5, Some(4), 8).ok(), Some(5..8));
+        assert_eq!(read_range(8, Some(usize::MAX), 8).ok(), Some(8..8));
+        assert_eq!(read_range(2, Some(usize::MAX), 8).ok(), Some(2..8));
+        assert!(read_range(9, Some(0), 8).is_err());
+        assert!(read_range(usize::MAX, Some(usize::MAX), 8).is_err());
     }
 }

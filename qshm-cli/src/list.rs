@@ -6,6 +6,23 @@ use qshm::inspect::{self, Scan, SegmentEntry, State};
 
 use crate::{CliResult, print_all};
 
+/// Letters alone cannot tell `fm2` from `fm3` (Qt keeps only the letters of a legacy
+/// key); `letters#sha1[..6]` can. The hash is the one in the name, so `qshm key KEY`
+/// shows the same hint.
+pub fn hint(letters: Option<&str>, name: &str) -> Option<String> {
+    let letters = letters?;
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let hash = base.get(base.len().checked_sub(40)?..)?;
+    Some(match hash.get(..6) {
+        Some(start) if hash.bytes().all(|b| b.is_ascii_hexdigit()) => format!("{letters}#{start}"),
+        _ => letters.to_owned(),
+    })
+}
+
+fn segment_hint(s: &SegmentEntry) -> Option<String> {
+    hint(s.key_hint.as_deref(), s.native_key.as_deref().unwrap_or(&s.os_id))
+}
+
 pub fn ls(json: bool) -> CliResult {
     let scan = inspect::scan()?;
     let text = if json { as_json(&scan) } else { as_table(&scan) };
@@ -20,7 +37,7 @@ fn as_json(scan: &Scan) -> String {
             serde_json::json!({
                 "type": s.kind.as_str(),
                 "native_key": s.native_key,
-                "key_hint": s.key_hint,
+                "key_hint": segment_hint(s),
                 "os_id": s.os_id,
                 "size": s.size,
                 "attachments": s.attachments,
@@ -44,7 +61,7 @@ fn as_json(scan: &Scan) -> String {
                 "kind": o.kind.as_str(),
                 "type": o.key_type.as_str(),
                 "path": o.path,
-                "key_hint": o.key_hint,
+                "key_hint": hint(o.key_hint.as_deref(), &o.path),
                 "detail": o.detail,
             })
         })
@@ -65,8 +82,11 @@ fn state_label(s: &SegmentEntry) -> &'static str {
 
 fn as_table(scan: &Scan) -> String {
     let mut text = String::new();
-    let hint = |h: &Option<String>| h.clone().unwrap_or_else(|| "-".to_owned());
-    let hints = scan.segments.iter().map(|s| hint(&s.key_hint).chars().count());
+    let hint = |h: Option<String>| h.unwrap_or_else(|| "-".to_owned());
+    let hints = scan
+        .segments
+        .iter()
+        .map(|s| hint(segment_hint(s)).chars().count());
     let hint_width = hints.max().unwrap_or(0).clamp(8, 32);
     let owners = scan.segments.iter().map(|s| s.owner.chars().count());
     let owner_width = owners.max().unwrap_or(0).clamp(5, 16);
@@ -80,7 +100,7 @@ fn as_table(scan: &Scan) -> String {
             text,
             "{:<7} {:<hint_width$} {:>10} {:>6} {:<owner_width$} {:04o} {:>5}  {:<7} {}",
             s.kind.as_str(),
-            hint(&s.key_hint),
+            hint(segment_hint(s)),
             s.size,
             s.attachments,
             s.owner,
@@ -95,7 +115,7 @@ fn as_table(scan: &Scan) -> String {
         let _ = writeln!(
             text,
             "orphan  {:<hint_width$} {} {}{detail}",
-            hint(&o.key_hint),
+            hint(self::hint(o.key_hint.as_deref(), &o.path)),
             o.kind.as_str(),
             o.path
         );
@@ -132,5 +152,20 @@ fn plural(n: usize, word: &str) -> String {
         format!("1 {word}")
     } else {
         format!("{n} {word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_are_letters_and_the_start_of_the_hash() {
+        let name = "/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3";
+        assert_eq!(hint(Some("market"), name).as_deref(), Some("market#5c9f73"));
+        let path = "/tmp/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3";
+        assert_eq!(hint(Some("market"), path).as_deref(), Some("market#5c9f73"));
+        assert_eq!(hint(None, name), None);
+        assert_eq!(hint(Some("x"), "/short"), None);
     }
 }

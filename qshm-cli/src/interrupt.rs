@@ -1,12 +1,17 @@
-//! Ctrl-C (SIGINT), SIGTERM and SIGHUP for commands that hold a segment or a lock: the
-//! first signal only sets a flag, so the command detaches (or unlocks) and exits
-//! cleanly; a second one terminates the process the default way.
+//! Ctrl-C (SIGINT), SIGTERM and SIGHUP for commands that hold a segment or a lock, or
+//! wait for one. The first signal sets a flag: the command detaches (or unlocks) and
+//! exits cleanly, as it polls the flag. If it has not finished within [`GRACE`] (it may
+//! be waiting inside a library call, e.g. for another process's file lock), or a second
+//! signal comes, the process exits at once with 130. That is always safe: everything
+//! qshm makes survives a process that dies anywhere (flocks, `SEM_UNDO`, robust
+//! mutexes), which is also what happens after `kill -9`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::Failure;
 
@@ -14,22 +19,58 @@ use crate::Failure;
 const POLL: Duration = Duration::from_millis(20);
 /// A lock wait prints a note after this long.
 const PATIENCE: Duration = Duration::from_secs(1);
+/// How long a command may take to finish cleanly after the first signal.
+pub const GRACE: Duration = Duration::from_secs(1);
 
-/// The flag the signal handlers set.
+/// The flag the first signal sets.
 #[derive(Clone)]
 pub struct Interrupt(Arc<AtomicBool>);
 
-/// Install the handlers (call before creating or attaching anything).
+/// Install the handlers (call before creating or attaching anything, once).
 pub fn install() -> Result<Interrupt, Failure> {
     let flag = Arc::new(AtomicBool::new(false));
+    let cannot = |e: std::io::Error| Failure::other(format!("cannot install a signal handler: {e}"));
     for signal in [SIGINT, SIGTERM, SIGHUP] {
-        // Order matters: on the first signal the conditional handler sees `false` and
-        // does nothing, then the flag is set; on the second it restores the default.
-        signal_hook::flag::register_conditional_default(signal, Arc::clone(&flag))
-            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&flag)))
-            .map_err(|e| Failure::other(format!("cannot install a signal handler: {e}")))?;
+        // Set in the handler itself, so a system call the signal interrupts with EINTR
+        // already sees the flag when it returns (the thread below may run later).
+        signal_hook::flag::register(signal, Arc::clone(&flag)).map_err(cannot)?;
     }
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(cannot)?;
+    let raised = Arc::clone(&flag);
+    std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            let Some(first) = signals.forever().next() else {
+                return;
+            };
+            raised.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + GRACE;
+            while Instant::now() < deadline {
+                if let Some(second) = signals.pending().next() {
+                    exit_interrupted(second);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            exit_interrupted(first);
+        })
+        .map_err(|e| Failure::other(format!("cannot start the signal thread: {e}")))?;
     Ok(Interrupt(flag))
+}
+
+/// Exit now with 130: the main thread did not finish in time (or a second signal came).
+fn exit_interrupted(signal: i32) -> ! {
+    let name = signal_hook::low_level::signal_name(signal).unwrap_or("a signal");
+    tell(&format!("interrupted by {name}"));
+    std::process::exit(130)
+}
+
+/// Print the one line that says why qshm stops after a signal: the first caller's,
+/// at once (the clean-up that follows may be cut short by the exit above).
+pub fn tell(line: &str) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::SeqCst) {
+        eprintln!("qshm: {line}");
+    }
 }
 
 impl Interrupt {
