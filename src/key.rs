@@ -11,9 +11,10 @@
 //!    [`KeyType::SystemV`] Qt's temporary directory and a `/` in front (a file path that
 //!    is then turned into a System V key with `ftok(path, 'Q')`).
 //!
-//! Qt's temporary directory is `$TMPDIR` when set and non-empty, else `/tmp`, cleaned
-//! (`QDir::cleanPath`) and made canonical (`QDir::canonicalPath`, empty when it does
-//! not exist), exactly as `QStandardPaths::writableLocation(TempLocation)` on Linux.
+//! Qt's temporary directory is what `QStandardPaths::writableLocation(TempLocation)`
+//! returns on Linux in Qt 6.11 (see [`temp_dir_from`]): `/tmp` when `$TMPDIR` is unset or
+//! empty, else `$TMPDIR` made absolute and cleaned *without* resolving symbolic links and
+//! without checking that it exists. Checked against real Qt 6.11 (PyQt6) by the tests.
 
 use std::fmt;
 use std::str::FromStr;
@@ -170,15 +171,84 @@ pub(crate) fn platform_safe_key(key: &str, kind: KeyType) -> NativeIpcKey {
     NativeIpcKey::new(native, kind)
 }
 
-/// `QStandardPaths::writableLocation(TempLocation)` on Linux.
+/// `QStandardPaths::writableLocation(TempLocation)` on Linux, as Qt 6.11 computes it from
+/// `$TMPDIR` and the working directory (see [`temp_dir_from`]).
 pub(crate) fn qt_temp_dir() -> String {
-    temp_dir_from(std::env::var("TMPDIR").ok().as_deref())
+    let tmpdir = std::env::var_os("TMPDIR");
+    temp_dir_from(tmpdir.as_deref().map(decode_env).as_deref(), || {
+        std::env::current_dir().ok().map(|d| decode_env(d.as_os_str()))
+    })
 }
 
-/// Qt's temporary directory for a given value of `$TMPDIR`.
-fn temp_dir_from(tmpdir: Option<&str>) -> String {
-    let dir = tmpdir.filter(|d| !d.is_empty()).unwrap_or("/tmp");
-    canonical(&clean_path(dir))
+/// An environment value or path as Qt sees it: UTF-8, invalid bytes replaced by U+FFFD
+/// (Qt 6.11 prints `/tmp/a\u{fffd}b` for `TMPDIR=$'/tmp/a\xffb'`).
+fn decode_env(value: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
+
+/// Qt 6.11's `QFileSystemEngine::tempPath()` on Linux for `$TMPDIR` = `tmpdir`; `cwd`
+/// gives the working directory (`None` when it is unknown, e.g. removed).
+///
+/// * unset or empty: `/tmp`;
+/// * else one trailing `/` is dropped, and the result is made absolute the way
+///   `QFileSystemEngine::absoluteName` does it: an absolute path that is already clean
+///   (no `//`, `./`, `../`, no trailing `.` or `..` segment) is kept as is, even with a
+///   trailing `/` (`/tmp//` gives `/tmp/`); any other path is put after the working
+///   directory, cleaned with `QDir::cleanPath` ([`clean_path`]), and gets back a
+///   trailing `/` if it had one (`/tmp/..//` gives `//`).
+///
+/// Symbolic links are not resolved and the directory need not exist: Qt uses the string
+/// as it is, and so does qshm.
+fn temp_dir_from(tmpdir: Option<&str>, cwd: impl FnOnce() -> Option<String>) -> String {
+    let mut temp = match tmpdir {
+        None | Some("") => return "/tmp".to_owned(),
+        Some(dir) => dir.to_owned(),
+    };
+    if temp.len() > 1 && temp.ends_with('/') {
+        temp.pop();
+    }
+    if temp.starts_with('/') && is_clean(&temp) {
+        return temp;
+    }
+    let mut joined = if temp.starts_with('/') {
+        String::new()
+    } else {
+        cwd().unwrap_or_default()
+    };
+    if temp != "." {
+        if !joined.is_empty() && !joined.ends_with('/') {
+            joined.push('/');
+        }
+        joined.push_str(&temp);
+    }
+    if joined == "/" {
+        return joined;
+    }
+    let mut cleaned = clean_path(&joined);
+    if joined.ends_with('/') {
+        cleaned.push('/');
+    }
+    cleaned
+}
+
+/// `QFileSystemEntry::isClean`: no empty segment (`//`), no `.` or `..` segment.
+/// A single trailing `/` is clean.
+fn is_clean(path: &str) -> bool {
+    let mut segments = path.split('/');
+    if path.starts_with('/') {
+        segments.next(); // the empty segment before the root
+    }
+    let mut segments = segments.peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        match segment {
+            "." | ".." => return false,
+            "" if !last => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 /// `QStandardPaths::writableLocation(RuntimeLocation)` on Linux: `$XDG_RUNTIME_DIR` when
@@ -205,17 +275,14 @@ fn runtime_dir_is_private(dir: &str) -> bool {
     }
 }
 
-/// `QDir::canonicalPath`: the resolved path, or empty when it does not exist.
-fn canonical(path: &str) -> String {
-    std::fs::canonicalize(path)
-        .ok()
-        .and_then(|p| p.to_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-/// `QDir::cleanPath` for Unix paths: no empty or `.` segments, `..` resolved
-/// lexically, no trailing slash.
+/// `QDir::cleanPath` for Unix paths as Qt 6.11 does it: no empty or `.` segments, `..`
+/// removes the segment before it, no trailing slash. A `..` with nothing to remove stays,
+/// in absolute paths too (Qt 6.11 prints `/..` for `/tmp/../..`); an empty relative
+/// result is `.`, an empty input stays empty.
 fn clean_path(path: &str) -> String {
+    if path.is_empty() {
+        return String::new();
+    }
     let absolute = path.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {
@@ -225,7 +292,6 @@ fn clean_path(path: &str) -> String {
                 Some(&last) if last != ".." => {
                     parts.pop();
                 }
-                _ if absolute => {}
                 _ => parts.push(".."),
             },
             _ => parts.push(part),
@@ -352,10 +418,220 @@ mod tests {
 
     #[test]
     fn clean_path_matches_qdir() {
-        assert_eq!(clean_path("/tmp/"), "/tmp");
-        assert_eq!(clean_path("//tmp//x/./y/../z"), "/tmp/x/z");
-        assert_eq!(clean_path("/.."), "/");
-        assert_eq!(clean_path("a/../.."), "..");
+        // What Qt 6.11's QDir::cleanPath prints (PyQt6)
+        let pinned = [
+            ("/tmp/", "/tmp"),
+            ("//tmp//x/./y/../z", "/tmp/x/z"),
+            ("/..", "/.."),
+            ("/tmp/../..", "/.."),
+            ("/a/./../../b/./c/..", "/../b"),
+            ("/tmp/...", "/tmp/..."),
+            ("///", "/"),
+            ("a/../..", ".."),
+            ("a/b/../..", "."),
+            ("./", "."),
+            ("", ""),
+        ];
+        for (path, qt) in pinned {
+            assert_eq!(clean_path(path), qt, "cleanPath({path:?})");
+        }
+    }
+
+    #[test]
+    fn clean_paths_are_recognised_like_qfilesystementry() {
+        for clean in ["/", "/tmp", "/tmp/", "/tmp/...", "/a/.b/..c"] {
+            assert!(is_clean(clean), "{clean:?}");
+        }
+        for unclean in ["//", "/tmp//", "//tmp", "/tmp/.", "/tmp/..", "/./tmp", "/a/../b"] {
+            assert!(!is_clean(unclean), "{unclean:?}");
+        }
+    }
+
+    #[test]
+    fn temp_dir_follows_tmpdir_like_qt() {
+        // What Qt 6.11 prints for QStandardPaths::writableLocation(TempLocation) with
+        // TMPDIR set to the first value and /work as the working directory (PyQt6).
+        let pinned = [
+            (None, "/tmp"),
+            (Some(""), "/tmp"),
+            (Some("/tmp"), "/tmp"),
+            (Some("/tmp/"), "/tmp"),
+            (Some("/tmp//"), "/tmp/"),
+            (Some("/tmp///"), "/tmp/"),
+            (Some("//tmp"), "/tmp"),
+            (Some("/tmp/./"), "/tmp"),
+            (Some("/tmp/."), "/tmp"),
+            (Some("/tmp/.."), "/"),
+            (Some("/tmp/../tmp//"), "/tmp/"),
+            (Some("/tmp/..//"), "//"),
+            (Some("/tmp/a/../../.."), "/.."),
+            (Some("/"), "/"),
+            (Some("//"), "/"),
+            (Some("rel"), "/work/rel"),
+            (Some("rel/"), "/work/rel"),
+            (Some("rel//"), "/work/rel/"),
+            (Some("./rel/../x"), "/work/x"),
+            (Some("."), "/work"),
+            (Some("./"), "/work"),
+            (Some(".."), "/"),
+            // neither checked for existence nor resolved
+            (Some("/nonexistent-qshm"), "/nonexistent-qshm"),
+            (Some("/tmp/link-to-dir"), "/tmp/link-to-dir"),
+        ];
+        for (tmpdir, qt) in pinned {
+            let ours = temp_dir_from(tmpdir, || Some("/work".to_owned()));
+            assert_eq!(ours, qt, "TMPDIR={tmpdir:?}");
+        }
+        // working directory "/"
+        assert_eq!(temp_dir_from(Some("."), || Some("/".to_owned())), "/");
+        assert_eq!(temp_dir_from(Some("x"), || Some("/".to_owned())), "/x");
+        // working directory removed: Qt 6.11 prints "x" and ""
+        assert_eq!(temp_dir_from(Some("rel/../x/"), || None), "x");
+        assert_eq!(temp_dir_from(Some("."), || None), "");
+    }
+
+    #[test]
+    fn tmpdir_that_is_not_utf8_is_decoded_like_qt() {
+        use std::os::unix::ffi::OsStrExt;
+        let raw = std::ffi::OsStr::from_bytes(b"/tmp/a\xffb");
+        // Qt 6.11 prints '/tmp/a\ufffdb'
+        assert_eq!(decode_env(raw), "/tmp/a\u{fffd}b");
+    }
+
+    /// A directory for one test, removed with everything in it when dropped.
+    struct TestDir(std::path::PathBuf);
+
+    impl TestDir {
+        fn new(tag: &str) -> TestDir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("qshm-keytest-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            TestDir(dir)
+        }
+
+        fn path(&self, rel: &str) -> String {
+            self.0.join(rel).to_str().unwrap().to_owned()
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A Python that imports PyQt6 (`QSHM_QT_PEER`, else the venv `interop/setup.sh`
+    /// makes), or None after a loud SKIP line.
+    fn qt_python(test: &str) -> Option<std::path::PathBuf> {
+        let candidates = std::env::var_os("QSHM_QT_PEER")
+            .map(std::path::PathBuf::from)
+            .into_iter()
+            .chain([concat!(env!("CARGO_MANIFEST_DIR"), "/target/qt-venv/bin/python").into()]);
+        for python in candidates {
+            let ok = std::process::Command::new(&python)
+                .args(["-c", "import PyQt6.QtCore"])
+                .output()
+                .is_ok_and(|out| out.status.success());
+            if ok {
+                return Some(python);
+            }
+        }
+        eprintln!(
+            "\n*** SKIP: {test}: no Python with PyQt6 (set QSHM_QT_PEER or run interop/setup.sh) ***\n"
+        );
+        None
+    }
+
+    /// One environment for [`qt_locations`]: variables to set (`None`: unset) and the
+    /// working directory.
+    struct QtEnv {
+        vars: Vec<(&'static str, Option<String>)>,
+        cwd: String,
+    }
+
+    /// `QStandardPaths::writableLocation(location)` as real Qt prints it in each
+    /// environment, in one child process (Qt reads the variables and the working
+    /// directory at every call; this process's environment is not touched).
+    fn qt_locations(python: &std::path::Path, location: &str, envs: &[QtEnv]) -> Vec<String> {
+        use std::io::Write;
+        const SCRIPT: &str = r#"
+import json, os, sys
+from PyQt6.QtCore import QStandardPaths
+where = getattr(QStandardPaths.StandardLocation, sys.argv[1])
+out = []
+for env in json.load(sys.stdin):
+    for name, value in env["vars"]:
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    os.chdir(env["cwd"])
+    out.append(QStandardPaths.writableLocation(where))
+print(json.dumps(out))
+"#;
+        let input: Vec<serde_json::Value> = envs
+            .iter()
+            .map(|e| serde_json::json!({ "vars": e.vars, "cwd": e.cwd }))
+            .collect();
+        let mut child = std::process::Command::new(python)
+            .args(["-c", SCRIPT, location])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = serde_json::to_vec(&input).unwrap();
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let printed: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(printed.len(), envs.len());
+        printed
+    }
+
+    #[test]
+    fn temp_dir_matches_real_qt() {
+        let Some(python) = qt_python("temp_dir_matches_real_qt") else {
+            return;
+        };
+        let dir = TestDir::new("temp");
+        std::fs::create_dir(dir.path("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path("real"), dir.path("link")).unwrap();
+        let root = dir.path("");
+        let root = root.trim_end_matches('/');
+        let tmpdirs: Vec<Option<String>> = [
+            None,
+            Some(String::new()),
+            Some("/tmp".to_owned()),
+            Some(format!("{root}/link")),
+            Some(format!("{root}/link/")),
+            Some(format!("{root}/link//")),
+            Some(format!("{root}/./real/../link")),
+            Some(format!("{root}//real")),
+            Some(format!("{root}/missing")),
+            Some(format!("{root}/real/../..//")),
+            Some("link".to_owned()),
+            Some("./link/../real//".to_owned()),
+            Some(".".to_owned()),
+            Some("..".to_owned()),
+            Some("/".to_owned()),
+        ]
+        .into();
+        let envs: Vec<QtEnv> = tmpdirs
+            .iter()
+            .map(|t| QtEnv {
+                vars: vec![("TMPDIR", t.clone())],
+                cwd: dir.path("real"),
+            })
+            .collect();
+        let qt = qt_locations(&python, "TempLocation", &envs);
+        for (tmpdir, qt) in tmpdirs.iter().zip(qt) {
+            let ours = temp_dir_from(tmpdir.as_deref(), || Some(dir.path("real")));
+            assert_eq!(ours, qt, "TMPDIR={tmpdir:?}");
+        }
     }
 
     #[test]
@@ -384,16 +660,6 @@ mod tests {
             assert_eq!(k.native(), native, "key {legacy:?}");
             assert_eq!(k.legacy_key(), Some(legacy));
         }
-    }
-
-    #[test]
-    fn temp_dir_follows_tmpdir_like_qt() {
-        assert_eq!(temp_dir_from(None), canonical("/tmp"));
-        assert_eq!(temp_dir_from(Some("")), canonical("/tmp"));
-        assert_eq!(temp_dir_from(Some("/tmp/./")), canonical("/tmp"));
-        assert_eq!(temp_dir_from(Some("/tmp/../tmp//")), canonical("/tmp"));
-        // QDir::canonicalPath of a missing directory is empty
-        assert_eq!(temp_dir_from(Some("/nonexistent-qshm-dir")), "");
     }
 
     #[test]
