@@ -80,11 +80,31 @@ impl FromStr for KeyType {
 /// (Qt's `QNativeIpcKey`). It remembers the legacy key it was derived from, if any,
 /// and its string form (`systemv:/tmp/qipc_...?legacyKey=market`) round-trips through
 /// [`Display`](fmt::Display) and [`FromStr`], compatibly with Qt's `toString`/`fromString`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub struct NativeIpcKey {
     kind: KeyType,
     native: String,
     legacy: Option<String>,
+    /// Why this key must not be used although Qt derives it: Qt's directory for it is
+    /// unusable, so Qt would put its System V key file where nobody meant it (`/` or the
+    /// working directory). Qt's string is kept; [`check_usable`](Self::check_usable)
+    /// turns this into a `KeyError` wherever the key is used.
+    unusable: Option<String>,
+}
+
+/// Equal when Qt's `QNativeIpcKey` objects would be: type, native key and legacy key.
+impl PartialEq for NativeIpcKey {
+    fn eq(&self, other: &NativeIpcKey) -> bool {
+        (self.kind, &self.native, &self.legacy) == (other.kind, &other.native, &other.legacy)
+    }
+}
+
+impl Eq for NativeIpcKey {}
+
+impl std::hash::Hash for NativeIpcKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.kind, &self.native, &self.legacy).hash(state);
+    }
 }
 
 impl NativeIpcKey {
@@ -94,6 +114,7 @@ impl NativeIpcKey {
             kind,
             native: native.into(),
             legacy: None,
+            unusable: None,
         }
     }
 
@@ -121,6 +142,47 @@ impl NativeIpcKey {
     pub(crate) fn display_name(&self) -> &str {
         self.legacy.as_deref().unwrap_or(&self.native)
     }
+
+    /// Fails with a [`SharedMemoryError::KeyError`] where Qt fails to make the key's
+    /// file (`QSharedMemory::create`/`attach` and `QSystemSemaphore` report "unable to
+    /// make key"), before anything is made: a System V key whose directory is missing or
+    /// not a directory, or a key derived from an unusable Qt directory. The message
+    /// names the directory. Other problems (e.g. no permission) are left to the system
+    /// call that meets them.
+    pub(crate) fn check_usable(&self, op: &'static str) -> Result<()> {
+        let fail = |detail: String| {
+            Err(Error::new(SharedMemoryError::KeyError, op, self.display_name()).with_detail(detail))
+        };
+        if let Some(why) = &self.unusable {
+            return fail(why.clone());
+        }
+        if self.kind != KeyType::SystemV {
+            return Ok(());
+        }
+        let dir = match self.native.rfind('/') {
+            Some(0) => "/",
+            Some(end) => &self.native[..end],
+            None => return Ok(()), // in the working directory
+        };
+        let hint = if self.legacy.is_some() {
+            " (Qt's temporary directory: $TMPDIR, else /tmp)"
+        } else {
+            ""
+        };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => fail(format!(
+                "{dir}, the directory of the System V key file, is not a directory{hint}"
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fail(format!(
+                "{dir}, the directory of the System V key file, does not exist{hint}"
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => fail(format!(
+                "{dir}, the directory of the System V key file, is not a directory{hint}"
+            )),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 /// What an IPC key names; Qt derives different native keys for each.
@@ -132,6 +194,17 @@ pub(crate) enum IpcType {
 
 /// Qt's `QtIpcCommon::legacyPlatformSafeKey` (compatible with Qt 4.4 to 6.x).
 pub(crate) fn legacy_platform_safe_key(key: &str, ipc: IpcType, kind: KeyType) -> NativeIpcKey {
+    legacy_key_in(key, ipc, kind, qt_temp_dir)
+}
+
+/// [`legacy_platform_safe_key`] with Qt's temporary directory given by `temp_dir`
+/// (asked only for System V keys).
+///
+/// Like Qt, a temporary directory that is not an absolute path (empty, or relative when
+/// the working directory is unknown) still gives Qt's string, e.g.
+/// `/qipc_sharedmemory_...`; the key is marked unusable so that it fails with a
+/// `KeyError` instead of putting key files in `/` or the working directory.
+fn legacy_key_in(key: &str, ipc: IpcType, kind: KeyType, temp_dir: impl FnOnce() -> String) -> NativeIpcKey {
     if key.is_empty() {
         return NativeIpcKey::new(String::new(), kind);
     }
@@ -147,14 +220,25 @@ pub(crate) fn legacy_platform_safe_key(key: &str, ipc: IpcType, kind: KeyType) -
     for byte in digest {
         name.push_str(&format!("{byte:02x}"));
     }
+    let mut unusable = None;
     let native = match kind {
         KeyType::PosixRealtime => format!("/{name}"),
-        KeyType::SystemV => format!("{}/{name}", qt_temp_dir()),
+        KeyType::SystemV => {
+            let dir = temp_dir();
+            if !dir.starts_with('/') {
+                unusable = Some(format!(
+                    "Qt's temporary directory {dir:?} is not an absolute path \
+                     (TMPDIR is relative and the working directory is unknown)"
+                ));
+            }
+            format!("{dir}/{name}")
+        }
     };
     NativeIpcKey {
         kind,
         native,
         legacy: Some(key.to_owned()),
+        unusable,
     }
 }
 
@@ -660,6 +744,172 @@ print(json.dumps(out))
             assert_eq!(k.native(), native, "key {legacy:?}");
             assert_eq!(k.legacy_key(), Some(legacy));
         }
+    }
+
+    #[test]
+    fn system_v_key_in_a_missing_directory_is_a_key_error_naming_it() {
+        use crate::{AccessMode, SemaphoreMode, SharedMemory, SystemSemaphore};
+        let dir = TestDir::new("missing");
+        let missing = dir.path("missing");
+        let key = NativeIpcKey::new(format!("{missing}/qipc_x"), KeyType::SystemV);
+        let mut shm = SharedMemory::with_native_key(key.clone());
+        let sem = SystemSemaphore::with_native_key(key.clone(), 1, SemaphoreMode::Create).map(drop);
+        for result in [
+            shm.create(4096, AccessMode::ReadWrite),
+            shm.attach(AccessMode::ReadOnly),
+            sem,
+        ] {
+            let err = result.unwrap_err();
+            assert_eq!(err.kind(), SharedMemoryError::KeyError, "{err}");
+            let want = format!("{missing}, the directory of the System V key file, does not exist");
+            assert!(err.to_string().contains(&want), "{err}");
+        }
+        // a file where the directory should be
+        std::fs::write(&missing, b"").unwrap();
+        let err = shm.create(4096, AccessMode::ReadWrite).unwrap_err();
+        assert_eq!(err.kind(), SharedMemoryError::KeyError, "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "{missing}, the directory of the System V key file, is not a directory"
+            )),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path("")).unwrap().count(),
+            1,
+            "nothing else made"
+        );
+    }
+
+    #[test]
+    fn legacy_key_in_a_missing_temp_dir_fails_naming_it() {
+        use crate::{AccessMode, SharedMemory};
+        let dir = TestDir::new("missingtmp");
+        let missing = dir.path("missing");
+        let key = legacy_key_in("market", IpcType::SharedMemory, KeyType::SystemV, || {
+            missing.clone()
+        });
+        // Qt's string: the directory is used as it is
+        assert_eq!(
+            key.native(),
+            format!("{missing}/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3")
+        );
+        let err = SharedMemory::with_native_key(key)
+            .create(4096, AccessMode::ReadWrite)
+            .unwrap_err();
+        assert_eq!(err.kind(), SharedMemoryError::KeyError);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "create \"market\": {missing}, the directory of the System V key file, does not \
+                 exist (Qt's temporary directory: $TMPDIR, else /tmp)"
+            )
+        );
+    }
+
+    #[test]
+    fn legacy_key_in_a_relative_temp_dir_keeps_qts_string_but_is_unusable() {
+        use crate::{AccessMode, SharedMemory};
+        // Qt 6.11 gives "" for TMPDIR=. and "x" for TMPDIR=x when the working directory
+        // is gone; its key files would then land in / or in the working directory.
+        for temp in ["", ".", "x"] {
+            let key = legacy_key_in("market", IpcType::SharedMemory, KeyType::SystemV, || {
+                temp.to_owned()
+            });
+            assert_eq!(
+                key.native(),
+                format!("{temp}/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3")
+            );
+            let mut shm = SharedMemory::with_native_key(key);
+            for result in [
+                shm.create(4096, AccessMode::ReadWrite),
+                shm.attach(AccessMode::ReadWrite),
+            ] {
+                let err = result.unwrap_err();
+                assert_eq!(err.kind(), SharedMemoryError::KeyError);
+                assert!(err.to_string().contains("is not an absolute path"), "{err}");
+            }
+        }
+        let posix = legacy_key_in("market", IpcType::SharedMemory, KeyType::PosixRealtime, || {
+            unreachable!("POSIX keys need no directory")
+        });
+        assert!(posix.check_usable("create").is_ok());
+    }
+
+    /// True in the child process [`run_child`] starts for test `name`.
+    fn in_child(name: &str) -> bool {
+        std::env::var("QSHM_KEYTEST_CHILD").is_ok_and(|n| n == name)
+    }
+
+    /// Runs test `name` (full path) of this test binary again in a child process with
+    /// `vars` set (this process's environment is never changed) and returns what it
+    /// printed after `child: ` on each line (libtest may print before it on a line).
+    fn run_child(name: &str, vars: &[(&str, &str)]) -> Vec<String> {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env("QSHM_KEYTEST_CHILD", name)
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .filter_map(|l| l.split_once("child: ").map(|(_, line)| line))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn missing_tmpdir_gives_key_errors_end_to_end() {
+        use crate::{AccessMode, SemaphoreMode, SharedMemory, SystemSemaphore};
+        const NAME: &str = "key::tests::missing_tmpdir_gives_key_errors_end_to_end";
+        if in_child(NAME) {
+            let mut shm = SharedMemory::new("qshm-keytest-e2e");
+            println!("child: {}", shm.native_key());
+            let sem = SystemSemaphore::new("qshm-keytest-e2e", 1, SemaphoreMode::Create).map(drop);
+            for result in [
+                shm.create(4096, AccessMode::ReadWrite),
+                shm.attach(AccessMode::ReadWrite),
+                sem,
+            ] {
+                match result {
+                    Ok(()) => println!("child: ok"),
+                    Err(e) => println!("child: {:?}: {e}", e.kind()),
+                }
+            }
+            return;
+        }
+        let dir = TestDir::new("e2e");
+        let missing = dir.path("missing");
+        let lines = run_child(NAME, &[("TMPDIR", &missing)]);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        // TMPDIR reaches the derivation as it reaches Qt's
+        let expected = legacy_key_in(
+            "qshm-keytest-e2e",
+            IpcType::SharedMemory,
+            KeyType::SystemV,
+            || missing.clone(),
+        );
+        assert_eq!(lines[0], expected.native());
+        for line in &lines[1..] {
+            assert!(line.starts_with("KeyError: "), "{line}");
+            assert!(
+                line.contains(&format!(
+                    "{missing}, the directory of the System V key file, does not exist"
+                )),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path("")).unwrap().count(),
+            0,
+            "nothing made"
+        );
     }
 
     #[test]

@@ -137,7 +137,7 @@ fn check_key(key: &NativeIpcKey, op: &'static str) -> Result<()> {
         return Err(Error::new(SharedMemoryError::KeyError, op, key.display_name())
             .with_detail("key contains a NUL byte"));
     }
-    Ok(())
+    key.check_usable(op)
 }
 
 /// Remove the Qt-style semaphore of `key` if it exists (never creates it).
