@@ -243,16 +243,38 @@ fn legacy_key_in(key: &str, ipc: IpcType, kind: KeyType, temp_dir: impl FnOnce()
 }
 
 /// Qt's `QtIpcCommon::platformSafeKey` (the Qt 6.6+ cross-platform key).
+///
+/// A System V key not starting with `/` goes into Qt's runtime directory, which is
+/// made if needed, as Qt does ([`qt_runtime_dir`]).
 pub(crate) fn platform_safe_key(key: &str, kind: KeyType) -> NativeIpcKey {
+    platform_safe_key_in(key, kind, qt_runtime_dir)
+}
+
+/// [`platform_safe_key`] with Qt's runtime directory given by `runtime_dir` (asked
+/// only for a System V key not starting with `/`).
+///
+/// When no runtime directory is usable, Qt uses an empty one: its key is `/<key>`, a
+/// file in `/`. qshm keeps that string and marks the key unusable, so using it is a
+/// `KeyError` that says why.
+fn platform_safe_key_in(
+    key: &str,
+    kind: KeyType,
+    runtime_dir: impl FnOnce() -> std::result::Result<String, String>,
+) -> NativeIpcKey {
     if key.is_empty() {
         return NativeIpcKey::new(String::new(), kind);
     }
-    let native = match kind {
-        KeyType::PosixRealtime => format!("/{key}"),
-        KeyType::SystemV if key.starts_with('/') => key.to_owned(),
-        KeyType::SystemV => format!("{}/{key}", qt_runtime_dir()),
-    };
-    NativeIpcKey::new(native, kind)
+    match kind {
+        KeyType::PosixRealtime => NativeIpcKey::new(format!("/{key}"), kind),
+        KeyType::SystemV if key.starts_with('/') => NativeIpcKey::new(key, kind),
+        KeyType::SystemV => match runtime_dir() {
+            Ok(dir) => NativeIpcKey::new(format!("{dir}/{key}"), kind),
+            Err(why) => NativeIpcKey {
+                unusable: Some(why),
+                ..NativeIpcKey::new(format!("/{key}"), kind)
+            },
+        },
+    }
 }
 
 /// `QStandardPaths::writableLocation(TempLocation)` on Linux, as Qt 6.11 computes it from
@@ -335,28 +357,86 @@ fn is_clean(path: &str) -> bool {
     true
 }
 
-/// `QStandardPaths::writableLocation(RuntimeLocation)` on Linux: `$XDG_RUNTIME_DIR` when
-/// it is a directory owned by us with mode 0700, else `<temp>/runtime-<user>`.
-pub(crate) fn qt_runtime_dir() -> String {
-    if let Ok(dir) = std::env::var("XDG_RUNTIME_DIR")
-        && !dir.is_empty()
-        && runtime_dir_is_private(&dir)
-    {
-        return dir;
-    }
+/// `QStandardPaths::writableLocation(RuntimeLocation)` on Linux as Qt 6.11 decides it,
+/// making the directory when Qt would ([`runtime_dir_from`] has the rules). `Err` says
+/// why no directory is usable (Qt then returns an empty string).
+pub(crate) fn qt_runtime_dir() -> std::result::Result<String, String> {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(|v| decode_env(&v));
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
-    let user = crate::sys::os::user_name(uid).unwrap_or_else(|| uid.to_string());
-    format!("{}/runtime-{user}", qt_temp_dir())
+    runtime_dir_from(xdg.as_deref(), uid, || {
+        // Qt's resolveUserName: the passwd name, or "" without an entry
+        let user = crate::sys::os::user_name(uid).unwrap_or_default();
+        format!("{}/runtime-{user}", qt_temp_dir())
+    })
 }
 
-fn runtime_dir_is_private(dir: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(dir) {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        Ok(m) => m.is_dir() && m.uid() == unsafe { libc::geteuid() } && m.mode() & 0o777 == 0o700,
-        Err(_) => false,
+/// Qt 6.11's runtime directory for `$XDG_RUNTIME_DIR` = `xdg` and effective user `uid`,
+/// with `fallback` giving `<temp>/runtime-<user name>` (Qt's temporary directory as
+/// [`qt_temp_dir`], the user name empty when `uid` has no passwd entry).
+///
+/// Qt's decisions, in order (`qstandardpaths_unix.cpp`, checked with real Qt 6.11):
+///
+/// 1. `$XDG_RUNTIME_DIR` counts only when it starts with `/`; empty or relative is as
+///    unset (Qt warns "XDG_RUNTIME_DIR not set, defaulting to ..." and uses the fallback).
+/// 2. A candidate is checked by [`check_runtime_dir`]: made with mode 0700 if missing;
+///    an existing one must be a real directory (not a symlink, even to a directory),
+///    owned by `uid`, with permissions exactly 0700 (Qt 6.11 does not repair them).
+///    The string is used as given (a trailing `/` stays).
+/// 3. An unusable `$XDG_RUNTIME_DIR` falls back (Qt warns why, not "not set").
+/// 4. The fallback is checked the same way; if it is unusable too, Qt returns "" (and
+///    `platformSafeKey` then gives `/<key>`); here `Err` with both reasons.
+///
+/// qshm does not print Qt's warnings; the reasons end up in the `KeyError` when no
+/// directory is usable.
+fn runtime_dir_from(
+    xdg: Option<&str>,
+    uid: u32,
+    fallback: impl FnOnce() -> String,
+) -> std::result::Result<String, String> {
+    let mut reasons = Vec::new();
+    match xdg.filter(|dir| dir.starts_with('/')) {
+        Some(dir) => match check_runtime_dir(dir, uid) {
+            Ok(()) => return Ok(dir.to_owned()),
+            Err(why) => reasons.push(format!("XDG_RUNTIME_DIR {why}")),
+        },
+        None => reasons.push("XDG_RUNTIME_DIR is not set to an absolute path".to_owned()),
     }
+    let dir = fallback();
+    match check_runtime_dir(&dir, uid) {
+        Ok(()) => Ok(dir),
+        Err(why) => {
+            reasons.push(format!("the fallback {why}"));
+            Err(format!("no usable Qt runtime directory: {}", reasons.join("; ")))
+        }
+    }
+}
+
+/// Qt's check of a runtime directory candidate (`checkXdgRuntimeDir`): `mkdir(dir, 0700)`
+/// — made now means usable; else it must exist as a directory (not a symlink) owned by
+/// `uid` with permissions 0700. `Err` says what is wrong, starting with `dir`.
+fn check_runtime_dir(dir: &str, uid: u32) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{dir} cannot be created ({e})")),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{dir} cannot be examined ({e})"))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!("{dir} is a symbolic link"));
+    }
+    if !meta.is_dir() {
+        return Err(format!("{dir} is not a directory"));
+    }
+    if meta.uid() != uid {
+        return Err(format!("{dir} is owned by UID {}, not {uid}", meta.uid()));
+    }
+    let perms = meta.mode() & 0o777;
+    if perms != 0o700 {
+        return Err(format!("{dir} has permissions {perms:04o}, not 0700"));
+    }
+    Ok(())
 }
 
 /// `QDir::cleanPath` for Unix paths as Qt 6.11 does it: no empty or `.` segments, `..`
@@ -910,6 +990,338 @@ print(json.dumps(out))
             0,
             "nothing made"
         );
+    }
+
+    /// What is at `path`, for comparing side effects: `missing`, `link`, `file` or
+    /// `dir <mode> uid <uid>`.
+    fn describe(path: &str) -> String {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(path) {
+            Err(_) => "missing".to_owned(),
+            Ok(m) if m.file_type().is_symlink() => "link".to_owned(),
+            Ok(m) if m.is_dir() => format!("dir {:04o} uid {}", m.mode() & 0o7777, m.uid()),
+            Ok(_) => "file".to_owned(),
+        }
+    }
+
+    fn euid() -> u32 {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() }
+    }
+
+    fn make_dir(path: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn runtime_dir_is_made_0700_when_missing() {
+        let dir = TestDir::new("rtmake");
+        let xdg = dir.path("run");
+        let got = runtime_dir_from(Some(&xdg), euid(), || unreachable!("XDG_RUNTIME_DIR is usable"));
+        assert_eq!(got, Ok(xdg.clone()));
+        assert_eq!(describe(&xdg), format!("dir 0700 uid {}", euid()));
+        // again: now it exists and passes the checks
+        assert_eq!(
+            runtime_dir_from(Some(&xdg), euid(), || unreachable!()),
+            Ok(xdg.clone())
+        );
+        // a trailing slash stays in Qt's string
+        let slash = format!("{xdg}/");
+        assert_eq!(
+            runtime_dir_from(Some(&slash), euid(), || unreachable!()),
+            Ok(slash)
+        );
+        // the sticky bit is not part of Qt's permissions
+        make_dir(&dir.path("sticky"), 0o1700);
+        let sticky = dir.path("sticky");
+        assert_eq!(
+            runtime_dir_from(Some(&sticky), euid(), || unreachable!()),
+            Ok(sticky)
+        );
+    }
+
+    #[test]
+    fn unusable_xdg_runtime_dir_falls_back_and_is_left_alone() {
+        let dir = TestDir::new("rtbad");
+        make_dir(&dir.path("real"), 0o700);
+        make_dir(&dir.path("open"), 0o755);
+        make_dir(&dir.path("noexec"), 0o600);
+        std::os::unix::fs::symlink(dir.path("real"), dir.path("link")).unwrap();
+        std::os::unix::fs::symlink(dir.path("nowhere"), dir.path("broken")).unwrap();
+        std::fs::write(dir.path("file"), b"").unwrap();
+        let cases = [
+            ("open", "has permissions 0755, not 0700"),
+            ("noexec", "has permissions 0600, not 0700"),
+            ("link", "is a symbolic link"),
+            ("broken", "is a symbolic link"),
+            ("file", "is not a directory"),
+            ("missing/sub", "cannot be created"),
+        ];
+        for (name, why) in cases {
+            let xdg = dir.path(name);
+            let before = describe(&xdg);
+            let fallback = dir.path(&format!("fallback-{}", name.replace('/', "-")));
+            let got = runtime_dir_from(Some(&xdg), euid(), || fallback.clone());
+            assert_eq!(got, Ok(fallback.clone()), "{name}");
+            assert_eq!(describe(&fallback), format!("dir 0700 uid {}", euid()), "{name}");
+            assert_eq!(describe(&xdg), before, "{name} must not be changed");
+            // why, as the error says when the fallback fails too
+            let got = runtime_dir_from(Some(&xdg), euid(), || dir.path("missing/fallback"));
+            let err = got.unwrap_err();
+            assert!(err.contains(&format!("XDG_RUNTIME_DIR {xdg} {why}")), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "the fallback {} cannot be created",
+                    dir.path("missing/fallback")
+                )),
+                "{err}"
+            );
+        }
+        // owned by someone else (simulated: another uid asks)
+        let real = dir.path("real");
+        let err = check_runtime_dir(&real, euid() + 1).unwrap_err();
+        assert_eq!(
+            err,
+            format!("{real} is owned by UID {}, not {}", euid(), euid() + 1)
+        );
+    }
+
+    #[test]
+    fn unset_empty_or_relative_xdg_runtime_dir_uses_the_fallback() {
+        let dir = TestDir::new("rtunset");
+        for (i, xdg) in [None, Some(""), Some("relative")].into_iter().enumerate() {
+            let fallback = dir.path(&format!("runtime-{i}"));
+            assert_eq!(
+                runtime_dir_from(xdg, euid(), || fallback.clone()),
+                Ok(fallback.clone())
+            );
+            assert_eq!(describe(&fallback), format!("dir 0700 uid {}", euid()));
+        }
+        assert_eq!(describe(&dir.path("relative")), "missing");
+        // a fallback that exists but is wrong is not repaired: no directory at all
+        make_dir(&dir.path("open"), 0o755);
+        let err = runtime_dir_from(None, euid(), || dir.path("open")).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "no usable Qt runtime directory: XDG_RUNTIME_DIR is not set to an absolute path; \
+                 the fallback {} has permissions 0755, not 0700",
+                dir.path("open")
+            )
+        );
+        assert_eq!(describe(&dir.path("open")), format!("dir 0755 uid {}", euid()));
+    }
+
+    #[test]
+    fn no_usable_runtime_dir_keeps_qts_key_but_fails_when_used() {
+        use crate::{AccessMode, SharedMemory};
+        let why = || Err("no usable Qt runtime directory: because".to_owned());
+        let key = platform_safe_key_in("qshm-keytest-nort", KeyType::SystemV, why);
+        // Qt 6.11 prints "/k" for platformSafeKey("k", SystemV) when it has no runtime directory
+        assert_eq!(key.native(), "/qshm-keytest-nort");
+        let mut shm = SharedMemory::with_native_key(key);
+        for result in [
+            shm.create(4096, AccessMode::ReadWrite),
+            shm.attach(AccessMode::ReadWrite),
+        ] {
+            let err = result.unwrap_err();
+            assert_eq!(err.kind(), SharedMemoryError::KeyError);
+            assert_eq!(
+                err.to_string()[err.operation().len()..],
+                *r#" "/qshm-keytest-nort": no usable Qt runtime directory: because"#
+            );
+        }
+        assert_eq!(describe("/qshm-keytest-nort"), "missing");
+        // keys that need no runtime directory never ask for it
+        let never = || -> std::result::Result<String, String> { unreachable!() };
+        assert_eq!(
+            platform_safe_key_in("/abs", KeyType::SystemV, never).native(),
+            "/abs"
+        );
+        assert_eq!(
+            platform_safe_key_in("k", KeyType::PosixRealtime, never).native(),
+            "/k"
+        );
+        assert!(platform_safe_key_in("", KeyType::SystemV, never).is_empty());
+    }
+
+    #[test]
+    fn runtime_dir_matches_real_qt() {
+        let Some(python) = qt_python("runtime_dir_matches_real_qt") else {
+            return;
+        };
+        let user = crate::sys::os::user_name(euid()).unwrap_or_default();
+        // (what XDG_RUNTIME_DIR is, whether TMPDIR exists, what the fallback is)
+        #[derive(Clone, Copy)]
+        enum Made {
+            Nothing,
+            Dir(u32),
+            Link,
+            Broken,
+            File,
+            Foreign,
+        }
+        #[derive(Clone, Copy)]
+        enum Xdg {
+            Unset,
+            Empty,
+            Relative,
+            At(Made),
+            Slash(Made),
+            MissingParent,
+        }
+        let mut cases = vec![
+            (Xdg::Unset, true, Made::Nothing),
+            (Xdg::Unset, true, Made::Dir(0o700)),
+            (Xdg::Empty, true, Made::Nothing),
+            (Xdg::Relative, true, Made::Nothing),
+            (Xdg::At(Made::Nothing), true, Made::Nothing),
+            (Xdg::At(Made::Dir(0o700)), true, Made::Nothing),
+            (Xdg::At(Made::Dir(0o1700)), true, Made::Nothing),
+            (Xdg::At(Made::Dir(0o755)), true, Made::Nothing),
+            (Xdg::At(Made::Dir(0o600)), true, Made::Nothing),
+            (Xdg::At(Made::Link), true, Made::Nothing),
+            (Xdg::At(Made::Broken), true, Made::Nothing),
+            (Xdg::At(Made::File), true, Made::Nothing),
+            (Xdg::Slash(Made::Dir(0o700)), true, Made::Nothing),
+            (Xdg::Slash(Made::Link), true, Made::Nothing),
+            (Xdg::Slash(Made::Broken), true, Made::Nothing),
+            (Xdg::MissingParent, true, Made::Nothing),
+            (Xdg::Unset, false, Made::Nothing),
+            (Xdg::At(Made::Dir(0o755)), false, Made::Nothing),
+            (Xdg::Unset, true, Made::Dir(0o755)),
+            (Xdg::Unset, true, Made::Link),
+            (Xdg::Unset, true, Made::File),
+        ];
+        if euid() == 0 {
+            cases.push((Xdg::At(Made::Foreign), true, Made::Nothing));
+            cases.push((Xdg::Unset, true, Made::Foreign));
+        } else {
+            eprintln!("*** SKIP: runtime_dir_matches_real_qt: directories of another owner need root ***");
+        }
+        let make = |path: &str, what: Made, case: &str| match what {
+            Made::Nothing => {}
+            Made::Dir(mode) => make_dir(path, mode),
+            Made::Link => {
+                make_dir(&format!("{case}/target"), 0o700);
+                std::os::unix::fs::symlink(format!("{case}/target"), path).unwrap();
+            }
+            Made::Broken => std::os::unix::fs::symlink(format!("{case}/nowhere"), path).unwrap(),
+            Made::File => std::fs::write(path, b"").unwrap(),
+            Made::Foreign => {
+                make_dir(path, 0o700);
+                std::os::unix::fs::chown(path, Some(65534), None).unwrap();
+            }
+        };
+        // Builds every case afresh under `base`; returns the environments and, per
+        // case, the paths whose state is compared.
+        let build = |base: &str| -> (Vec<QtEnv>, Vec<[String; 2]>) {
+            let _ = std::fs::remove_dir_all(base);
+            make_dir(base, 0o755);
+            let mut envs = Vec::new();
+            let mut watched = Vec::new();
+            for (i, &(xdg, tmp_exists, fallback)) in cases.iter().enumerate() {
+                let case = format!("{base}/c{i}");
+                make_dir(&case, 0o755);
+                let tmp = format!("{case}/tmp");
+                if tmp_exists {
+                    make_dir(&tmp, 0o755);
+                }
+                let fallback_path = format!("{tmp}/runtime-{user}");
+                make(&fallback_path, fallback, &case);
+                let xdg_path = format!("{case}/xdg");
+                let xdg_value = match xdg {
+                    Xdg::Unset => None,
+                    Xdg::Empty => Some(String::new()),
+                    Xdg::Relative => Some("xdg".to_owned()),
+                    Xdg::At(made) => {
+                        make(&xdg_path, made, &case);
+                        Some(xdg_path.clone())
+                    }
+                    Xdg::Slash(made) => {
+                        make(&xdg_path, made, &case);
+                        Some(format!("{xdg_path}/"))
+                    }
+                    Xdg::MissingParent => Some(format!("{case}/missing/xdg")),
+                };
+                envs.push(QtEnv {
+                    vars: vec![("XDG_RUNTIME_DIR", xdg_value), ("TMPDIR", Some(tmp))],
+                    cwd: case,
+                });
+                watched.push([xdg_path, fallback_path]);
+            }
+            (envs, watched)
+        };
+        // Qt first, then qshm on the same paths built again
+        let root = TestDir::new("rtqt");
+        let base = root.path("cases");
+        let (envs, watched) = build(&base);
+        let qt = qt_locations(&python, "RuntimeLocation", &envs);
+        let qt_after: Vec<Vec<String>> = watched
+            .iter()
+            .map(|w| w.iter().map(|p| describe(p)).collect())
+            .collect();
+        let (envs, watched) = build(&base);
+        for (i, env) in envs.iter().enumerate() {
+            let xdg = env.vars[0].1.as_deref();
+            let tmpdir = env.vars[1].1.clone();
+            let ours = runtime_dir_from(xdg, euid(), || {
+                format!("{}/runtime-{user}", temp_dir_from(tmpdir.as_deref(), || None))
+            });
+            let after: Vec<String> = watched[i].iter().map(|p| describe(p)).collect();
+            let label = format!("case {i}: XDG_RUNTIME_DIR={xdg:?} TMPDIR={tmpdir:?}");
+            match ours {
+                Ok(dir) => assert_eq!(dir, qt[i], "{label}"),
+                Err(why) => assert_eq!(qt[i], "", "{label}: ours failed: {why}"),
+            }
+            assert_eq!(after, qt_after[i], "{label}: side effects");
+        }
+    }
+
+    #[test]
+    fn missing_runtime_dir_is_made_and_create_works_end_to_end() {
+        use crate::{AccessMode, SharedMemory};
+        const NAME: &str = "key::tests::missing_runtime_dir_is_made_and_create_works_end_to_end";
+        if in_child(NAME) {
+            let key = SharedMemory::platform_safe_key("qshm-keytest-rt", KeyType::SystemV);
+            println!("child: {}", key.native());
+            let mut shm = SharedMemory::with_native_key(key);
+            match shm.create(4096, AccessMode::ReadWrite) {
+                Ok(()) => println!("child: created {} bytes", shm.size()),
+                Err(e) => println!("child: {:?}: {e}", e.kind()),
+            }
+            return;
+        }
+        let dir = TestDir::new("rte2e");
+        let run = dir.path("run");
+        let lines = run_child(NAME, &[("XDG_RUNTIME_DIR", &run)]);
+        assert_eq!(lines[0], format!("{run}/qshm-keytest-rt"));
+        assert!(lines[1].starts_with("created "), "{lines:?}");
+        assert_eq!(describe(&run), format!("dir 0700 uid {}", euid()));
+        // the child's segment and key file went with it
+        assert_eq!(std::fs::read_dir(&run).unwrap().count(), 0);
+
+        // XDG_RUNTIME_DIR unset and no <temp>/runtime-<user> yet: Qt makes the fallback
+        let tmp = dir.path("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let lines = run_child(NAME, &[("XDG_RUNTIME_DIR", ""), ("TMPDIR", &tmp)]);
+        let user = crate::sys::os::user_name(euid()).unwrap_or_default();
+        let fallback = format!("{tmp}/runtime-{user}");
+        assert_eq!(lines[0], format!("{fallback}/qshm-keytest-rt"));
+        assert!(lines[1].starts_with("created "), "{lines:?}");
+        assert_eq!(describe(&fallback), format!("dir 0700 uid {}", euid()));
+
+        // no usable directory at all: Qt's "/<key>", a KeyError, nothing made in /
+        let missing = dir.path("missing");
+        let lines = run_child(NAME, &[("XDG_RUNTIME_DIR", ""), ("TMPDIR", &missing)]);
+        assert_eq!(lines[0], "/qshm-keytest-rt");
+        assert!(lines[1].starts_with("KeyError: "), "{lines:?}");
+        let why = format!("the fallback {missing}/runtime-");
+        assert!(lines[1].contains(&why), "{lines:?}");
+        assert_eq!(describe("/qshm-keytest-rt"), "missing");
+        assert_eq!(describe(&missing), "missing");
     }
 
     #[test]
