@@ -529,22 +529,77 @@ impl fmt::Display for NativeIpcKey {
     }
 }
 
+/// Parses the type part of a key string as Qt's `stringToType` does (after `QUrl` has
+/// lowercased it): `systemv`, `posix`, `windows`, or `systemv-N` with a decimal `N` from
+/// 1 to 255, Qt's System V key whose `ftok` project id is `N` (`systemv-81` is plain
+/// `systemv`, 81 being `'Q'`). Anything else is no key type at all.
+fn parse_scheme(scheme: &str) -> Scheme {
+    match scheme {
+        "systemv" => return Scheme::Supported(KeyType::SystemV),
+        "posix" => return Scheme::Supported(KeyType::PosixRealtime),
+        "windows" => return Scheme::Windows,
+        _ => {}
+    }
+    let id = scheme
+        .strip_prefix("systemv-")
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u32>().ok())
+        .filter(|id| (1..=0xff).contains(id));
+    match id {
+        Some(id) if id == SYSV_PROJECT_ID as u32 => Scheme::Supported(KeyType::SystemV),
+        Some(id) => Scheme::SystemVWithId(id),
+        None => Scheme::Unknown,
+    }
+}
+
+/// What [`parse_scheme`] found.
+enum Scheme {
+    Supported(KeyType),
+    Windows,
+    SystemVWithId(u32),
+    Unknown,
+}
+
 impl FromStr for NativeIpcKey {
     type Err = Error;
 
     /// Qt's `QNativeIpcKey::fromString()`; invalid text is a [`SharedMemoryError::KeyError`].
+    ///
+    /// Qt also accepts `windows:` keys (useless on Linux) and `systemv-N:` keys: System V
+    /// keys whose `ftok` project id is `N` instead of Qt's default `'Q'` (81). Both are
+    /// rejected with a `KeyError` that says so. Decision for `systemv-N`: not supported.
+    /// Supporting it would mean a key type carrying the id (a breaking change of the
+    /// public [`KeyType`]), the id in every `ftok` of segments and semaphores, in qshm's
+    /// lock-state name (else `systemv-82:/f` and `systemv:/f`, different segments, would
+    /// share one lock) and in `qshm ls`; Qt itself only makes such keys when asked, and
+    /// no legacy or platform-safe key uses them. `systemv-81` is Qt's default id spelled
+    /// out, so it is plain `systemv`, as in Qt.
     fn from_str(text: &str) -> Result<NativeIpcKey> {
         let invalid = |why: &str| {
             Error::new(SharedMemoryError::KeyError, "parse key", text)
                 .with_detail(format!("not a native key string: {why}"))
         };
         let (scheme, rest) = text.split_once(':').ok_or_else(|| invalid("no type"))?;
-        // URL schemes are case-insensitive (QUrl lowercases them). Qt's "systemv-N"
-        // (a System V key with an ftok id other than 'Q') is not supported.
-        let kind = match scheme.to_ascii_lowercase().as_str() {
-            "systemv" => KeyType::SystemV,
-            "posix" => KeyType::PosixRealtime,
-            _ => return Err(invalid("unknown or unsupported key type")),
+        // URL schemes are case-insensitive (QUrl lowercases them)
+        let scheme = scheme.to_ascii_lowercase();
+        let kind = match parse_scheme(&scheme) {
+            Scheme::Supported(kind) => kind,
+            Scheme::Windows => return Err(invalid("Qt's \"windows\" keys do not exist on Linux")),
+            Scheme::SystemVWithId(id) => {
+                let shown = char::from_u32(id)
+                    .filter(char::is_ascii_graphic)
+                    .map(|c| format!(" ({c:?})"))
+                    .unwrap_or_default();
+                return Err(invalid(&format!(
+                    "{scheme:?} is Qt's System V key type with ftok project id {id}{shown}; \
+                     qshm supports only Qt's default System V id {SYSV_PROJECT_ID} ('Q')"
+                )));
+            }
+            Scheme::Unknown => {
+                return Err(invalid(&format!(
+                    "unknown key type {scheme:?}: expected \"systemv\" or \"posix\""
+                )));
+            }
         };
         let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
         let (mut path, query) = match rest.split_once('?') {
@@ -1442,6 +1497,120 @@ print(json.dumps(out))
             "SYSTEMV:/tmp/x".parse::<NativeIpcKey>().unwrap().kind(),
             KeyType::SystemV
         );
+    }
+
+    #[test]
+    fn system_v_keys_with_another_ftok_id_are_clear_key_errors() {
+        // Qt 6.11 parses these as System V keys with ftok id 82 ('R') and 1
+        for (text, id) in [
+            ("systemv-82:/tmp/x", "82 ('R')"),
+            ("SystemV-082:/tmp/x", "82 ('R')"),
+            ("systemv-1:/x", "1"),
+        ] {
+            let err = text.parse::<NativeIpcKey>().unwrap_err();
+            assert_eq!(err.kind(), SharedMemoryError::KeyError);
+            let scheme = text.split(':').next().unwrap().to_ascii_lowercase();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "parse key {text:?}: not a native key string: {scheme:?} is Qt's System V key \
+                     type with ftok project id {id}; qshm supports only Qt's default System V id \
+                     81 ('Q')"
+                )
+            );
+        }
+        // Qt 6.11 reads systemv-81 as SystemV and prints it back as "systemv:/tmp/x"
+        let k: NativeIpcKey = "systemv-81:/tmp/x".parse().unwrap();
+        assert_eq!(k, NativeIpcKey::new("/tmp/x", KeyType::SystemV));
+        assert_eq!(k.to_string(), "systemv:/tmp/x");
+        // no key type at all for Qt 6.11
+        for text in [
+            "systemv-0:/x",
+            "systemv-256:/x",
+            "systemv+5:/x",
+            "systemv-+5:/x",
+            "systemv--5:/x",
+            "systemvx:/x",
+            "systemv-:/x",
+            "systemv-8a:/x",
+        ] {
+            let err = text.parse::<NativeIpcKey>().unwrap_err();
+            assert!(err.to_string().contains("unknown key type"), "{err}");
+        }
+        let err = "windows:x".parse::<NativeIpcKey>().unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("Qt's \"windows\" keys do not exist on Linux"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn key_types_are_parsed_like_real_qt() {
+        let Some(python) = qt_python("key_types_are_parsed_like_real_qt") else {
+            return;
+        };
+        let mut texts: Vec<String> = [
+            "systemv",
+            "posix",
+            "windows",
+            "SYSTEMV",
+            "Posix",
+            "systemvx",
+            "systemv-",
+            "systemv+5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for n in [
+            "0",
+            "1",
+            "81",
+            "081",
+            "82",
+            "255",
+            "256",
+            "-5",
+            "+5",
+            "8a",
+            "99999999999",
+        ] {
+            texts.push(format!("systemv-{n}"));
+        }
+        let texts: Vec<String> = texts.into_iter().map(|t| format!("{t}:/tmp/x")).collect();
+        const SCRIPT: &str = r#"
+import json, sys
+from PyQt6.QtCore import QNativeIpcKey
+out = []
+for text in json.loads(sys.argv[1]):
+    k = QNativeIpcKey.fromString(text)
+    out.append(k.type().value if k.isValid() else 0)
+print(json.dumps(out))
+"#;
+        let out = std::process::Command::new(&python)
+            .args(["-c", SCRIPT, &serde_json::to_string(&texts).unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let qt_types: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+        for (text, qt) in texts.iter().zip(qt_types) {
+            let ours = text.parse::<NativeIpcKey>();
+            let why = ours.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            match qt {
+                0 => assert!(
+                    why.contains("unknown key type"),
+                    "{text}: Qt: invalid; ours: {ours:?}"
+                ),
+                0x51 => assert_eq!(ours.unwrap().kind(), KeyType::SystemV, "{text}"),
+                0x100 => assert_eq!(ours.unwrap().kind(), KeyType::PosixRealtime, "{text}"),
+                0x101 => assert!(why.contains("windows"), "{text}: {why}"),
+                id => assert!(
+                    why.contains(&format!("ftok project id {id}")),
+                    "{text}: Qt: {id}; ours: {why}"
+                ),
+            }
+        }
     }
 
     #[test]
