@@ -1380,6 +1380,107 @@ print(json.dumps(out))
     }
 
     #[test]
+    fn every_legacy_derivation_keeps_qts_pinned_values() {
+        use crate::{SharedMemory, SystemSemaphore};
+        // (key, letters + SHA-1) as Qt 6.11 derives them (PyQt6, TMPDIR unset):
+        // QSharedMemory/QSystemSemaphore.legacyNativeKey(key, SystemV / PosixRealtime)
+        let pinned = [
+            ("market", "market5c9f73af73334ffe350c60ec076e5744db0ecda3"),
+            ("a", "a86f7e437faa5a7fce15d1ddcb9eaeaea377667b8"),
+            ("a/b", "ab3ec69c85a4ff96830024afeef2d4e512181c8f7b"),
+            ("xxx", "xxxb60d121b438a380c343d5ec3c2037564b82ffef3"),
+            ("héllo wörld", "hllowrld24e9f5c07847ff8a2a9fa77456655792f5bc7f9f"),
+            ("Qt 6: ключ/😀", "Qtba816c08f3d84f166bc4a6f93e27f0b9ca0c8d6e"),
+        ];
+        let types = [
+            (IpcType::SharedMemory, "qipc_sharedmemory_"),
+            (IpcType::SystemSemaphore, "qipc_systemsem_"),
+        ];
+        for (key, tail) in pinned {
+            for (ipc, prefix) in types {
+                let posix = format!("/{prefix}{tail}");
+                let sysv = format!("/tmp/{prefix}{tail}");
+                let k = legacy_key_in(key, ipc, KeyType::PosixRealtime, || unreachable!());
+                assert_eq!(k.native(), posix);
+                assert_eq!(k.to_string(), format!("posix:{posix}?legacyKey={key}"));
+                let k = legacy_key_in(key, ipc, KeyType::SystemV, || "/tmp".to_owned());
+                assert_eq!(k.native(), sysv);
+                assert_eq!(k.to_string(), format!("systemv:{sysv}?legacyKey={key}"));
+                assert_eq!(k.legacy_key(), Some(key));
+                assert!(k.check_usable("create").is_ok());
+                // the public entry points, with this process's temporary directory
+                let public = match ipc {
+                    IpcType::SharedMemory => [
+                        SharedMemory::legacy_native_key(key, KeyType::PosixRealtime),
+                        SharedMemory::legacy_native_key(key, KeyType::SystemV),
+                    ],
+                    IpcType::SystemSemaphore => [
+                        SystemSemaphore::legacy_native_key(key, KeyType::PosixRealtime),
+                        SystemSemaphore::legacy_native_key(key, KeyType::SystemV),
+                    ],
+                };
+                assert_eq!(public[0].native(), posix);
+                assert_eq!(public[1].native(), format!("{}/{prefix}{tail}", qt_temp_dir()));
+            }
+        }
+        // the empty key derives an empty key of the asked type, without a directory
+        for (ipc, _) in types {
+            for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
+                let k = legacy_key_in("", ipc, kind, || unreachable!());
+                assert!(k.is_empty() && k.kind() == kind && k.legacy_key().is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_derivations_match_real_qt() {
+        let Some(python) = qt_python("legacy_derivations_match_real_qt") else {
+            return;
+        };
+        let dir = TestDir::new("legacy");
+        let keys = [
+            "market",
+            "a/b c:é%&=+#?",
+            "tab\there",
+            "日本語のキー",
+            "MiXeD-Case_123",
+            "😀 emoji",
+            &"long".repeat(80),
+        ];
+        const SCRIPT: &str = r#"
+import json, sys
+from PyQt6.QtCore import QSharedMemory, QSystemSemaphore, QNativeIpcKey
+T = QNativeIpcKey.Type
+out = []
+for key in json.loads(sys.argv[1]):
+    for cls in (QSharedMemory, QSystemSemaphore):
+        for t in (T.SystemV, T.PosixRealtime):
+            k = cls.legacyNativeKey(key, t)
+            out.append([k.nativeKey(), k.toString()])
+print(json.dumps(out))
+"#;
+        let out = std::process::Command::new(&python)
+            .args(["-c", SCRIPT, &serde_json::to_string(&keys).unwrap()])
+            .env("TMPDIR", dir.path(""))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let qt: Vec<(String, String)> = serde_json::from_slice(&out.stdout).unwrap();
+        let temp = temp_dir_from(Some(&dir.path("")), || None);
+        let mut qt = qt.into_iter();
+        for key in keys {
+            for ipc in [IpcType::SharedMemory, IpcType::SystemSemaphore] {
+                for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
+                    let ours = legacy_key_in(key, ipc, kind, || temp.clone());
+                    let (native, string) = qt.next().unwrap();
+                    assert_eq!(ours.native(), native, "{key:?} {ipc:?} {kind:?}");
+                    assert_eq!(ours.to_string(), string, "{key:?} {ipc:?} {kind:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn system_v_legacy_keys_are_pinned_to_qt() {
         // Qt 6.11 (PyQt6), TMPDIR unset, prints /tmp/<name>; the directory part follows
         // the temp dir (tested above), the name part is pinned.
