@@ -758,10 +758,17 @@ mod tests {
                 return Some(python);
             }
         }
-        eprintln!(
-            "\n*** SKIP: {test}: no Python with PyQt6 (set QSHM_QT_PEER or run interop/setup.sh) ***\n"
-        );
+        skip(&format!(
+            "{test}: no Python with PyQt6 (set QSHM_QT_PEER or run interop/setup.sh)"
+        ));
         None
+    }
+
+    /// Prints a SKIP line straight to stderr, past libtest's output capture, so that it
+    /// shows even when the test passes.
+    fn skip(what: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n*** SKIP: {what} ***\n");
     }
 
     /// One environment for [`qt_locations`]: variables to set (`None`: unset) and the
@@ -1254,7 +1261,7 @@ print(json.dumps(out))
             cases.push((Xdg::At(Made::Foreign), true, Made::Nothing));
             cases.push((Xdg::Unset, true, Made::Foreign));
         } else {
-            eprintln!("*** SKIP: runtime_dir_matches_real_qt: directories of another owner need root ***");
+            skip("runtime_dir_matches_real_qt: directories of another owner need root");
         }
         let make = |path: &str, what: Made, case: &str| match what {
             Made::Nothing => {}
