@@ -144,12 +144,43 @@ impl Error {
     }
 }
 
+/// Keys and words of details up to this many characters are shown whole by `Display`.
+const LONGEST_SHOWN: usize = 80;
+/// How many characters of a longer one are shown.
+const SHOWN: usize = 60;
+
+/// The first [`SHOWN`] characters of `text` and its length in characters, when it has
+/// more than [`LONGEST_SHOWN`].
+fn shortened(text: &str) -> Option<(&str, usize)> {
+    let (end, _) = text.char_indices().nth(LONGEST_SHOWN)?;
+    let head_end = text.char_indices().nth(SHOWN).map_or(end, |(i, _)| i);
+    let count = LONGEST_SHOWN + text[end..].chars().count();
+    Some((&text[..head_end], count))
+}
+
 impl fmt::Display for Error {
+    /// `op "key": detail (os error)` on one short line: a key or a word of the detail
+    /// (such as a path) longer than 80 characters shows its first 60, `…` and its
+    /// length, e.g. `create "xxx…xxx"… (100000 characters): ...`. [`Error::key`] keeps
+    /// the whole key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.0;
-        write!(f, "{} {:?}: ", e.op, e.key)?;
+        match shortened(&e.key) {
+            None => write!(f, "{} {:?}: ", e.op, e.key)?,
+            Some((head, count)) => write!(f, "{} {head:?}… ({count} characters): ", e.op)?,
+        }
         match &e.detail {
-            Some(detail) => f.write_str(detail)?,
+            Some(detail) => {
+                for (i, word) in detail.split(' ').enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    match shortened(word) {
+                        None => f.write_str(word)?,
+                        Some((head, count)) => write!(f, "{head}… ({count} characters)")?,
+                    }
+                }
+            }
             None => f.write_str(e.kind.describe())?,
         }
         if let Some(os) = &e.os {
@@ -234,6 +265,55 @@ mod tests {
         assert_eq!(e.kind(), SharedMemoryError::NotFound);
         assert!(e.to_string().starts_with(r#"attach "k": doesn't exist ("#));
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn long_keys_and_words_are_shortened_in_display_only() {
+        let key = "k".repeat(100_000);
+        let e = Error::new(SharedMemoryError::KeyError, "create", &key)
+            .with_detail(format!("unable to make key file /tmp/{key}"));
+        assert_eq!(e.key(), key, "the whole key stays available");
+        let head = "k".repeat(60);
+        let tail = "k".repeat(55);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "create \"{head}\"… (100000 characters): unable to make key file \
+                 /tmp/{tail}… (100005 characters)"
+            )
+        );
+        // up to 80 characters are shown whole; characters, not bytes, are counted
+        let whole = "é".repeat(80);
+        let e = Error::new(SharedMemoryError::KeyError, "attach", &whole);
+        assert_eq!(e.to_string(), format!("attach \"{whole}\": invalid key"));
+        let long = "é".repeat(81);
+        let e = Error::new(SharedMemoryError::NotFound, "attach", &long)
+            .with_os(io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(
+            e.to_string().starts_with(&format!(
+                "attach \"{}\"… (81 characters): doesn't exist (",
+                "é".repeat(60)
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_key_gives_a_short_error_line() {
+        use crate::{AccessMode, KeyType, SharedMemory};
+        let key = "x".repeat(100_000);
+        for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
+            let err = SharedMemory::with_key_type(&key, kind)
+                .create(4096, AccessMode::ReadWrite)
+                .unwrap_err();
+            assert_eq!(err.kind(), SharedMemoryError::KeyError, "{err}");
+            assert!(
+                err.to_string().len() < 400,
+                "{kind:?}: {} bytes: {err}",
+                err.to_string().len()
+            );
+            assert_eq!(err.key(), key);
+        }
     }
 
     #[test]

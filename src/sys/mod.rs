@@ -183,7 +183,7 @@ fn check_key(key: &NativeIpcKey) -> Result<(), Failure> {
     if key.native().contains('\0') {
         return Err(Failure::because(SharedMemoryError::KeyError, "key contains a NUL byte"));
     }
-    Ok(())
+    key.check_usable(op)
 }
 
 /// "user mallory (uid 1001)", for messages about other users' objects.
