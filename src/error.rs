@@ -118,11 +118,6 @@ impl Error {
         self
     }
 
-    pub(crate) fn with_kind(mut self, kind: SharedMemoryError) -> Error {
-        self.0.kind = kind;
-        self
-    }
-
     /// Qt's error category.
     pub fn kind(&self) -> SharedMemoryError {
         self.0.kind

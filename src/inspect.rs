@@ -394,7 +394,10 @@ fn is_glibc_temporary(name: &str) -> bool {
 
 /// True when a process other than this one maps the file `st` (or we cannot tell).
 fn mapped_by_others(st: &os::FileStat) -> bool {
-    let census = procfs::census(&[Mapped::File { dev: st.dev, ino: st.ino }]);
+    let census = procfs::census(&[Mapped::File {
+        dev: st.dev,
+        ino: st.ino,
+    }]);
     !census.mapping.is_empty()
 }
 
@@ -509,7 +512,11 @@ pub fn scan() -> io::Result<Scan> {
     };
 
     // qshm lock state whose segment is gone
-    let posix_alive: HashSet<SegmentId> = dir.iter().filter(|f| is_segment_file(&f.name)).map(posix_id).collect();
+    let posix_alive: HashSet<SegmentId> = dir
+        .iter()
+        .filter(|f| is_segment_file(&f.name))
+        .map(posix_id)
+        .collect();
     let sysv_alive: HashSet<(i32, i32)> = shm.iter().map(|r| (r.id, r.cpid)).collect();
     for f in dir.iter().filter(|f| f.name.starts_with(LOCK_STATE_PREFIX)) {
         let alive = match SegmentId::from_lock_state_name(&f.name) {
@@ -641,10 +648,7 @@ pub fn remove_stale(include_foreign: bool) -> io::Result<Removal> {
             continue;
         }
         let key = seg.native_ipc_key();
-        let semaphore = key
-            .as_ref()
-            .filter(|_| seg.qt_style)
-            .map(semaphore_of);
+        let semaphore = key.as_ref().filter(|_| seg.qt_style).map(semaphore_of);
         let gone = match (seg.kind, seg.shmid) {
             (KeyType::SystemV, Some(id)) => {
                 sys::sysv::remove_if_stale(id, seg.native_key.as_deref(), semaphore.as_ref())
@@ -654,7 +658,7 @@ pub fn remove_stale(include_foreign: bool) -> io::Result<Removal> {
                 let gone = os::cstring(&seg.os_id)
                     .is_ok_and(|c| matches!(posix::probe_existing(&c), Ok(posix::Probe::Gone)));
                 if gone && let Some(sem) = &semaphore {
-                    posix::remove_semaphore_if_unused(sem);
+                    posix::remove_semaphore_if_unused(sem, None);
                 }
                 gone
             }
@@ -682,7 +686,8 @@ fn posix_semaphore_unused(sem: &NativeIpcKey) -> bool {
     if sem.kind() != KeyType::PosixRealtime {
         return false;
     }
-    let Ok(name) = posix::shm_file_name(sem.native()).or_else(|_| Ok::<_, ()>(sem.native().trim_start_matches('/')))
+    let Ok(name) =
+        posix::shm_file_name(sem.native()).or_else(|_| Ok::<_, ()>(sem.native().trim_start_matches('/')))
     else {
         return false;
     };
@@ -709,7 +714,9 @@ fn remove_orphan(orphan: &Orphan) -> bool {
             file.release();
             removed
         }
-        (OrphanKind::Semaphore, KeyType::PosixRealtime) if orphan.key_hint.is_none() && orphan.detail.is_some() => {
+        (OrphanKind::Semaphore, KeyType::PosixRealtime)
+            if orphan.key_hint.is_none() && orphan.detail.is_some() =>
+        {
             let Ok(file) = NamedFile::open(&c_path, libc::O_RDONLY, 0) else {
                 return false;
             };
@@ -728,7 +735,7 @@ fn remove_orphan(orphan: &Orphan) -> bool {
                 return false;
             };
             let sem = NativeIpcKey::new(format!("/{name}"), KeyType::PosixRealtime);
-            posix_semaphore_unused(&sem) && posix::remove_semaphore_if_unused(&sem)
+            posix_semaphore_unused(&sem) && posix::remove_semaphore_if_unused(&sem, None)
         }
         (OrphanKind::Semaphore, KeyType::SystemV) => {
             // still ownerless, and still without its segment?

@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use sha1::{Digest, Sha1};
 
-use crate::error::{Error, Result, SharedMemoryError};
+use crate::error::{Error, Failure, Result, SharedMemoryError};
 
 /// The `ftok` project id Qt uses for System V keys: the value of
 /// `QNativeIpcKey::Type::SystemV`, `'Q'`.
@@ -149,10 +149,8 @@ impl NativeIpcKey {
     /// not a directory, or a key derived from an unusable Qt directory. The message
     /// names the directory. Other problems (e.g. no permission) are left to the system
     /// call that meets them.
-    pub(crate) fn check_usable(&self, op: &'static str) -> Result<()> {
-        let fail = |detail: String| {
-            Err(Error::new(SharedMemoryError::KeyError, op, self.display_name()).with_detail(detail))
-        };
+    pub(crate) fn check_usable(&self) -> std::result::Result<(), Failure> {
+        let fail = |detail: String| Err(Failure::because(SharedMemoryError::KeyError, detail));
         if let Some(why) = &self.unusable {
             return fail(why.clone());
         }
@@ -174,9 +172,11 @@ impl NativeIpcKey {
             Ok(_) => fail(format!(
                 "{dir}, the directory of the System V key file, is not a directory{hint}"
             )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fail(format!(
-                "{dir}, the directory of the System V key file, does not exist{hint}"
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure::from(e)
+                .with_kind(SharedMemoryError::KeyError)
+                .with_detail(format!(
+                    "{dir}, the directory of the System V key file, does not exist{hint}"
+                ))),
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => fail(format!(
                 "{dir}, the directory of the System V key file, is not a directory{hint}"
             )),
@@ -944,7 +944,7 @@ print(json.dumps(out))
             err.to_string(),
             format!(
                 "create \"market\": {missing}, the directory of the System V key file, does not \
-                 exist (Qt's temporary directory: $TMPDIR, else /tmp)"
+                 exist (Qt's temporary directory: $TMPDIR, else /tmp) (No such file or directory (os error 2))"
             )
         );
     }
@@ -975,7 +975,7 @@ print(json.dumps(out))
         let posix = legacy_key_in("market", IpcType::SharedMemory, KeyType::PosixRealtime, || {
             unreachable!("POSIX keys need no directory")
         });
-        assert!(posix.check_usable("create").is_ok());
+        assert!(posix.check_usable().is_ok());
     }
 
     /// True in the child process [`run_child`] starts for test `name`.
@@ -1414,7 +1414,7 @@ print(json.dumps(out))
                 assert_eq!(k.native(), sysv);
                 assert_eq!(k.to_string(), format!("systemv:{sysv}?legacyKey={key}"));
                 assert_eq!(k.legacy_key(), Some(key));
-                assert!(k.check_usable("create").is_ok());
+                assert!(k.check_usable().is_ok());
                 // the public entry points, with this process's temporary directory
                 let public = match ipc {
                     IpcType::SharedMemory => [

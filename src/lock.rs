@@ -122,6 +122,12 @@ impl Locker {
         self.state.as_ref()
     }
 
+    /// Give up the semaphore and keep only the lock state (for detach, which unmaps the
+    /// lock state last).
+    pub(crate) fn into_state(self) -> Option<LockState> {
+        self.state
+    }
+
     /// True in a `fork()`ed child that inherited this locker.
     #[inline]
     pub(crate) fn forked(&self) -> bool {
@@ -158,7 +164,9 @@ impl Locker {
         let once = timeout == Some(Duration::ZERO);
         match (self.mode, &self.state, &self.semaphore) {
             (LockMode::Fast, Some(state), _) => self.acquire_fast(state, deadline, once),
-            (LockMode::QtCompatible, Some(state), Some(sem)) => self.acquire_qt(state, sem.as_ref(), deadline, once),
+            (LockMode::QtCompatible, Some(state), Some(sem)) => {
+                self.acquire_qt(state, sem.as_ref(), deadline, once)
+            }
             (LockMode::QtCompatible, None, Some(sem)) => self.acquire_bare(sem.as_ref(), timeout),
             _ => Err(io::Error::other("no lock: the segment's lock state is missing")),
         }
@@ -167,9 +175,18 @@ impl Locker {
     /// Wait for the robust mutex in slices of at most [`REPAIR_INTERVAL`]: when an owner
     /// dies the kernel wakes one waiter, and if that waiter is killed before it takes the
     /// lock, the other waiters are never woken. Bounded sleeps make them look again.
-    fn acquire_fast(&self, state: &LockState, deadline: Option<Instant>, once: bool) -> io::Result<Option<bool>> {
+    fn acquire_fast(
+        &self,
+        state: &LockState,
+        deadline: Option<Instant>,
+        once: bool,
+    ) -> io::Result<Option<bool>> {
         loop {
-            let wait = if once { Duration::ZERO } else { slice(deadline, REPAIR_INTERVAL) };
+            let wait = if once {
+                Duration::ZERO
+            } else {
+                slice(deadline, REPAIR_INTERVAL)
+            };
             // SAFETY: the mutex lives in the lock-state mapping owned by self.
             match unsafe { robust_mutex::lock(state.fast(), wait) }? {
                 Locked::Yes => return Ok(Some(false)),
@@ -190,7 +207,11 @@ impl Locker {
         // 1. marker: the right to deal with the semaphore on qshm's side
         let mut died = false;
         loop {
-            let wait = if once { Duration::ZERO } else { slice(deadline, REPAIR_INTERVAL) };
+            let wait = if once {
+                Duration::ZERO
+            } else {
+                slice(deadline, REPAIR_INTERVAL)
+            };
             // SAFETY: the mutex lives in the lock-state mapping owned by self.
             match unsafe { robust_mutex::lock(state.marker(), wait) }? {
                 Locked::Yes => break,
@@ -223,7 +244,11 @@ impl Locker {
                     return Err(e);
                 }
             }
-            if repair && !once && started.elapsed() >= DEAD_HOLDER_LOOK && last_look.is_none_or(|t| t.elapsed() >= DEAD_HOLDER_LOOK) {
+            if repair
+                && !once
+                && started.elapsed() >= DEAD_HOLDER_LOOK
+                && last_look.is_none_or(|t| t.elapsed() >= DEAD_HOLDER_LOOK)
+            {
                 last_look = Some(Instant::now());
                 if no_living_holder_possible(state, sem) {
                     nobody_seen += 1;
@@ -255,7 +280,11 @@ impl Locker {
     }
 
     /// We got `marker` from a dead qshm process: act on the phase it left.
-    fn repair_after_dead_marker_owner(&self, state: &LockState, sem: &dyn SemaphoreBackend) -> io::Result<bool> {
+    fn repair_after_dead_marker_owner(
+        &self,
+        state: &LockState,
+        sem: &dyn SemaphoreBackend,
+    ) -> io::Result<bool> {
         let died = match state.phase().load(Ordering::SeqCst) {
             phase::HELD => {
                 // It held the unit. System V: SEM_UNDO gave it back already.
@@ -279,7 +308,11 @@ impl Locker {
     }
 
     /// Qt-compatible without lock state: the semaphore alone.
-    fn acquire_bare(&self, sem: &dyn SemaphoreBackend, timeout: Option<Duration>) -> io::Result<Option<bool>> {
+    fn acquire_bare(
+        &self,
+        sem: &dyn SemaphoreBackend,
+        timeout: Option<Duration>,
+    ) -> io::Result<Option<bool>> {
         let me = thread_token();
         if self.holder.load(Ordering::Acquire) == me {
             return Err(io::Error::from_raw_os_error(libc::EDEADLK));
@@ -328,7 +361,11 @@ fn no_living_holder_possible(state: &LockState, sem: &dyn SemaphoreBackend) -> b
     };
     let (ldev, lino) = state.file_id();
     let census = procfs::census(&[Mapped::File { dev, ino }, Mapped::File { dev: ldev, ino: lino }]);
-    if census.mapping.iter().any(|&(_, bits)| bits & 0b01 != 0 && bits & 0b10 == 0) {
+    if census
+        .mapping
+        .iter()
+        .any(|&(_, bits)| bits & 0b01 != 0 && bits & 0b10 == 0)
+    {
         return false;
     }
     let owner_and_mode = census_file_stat(dev, ino);

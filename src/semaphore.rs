@@ -94,7 +94,9 @@ impl SystemSemaphore {
 
     fn backend(&self) -> &dyn SemaphoreBackend {
         // Some from construction until remove(self), which consumes the handle
-        self.backend.as_deref().expect("a SystemSemaphore keeps its backend until remove")
+        self.backend
+            .as_deref()
+            .expect("a SystemSemaphore keeps its backend until remove")
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<bool> {

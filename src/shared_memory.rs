@@ -160,12 +160,15 @@ impl SharedMemory {
         if let Some(attached) = &self.attached
             && attached.locker.mode() != mode
         {
-            let error = Error::new(SharedMemoryError::LockError, "set lock mode", self.key.display_name()).with_detail(
-                format!(
-                    "the segment's lock mode is {}; it cannot change while attached",
-                    attached.locker.mode().name()
-                ),
-            );
+            let error = Error::new(
+                SharedMemoryError::LockError,
+                "set lock mode",
+                self.key.display_name(),
+            )
+            .with_detail(format!(
+                "the segment's lock mode is {}; it cannot change while attached",
+                attached.locker.mode().name()
+            ));
             return self.record(Err(error));
         }
         self.requested_mode = Some(mode);
@@ -233,12 +236,17 @@ impl SharedMemory {
     fn create_inner(&mut self, size: usize, mode: AccessMode) -> Result<()> {
         const OP: &str = "create";
         if self.attached.is_some() {
-            return Err(self.error_of(OP, SharedMemoryError::AlreadyExists, "this handle is already attached; detach first"));
+            return Err(self.error_of(
+                OP,
+                SharedMemoryError::AlreadyExists,
+                "this handle is already attached; detach first",
+            ));
         }
         checked_size(size).map_err(|why| self.error_of(OP, SharedMemoryError::InvalidSize, why))?;
         let limit = os::memory_limit();
         if size as u64 > limit {
-            return Err(self.error_of(OP,
+            return Err(self.error_of(
+                OP,
                 SharedMemoryError::OutOfResources,
                 format!("{size} bytes is more than this machine's memory and swap ({limit} bytes)"),
             ));
@@ -265,7 +273,11 @@ impl SharedMemory {
     fn attach_inner(&mut self, mode: AccessMode) -> Result<()> {
         const OP: &str = "attach";
         if self.attached.is_some() {
-            return Err(self.error_of(OP, SharedMemoryError::AlreadyExists, "this handle is already attached; detach first"));
+            return Err(self.error_of(
+                OP,
+                SharedMemoryError::AlreadyExists,
+                "this handle is already attached; detach first",
+            ));
         }
         let req = AttachRequest {
             writable: mode == AccessMode::ReadWrite,
@@ -283,7 +295,10 @@ impl SharedMemory {
     /// not recorded in [`error`](Self::error).
     pub fn detach(&mut self) -> Result<()> {
         let Some(attached) = self.attached.take() else {
-            return Err(Error::new(SharedMemoryError::NotFound, "detach", self.key.display_name()).with_detail("not attached"));
+            return Err(
+                Error::new(SharedMemoryError::NotFound, "detach", self.key.display_name())
+                    .with_detail("not attached"),
+            );
         };
         let result = attached.detach().map_err(|f| self.fail("detach", f));
         self.record(result)
@@ -312,7 +327,9 @@ impl SharedMemory {
     /// writes is a data race unless you hold the lock or use atomics (see `## Soundness`).
     #[doc(alias = "constData")]
     pub fn as_ptr(&self) -> *const u8 {
-        self.attached.as_ref().map_or(std::ptr::null(), |a| a.mapping.ptr())
+        self.attached
+            .as_ref()
+            .map_or(std::ptr::null(), |a| a.mapping.ptr())
     }
 
     /// Start of the segment for writing (Qt's `data()`), null when not attached or
@@ -394,10 +411,18 @@ impl SharedMemory {
     fn take_slow(&self, timeout: Option<Duration>, write: bool) -> Result<Option<(&Attachment, bool)>> {
         const OP: &str = "lock";
         let Some(a) = &self.attached else {
-            return Err(self.error_of(OP, SharedMemoryError::LockError, "not attached: create or attach first"));
+            return Err(self.error_of(
+                OP,
+                SharedMemoryError::LockError,
+                "not attached: create or attach first",
+            ));
         };
         if write && a.access == AccessMode::ReadOnly {
-            return Err(self.error_of(OP, SharedMemoryError::PermissionDenied, "attached read-only: use lock_read()"));
+            return Err(self.error_of(
+                OP,
+                SharedMemoryError::PermissionDenied,
+                "attached read-only: use lock_read()",
+            ));
         }
         match a.locker.acquire(timeout) {
             Ok(Some(died)) => Ok(Some((a, died))),
@@ -409,13 +434,21 @@ impl SharedMemory {
     /// A blocking acquire cannot come back empty; if it ever did, say so instead of panicking.
     #[cold]
     fn never_empty(&self) -> Error {
-        self.error_of("lock", SharedMemoryError::LockError, "the lock wait ended without the lock")
+        self.error_of(
+            "lock",
+            SharedMemoryError::LockError,
+            "the lock wait ended without the lock",
+        )
     }
 
     #[cold]
     fn lock_error(&self, e: std::io::Error) -> Error {
         if e.raw_os_error() == Some(libc::EDEADLK) {
-            return self.error_of("lock", SharedMemoryError::LockError, "this thread already holds the lock");
+            return self.error_of(
+                "lock",
+                SharedMemoryError::LockError,
+                "this thread already holds the lock",
+            );
         }
         Error::new(SharedMemoryError::LockError, "lock", self.key.display_name())
             .with_detail("unable to lock")
@@ -441,7 +474,8 @@ impl SharedMemory {
 
     /// The last error of this handle (Qt's `error()`); `NoError` after a success.
     pub fn error(&self) -> SharedMemoryError {
-        self.last_error_entry().map_or(SharedMemoryError::NoError, |e| e.0)
+        self.last_error_entry()
+            .map_or(SharedMemoryError::NoError, |e| e.0)
     }
 
     /// Text of the last error (Qt's `errorString()`); empty after a success.
@@ -480,7 +514,8 @@ impl SharedMemory {
     /// and tests cleaning up after crashes. Returns whether a segment existed. Never
     /// deletes a file that is not a segment or a key file qshm or Qt would make.
     pub fn force_remove(key: &NativeIpcKey) -> Result<bool> {
-        sys::remove(key, &lock::semaphore_key(key)).map_err(|f| Error::from_failure("remove", key.display_name(), f))
+        sys::remove(key, &lock::semaphore_key(key))
+            .map_err(|f| Error::from_failure("remove", key.display_name(), f))
     }
 
     /// The key of the semaphore [`LockMode::QtCompatible`] locks: what Qt's
@@ -492,7 +527,10 @@ impl SharedMemory {
     /// The file holding qshm's lock state for the attached segment, if it has one.
     pub fn lock_state_path(&self) -> Option<std::path::PathBuf> {
         let attached = self.attached.as_ref()?;
-        attached.locker.state().map(|s| s.segment().lock_state_path().into())
+        attached
+            .locker
+            .state()
+            .map(|s| s.segment().lock_state_path().into())
     }
 
     /// The numeric System V key (`ftok(path, 'Q')`) of a System V native key, if its
@@ -551,13 +589,20 @@ impl Attachment {
             fork_epoch,
             ..
         } = self;
-        drop(locker);
+        // Unmap in the reverse order of attach: the segment, then Qt's semaphore, and the
+        // lock state last. Whoever looks at this process in /proc meanwhile (a Fast-mode
+        // attacher, a waiter looking for a dead holder) never sees it map the segment or
+        // the semaphore without the lock state, which would make it look like Qt.
         drop(mapping);
-        if fork::epoch() != fork_epoch {
+        let lock_state = locker.into_state();
+        let result = if fork::epoch() != fork_epoch {
             segment.forget();
-            return Ok(());
-        }
-        segment.detach().map(drop)
+            Ok(())
+        } else {
+            segment.detach().map(drop)
+        };
+        drop(lock_state);
+        result
     }
 }
 
@@ -592,7 +637,9 @@ fn checked_size(size: usize) -> std::result::Result<usize, String> {
         return Err("size must be at least 1 byte".to_owned());
     }
     if size > isize::MAX as usize {
-        return Err(format!("{size} bytes is more than any segment can have (a negative size?)"));
+        return Err(format!(
+            "{size} bytes is more than any segment can have (a negative size?)"
+        ));
     }
     Ok(size)
 }

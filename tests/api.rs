@@ -25,18 +25,17 @@ fn handles_are_send_and_sync() {
 }
 
 #[test]
-fn size_is_page_rounded_and_attach_sees_the_real_size() {
+fn size_is_exact_and_attach_sees_it() {
     for (kind, mode) in both_modes() {
         let key = unique_key("size");
         let mut cleanup = Cleanup::default();
         cleanup.key(&key, kind);
         let mut a = handle(&key, kind, mode);
         a.create(1, AccessMode::ReadWrite).unwrap();
-        let page = a.size();
-        assert!(page >= 4096 && page.is_power_of_two(), "{page}");
+        assert_eq!(a.size(), 1, "as in Qt, exactly the size asked for");
         let mut b = handle(&key, kind, mode);
         b.attach(AccessMode::ReadOnly).unwrap();
-        assert_eq!(b.size(), page);
+        assert_eq!(b.size(), 1);
         assert_eq!(b.access_mode(), Some(AccessMode::ReadOnly));
         assert!(
             b.as_mut_ptr().is_null(),
@@ -58,15 +57,17 @@ fn bad_sizes_are_typed_errors_and_leave_nothing() {
         let mut cleanup = Cleanup::default();
         cleanup.key(&key, kind);
         let mut shm = handle(&key, kind, LockMode::QtCompatible);
-        for size in [0usize, usize::MAX, isize::MAX as usize, (isize::MAX as usize) + 1] {
+        for size in [0usize, usize::MAX, (isize::MAX as usize) + 1] {
             let err = shm.create(size, AccessMode::ReadWrite).unwrap_err();
             assert_eq!(err.kind(), SharedMemoryError::InvalidSize, "size {size}: {err}");
             assert_eq!(shm.error(), SharedMemoryError::InvalidSize);
             assert!(!shm.error_string().is_empty());
         }
         // more than the machine has, but a valid size
-        let err = shm.create(1 << 50, AccessMode::ReadWrite).unwrap_err();
-        assert_eq!(err.kind(), SharedMemoryError::OutOfResources, "{err}");
+        for size in [1usize << 50, isize::MAX as usize] {
+            let err = shm.create(size, AccessMode::ReadWrite).unwrap_err();
+            assert_eq!(err.kind(), SharedMemoryError::OutOfResources, "{err}");
+        }
         assert!(!shm.is_attached());
         assert!(
             leftovers(&key, kind, &[]).is_empty(),
@@ -215,18 +216,17 @@ fn info_reports_the_segment() {
 }
 
 #[test]
-fn lock_mode_mismatch_is_reported() {
+fn lock_mode_mismatch_is_reported_at_attach() {
     let key = unique_key("mismatch");
     let mut cleanup = Cleanup::default();
     cleanup.key(&key, KeyType::PosixRealtime);
     let mut fast = handle(&key, KeyType::PosixRealtime, LockMode::Fast);
-    fast.create(8, AccessMode::ReadWrite).unwrap();
-    drop(fast.lock().unwrap()); // records the mode
+    fast.create(8, AccessMode::ReadWrite).unwrap(); // the mode is the segment's from here
     let mut qt = handle(&key, KeyType::PosixRealtime, LockMode::QtCompatible);
-    qt.attach(AccessMode::ReadWrite).unwrap();
-    let err = qt.lock().unwrap_err();
+    let err = qt.attach(AccessMode::ReadWrite).unwrap_err();
     assert_eq!(err.kind(), SharedMemoryError::LockError);
-    assert!(err.to_string().contains("same LockMode"), "{err}");
+    assert!(err.to_string().contains("LockMode::Fast"), "{err}");
+    assert!(!qt.is_attached());
 }
 
 #[test]

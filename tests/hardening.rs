@@ -468,7 +468,7 @@ fn foreign_lock_state() -> Result<(), Failed> {
         before == after,
         "qshm wrote into a lock-state file another user owns",
     )?;
-    let meta = std::fs::metadata(shm.lock_state_path())?;
+    let meta = std::fs::metadata(shm.lock_state_path().ok_or("no lock state")?)?;
     check(
         meta.uid() == 0,
         format!("the lock state in use belongs to uid {}", meta.uid()),

@@ -90,7 +90,7 @@ fn default_modes(kind: KeyType) -> Result<(), Failed> {
         shm.info()?.permissions == 0o600,
         format!("segment mode {:o}", shm.info()?.permissions),
     )?;
-    let lock_mode = std::fs::metadata(shm.lock_state_path())?.mode() & 0o777;
+    let lock_mode = std::fs::metadata(shm.lock_state_path().ok_or("no lock state")?)?.mode() & 0o777;
     check(lock_mode == 0o600, format!("lock state mode {lock_mode:o}"))?;
     let sem = SystemSemaphore::legacy_native_key(&key, kind);
     match kind {

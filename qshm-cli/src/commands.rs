@@ -190,41 +190,43 @@ fn hex_dump(data: &[u8], offset: usize) -> String {
 }
 
 /// What `stat` says about the lock.
-fn lock_state(target: &Target, shm: &SharedMemory) -> String {
-    let state_file = shm.lock_state_path();
-    if state_file.exists() {
-        // Recorded in Fast mode? A Fast handle's lock says so (or fails on a mismatch).
-        // `shm` stays attached, so the probe's detach is never the last one.
-        let mut fast = SharedMemory::with_native_key(target.native.clone()).with_lock_mode(LockMode::Fast);
-        if fast.attach(AccessMode::ReadOnly).is_ok() {
-            match fast.try_lock_read() {
-                Ok(Some(_)) => return format!("free (Fast mode, lock state {})", state_file.display()),
-                Ok(None) => return format!("held (Fast mode, lock state {})", state_file.display()),
-                Err(_) => {} // recorded in Qt-compatible mode
-            }
-        }
-    }
-    // Qt-compatible: the semaphore Qt's lock() takes (stat's own attach opened it)
-    let key = shm.semaphore_key();
-    let value = SystemSemaphore::with_native_key(key.clone(), 1, SemaphoreMode::Open).and_then(|s| s.value());
-    let note = if state_file.exists() {
+fn lock_state(shm: &SharedMemory, info: &qshm::SegmentInfo) -> String {
+    let state = match &info.lock_state_file {
+        Some(path) => format!("lock state {}", path.display()),
+        None => "no lock state: made by a program that is not qshm".to_owned(),
+    };
+    let made = if info.made_by_qshm {
         ""
     } else {
-        "; no qshm process has locked it yet"
+        "; made by a program that is not qshm (Qt?)"
     };
-    match value {
-        Ok(v) if v > 0 => format!("free (Qt-compatible mode, semaphore {key}{note})"),
-        Ok(_) => format!("held (Qt-compatible mode, semaphore {key}{note})"),
-        Err(e) => format!("unknown ({e})"),
+    match info.lock_mode {
+        LockMode::Fast => match shm.try_lock_read() {
+            Ok(Some(_)) => format!("free (Fast mode, {state})"),
+            Ok(None) => format!("held (Fast mode, {state})"),
+            Err(e) => format!("unknown ({e})"),
+        },
+        LockMode::QtCompatible => {
+            // the semaphore Qt's lock() takes
+            let key = shm.semaphore_key();
+            let value =
+                SystemSemaphore::with_native_key(key.clone(), 1, SemaphoreMode::Open).and_then(|s| s.value());
+            match value {
+                Ok(v) if v > 0 => format!("free (Qt-compatible mode, semaphore {key}, {state}{made})"),
+                Ok(_) => format!("held (Qt-compatible mode, semaphore {key}, {state}{made})"),
+                Err(e) => format!("unknown ({e})"),
+            }
+        }
     }
 }
 
 pub fn stat(target: &Target) -> CliResult {
-    // Attach in Qt-compatible mode whatever --fast says: it checks for Qt peers before
-    // destroying, and stat's lock probe never records a mode (see lock_state).
-    let mut probe = target
-        .with_mode(LockMode::QtCompatible)
-        .attach(AccessMode::ReadOnly)?;
+    // Attach adopting the segment's lock mode, whatever --fast says.
+    let mut probe = target.adopting_handle();
+    probe.attach(AccessMode::ReadOnly).map_err(|e| match e.kind() {
+        SharedMemoryError::NotFound => target.not_found(true),
+        _ => e.into(),
+    })?;
     let info = probe.info()?;
     let kind = probe.native_ipc_key().kind();
     let attachments = match info.attachments {
@@ -235,7 +237,7 @@ pub fn stat(target: &Target) -> CliResult {
             format!("{mappers} processes map it, {holders} qshm attachments (this stat included)")
         }
     };
-    let lock = lock_state(target, &probe);
+    let lock = lock_state(&probe, &info);
     let age = now_secs().saturating_sub(info.created_unix.max(0) as u64);
     let mut text = String::new();
     let _ = writeln!(text, "key:          {}", probe.key().unwrap_or("(native key)"));

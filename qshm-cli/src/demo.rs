@@ -89,7 +89,7 @@ pub fn run(opts: KeyOpts, messages: u32) -> CliResult {
     let gone =
         matches!(probe.attach(AccessMode::ReadOnly), Err(e) if e.kind() == SharedMemoryError::NotFound);
     let key_file = kind == KeyType::SystemV && Path::new(shm.native_key()).exists();
-    if !gone || key_file || lock_state.exists() {
+    if !gone || key_file || lock_state.is_some_and(|p| p.exists()) {
         return Err(Failure::other(
             "the segment (or its key file or lock state) outlived its last user".to_owned(),
         ));

@@ -446,8 +446,9 @@ pub struct Target {
     pub shown: String,
     /// The native key it stands for.
     pub native: NativeIpcKey,
-    /// The user's lock mode.
-    pub mode: LockMode,
+    /// The lock mode the user insists on (`--fast`); `None` adopts the segment's (and
+    /// creates Qt-compatible segments).
+    pub mode: Option<LockMode>,
     /// KEY was a legacy key (so the other key type can be suggested).
     pub legacy: bool,
 }
@@ -470,11 +471,7 @@ impl KeyOpts {
         }
         let lower = key.get(..8).unwrap_or(key).to_ascii_lowercase();
         let has_scheme = lower.starts_with("posix:") || lower.starts_with("systemv:");
-        let mode = if self.fast {
-            LockMode::Fast
-        } else {
-            LockMode::QtCompatible
-        };
+        let mode = self.fast.then_some(LockMode::Fast);
         if !self.native && !has_scheme {
             return Ok(Target {
                 shown: key.to_owned(),
@@ -508,19 +505,18 @@ impl KeyOpts {
 }
 
 impl Target {
-    /// The same segment with another lock mode.
-    pub fn with_mode(&self, mode: LockMode) -> Target {
-        Target {
-            shown: self.shown.clone(),
-            native: self.native.clone(),
-            mode,
-            legacy: self.legacy,
+    /// A handle (not attached) with the user's lock mode, if they asked for one.
+    pub fn handle(&self) -> SharedMemory {
+        let shm = SharedMemory::with_native_key(self.native.clone());
+        match self.mode {
+            Some(mode) => shm.with_lock_mode(mode),
+            None => shm,
         }
     }
 
-    /// A handle (not attached) with the user's lock mode.
-    pub fn handle(&self) -> SharedMemory {
-        SharedMemory::with_native_key(self.native.clone()).with_lock_mode(self.mode)
+    /// A handle that adopts the segment's lock mode, whatever the user asked for.
+    pub fn adopting_handle(&self) -> SharedMemory {
+        SharedMemory::with_native_key(self.native.clone())
     }
 
     /// A command line for this segment, for hints: `qshm <sub> KEY [rest] [--posix] [--fast]`.
@@ -539,7 +535,7 @@ impl Target {
         if self.legacy && self.native.kind() == KeyType::PosixRealtime {
             words.push_str(" --posix");
         }
-        if self.mode == LockMode::Fast && sub != "rm" && sub != "stat" {
+        if self.mode == Some(LockMode::Fast) && sub != "rm" && sub != "stat" {
             words.push_str(" --fast");
         }
         words
@@ -551,6 +547,9 @@ impl Target {
         match shm.attach(access) {
             Ok(()) => Ok(shm),
             Err(e) if e.kind() == SharedMemoryError::NotFound => Err(self.not_found(true)),
+            Err(e) if e.kind() == SharedMemoryError::LockError && self.mode.is_some() => {
+                Err(Failure::from(e).with_hint("drop --fast: without it the segment's own lock mode is used"))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -579,27 +578,9 @@ impl Target {
         }
     }
 
-    /// A lock failure, with a hint when the segment's users lock it in the other mode.
-    pub fn lock_failure(&self, shm: &SharedMemory, e: qshm::Error) -> Failure {
-        let failure = Failure::from(e);
-        if failure.code != 6 || !shm.is_attached() {
-            return failure;
-        }
-        let other = match self.mode {
-            LockMode::QtCompatible => LockMode::Fast,
-            LockMode::Fast => LockMode::QtCompatible,
-        };
-        // `shm` stays attached meanwhile, so this probe's detach is never the last one.
-        let mut probe = SharedMemory::with_native_key(self.native.clone()).with_lock_mode(other);
-        let works = probe.attach(AccessMode::ReadOnly).is_ok() && probe.try_lock_read().is_ok();
-        drop(probe);
-        match (works, other) {
-            (true, LockMode::Fast) => failure.with_hint("its users lock it in Fast mode: add --fast"),
-            (true, LockMode::QtCompatible) => {
-                failure.with_hint("its users lock it in Qt-compatible mode: drop --fast")
-            }
-            (false, _) => failure,
-        }
+    /// A lock failure.
+    pub fn lock_failure(&self, _shm: &SharedMemory, e: qshm::Error) -> Failure {
+        Failure::from(e)
     }
 }
 

@@ -167,7 +167,7 @@ fn create_write_cat_stat_across_processes() {
         let native = SharedMemory::legacy_native_key(&key, kind);
         assert_eq!(
             line,
-            format!("{key} native={native} size=4096 type={}", kind.as_str())
+            format!("{key} native={native} size=100 type={}", kind.as_str())
         );
         let recorded = sysv_keys(&key, kind);
 
@@ -200,7 +200,7 @@ fn create_write_cat_stat_across_processes() {
         let text = stdout(&out);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(text.contains(&format!("native key:   {native}\n")), "{text}");
-        assert!(text.contains("size:         4096 bytes\n"), "{text}");
+        assert!(text.contains("size:         100 bytes\n"), "{text}");
         assert!(text.contains("permissions:  0640\n"), "{text}");
         assert!(text.contains("lock:         free (Qt-compatible mode"), "{text}");
         match kind {
@@ -317,12 +317,12 @@ fn native_keys_name_segments_as_qt_prints_them() {
 }
 
 #[test]
-fn fast_mode_is_detected_and_hinted() {
+fn fast_mode_belongs_to_the_segment() {
     for kind in KINDS {
         let key = unique_key("clifast");
         let mut cleanup = Cleanup::default();
         cleanup.key(&key, kind);
-        // --fill locks once, which records Fast mode in the lock state
+        // `create --fast` makes a Fast-mode segment; every other command adopts its mode
         let (mut holder, _) = hold(&key, kind, "64", &["--fast", "--fill", "7"]);
         let out = qshm(&["stat", &key, type_flag(kind)]);
         assert!(
@@ -330,10 +330,16 @@ fn fast_mode_is_detected_and_hinted() {
             "{}",
             stdout(&out)
         );
-        let err = assert_fails(&qshm(&["cat", &key, "--len", "1", type_flag(kind)]), 6);
-        assert!(err.ends_with("add --fast\n"), "{err}");
+        let out = qshm(&["cat", &key, "--len", "1", type_flag(kind)]);
+        assert_eq!(out.stdout, [7], "a plain cat adopts Fast mode: {}", stderr(&out));
+        let out = qshm(&["write", &key, "--text", "x", type_flag(kind)]);
+        assert!(
+            out.status.success(),
+            "a plain write adopts Fast mode: {}",
+            stderr(&out)
+        );
         let out = qshm(&["cat", &key, "--len", "2", "--fast", type_flag(kind)]);
-        assert_eq!(out.stdout, [7, 7]);
+        assert_eq!(out.stdout, [b'x', 7]);
 
         let mut locker = Peer::spawn_command(Command::new(BIN).args([
             "lock",
@@ -357,6 +363,18 @@ fn fast_mode_is_detected_and_hinted() {
         assert!(shm.lock_timeout(T).unwrap().is_some(), "released at Ctrl-C");
         drop(shm);
         interrupt(&mut holder);
+
+        // asking for Fast on a Qt-compatible segment is refused, with a hint
+        let qt_key = unique_key("cliqtmode");
+        cleanup.key(&qt_key, kind);
+        let (mut qt_holder, _) = hold(&qt_key, kind, "64", &[]);
+        let err = assert_fails(&qshm(&["cat", &qt_key, "--fast", type_flag(kind)]), 6);
+        assert!(
+            err.contains("LockMode::QtCompatible")
+                && err.ends_with("drop --fast: without it the segment's own lock mode is used\n"),
+            "{err}"
+        );
+        interrupt(&mut qt_holder);
     }
 }
 
@@ -428,7 +446,7 @@ fn ls_marks_and_rm_stale_removes_dead_segments() {
         let mine = find_segment(&ls_json(), kind, &native).expect("ls lists our segment");
         assert_eq!(mine["state"], "live");
         assert_eq!(mine["stale"], false);
-        assert_eq!(mine["size"], 4096);
+        assert_eq!(mine["size"], 64);
         assert_eq!(mine["attachments"], 1);
         assert_eq!(mine["permissions"], "0600");
         assert_eq!(mine["qt_style"], true);
@@ -488,15 +506,21 @@ fn rm_stale_removes_orphans_and_never_a_live_segment() {
         let native = SharedMemory::legacy_native_key(&key, kind);
         let sem = SystemSemaphore::legacy_native_key(&key, kind);
         let recorded = sysv_keys(&key, kind);
+        let prefix = match kind {
+            KeyType::PosixRealtime => posix_lock_state_prefix(&native),
+            KeyType::SystemV => {
+                let (_, k, id) = recorded
+                    .iter()
+                    .find(|r| r.0.ends_with("shm"))
+                    .expect("segment recorded");
+                format!("qshm-lock.s.{:08x}.{id}.", *k as u32)
+            }
+        };
+        let lock_states = shm_dir_names_starting(&prefix);
+        assert_eq!(lock_states.len(), 1, "one lock state: {lock_states:?}");
         holder.kill9();
         // then the segment itself goes, behind qshm's back (ipcrm, or Qt's unlink)
-        let mut expected = vec![(
-            "lock state".to_owned(),
-            SharedMemory::with_native_key(native.clone())
-                .lock_state_path()
-                .display()
-                .to_string(),
-        )];
+        let mut expected = vec![("lock state".to_owned(), format!("/dev/shm/{}", lock_states[0]))];
         match kind {
             KeyType::SystemV => {
                 ipcrm(&native);
@@ -589,8 +613,8 @@ fn errors_have_exit_codes_and_hints() {
         assert!(err.contains("did you mean"), "{err}");
         let err = assert_fails(&qshm(&["create", &key, "64", type_flag(kind)]), 4);
         assert!(err.contains("already exists") && err.contains("qshm rm"), "{err}");
-        let err = assert_fails(&qshm(&["cat", &key, "--offset", "4097", type_flag(kind)]), 1);
-        assert!(err.contains("past the end of the segment (4096 bytes)"), "{err}");
+        let err = assert_fails(&qshm(&["cat", &key, "--offset", "65", type_flag(kind)]), 1);
+        assert!(err.contains("past the end of the segment (64 bytes)"), "{err}");
         interrupt(&mut holder);
     }
     let missing = unique_key("climissing");

@@ -22,7 +22,6 @@
 //! A segment qshm did not make (Qt's) has no lock state until the first qshm attacher
 //! that owns the segment (or root, on the owner's behalf) adds one.
 
-use std::ffi::CString;
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -105,7 +104,11 @@ impl SegmentId {
     /// The lock state's file name.
     pub(crate) fn lock_state_name(&self) -> String {
         match *self {
-            SegmentId::Posix { name_tag, ino, btime_ns } => {
+            SegmentId::Posix {
+                name_tag,
+                ino,
+                btime_ns,
+            } => {
                 format!("{LOCK_STATE_PREFIX}p.{name_tag:016x}.{ino}.{btime_ns}")
             }
             SegmentId::SystemV { key, shmid, cpid } => {
@@ -141,7 +144,11 @@ impl SegmentId {
 
     fn words(&self) -> [u64; 4] {
         match *self {
-            SegmentId::Posix { name_tag, ino, btime_ns } => [1, name_tag, ino, btime_ns as u64],
+            SegmentId::Posix {
+                name_tag,
+                ino,
+                btime_ns,
+            } => [1, name_tag, ino, btime_ns as u64],
             SegmentId::SystemV { key, shmid, cpid } => [2, u64::from(key as u32), shmid as u64, cpid as u64],
         }
     }
@@ -197,8 +204,8 @@ fn file_len() -> usize {
 /// What creating a lock state can run into.
 #[derive(Debug)]
 pub(crate) enum CreateError {
-    /// The name is taken by a file of user `owner` (a squatter, or a stale one of ours).
-    Taken { owner: u32 },
+    /// The name is taken (by a squatter: identities are never reused).
+    Taken,
     Io(io::Error),
 }
 
@@ -264,10 +271,7 @@ impl LockState {
                 file: os::fstat(&fd)?,
                 ..state
             }),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let owner = os::lstat(&path).map(|st| st.uid).unwrap_or(u32::MAX);
-                Err(CreateError::Taken { owner })
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(CreateError::Taken),
             Err(e) => Err(e.into()),
         }
     }
@@ -322,7 +326,8 @@ impl LockState {
         let layout = state.layout();
         // SAFETY: the mapping is live and long enough; magic is an atomic and identity is
         // written once, before the file got its name (and the magic's Release store).
-        let ok = unsafe { (*layout).magic.load(Ordering::Acquire) == MAGIC && (*layout).identity == id.words() };
+        let ok =
+            unsafe { (*layout).magic.load(Ordering::Acquire) == MAGIC && (*layout).identity == id.words() };
         if !ok || state.mode().is_none() {
             return Err(Ok(Untrusted::Content));
         }
@@ -399,22 +404,11 @@ impl LockState {
         // SAFETY: as in phase().
         unsafe { &(*self.layout()).owner_died_pending }
     }
-
-    /// The change-notification generation.
-    pub(crate) fn generation(&self) -> &AtomicU32 {
-        // SAFETY: as in phase().
-        unsafe { &(*self.layout()).generation }
-    }
 }
 
 /// (device, inode, birth ns) of a file, as recorded for key files.
 pub(crate) fn file_words(st: &FileStat) -> [u64; 3] {
     [st.dev, st.ino, st.btime_ns.unwrap_or(st.ctime_ns) as u64]
-}
-
-/// The path of a lock state as a C string.
-pub(crate) fn c_path(id: SegmentId) -> io::Result<CString> {
-    os::cstring(&id.lock_state_path())
 }
 
 #[cfg(test)]

@@ -55,8 +55,6 @@ pub(crate) enum Detached {
 /// An attached segment (its bytes are the [`Mapping`] that came with it, which the facade
 /// owns and drops before detaching).
 pub(crate) trait SegmentBackend: Send + Sync {
-    /// Which incarnation of the key this is.
-    fn id(&self) -> SegmentId;
     /// Current facts from the OS.
     fn stat(&self) -> io::Result<SegmentStat>;
     /// Detach (the mapping is gone already); if no user is left, destroy the segment,
@@ -70,6 +68,11 @@ pub(crate) trait SegmentBackend: Send + Sync {
 pub(crate) trait SemaphoreBackend: Send + Sync {
     /// Take one unit. `None` blocks, `Some(0)` tries once. `Ok(false)`: busy or timed out.
     fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool>;
+    /// Like `acquire` with a timeout, but a semaphore removed meanwhile is not made again
+    /// (`Ok(false)`): for a destroyer, which is about to remove it anyway.
+    fn acquire_existing(&self, timeout: Duration) -> io::Result<bool> {
+        self.acquire(Some(timeout))
+    }
     /// Give back `n` units (all or none: never past the maximum).
     fn release(&self, n: u32) -> io::Result<()>;
     /// Current value, for diagnostics.
@@ -181,9 +184,12 @@ fn check_key(key: &NativeIpcKey) -> Result<(), Failure> {
         return Err(Failure::because(SharedMemoryError::KeyError, "key is empty"));
     }
     if key.native().contains('\0') {
-        return Err(Failure::because(SharedMemoryError::KeyError, "key contains a NUL byte"));
+        return Err(Failure::because(
+            SharedMemoryError::KeyError,
+            "key contains a NUL byte",
+        ));
     }
-    key.check_usable(op)
+    key.check_usable()
 }
 
 /// "user mallory (uid 1001)", for messages about other users' objects.
@@ -256,17 +262,15 @@ pub(crate) fn adopt_lock_state(
                 match LockState::create(new) {
                     Ok(state) => return Ok((Some(state), LockMode::QtCompatible)),
                     // another attacher was quicker: use theirs (next round)
-                    Err(lock_state::CreateError::Taken { .. }) => continue,
+                    Err(lock_state::CreateError::Taken) => continue,
                     // no room for it: the semaphore alone still excludes
                     Err(lock_state::CreateError::Io(_)) => return Ok((None, LockMode::QtCompatible)),
                 }
             }
             Err(Ok(why)) => return Err(untrusted(id, why)),
             Err(Err(e)) => {
-                return Err(Failure::from(e).with_detail(format!(
-                    "cannot open the lock state {}",
-                    id.lock_state_path()
-                )));
+                return Err(Failure::from(e)
+                    .with_detail(format!("cannot open the lock state {}", id.lock_state_path())));
             }
         }
     }

@@ -66,24 +66,6 @@ impl NamedFile {
         })
     }
 
-    /// Open `path` and lock it; retry while the name is re-pointed meanwhile. `Ok(None)`
-    /// when there is no such file. Waits at most [`FILE_LOCK_WAIT`] for the lock.
-    pub(crate) fn open_locked(path: &CStr, flags: libc::c_int, lock: FileLock) -> io::Result<Option<NamedFile>> {
-        let deadline = Instant::now() + FILE_LOCK_WAIT;
-        loop {
-            let file = match NamedFile::open(path, flags, 0) {
-                Ok(file) => file,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            file.lock_until(lock, deadline)?;
-            if file.still_named() {
-                return Ok(Some(file));
-            }
-            // removed (and maybe made anew) while we waited: look again
-        }
-    }
-
     /// Take `lock`, waiting until `deadline` at most (then `ErrorKind::TimedOut`).
     pub(crate) fn lock_until(&self, lock: FileLock, deadline: Instant) -> io::Result<()> {
         let mut pause = Duration::from_micros(50);

@@ -46,15 +46,6 @@ pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::R
     })
 }
 
-pub(crate) fn shm_open(name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
-    retry(|| {
-        // SAFETY: name is a valid NUL-terminated string; shm_open returns a new fd or -1.
-        let fd = cvt(unsafe { libc::shm_open(name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
-        // SAFETY: fd was just returned by shm_open and is owned by nobody else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    })
-}
-
 pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
     // SAFETY: path is a valid NUL-terminated string.
     cvt(unsafe { libc::unlink(path.as_ptr()) }).map(drop)
@@ -156,12 +147,13 @@ pub(crate) fn fchown(fd: &OwnedFd, uid: libc::uid_t, gid: libc::gid_t) -> io::Re
 /// now, so a full file system is `ENOSPC` here instead of `SIGBUS` at the first write.
 pub(crate) fn fallocate(fd: &OwnedFd, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: fd is open; posix_fallocate returns an error number instead of setting errno.
-    let rc = retry(|| match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        rc => Err(io::Error::from_raw_os_error(rc)),
-    });
-    rc
+    retry(|| {
+        // SAFETY: fd is open; posix_fallocate returns an error number instead of setting errno.
+        match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {
+            0 => Ok(()),
+            rc => Err(io::Error::from_raw_os_error(rc)),
+        }
+    })
 }
 
 pub(crate) fn chmod(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
@@ -270,12 +262,6 @@ pub(crate) fn memory_limit() -> u64 {
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
-}
-
-/// The effective group id.
-pub(crate) fn egid() -> u32 {
-    // SAFETY: getegid has no preconditions and cannot fail.
-    unsafe { libc::getegid() }
 }
 
 pub(crate) fn user_name(uid: libc::uid_t) -> Option<String> {

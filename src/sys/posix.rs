@@ -7,12 +7,14 @@
 //! segment file**, for as long as it is attached. The kernel drops the lock when the
 //! descriptor is closed, also when the process is killed, so the count can never leak.
 //!
-//! * **create** prepares everything unnamed: the file (`O_TMPFILE`), its size, its pages
+//! * **create** prepares the file unnamed (`O_TMPFILE`): its size, its pages
 //!   (`posix_fallocate`: a full `/dev/shm` is `OutOfResources` now, never `SIGBUS`
-//!   later), the creator's shared lock, the lock state (named after the file's identity,
-//!   see `lock_state.rs`), Qt's semaphore, the mapping. Only then does the file get its
-//!   name with `linkat`, which fails atomically if the name is taken. Nobody ever sees a
-//!   half-made segment, and two creators cannot both win.
+//!   later), the mapping, and an *exclusive* lock. Then the file gets its name with
+//!   `linkat`, which fails atomically if the name is taken, so two creators cannot both
+//!   win. While attachers wait for the exclusive lock, the creator makes the lock state
+//!   (named after the file's identity, see `lock_state.rs`) and opens Qt's semaphore; then
+//!   it turns its lock into a shared one like every attachment's. A creator killed midway
+//!   leaves either nothing or a stale segment that the next `create` reclaims.
 //! * **attach** opens the name, takes the shared lock (waiting a bounded time while a
 //!   destroyer holds it exclusively), then checks that the name still refers to the same
 //!   file. If not, the segment was destroyed meanwhile: look again, or `NotFound`.
@@ -63,7 +65,9 @@ pub(crate) fn shm_file_name(native: &str) -> Result<&str, Failure> {
         return Err(key_error("a POSIX key needs a name after the '/'"));
     }
     if name.contains('/') {
-        return Err(key_error("a POSIX key may not contain '/' after the first character"));
+        return Err(key_error(
+            "a POSIX key may not contain '/' after the first character",
+        ));
     }
     if name.len() > 255 {
         return Err(key_error("a POSIX key may be at most 255 bytes long"));
@@ -108,6 +112,8 @@ pub(crate) struct Segment {
     mode: LockMode,
     semaphore: Option<Arc<dyn SemaphoreBackend>>,
     semaphore_key: NativeIpcKey,
+    /// (device, inode) of the lock state, to tell qshm's processes from others in `/proc`.
+    lock_state_file: Option<(u64, u64)>,
     fork_epoch: u64,
 }
 
@@ -117,20 +123,46 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     let perms = req.perms & 0o777;
     let lock_perms = lock_state::lock_permissions(perms);
     let fork_epoch = fork::epoch_watched();
-    // Qt's semaphore first: if another user owns it, nothing is made at all.
-    let semaphore = match req.mode {
-        LockMode::QtCompatible => Some(open_owned_semaphore(&req.semaphore, lock_perms)?),
-        LockMode::Fast => None,
-    };
+    if req.mode == LockMode::QtCompatible {
+        refuse_foreign_semaphore(&req.semaphore)?;
+    }
     for _ in 0..RACE_RETRIES {
+        // 1. the file, unnamed: size, pages, mapping, and an exclusive lock that keeps
+        //    attachers waiting until the lock state exists
         let fd = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, perms)
             .map_err(|e| Failure::from(e).with_detail(format!("cannot make a file in {SHM_DIR}")))?;
         os::fchmod(&fd, perms)?;
         os::ftruncate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
         os::fallocate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
-        os::flock(&fd, libc::LOCK_SH)?;
+        os::flock(&fd, libc::LOCK_EX)?;
         let st = os::fstat(&fd)?;
         let id = id_of(&c_path, &st);
+        let mapping = Mapping::map_file(&fd, req.size, req.writable)?;
+        // 2. publish it: atomic, and fails if the name is taken
+        match os::link_fd(&fd, &c_path) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                drop(mapping);
+                match probe_existing(&c_path)? {
+                    Probe::Live { owner } if owner != os::euid() => {
+                        return Err(not_ours("a segment of this key", owner));
+                    }
+                    Probe::Live { .. } => return Err(Failure::new(SharedMemoryError::AlreadyExists)),
+                    Probe::Gone => continue,
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let file = NamedFile {
+            fd,
+            stat: st,
+            path: c_path.clone(),
+        };
+        // 3. its lock state and Qt's semaphore, while attachers wait for our lock. If we
+        //    die here, the segment is stale (no lock holder, no mapper) and reclaimed.
+        let undo = |file: &NamedFile| {
+            let _ = file.unlink_if_still_named();
+        };
         let lock_state = match LockState::create(NewLockState {
             id,
             mode: req.mode,
@@ -141,53 +173,45 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
         }) {
             Ok(state) => state,
             // someone squats on this identity's name: a new file gets a new identity
-            Err(CreateError::Taken { .. }) => continue,
-            Err(CreateError::Io(e)) => return Err(lock_state_failure(e)),
-        };
-        let mapping = match Mapping::map_file(&fd, req.size, req.writable) {
-            Ok(mapping) => mapping,
-            Err(e) => {
-                LockState::remove(id);
-                return Err(e.into());
+            Err(CreateError::Taken) => {
+                undo(&file);
+                continue;
+            }
+            Err(CreateError::Io(e)) => {
+                undo(&file);
+                return Err(lock_state_failure(e));
             }
         };
-        match os::link_fd(&fd, &c_path) {
-            Ok(()) => {
-                let segment = Segment {
-                    file: NamedFile {
-                        fd,
-                        stat: st,
-                        path: c_path,
-                    },
-                    id,
-                    mode: req.mode,
-                    semaphore: semaphore.clone(),
-                    semaphore_key: req.semaphore.clone(),
-                    fork_epoch,
-                };
-                return Ok(Attached {
-                    segment: Box::new(segment),
-                    mapping,
-                    lock_state: Some(lock_state),
-                    semaphore,
-                    mode: req.mode,
-                });
-            }
-            Err(e) => {
-                drop(lock_state);
-                LockState::remove(id);
-                if e.raw_os_error() != Some(libc::EEXIST) {
-                    return Err(e.into());
+        let semaphore: Option<Arc<dyn SemaphoreBackend>> = match req.mode {
+            LockMode::QtCompatible => match open_owned_semaphore(&req.semaphore, lock_perms) {
+                Ok(sem) => Some(sem),
+                Err(e) => {
+                    drop(lock_state);
+                    LockState::remove(id);
+                    undo(&file);
+                    return Err(e);
                 }
-            }
-        }
-        match probe_existing(&c_path)? {
-            Probe::Live { owner } if owner != os::euid() => {
-                return Err(not_ours("a segment of this key", owner));
-            }
-            Probe::Live { .. } => return Err(Failure::new(SharedMemoryError::AlreadyExists)),
-            Probe::Gone => continue,
-        }
+            },
+            LockMode::Fast => None,
+        };
+        // 4. let attachers in (the creator's attachment is a shared lock like theirs)
+        os::flock(&file.fd, libc::LOCK_SH)?;
+        let segment = Segment {
+            file,
+            id,
+            mode: req.mode,
+            semaphore: semaphore.clone(),
+            semaphore_key: req.semaphore.clone(),
+            lock_state_file: Some(lock_state.file_id()),
+            fork_epoch,
+        };
+        return Ok(Attached {
+            segment: Box::new(segment),
+            mapping,
+            lock_state: Some(lock_state),
+            semaphore,
+            mode: req.mode,
+        });
     }
     Err(Failure::because(
         SharedMemoryError::UnknownError,
@@ -195,14 +219,18 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     ))
 }
 
+/// Refuse, before anything is made, a semaphore file that belongs to another user.
+fn refuse_foreign_semaphore(key: &NativeIpcKey) -> Result<(), Failure> {
+    match os::cstring(&semaphore_file(key)?).and_then(|p| os::lstat(&p)) {
+        Ok(st) if st.uid != os::euid() => Err(not_ours("the lock's semaphore", st.uid)),
+        _ => Ok(()),
+    }
+}
+
 /// Qt's semaphore for a segment being created: open or make it, but never one that
 /// belongs to another user (they could set it to 0, or to 5).
 fn open_owned_semaphore(key: &NativeIpcKey, perms: u32) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
-    if let Ok(st) = os::cstring(&semaphore_file(key)?).and_then(|p| os::lstat(&p))
-        && st.uid != os::euid()
-    {
-        return Err(not_ours("the lock's semaphore", st.uid));
-    }
+    refuse_foreign_semaphore(key)?;
     let sem = Semaphore::open(key, 1, SemaphoreMode::Open, perms)?;
     match sem.owner() {
         Some(uid) if uid != os::euid() => Err(not_ours("the lock's semaphore", uid)),
@@ -231,7 +259,11 @@ pub(crate) fn lock_state_failure(e: io::Error) -> Failure {
 
 pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
     let c_path = segment_path(key)?;
-    let flags = if req.writable { libc::O_RDWR } else { libc::O_RDONLY };
+    let flags = if req.writable {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    };
     let fork_epoch = fork::epoch_watched();
     let deadline = Instant::now() + FILE_LOCK_WAIT;
     for _ in 0..RACE_RETRIES {
@@ -241,7 +273,9 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
                 return Err(Failure::new(SharedMemoryError::NotFound));
             }
             Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-                let owner = os::lstat(&c_path).map(|st| owner_label(st.uid)).unwrap_or_default();
+                let owner = os::lstat(&c_path)
+                    .map(|st| owner_label(st.uid))
+                    .unwrap_or_default();
                 return Err(Failure::from(e).with_detail(format!("the segment belongs to {owner}")));
             }
             Err(e) => return Err(e.into()),
@@ -282,6 +316,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
             mode,
             semaphore: semaphore.clone(),
             semaphore_key: req.semaphore.clone(),
+            lock_state_file: lock_state.as_ref().map(LockState::file_id),
             fork_epoch,
         };
         return Ok(Attached {
@@ -324,16 +359,16 @@ pub(crate) fn probe_existing(c_path: &CString) -> Result<Probe, Failure> {
         // A shared lock means a live user; an exclusive one a destroyer, who always
         // unlinks: wait for it, then see if the name survived.
         file.lock_until(FileLock::Shared, Instant::now() + FILE_LOCK_WAIT)?;
-        return Ok(if file.still_named() { Probe::Live { owner } } else { Probe::Gone });
+        return Ok(if file.still_named() {
+            Probe::Live { owner }
+        } else {
+            Probe::Gone
+        });
     }
     if !file.still_named() {
         return Ok(Probe::Gone);
     }
-    let alone = match file.alone() {
-        Some(alone) => alone,
-        None => !mapped_by_others(&file.stat),
-    };
-    if !alone {
+    if !unused_by_others(&file) {
         return Ok(Probe::Live { owner });
     }
     LockState::remove(id_of(&file.path, &file.stat));
@@ -343,10 +378,28 @@ pub(crate) fn probe_existing(c_path: &CString) -> Result<Probe, Failure> {
     Ok(Probe::Gone)
 }
 
+/// Whether, holding the segment file's exclusive `flock` (so no qshm attachment exists),
+/// no other process can still be using it. Asked first of the kernel (a lease probe,
+/// cheap whatever the number of processes): nobody else has the file open at all. If
+/// someone has, it may be a qshm process coming or going, which holds the file open for a
+/// moment but maps nothing while we hold the lock; a program that is not qshm (Qt) maps
+/// the file while attached, and that is what `/proc` is asked then. (A Qt attach in
+/// progress, between `shm_open` and `mmap`, holds Qt's semaphore, which a Qt-compatible
+/// destroyer holds meanwhile.) On `true` a lease may be held: [`NamedFile::release`] it.
+fn unused_by_others(file: &NamedFile) -> bool {
+    match file.alone() {
+        Some(true) => true,
+        Some(false) | None => !mapped_by_others(&file.stat),
+    }
+}
+
 /// The `/proc` fallback where no lease can be taken: does any other process map the file?
 /// Processes we may not inspect count as mapping it if they could open it.
 fn mapped_by_others(st: &FileStat) -> bool {
-    let census = procfs::census(&[Mapped::File { dev: st.dev, ino: st.ino }]);
+    let census = procfs::census(&[Mapped::File {
+        dev: st.dev,
+        ino: st.ino,
+    }]);
     !census.mapping.is_empty()
         || census
             .hidden
@@ -355,10 +408,6 @@ fn mapped_by_others(st: &FileStat) -> bool {
 }
 
 impl SegmentBackend for Segment {
-    fn id(&self) -> SegmentId {
-        self.id
-    }
-
     fn stat(&self) -> io::Result<SegmentStat> {
         let now = os::fstat(&self.file.fd)?;
         Ok(SegmentStat {
@@ -378,6 +427,7 @@ impl SegmentBackend for Segment {
             mode,
             semaphore,
             semaphore_key,
+            lock_state_file,
             fork_epoch,
         } = *self;
         if fork::epoch() != fork_epoch {
@@ -392,7 +442,7 @@ impl SegmentBackend for Segment {
             LockState::remove(id);
             if matches!(os::lstat(&file.path), Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
                 drop(semaphore);
-                remove_semaphore_if_unused(&semaphore_key);
+                remove_semaphore_if_unused(&semaphore_key, lock_state_file);
             }
             return Ok(Detached::WasGone);
         }
@@ -403,13 +453,9 @@ impl SegmentBackend for Segment {
         let held = mode == LockMode::QtCompatible
             && semaphore
                 .as_ref()
-                .is_some_and(|sem| sem.acquire(Some(DESTROY_SEMAPHORE_WAIT)).unwrap_or(false));
-        let alone = match file.alone() {
-            Some(alone) => alone,
-            None => !mapped_by_others(&file.stat),
-        };
+                .is_some_and(|sem| sem.acquire_existing(DESTROY_SEMAPHORE_WAIT).unwrap_or(false));
         let mut outcome = Detached::Kept;
-        if alone {
+        if unused_by_others(&file) {
             LockState::remove(id);
             let unlinked = file.unlink_if_still_named();
             file.release();
@@ -422,7 +468,7 @@ impl SegmentBackend for Segment {
         }
         if outcome == Detached::Destroyed && mode == LockMode::QtCompatible {
             drop(semaphore);
-            remove_semaphore_if_unused(&semaphore_key);
+            remove_semaphore_if_unused(&semaphore_key, lock_state_file);
         }
         drop(file);
         Ok(outcome)
@@ -439,14 +485,19 @@ impl SegmentBackend for Segment {
 pub(crate) fn semaphore_file(key: &NativeIpcKey) -> Result<String, Failure> {
     let name = key.native().trim_start_matches('/');
     if name.is_empty() || name.contains('/') {
-        return Err(Failure::because(SharedMemoryError::KeyError, "not a POSIX semaphore name"));
+        return Err(Failure::because(
+            SharedMemoryError::KeyError,
+            "not a POSIX semaphore name",
+        ));
     }
     Ok(format!("{SHM_DIR}/sem.{name}"))
 }
 
-/// Remove the POSIX semaphore `key` if it is ours and no process has it open any more
-/// (a lease probe on its file); a semaphore in use is never pulled from under its users.
-pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey) -> bool {
+/// Remove the POSIX semaphore `key` if it is ours and no process outside qshm can be using
+/// it: nobody else has it open (a lease probe), or everyone who maps it also maps the
+/// lock state `lock_state` (qshm processes of this segment, on their way out: they close
+/// the semaphore before the lock state). A semaphore a Qt program holds open stays.
+pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey, lock_state: Option<(u64, u64)>) -> bool {
     let Ok(path) = semaphore_file(key).and_then(|p| Ok(os::cstring(&p)?)) else {
         return false;
     };
@@ -456,11 +507,27 @@ pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey) -> bool {
     if file.stat.uid != os::euid() && os::euid() != 0 {
         return false;
     }
-    let alone = match file.alone() {
-        Some(alone) => alone,
-        None => !mapped_by_others(&file.stat),
+    let unused = match file.alone() {
+        Some(true) => true,
+        _ => {
+            let sem = Mapped::File {
+                dev: file.stat.dev,
+                ino: file.stat.ino,
+            };
+            match lock_state {
+                Some((dev, ino)) => {
+                    let census = procfs::census(&[sem, Mapped::File { dev, ino }]);
+                    census.hidden.is_empty()
+                        && census
+                            .mapping
+                            .iter()
+                            .all(|&(_, bits)| bits & 0b10 != 0 || bits & 0b01 == 0)
+                }
+                None => !mapped_by_others(&file.stat),
+            }
+        }
     };
-    let removed = alone && matches!(file.unlink_if_still_named(), Ok(true));
+    let removed = unused && matches!(file.unlink_if_still_named(), Ok(true));
     file.release();
     removed
 }
@@ -473,12 +540,20 @@ pub(crate) struct Semaphore {
 }
 
 impl Semaphore {
-    pub(crate) fn open(key: &NativeIpcKey, initial: u32, mode: SemaphoreMode, perms: u32) -> Result<Semaphore, Failure> {
+    pub(crate) fn open(
+        key: &NativeIpcKey,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+    ) -> Result<Semaphore, Failure> {
         semaphore_file(key)?;
         if initial > os::SEM_VALUE_MAX {
             return Err(Failure::because(
                 SharedMemoryError::InvalidSize,
-                format!("initial value {initial} is above the system's maximum {}", os::SEM_VALUE_MAX),
+                format!(
+                    "initial value {initial} is above the system's maximum {}",
+                    os::SEM_VALUE_MAX
+                ),
             ));
         }
         let name = os::cstring(key.native())?;
@@ -526,7 +601,11 @@ impl Semaphore {
     /// The owner of the semaphore's file (the one this handle maps).
     fn owner(&self) -> Option<u32> {
         let (dev, ino) = self.file_id()?;
-        let path = os::cstring(&format!("{SHM_DIR}/sem.{}", self.name.to_str().ok()?.trim_start_matches('/'))).ok()?;
+        let path = os::cstring(&format!(
+            "{SHM_DIR}/sem.{}",
+            self.name.to_str().ok()?.trim_start_matches('/')
+        ))
+        .ok()?;
         let st = os::lstat(&path).ok()?;
         (st.dev == dev && st.ino == ino).then_some(st.uid)
     }

@@ -131,7 +131,10 @@ pub(crate) fn own_mapping_of(addr: usize) -> Option<(u64, u64)> {
     maps.lines().find_map(|line| {
         let (range, _) = line.split_once(' ')?;
         let (start, end) = range.split_once('-')?;
-        let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+        let (start, end) = (
+            usize::from_str_radix(start, 16).ok()?,
+            usize::from_str_radix(end, 16).ok()?,
+        );
         if !(start..end).contains(&addr) {
             return None;
         }

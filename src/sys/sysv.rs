@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
-use super::os::{self, FileStat};
+use super::os;
 use super::procfs::Mapped;
 use super::{
     AttachRequest, Attached, CreateRequest, Detached, LockMode, Owner, SegmentBackend, SegmentStat,
@@ -76,7 +76,8 @@ fn key_file_failure(path: &CString, e: io::Error) -> Failure {
 fn lock_key_file_for_create(path: &CString) -> Result<(NamedFile, bool), Failure> {
     let deadline = Instant::now() + FILE_LOCK_WAIT;
     loop {
-        let (file, created) = match NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o640) {
+        let (file, created) = match NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o640)
+        {
             Ok(file) => (file, true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_existing(path) {
                 Ok(file) => (file, false),
@@ -86,7 +87,10 @@ fn lock_key_file_for_create(path: &CString) -> Result<(NamedFile, bool), Failure
             Err(e) => return Err(key_file_failure(path, e)),
         };
         if file.stat.uid != os::euid() {
-            return Err(not_ours(&format!("the key file {}", path.to_string_lossy()), file.stat.uid));
+            return Err(not_ours(
+                &format!("the key file {}", path.to_string_lossy()),
+                file.stat.uid,
+            ));
         }
         file.lock_until(FileLock::Exclusive, deadline)
             .map_err(|e| key_file_failure(path, e))?;
@@ -170,23 +174,34 @@ fn segment_uses(path: &CString) -> bool {
     ftok_key(path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok() || os::semget(k, 0).is_ok())
 }
 
-fn create_locked(key_file: &NamedFile, created: bool, req: &CreateRequest, fork_epoch: u64) -> Result<Attached, Failure> {
+fn create_locked(
+    key_file: &NamedFile,
+    created: bool,
+    req: &CreateRequest,
+    fork_epoch: u64,
+) -> Result<Attached, Failure> {
     let path = &key_file.path;
     let shm_key = ftok_key(path).map_err(|e| key_file_failure(path, e))?;
     let perms = req.perms & 0o777;
     let lock_perms = lock_state::lock_permissions(perms);
     for _ in 0..8 {
-        let id = match os::shmget(shm_key, req.size, perms as libc::c_int | libc::IPC_CREAT | libc::IPC_EXCL) {
+        let id = match os::shmget(
+            shm_key,
+            req.size,
+            perms as libc::c_int | libc::IPC_CREAT | libc::IPC_EXCL,
+        ) {
             Ok(id) => id,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 reclaim_if_stale(shm_key)?;
                 continue;
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                return Err(Failure::from(e).with_kind(SharedMemoryError::InvalidSize).with_detail(format!(
-                    "{} bytes is outside the system's limits (SHMMIN/SHMMAX)",
-                    req.size
-                )));
+                return Err(Failure::from(e)
+                    .with_kind(SharedMemoryError::InvalidSize)
+                    .with_detail(format!(
+                        "{} bytes is outside the system's limits (SHMMIN/SHMMAX)",
+                        req.size
+                    )));
             }
             Err(e) => return Err(e.into()),
         };
@@ -208,7 +223,7 @@ fn create_locked(key_file: &NamedFile, created: bool, req: &CreateRequest, fork_
             key_file: recorded_key_file,
         }) {
             Ok(state) => state,
-            Err(CreateError::Taken { .. }) => {
+            Err(CreateError::Taken) => {
                 // someone squats on this identity's name: a new segment gets a new id
                 let _ = os::shm_remove(id);
                 continue;
@@ -224,7 +239,7 @@ fn create_locked(key_file: &NamedFile, created: bool, req: &CreateRequest, fork_
             let _ = os::shm_remove(id);
         };
         let semaphore: Option<Arc<dyn SemaphoreBackend>> = match req.mode {
-            LockMode::QtCompatible => match open_owned_semaphore(&req.semaphore, lock_perms) {
+            LockMode::QtCompatible => match open_owned_semaphore(&req.semaphore, lock_perms, key_file) {
                 Ok(sem) => Some(sem),
                 Err(e) => {
                     undo(lock_state);
@@ -305,15 +320,22 @@ fn table_owner(key: libc::key_t) -> Option<u32> {
 }
 
 /// Qt's semaphore for a segment being created (see `posix::open_owned_semaphore`).
-fn open_owned_semaphore(key: &NativeIpcKey, perms: u32) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
+fn open_owned_semaphore(
+    key: &NativeIpcKey,
+    perms: u32,
+    held: &NamedFile,
+) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
     // its key file too: whoever owns that file could delete it, and the next opener would
     // make a second semaphore under another ftok key
     if let Ok(st) = key_path(key).and_then(|p| Ok(os::lstat(&p)?))
         && st.uid != os::euid()
     {
-        return Err(not_ours(&format!("the lock's semaphore key file {}", key.native()), st.uid));
+        return Err(not_ours(
+            &format!("the lock's semaphore key file {}", key.native()),
+            st.uid,
+        ));
     }
-    let sem = Semaphore::open(key, 1, SemaphoreMode::Open, perms)?;
+    let sem = Semaphore::open_holding(key, 1, SemaphoreMode::Open, perms, Some(held))?;
     match os::sem_owner(sem.id.load(Ordering::Acquire)) {
         Ok(uid) if uid != os::euid() => Err(not_ours("the lock's semaphore", uid)),
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => Err(not_ours("the lock's semaphore", u32::MAX)),
@@ -358,11 +380,12 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         return Err(Failure::new(SharedMemoryError::NotFound));
     }
     let semaphore: Option<Arc<dyn SemaphoreBackend>> = match mode {
-        LockMode::QtCompatible => Some(Arc::new(Semaphore::open(
+        LockMode::QtCompatible => Some(Arc::new(Semaphore::open_holding(
             &req.semaphore,
             1,
             SemaphoreMode::Open,
             lock_state::lock_permissions(owner_of(&ds).perms),
+            _key_file.as_ref(),
         )?)),
         LockMode::Fast => None,
     };
@@ -387,10 +410,6 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
 }
 
 impl SegmentBackend for Segment {
-    fn id(&self) -> SegmentId {
-        self.segment_id
-    }
-
     fn stat(&self) -> io::Result<SegmentStat> {
         let ds = os::shm_stat(self.id)?;
         Ok(SegmentStat {
@@ -420,7 +439,7 @@ impl SegmentBackend for Segment {
         // Never destroy without the key file's lock; if another process holds it past
         // the bound, only detach (the segment is reclaimed later, as a stale one).
         let lock = lock_key_file(&path);
-        let may_destroy = !matches!(lock, Err(_));
+        let may_destroy = lock.is_ok();
         let nattch = match os::shm_stat(id) {
             Ok(ds) => Some(ds.shm_nattch),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => None,
@@ -433,13 +452,20 @@ impl SegmentBackend for Segment {
                 let held = mode == LockMode::QtCompatible
                     && semaphore
                         .as_ref()
-                        .is_some_and(|sem| sem.acquire(Some(DESTROY_SEMAPHORE_WAIT)).unwrap_or(false));
-                let last = matches!(os::shm_stat(id), Ok(ds) if ds.shm_nattch == 0);
+                        .is_some_and(|sem| sem.acquire_existing(DESTROY_SEMAPHORE_WAIT).unwrap_or(false));
+                let me = os::euid();
+                let last = matches!(os::shm_stat(id), Ok(ds) if ds.shm_nattch == 0
+                    && (me == 0 || me == ds.shm_perm.uid || me == ds.shm_perm.cuid));
+                // the lock state first: killed after it, we leave a stale segment that
+                // the next create reclaims, never an orphaned lock state
+                if last {
+                    LockState::remove(segment_id);
+                }
                 let removed = last
                     && match os::shm_remove(id) {
                         Ok(()) => true,
                         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => true,
-                        Err(_) => false, // not ours to remove; its owner reclaims it
+                        Err(_) => false,
                     };
                 if held && let Some(sem) = &semaphore {
                     let _ = sem.release(1);
@@ -447,22 +473,33 @@ impl SegmentBackend for Segment {
                 if !removed {
                     return Ok(Detached::Kept);
                 }
-                LockState::remove(segment_id);
                 drop(semaphore);
-                let held_file = lock.as_ref().ok().and_then(|l| l.as_ref()).and_then(|f| f.as_ref());
+                let held_file = lock
+                    .as_ref()
+                    .ok()
+                    .and_then(|l| l.as_ref())
+                    .and_then(|f| f.as_ref());
                 let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
                 remove_companions(held_file, key_file, sem);
                 Ok(Detached::Destroyed)
             }
             None => {
-                // removed behind our back and now freed: remove what was left of it
+                // Removed behind our back (or by another detacher of it) and now freed:
+                // our incarnation's lock state is ours to remove. The key file and Qt's
+                // semaphore belong to the key, not the incarnation: only while we hold
+                // the key file's lock and no segment uses it (a missing key file means
+                // the remover cleaned up, and a new creator may be at work).
                 LockState::remove(segment_id);
-                let segment_now = ftok_key(&path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok());
-                if !segment_now {
-                    drop(semaphore);
-                    let held_file = lock.as_ref().ok().and_then(|l| l.as_ref()).and_then(|f| f.as_ref());
-                    let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
-                    remove_companions(held_file, key_file, sem);
+                let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
+                drop(semaphore);
+                match &lock {
+                    Ok(Some(Some(file))) if !ftok_key(&path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok()) => {
+                        remove_companions(Some(file), key_file, sem);
+                    }
+                    // no key file: no segment can be found under this key; Qt's semaphore
+                    // is removed under its own key file's lock, which every opener takes
+                    Ok(None) => remove_companions(None, None, sem),
+                    _ => {}
                 }
                 Ok(Detached::WasGone)
             }
@@ -494,12 +531,20 @@ fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3]>) {
 /// Remove what belongs to a destroyed segment: Qt's semaphore `semaphore` if it is ours
 /// (with its key file, which for a native key is the segment's own), then the segment's
 /// key file `key_file` (held locked) if qshm made it (`recorded`) or Qt named it.
-fn remove_companions(key_file: Option<&NamedFile>, recorded: Option<[u64; 3]>, semaphore: Option<&NativeIpcKey>) {
+fn remove_companions(
+    key_file: Option<&NamedFile>,
+    recorded: Option<[u64; 3]>,
+    semaphore: Option<&NativeIpcKey>,
+) {
     if let Some(sem) = semaphore
         && let Ok(sem_path) = os::cstring(sem.native())
     {
         let shared = key_file.is_some_and(|f| f.path == sem_path);
-        let sem_file = if shared { None } else { lock_key_file(&sem_path).ok().flatten().flatten() };
+        let sem_file = if shared {
+            None
+        } else {
+            lock_key_file(&sem_path).ok().flatten().flatten()
+        };
         if let Ok(skey) = ftok_key(&sem_path)
             && let Ok(id) = os::semget(skey, 0)
             && os::sem_owner(id).is_ok_and(|uid| uid == os::euid() || os::euid() == 0)
@@ -526,18 +571,38 @@ pub(crate) struct Semaphore {
 }
 
 impl Semaphore {
-    pub(crate) fn open(key: &NativeIpcKey, initial: u32, mode: SemaphoreMode, perms: u32) -> Result<Semaphore, Failure> {
+    pub(crate) fn open(
+        key: &NativeIpcKey,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+    ) -> Result<Semaphore, Failure> {
+        Self::open_holding(key, initial, mode, perms, None)
+    }
+
+    /// [`open`](Self::open) while the caller holds the lock of key file `held`.
+    fn open_holding(
+        key: &NativeIpcKey,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+        held: Option<&NamedFile>,
+    ) -> Result<Semaphore, Failure> {
         if initial > os::SEMVMX {
             return Err(Failure::because(
                 SharedMemoryError::InvalidSize,
-                format!("initial value {initial} is above the system's maximum {} (SEMVMX)", os::SEMVMX),
+                format!(
+                    "initial value {initial} is above the system's maximum {} (SEMVMX)",
+                    os::SEMVMX
+                ),
             ));
         }
         let path = key_path(key)?;
-        let (id, created) = Self::get(&path, initial, mode, perms).map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP | libc::EINVAL | libc::ENOENT) => key_file_failure(&path, e),
-            _ => Failure::from(e),
-        })?;
+        let (id, created) =
+            Self::get(&path, initial, mode, perms, held).map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::EINVAL | libc::ENOENT) => key_file_failure(&path, e),
+                _ => Failure::from(e),
+            })?;
         Ok(Semaphore {
             id: AtomicI32::new(id),
             path,
@@ -547,46 +612,64 @@ impl Semaphore {
         })
     }
 
-    fn get(path: &CString, initial: u32, mode: SemaphoreMode, perms: u32) -> io::Result<(libc::c_int, bool)> {
-        // ftok needs a file: make it if missing (never through a symlink)
-        let made_file = match os::open(
-            path,
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o640,
-        ) {
-            Ok(_) => true,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let st: FileStat = os::lstat(path)?;
-                if !st.is_regular() {
-                    let errno = if st.mode & libc::S_IFMT == libc::S_IFLNK {
-                        libc::ELOOP
-                    } else {
-                        libc::EINVAL
-                    };
-                    return Err(io::Error::from_raw_os_error(errno));
+    /// Find or make the semaphore at `path`'s `ftok` key, under the key file's lock (so a
+    /// destroyer removing it and its key file never interleaves). `held`: a key file the
+    /// caller has locked already (for a native key, the segment's and the semaphore's
+    /// key file are one file).
+    fn get(
+        path: &CString,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+        held: Option<&NamedFile>,
+    ) -> io::Result<(libc::c_int, bool)> {
+        let deadline = Instant::now() + FILE_LOCK_WAIT;
+        loop {
+            // ftok needs a file: make it if missing (never through a symlink)
+            let (file, made_file) =
+                match NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o640) {
+                    Ok(file) => (Some(file), true),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_existing(path) {
+                        Ok(file) => (Some(file), false),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                        // another user's key file we may not read: ftok only needs to stat it
+                        Err(e) if e.raw_os_error() == Some(libc::EACCES) => (None, false),
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                };
+            if let Some(file) = &file
+                && !held.is_some_and(|h| h.stat.same_file(&file.stat))
+            {
+                file.lock_until(FileLock::Exclusive, deadline)?;
+                if !file.still_named() {
+                    continue;
                 }
-                false
             }
-            Err(e) => return Err(e),
-        };
-        let result = (|| {
-            let key = ftok_key(path)?;
-            let perms = (perms & 0o777) as libc::c_int;
-            let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
-                Ok(id) => (id, true),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => (os::semget(key, perms | libc::IPC_CREAT)?, false),
-                Err(e) => return Err(e),
-            };
-            if created || mode == SemaphoreMode::Create {
-                // initial <= SEMVMX was checked
-                os::sem_setval(id, initial as libc::c_int)?;
+            let result = (|| {
+                let key = ftok_key(path)?;
+                let perms = (perms & 0o777) as libc::c_int;
+                let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
+                    Ok(id) => (id, true),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        (os::semget(key, perms | libc::IPC_CREAT)?, false)
+                    }
+                    Err(e) => return Err(e),
+                };
+                if created || mode == SemaphoreMode::Create {
+                    // initial <= SEMVMX was checked
+                    os::sem_setval(id, initial as libc::c_int)?;
+                }
+                Ok((id, created || mode == SemaphoreMode::Create))
+            })();
+            if result.is_err()
+                && made_file
+                && let Some(file) = &file
+            {
+                let _ = file.unlink_if_still_named();
             }
-            Ok((id, created || mode == SemaphoreMode::Create))
-        })();
-        if result.is_err() && made_file {
-            let _ = os::unlink(path);
+            return result;
         }
-        result
     }
 
     fn with_reopen<T>(&self, mut op: impl FnMut(libc::c_int) -> io::Result<T>) -> io::Result<T> {
@@ -594,7 +677,7 @@ impl Semaphore {
             // Removed under us (Qt removes it when its creator goes away): like Qt,
             // be nice and make it again.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => {
-                let (id, _) = Self::get(&self.path, self.initial, SemaphoreMode::Open, self.perms)?;
+                let (id, _) = Self::get(&self.path, self.initial, SemaphoreMode::Open, self.perms, None)?;
                 self.id.store(id, Ordering::Release);
                 op(id)
             }
@@ -606,6 +689,13 @@ impl Semaphore {
 impl SemaphoreBackend for Semaphore {
     fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool> {
         self.with_reopen(|id| os::semop_undo(id, -1, timeout))
+    }
+
+    fn acquire_existing(&self, timeout: Duration) -> io::Result<bool> {
+        match os::semop_undo(self.id.load(Ordering::Acquire), -1, Some(timeout)) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(false),
+            other => other,
+        }
     }
 
     fn release(&self, n: u32) -> io::Result<()> {
@@ -656,7 +746,9 @@ pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<boo
     {
         if let Ok(ds) = os::shm_stat(id) {
             let segment_id = id_of(id, &ds);
-            if let Ok(Some(state)) = LockState::open(segment_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms) {
+            if let Ok(Some(state)) =
+                LockState::open(segment_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
+            {
                 recorded = state.key_file();
             }
             LockState::remove(segment_id);
@@ -677,7 +769,11 @@ pub(crate) fn numeric_key(key: &NativeIpcKey) -> Option<libc::key_t> {
 /// Remove System V segment `id` if nobody is attached (its users all died), with its lock
 /// state, its key file `key_file` when known and Qt's semaphore `semaphore` when given.
 /// Returns whether it was removed.
-pub(crate) fn remove_if_stale(id: libc::c_int, key_file: Option<&str>, semaphore: Option<&NativeIpcKey>) -> bool {
+pub(crate) fn remove_if_stale(
+    id: libc::c_int,
+    key_file: Option<&str>,
+    semaphore: Option<&NativeIpcKey>,
+) -> bool {
     let path = key_file.and_then(|p| os::cstring(p).ok());
     let lock = match &path {
         Some(p) => match lock_key_file(p) {
@@ -695,10 +791,10 @@ pub(crate) fn remove_if_stale(id: libc::c_int, key_file: Option<&str>, semaphore
         .ok()
         .flatten()
         .and_then(|s| s.key_file());
+    LockState::remove(segment_id);
     if os::shm_remove(id).is_err() {
         return false;
     }
-    LockState::remove(segment_id);
     remove_companions(lock.as_ref(), recorded, semaphore);
     true
 }

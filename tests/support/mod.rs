@@ -229,15 +229,15 @@ pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]
     let native = native(key, kind);
     let handle = SharedMemory::with_native_key(native.clone());
     let sem = SystemSemaphore::legacy_native_key(key, kind);
-    if handle.lock_state_path().exists() {
-        found.push(format!("lock state {}", handle.lock_state_path().display()));
-    }
+    drop(handle);
+    let mut lock_state_prefixes = Vec::new();
     match kind {
         KeyType::PosixRealtime => {
             let seg = format!("/dev/shm/{}", native.native().trim_start_matches('/'));
             if std::path::Path::new(&seg).exists() {
                 found.push(format!("segment {seg}"));
             }
+            lock_state_prefixes.push(posix_lock_state_prefix(&native));
             let sem_file = format!("/dev/shm/sem.{}", sem.native().trim_start_matches('/'));
             if std::path::Path::new(&sem_file).exists() {
                 found.push(format!("semaphore {sem_file}"));
@@ -251,6 +251,13 @@ pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]
             }
             let mut keys = recorded.to_vec();
             keys.extend(sysv_keys(key, kind));
+            // by key and id: ftok keeps 16 bits of the key file's inode, so another test's
+            // key file can have the same numeric key (and a lock state of its own)
+            for &(table, k, id) in &keys {
+                if table.ends_with("shm") {
+                    lock_state_prefixes.push(format!("qshm-lock.s.{:08x}.{id}.", k as u32));
+                }
+            }
             for (table, k, id) in keys {
                 if sysv_ids(table, k).contains(&id) {
                     found.push(format!("{table} key {k:#x} id {id}"));
@@ -258,9 +265,35 @@ pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]
             }
         }
     }
+    for prefix in lock_state_prefixes {
+        for name in shm_dir_names_starting(&prefix) {
+            found.push(format!("lock state /dev/shm/{name}"));
+        }
+    }
     found.sort();
     found.dedup();
     found
+}
+
+/// The start of the lock-state file names of a POSIX segment: `qshm-lock.p.<tag>.`, the
+/// tag being the first 8 bytes of the SHA-1 of the segment's file name (pinned here).
+pub fn posix_lock_state_prefix(native: &NativeIpcKey) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(native.native().trim_start_matches('/').as_bytes());
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("qshm-lock.p.{tag}.")
+}
+
+/// Names of the files in `/dev/shm` that start with `prefix`.
+pub fn shm_dir_names_starting(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Ids of the entries with numeric key `key` in a `/proc/sysvipc` table.
