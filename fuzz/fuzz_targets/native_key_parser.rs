@@ -2,7 +2,8 @@
 //! `QNativeIpcKey::fromString`) on arbitrary text: it never panics, rejects with a
 //! `KeyError`, and whatever it accepts prints (`to_string`, Qt's `toString`) to text that
 //! parses back to an equal key, and prints the same again. The same input, used as a raw
-//! native key (`NativeIpcKey::new`), must round-trip through its string form too.
+//! native key (`NativeIpcKey::new`), must round-trip through its string form too, and
+//! the key-type parser (`str::parse::<KeyType>`) on it never panics and round-trips.
 //!
 //! Known library bug (fuzz/regressions/native_key_parser/empty-legacy-key): the parser
 //! keeps an empty `legacyKey` query item (`posix:?legacyKey`) as `Some("")`, which
@@ -42,6 +43,13 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(e.kind(), SharedMemoryError::KeyError, "{text:?}: {e}");
             let _ = e.to_string();
         }
+    }
+    match text.parse::<KeyType>() {
+        Ok(kind) => {
+            assert_eq!(kind.to_string(), kind.as_str());
+            assert_eq!(kind.as_str().parse::<KeyType>().ok(), Some(kind));
+        }
+        Err(e) => assert_eq!(e.kind(), SharedMemoryError::KeyError, "{text:?}: {e}"),
     }
     for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
         let key = NativeIpcKey::new(text.as_ref(), kind);
