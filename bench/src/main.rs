@@ -108,9 +108,11 @@ fn process_count() -> usize {
 }
 
 fn measure(plan: &Plan) {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     note(&format!(
-        "{} processes on the machine at the start",
-        process_count()
+        "{} processes on the machine at the start; load average (1, 5, 15 min): {}",
+        process_count(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     ));
     lock_pairs(plan);
     bare_semaphores(plan);
