@@ -532,12 +532,16 @@ HOW = [
     f"- **crowded cycle**: the POSIX cycles right before, and while, {IDLE} `sleep 600` processes",
     "  (one process group, all killed afterwards) run on the machine.",
     "- **size curve**: create, write one byte to every page, destroy (no second handle).",
-    "- **contended**: N processes lock, increment a counter, unlock for a fixed window; throughput",
-    "  runs take no timestamps. Separate latency runs stamp the clock (CLOCK_MONOTONIC) just before",
-    "  each unlock; a process taking the lock from another process records the time since that",
-    "  stamp (a log histogram, 2% buckets). Counters are checked for lost increments.",
-    "- **two-process handoff**: two processes take turns through a turn counter under the lock;",
-    "  one-way handoff = half the time between the parent's consecutive moves.",
+    "- **contended**: N processes (from 2 on pinned round robin to the CPUs) lock, increment a counter,",
+    "  unlock, then do about 300 ns of other work (see the run notes), for a fixed window. Without",
+    "  that work a process re-takes the lock it just released and the lock only changes hands when",
+    "  the scheduler preempts its holder. Throughput runs take no timestamps. Separate latency runs",
+    "  stamp the clock (CLOCK_MONOTONIC) just before each unlock; a process taking the lock from",
+    "  another process records the time since that stamp (log histogram, 2% buckets). Counters are",
+    "  checked for lost increments. With more processes than cores, holders get preempted.",
+    "- **two-process handoff**: two processes on two different CPUs take turns through a turn",
+    "  counter under the lock (the side whose turn it is not unlocks and yields); one-way handoff =",
+    "  half the time between the parent's consecutive moves.",
 ]
 
 

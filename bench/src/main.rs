@@ -37,6 +37,8 @@ struct Plan {
     contended_procs: &'static [usize],
     contended_runs: usize,
     contended_window: Duration,
+    /// Work between two lock holds in the contended runs (calibrated to this many ns).
+    think_ns: f64,
     copy_bytes: usize,
 }
 
@@ -52,6 +54,7 @@ const FULL: Plan = Plan {
     contended_procs: &[1, 2, 3, 4, 6, 8, 12, 16],
     contended_runs: 7,
     contended_window: Duration::from_millis(400),
+    think_ns: 300.0,
     copy_bytes: 256 << 20,
 };
 
@@ -67,6 +70,7 @@ const QUICK: Plan = Plan {
     contended_procs: &[1, 2, 4, 8],
     contended_runs: 3,
     contended_window: Duration::from_millis(60),
+    think_ns: 300.0,
     copy_bytes: 32 << 20,
 };
 
@@ -430,6 +434,48 @@ fn size_curve(plan: &Plan) {
     }
 }
 
+// ------------------------------------------------------------------ CPU placement
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set for sched_getaffinity to fill in.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(rc, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+    // SAFETY: CPU_ISSET reads the set, for indices below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Run this process on the `slot`-th allowed CPU (round robin). Contending processes are
+/// spread over the cores this way: left to itself the scheduler may stack them on one
+/// core when another program keeps the other one busy, and then the lock only changes
+/// hands when a time slice ends.
+fn pin(cpus: &[usize], slot: usize) {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the index comes from sched_getaffinity, so it is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpus[slot % cpus.len()], &mut set) };
+    // SAFETY: set is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+}
+
+/// Allow this process every CPU in `cpus` again.
+fn unpin(cpus: &[usize]) {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: indices from sched_getaffinity are below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: set is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+}
+
 // ------------------------------------------------------------------ two-process ping-pong
 
 /// Both sides: take the lock, and when `turn` (u64 at 0) says it is our move, make it;
@@ -502,7 +548,10 @@ fn wait_all(children: Vec<Child>, limit: Duration) {
 
 /// One-way handoff times (µs) of two processes taking turns under the lock, from the
 /// parent's move times (a round trip is two handoffs): per run the median and p99.
+/// Parent and child run on two different CPUs.
 fn pingpong(plan: &Plan) {
+    let cpus = allowed_cpus();
+    pin(&cpus, 0);
     for subject in SUBJECTS {
         let rounds = if subject.slow() {
             plan.handoff_rounds / 4
@@ -512,7 +561,7 @@ fn pingpong(plan: &Plan) {
         let (mut medians, mut p99s) = (vec![], vec![]);
         for _ in 0..plan.handoff_runs {
             let inst = subject.create();
-            let mut args = vec!["pingpong".to_string(), rounds.to_string()];
+            let mut args = vec!["pingpong".to_string(), rounds.to_string(), "1".to_string()];
             args.extend(inst.spec());
             let child = spawn(&args);
             let moves = with_lock!(&inst, l => play(l, 0, rounds));
@@ -528,6 +577,7 @@ fn pingpong(plan: &Plan) {
         row("handoff_median_us", subject.name(), None, &medians, "us");
         row("handoff_p99_us", subject.name(), None, &p99s, "us");
     }
+    unpin(&cpus);
 }
 
 // ------------------------------------------------------------------ contended curve
@@ -537,14 +587,45 @@ fn pingpong(plan: &Plan) {
 const CTL_LEN: usize = 4096 + 8 * BUCKETS;
 const CTL_HIST: usize = 4096;
 
-/// `procs` processes lock, increment a counter and unlock for `window`. With `latency`
-/// each records, when it takes the lock from another process, the time since that
-/// process's last instruction before unlocking. Returns Mops/s and, with `latency`,
-/// the handoff median and p99 in µs and the number of handoffs seen.
+/// Work done between two lock holds, outside the lock: without it a process re-takes
+/// the lock it just released before any waiter can, and the lock changes hands only
+/// when the scheduler preempts its holder.
+#[inline(never)]
+fn think(rounds: u32) -> u64 {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = black_box(x);
+    }
+    x
+}
+
+/// Rounds of `think` that take about `ns` nanoseconds on this machine: the best of many
+/// short timings, as other programs may take the CPU during some of them.
+fn think_rounds(ns: f64) -> u32 {
+    let n = 100_000;
+    let per_round = (0..30)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(think(n));
+            t.elapsed().as_nanos() as f64 / n as f64
+        })
+        .fold(f64::INFINITY, f64::min);
+    (ns / per_round).round().max(1.0) as u32
+}
+
+/// `procs` processes lock, increment a counter, unlock and do `think` rounds of other
+/// work, for `window`. With `latency` each records, when it takes the lock from another
+/// process, the time since that process's last instruction before unlocking. Returns
+/// Mops/s and, with `latency`, the handoff median and p99 in µs and the number of
+/// handoffs seen.
 fn contended_run(
     subject: Subject,
     procs: usize,
     window: Duration,
+    think: u32,
     latency: bool,
 ) -> (f64, Option<(f64, f64, u64)>) {
     let inst = subject.create();
@@ -556,6 +637,9 @@ fn contended_run(
                 ctl.name().to_string(),
                 (latency as u8).to_string(),
                 (i + 1).to_string(),
+                think.to_string(),
+                // a single process goes wherever the scheduler finds a free core
+                (if procs > 1 { "pin" } else { "free" }).to_string(),
             ];
             args.extend(inst.spec());
             spawn(&args)
@@ -592,41 +676,60 @@ fn contended_run(
 }
 
 fn contended_curve(plan: &Plan) {
-    for subject in SUBJECTS {
-        for &procs in plan.contended_procs {
-            let x = Some(procs as f64);
-            let rates: Vec<f64> = (0..plan.contended_runs)
-                .map(|_| contended_run(subject, procs, plan.contended_window, false).0)
-                .collect();
-            row("contended_Mops", subject.name(), x, &rates, "Mops/s");
-            if procs < 2 {
-                continue; // no handoffs
+    let think = think_rounds(plan.think_ns);
+    let check = (0..30)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(self::think(think * 100));
+            t.elapsed().as_nanos() as f64 / 100.0
+        })
+        .fold(f64::INFINITY, f64::min);
+    note(&format!(
+        "contended runs: {check:.0} ns of other work outside the lock between two holds ({think} rounds)"
+    ));
+    // Runs of the different locks alternate, so that load from other programs on a
+    // shared machine falls on all of them alike.
+    let n = SUBJECTS.len();
+    for &procs in plan.contended_procs {
+        let x = Some(procs as f64);
+        let mut rates = vec![vec![]; n];
+        let (mut p50s, mut p99s, mut fewest) = (vec![vec![]; n], vec![vec![]; n], vec![u64::MAX; n]);
+        for _ in 0..plan.contended_runs {
+            for (i, &subject) in SUBJECTS.iter().enumerate() {
+                rates[i].push(contended_run(subject, procs, plan.contended_window, think, false).0);
             }
-            let (mut p50s, mut p99s, mut fewest) = (vec![], vec![], u64::MAX);
-            for _ in 0..plan.contended_runs {
-                if let (_, Some((p50, p99, n))) = contended_run(subject, procs, plan.contended_window, true) {
-                    p50s.push(p50);
-                    p99s.push(p99);
-                    fewest = fewest.min(n);
+        }
+        for _ in 0..if procs < 2 { 0 } else { plan.contended_runs } {
+            for (i, &subject) in SUBJECTS.iter().enumerate() {
+                if let (_, Some((p50, p99, seen))) =
+                    contended_run(subject, procs, plan.contended_window, think, true)
+                {
+                    p50s[i].push(p50);
+                    p99s[i].push(p99);
+                    fewest[i] = fewest[i].min(seen);
                 }
             }
-            if fewest < 1000 {
+        }
+        for (i, subject) in SUBJECTS.iter().enumerate() {
+            row("contended_Mops", subject.name(), x, &rates[i], "Mops/s");
+            if fewest[i] < 1000 {
                 note(&format!(
-                    "{}, {procs} processes: only {fewest} handoffs in a latency run (p99 is rough)",
-                    subject.name()
+                    "{}, {procs} processes: only {} handoffs in a latency run (p99 is rough)",
+                    subject.name(),
+                    fewest[i]
                 ));
             }
-            if !p99s.is_empty() {
-                row("contended_handoff_p50_us", subject.name(), x, &p50s, "us");
-                row("contended_handoff_p99_us", subject.name(), x, &p99s, "us");
+            if !p99s[i].is_empty() {
+                row("contended_handoff_p50_us", subject.name(), x, &p50s[i], "us");
+                row("contended_handoff_p99_us", subject.name(), x, &p99s[i], "us");
             }
         }
     }
 }
 
 /// One contending child: count in, wait for the start flag, then lock/increment/unlock
-/// until the stop flag.
-fn contend<L: Lock>(l: &L, ctl: &Mapping, latency: bool, me: u64) {
+/// and think until the stop flag.
+fn contend<L: Lock>(l: &L, ctl: &Mapping, latency: bool, me: u64, rounds: u32) {
     let stop = ctl.u32_at(8);
     let mut ops = 0u64;
     let mut hist = vec![0u64; BUCKETS];
@@ -654,6 +757,7 @@ fn contend<L: Lock>(l: &L, ctl: &Mapping, latency: bool, me: u64) {
                 hist[stats::bucket(ns)] += 1;
             }
             ops += 1;
+            black_box(think(rounds));
         }
         stats::merge(ctl.u64s_at(CTL_HIST, BUCKETS), &hist);
     } else {
@@ -664,6 +768,7 @@ fn contend<L: Lock>(l: &L, ctl: &Mapping, latency: bool, me: u64) {
                 unsafe { cell.write_volatile(cell.read_volatile() + 1) };
             });
             ops += 1;
+            black_box(think(rounds));
         }
     }
     ctl.u64s_at(16, 1)[0].fetch_add(ops, Ordering::AcqRel);
@@ -705,15 +810,20 @@ fn child(args: &[String]) {
     match args[0].as_str() {
         "pingpong" => {
             let rounds: u64 = args[1].parse().expect("rounds");
-            let inst = Instance::open(&args[2..]);
+            pin(&allowed_cpus(), args[2].parse().expect("cpu slot"));
+            let inst = Instance::open(&args[3..]);
             with_lock!(&inst, l => play(l, 1, rounds));
         }
         "contend" => {
             let ctl = Mapping::open(&args[1]);
             let latency = args[2] == "1";
             let me: u64 = args[3].parse().expect("id");
-            let inst = Instance::open(&args[4..]);
-            with_lock!(&inst, l => contend(l, &ctl, latency, me));
+            let rounds: u32 = args[4].parse().expect("think rounds");
+            if args[5] == "pin" {
+                pin(&allowed_cpus(), me as usize - 1);
+            }
+            let inst = Instance::open(&args[6..]);
+            with_lock!(&inst, l => contend(l, &ctl, latency, me, rounds));
         }
         other => panic!("unknown child role {other}"),
     }
