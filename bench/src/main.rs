@@ -119,7 +119,6 @@ fn measure(plan: &Plan) {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     ));
     lock_pairs(plan);
-    bare_semaphores(plan);
     cycles(plan);
     crowded_cycles(plan);
     size_curve(plan);
@@ -128,33 +127,61 @@ fn measure(plan: &Plan) {
     bandwidth(plan);
 }
 
-/// `runs` timings of `body(n)`, in nanoseconds per iteration.
-fn per_op_ns(runs: usize, n: u64, mut body: impl FnMut(u64)) -> Vec<f64> {
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            body(n);
-            t.elapsed().as_nanos() as f64 / n as f64
-        })
-        .collect()
+/// One figure's measurer: each call makes one run and returns its value.
+type Runner<'a> = (String, Box<dyn FnMut() -> f64 + 'a>);
+
+/// Make `runs` runs of every measurer in turn (the first run of each, then the second
+/// of each, ...), so that load from other programs on a shared machine falls on all of
+/// them alike, and print their rows.
+fn interleaved(metric: &str, x: Option<f64>, runs: usize, unit: &str, runners: Vec<Runner>) {
+    for (name, samples) in interleaved_samples(runs, runners) {
+        row(metric, &name, x, &samples, unit);
+    }
 }
 
-/// `runs` timings of `n` calls of `body`, in microseconds per call.
-fn per_call_us(runs: usize, n: usize, mut body: impl FnMut()) -> Vec<f64> {
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                body();
-            }
-            t.elapsed().as_secs_f64() * 1e6 / n as f64
-        })
-        .collect()
+/// The runs of `interleaved`, by measurer name.
+fn interleaved_samples(runs: usize, mut runners: Vec<Runner>) -> Vec<(String, Vec<f64>)> {
+    let mut samples = vec![Vec::with_capacity(runs); runners.len()];
+    for _ in 0..runs {
+        for (i, (_, run)) in runners.iter_mut().enumerate() {
+            samples[i].push(run());
+        }
+    }
+    runners.into_iter().map(|(name, _)| name).zip(samples).collect()
+}
+
+/// Time `body(n)`, in nanoseconds per iteration.
+fn ns_per_op(n: u64, body: impl FnOnce(u64)) -> f64 {
+    let t = Instant::now();
+    body(n);
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// Time `n` calls of `body`, in microseconds per call.
+fn us_per_call(n: usize, mut body: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        body();
+    }
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
 // ------------------------------------------------------------------ uncontended lock
 
+/// A POSIX named semaphore opened with sem_open, closed when dropped.
+struct PosixSem(*mut libc::sem_t);
+
+impl Drop for PosixSem {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from sem_open and is closed once, here.
+        unsafe { libc::sem_close(self.0) };
+    }
+}
+
+/// Uncontended lock+unlock of every lock, and of the bare semaphores
+/// `LockMode::QtCompatible` takes (opened directly from Rust): the floor of that mode.
 fn lock_pairs(plan: &Plan) {
+    let mut runners: Vec<Runner> = Vec::new();
     for subject in SUBJECTS {
         let inst = subject.create();
         with_lock!(&inst, l => l.locked(|_| ())); // open the lock state
@@ -164,64 +191,59 @@ fn lock_pairs(plan: &Plan) {
         } else {
             plan.lock_pairs
         };
-        let samples = with_lock!(&inst, l => per_op_ns(plan.runs, n, |n| {
-            for _ in 0..n {
-                l.locked(black_box);
-            }
-        }));
         let name = match subject {
             Subject::Spin => "floor: CAS acquire + release store on a MAP_SHARED word",
             s => s.name(),
         };
-        row("lock_unlock_ns", name, None, &samples, "ns");
+        runners.push((
+            name.into(),
+            Box::new(move || {
+                with_lock!(&inst, l => ns_per_op(n, |n| {
+                    for _ in 0..n {
+                        l.locked(black_box);
+                    }
+                }))
+            }),
+        ));
     }
-}
 
-/// The semaphores `LockMode::QtCompatible` locks, taken directly from Rust: the floor
-/// of that mode.
-fn bare_semaphores(plan: &Plan) {
-    let k = key("sem");
-    let mut shm = locks::handle(&k, QT_POSIX);
+    let mut shm = locks::handle(&key("sem"), QT_POSIX);
     shm.create(4096, AccessMode::ReadWrite).expect("create");
     drop(shm.lock().expect("lock")); // the semaphore exists and is free
     let name = CString::new(shm.semaphore_key().native()).expect("name");
     // SAFETY: name is NUL-terminated; opening an existing semaphore takes no more arguments.
-    let sem = unsafe { libc::sem_open(name.as_ptr(), 0) };
+    let sem = PosixSem(unsafe { libc::sem_open(name.as_ptr(), 0) });
     assert_ne!(
-        sem,
+        sem.0,
         libc::SEM_FAILED,
         "sem_open: {}",
         std::io::Error::last_os_error()
     );
-    let samples = per_op_ns(plan.runs, plan.lock_pairs, |n| {
-        for _ in 0..n {
-            // SAFETY: sem is open until the sem_close below.
-            unsafe {
-                assert_eq!(libc::sem_wait(sem), 0);
-                assert_eq!(libc::sem_post(sem), 0);
-            }
-        }
-    });
-    // SAFETY: sem came from sem_open and is closed once.
-    unsafe { libc::sem_close(sem) };
-    row(
-        "lock_unlock_ns",
-        "bare sem_wait + sem_post (qshm's POSIX Qt semaphore)",
-        None,
-        &samples,
-        "ns",
-    );
-    drop(shm);
+    let n = plan.lock_pairs;
+    runners.push((
+        "bare sem_wait + sem_post (qshm's POSIX Qt semaphore)".into(),
+        Box::new(move || {
+            let _segment = &shm; // keeps the semaphore's owner alive
+            ns_per_op(n, |n| {
+                for _ in 0..n {
+                    // SAFETY: sem is open as long as this closure (it owns it).
+                    unsafe {
+                        assert_eq!(libc::sem_wait(sem.0), 0);
+                        assert_eq!(libc::sem_post(sem.0), 0);
+                    }
+                }
+            })
+        }),
+    ));
 
-    let k = key("sem");
-    let mut shm = locks::handle(&k, QT_SYSV);
+    let mut shm = locks::handle(&key("sem"), QT_SYSV);
     shm.create(4096, AccessMode::ReadWrite).expect("create");
     drop(shm.lock().expect("lock"));
     let sysv_key = SharedMemory::system_v_key(&shm.semaphore_key()).expect("System V semaphore key");
     // SAFETY: semget takes plain values.
     let id = unsafe { libc::semget(sysv_key, 1, 0) };
     assert!(id >= 0, "semget: {}", std::io::Error::last_os_error());
-    let op = |delta: i16| {
+    let op = move |delta: i16| {
         let mut op = libc::sembuf {
             sem_num: 0,
             sem_op: delta,
@@ -230,19 +252,20 @@ fn bare_semaphores(plan: &Plan) {
         // SAFETY: one valid sembuf for an existing semaphore set of one.
         assert_eq!(unsafe { libc::semop(id, &mut op, 1) }, 0, "semop");
     };
-    let samples = per_op_ns(plan.runs, plan.lock_pairs / 10, |n| {
-        for _ in 0..n {
-            op(-1);
-            op(1);
-        }
-    });
-    row(
-        "lock_unlock_ns",
-        "bare semop -1 / +1 with SEM_UNDO (qshm's System V Qt semaphore)",
-        None,
-        &samples,
-        "ns",
-    );
+    let n = plan.lock_pairs / 10;
+    runners.push((
+        "bare semop -1 / +1 with SEM_UNDO (qshm's System V Qt semaphore)".into(),
+        Box::new(move || {
+            let _segment = &shm; // keeps the semaphore's owner alive
+            ns_per_op(n, |n| {
+                for _ in 0..n {
+                    op(-1);
+                    op(1);
+                }
+            })
+        }),
+    ));
+    interleaved("lock_unlock_ns", None, plan.runs, "ns", runners);
 }
 
 // ------------------------------------------------------------------ segment cycles
@@ -287,30 +310,47 @@ fn raw_posix(size: usize, attach: bool, first_touch: bool) {
     locks::raw_posix_cycle(&name, size, attach, first_touch);
 }
 
+/// The segment cycles compared: qshm's four flavours, the shared_memory crate and the
+/// two raw floors. `attach`: a second handle attaches and detaches; `first_touch`: one
+/// byte is written to every page.
+fn cycle_runners(size: usize, n: usize, attach: bool, first_touch: bool) -> Vec<Runner<'static>> {
+    let mut runners: Vec<Runner> = CYCLE_FLAVOURS
+        .iter()
+        .map(|&f| -> Runner {
+            (
+                f.name.into(),
+                Box::new(move || us_per_call(n, || qshm_cycle(f, size, attach, first_touch))),
+            )
+        })
+        .collect();
+    runners.push((
+        "shared_memory crate".into(),
+        Box::new(move || us_per_call(n, || shared_memory_cycle(size, attach, first_touch))),
+    ));
+    runners.push((
+        RAW_POSIX.into(),
+        Box::new(move || us_per_call(n, || raw_posix(size, attach, first_touch))),
+    ));
+    runners.push((
+        RAW_SYSV.into(),
+        Box::new(move || us_per_call(n, || locks::raw_sysv_cycle(size, attach, first_touch))),
+    ));
+    runners
+}
+
 /// create + attach + detach + destroy of a 4 KiB segment.
 fn cycles(plan: &Plan) {
-    let metric = "cycle_4KiB_us";
     note(&format!(
         "{} processes on the machine before the 4 KiB cycles",
         process_count()
     ));
-    for f in CYCLE_FLAVOURS {
-        row(
-            metric,
-            f.name,
-            None,
-            &per_call_us(plan.runs, plan.cycles, || qshm_cycle(f, 4096, true, false)),
-            "us",
-        );
-    }
-    let samples = per_call_us(plan.runs, plan.cycles, || shared_memory_cycle(4096, true, false));
-    row(metric, "shared_memory crate", None, &samples, "us");
-    let samples = per_call_us(plan.runs, plan.cycles, || raw_posix(4096, true, false));
-    row(metric, RAW_POSIX, None, &samples, "us");
-    let samples = per_call_us(plan.runs, plan.cycles, || {
-        locks::raw_sysv_cycle(4096, true, false)
-    });
-    row(metric, RAW_SYSV, None, &samples, "us");
+    interleaved(
+        "cycle_4KiB_us",
+        None,
+        plan.runs,
+        "us",
+        cycle_runners(4096, plan.cycles, true, false),
+    );
 }
 
 /// Idle processes (`sleep 600`) in one process group, all killed when dropped, also on
@@ -370,28 +410,32 @@ impl Drop for Crowd {
 /// The POSIX cycles again, right before and while `idle_procs` idle processes run.
 fn crowded_cycles(plan: &Plan) {
     let metric = "crowded_cycle_4KiB_us";
-    let flavours = [CYCLE_FLAVOURS[1], CYCLE_FLAVOURS[0]];
-    let n = plan.idle_cycles;
-    let before: Vec<Vec<f64>> = flavours
-        .iter()
-        .map(|&f| per_call_us(plan.runs, n, || qshm_cycle(f, 4096, true, false)))
-        .collect();
+    let (n, runs) = (plan.idle_cycles, plan.runs);
+    let runners = || -> Vec<Runner> {
+        [CYCLE_FLAVOURS[1], CYCLE_FLAVOURS[0]]
+            .into_iter()
+            .map(|f| -> Runner {
+                (
+                    f.name.into(),
+                    Box::new(move || us_per_call(n, || qshm_cycle(f, 4096, true, false))),
+                )
+            })
+            .collect()
+    };
+    let before = interleaved_samples(runs, runners());
     let crowd = Crowd::spawn(plan.idle_procs);
     std::thread::sleep(Duration::from_millis(300)); // let them all reach their sleep
-    let during: Vec<Vec<f64>> = flavours
-        .iter()
-        .map(|&f| per_call_us(plan.runs, n, || qshm_cycle(f, 4096, true, false)))
-        .collect();
+    let during = interleaved_samples(runs, runners());
     let procs = process_count();
     drop(crowd);
     note(&format!(
         "{procs} processes on the machine during the crowded cycles"
     ));
-    for (f, (b, d)) in flavours.iter().zip(before.iter().zip(&during)) {
-        row(metric, f.name, None, b, "us");
+    for ((name, b), (_, d)) in before.iter().zip(&during) {
+        row(metric, name, None, b, "us");
         row(
             metric,
-            &format!("{}, +{} idle processes", f.name, plan.idle_procs),
+            &format!("{name}, +{} idle processes", plan.idle_procs),
             None,
             d,
             "us",
@@ -415,22 +459,8 @@ fn size_curve(plan: &Plan) {
             s if s >= 256 << 20 => 5,
             _ => plan.runs,
         };
-        let x = Some(size as f64);
-        for f in CYCLE_FLAVOURS {
-            row(
-                metric,
-                f.name,
-                x,
-                &per_call_us(runs, n, || qshm_cycle(f, size, false, true)),
-                "us",
-            );
-        }
-        let samples = per_call_us(runs, n, || shared_memory_cycle(size, false, true));
-        row(metric, "shared_memory crate", x, &samples, "us");
-        let samples = per_call_us(runs, n, || raw_posix(size, false, true));
-        row(metric, RAW_POSIX, x, &samples, "us");
-        let samples = per_call_us(runs, n, || locks::raw_sysv_cycle(size, false, true));
-        row(metric, RAW_SYSV, x, &samples, "us");
+        let runners = cycle_runners(size, n, false, true);
+        interleaved(metric, Some(size as f64), runs, "us", runners);
     }
 }
 
