@@ -277,25 +277,36 @@ def evaluate(rows):
     return results
 
 
+def fmt_r(r):
+    return f"{r:.3f}" if r < 10 else f"{r:.1f}"
+
+
+def within_noise(limit, lo, hi):
+    """The runs' extremes fall on both sides of the limit: the verdict could flip."""
+    return lo <= limit <= hi
+
+
 def targets_text(results):
     width = max(len(r[0]) for r in results)
-    lines = [f"{'target':<{width}}  limit   ratio  (min–max runs)   verdict"]
+    lines = [f"{'target':<{width}}  limit   ratio   (min–max runs)   verdict"]
     for name, limit, r, lo, hi, verdict in results:
         if r is None:
-            lines.append(f"{name:<{width}}  {limit:>5.2f}x  {'–':>6}  {'':16}   {verdict}")
+            lines.append(f"{name:<{width}}  {limit:>5.2f}x  {'–':>7}  {'':16}   {verdict}")
         else:
-            spread = f"({lo:.2f}–{hi:.2f})"
-            lines.append(f"{name:<{width}}  {limit:>5.2f}x  {r:>5.2f}x  {spread:16}   {verdict}")
+            spread = f"({fmt_r(lo)}–{fmt_r(hi)})"
+            noise = " (runs straddle the limit)" if within_noise(limit, lo, hi) else ""
+            lines.append(f"{name:<{width}}  {limit:>5.2f}x  {fmt_r(r):>6}x  {spread:16}   {verdict}{noise}")
     return lines
 
 
 def targets_md(results):
-    out = ["| target | limit | ratio (median) | ratio range over runs | verdict |", "|---|---:|---:|---:|---|"]
+    out = ["| target | limit | ratio (medians) | range (extreme runs) | verdict |", "|---|---:|---:|---:|---|"]
     for name, limit, r, lo, hi, verdict in results:
         if r is None:
             out.append(f"| {name} | {limit:g}x | – | – | {verdict} |")
         else:
-            out.append(f"| {name} | {limit:g}x | {r:.2f}x | {lo:.2f}–{hi:.2f} | **{verdict}** |")
+            noise = " (runs straddle the limit)" if within_noise(limit, lo, hi) else ""
+            out.append(f"| {name} | {limit:g}x | {fmt_r(r)}x | {fmt_r(lo)}–{fmt_r(hi)} | **{verdict}**{noise} |")
     return out
 
 
@@ -503,7 +514,10 @@ def main():
     if notes:
         out += ["## Run notes", ""] + [f"- {n}" for n in notes] + [""]
     out += ["## Targets", "",
-            "From the performance issue; the list lives in `TARGETS` in `bench/py/report.py`.", ""] \
+            "From the performance issue; the list lives in `TARGETS` in `bench/py/report.py`. The ratio",
+            "is of the two medians (cost: time, or 1/throughput); the range pairs the extreme runs of",
+            "both sides (best against worst), so a verdict whose range straddles the limit is within",
+            "this machine's noise.", ""] \
         + targets_md(results) + ["", "## How each figure is measured", ""] + HOW + ["", "## Figures", ""] + body
     if renderer:
         out += [f"Charts drawn with {renderer}: "
