@@ -421,11 +421,14 @@ pub fn page_size() -> usize {
 
 /// Write one byte to every page of `len` bytes at `p` (first touch: each write faults
 /// a page in).
-pub fn touch(p: *mut u8, len: usize) {
+///
+/// # Safety
+/// `p..p + len` must be a live, writable mapping that nothing else uses meanwhile.
+pub unsafe fn touch(p: *mut u8, len: usize) {
     let page = page_size();
     let mut off = 0;
     while off < len {
-        // SAFETY: p..p+len is a live writable mapping (the caller's segment).
+        // SAFETY: inside p..p+len, live and writable (the caller's promise).
         unsafe { p.add(off).write_volatile(1) };
         off += page;
     }

@@ -282,7 +282,8 @@ fn qshm_cycle(f: Flavour, size: usize, attach: bool, first_touch: bool) {
         b.detach().expect("detach");
     }
     if first_touch {
-        locks::touch(a.as_mut_ptr(), size);
+        // SAFETY: a's segment is attached read-write, size bytes long, and used only here.
+        unsafe { locks::touch(a.as_mut_ptr(), size) };
     }
     a.detach().expect("detach, destroy");
 }
@@ -297,7 +298,8 @@ fn shared_memory_cycle(size: usize, attach: bool, first_touch: bool) {
         drop(b);
     }
     if first_touch {
-        locks::touch(a.as_ptr(), size);
+        // SAFETY: a fresh writable segment of size bytes, used only here.
+        unsafe { locks::touch(a.as_ptr(), size) };
     }
     drop(a); // owner: unlinks
 }
