@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# qshm against its peers, in one run: prints one table of ratios and writes bench/RESULTS.md.
-#   bash bench/compare.sh           full run (a few minutes on 2 cores)
-#   bash bench/compare.sh --quick   short smoke run
-# Python peers (posix_ipc, PyQt6 = real Qt 6) go into bench/.deps (git-ignored).
+# qshm against its peers and the hardware floors, in one run: writes bench/RESULTS.md and
+# the charts in bench/charts/, and ends with the performance targets, met or missed.
+#   bash bench/compare.sh           full run (about 5 minutes on 2 cores)
+#   bash bench/compare.sh --quick   short run: smaller ranges, fewer repetitions
+# Python peers (posix_ipc, PyQt6 = real Qt 6) and matplotlib for the charts go into
+# bench/.deps/venv (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")"
 quick="${1:-}"
+start=$(date +%s)
 deps=.deps
 mkdir -p "$deps"
 py=""
@@ -15,20 +18,24 @@ if command -v python3 >/dev/null 2>&1; then
     fi
     if [ -x "$deps/venv/bin/python" ]; then
         py="$deps/venv/bin/python"
-        "$py" -m pip install --quiet --disable-pip-version-check posix_ipc PyQt6 >"$deps/pip.log" 2>&1 \
-            || echo "*** SKIP: some Python peers could not be installed (see bench/$deps/pip.log) ***"
+        "$py" -m pip install --quiet --disable-pip-version-check posix_ipc PyQt6 matplotlib >"$deps/pip.log" 2>&1 \
+            || echo "*** SKIP: some Python peers or matplotlib could not be installed (see bench/$deps/pip.log) ***"
     fi
 else
-    echo "*** SKIP: no python3: Python and Qt peers are not measured ***"
+    echo "*** SKIP: no python3: Python and Qt peers are not measured, no report ***"
 fi
 
 cargo build --release --quiet
 rows="$deps/rows.tsv"
+measure_start=$(date +%s)
 ./target/release/qshm-bench measure $quick >"$rows"
 if [ -n "$py" ]; then
     "$py" py/peers.py $quick >>"$rows" || echo "# python peers failed" >>"$rows"
-    "$py" py/report.py "$rows" RESULTS.md
+fi
+seconds=$(($(date +%s) - measure_start))
+echo "measured in ${seconds} s (whole script so far: $(($(date +%s) - start)) s)"
+if [ -n "$py" ]; then
+    "$py" py/report.py "$rows" RESULTS.md $quick --seconds "$seconds"
 else
-    echo "# Python peers: no python3" >>"$rows"
-    python3 py/report.py "$rows" RESULTS.md 2>/dev/null || cat "$rows"
+    cat "$rows"
 fi
