@@ -8,9 +8,8 @@
 #   bash fuzz/run.sh [SECONDS]
 #
 # Corpora grow in fuzz/corpus/<target> (git-ignored; seeds come from fuzz/seeds/<target>),
-# crashes land in fuzz/artifacts/<target>, logs in fuzz/logs. The known bug recorded in
-# fuzz/regressions/native_key_parser is stepped over (QSHM_FUZZ_KNOWN=skip) so that the
-# parser target keeps fuzzing; run the regression inputs to see it.
+# crashes land in fuzz/artifacts/<target>, logs in fuzz/logs; fuzz/regressions holds the
+# minimised inputs of bugs found (and fixed), replayed as seeds.
 set -euo pipefail
 
 secs=${1:-300}
@@ -30,7 +29,6 @@ if [ ! -x "$tools/llvm-cov" ]; then
     rustup component add llvm-tools-preview --toolchain nightly
 fi
 llvm_cov="$tools/llvm-cov"
-export QSHM_FUZZ_KNOWN=skip
 
 # "lines% / regions%" of one file in an llvm-cov report
 file_cover() { # report file
@@ -50,7 +48,9 @@ for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t"
     echo "== fuzzing $t for ${secs}s" >&2
     status=ok
-    if ! cargo +nightly fuzz run "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+    dirs=("fuzz/corpus/$t" "fuzz/seeds/$t")
+    if [ -d "fuzz/regressions/$t" ]; then dirs+=("fuzz/regressions/$t"); fi
+    if ! cargo +nightly fuzz run "$t" "${dirs[@]}" -- \
         -max_total_time="$secs" -print_final_stats=1 >"$logs/$t.fuzz.log" 2>&1; then
         status="CRASH: $(grep -o "fuzz/artifacts/$t/[^ ]*" "$logs/$t.fuzz.log" | head -1)"
     fi

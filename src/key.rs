@@ -625,7 +625,8 @@ impl FromStr for NativeIpcKey {
                 return Err(invalid("unknown query item"));
             }
             let value = percent_decode(value).ok_or_else(|| invalid("bad percent-encoding"))?;
-            key.legacy = Some(value);
+            // an empty legacy key is no legacy key (the string form never prints one)
+            key.legacy = (!value.is_empty()).then_some(value);
         }
         Ok(key)
     }
@@ -1718,6 +1719,21 @@ print(json.dumps(out))
                     "{text}: Qt: {id}; ours: {why}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn an_empty_legacy_key_round_trips_as_none() {
+        // found by fuzz/fuzz_targets/native_key_parser (fuzz/regressions/native_key_parser)
+        for text in [
+            "posix:?legacyKey",
+            "posix:/x?legacyKey=",
+            "systemv:/tmp/x?legacyKey=",
+        ] {
+            let key: NativeIpcKey = text.parse().unwrap();
+            assert_eq!(key.legacy_key(), None, "{text}");
+            let back: NativeIpcKey = key.to_string().parse().unwrap();
+            assert_eq!(back, key, "{text}");
         }
     }
 

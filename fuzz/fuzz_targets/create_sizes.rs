@@ -7,8 +7,7 @@
 //! * `create` returns a value or a typed error, never panics; 0 and sizes above
 //!   `isize::MAX` are `InvalidSize`; sizes no `/dev/shm` could hold fail (`InvalidSize`,
 //!   `OutOfResources` or, for a bad name, `KeyError`) without allocating; a small size
-//!   with a plain name (no `/` or NUL, at most 251 bytes) succeeds, rounded up to whole
-//!   pages;
+//!   with a plain name (no `/` or NUL, at most 251 bytes) succeeds, exactly that size;
 //! * a created segment can be locked, written, attached by a second handle and read
 //!   back, refuses a second create (`AlreadyExists`), and is gone after its last detach;
 //! * nothing named with this process's prefix (`qshm-fuzz-create-<pid>-`), its `sem.`
@@ -49,11 +48,6 @@ fn shm_capacity() -> u64 {
         let st = unsafe { st.assume_init() };
         st.f_blocks * st.f_frsize
     })
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
 fn pick_size(class: u8, raw: u64) -> usize {
@@ -176,15 +170,15 @@ fuzz_target!(|data: &[u8]| {
     let mut shm = SharedMemory::with_native_key(key.clone())
         .with_lock_mode(lock_mode)
         .with_permissions(perms);
-    let companions = [shm.lock_state_path()];
+    let mut companions: Vec<PathBuf> = Vec::new();
     let name = format!("{}{suffix}", prefix());
     let plain_name = !name.contains(['/', '\0']) && name.len() <= 251;
     match shm.create(size, mode) {
         Ok(()) => {
             assert!((1..=MAX_REAL).contains(&size), "created {size} bytes");
             assert!(shm.is_attached());
-            let page = page_size();
-            assert!(shm.size() >= size && shm.size().is_multiple_of(page) && shm.size() - size < page);
+            assert_eq!(shm.size(), size, "exactly the size asked for, as in Qt");
+            companions.extend(shm.lock_state_path());
             exercise(&mut shm, &key, lock_mode, mode, flags);
             shm.detach().expect("detach");
             assert!(!shm.is_attached());

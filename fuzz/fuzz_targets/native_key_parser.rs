@@ -5,28 +5,12 @@
 //! native key (`NativeIpcKey::new`), must round-trip through its string form too, and
 //! the key-type parser (`str::parse::<KeyType>`) on it never panics and round-trips.
 //!
-//! Known library bug (fuzz/regressions/native_key_parser/empty-legacy-key): the parser
-//! keeps an empty `legacyKey` query item (`posix:?legacyKey`) as `Some("")`, which
-//! `to_string` drops, so that key does not round-trip. By default this target stops on
-//! it; with `QSHM_FUZZ_KNOWN=skip` in the environment (as `fuzz/run.sh` sets it) such a
-//! parsed key is compared as the key without a legacy key, so fuzzing can go past it.
+//! It found one bug (fuzz/regressions/native_key_parser/empty-legacy-key: an empty
+//! `legacyKey` did not round-trip), fixed in `src/key.rs`.
 #![no_main]
-
-use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use qshm::{KeyType, NativeIpcKey, SharedMemoryError};
-
-/// `key`, or with `QSHM_FUZZ_KNOWN=skip` the same key without an empty legacy key.
-fn past_known_bugs(key: NativeIpcKey) -> NativeIpcKey {
-    static SKIP: OnceLock<bool> = OnceLock::new();
-    let skip = *SKIP.get_or_init(|| std::env::var("QSHM_FUZZ_KNOWN").is_ok_and(|v| v == "skip"));
-    if skip && key.legacy_key() == Some("") {
-        NativeIpcKey::new(key.native(), key.kind())
-    } else {
-        key
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -36,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             let back: NativeIpcKey = printed
                 .parse()
                 .unwrap_or_else(|e| panic!("{text:?} parsed, but its form {printed:?} does not: {e}"));
-            assert_eq!(back, past_known_bugs(key), "{text:?} -> {printed:?}");
+            assert_eq!(back, key, "{text:?} -> {printed:?}");
             assert_eq!(back.to_string(), printed);
         }
         Err(e) => {
