@@ -2,8 +2,12 @@
 //! random moments (holding the lock, mid-create, mid-detach); afterwards nothing of the
 //! key may be left, the next create must succeed and no lock may block past a bound.
 //!
-//! `QSHM_TRIALS` sets the number of trials (default 40; `bench/soak.sh` runs 1000),
-//! `QSHM_SEED` replays a run (the seed is printed).
+//! CI runs short slices with a fixed seed; `bench/stress.sh` runs long ones in a private
+//! IPC and mount namespace. Knobs (environment): `QSHM_TRIALS` (crash trials, default 40),
+//! `QSHM_SEED` (default fixed; printed), `QSHM_KIND` (`systemv`/`posix`) and `QSHM_MODE`
+//! (`qt`/`fast`) to pin the trials to one backend and lock mode, `QSHM_RACES` (racing-create
+//! rounds, default 1), `QSHM_KILLS` (holders killed in tight lock loops, default 12). Each
+//! test prints one summary line that the stress script reads.
 
 mod support;
 
@@ -23,6 +27,15 @@ fn main() {
     }
     let trials = vec![
         Trial::test("crash_trials_leave_nothing_and_never_hang", crash_trials),
+        Trial::test("posix::qt::lock_recovers_from_kills_in_tight_loops", || {
+            kills_in_tight_loops(KeyType::PosixRealtime, LockMode::QtCompatible)
+        }),
+        Trial::test("systemv::qt::lock_recovers_from_kills_in_tight_loops", || {
+            kills_in_tight_loops(KeyType::SystemV, LockMode::QtCompatible)
+        }),
+        Trial::test("posix::fast::lock_recovers_from_kills_in_tight_loops", || {
+            kills_in_tight_loops(KeyType::PosixRealtime, LockMode::Fast)
+        }),
         Trial::test("systemv::racing_creates_have_exactly_one_winner", || {
             racing_creates(KeyType::SystemV)
         }),
@@ -105,6 +118,32 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             }
             0
         }
+        "hammer" => {
+            // lock, check that nobody else holds it, unlock, as fast as possible
+            let mut shm = handle(key, kind, mode);
+            shm.attach(AccessMode::ReadWrite).expect("attach");
+            let me = std::process::id().to_ne_bytes();
+            say("HAMMERING");
+            loop {
+                let mut data = match shm.lock_timeout(BOUND) {
+                    Ok(Some(data)) => data,
+                    Ok(None) => return 42,
+                    Err(e) => {
+                        eprintln!("hammer: {e}");
+                        return 4;
+                    }
+                };
+                if data[..4] != [0; 4] && !data.previous_owner_died() {
+                    return 7; // someone else holds it too
+                }
+                data[..4].copy_from_slice(&me);
+                std::hint::spin_loop();
+                if data[..4] != me {
+                    return 7;
+                }
+                data[..4].fill(0);
+            }
+        }
         "race-create" => {
             let mut shm = handle(key, kind, mode);
             wait_for_stdin_line(); // "go"
@@ -155,21 +194,16 @@ fn crash_trials() -> Result<(), Failed> {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(40);
-    let seed: u64 = std::env::var("QSHM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = seed();
     let mut rng = Rng(seed | 1);
     let (mut leaked, mut hung, mut killed, mut failed) = (0, 0, 0, Vec::new());
     let modes = [LockMode::QtCompatible, LockMode::Fast];
+    let pinned_kind = std::env::var("QSHM_KIND").ok().map(|k| parse_kind(&k));
+    let pinned_mode = std::env::var("QSHM_MODE").ok().map(|m| parse_mode(&m));
     for trial in 0..trials {
         let kind = KINDS[rng.below(2) as usize];
         let mode = modes[rng.below(2) as usize];
+        let (kind, mode) = (pinned_kind.unwrap_or(kind), pinned_mode.unwrap_or(mode));
         let key = unique_key("crash");
         let mut cleanup = Cleanup::default();
         cleanup.key(&key, kind);
@@ -248,13 +282,61 @@ fn crash_trials() -> Result<(), Failed> {
     }
 }
 
+/// `QSHM_SEED`, or a fixed seed (CI runs the same slice every time).
+fn seed() -> u64 {
+    std::env::var("QSHM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5153_484d_2026)
+}
+
+fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn racing_creates(kind: KeyType) -> Result<(), Failed> {
     const RACERS: usize = 8;
-    for mode in [LockMode::QtCompatible, LockMode::Fast] {
+    let rounds = env_count("QSHM_RACES", 1);
+    let (mut double, mut none) = (0, 0);
+    let mut failures = Vec::new();
+    for round in 0..rounds {
+        for mode in [LockMode::QtCompatible, LockMode::Fast] {
+            match race_once(kind, mode, RACERS) {
+                Ok(()) => {}
+                Err((winners, why)) => {
+                    if winners > 1 {
+                        double += 1;
+                    } else if winners == 0 {
+                        none += 1;
+                    }
+                    failures.push(format!("round {round}: {why}"));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "racing creates ({kind:?}): {} rounds, {double} double winners, {none} without a winner, {} failed",
+        rounds * 2,
+        failures.len()
+    );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{failures:?}").into())
+    }
+}
+
+/// One race of `racers` processes creating one key: exactly one wins, the others get
+/// AlreadyExists, nothing is left. On failure: the number of winners and why.
+fn race_once(kind: KeyType, mode: LockMode, racers: usize) -> Result<(), (usize, String)> {
+    {
         let key = unique_key("race");
         let mut cleanup = Cleanup::default();
         cleanup.key(&key, kind);
-        let mut peers: Vec<Peer> = (0..RACERS)
+        let mut peers: Vec<Peer> = (0..racers)
             .map(|_| Peer::spawn("race-create", &[&key, kind_name(kind), mode_name(mode)]))
             .collect();
         std::thread::sleep(Duration::from_millis(100)); // all waiting on stdin
@@ -268,18 +350,81 @@ fn racing_creates(kind: KeyType) -> Result<(), Failed> {
         let recorded = sysv_keys(&key, kind);
         let winners = results.iter().filter(|r| *r == "WON").count();
         let losers = results.iter().filter(|r| *r == "LOST AlreadyExists").count();
-        if winners != 1 || losers != RACERS - 1 {
-            return Err(format!("{mode:?}: {results:?}").into());
-        }
         for p in &mut peers {
             p.finish();
         }
+        if winners != 1 || losers != racers - 1 {
+            return Err((winners, format!("{mode:?}: {results:?}")));
+        }
         let left = leftovers(&key, kind, &recorded);
         if !left.is_empty() {
-            return Err(format!("{mode:?}: left {left:?}").into());
+            return Err((winners, format!("{mode:?}: left {left:?}")));
         }
     }
     Ok(())
+}
+
+/// Processes lock and unlock in tight loops while the test kills one of them at a random
+/// moment, again and again: a kill can land anywhere, also between `sem_wait` returning and
+/// qshm recording it (the window the first version lost the POSIX lock in). After every
+/// kill the lock must come back within the bound, and no two processes may ever hold it
+/// at once (each holder writes its pid and checks it before unlocking).
+fn kills_in_tight_loops(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
+    const HAMMERS: usize = 3;
+    let kills = env_count("QSHM_KILLS", 12);
+    let mut rng = Rng(seed() ^ 0x6b69_6c6c | 1);
+    let key = unique_key("hammer");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, mode);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let recorded = sysv_keys(&key, kind);
+    let spawn = || Peer::spawn("hammer", &[&key, kind_name(kind), mode_name(mode)]);
+    let mut hammers: Vec<Peer> = (0..HAMMERS).map(|_| spawn()).collect();
+    for h in &mut hammers {
+        h.expect("HAMMERING", BOUND);
+    }
+    let (mut lost, mut double, mut recoveries) = (0, 0, Vec::new());
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_micros(200 + rng.below(20_000)));
+        let victim = rng.below(HAMMERS as u64) as usize;
+        hammers[victim].kill9();
+        let start = Instant::now();
+        match shm.lock_timeout(BOUND)? {
+            // a holder's mark left by the dead: this holder was told, so clears it
+            Some(mut guard) => guard[..4].fill(0),
+            None => lost += 1,
+        }
+        recoveries.push(start.elapsed());
+        for (i, h) in hammers.iter_mut().enumerate() {
+            if let Ok(Some(status)) = h.child.try_wait() {
+                if status.code() == Some(7) {
+                    double += 1;
+                }
+                if i != victim {
+                    *h = spawn();
+                    h.expect("HAMMERING", BOUND);
+                }
+            }
+        }
+        hammers[victim] = spawn();
+        hammers[victim].expect("HAMMERING", BOUND);
+    }
+    for h in &mut hammers {
+        h.kill9();
+    }
+    drop(shm);
+    recoveries.sort();
+    let worst = recoveries.last().copied().unwrap_or_default();
+    eprintln!(
+        "kills in tight loops ({kind:?}, {mode:?}): {kills} kills, {lost} lost locks, {double} double holders, worst recovery {worst:?}"
+    );
+    let left = leftovers(&key, kind, &recorded);
+    if lost == 0 && double == 0 && left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{lost} lost, {double} double holders, left {left:?}").into())
+    }
 }
 
 /// One process keeps creating a segment and destroying it (as its last user) while

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SystemSemaphore};
+use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, SystemSemaphore};
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -51,6 +51,26 @@ fn main() {
             format!("{k}::qt_leaks_qshm_cleans_up"),
             &python,
             move |py| qt_leaks_qshm_cleans(py, kind),
+        ));
+        trials.push(trial(
+            format!("{k}::qshm_creator_leaves_qt_keeps_the_segment_and_detaches_last"),
+            &python,
+            move |py| qt_outlives_qshm_creator(py, kind),
+        ));
+        trials.push(trial(
+            format!("{k}::qt_holder_killed_the_lock_is_recovered"),
+            &python,
+            move |py| qt_holder_killed(py, kind),
+        ));
+        trials.push(trial(
+            format!("{k}::fast_mode_is_refused_next_to_qt"),
+            &python,
+            move |py| fast_refused_next_to_qt(py, kind),
+        ));
+        trials.push(trial(
+            format!("{k}::qt_of_another_user_reads_a_0644_segment_under_the_lock"),
+            &python,
+            move |py| qt_other_user_on_shared_segment(py, kind),
         ));
     }
     trials.push(trial(
@@ -204,8 +224,11 @@ fn qshm_creates_qt_reads(py: &PathBuf, kind: KeyType, base: &str) -> Result<(), 
     let mut qt = qt_peer(py, "read", &key, kind, &["--len", "15"]);
     let size: usize = qt.expect("SIZE", T).parse()?;
     check(
-        size == shm.size(),
-        format!("Qt sees size {size}, qshm {}", shm.size()),
+        size == 100 && shm.size() == 100,
+        format!(
+            "Qt's size() {size}, qshm's {}: both must be exactly 100",
+            shm.size()
+        ),
     )?;
     check(
         qt.expect("DATA", T) == hex(b"written by Rust"),
@@ -301,6 +324,160 @@ fn qt_leaks_qshm_cleans(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
         left.is_empty(),
         format!("qshm did not clean up after Qt: {left:?}"),
     )
+}
+
+/// The qshm creator detaches while Qt stays attached: the segment must survive (a live Qt
+/// mapper), keep its data for a later Qt reader, and after Qt detaches last nothing qshm
+/// made may stay behind past the next `create` of the key.
+fn qt_outlives_qshm_creator(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("qtlast");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let recorded = sysv_keys(&key, kind);
+    shm.lock()?[..4].copy_from_slice(b"kept");
+    let mut qt = qt_peer(py, "hold-attached", &key, kind, &[]);
+    qt.expect("ATTACHED", T);
+    shm.detach()?;
+    let mut reader = qt_peer(py, "read", &key, kind, &["--len", "4"]);
+    check(
+        reader.expect("DATA", T) == hex(b"kept"),
+        "the segment survived its qshm creator while Qt maps it",
+    )?;
+    check(reader.wait(T).success(), "Qt reader exits cleanly")?;
+    qt.send("detach");
+    qt.expect("DETACHED", T);
+    check(qt.wait(T).success(), "Qt peer exits cleanly")?;
+    // Qt detached last: a POSIX segment stays (Qt never unlinks); the next create
+    // reclaims it with everything qshm made for it
+    let mut next = handle(&key, kind, LockMode::QtCompatible);
+    next.create(64, AccessMode::ReadWrite)?;
+    check(next.lock()?[..4] == [0; 4], "a new segment, not the old one")?;
+    next.detach()?;
+    let left = leftovers(&key, kind, &recorded);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+/// A real Qt process holding the lock is killed with SIGKILL. System V: the kernel gives
+/// its unit back (SEM_UNDO). POSIX: Qt's semaphore stays taken for good, and qshm sees
+/// that no living process could hold it and recovers it, reporting the death.
+fn qt_holder_killed(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("qtkilled");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let recorded = sysv_keys(&key, kind);
+    let mut qt = qt_peer(py, "hold-lock", &key, kind, &[]);
+    qt.expect("LOCKED", T);
+    check(shm.try_lock()?.is_none(), "Qt holds the lock")?;
+    qt.kill9();
+    let guard = shm
+        .lock_timeout(Duration::from_secs(15))?
+        .ok_or("the lock was not recovered after the Qt holder was killed")?;
+    if kind == KeyType::PosixRealtime {
+        check(guard.previous_owner_died(), "the recovery is reported")?;
+    }
+    drop(guard);
+    check(shm.try_lock()?.is_some(), "and the lock works as before")?;
+    shm.detach()?;
+    let left = leftovers(&key, kind, &recorded);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+/// `LockMode::Fast` is refused where a Qt process would not see the lock: on a segment Qt
+/// made, and on a Fast segment Qt maps.
+fn fast_refused_next_to_qt(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("qtfast");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut qt = qt_peer(py, "create", &key, kind, &["--size", "64"]);
+    qt.expect("READY", T);
+    let mut fast = handle(&key, kind, LockMode::Fast);
+    let err = fast
+        .attach(AccessMode::ReadWrite)
+        .err()
+        .ok_or("Fast mode on a segment Qt created")?;
+    check(err.kind() == SharedMemoryError::LockError, format!("{err}"))?;
+    qt.send("detach");
+    qt.wait(T);
+    let _ = SharedMemory::force_remove(&native(&key, kind));
+
+    let key = unique_key("qtfast2");
+    cleanup.key(&key, kind);
+    let mut made = handle(&key, kind, LockMode::Fast);
+    made.create(64, AccessMode::ReadWrite)?;
+    let mut qt = qt_peer(py, "hold-attached", &key, kind, &[]);
+    qt.expect("ATTACHED", T);
+    let mut late = SharedMemory::with_key_type(&key, kind);
+    let err = late
+        .attach(AccessMode::ReadWrite)
+        .err()
+        .ok_or("Fast mode went ahead while Qt maps the segment")?;
+    check(err.kind() == SharedMemoryError::LockError, format!("{err}"))?;
+    check(err.to_string().contains("maps it"), format!("{err}"))?;
+    qt.send("detach");
+    qt.wait(T);
+    Ok(())
+}
+
+/// qshm creates a 0644 segment; a Qt program run by another user attaches read-only and
+/// locks it (Qt's lock() works for readers: the semaphore gets the readers' write bits).
+fn qt_other_user_on_shared_segment(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let Some(user) = TempUser::create("qt_of_another_user_reads_a_0644_segment_under_the_lock") else {
+        return Ok(());
+    };
+    let key = unique_key("qtshared");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = SharedMemory::with_key_type(&key, kind).with_permissions(0o644);
+    shm.create(64, AccessMode::ReadWrite)?;
+    shm.lock()?[..6].copy_from_slice(b"public");
+    let Some((python, site)) = python_for(py, &user) else {
+        eprintln!("*** SKIP qt_of_another_user: no Python that user may run imports PyQt6 ***");
+        return Ok(());
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_peer.py");
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(python)
+        .arg(script)
+        .args(["read", "--key", &key, "--type", kind_name(kind), "--len", "6"])
+        .env("PYTHONPATH", site)
+        .uid(user.uid)
+        .gid(user.gid)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success() && stdout.contains(&format!("DATA {}", hex(b"public"))),
+        format!(
+            "Qt as {} on a 0644 segment: {stdout} {}",
+            user.name,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A Python the other user may run, with the venv's PyQt6 on its path: the venv's own
+/// interpreter may live where others cannot go (e.g. under /root).
+fn python_for(venv_python: &std::path::Path, user: &TempUser) -> Option<(PathBuf, PathBuf)> {
+    let venv = venv_python.parent()?.parent()?;
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?.flatten().next()?.path();
+    let site = lib.join("site-packages");
+    use std::os::unix::process::CommandExt;
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|python| {
+            Command::new(python)
+                .args(["-c", "import PyQt6.QtCore"])
+                .env("PYTHONPATH", &site)
+                .uid(user.uid)
+                .gid(user.gid)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|python| (python, site))
 }
 
 fn keys_match_qt(py: &PathBuf) -> Result<(), Failed> {

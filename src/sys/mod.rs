@@ -219,6 +219,9 @@ pub(crate) struct Owner {
     /// The creator's uid (System V keeps it apart from the owner).
     pub creator_uid: u32,
     pub perms: u32,
+    /// qshm made the segment (it has no lock state only if its creator died while making
+    /// it): such a segment is unfinished, and nobody attaches to it.
+    pub unfinished_if_bare: bool,
 }
 
 /// Find the lock state of segment `id` and settle the lock mode, as an attacher does:
@@ -240,6 +243,12 @@ pub(crate) fn adopt_lock_state(
                 return Ok((Some(state), mode));
             }
             Ok(None) => {
+                if owner.unfinished_if_bare {
+                    return Err(Failure::because(
+                        SharedMemoryError::NotFound,
+                        "its creator died while making it (the next create of the key reclaims it)",
+                    ));
+                }
                 if requested == Some(LockMode::Fast) {
                     return Err(Failure::because(
                         SharedMemoryError::LockError,

@@ -95,12 +95,18 @@ fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
     }
 }
 
+/// The mark qshm's creator puts on a segment file: the sticky bit, which means nothing
+/// on a regular file to Linux, Qt or anyone else. A segment file with the mark but no
+/// lock state is one whose qshm creator died between publishing and finishing it.
+const QSHM_MADE: u32 = libc::S_ISVTX;
+
 fn owner_of(st: &FileStat) -> Owner {
     Owner {
         uid: st.uid,
         gid: st.gid,
         creator_uid: st.uid,
         perms: st.mode & 0o777,
+        unfinished_if_bare: st.mode & QSHM_MADE != 0,
     }
 }
 
@@ -131,7 +137,7 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
         //    attachers waiting until the lock state exists
         let fd = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, perms)
             .map_err(|e| Failure::from(e).with_detail(format!("cannot make a file in {SHM_DIR}")))?;
-        os::fchmod(&fd, perms)?;
+        os::fchmod(&fd, perms | QSHM_MADE)?;
         os::ftruncate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
         os::fallocate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
         os::flock(&fd, libc::LOCK_EX)?;
@@ -294,11 +300,17 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         let id = id_of(&c_path, &st);
         let (lock_state, mode) = super::adopt_lock_state(id, owner_of(&st), req.mode)?;
         if mode == LockMode::Fast {
-            let segment = Mapped::File {
-                dev: st.dev,
-                ino: st.ino,
-            };
-            super::refuse_fast_next_to_foreign_mapper(segment, lock_state.as_ref())?;
+            // nobody else has the file open at all (the kernel says so cheaply): then
+            // nobody else maps it either; else ask /proc who does
+            let alone = file.alone();
+            file.release();
+            if alone != Some(true) {
+                let segment = Mapped::File {
+                    dev: st.dev,
+                    ino: st.ino,
+                };
+                super::refuse_fast_next_to_foreign_mapper(segment, lock_state.as_ref())?;
+            }
         }
         let mapping = Mapping::map_file(&file.fd, len, req.writable)?;
         let semaphore: Option<Arc<dyn SemaphoreBackend>> = match mode {
@@ -413,7 +425,7 @@ impl SegmentBackend for Segment {
         Ok(SegmentStat {
             size: now.size,
             attachments: None,
-            perms: now.mode & 0o7777,
+            perms: now.mode & 0o777,
             uid: now.uid,
             created_secs: now.created_secs(),
             os_id: format!("{} (inode {})", self.file.path.to_string_lossy(), now.ino),

@@ -67,7 +67,9 @@ pub(crate) fn census(targets: &[Mapped]) -> Census {
                 }
             }
         }
-        if bits != 0 {
+        // A process being torn down (SIGKILLed, exiting) unmaps in any order: it is no
+        // user any more, whatever it maps at this instant.
+        if bits != 0 && !exiting(pid) {
             out.mapping.push((pid, bits));
         }
     }
@@ -116,6 +118,21 @@ pub(crate) fn device(text: &str) -> Option<u64> {
     let major = u32::from_str_radix(major, 16).ok()?;
     let minor = u32::from_str_radix(minor, 16).ok()?;
     Some(libc::makedev(major, minor))
+}
+
+/// `PF_EXITING` in the flags of `/proc/<pid>/stat` (the ninth field).
+fn exiting(pid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true; // gone
+    };
+    // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold spaces
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_comm
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 /// The effective uid of process `pid` (from `/proc/<pid>/status`, readable by everyone).

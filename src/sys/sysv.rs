@@ -134,12 +134,18 @@ fn id_of(shmid: libc::c_int, ds: &libc::shmid_ds) -> SegmentId {
     }
 }
 
+/// A System V segment nobody is attached to, whose creator is dead: if it has no lock
+/// state, its qshm creator died between `shmget` and making the lock state (or a Qt
+/// program's users all died): stale, not a segment to attach to.
 fn owner_of(ds: &libc::shmid_ds) -> Owner {
+    let creator_gone =
+        ds.shm_nattch == 0 && !std::path::Path::new(&format!("/proc/{}", ds.shm_cpid)).exists();
     Owner {
         uid: ds.shm_perm.uid,
         gid: ds.shm_perm.gid,
         creator_uid: ds.shm_perm.cuid,
         perms: u32::from(ds.shm_perm.mode) & 0o777,
+        unfinished_if_bare: creator_gone,
     }
 }
 
@@ -159,6 +165,7 @@ pub(crate) struct Segment {
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
     let path = key_path(key)?;
     let fork_epoch = fork::epoch_watched();
+    sweep_orphaned_lock_states();
     let (key_file, created) = lock_key_file_for_create(&path)?;
     let result = create_locked(&key_file, created, req, fork_epoch);
     if result.is_err() && created && !segment_uses(&path) {
@@ -167,6 +174,34 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
         let _ = key_file.unlink_if_still_named();
     }
     result
+}
+
+/// Remove our System V lock states whose segment is gone. Qt removes a segment (and its
+/// key file) when a Qt process detaches last, and cannot know qshm's lock state; the
+/// next qshm create of any key removes it. A System V lock state is made while its
+/// segment exists and removed before it, so one whose segment id is gone (or now names a
+/// segment of another creator) is an orphan, never work in progress.
+pub(crate) fn sweep_orphaned_lock_states() {
+    let Ok(dir) = std::fs::read_dir(super::posix::SHM_DIR) else {
+        return;
+    };
+    let me = os::euid();
+    for entry in dir.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(id @ SegmentId::SystemV { shmid, cpid, .. }) = SegmentId::from_lock_state_name(&name) else {
+            continue;
+        };
+        let gone = match os::shm_stat(shmid) {
+            Ok(ds) => ds.shm_cpid != cpid,
+            Err(e) => matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)),
+        };
+        use std::os::unix::fs::MetadataExt;
+        if gone && entry.metadata().is_ok_and(|m| m.uid() == me) {
+            LockState::remove(id);
+        }
+    }
 }
 
 /// Whether a segment exists at the `ftok` key of `path`.
@@ -372,7 +407,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
     }
     let segment_id = id_of(id, &ds);
     let (lock_state, mode) = super::adopt_lock_state(segment_id, owner_of(&ds), req.mode)?;
-    if mode == LockMode::Fast {
+    if mode == LockMode::Fast && ds.shm_nattch > 0 {
         super::refuse_fast_next_to_foreign_mapper(Mapped::SystemV { shmid: id }, lock_state.as_ref())?;
     }
     let mapping = Mapping::attach_system_v(id, ds.shm_segsz, req.writable)?;
