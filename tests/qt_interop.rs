@@ -424,7 +424,7 @@ fn fast_refused_next_to_qt(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
 
 /// qshm creates a 0644 segment; a Qt program run by another user attaches read-only and
 /// locks it (Qt's lock() works for readers: the semaphore gets the readers' write bits).
-fn qt_other_user_on_shared_segment(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+fn qt_other_user_on_shared_segment(py: &std::path::Path, kind: KeyType) -> Result<(), Failed> {
     let Some(user) = TempUser::create("qt_of_another_user_reads_a_0644_segment_under_the_lock") else {
         return Ok(());
     };
