@@ -25,12 +25,20 @@
 use std::ffi::CString;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod key_file;
+mod semaphore;
+
+pub(crate) use key_file::ftok_key;
+use key_file::{
+    key_file_failure, key_path, lock_key_file, lock_key_file_for_create, remove_companions, segment_uses,
+};
+pub(crate) use semaphore::Semaphore;
 
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
-use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
+use super::named_file::NamedFile;
 use super::os;
 use super::procfs::Mapped;
 use super::{
@@ -38,93 +46,10 @@ use super::{
     SemaphoreBackend, SemaphoreMode, fork, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
-use crate::key::{NativeIpcKey, SYSV_PROJECT_ID};
+use crate::key::NativeIpcKey;
 
 /// How long a destroyer waits for Qt's semaphore (see `posix.rs`).
 const DESTROY_SEMAPHORE_WAIT: Duration = Duration::from_millis(100);
-
-/// `ftok(path, 'Q')`, the numeric key Qt uses.
-pub(crate) fn ftok_key(path: &CString) -> io::Result<libc::key_t> {
-    os::ftok(path, SYSV_PROJECT_ID)
-}
-
-fn key_path(key: &NativeIpcKey) -> Result<CString, Failure> {
-    Ok(os::cstring(key.native())?)
-}
-
-/// A failure about the key file `path` (a symbolic link, not a regular file, a missing
-/// directory, no room).
-fn key_file_failure(path: &CString, e: io::Error) -> Failure {
-    let shown = path.to_string_lossy();
-    let detail = match e.raw_os_error() {
-        Some(libc::ELOOP) => format!("the key file {shown} is a symbolic link; refusing to follow it"),
-        Some(libc::EINVAL) => format!("the key file {shown} is not a regular file"),
-        Some(libc::ENOENT) => format!("the directory of the key file {shown} does not exist"),
-        _ if e.kind() == io::ErrorKind::TimedOut => e.to_string(),
-        _ => format!("unable to make the key file {shown}"),
-    };
-    let kind = match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM) => SharedMemoryError::PermissionDenied,
-        Some(libc::ENOSPC | libc::EMFILE | libc::ENFILE) => SharedMemoryError::OutOfResources,
-        _ if e.kind() == io::ErrorKind::TimedOut => SharedMemoryError::LockError,
-        _ => SharedMemoryError::KeyError,
-    };
-    Failure::from(e).with_kind(kind).with_detail(detail)
-}
-
-/// The key file, created if missing, locked exclusively. Returns it and whether we made it.
-fn lock_key_file_for_create(path: &CString) -> Result<(NamedFile, bool), Failure> {
-    let deadline = Instant::now() + FILE_LOCK_WAIT;
-    loop {
-        let (file, created) = match NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o640)
-        {
-            Ok(file) => (file, true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_existing(path) {
-                Ok(file) => (file, false),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(key_file_failure(path, e)),
-            },
-            Err(e) => return Err(key_file_failure(path, e)),
-        };
-        if file.stat.uid != os::euid() {
-            return Err(not_ours(
-                &format!("the key file {}", path.to_string_lossy()),
-                file.stat.uid,
-            ));
-        }
-        file.lock_until(FileLock::Exclusive, deadline)
-            .map_err(|e| key_file_failure(path, e))?;
-        if file.still_named() {
-            return Ok((file, created));
-        }
-    }
-}
-
-fn open_existing(path: &CString) -> io::Result<NamedFile> {
-    match NamedFile::open(path, libc::O_RDWR, 0) {
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => NamedFile::open(path, libc::O_RDONLY, 0),
-        other => other,
-    }
-}
-
-/// The key file, locked exclusively, for attach and detach: `Ok(None)` when it does not
-/// exist; an unreadable key file of another user is skipped (`Ok(Some(None))`).
-fn lock_key_file(path: &CString) -> Result<Option<Option<NamedFile>>, Failure> {
-    let deadline = Instant::now() + FILE_LOCK_WAIT;
-    loop {
-        let file = match open_existing(path) {
-            Ok(file) => file,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(Some(None)),
-            Err(e) => return Err(key_file_failure(path, e)),
-        };
-        file.lock_until(FileLock::Exclusive, deadline)
-            .map_err(|e| key_file_failure(path, e))?;
-        if file.still_named() {
-            return Ok(Some(Some(file)));
-        }
-    }
-}
 
 fn id_of(shmid: libc::c_int, ds: &libc::shmid_ds) -> SegmentId {
     SegmentId::SystemV {
@@ -202,11 +127,6 @@ pub(crate) fn sweep_orphaned_lock_states() {
             LockState::remove(id);
         }
     }
-}
-
-/// Whether a segment exists at the `ftok` key of `path`.
-fn segment_uses(path: &CString) -> bool {
-    ftok_key(path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok() || os::semget(k, 0).is_ok())
 }
 
 fn create_locked(
@@ -371,14 +291,14 @@ fn open_owned_semaphore(
         ));
     }
     let sem = Semaphore::open_holding(key, 1, SemaphoreMode::Open, perms, Some(held))?;
-    match os::sem_owner(sem.id.load(Ordering::Acquire)) {
+    match os::sem_owner(sem.id()) {
         Ok(uid) if uid != os::euid() => Err(not_ours("the lock's semaphore", uid)),
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => Err(not_ours("the lock's semaphore", u32::MAX)),
         _ => {
             // Like Qt's create (QSystemSemaphore::Create): a semaphore of ours that
             // survived a crash is set back to 1. SEM_UNDO already returns a dead
             // holder's unit; this heals one made but never initialised.
-            let _ = os::sem_setval(sem.id.load(Ordering::Acquire), 1);
+            let _ = os::sem_setval(sem.id(), 1);
             Ok(Arc::new(sem))
         }
     }
@@ -544,225 +464,6 @@ impl SegmentBackend for Segment {
     fn forget(self: Box<Self>) {
         // shmdt (the facade dropped the mapping) lowered the count fork() had raised
         drop(self);
-    }
-}
-
-/// Remove the key file `file` (which we hold locked) if qshm made it for this segment
-/// (`recorded`) or it is Qt-named, it is empty, and no segment or semaphore uses it.
-fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3]>) {
-    let made_by_qshm = recorded == Some(lock_state::file_words(&file.stat));
-    let qt_named = file
-        .path
-        .to_str()
-        .ok()
-        .and_then(|p| p.rsplit('/').next())
-        .is_some_and(|name| name.starts_with("qipc_"));
-    let empty = os::fstat(&file.fd).is_ok_and(|st| st.size == 0);
-    if (made_by_qshm || qt_named) && empty && !segment_uses(&file.path) {
-        let _ = file.unlink_if_still_named();
-    }
-}
-
-/// Remove what belongs to a destroyed segment: Qt's semaphore `semaphore` if it is ours
-/// (with its key file, which for a native key is the segment's own), then the segment's
-/// key file `key_file` (held locked) if qshm made it (`recorded`) or Qt named it.
-fn remove_companions(
-    key_file: Option<&NamedFile>,
-    recorded: Option<[u64; 3]>,
-    semaphore: Option<&NativeIpcKey>,
-) {
-    if let Some(sem) = semaphore
-        && let Ok(sem_path) = os::cstring(sem.native())
-    {
-        let shared = key_file.is_some_and(|f| f.path == sem_path);
-        let sem_file = if shared {
-            None
-        } else {
-            lock_key_file(&sem_path).ok().flatten().flatten()
-        };
-        if let Ok(skey) = ftok_key(&sem_path)
-            && let Ok(id) = os::semget(skey, 0)
-            && os::sem_owner(id).is_ok_and(|uid| uid == os::euid() || os::euid() == 0)
-        {
-            let _ = os::sem_remove(id);
-        }
-        if let Some(file) = &sem_file {
-            remove_key_file_if_ours(file, None);
-        }
-    }
-    if let Some(file) = key_file {
-        remove_key_file_if_ours(file, recorded);
-    }
-}
-
-/// A System V semaphore set of one semaphore, opened the way `QSystemSemaphore` does;
-/// every operation uses `SEM_UNDO`, so a dead process's units come back.
-pub(crate) struct Semaphore {
-    id: AtomicI32,
-    path: CString,
-    perms: u32,
-    initial: u32,
-    created: bool,
-}
-
-impl Semaphore {
-    pub(crate) fn open(
-        key: &NativeIpcKey,
-        initial: u32,
-        mode: SemaphoreMode,
-        perms: u32,
-    ) -> Result<Semaphore, Failure> {
-        Self::open_holding(key, initial, mode, perms, None)
-    }
-
-    /// [`open`](Self::open) while the caller holds the lock of key file `held`.
-    fn open_holding(
-        key: &NativeIpcKey,
-        initial: u32,
-        mode: SemaphoreMode,
-        perms: u32,
-        held: Option<&NamedFile>,
-    ) -> Result<Semaphore, Failure> {
-        if initial > os::SEMVMX {
-            return Err(Failure::because(
-                SharedMemoryError::InvalidSize,
-                format!(
-                    "initial value {initial} is above the system's maximum {} (SEMVMX)",
-                    os::SEMVMX
-                ),
-            ));
-        }
-        let path = key_path(key)?;
-        let (id, created) =
-            Self::get(&path, initial, mode, perms, held).map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP | libc::EINVAL | libc::ENOENT) => key_file_failure(&path, e),
-                _ => Failure::from(e),
-            })?;
-        Ok(Semaphore {
-            id: AtomicI32::new(id),
-            path,
-            perms,
-            initial,
-            created,
-        })
-    }
-
-    /// Find or make the semaphore at `path`'s `ftok` key, under the key file's lock (so a
-    /// destroyer removing it and its key file never interleaves). `held`: a key file the
-    /// caller has locked already (for a native key, the segment's and the semaphore's
-    /// key file are one file).
-    fn get(
-        path: &CString,
-        initial: u32,
-        mode: SemaphoreMode,
-        perms: u32,
-        held: Option<&NamedFile>,
-    ) -> io::Result<(libc::c_int, bool)> {
-        let deadline = Instant::now() + FILE_LOCK_WAIT;
-        loop {
-            // ftok needs a file: make it if missing (never through a symlink)
-            let (file, made_file) =
-                match NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o640) {
-                    Ok(file) => (Some(file), true),
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_existing(path) {
-                        Ok(file) => (Some(file), false),
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                        // another user's key file we may not read: ftok only needs to stat it
-                        Err(e) if e.raw_os_error() == Some(libc::EACCES) => (None, false),
-                        Err(e) => return Err(e),
-                    },
-                    Err(e) => return Err(e),
-                };
-            if let Some(file) = &file
-                && !held.is_some_and(|h| h.stat.same_file(&file.stat))
-            {
-                file.lock_until(FileLock::Exclusive, deadline)?;
-                if !file.still_named() {
-                    continue;
-                }
-            }
-            let result = (|| {
-                let key = ftok_key(path)?;
-                let perms = (perms & 0o777) as libc::c_int;
-                let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
-                    Ok(id) => (id, true),
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        (os::semget(key, perms | libc::IPC_CREAT)?, false)
-                    }
-                    Err(e) => return Err(e),
-                };
-                if created || mode == SemaphoreMode::Create {
-                    // initial <= SEMVMX was checked
-                    os::sem_setval(id, initial as libc::c_int)?;
-                }
-                Ok((id, created || mode == SemaphoreMode::Create))
-            })();
-            if result.is_err()
-                && made_file
-                && let Some(file) = &file
-            {
-                let _ = file.unlink_if_still_named();
-            }
-            return result;
-        }
-    }
-
-    fn with_reopen<T>(&self, mut op: impl FnMut(libc::c_int) -> io::Result<T>) -> io::Result<T> {
-        match op(self.id.load(Ordering::Acquire)) {
-            // Removed under us (Qt removes it when its creator goes away): like Qt,
-            // be nice and make it again.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => {
-                let (id, _) = Self::get(&self.path, self.initial, SemaphoreMode::Open, self.perms, None)?;
-                self.id.store(id, Ordering::Release);
-                op(id)
-            }
-            other => other,
-        }
-    }
-}
-
-impl SemaphoreBackend for Semaphore {
-    fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.with_reopen(|id| os::semop_undo(id, -1, timeout))
-    }
-
-    fn acquire_existing(&self, timeout: Duration) -> io::Result<bool> {
-        match os::semop_undo(self.id.load(Ordering::Acquire), -1, Some(timeout)) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(false),
-            other => other,
-        }
-    }
-
-    fn release(&self, n: u32) -> io::Result<()> {
-        let n = i16::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
-        // No re-creation here (unlike acquire): a removed semaphore has nobody to wake.
-        match os::semop_undo(self.id.load(Ordering::Acquire), n, Some(Duration::ZERO)) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(()),
-            other => other.map(drop),
-        }
-    }
-
-    fn value(&self) -> io::Result<i32> {
-        os::sem_getval(self.id.load(Ordering::Acquire))
-    }
-
-    fn remove(&self) -> io::Result<()> {
-        let removed = match os::sem_remove(self.id.load(Ordering::Acquire)) {
-            Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e),
-            _ => Ok(()),
-        };
-        if let Ok(Some(Some(file))) = lock_key_file(&self.path) {
-            remove_key_file_if_ours(&file, None);
-        }
-        removed
-    }
-
-    fn needs_dead_holder_repair(&self) -> bool {
-        false
-    }
-
-    fn created(&self) -> bool {
-        self.created
     }
 }
 

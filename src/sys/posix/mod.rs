@@ -33,11 +33,19 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod probe;
+mod semaphore;
+
+pub(crate) use probe::{Probe, probe_existing};
+use probe::{mapped_by_others, unused_by_others};
+pub(crate) use semaphore::{Semaphore, remove_semaphore_if_unused};
+use semaphore::{open_owned_semaphore, refuse_foreign_semaphore};
+
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use super::os::{self, FileStat, NamedSemaphore};
-use super::procfs::{self, Mapped};
+use super::procfs::Mapped;
 use super::{
     AttachRequest, Attached, CreateRequest, Detached, LockMode, Owner, SegmentBackend, SegmentStat,
     SemaphoreBackend, SemaphoreMode, fork, not_ours, owner_label,
@@ -86,7 +94,7 @@ fn segment_path(key: &NativeIpcKey) -> Result<CString, Failure> {
     Ok(os::cstring(&format!("{SHM_DIR}/{name}"))?)
 }
 
-fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
+pub(super) fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
     let name = c_path.to_str().unwrap_or("").rsplit('/').next().unwrap_or("");
     SegmentId::Posix {
         name_tag: lock_state::name_tag(name),
@@ -225,25 +233,6 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     ))
 }
 
-/// Refuse, before anything is made, a semaphore file that belongs to another user.
-fn refuse_foreign_semaphore(key: &NativeIpcKey) -> Result<(), Failure> {
-    match os::cstring(&semaphore_file(key)?).and_then(|p| os::lstat(&p)) {
-        Ok(st) if st.uid != os::euid() => Err(not_ours("the lock's semaphore", st.uid)),
-        _ => Ok(()),
-    }
-}
-
-/// Qt's semaphore for a segment being created: open or make it, but never one that
-/// belongs to another user (they could set it to 0, or to 5).
-fn open_owned_semaphore(key: &NativeIpcKey, perms: u32) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
-    refuse_foreign_semaphore(key)?;
-    let sem = Semaphore::open(key, 1, SemaphoreMode::Open, perms)?;
-    match sem.owner() {
-        Some(uid) if uid != os::euid() => Err(not_ours("the lock's semaphore", uid)),
-        _ => Ok(Arc::new(sem)),
-    }
-}
-
 fn size_failure(size: usize, e: io::Error) -> Failure {
     let kind = match e.raw_os_error() {
         Some(libc::EFBIG | libc::EINVAL) => SharedMemoryError::InvalidSize,
@@ -342,83 +331,6 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
     Err(Failure::new(SharedMemoryError::NotFound))
 }
 
-/// What a look at an existing segment name found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Probe {
-    /// In use, or not ours to remove (`owner`: whose it is).
-    Live { owner: u32 },
-    /// It was removed (by us, because it was stale and ours, or by someone else).
-    Gone,
-}
-
-/// Look at the segment file named `c_path`: remove it (with its lock state) if it is ours
-/// and stale, else report it live.
-pub(crate) fn probe_existing(c_path: &CString) -> Result<Probe, Failure> {
-    let file = match NamedFile::open(c_path, libc::O_RDONLY, 0) {
-        Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Gone),
-        // not ours to inspect (another user's, or not a regular file): in use
-        Err(_) => {
-            let owner = os::lstat(c_path).map(|st| st.uid).unwrap_or(u32::MAX);
-            return Ok(Probe::Live { owner });
-        }
-    };
-    let owner = file.stat.uid;
-    if owner != os::euid() {
-        return Ok(Probe::Live { owner });
-    }
-    if !file.try_lock(FileLock::Exclusive)? {
-        // A shared lock means a live user; an exclusive one a destroyer, who always
-        // unlinks: wait for it, then see if the name survived.
-        file.lock_until(FileLock::Shared, Instant::now() + FILE_LOCK_WAIT)?;
-        return Ok(if file.still_named() {
-            Probe::Live { owner }
-        } else {
-            Probe::Gone
-        });
-    }
-    if !file.still_named() {
-        return Ok(Probe::Gone);
-    }
-    if !unused_by_others(&file) {
-        return Ok(Probe::Live { owner });
-    }
-    LockState::remove(id_of(&file.path, &file.stat));
-    let removed = file.unlink_if_still_named();
-    file.release();
-    removed?;
-    Ok(Probe::Gone)
-}
-
-/// Whether, holding the segment file's exclusive `flock` (so no qshm attachment exists),
-/// no other process can still be using it. Asked first of the kernel (a lease probe,
-/// cheap whatever the number of processes): nobody else has the file open at all. If
-/// someone has, it may be a qshm process coming or going, which holds the file open for a
-/// moment but maps nothing while we hold the lock; a program that is not qshm (Qt) maps
-/// the file while attached, and that is what `/proc` is asked then. (A Qt attach in
-/// progress, between `shm_open` and `mmap`, holds Qt's semaphore, which a Qt-compatible
-/// destroyer holds meanwhile.) On `true` a lease may be held: [`NamedFile::release`] it.
-fn unused_by_others(file: &NamedFile) -> bool {
-    match file.alone() {
-        Some(true) => true,
-        Some(false) | None => !mapped_by_others(&file.stat),
-    }
-}
-
-/// The `/proc` fallback where no lease can be taken: does any other process map the file?
-/// Processes we may not inspect count as mapping it if they could open it.
-fn mapped_by_others(st: &FileStat) -> bool {
-    let census = procfs::census(&[Mapped::File {
-        dev: st.dev,
-        ino: st.ino,
-    }]);
-    !census.mapping.is_empty()
-        || census
-            .hidden
-            .iter()
-            .any(|&(_, uid)| uid == 0 || uid == st.uid || st.mode & 0o066 != 0)
-}
-
 impl SegmentBackend for Segment {
     fn stat(&self) -> io::Result<SegmentStat> {
         let now = os::fstat(&self.file.fd)?;
@@ -490,181 +402,6 @@ impl SegmentBackend for Segment {
         // The descriptor shares its open file description (and so its flock) with the
         // parent: closing our copy leaves the parent's lock in place.
         drop(self);
-    }
-}
-
-/// The file a POSIX semaphore key lives in.
-pub(crate) fn semaphore_file(key: &NativeIpcKey) -> Result<String, Failure> {
-    let name = key.native().trim_start_matches('/');
-    if name.is_empty() || name.contains('/') {
-        return Err(Failure::because(
-            SharedMemoryError::KeyError,
-            "not a POSIX semaphore name",
-        ));
-    }
-    Ok(format!("{SHM_DIR}/sem.{name}"))
-}
-
-/// Remove the POSIX semaphore `key` if it is ours and no process outside qshm can be using
-/// it: nobody else has it open (a lease probe), or everyone who maps it also maps the
-/// lock state `lock_state` (qshm processes of this segment, on their way out: they close
-/// the semaphore before the lock state). A semaphore a Qt program holds open stays.
-pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey, lock_state: Option<(u64, u64)>) -> bool {
-    let Ok(path) = semaphore_file(key).and_then(|p| Ok(os::cstring(&p)?)) else {
-        return false;
-    };
-    let Ok(file) = NamedFile::open(&path, libc::O_RDWR, 0) else {
-        return false;
-    };
-    if file.stat.uid != os::euid() && os::euid() != 0 {
-        return false;
-    }
-    let unused = match file.alone() {
-        Some(true) => true,
-        _ => {
-            let sem = Mapped::File {
-                dev: file.stat.dev,
-                ino: file.stat.ino,
-            };
-            match lock_state {
-                Some((dev, ino)) => {
-                    let census = procfs::census(&[sem, Mapped::File { dev, ino }]);
-                    census.hidden.is_empty()
-                        && census
-                            .mapping
-                            .iter()
-                            .all(|&(_, bits)| bits & 0b10 != 0 || bits & 0b01 == 0)
-                }
-                None => !mapped_by_others(&file.stat),
-            }
-        }
-    };
-    let removed = unused && matches!(file.unlink_if_still_named(), Ok(true));
-    file.release();
-    removed
-}
-
-/// A POSIX named semaphore (`sem_open`), opened the way `QSystemSemaphore` opens it.
-pub(crate) struct Semaphore {
-    sem: NamedSemaphore,
-    name: CString,
-    created: bool,
-}
-
-impl Semaphore {
-    pub(crate) fn open(
-        key: &NativeIpcKey,
-        initial: u32,
-        mode: SemaphoreMode,
-        perms: u32,
-    ) -> Result<Semaphore, Failure> {
-        semaphore_file(key)?;
-        if initial > os::SEM_VALUE_MAX {
-            return Err(Failure::because(
-                SharedMemoryError::InvalidSize,
-                format!(
-                    "initial value {initial} is above the system's maximum {}",
-                    os::SEM_VALUE_MAX
-                ),
-            ));
-        }
-        let name = os::cstring(key.native())?;
-        let perms = perms as libc::mode_t;
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match NamedSemaphore::open(&name, libc::O_CREAT | libc::O_EXCL, perms, initial) {
-                Ok(sem) => {
-                    // sem_open applies the umask; give it exactly the mode asked for
-                    if let Ok(file) = semaphore_file(key).and_then(|f| Ok(os::cstring(&f)?)) {
-                        let _ = os::chmod(&file, perms);
-                    }
-                    return Ok(Semaphore {
-                        sem,
-                        name,
-                        created: true,
-                    });
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(e.into()),
-            }
-            match mode {
-                // Qt: a semaphore that exists at create time survived a crash: replace it.
-                SemaphoreMode::Create if tries < 3 => match NamedSemaphore::unlink(&name) {
-                    Ok(()) => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                    Err(e) => return Err(e.into()),
-                },
-                _ => match NamedSemaphore::open(&name, 0, 0, 0) {
-                    Ok(sem) => {
-                        return Ok(Semaphore {
-                            sem,
-                            name,
-                            created: false,
-                        });
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && tries < 3 => continue,
-                    Err(e) => return Err(e.into()),
-                },
-            }
-        }
-    }
-
-    /// The owner of the semaphore's file (the one this handle maps).
-    fn owner(&self) -> Option<u32> {
-        let (dev, ino) = self.file_id()?;
-        let path = os::cstring(&format!(
-            "{SHM_DIR}/sem.{}",
-            self.name.to_str().ok()?.trim_start_matches('/')
-        ))
-        .ok()?;
-        let st = os::lstat(&path).ok()?;
-        (st.dev == dev && st.ino == ino).then_some(st.uid)
-    }
-}
-
-impl SemaphoreBackend for Semaphore {
-    fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.sem.wait(timeout)
-    }
-
-    fn release(&self, n: u32) -> io::Result<()> {
-        // All or nothing: never past SEM_VALUE_MAX (sem_post would stop there, half done).
-        let value = u32::try_from(self.sem.value()?.max(0)).unwrap_or(0);
-        if n > os::SEM_VALUE_MAX - value.min(os::SEM_VALUE_MAX) {
-            return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
-        }
-        for _ in 0..n {
-            self.sem.post()?;
-        }
-        Ok(())
-    }
-
-    fn value(&self) -> io::Result<i32> {
-        self.sem.value()
-    }
-
-    fn remove(&self) -> io::Result<()> {
-        match NamedSemaphore::unlink(&self.name) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    fn needs_dead_holder_repair(&self) -> bool {
-        true
-    }
-
-    fn created(&self) -> bool {
-        self.created
-    }
-
-    fn file_id(&self) -> Option<(u64, u64)> {
-        procfs::own_mapping_of(self.sem.addr())
-    }
-
-    fn post_for_dead_holder(&self) -> io::Result<()> {
-        self.sem.post()
     }
 }
 

@@ -1,0 +1,286 @@
+//! Native IPC keys and the exact key derivations of Qt 6 (`QNativeIpcKey`,
+//! `QSharedMemory::legacyNativeKey`, `QSharedMemory::platformSafeKey`).
+//!
+//! A legacy (string) key becomes a native key the way Qt 6's
+//! `QtIpcCommon::legacyPlatformSafeKey` does it on Linux:
+//!
+//! 1. a prefix: `qipc_sharedmemory_` for shared memory, `qipc_systemsem_` for semaphores;
+//! 2. the key's ASCII letters `a-z` and `A-Z`, in order; every other character is dropped;
+//! 3. the lowercase hex SHA-1 of the key's UTF-8 bytes (40 characters);
+//! 4. for [`KeyType::PosixRealtime`] a leading `/` (a `shm_open`/`sem_open` name); for
+//!    [`KeyType::SystemV`] Qt's temporary directory and a `/` in front (a file path that
+//!    is then turned into a System V key with `ftok(path, 'Q')`).
+//!
+//! Qt's temporary directory is what `QStandardPaths::writableLocation(TempLocation)`
+//! returns on Linux in Qt 6.11 (see [`temp_dir_from`]): `/tmp` when `$TMPDIR` is unset or
+//! empty, else `$TMPDIR` made absolute and cleaned *without* resolving symbolic links and
+//! without checking that it exists. Checked against real Qt 6.11 (PyQt6) by the tests.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha1::{Digest, Sha1};
+
+use crate::error::{Error, Failure, Result, SharedMemoryError};
+
+/// The `ftok` project id Qt uses for System V keys: the value of
+/// `QNativeIpcKey::Type::SystemV`, `'Q'`.
+pub(crate) const SYSV_PROJECT_ID: i32 = 0x51;
+
+/// Which operating-system API a native key names (Qt's `QNativeIpcKey::Type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// System V IPC: `shmget`/`semget`; the native key is the path of a file that
+    /// `ftok(path, 'Q')` turns into the numeric key.
+    SystemV,
+    /// POSIX realtime IPC: `shm_open`/`sem_open`; the native key is a name like `/name`.
+    PosixRealtime,
+}
+
+impl KeyType {
+    /// What Qt before 6.6 used, and what legacy string keys still map to on Linux
+    /// (`QNativeIpcKey::legacyDefaultTypeForOs()`): System V.
+    pub const fn legacy_default() -> KeyType {
+        KeyType::SystemV
+    }
+
+    /// Qt 6.6's `QNativeIpcKey::DefaultTypeForOs` on Linux: POSIX realtime.
+    pub const fn default_for_os() -> KeyType {
+        KeyType::PosixRealtime
+    }
+
+    /// The scheme of the key's string form: `"systemv"` or `"posix"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyType::SystemV => "systemv",
+            KeyType::PosixRealtime => "posix",
+        }
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<KeyType> {
+        match s {
+            "systemv" | "sysv" => Ok(KeyType::SystemV),
+            "posix" | "posixrealtime" => Ok(KeyType::PosixRealtime),
+            _ => Err(Error::new(SharedMemoryError::KeyError, "parse key type", s)
+                .with_detail("unknown key type: expected \"systemv\" or \"posix\"")),
+        }
+    }
+}
+
+/// A native key plus its type: what the OS uses to find a segment or semaphore
+/// (Qt's `QNativeIpcKey`). It remembers the legacy key it was derived from, if any,
+/// and its string form (`systemv:/tmp/qipc_...?legacyKey=market`) round-trips through
+/// [`Display`](fmt::Display) and [`FromStr`], compatibly with Qt's `toString`/`fromString`.
+#[derive(Clone, Debug)]
+pub struct NativeIpcKey {
+    kind: KeyType,
+    native: String,
+    legacy: Option<String>,
+    /// Why this key must not be used although Qt derives it: Qt's directory for it is
+    /// unusable, so Qt would put its System V key file where nobody meant it (`/` or the
+    /// working directory). Qt's string is kept; [`check_usable`](Self::check_usable)
+    /// turns this into a `KeyError` wherever the key is used.
+    unusable: Option<String>,
+}
+
+/// Equal when Qt's `QNativeIpcKey` objects would be: type, native key and legacy key.
+impl PartialEq for NativeIpcKey {
+    fn eq(&self, other: &NativeIpcKey) -> bool {
+        (self.kind, &self.native, &self.legacy) == (other.kind, &other.native, &other.legacy)
+    }
+}
+
+impl Eq for NativeIpcKey {}
+
+impl std::hash::Hash for NativeIpcKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.kind, &self.native, &self.legacy).hash(state);
+    }
+}
+
+impl NativeIpcKey {
+    /// A native key used as is (no derivation).
+    pub fn new(native: impl Into<String>, kind: KeyType) -> NativeIpcKey {
+        NativeIpcKey {
+            kind,
+            native: native.into(),
+            legacy: None,
+            unusable: None,
+        }
+    }
+
+    /// The key type.
+    pub fn kind(&self) -> KeyType {
+        self.kind
+    }
+
+    /// The native key string: a file path (System V) or a `/name` (POSIX).
+    pub fn native(&self) -> &str {
+        &self.native
+    }
+
+    /// The legacy key this native key was derived from, if any.
+    pub fn legacy_key(&self) -> Option<&str> {
+        self.legacy.as_deref()
+    }
+
+    /// True when the native key is empty (Qt derives an empty key from an empty string).
+    pub fn is_empty(&self) -> bool {
+        self.native.is_empty()
+    }
+
+    /// The name to show the user: the legacy key if there is one, else the native key.
+    pub(crate) fn display_name(&self) -> &str {
+        self.legacy.as_deref().unwrap_or(&self.native)
+    }
+
+    /// Fails with a [`SharedMemoryError::KeyError`] where Qt fails to make the key's
+    /// file (`QSharedMemory::create`/`attach` and `QSystemSemaphore` report "unable to
+    /// make key"), before anything is made: a System V key whose directory is missing or
+    /// not a directory, or a key derived from an unusable Qt directory. The message
+    /// names the directory. Other problems (e.g. no permission) are left to the system
+    /// call that meets them.
+    pub(crate) fn check_usable(&self) -> std::result::Result<(), Failure> {
+        let fail = |detail: String| Err(Failure::because(SharedMemoryError::KeyError, detail));
+        if let Some(why) = &self.unusable {
+            return fail(why.clone());
+        }
+        if self.kind != KeyType::SystemV {
+            return Ok(());
+        }
+        let dir = match self.native.rfind('/') {
+            Some(0) => "/",
+            Some(end) => &self.native[..end],
+            None => return Ok(()), // in the working directory
+        };
+        let hint = if self.legacy.is_some() {
+            " (Qt's temporary directory: $TMPDIR, else /tmp)"
+        } else {
+            ""
+        };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => fail(format!(
+                "{dir}, the directory of the System V key file, is not a directory{hint}"
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure::from(e)
+                .with_kind(SharedMemoryError::KeyError)
+                .with_detail(format!(
+                    "{dir}, the directory of the System V key file, does not exist{hint}"
+                ))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => fail(format!(
+                "{dir}, the directory of the System V key file, is not a directory{hint}"
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// What an IPC key names; Qt derives different native keys for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IpcType {
+    SharedMemory,
+    SystemSemaphore,
+}
+
+/// Qt's `QtIpcCommon::legacyPlatformSafeKey` (compatible with Qt 4.4 to 6.x).
+pub(crate) fn legacy_platform_safe_key(key: &str, ipc: IpcType, kind: KeyType) -> NativeIpcKey {
+    legacy_key_in(key, ipc, kind, qt_temp_dir)
+}
+
+/// [`legacy_platform_safe_key`] with Qt's temporary directory given by `temp_dir`
+/// (asked only for System V keys).
+///
+/// Like Qt, a temporary directory that is not an absolute path (empty, or relative when
+/// the working directory is unknown) still gives Qt's string, e.g.
+/// `/qipc_sharedmemory_...`; the key is marked unusable so that it fails with a
+/// `KeyError` instead of putting key files in `/` or the working directory.
+fn legacy_key_in(key: &str, ipc: IpcType, kind: KeyType, temp_dir: impl FnOnce() -> String) -> NativeIpcKey {
+    if key.is_empty() {
+        return NativeIpcKey::new(String::new(), kind);
+    }
+    let prefix = match ipc {
+        IpcType::SharedMemory => "qipc_sharedmemory_",
+        IpcType::SystemSemaphore => "qipc_systemsem_",
+    };
+    let letters = key.chars().filter(char::is_ascii_alphabetic);
+    let digest = Sha1::digest(key.as_bytes());
+    let mut name = String::with_capacity(1 + prefix.len() + key.len() + 40);
+    name.push_str(prefix);
+    name.extend(letters);
+    for byte in digest {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    let mut unusable = None;
+    let native = match kind {
+        KeyType::PosixRealtime => format!("/{name}"),
+        KeyType::SystemV => {
+            let dir = temp_dir();
+            if !dir.starts_with('/') {
+                unusable = Some(format!(
+                    "Qt's temporary directory {dir:?} is not an absolute path \
+                     (TMPDIR is relative and the working directory is unknown)"
+                ));
+            }
+            format!("{dir}/{name}")
+        }
+    };
+    NativeIpcKey {
+        kind,
+        native,
+        legacy: Some(key.to_owned()),
+        unusable,
+    }
+}
+
+/// Qt's `QtIpcCommon::platformSafeKey` (the Qt 6.6+ cross-platform key).
+///
+/// A System V key not starting with `/` goes into Qt's runtime directory, which is
+/// made if needed, as Qt does ([`qt_runtime_dir`]).
+pub(crate) fn platform_safe_key(key: &str, kind: KeyType) -> NativeIpcKey {
+    platform_safe_key_in(key, kind, qt_runtime_dir)
+}
+
+/// [`platform_safe_key`] with Qt's runtime directory given by `runtime_dir` (asked
+/// only for a System V key not starting with `/`).
+///
+/// When no runtime directory is usable, Qt uses an empty one: its key is `/<key>`, a
+/// file in `/`. qshm keeps that string and marks the key unusable, so using it is a
+/// `KeyError` that says why.
+fn platform_safe_key_in(
+    key: &str,
+    kind: KeyType,
+    runtime_dir: impl FnOnce() -> std::result::Result<String, String>,
+) -> NativeIpcKey {
+    if key.is_empty() {
+        return NativeIpcKey::new(String::new(), kind);
+    }
+    match kind {
+        KeyType::PosixRealtime => NativeIpcKey::new(format!("/{key}"), kind),
+        KeyType::SystemV if key.starts_with('/') => NativeIpcKey::new(key, kind),
+        KeyType::SystemV => match runtime_dir() {
+            Ok(dir) => NativeIpcKey::new(format!("{dir}/{key}"), kind),
+            Err(why) => NativeIpcKey {
+                unusable: Some(why),
+                ..NativeIpcKey::new(format!("/{key}"), kind)
+            },
+        },
+    }
+}
+
+mod qt_dirs;
+mod string_form;
+
+pub(crate) use qt_dirs::{qt_runtime_dir, qt_temp_dir};
+
+#[cfg(test)]
+mod tests;

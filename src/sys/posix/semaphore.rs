@@ -1,0 +1,213 @@
+//! POSIX named semaphores (`sem_open`), as `QSystemSemaphore` uses them, and their
+//! files in `/dev/shm`.
+
+use std::ffi::CString;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::SHM_DIR;
+use super::mapped_by_others;
+use crate::error::{Failure, SharedMemoryError};
+use crate::key::NativeIpcKey;
+use crate::sys::named_file::NamedFile;
+use crate::sys::os::{self, NamedSemaphore};
+use crate::sys::procfs::{self, Mapped};
+use crate::sys::{SemaphoreBackend, SemaphoreMode, not_ours};
+
+/// Refuse, before anything is made, a semaphore file that belongs to another user.
+pub(super) fn refuse_foreign_semaphore(key: &NativeIpcKey) -> Result<(), Failure> {
+    match os::cstring(&semaphore_file(key)?).and_then(|p| os::lstat(&p)) {
+        Ok(st) if st.uid != os::euid() => Err(not_ours("the lock's semaphore", st.uid)),
+        _ => Ok(()),
+    }
+}
+
+/// Qt's semaphore for a segment being created: open or make it, but never one that
+/// belongs to another user (they could set it to 0, or to 5).
+pub(super) fn open_owned_semaphore(
+    key: &NativeIpcKey,
+    perms: u32,
+) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
+    refuse_foreign_semaphore(key)?;
+    let sem = Semaphore::open(key, 1, SemaphoreMode::Open, perms)?;
+    match sem.owner() {
+        Some(uid) if uid != os::euid() => Err(not_ours("the lock's semaphore", uid)),
+        _ => Ok(Arc::new(sem)),
+    }
+}
+
+/// The file a POSIX semaphore key lives in.
+pub(crate) fn semaphore_file(key: &NativeIpcKey) -> Result<String, Failure> {
+    let name = key.native().trim_start_matches('/');
+    if name.is_empty() || name.contains('/') {
+        return Err(Failure::because(
+            SharedMemoryError::KeyError,
+            "not a POSIX semaphore name",
+        ));
+    }
+    Ok(format!("{SHM_DIR}/sem.{name}"))
+}
+
+/// Remove the POSIX semaphore `key` if it is ours and no process outside qshm can be using
+/// it: nobody else has it open (a lease probe), or everyone who maps it also maps the
+/// lock state `lock_state` (qshm processes of this segment, on their way out: they close
+/// the semaphore before the lock state). A semaphore a Qt program holds open stays.
+pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey, lock_state: Option<(u64, u64)>) -> bool {
+    let Ok(path) = semaphore_file(key).and_then(|p| Ok(os::cstring(&p)?)) else {
+        return false;
+    };
+    let Ok(file) = NamedFile::open(&path, libc::O_RDWR, 0) else {
+        return false;
+    };
+    if file.stat.uid != os::euid() && os::euid() != 0 {
+        return false;
+    }
+    let unused = match file.alone() {
+        Some(true) => true,
+        _ => {
+            let sem = Mapped::File {
+                dev: file.stat.dev,
+                ino: file.stat.ino,
+            };
+            match lock_state {
+                Some((dev, ino)) => {
+                    let census = procfs::census(&[sem, Mapped::File { dev, ino }]);
+                    census.hidden.is_empty()
+                        && census
+                            .mapping
+                            .iter()
+                            .all(|&(_, bits)| bits & 0b10 != 0 || bits & 0b01 == 0)
+                }
+                None => !mapped_by_others(&file.stat),
+            }
+        }
+    };
+    let removed = unused && matches!(file.unlink_if_still_named(), Ok(true));
+    file.release();
+    removed
+}
+
+/// A POSIX named semaphore (`sem_open`), opened the way `QSystemSemaphore` opens it.
+pub(crate) struct Semaphore {
+    sem: NamedSemaphore,
+    name: CString,
+    created: bool,
+}
+
+impl Semaphore {
+    pub(crate) fn open(
+        key: &NativeIpcKey,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+    ) -> Result<Semaphore, Failure> {
+        semaphore_file(key)?;
+        if initial > os::SEM_VALUE_MAX {
+            return Err(Failure::because(
+                SharedMemoryError::InvalidSize,
+                format!(
+                    "initial value {initial} is above the system's maximum {}",
+                    os::SEM_VALUE_MAX
+                ),
+            ));
+        }
+        let name = os::cstring(key.native())?;
+        let perms = perms as libc::mode_t;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match NamedSemaphore::open(&name, libc::O_CREAT | libc::O_EXCL, perms, initial) {
+                Ok(sem) => {
+                    // sem_open applies the umask; give it exactly the mode asked for
+                    if let Ok(file) = semaphore_file(key).and_then(|f| Ok(os::cstring(&f)?)) {
+                        let _ = os::chmod(&file, perms);
+                    }
+                    return Ok(Semaphore {
+                        sem,
+                        name,
+                        created: true,
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match mode {
+                // Qt: a semaphore that exists at create time survived a crash: replace it.
+                SemaphoreMode::Create if tries < 3 => match NamedSemaphore::unlink(&name) {
+                    Ok(()) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+                _ => match NamedSemaphore::open(&name, 0, 0, 0) {
+                    Ok(sem) => {
+                        return Ok(Semaphore {
+                            sem,
+                            name,
+                            created: false,
+                        });
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && tries < 3 => continue,
+                    Err(e) => return Err(e.into()),
+                },
+            }
+        }
+    }
+
+    /// The owner of the semaphore's file (the one this handle maps).
+    fn owner(&self) -> Option<u32> {
+        let (dev, ino) = self.file_id()?;
+        let path = os::cstring(&format!(
+            "{SHM_DIR}/sem.{}",
+            self.name.to_str().ok()?.trim_start_matches('/')
+        ))
+        .ok()?;
+        let st = os::lstat(&path).ok()?;
+        (st.dev == dev && st.ino == ino).then_some(st.uid)
+    }
+}
+
+impl SemaphoreBackend for Semaphore {
+    fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.sem.wait(timeout)
+    }
+
+    fn release(&self, n: u32) -> io::Result<()> {
+        // All or nothing: never past SEM_VALUE_MAX (sem_post would stop there, half done).
+        let value = u32::try_from(self.sem.value()?.max(0)).unwrap_or(0);
+        if n > os::SEM_VALUE_MAX - value.min(os::SEM_VALUE_MAX) {
+            return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+        }
+        for _ in 0..n {
+            self.sem.post()?;
+        }
+        Ok(())
+    }
+
+    fn value(&self) -> io::Result<i32> {
+        self.sem.value()
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        match NamedSemaphore::unlink(&self.name) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn needs_dead_holder_repair(&self) -> bool {
+        true
+    }
+
+    fn created(&self) -> bool {
+        self.created
+    }
+
+    fn file_id(&self) -> Option<(u64, u64)> {
+        procfs::own_mapping_of(self.sem.addr())
+    }
+
+    fn post_for_dead_holder(&self) -> io::Result<()> {
+        self.sem.post()
+    }
+}

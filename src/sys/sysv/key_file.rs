@@ -1,0 +1,149 @@
+//! System V key files: the file a native key names, whose `ftok` key finds the segment
+//! and the semaphore. Opened, locked and removed here only (see the lifetime rules in
+//! `mod.rs`).
+
+use std::ffi::CString;
+use std::io;
+use std::time::Instant;
+
+use crate::error::{Failure, SharedMemoryError};
+use crate::key::{NativeIpcKey, SYSV_PROJECT_ID};
+use crate::sys::lock_state;
+use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
+use crate::sys::{not_ours, os};
+
+/// `ftok(path, 'Q')`, the numeric key Qt uses.
+pub(crate) fn ftok_key(path: &CString) -> io::Result<libc::key_t> {
+    os::ftok(path, SYSV_PROJECT_ID)
+}
+
+pub(super) fn key_path(key: &NativeIpcKey) -> Result<CString, Failure> {
+    Ok(os::cstring(key.native())?)
+}
+
+/// A failure about the key file `path` (a symbolic link, not a regular file, a missing
+/// directory, no room).
+pub(super) fn key_file_failure(path: &CString, e: io::Error) -> Failure {
+    let shown = path.to_string_lossy();
+    let detail = match e.raw_os_error() {
+        Some(libc::ELOOP) => format!("the key file {shown} is a symbolic link; refusing to follow it"),
+        Some(libc::EINVAL) => format!("the key file {shown} is not a regular file"),
+        Some(libc::ENOENT) => format!("the directory of the key file {shown} does not exist"),
+        _ if e.kind() == io::ErrorKind::TimedOut => e.to_string(),
+        _ => format!("unable to make the key file {shown}"),
+    };
+    let kind = match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => SharedMemoryError::PermissionDenied,
+        Some(libc::ENOSPC | libc::EMFILE | libc::ENFILE) => SharedMemoryError::OutOfResources,
+        _ if e.kind() == io::ErrorKind::TimedOut => SharedMemoryError::LockError,
+        _ => SharedMemoryError::KeyError,
+    };
+    Failure::from(e).with_kind(kind).with_detail(detail)
+}
+
+/// The key file, created if missing, locked exclusively. Returns it and whether we made it.
+pub(super) fn lock_key_file_for_create(path: &CString) -> Result<(NamedFile, bool), Failure> {
+    let deadline = Instant::now() + FILE_LOCK_WAIT;
+    loop {
+        let (file, created) = match NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o640)
+        {
+            Ok(file) => (file, true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_existing(path) {
+                Ok(file) => (file, false),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(key_file_failure(path, e)),
+            },
+            Err(e) => return Err(key_file_failure(path, e)),
+        };
+        if file.stat.uid != os::euid() {
+            return Err(not_ours(
+                &format!("the key file {}", path.to_string_lossy()),
+                file.stat.uid,
+            ));
+        }
+        file.lock_until(FileLock::Exclusive, deadline)
+            .map_err(|e| key_file_failure(path, e))?;
+        if file.still_named() {
+            return Ok((file, created));
+        }
+    }
+}
+
+pub(super) fn open_existing(path: &CString) -> io::Result<NamedFile> {
+    match NamedFile::open(path, libc::O_RDWR, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => NamedFile::open(path, libc::O_RDONLY, 0),
+        other => other,
+    }
+}
+
+/// The key file, locked exclusively, for attach and detach: `Ok(None)` when it does not
+/// exist; an unreadable key file of another user is skipped (`Ok(Some(None))`).
+pub(super) fn lock_key_file(path: &CString) -> Result<Option<Option<NamedFile>>, Failure> {
+    let deadline = Instant::now() + FILE_LOCK_WAIT;
+    loop {
+        let file = match open_existing(path) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(Some(None)),
+            Err(e) => return Err(key_file_failure(path, e)),
+        };
+        file.lock_until(FileLock::Exclusive, deadline)
+            .map_err(|e| key_file_failure(path, e))?;
+        if file.still_named() {
+            return Ok(Some(Some(file)));
+        }
+    }
+}
+
+/// Whether a segment exists at the `ftok` key of `path`.
+pub(super) fn segment_uses(path: &CString) -> bool {
+    ftok_key(path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok() || os::semget(k, 0).is_ok())
+}
+
+/// Remove the key file `file` (which we hold locked) if qshm made it for this segment
+/// (`recorded`) or it is Qt-named, it is empty, and no segment or semaphore uses it.
+pub(super) fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3]>) {
+    let made_by_qshm = recorded == Some(lock_state::file_words(&file.stat));
+    let qt_named = file
+        .path
+        .to_str()
+        .ok()
+        .and_then(|p| p.rsplit('/').next())
+        .is_some_and(|name| name.starts_with("qipc_"));
+    let empty = os::fstat(&file.fd).is_ok_and(|st| st.size == 0);
+    if (made_by_qshm || qt_named) && empty && !segment_uses(&file.path) {
+        let _ = file.unlink_if_still_named();
+    }
+}
+
+/// Remove what belongs to a destroyed segment: Qt's semaphore `semaphore` if it is ours
+/// (with its key file, which for a native key is the segment's own), then the segment's
+/// key file `key_file` (held locked) if qshm made it (`recorded`) or Qt named it.
+pub(super) fn remove_companions(
+    key_file: Option<&NamedFile>,
+    recorded: Option<[u64; 3]>,
+    semaphore: Option<&NativeIpcKey>,
+) {
+    if let Some(sem) = semaphore
+        && let Ok(sem_path) = os::cstring(sem.native())
+    {
+        let shared = key_file.is_some_and(|f| f.path == sem_path);
+        let sem_file = if shared {
+            None
+        } else {
+            lock_key_file(&sem_path).ok().flatten().flatten()
+        };
+        if let Ok(skey) = ftok_key(&sem_path)
+            && let Ok(id) = os::semget(skey, 0)
+            && os::sem_owner(id).is_ok_and(|uid| uid == os::euid() || os::euid() == 0)
+        {
+            let _ = os::sem_remove(id);
+        }
+        if let Some(file) = &sem_file {
+            remove_key_file_if_ours(file, None);
+        }
+    }
+    if let Some(file) = key_file {
+        remove_key_file_if_ours(file, recorded);
+    }
+}

@@ -1,0 +1,192 @@
+//! System V semaphores, as `QSystemSemaphore` uses them.
+
+use std::ffi::CString;
+use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::key_file::{
+    ftok_key, key_file_failure, key_path, lock_key_file, open_existing, remove_key_file_if_ours,
+};
+use crate::error::{Failure, SharedMemoryError};
+use crate::key::NativeIpcKey;
+use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
+use crate::sys::{SemaphoreBackend, SemaphoreMode, os};
+
+/// A System V semaphore set of one semaphore, opened the way `QSystemSemaphore` does;
+/// every operation uses `SEM_UNDO`, so a dead process's units come back.
+pub(crate) struct Semaphore {
+    id: AtomicI32,
+    path: CString,
+    perms: u32,
+    initial: u32,
+    created: bool,
+}
+
+impl Semaphore {
+    pub(crate) fn open(
+        key: &NativeIpcKey,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+    ) -> Result<Semaphore, Failure> {
+        Self::open_holding(key, initial, mode, perms, None)
+    }
+
+    /// [`open`](Self::open) while the caller holds the lock of key file `held`.
+    pub(super) fn open_holding(
+        key: &NativeIpcKey,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+        held: Option<&NamedFile>,
+    ) -> Result<Semaphore, Failure> {
+        if initial > os::SEMVMX {
+            return Err(Failure::because(
+                SharedMemoryError::InvalidSize,
+                format!(
+                    "initial value {initial} is above the system's maximum {} (SEMVMX)",
+                    os::SEMVMX
+                ),
+            ));
+        }
+        let path = key_path(key)?;
+        let (id, created) =
+            Self::get(&path, initial, mode, perms, held).map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::EINVAL | libc::ENOENT) => key_file_failure(&path, e),
+                _ => Failure::from(e),
+            })?;
+        Ok(Semaphore {
+            id: AtomicI32::new(id),
+            path,
+            perms,
+            initial,
+            created,
+        })
+    }
+
+    /// Find or make the semaphore at `path`'s `ftok` key, under the key file's lock (so a
+    /// destroyer removing it and its key file never interleaves). `held`: a key file the
+    /// caller has locked already (for a native key, the segment's and the semaphore's
+    /// key file are one file).
+    fn get(
+        path: &CString,
+        initial: u32,
+        mode: SemaphoreMode,
+        perms: u32,
+        held: Option<&NamedFile>,
+    ) -> io::Result<(libc::c_int, bool)> {
+        let deadline = Instant::now() + FILE_LOCK_WAIT;
+        loop {
+            // ftok needs a file: make it if missing (never through a symlink)
+            let (file, made_file) =
+                match NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o640) {
+                    Ok(file) => (Some(file), true),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_existing(path) {
+                        Ok(file) => (Some(file), false),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                        // another user's key file we may not read: ftok only needs to stat it
+                        Err(e) if e.raw_os_error() == Some(libc::EACCES) => (None, false),
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                };
+            if let Some(file) = &file
+                && !held.is_some_and(|h| h.stat.same_file(&file.stat))
+            {
+                file.lock_until(FileLock::Exclusive, deadline)?;
+                if !file.still_named() {
+                    continue;
+                }
+            }
+            let result = (|| {
+                let key = ftok_key(path)?;
+                let perms = (perms & 0o777) as libc::c_int;
+                let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
+                    Ok(id) => (id, true),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        (os::semget(key, perms | libc::IPC_CREAT)?, false)
+                    }
+                    Err(e) => return Err(e),
+                };
+                if created || mode == SemaphoreMode::Create {
+                    // initial <= SEMVMX was checked
+                    os::sem_setval(id, initial as libc::c_int)?;
+                }
+                Ok((id, created || mode == SemaphoreMode::Create))
+            })();
+            if result.is_err()
+                && made_file
+                && let Some(file) = &file
+            {
+                let _ = file.unlink_if_still_named();
+            }
+            return result;
+        }
+    }
+
+    fn with_reopen<T>(&self, mut op: impl FnMut(libc::c_int) -> io::Result<T>) -> io::Result<T> {
+        match op(self.id.load(Ordering::Acquire)) {
+            // Removed under us (Qt removes it when its creator goes away): like Qt,
+            // be nice and make it again.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => {
+                let (id, _) = Self::get(&self.path, self.initial, SemaphoreMode::Open, self.perms, None)?;
+                self.id.store(id, Ordering::Release);
+                op(id)
+            }
+            other => other,
+        }
+    }
+}
+
+impl Semaphore {
+    /// The semaphore set's id now (it changes if the set is made again).
+    pub(super) fn id(&self) -> libc::c_int {
+        self.id.load(Ordering::Acquire)
+    }
+}
+
+impl SemaphoreBackend for Semaphore {
+    fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.with_reopen(|id| os::semop_undo(id, -1, timeout))
+    }
+
+    fn acquire_existing(&self, timeout: Duration) -> io::Result<bool> {
+        match os::semop_undo(self.id.load(Ordering::Acquire), -1, Some(timeout)) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(false),
+            other => other,
+        }
+    }
+
+    fn release(&self, n: u32) -> io::Result<()> {
+        let n = i16::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
+        // No re-creation here (unlike acquire): a removed semaphore has nobody to wake.
+        match os::semop_undo(self.id.load(Ordering::Acquire), n, Some(Duration::ZERO)) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    fn value(&self) -> io::Result<i32> {
+        os::sem_getval(self.id.load(Ordering::Acquire))
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        let removed = match os::sem_remove(self.id.load(Ordering::Acquire)) {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e),
+            _ => Ok(()),
+        };
+        if let Ok(Some(Some(file))) = lock_key_file(&self.path) {
+            remove_key_file_if_ours(&file, None);
+        }
+        removed
+    }
+
+    fn needs_dead_holder_repair(&self) -> bool {
+        false
+    }
+
+    fn created(&self) -> bool {
+        self.created
+    }
+}
