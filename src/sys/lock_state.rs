@@ -167,13 +167,13 @@ const MAGIC: u64 = u64::from_le_bytes(*b"QSHMLCK2");
 /// holder dead knows whether it held the semaphore.
 pub(crate) mod phase {
     /// Not acquiring, not holding.
-    pub const IDLE: u32 = 0;
+    pub(crate) const IDLE: u32 = 0;
     /// Waiting for (or just got) the semaphore.
-    pub const ACQUIRING: u32 = 1;
+    pub(crate) const ACQUIRING: u32 = 1;
     /// Holds the semaphore.
-    pub const HELD: u32 = 2;
+    pub(crate) const HELD: u32 = 2;
     /// Posting (or just posted) the semaphore.
-    pub const RELEASING: u32 = 3;
+    pub(crate) const RELEASING: u32 = 3;
 }
 
 /// The file's content. Only ever accessed through a shared mapping.

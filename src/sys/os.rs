@@ -64,16 +64,16 @@ pub(crate) fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<bool> {
 /// The fields of `struct statx` qshm uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FileStat {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub ctime_ns: i64,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) ctime_ns: i64,
     /// Birth time, when the file system records one (tmpfs does). Unlike ctime it never
     /// changes: tmpfs bumps ctime on every write through a shared mapping.
-    pub btime_ns: Option<i64>,
+    pub(crate) btime_ns: Option<i64>,
 }
 
 impl FileStat {
@@ -92,17 +92,17 @@ impl FileStat {
     }
 
     /// Same file: same device and inode.
-    pub fn same_file(&self, other: &FileStat) -> bool {
+    pub(crate) fn same_file(&self, other: &FileStat) -> bool {
         self.dev == other.dev && self.ino == other.ino
     }
 
     /// A regular file (not a directory, device, FIFO or symbolic link).
-    pub fn is_regular(&self) -> bool {
+    pub(crate) fn is_regular(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFREG
     }
 
     /// Birth time when known, else the status-change time, in whole seconds.
-    pub fn created_secs(&self) -> i64 {
+    pub(crate) fn created_secs(&self) -> i64 {
         self.btime_ns.unwrap_or(self.ctime_ns) / 1_000_000_000
     }
 }

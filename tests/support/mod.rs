@@ -11,10 +11,10 @@ use std::time::Duration;
 use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory, SystemSemaphore};
 
 /// Environment variable that turns the test binary into a child process.
-pub const CHILD_ENV: &str = "QSHM_TEST_CHILD";
+pub(crate) const CHILD_ENV: &str = "QSHM_TEST_CHILD";
 
 /// A key no other test (in this or a parallel run) uses.
-pub fn unique_key(tag: &str) -> String {
+pub(crate) fn unique_key(tag: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
@@ -24,22 +24,22 @@ pub fn unique_key(tag: &str) -> String {
     format!("qshm-test-{tag}-{}-{n}-{nanos}", std::process::id())
 }
 
-pub fn kind_name(kind: KeyType) -> &'static str {
+pub(crate) fn kind_name(kind: KeyType) -> &'static str {
     kind.as_str()
 }
 
-pub fn parse_kind(s: &str) -> KeyType {
+pub(crate) fn parse_kind(s: &str) -> KeyType {
     s.parse().expect("key type")
 }
 
-pub fn mode_name(mode: LockMode) -> &'static str {
+pub(crate) fn mode_name(mode: LockMode) -> &'static str {
     match mode {
         LockMode::QtCompatible => "qt",
         LockMode::Fast => "fast",
     }
 }
 
-pub fn parse_mode(s: &str) -> LockMode {
+pub(crate) fn parse_mode(s: &str) -> LockMode {
     match s {
         "qt" => LockMode::QtCompatible,
         "fast" => LockMode::Fast,
@@ -49,17 +49,17 @@ pub fn parse_mode(s: &str) -> LockMode {
 
 /// Everything a test made, removed when the test ends, pass or fail.
 #[derive(Default)]
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     keys: Vec<(String, KeyType)>,
     children: Vec<Child>,
 }
 
 impl Cleanup {
-    pub fn key(&mut self, key: &str, kind: KeyType) {
+    pub(crate) fn key(&mut self, key: &str, kind: KeyType) {
         self.keys.push((key.to_owned(), kind));
     }
 
-    pub fn child(&mut self, child: Child) -> usize {
+    pub(crate) fn child(&mut self, child: Child) -> usize {
         self.children.push(child);
         self.children.len() - 1
     }
@@ -79,21 +79,21 @@ impl Drop for Cleanup {
 }
 
 /// A child process speaking a line protocol on stdin/stdout.
-pub struct Peer {
-    pub child: Child,
+pub(crate) struct Peer {
+    pub(crate) child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
 }
 
 impl Peer {
     /// Re-execute this test binary in child `role` with `args`.
-    pub fn spawn(role: &str, args: &[&str]) -> Peer {
+    pub(crate) fn spawn(role: &str, args: &[&str]) -> Peer {
         let exe = std::env::current_exe().expect("test binary path");
         Self::spawn_command(Command::new(exe).env(CHILD_ENV, role).args(args))
     }
 
     /// Run an arbitrary command (e.g. the qshm CLI) as a peer.
-    pub fn spawn_command(cmd: &mut Command) -> Peer {
+    pub(crate) fn spawn_command(cmd: &mut Command) -> Peer {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -119,7 +119,7 @@ impl Peer {
     }
 
     /// The next line the child prints, within `timeout`.
-    pub fn line(&mut self, timeout: Duration) -> String {
+    pub(crate) fn line(&mut self, timeout: Duration) -> String {
         match self.lines.recv_timeout(timeout) {
             Ok(line) => line,
             Err(RecvTimeoutError::Timeout) => panic!("child printed nothing within {timeout:?}"),
@@ -131,7 +131,7 @@ impl Peer {
     }
 
     /// Read lines until one starts with `prefix`; return the rest of it.
-    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
+    pub(crate) fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -143,7 +143,7 @@ impl Peer {
     }
 
     /// Send a line to the child.
-    pub fn send(&mut self, line: &str) {
+    pub(crate) fn send(&mut self, line: &str) {
         if let Some(stdin) = &mut self.stdin {
             let _ = writeln!(stdin, "{line}");
             let _ = stdin.flush();
@@ -151,13 +151,13 @@ impl Peer {
     }
 
     /// Close stdin (children waiting for a line then finish).
-    pub fn finish(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn finish(&mut self) -> std::process::ExitStatus {
         self.stdin = None;
         self.wait(Duration::from_secs(30))
     }
 
     /// Wait for the child to exit, killing it after `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -171,7 +171,7 @@ impl Peer {
         }
     }
 
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         // SAFETY: kill only sends a signal to our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
         let _ = self.child.wait();
@@ -188,13 +188,13 @@ impl Drop for Peer {
 }
 
 /// Block until a line arrives on stdin (or it closes).
-pub fn wait_for_stdin_line() {
+pub(crate) fn wait_for_stdin_line() {
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
 }
 
 /// Print a protocol line and flush.
-pub fn say(line: impl std::fmt::Display) {
+pub(crate) fn say(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -204,7 +204,7 @@ pub fn say(line: impl std::fmt::Display) {
 /// files exist, so [`leftovers`] can look for exactly them after the files are gone.
 /// (The id matters: `ftok` uses only 16 bits of the inode, so once a key file is
 /// deleted, another test's new key file can reuse the numeric key.)
-pub fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32, i32)> {
+pub(crate) fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32, i32)> {
     let mut keys = Vec::new();
     if kind == KeyType::SystemV {
         let sem = SystemSemaphore::legacy_native_key(key, kind);
@@ -224,7 +224,7 @@ pub fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32, i32)> {
 
 /// Everything of legacy key `key` that is still on the system: segment, key files,
 /// lock state, semaphore (plus the numeric System V keys recorded earlier).
-pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]) -> Vec<String> {
+pub(crate) fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]) -> Vec<String> {
     let mut found = Vec::new();
     let native = native(key, kind);
     let handle = SharedMemory::with_native_key(native.clone());
@@ -277,7 +277,7 @@ pub fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]
 
 /// The start of the lock-state file names of a POSIX segment: `qshm-lock.p.<tag>.`, the
 /// tag being the first 8 bytes of the SHA-1 of the segment's file name (pinned here).
-pub fn posix_lock_state_prefix(native: &NativeIpcKey) -> String {
+pub(crate) fn posix_lock_state_prefix(native: &NativeIpcKey) -> String {
     use sha1::{Digest, Sha1};
     let digest = Sha1::digest(native.native().trim_start_matches('/').as_bytes());
     let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -285,7 +285,7 @@ pub fn posix_lock_state_prefix(native: &NativeIpcKey) -> String {
 }
 
 /// Names of the files in `/dev/shm` that start with `prefix`.
-pub fn shm_dir_names_starting(prefix: &str) -> Vec<String> {
+pub(crate) fn shm_dir_names_starting(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/dev/shm")
         .map(|dir| {
             dir.flatten()
@@ -311,35 +311,35 @@ fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
 }
 
 /// Both key types, for tests that run once per backend.
-pub const KINDS: [KeyType; 2] = [KeyType::SystemV, KeyType::PosixRealtime];
+pub(crate) const KINDS: [KeyType; 2] = [KeyType::SystemV, KeyType::PosixRealtime];
 
 /// Build a handle for a legacy key with a key type and lock mode.
-pub fn handle(key: &str, kind: KeyType, mode: LockMode) -> SharedMemory {
+pub(crate) fn handle(key: &str, kind: KeyType, mode: LockMode) -> SharedMemory {
     SharedMemory::with_key_type(key, kind).with_lock_mode(mode)
 }
 
-pub fn native(key: &str, kind: KeyType) -> NativeIpcKey {
+pub(crate) fn native(key: &str, kind: KeyType) -> NativeIpcKey {
     SharedMemory::legacy_native_key(key, kind)
 }
 
 // ------------------------------------------------------------------ other users, namespaces
 
 /// True when this process runs as root (needed for `useradd`, `unshare -m`, `mount`).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// A throw-away Unix user with a name of its own, removed again when dropped.
-pub struct TempUser {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
+pub(crate) struct TempUser {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 impl TempUser {
     /// `None` (after printing a loud SKIP line naming `test`) when not root or `useradd` fails.
-    pub fn create(test: &str) -> Option<TempUser> {
+    pub(crate) fn create(test: &str) -> Option<TempUser> {
         if !is_root() {
             eprintln!("*** SKIP {test}: needs root and useradd ***");
             return None;
@@ -371,7 +371,7 @@ impl TempUser {
     }
 
     /// Run this test binary in child `role` as this user; returns what it printed.
-    pub fn run(&self, role: &str, args: &[&str]) -> std::process::Output {
+    pub(crate) fn run(&self, role: &str, args: &[&str]) -> std::process::Output {
         use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe().expect("test binary path");
         Command::new(exe)
@@ -384,7 +384,7 @@ impl TempUser {
     }
 
     /// Start this test binary in child `role` as this user, as a line-protocol peer.
-    pub fn spawn(&self, role: &str, args: &[&str]) -> Peer {
+    pub(crate) fn spawn(&self, role: &str, args: &[&str]) -> Peer {
         use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe().expect("test binary path");
         Peer::spawn_command(
@@ -408,7 +408,7 @@ impl Drop for TempUser {
 
 /// Run this test binary in child `role` inside a private mount namespace whose `/dev/shm` is
 /// a fresh tmpfs of `size` (e.g. `"1m"`). `None` (after a SKIP line) when not root.
-pub fn run_in_small_dev_shm(
+pub(crate) fn run_in_small_dev_shm(
     test: &str,
     size: &str,
     role: &str,
@@ -436,11 +436,11 @@ pub fn run_in_small_dev_shm(
 }
 
 /// The `/dev/shm` path of a POSIX native key.
-pub fn shm_path(native: &NativeIpcKey) -> String {
+pub(crate) fn shm_path(native: &NativeIpcKey) -> String {
     format!("/dev/shm/{}", native.native().trim_start_matches('/'))
 }
 
 /// The `/dev/shm` file of a POSIX semaphore key.
-pub fn sem_path(native: &NativeIpcKey) -> String {
+pub(crate) fn sem_path(native: &NativeIpcKey) -> String {
     format!("/dev/shm/sem.{}", native.native().trim_start_matches('/'))
 }
