@@ -65,13 +65,24 @@ impl SharedMemoryError {
 /// The error of every fallible qshm operation.
 ///
 /// It names the operation and the key it was for, keeps the OS error when there was
-/// one, and maps to Qt's [`SharedMemoryError`] category through [`kind`](Error::kind).
-/// `Display` reads like `create "market": already exists`.
-#[derive(Debug)]
+/// one ([`os_error`](Error::os_error)), and maps to Qt's [`SharedMemoryError`] category
+/// through [`kind`](Error::kind). `Display` is one line that says it all, OS error
+/// included, like `create "market": already exists` or
+/// `attach "market": doesn't exist (No such file or directory (os error 2))`; so
+/// [`source`](std::error::Error::source) is `None`, and an error chain (anyhow, eyre)
+/// prints the OS error once. `Debug` (what `main` prints when it returns the error)
+/// adds the category: `attach "market": doesn't exist (...) [NotFound]`.
+///
+/// ```
+/// use qshm::{AccessMode, SharedMemory, SharedMemoryError};
+/// let err = SharedMemory::new("qshm-doc-no-such-key").attach(AccessMode::ReadOnly).unwrap_err();
+/// assert_eq!(err.kind(), SharedMemoryError::NotFound);
+/// assert!(err.to_string().starts_with(r#"attach "qshm-doc-no-such-key": "#));
+/// assert!(format!("{err:?}").ends_with("[NotFound]"));
+/// ```
 pub struct Error(Box<ErrorInner>);
 
 /// Boxed so that `Result<T, Error>` stays one pointer wider than `T` on hot paths.
-#[derive(Debug)]
 struct ErrorInner {
     kind: SharedMemoryError,
     op: &'static str,
@@ -185,11 +196,26 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.os.as_ref().map(|e| e as _)
+impl fmt::Debug for Error {
+    /// The `Display` line and the category (`{:#?}`: every field).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            let e = &self.0;
+            f.debug_struct("Error")
+                .field("kind", &e.kind)
+                .field("operation", &e.op)
+                .field("key", &e.key)
+                .field("detail", &e.detail)
+                .field("os", &e.os)
+                .finish()
+        } else {
+            write!(f, "{self} [{:?}]", self.0.kind)
+        }
     }
 }
+
+/// The OS error is part of the `Display` line, so `source` is `None` (see [`Error`]).
+impl std::error::Error for Error {}
 
 /// A failure inside the library, before it is tied to an operation and a key: the
 /// backends return it, the facade turns it into an [`Error`] once ([`Error::from_failure`]).
@@ -259,7 +285,13 @@ mod tests {
         let e = Error::os("attach", "k", io::Error::from_raw_os_error(libc::ENOENT));
         assert_eq!(e.kind(), SharedMemoryError::NotFound);
         assert!(e.to_string().starts_with(r#"attach "k": doesn't exist ("#));
-        assert!(std::error::Error::source(&e).is_some());
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "the OS error is printed once, in Display"
+        );
+        assert!(e.os_error().is_some());
+        assert_eq!(format!("{e:?}"), format!("{e} [NotFound]"));
+        assert!(format!("{e:#?}").contains("kind: NotFound"));
     }
 
     #[test]
