@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
-use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory, SystemSemaphore};
+use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory};
 
 /// Environment variable that turns the test binary into a child process.
 pub(crate) const CHILD_ENV: &str = "QSHM_TEST_CHILD";
@@ -51,12 +51,18 @@ pub(crate) fn parse_mode(s: &str) -> LockMode {
 #[derive(Default)]
 pub(crate) struct Cleanup {
     keys: Vec<(String, KeyType)>,
+    natives: Vec<NativeIpcKey>,
     children: Vec<Child>,
 }
 
 impl Cleanup {
     pub(crate) fn key(&mut self, key: &str, kind: KeyType) {
         self.keys.push((key.to_owned(), kind));
+    }
+
+    /// A native key used as is (e.g. from `SharedMemory::platform_safe_key`).
+    pub(crate) fn native_key(&mut self, key: &NativeIpcKey) {
+        self.natives.push(key.clone());
     }
 
     pub(crate) fn child(&mut self, child: Child) -> usize {
@@ -74,6 +80,9 @@ impl Drop for Cleanup {
         for (key, kind) in &self.keys {
             let native = SharedMemory::legacy_native_key(key, *kind);
             let _ = SharedMemory::force_remove(&native);
+        }
+        for native in &self.natives {
+            let _ = SharedMemory::force_remove(native);
         }
     }
 }
@@ -205,13 +214,15 @@ pub(crate) fn say(line: impl std::fmt::Display) {
 /// (The id matters: `ftok` uses only 16 bits of the inode, so once a key file is
 /// deleted, another test's new key file can reuse the numeric key.)
 pub(crate) fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32, i32)> {
+    sysv_keys_of(&native(key, kind))
+}
+
+/// [`sysv_keys`] of a native key (its semaphore's key as the segment's lock uses it).
+pub(crate) fn sysv_keys_of(native: &NativeIpcKey) -> Vec<(&'static str, i32, i32)> {
     let mut keys = Vec::new();
-    if kind == KeyType::SystemV {
-        let sem = SystemSemaphore::legacy_native_key(key, kind);
-        for (table, native) in [
-            ("/proc/sysvipc/shm", native(key, kind)),
-            ("/proc/sysvipc/sem", sem),
-        ] {
+    if native.kind() == KeyType::SystemV {
+        let sem = SharedMemory::with_native_key(native.clone()).semaphore_key();
+        for (table, native) in [("/proc/sysvipc/shm", native.clone()), ("/proc/sysvipc/sem", sem)] {
             if let Some(k) = SharedMemory::system_v_key(&native) {
                 for id in sysv_ids(table, k) {
                     keys.push((table, k, id));
@@ -225,11 +236,17 @@ pub(crate) fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32, i32
 /// Everything of legacy key `key` that is still on the system: segment, key files,
 /// lock state, semaphore (plus the numeric System V keys recorded earlier).
 pub(crate) fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32, i32)]) -> Vec<String> {
+    leftovers_of(&native(key, kind), recorded)
+}
+
+/// [`leftovers`] of a native key: its segment, key files, lock state and the semaphore
+/// its lock uses (for a key derived from a legacy key, Qt's semaphore key of that key;
+/// for any other, the native key itself, as in Qt).
+pub(crate) fn leftovers_of(native: &NativeIpcKey, recorded: &[(&'static str, i32, i32)]) -> Vec<String> {
     let mut found = Vec::new();
-    let native = native(key, kind);
-    let handle = SharedMemory::with_native_key(native.clone());
-    let sem = SystemSemaphore::legacy_native_key(key, kind);
-    drop(handle);
+    let kind = native.kind();
+    let native = native.clone();
+    let sem = SharedMemory::with_native_key(native.clone()).semaphore_key();
     let mut lock_state_prefixes = Vec::new();
     match kind {
         KeyType::PosixRealtime => {
@@ -250,7 +267,7 @@ pub(crate) fn leftovers(key: &str, kind: KeyType, recorded: &[(&'static str, i32
                 }
             }
             let mut keys = recorded.to_vec();
-            keys.extend(sysv_keys(key, kind));
+            keys.extend(sysv_keys_of(&native));
             // by key and id: ftok keeps 16 bits of the key file's inode, so another test's
             // key file can have the same numeric key (and a lock state of its own)
             for &(table, k, id) in &keys {
