@@ -75,6 +75,10 @@ fn main() {
         native_key_files_survive,
     ));
     trials.push(Trial::test(
+        "systemv::a_key_file_qshm_made_is_removed_after_its_creator_was_killed",
+        key_file_of_killed_creator,
+    ));
+    trials.push(Trial::test(
         "systemv::detach_does_not_wait_for_a_held_lock",
         detach_does_not_wait_for_lock,
     ));
@@ -176,6 +180,14 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                 Ok(()) => say("CREATED"),
                 Err(e) => say(format!("ERROR {:?}", e.kind())),
             }
+            0
+        }
+        "create-native-hold" => {
+            let mut shm =
+                SharedMemory::with_native_key(NativeIpcKey::new(args[0].as_str(), KeyType::SystemV));
+            shm.create(64, AccessMode::ReadWrite).expect("create");
+            say("CREATED");
+            wait_for_stdin_line();
             0
         }
         "sem-hold" => {
@@ -727,6 +739,31 @@ fn native_key_files_survive() -> Result<(), Failed> {
         !own.exists(),
         "the key file qshm made is removed with its segment",
     )
+}
+
+/// Found by the port of Qt's autotests (`readOnly`): a key file qshm made (a native key
+/// not named `qipc_…`) stayed behind when its creator was killed and the next create
+/// reclaimed the stale segment, since the reclaimer had not made the file itself.
+fn key_file_of_killed_creator() -> Result<(), Failed> {
+    let path = std::env::temp_dir().join(format!("{}-key", unique_key("killedkey")));
+    let path = path.to_str().ok_or("path")?.to_owned();
+    let _remove = RemoveFile(path.clone());
+    let native = NativeIpcKey::new(path.clone(), KeyType::SystemV);
+    let mut creator = Peer::spawn("create-native-hold", &[&path]);
+    creator.expect("CREATED", T);
+    let recorded = SharedMemory::system_v_key(&native)
+        .map(|k| vec![("/proc/sysvipc/shm", k, 0)])
+        .unwrap_or_default();
+    creator.kill9();
+    let mut next = SharedMemory::with_native_key(native.clone());
+    next.create(64, AccessMode::ReadWrite)?; // reclaims the stale one
+    next.detach()?;
+    check(
+        !std::path::Path::new(&path).exists(),
+        "the key file qshm made outlived the segment",
+    )?;
+    let _ = recorded;
+    Ok(())
 }
 
 // ------------------------------------------------------------------ 7. bounded waits

@@ -18,7 +18,7 @@
 //! | exist | 18 | 228 = 76 rows × 3 (POSIX, SystemV-Q, SystemV-T) | |
 //! | apply | 18 | 152 = 76 × 2 (POSIX, SystemV-Q) | 252 (× lock modes where a segment is made) |
 //! | pass | 17 fully, `readOnly` on POSIX only | 151 | 250 |
-//! | ignored as qshm bugs | | 1 (`readOnly`, SystemV-Q) | 2: `systemv::readOnly::{qt,fast}` (see `BUGS`) |
+//! | ignored as qshm bugs | | 0 (`readOnly`, SystemV-Q, found one, now fixed) | 0 (see `BUGS`) |
 //!
 //! Qt itself skips two of these (`simpleProcessProducerConsumer`: "unstable,
 //! QTBUG-25655"; `attachTooMuch`: "disabled"); both run and pass here.
@@ -79,14 +79,11 @@ const MODES: [LockMode; 2] = [LockMode::QtCompatible, LockMode::Fast];
 
 /// Trials that fail because of a qshm bug: ignored (`--include-ignored` runs them).
 ///
-/// BUG: a System V key file that qshm made is left behind when its creator was killed
-/// and the next `create` reclaimed the stale segment. The reclaiming `create` did not
-/// make the key file, and the record that qshm did (in the dead segment's lock state)
-/// goes with the stale segment, so the last detach keeps the file (`remove_key_file_if_ours`).
-/// Key files named `qipc_…` (from legacy keys) are removed anyway; the native keys of
-/// `platformSafeKey` are not. Qt's last detach removes the key file whatever its name.
-/// `readOnly` hits it: its child creates the segment and dies of the SIGSEGV.
-const BUGS: [&str; 2] = ["systemv::readOnly::qt", "systemv::readOnly::fast"];
+/// Cases ignored as qshm bugs (none now). `systemv::readOnly` found one: a System V key
+/// file qshm made was left behind when its creator was killed and the next `create`
+/// reclaimed the stale segment; the reclaiming create now inherits the record that qshm
+/// made the file (regression test: `tests/hardening.rs`).
+const BUGS: [&str; 0] = [];
 
 /// Qt's `QVERIFY`: fail the case (with the condition's text) unless `cond`.
 macro_rules! verify {

@@ -139,6 +139,7 @@ fn create_locked(
     let shm_key = ftok_key(path).map_err(|e| key_file_failure(path, e))?;
     let perms = req.perms & 0o777;
     let lock_perms = lock_state::lock_permissions(perms);
+    let mut inherited = None;
     for _ in 0..8 {
         let id = match os::shmget(
             shm_key,
@@ -147,7 +148,7 @@ fn create_locked(
         ) {
             Ok(id) => id,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                reclaim_if_stale(shm_key)?;
+                inherited = inherited.or(reclaim_if_stale(shm_key)?);
                 continue;
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -168,7 +169,8 @@ fn create_locked(
             }
         };
         let segment_id = id_of(id, &ds);
-        let recorded_key_file = created.then(|| lock_state::file_words(&key_file.stat));
+        let this_file = lock_state::file_words(&key_file.stat);
+        let recorded_key_file = (created || inherited == Some(this_file)).then_some(this_file);
         let lock_state = match LockState::create(NewLockState {
             id: segment_id,
             mode: req.mode,
@@ -233,10 +235,12 @@ fn create_locked(
 
 /// A segment exists at `shm_key`: remove it if it is ours and nobody is attached (every
 /// user died), else report it. Runs under the key file's lock.
-fn reclaim_if_stale(shm_key: libc::key_t) -> Result<(), Failure> {
+/// Returns the stale segment's record of the key file qshm made for it, which the new
+/// segment inherits (else a key file qshm made would be left when the reclaimer is last).
+fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Option<[u64; 3]>, Failure> {
     let old = match os::shmget(shm_key, 0, 0) {
         Ok(old) => old,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()), // gone meanwhile
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None), // gone meanwhile
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
             let owner = table_owner(shm_key).unwrap_or(u32::MAX);
             return Err(not_ours("a segment of this key", owner));
@@ -249,7 +253,7 @@ fn reclaim_if_stale(shm_key: libc::key_t) -> Result<(), Failure> {
             let owner = table_owner(shm_key).unwrap_or(u32::MAX);
             return Err(not_ours("a segment of this key", owner));
         }
-        Err(_) => return Ok(()), // removed meanwhile: try again
+        Err(_) => return Ok(None), // removed meanwhile: try again
     };
     if ds.shm_perm.uid != os::euid() {
         return Err(not_ours("a segment of this key", ds.shm_perm.uid));
@@ -257,10 +261,15 @@ fn reclaim_if_stale(shm_key: libc::key_t) -> Result<(), Failure> {
     if ds.shm_nattch > 0 {
         return Err(Failure::new(SharedMemoryError::AlreadyExists));
     }
-    LockState::remove(id_of(old, &ds));
+    let old_id = id_of(old, &ds);
+    let record = LockState::open(old_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
+        .ok()
+        .flatten()
+        .and_then(|state| state.key_file());
+    LockState::remove(old_id);
     match os::shm_remove(old) {
         Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e.into()),
-        _ => Ok(()),
+        _ => Ok(record),
     }
 }
 
