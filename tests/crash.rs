@@ -21,10 +21,7 @@ use support::*;
 const BOUND: Duration = Duration::from_secs(10);
 
 fn main() {
-    if let Ok(role) = std::env::var(CHILD_ENV) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        std::process::exit(child_main(&role, &args));
-    }
+    run_child_role(child_main);
     let trials = vec![
         Trial::test("crash_trials_leave_nothing_and_never_hang", crash_trials),
         Trial::test("posix::qt::lock_recovers_from_kills_in_tight_loops", || {

@@ -12,10 +12,7 @@ use support::*;
 const T: Duration = Duration::from_secs(20);
 
 fn main() {
-    if let Ok(role) = std::env::var(CHILD_ENV) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        std::process::exit(child_main(&role, &args));
-    }
+    run_child_role(child_main);
     let mut trials = Vec::new();
     for kind in KINDS {
         let k = kind_name(kind);
@@ -233,13 +230,9 @@ fn attach_missing(kind: KeyType) -> Result<(), Failed> {
 }
 
 fn read_only(kind: KeyType) -> Result<(), Failed> {
-    let key = unique_key("ro");
-    let mut cleanup = Cleanup::default();
-    cleanup.key(&key, kind);
-    let mut shm = handle(&key, kind, LockMode::QtCompatible);
-    shm.create(64, AccessMode::ReadWrite)?;
-    let recorded = sysv_keys(&key, kind);
-    let mut b = Peer::spawn("read-only-write", &args(&key, kind, LockMode::QtCompatible, &[]));
+    let f = setup("ro", kind, LockMode::QtCompatible, 64)?;
+    let (key, shm) = (f.key.as_str(), &f.shm);
+    let mut b = Peer::spawn("read-only-write", &args(key, kind, LockMode::QtCompatible, &[]));
     check(
         b.expect("LOCK", T) == "PermissionDenied",
         "lock() on read-only is PermissionDenied",
@@ -255,8 +248,7 @@ fn read_only(kind: KeyType) -> Result<(), Failed> {
         format!("write to read-only mapping: {status:?}"),
     )?;
     check(shm.lock()?[0] == 0, "the write did not land")?;
-    shm.detach()?;
-    no_leftovers(&key, kind, &recorded)
+    Ok(f.finish()?)
 }
 
 fn kill_all_then_create(kind: KeyType) -> Result<(), Failed> {
@@ -288,14 +280,10 @@ fn kill_all_then_create(kind: KeyType) -> Result<(), Failed> {
 fn mutual_exclusion(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
     const PROCS: usize = 4;
     const ROUNDS: u64 = 2000;
-    let key = unique_key("mutex");
-    let mut cleanup = Cleanup::default();
-    cleanup.key(&key, kind);
-    let mut shm = handle(&key, kind, mode);
-    shm.create(8, AccessMode::ReadWrite)?;
-    let recorded = sysv_keys(&key, kind);
+    let f = setup("mutex", kind, mode, 8)?;
+    let (key, shm) = (f.key.as_str(), &f.shm);
     let mut peers: Vec<Peer> = (0..PROCS)
-        .map(|_| Peer::spawn("increment", &args(&key, kind, mode, &[&ROUNDS.to_string()])))
+        .map(|_| Peer::spawn("increment", &args(key, kind, mode, &[&ROUNDS.to_string()])))
         .collect();
     for p in &mut peers {
         p.expect("ATTACHED", T);
@@ -312,18 +300,13 @@ fn mutual_exclusion(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
         total == PROCS as u64 * ROUNDS,
         format!("counter {total}, expected {}", PROCS as u64 * ROUNDS),
     )?;
-    shm.detach()?;
-    no_leftovers(&key, kind, &recorded)
+    Ok(f.finish()?)
 }
 
 fn killed_holder(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
-    let key = unique_key("dead");
-    let mut cleanup = Cleanup::default();
-    cleanup.key(&key, kind);
-    let mut shm = handle(&key, kind, mode);
-    shm.create(8, AccessMode::ReadWrite)?;
-    let recorded = sysv_keys(&key, kind);
-    let mut holder = Peer::spawn("hold-lock", &args(&key, kind, mode, &[]));
+    let f = setup("dead", kind, mode, 8)?;
+    let (key, shm) = (f.key.as_str(), &f.shm);
+    let mut holder = Peer::spawn("hold-lock", &args(key, kind, mode, &[]));
     holder.expect("LOCKED", T);
     check(shm.try_lock()?.is_none(), "held by the child")?;
     holder.kill9();
@@ -343,18 +326,13 @@ fn killed_holder(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
     let again = shm.try_lock()?.ok_or("lock is free again after unlock")?;
     check(!again.previous_owner_died(), "the death is reported once")?;
     drop(again);
-    shm.detach()?;
-    no_leftovers(&key, kind, &recorded)
+    Ok(f.finish()?)
 }
 
 fn busy_and_timeout(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
-    let key = unique_key("busy");
-    let mut cleanup = Cleanup::default();
-    cleanup.key(&key, kind);
-    let mut shm = handle(&key, kind, mode);
-    shm.create(8, AccessMode::ReadWrite)?;
-    let recorded = sysv_keys(&key, kind);
-    let mut holder = Peer::spawn("hold-lock", &args(&key, kind, mode, &[]));
+    let f = setup("busy", kind, mode, 8)?;
+    let (key, shm) = (f.key.as_str(), &f.shm);
+    let mut holder = Peer::spawn("hold-lock", &args(key, kind, mode, &[]));
     holder.expect("LOCKED", T);
     check(
         shm.try_lock()?.is_none(),
@@ -378,30 +356,24 @@ fn busy_and_timeout(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
     check(!guard.previous_owner_died(), "a clean release is not a death")?;
     drop(guard);
     check(holder.finish().success(), "holder exits cleanly")?;
-    shm.detach()?;
-    no_leftovers(&key, kind, &recorded)
+    Ok(f.finish()?)
 }
 
 /// Regression: tmpfs bumps a file's ctime on writes through a mapping; lock state bound
 /// to ctime was re-initialised by an attacher that came after a write, breaking exclusion.
 fn late_attacher(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
-    let key = unique_key("late");
-    let mut cleanup = Cleanup::default();
-    cleanup.key(&key, kind);
-    let mut shm = handle(&key, kind, mode);
-    shm.create(64, AccessMode::ReadWrite)?;
-    let recorded = sysv_keys(&key, kind);
+    let f = setup("late", kind, mode, 64)?;
+    let (key, shm) = (f.key.as_str(), &f.shm);
     let mut guard = shm.lock()?;
     guard[..5].copy_from_slice(b"write");
     std::thread::sleep(Duration::from_millis(20)); // a later ctime
     guard[5..10].copy_from_slice(b"again");
-    let mut late = Peer::spawn("try-lock", &args(&key, kind, mode, &[]));
+    let mut late = Peer::spawn("try-lock", &args(key, kind, mode, &[]));
     check(late.line(T) == "BUSY", "a late attacher must see the lock held")?;
     check(late.wait(T).success(), "child exits cleanly")?;
     drop(guard);
-    let mut late = Peer::spawn("try-lock", &args(&key, kind, mode, &[]));
+    let mut late = Peer::spawn("try-lock", &args(key, kind, mode, &[]));
     check(late.line(T) == "FREE", "and free once released")?;
     late.wait(T);
-    shm.detach()?;
-    no_leftovers(&key, kind, &recorded)
+    Ok(f.finish()?)
 }

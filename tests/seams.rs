@@ -17,10 +17,7 @@ use support::*;
 const T: Duration = Duration::from_secs(30);
 
 fn main() {
-    if let Ok(role) = std::env::var(CHILD_ENV) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        std::process::exit(child_main(&role, &args));
-    }
+    run_child_role(child_main);
     let mut trials = Vec::new();
     for kind in KINDS {
         let k = kind_name(kind);

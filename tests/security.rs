@@ -12,10 +12,7 @@ use qshm::{AccessMode, KeyType, LockMode, SharedMemory, SharedMemoryError, Syste
 use support::*;
 
 fn main() {
-    if let Ok(role) = std::env::var(CHILD_ENV) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        std::process::exit(child_main(&role, &args));
-    }
+    run_child_role(child_main);
     let mut trials = Vec::new();
     // Tests that switch users need temporary users: skipped (ignored, with one SKIP line)
     // only when they cannot be made at all.

@@ -13,6 +13,67 @@ use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory};
 /// Environment variable that turns the test binary into a child process.
 pub(crate) const CHILD_ENV: &str = "QSHM_TEST_CHILD";
 
+/// When this process was started as a child role (the test binary re-executed with
+/// [`CHILD_ENV`] set), run `roles(role, args)` and exit with what it returns; else return.
+/// Every multi-process test file calls this first in `main`.
+pub(crate) fn run_child_role(roles: fn(&str, &[String]) -> i32) {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(roles(&role, &args));
+    }
+}
+
+/// A segment made for one test: a key nobody else uses, the handle that created it, the
+/// System V ids recorded while its key files exist, and the clean-up that runs also when
+/// the test fails.
+pub(crate) struct Fixture {
+    pub(crate) key: String,
+    pub(crate) kind: KeyType,
+    pub(crate) mode: LockMode,
+    pub(crate) shm: SharedMemory,
+    pub(crate) recorded: Vec<(&'static str, i32, i32)>,
+    // dropped last: removes whatever the test left, after the checks
+    pub(crate) cleanup: Cleanup,
+}
+
+/// Create a `size`-byte read-write segment under a fresh key tagged `tag`.
+pub(crate) fn setup(tag: &str, kind: KeyType, mode: LockMode, size: usize) -> Result<Fixture, qshm::Error> {
+    let key = unique_key(tag);
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, mode);
+    shm.create(size, qshm::AccessMode::ReadWrite)?;
+    let recorded = sysv_keys(&key, kind);
+    Ok(Fixture {
+        key,
+        kind,
+        mode,
+        shm,
+        recorded,
+        cleanup,
+    })
+}
+
+impl Fixture {
+    /// Arguments for a child role: key, key type, lock mode, then `extra`.
+    pub(crate) fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec![self.key.as_str(), kind_name(self.kind), mode_name(self.mode)];
+        v.extend_from_slice(extra);
+        v
+    }
+
+    /// Detach the creator's handle and check that nothing of the key is left.
+    pub(crate) fn finish(mut self) -> Result<(), String> {
+        self.shm.detach().map_err(|e| e.to_string())?;
+        let left = leftovers(&self.key, self.kind, &self.recorded);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left behind: {left:?}"))
+        }
+    }
+}
+
 /// A key no other test (in this or a parallel run) uses.
 pub(crate) fn unique_key(tag: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
