@@ -1,16 +1,19 @@
 //! [`SharedMemory`]: Qt's `QSharedMemory` with a Rust face.
 
 use std::fmt;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use crate::error::{Error, Failure, Result, SharedMemoryError};
-use crate::guard::{LockGuard, ReadGuard};
 use crate::key::{self, IpcType, KeyType, NativeIpcKey};
 use crate::lock::{self, Locker};
 use crate::sys::mapping::Mapping;
 use crate::sys::{self, AttachRequest, CreateRequest, LockMode, SegmentBackend, fork, os};
+
+mod info;
+mod last_error;
+mod locking;
+
+pub use info::SegmentInfo;
+use last_error::LastError;
 
 /// How a segment is mapped (Qt's `QSharedMemory::AccessMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -73,14 +76,6 @@ pub struct SharedMemory {
     requested_mode: Option<LockMode>,
     attached: Option<Attachment>,
     last_error: LastError,
-}
-
-/// Qt-style "last error" of a handle. The success path (every lock) only reads one
-/// atomic flag; the mutex is touched when an error is recorded or cleared.
-#[derive(Default)]
-struct LastError {
-    set: AtomicBool,
-    error: Mutex<Option<(SharedMemoryError, String)>>,
 }
 
 /// An attached segment: its bytes, its lock, and the backend that detaches it.
@@ -342,126 +337,6 @@ impl SharedMemory {
         }
     }
 
-    /// Lock the segment for reading and writing, waiting as long as it takes.
-    ///
-    /// `LockError` when not attached (or a second lock from the thread holding it: Qt
-    /// would return at once, but two guards would be two `&mut` to the same bytes),
-    /// `PermissionDenied` when attached read-only (use [`lock_read`](Self::lock_read)).
-    #[inline]
-    pub fn lock(&self) -> Result<LockGuard<'_>> {
-        let (a, died) = self.take(None, true)?.ok_or_else(|| self.never_empty())?;
-        Ok(LockGuard::new(self, &a.locker, &a.mapping, died))
-    }
-
-    /// Lock for writing if nobody holds the lock now; `Ok(None)` if it is busy.
-    #[inline]
-    pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
-        Ok(self
-            .take(Some(Duration::ZERO), true)?
-            .map(|(a, died)| LockGuard::new(self, &a.locker, &a.mapping, died)))
-    }
-
-    /// Lock for writing, waiting at most `timeout`; `Ok(None)` on timeout.
-    /// (`Duration::MAX` waits for ever.)
-    #[inline]
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>> {
-        Ok(self
-            .take(Some(timeout), true)?
-            .map(|(a, died)| LockGuard::new(self, &a.locker, &a.mapping, died)))
-    }
-
-    /// Lock the segment for reading (works for both access modes).
-    #[inline]
-    pub fn lock_read(&self) -> Result<ReadGuard<'_>> {
-        let (a, died) = self.take(None, false)?.ok_or_else(|| self.never_empty())?;
-        Ok(ReadGuard::new(self, &a.locker, &a.mapping, died))
-    }
-
-    /// [`lock_read`](Self::lock_read) without waiting; `Ok(None)` if busy.
-    #[inline]
-    pub fn try_lock_read(&self) -> Result<Option<ReadGuard<'_>>> {
-        Ok(self
-            .take(Some(Duration::ZERO), false)?
-            .map(|(a, died)| ReadGuard::new(self, &a.locker, &a.mapping, died)))
-    }
-
-    /// [`lock_read`](Self::lock_read), waiting at most `timeout`; `Ok(None)` on timeout.
-    #[inline]
-    pub fn lock_read_timeout(&self, timeout: Duration) -> Result<Option<ReadGuard<'_>>> {
-        Ok(self
-            .take(Some(timeout), false)?
-            .map(|(a, died)| ReadGuard::new(self, &a.locker, &a.mapping, died)))
-    }
-
-    /// Take the lock: the inlined uncontended Fast-mode path first, else the general one.
-    #[inline]
-    fn take(&self, timeout: Option<Duration>, write: bool) -> Result<Option<(&Attachment, bool)>> {
-        if let Some(a) = &self.attached
-            && (!write || a.access == AccessMode::ReadWrite)
-            && let Some(fast) = a.locker.try_fast()
-        {
-            let result = fast.map(|died| Some((a, died))).map_err(|e| self.lock_error(e));
-            return self.record(result);
-        }
-        let result = self.take_slow(timeout, write);
-        self.record(result)
-    }
-
-    #[inline(never)]
-    fn take_slow(&self, timeout: Option<Duration>, write: bool) -> Result<Option<(&Attachment, bool)>> {
-        const OP: &str = "lock";
-        let Some(a) = &self.attached else {
-            return Err(self.error_of(
-                OP,
-                SharedMemoryError::LockError,
-                "not attached: create or attach first",
-            ));
-        };
-        if write && a.access == AccessMode::ReadOnly {
-            return Err(self.error_of(
-                OP,
-                SharedMemoryError::PermissionDenied,
-                "attached read-only: use lock_read()",
-            ));
-        }
-        match a.locker.acquire(timeout) {
-            Ok(Some(died)) => Ok(Some((a, died))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(self.lock_error(e)),
-        }
-    }
-
-    /// A blocking acquire cannot come back empty; if it ever did, say so instead of panicking.
-    #[cold]
-    fn never_empty(&self) -> Error {
-        self.error_of(
-            "lock",
-            SharedMemoryError::LockError,
-            "the lock wait ended without the lock",
-        )
-    }
-
-    #[cold]
-    fn lock_error(&self, e: std::io::Error) -> Error {
-        if e.raw_os_error() == Some(libc::EDEADLK) {
-            return self.error_of(
-                "lock",
-                SharedMemoryError::LockError,
-                "this thread already holds the lock",
-            );
-        }
-        Error::new(SharedMemoryError::LockError, "lock", self.key.display_name())
-            .with_detail("unable to lock")
-            .with_os(e)
-    }
-
-    #[cold]
-    pub(crate) fn unlock_error(&self, e: std::io::Error) -> Error {
-        Error::new(SharedMemoryError::LockError, "unlock", self.key.display_name())
-            .with_detail("unable to unlock")
-            .with_os(e)
-    }
-
     #[cold]
     fn error_of(&self, op: &'static str, kind: SharedMemoryError, detail: impl Into<String>) -> Error {
         Error::new(kind, op, self.key.display_name()).with_detail(detail)
@@ -471,104 +346,7 @@ impl SharedMemory {
     fn fail(&self, op: &'static str, failure: Failure) -> Error {
         Error::from_failure(op, self.key.display_name(), failure)
     }
-
-    /// The last error of this handle (Qt's `error()`); `NoError` after a success.
-    pub fn error(&self) -> SharedMemoryError {
-        self.last_error_entry()
-            .map_or(SharedMemoryError::NoError, |e| e.0)
-    }
-
-    /// Text of the last error (Qt's `errorString()`); empty after a success.
-    #[doc(alias = "errorString")]
-    pub fn error_string(&self) -> String {
-        self.last_error_entry().map(|e| e.1).unwrap_or_default()
-    }
-
-    fn last_error_entry(&self) -> Option<(SharedMemoryError, String)> {
-        if !self.last_error.set.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.last_error.error.lock().ok().and_then(|e| e.clone())
-    }
-
-    #[inline]
-    pub(crate) fn record<T>(&self, result: Result<T>) -> Result<T> {
-        // The success path (every lock and unlock) costs one relaxed load.
-        if result.is_err() || self.last_error.set.load(Ordering::Relaxed) {
-            self.record_slow(result.as_ref().err());
-        }
-        result
-    }
-
-    #[cold]
-    fn record_slow(&self, error: Option<&Error>) {
-        if let Ok(mut last) = self.last_error.error.lock() {
-            let entry = error.map(|e| (e.kind(), e.to_string()));
-            self.last_error.set.store(entry.is_some(), Ordering::Relaxed);
-            *last = entry;
-        }
-    }
-
-    /// Destroy the segment of `key`, with qshm's lock state and Qt's semaphore, even if
-    /// processes are still attached (they keep their mapping until they detach). For tools
-    /// and tests cleaning up after crashes. Returns whether a segment existed. Never
-    /// deletes a file that is not a segment or a key file qshm or Qt would make.
-    pub fn force_remove(key: &NativeIpcKey) -> Result<bool> {
-        sys::remove(key, &lock::semaphore_key(key))
-            .map_err(|f| Error::from_failure("remove", key.display_name(), f))
-    }
-
-    /// The key of the semaphore [`LockMode::QtCompatible`] locks: what Qt's
-    /// `QSharedMemory::lock()` uses for this handle's key.
-    pub fn semaphore_key(&self) -> NativeIpcKey {
-        lock::semaphore_key(&self.key)
-    }
-
-    /// The file holding qshm's lock state for the attached segment, if it has one.
-    pub fn lock_state_path(&self) -> Option<std::path::PathBuf> {
-        let attached = self.attached.as_ref()?;
-        attached
-            .locker
-            .state()
-            .map(|s| s.segment().lock_state_path().into())
-    }
-
-    /// The numeric System V key (`ftok(path, 'Q')`) of a System V native key, if its
-    /// key file exists.
-    pub fn system_v_key(key: &NativeIpcKey) -> Option<i32> {
-        match key.kind() {
-            KeyType::SystemV => sys::sysv::numeric_key(key),
-            KeyType::PosixRealtime => None,
-        }
-    }
-
-    /// Facts about the attached segment, for tools: native id, attachment count
-    /// (System V only), permissions, owner, creation time, lock.
-    pub fn info(&self) -> Result<SegmentInfo> {
-        let Some(attached) = &self.attached else {
-            return Err(self.error_of("stat", SharedMemoryError::NotFound, "not attached"));
-        };
-        let st = attached
-            .segment
-            .stat()
-            .map_err(|e| Error::os("stat", self.key.display_name(), e))?;
-        Ok(SegmentInfo {
-            size: st.size,
-            attachments: st.attachments,
-            permissions: st.perms,
-            owner_uid: st.uid,
-            created_unix: st.created_secs,
-            os_id: st.os_id,
-            lock_mode: attached.locker.mode(),
-            lock_state_file: self.lock_state_path(),
-            made_by_qshm: attached
-                .locker
-                .state()
-                .is_some_and(|s| s.origin() == sys::lock_state::Origin::Qshm),
-        })
-    }
 }
-
 impl Attachment {
     fn new(attached: sys::Attached, access: AccessMode) -> Attachment {
         let fork_epoch = fork::epoch_watched();
@@ -604,31 +382,6 @@ impl Attachment {
         drop(lock_state);
         result
     }
-}
-
-/// Facts about an attached segment ([`SharedMemory::info`]).
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct SegmentInfo {
-    /// Size in bytes.
-    pub size: u64,
-    /// Attachments counted by the kernel (System V); `None` for POSIX segments.
-    pub attachments: Option<u64>,
-    /// Permission bits.
-    pub permissions: u32,
-    /// Owner's user id.
-    pub owner_uid: u32,
-    /// Creation time (POSIX: the file's birth time), seconds since the epoch.
-    pub created_unix: i64,
-    /// The OS's name for it (`shmid …` or the `/dev/shm` path).
-    pub os_id: String,
-    /// The segment's lock mode.
-    pub lock_mode: LockMode,
-    /// Where qshm keeps the lock state (`None`: a segment another program made, where
-    /// this user may not add one).
-    pub lock_state_file: Option<std::path::PathBuf>,
-    /// True when qshm created the segment (false: Qt or another program did).
-    pub made_by_qshm: bool,
 }
 
 /// Check that `size` can be a segment size, or say why not.
