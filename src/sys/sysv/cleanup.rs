@@ -1,0 +1,155 @@
+//! Removing System V segments for tools and for `create`: stale ones (every user died),
+//! orphaned lock states, and removal whatever the users think.
+
+use super::key_file::{ftok_key, key_path, lock_key_file, remove_companions};
+use super::{id_of, owner_of};
+use crate::error::{Failure, SharedMemoryError};
+use crate::key::NativeIpcKey;
+use crate::sys::lock_state::{LockState, SegmentId};
+use crate::sys::{not_ours, os};
+
+/// Remove our System V lock states whose segment is gone. Qt removes a segment (and its
+/// key file) when a Qt process detaches last, and cannot know qshm's lock state; the
+/// next qshm create of any key removes it. A System V lock state is made while its
+/// segment exists and removed before it, so one whose segment id is gone (or now names a
+/// segment of another creator) is an orphan, never work in progress.
+pub(crate) fn sweep_orphaned_lock_states() {
+    let Ok(dir) = std::fs::read_dir(crate::sys::posix::SHM_DIR) else {
+        return;
+    };
+    let me = os::euid();
+    for entry in dir.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(id @ SegmentId::SystemV { shmid, cpid, .. }) = SegmentId::from_lock_state_name(&name) else {
+            continue;
+        };
+        let gone = match os::shm_stat(shmid) {
+            Ok(ds) => ds.shm_cpid != cpid,
+            Err(e) => matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)),
+        };
+        use std::os::unix::fs::MetadataExt;
+        if gone && entry.metadata().is_ok_and(|m| m.uid() == me) {
+            LockState::remove(id);
+        }
+    }
+}
+
+/// A segment exists at `shm_key`: remove it if it is ours and nobody is attached (every
+/// user died), else report it. Runs under the key file's lock.
+/// Returns the stale segment's record of the key file qshm made for it, which the new
+/// segment inherits (else a key file qshm made would be left when the reclaimer is last).
+pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Option<[u64; 3]>, Failure> {
+    let old = match os::shmget(shm_key, 0, 0) {
+        Ok(old) => old,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None), // gone meanwhile
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            let owner = table_owner(shm_key).unwrap_or(u32::MAX);
+            return Err(not_ours("a segment of this key", owner));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ds = match os::shm_stat(old) {
+        Ok(ds) => ds,
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            let owner = table_owner(shm_key).unwrap_or(u32::MAX);
+            return Err(not_ours("a segment of this key", owner));
+        }
+        Err(_) => return Ok(None), // removed meanwhile: try again
+    };
+    if ds.shm_perm.uid != os::euid() {
+        return Err(not_ours("a segment of this key", ds.shm_perm.uid));
+    }
+    if ds.shm_nattch > 0 {
+        return Err(Failure::new(SharedMemoryError::AlreadyExists));
+    }
+    let old_id = id_of(old, &ds);
+    let record = LockState::open(old_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
+        .ok()
+        .flatten()
+        .and_then(|state| state.key_file());
+    LockState::remove(old_id);
+    match os::shm_remove(old) {
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e.into()),
+        _ => Ok(record),
+    }
+}
+
+/// The owner of the segment with numeric key `key`, from `/proc/sysvipc/shm` (readable
+/// by everyone, unlike `IPC_STAT` of a segment we may not read).
+pub(super) fn table_owner(key: libc::key_t) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first()?.parse::<i32>().ok()? == key).then(|| f.get(7)?.parse().ok())?
+    })
+}
+
+/// Destroy the segment of `key` whatever its users think (they keep their mapping until
+/// they detach), with its lock state and Qt's semaphore. Never deletes a file that is not
+/// a key file qshm or Qt would make.
+pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<bool, Failure> {
+    let path = key_path(key)?;
+    let Some(lock) = lock_key_file(&path)? else {
+        return Ok(false);
+    };
+    let mut existed = false;
+    let mut recorded = None;
+    if let Ok(skey) = ftok_key(&path)
+        && let Ok(id) = os::shmget(skey, 0, 0)
+    {
+        if let Ok(ds) = os::shm_stat(id) {
+            let segment_id = id_of(id, &ds);
+            if let Ok(Some(state)) =
+                LockState::open(segment_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
+            {
+                recorded = state.key_file();
+            }
+            LockState::remove(segment_id);
+        }
+        os::shm_remove(id)?;
+        existed = true;
+    }
+    remove_companions(lock.as_ref(), recorded, Some(semaphore));
+    Ok(existed)
+}
+
+/// The numeric System V key of a native key, if its key file exists.
+pub(crate) fn numeric_key(key: &NativeIpcKey) -> Option<libc::key_t> {
+    let path = os::cstring(key.native()).ok()?;
+    ftok_key(&path).ok()
+}
+
+/// Remove System V segment `id` if nobody is attached (its users all died), with its lock
+/// state, its key file `key_file` when known and Qt's semaphore `semaphore` when given.
+/// Returns whether it was removed.
+pub(crate) fn remove_if_stale(
+    id: libc::c_int,
+    key_file: Option<&str>,
+    semaphore: Option<&NativeIpcKey>,
+) -> bool {
+    let path = key_file.and_then(|p| os::cstring(p).ok());
+    let lock = match &path {
+        Some(p) => match lock_key_file(p) {
+            Ok(lock) => lock.flatten(),
+            Err(_) => return false,
+        },
+        None => None,
+    };
+    let ds = match os::shm_stat(id) {
+        Ok(ds) if ds.shm_nattch == 0 => ds,
+        _ => return false,
+    };
+    let segment_id = id_of(id, &ds);
+    let recorded = LockState::open(segment_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
+        .ok()
+        .flatten()
+        .and_then(|s| s.key_file());
+    LockState::remove(segment_id);
+    if os::shm_remove(id).is_err() {
+        return false;
+    }
+    remove_companions(lock.as_ref(), recorded, semaphore);
+    true
+}
