@@ -26,6 +26,11 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// Every Rust snippet of the README compiles and runs (as a doctest).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod error;
 mod guard;
 pub mod inspect;
