@@ -10,6 +10,7 @@ use std::io;
 /// "last error" accessor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[doc(alias = "QSharedMemory::SharedMemoryError")]
 pub enum SharedMemoryError {
     /// No error occurred.
     NoError,

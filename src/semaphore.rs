@@ -25,6 +25,7 @@ use crate::sys::{self, SemaphoreBackend, SemaphoreMode};
 /// sem.release(2)?;
 /// # Ok::<(), qshm::Error>(())
 /// ```
+#[doc(alias = "QSystemSemaphore")]
 pub struct SystemSemaphore {
     key: NativeIpcKey,
     /// `None` once [`remove`](Self::remove) took it.
@@ -33,6 +34,7 @@ pub struct SystemSemaphore {
 
 impl SystemSemaphore {
     /// Open the semaphore of legacy key `key` (System V, as Qt's legacy default).
+    #[doc(alias = "QSystemSemaphore")]
     pub fn new(key: &str, initial: u32, mode: SemaphoreMode) -> Result<SystemSemaphore> {
         Self::with_native_key(
             Self::legacy_native_key(key, KeyType::legacy_default()),
@@ -42,6 +44,7 @@ impl SystemSemaphore {
     }
 
     /// Open the semaphore of a native key.
+    #[doc(alias = "setNativeKey")]
     pub fn with_native_key(key: NativeIpcKey, initial: u32, mode: SemaphoreMode) -> Result<SystemSemaphore> {
         let backend = sys::open_semaphore(&key, initial, mode, crate::DEFAULT_PERMISSIONS)
             .map_err(|f| Error::from_failure("open semaphore", key.display_name(), f))?;
@@ -53,11 +56,13 @@ impl SystemSemaphore {
 
     /// The native key Qt derives for a semaphore from a legacy key
     /// (`QSystemSemaphore::legacyNativeKey`): prefix `qipc_systemsem_`.
+    #[doc(alias = "legacyNativeKey")]
     pub fn legacy_native_key(key: &str, kind: KeyType) -> NativeIpcKey {
         key::legacy_platform_safe_key(key, IpcType::SystemSemaphore, kind)
     }
 
     /// Qt 6.6's portable key (`QSystemSemaphore::platformSafeKey`).
+    #[doc(alias = "platformSafeKey")]
     pub fn platform_safe_key(key: &str, kind: KeyType) -> NativeIpcKey {
         key::platform_safe_key(key, kind)
     }
@@ -68,11 +73,13 @@ impl SystemSemaphore {
     }
 
     /// The native key string.
+    #[doc(alias = "nativeKey")]
     pub fn native_key(&self) -> &str {
         self.key.native()
     }
 
     /// The native key with its type.
+    #[doc(alias = "nativeIpcKey")]
     pub fn native_ipc_key(&self) -> &NativeIpcKey {
         &self.key
     }
@@ -83,11 +90,13 @@ impl SystemSemaphore {
     }
 
     /// Take one unit if one is free now.
+    #[doc(alias = "acquire")]
     pub fn try_acquire(&self) -> Result<bool> {
         self.wait(Some(Duration::ZERO))
     }
 
     /// Take one unit, waiting at most `timeout`; `Ok(false)` on timeout.
+    #[doc(alias = "acquire")]
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
         self.wait(Some(timeout))
     }

@@ -29,6 +29,7 @@ pub(crate) const SYSV_PROJECT_ID: i32 = 0x51;
 
 /// Which operating-system API a native key names (Qt's `QNativeIpcKey::Type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[doc(alias = "QNativeIpcKey::Type")]
 pub enum KeyType {
     /// System V IPC: `shmget`/`semget`; the native key is the path of a file that
     /// `ftok(path, 'Q')` turns into the numeric key.
@@ -81,6 +82,7 @@ impl FromStr for KeyType {
 /// and its string form (`systemv:/tmp/qipc_...?legacyKey=market`) round-trips through
 /// [`Display`](fmt::Display) and [`FromStr`], compatibly with Qt's `toString`/`fromString`.
 #[derive(Clone, Debug)]
+#[doc(alias = "QNativeIpcKey")]
 pub struct NativeIpcKey {
     kind: KeyType,
     native: String,
@@ -119,11 +121,13 @@ impl NativeIpcKey {
     }
 
     /// The key type.
+    #[doc(alias = "type")]
     pub fn kind(&self) -> KeyType {
         self.kind
     }
 
     /// The native key string: a file path (System V) or a `/name` (POSIX).
+    #[doc(alias = "nativeKey")]
     pub fn native(&self) -> &str {
         &self.native
     }
@@ -134,6 +138,7 @@ impl NativeIpcKey {
     }
 
     /// True when the native key is empty (Qt derives an empty key from an empty string).
+    #[doc(alias = "isEmpty")]
     pub fn is_empty(&self) -> bool {
         self.native.is_empty()
     }

@@ -12,6 +12,7 @@ impl SharedMemory {
     /// processes are still attached (they keep their mapping until they detach). For tools
     /// and tests cleaning up after crashes. Returns whether a segment existed. Never
     /// deletes a file that is not a segment or a key file qshm or Qt would make.
+    #[doc(alias = "remove")]
     pub fn force_remove(key: &NativeIpcKey) -> Result<bool> {
         sys::remove(key, &lock::semaphore_key(key))
             .map_err(|f| Error::from_failure("remove", key.display_name(), f))
@@ -19,6 +20,7 @@ impl SharedMemory {
 
     /// The key of the semaphore [`LockMode::QtCompatible`] locks: what Qt's
     /// `QSharedMemory::lock()` uses for this handle's key.
+    #[doc(alias = "QSystemSemaphore")]
     pub fn semaphore_key(&self) -> NativeIpcKey {
         lock::semaphore_key(&self.key)
     }

@@ -20,6 +20,7 @@ impl SharedMemory {
 
     /// Lock for writing if nobody holds the lock now; `Ok(None)` if it is busy.
     #[inline]
+    #[doc(alias = "QSharedMemory::lock")]
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
         Ok(self
             .take(Some(Duration::ZERO), true)?
@@ -29,6 +30,7 @@ impl SharedMemory {
     /// Lock for writing, waiting at most `timeout`; `Ok(None)` on timeout.
     /// (`Duration::MAX` waits for ever.)
     #[inline]
+    #[doc(alias = "QSharedMemory::lock")]
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>> {
         Ok(self
             .take(Some(timeout), true)?
@@ -37,6 +39,7 @@ impl SharedMemory {
 
     /// Lock the segment for reading (works for both access modes).
     #[inline]
+    #[doc(alias = "QSharedMemory::lock")]
     pub fn lock_read(&self) -> Result<ReadGuard<'_>> {
         let (a, died) = self.take(None, false)?.ok_or_else(|| self.never_empty())?;
         Ok(ReadGuard::new(self, &a.locker, &a.mapping, died))
@@ -44,6 +47,7 @@ impl SharedMemory {
 
     /// [`lock_read`](Self::lock_read) without waiting; `Ok(None)` if busy.
     #[inline]
+    #[doc(alias = "QSharedMemory::lock")]
     pub fn try_lock_read(&self) -> Result<Option<ReadGuard<'_>>> {
         Ok(self
             .take(Some(Duration::ZERO), false)?
@@ -52,6 +56,7 @@ impl SharedMemory {
 
     /// [`lock_read`](Self::lock_read), waiting at most `timeout`; `Ok(None)` on timeout.
     #[inline]
+    #[doc(alias = "QSharedMemory::lock")]
     pub fn lock_read_timeout(&self, timeout: Duration) -> Result<Option<ReadGuard<'_>>> {
         Ok(self
             .take(Some(timeout), false)?

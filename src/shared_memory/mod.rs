@@ -17,6 +17,7 @@ use last_error::LastError;
 
 /// How a segment is mapped (Qt's `QSharedMemory::AccessMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[doc(alias = "QSharedMemory::AccessMode")]
 pub enum AccessMode {
     /// Mapped `PROT_READ` / `SHM_RDONLY`: a write through a raw pointer faults.
     /// Only read guards are handed out.
@@ -68,6 +69,7 @@ pub const DEFAULT_PERMISSIONS: u32 = 0o600;
 ///
 /// [`as_ptr`]: Self::as_ptr
 /// [`as_mut_ptr`]: Self::as_mut_ptr
+#[doc(alias = "QSharedMemory")]
 pub struct SharedMemory {
     key: NativeIpcKey,
     perms: u32,
@@ -96,11 +98,13 @@ impl SharedMemory {
     }
 
     /// A handle for the legacy key `key`, derived for the key type `kind`.
+    #[doc(alias = "QSharedMemory")]
     pub fn with_key_type(key: &str, kind: KeyType) -> SharedMemory {
         SharedMemory::with_native_key(Self::legacy_native_key(key, kind))
     }
 
     /// A handle for a native key, used as is.
+    #[doc(alias = "setNativeKey")]
     pub fn with_native_key(key: NativeIpcKey) -> SharedMemory {
         SharedMemory {
             key,
@@ -172,6 +176,7 @@ impl SharedMemory {
 
     /// The lock mode: the segment's while attached, else the one asked for (or the
     /// default, [`LockMode::QtCompatible`]).
+    #[doc(alias = "QSharedMemory::lock")]
     pub fn lock_mode(&self) -> LockMode {
         match &self.attached {
             Some(attached) => attached.locker.mode(),
@@ -306,6 +311,7 @@ impl SharedMemory {
     }
 
     /// The access mode of the attachment, if attached.
+    #[doc(alias = "AccessMode")]
     pub fn access_mode(&self) -> Option<AccessMode> {
         self.attached.as_ref().map(|a| a.access)
     }
