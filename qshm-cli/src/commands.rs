@@ -343,6 +343,42 @@ fn hold_for(interrupt: &Interrupt, hold: Option<Duration>) {
     interrupt.wait(hold);
 }
 
+/// `qshm key posix:/x` (or `--native`): what a native key names, as the other commands read
+/// it. Its lock uses the same native key for Qt's semaphore (no legacy key to derive from).
+pub fn print_native_key(target: &Target) -> CliResult {
+    let native = &target.native;
+    let kind = native.kind();
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{} native key (QNativeIpcKey({:?}, {})):",
+        type_name(kind),
+        native.native(),
+        kind
+    );
+    let _ = writeln!(text, "  string:     {native}");
+    let sem = SharedMemory::with_native_key(native.clone()).semaphore_key();
+    match kind {
+        KeyType::PosixRealtime => {
+            let name = native.native().trim_start_matches('/');
+            let _ = writeln!(text, "  segment:    /dev/shm/{name}");
+            let _ = writeln!(
+                text,
+                "  semaphore:  /dev/shm/sem.{}",
+                sem.native().trim_start_matches('/')
+            );
+        }
+        KeyType::SystemV => {
+            let _ = writeln!(text, "  key file:   {}", native.native());
+            let _ = writeln!(text, "  semaphore:  ftok({}, 'Q')", sem.native());
+            if let Some(k) = SharedMemory::system_v_key(native) {
+                let _ = writeln!(text, "  ftok key:   {:#010x} (the key file exists)", k as u32);
+            }
+        }
+    }
+    print_all(&text)
+}
+
 pub fn print_keys(key: &str) -> CliResult {
     if key.is_empty() {
         return Err(Failure::input(

@@ -92,8 +92,8 @@ enum Command {
         #[command(flatten)]
         lock: LockFlag,
         /// Size in bytes, or with a unit K, M, G or T: powers of 1024 (K = Ki = KiB = 1024
-        /// bytes; KB, MB, ... are refused as ambiguous); `1.5M` is fine. Rounded up to
-        /// whole pages. Default with --from: the file's size
+        /// bytes; KB, MB, ... are refused as ambiguous); `1.5M` is fine. The segment is
+        /// exactly this size, as Qt makes it. Default with --from: the file's size
         #[arg(value_parser = size::parse_nonzero, required_unless_present = "from", allow_negative_numbers = true)]
         size: Option<usize>,
         /// Permission bits, octal
@@ -193,10 +193,12 @@ enum Command {
         #[arg(long, value_parser = parse_seconds, value_name = "SECONDS", allow_negative_numbers = true)]
         hold: Option<Duration>,
     },
-    /// Print the native keys Qt derives for KEY (both types)
+    /// Print the native keys Qt derives for KEY (both types), or what a native KEY names
     Key {
-        /// A legacy key, as in QSharedMemory(KEY)
+        /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
     },
     /// Two processes exchange messages through a segment under the lock
     Demo {
@@ -421,7 +423,14 @@ fn run(cli: Cli) -> CliResult {
             lock,
             hold,
         } => commands::lock(&KeyOpts::new(flags, Some(lock)).target(&key)?, hold),
-        Command::Key { key } => commands::print_keys(&key),
+        Command::Key { key, flags } => {
+            let target = KeyOpts::new(flags, None).target(&key)?;
+            if target.legacy {
+                commands::print_keys(&key)
+            } else {
+                commands::print_native_key(&target)
+            }
+        }
         Command::Demo {
             posix,
             lock,

@@ -1116,3 +1116,23 @@ fn signals_end_a_wait_inside_the_library() {
     }
     interrupt(&mut holder);
 }
+
+/// `qshm key` reads KEY as every other command does: `posix:/x` (or `--native`) is a native
+/// key, not a legacy key whose letters are `posixx`.
+#[test]
+fn key_reads_native_keys_like_every_command() {
+    let out = qshm(&["key", "posix:/x"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("POSIX native key"), "{text}");
+    assert!(text.contains("segment:    /dev/shm/x\n"), "{text}");
+    assert!(!text.contains("qipc_"), "not derived as a legacy key: {text}");
+    let out = qshm(&["key", "--native", "--sysv", "/tmp/qshm-cli-native-key"]);
+    assert!(
+        stdout(&out).contains("key file:   /tmp/qshm-cli-native-key\n"),
+        "{}",
+        stdout(&out)
+    );
+    let out = qshm(&["key", "market"]);
+    assert!(stdout(&out).contains("qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3"));
+}
