@@ -130,55 +130,6 @@ fn users_unavailable() -> Option<String> {
     None
 }
 
-/// useradd and userdel lock /etc/passwd and fail when another one holds it: one at a time.
-static USER_TOOLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn user_tool(args: &[&str]) -> Result<(), String> {
-    let _turn = USER_TOOLS.lock().unwrap_or_else(|e| e.into_inner());
-    match Command::new(args[0]).args(&args[1..]).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(format!("{}: {e}", args[0])),
-    }
-}
-
-/// A throw-away Unix user with a name of its own, removed again when dropped.
-struct TempUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TempUser {
-    fn create() -> Result<TempUser, Failed> {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // unique per process and per call (user names may have 32 characters)
-        let name = format!("qshmt{}u{n}", std::process::id() % 1_000_000);
-        user_tool(&["useradd", "-M", "-N", "-s", "/bin/false", &name])?;
-        // from here on, Drop removes the user whatever happens
-        let mut user = TempUser { name, uid: 0, gid: 0 };
-        let id = |flag: &str| -> Result<u32, Failed> {
-            let out = Command::new("id").args([flag, &user.name]).output()?;
-            Ok(String::from_utf8(out.stdout)?.trim().parse()?)
-        };
-        (user.uid, user.gid) = (id("-u")?, id("-g")?);
-        Ok(user)
-    }
-}
-
-impl Drop for TempUser {
-    fn drop(&mut self) {
-        if let Err(e) = user_tool(&["userdel", &self.name]) {
-            eprintln!("{e}");
-        }
-    }
-}
-
 fn attach_as(user: &TempUser, key: &str, kind: KeyType, mode: &str) -> Result<String, Failed> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -191,7 +142,7 @@ fn attach_as(user: &TempUser, key: &str, kind: KeyType, mode: &str) -> Result<St
 }
 
 fn other_user(kind: KeyType) -> Result<(), Failed> {
-    let user = TempUser::create()?;
+    let user = TempUser::try_create()?;
     let key = unique_key("perm");
     let mut cleanup = Cleanup::default();
     cleanup.key(&key, kind);
@@ -251,8 +202,8 @@ fn user_exists(name: &str) -> bool {
 /// Two users at once (as the parallel tests make them) get different names, and each
 /// is gone when dropped.
 fn distinct_users() -> Result<(), Failed> {
-    let a = TempUser::create()?;
-    let b = TempUser::create()?;
+    let a = TempUser::try_create()?;
+    let b = TempUser::try_create()?;
     check(
         a.name != b.name && a.uid != b.uid,
         format!("{} and {}", a.name, b.name),

@@ -415,37 +415,63 @@ pub(crate) struct TempUser {
     pub(crate) gid: u32,
 }
 
+/// `useradd` and `userdel` lock /etc/passwd and fail while another one holds it: one at a
+/// time in this process, and a few tries against other processes.
+fn user_tool(args: &[&str]) -> Result<(), String> {
+    static USER_TOOLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = USER_TOOLS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = String::new();
+    for attempt in 0..20 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        match Command::new(args[0]).args(&args[1..]).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => return Err(format!("{}: {e}", args[0])),
+        }
+    }
+    Err(format!("{} failed: {last}", args.join(" ")))
+}
+
 impl TempUser {
-    /// `None` (after printing a loud SKIP line naming `test`) when not root or `useradd` fails.
+    /// `None` (after printing a loud SKIP line naming `test`) when not root. As root, a user
+    /// that cannot be made fails the test (a panic), rather than skipping it quietly.
     pub(crate) fn create(test: &str) -> Option<TempUser> {
         if !is_root() {
-            eprintln!("*** SKIP {test}: needs root and useradd ***");
+            eprintln!("*** SKIP {test}: making a user needs root ***");
             return None;
+        }
+        match TempUser::try_create() {
+            Ok(user) => Some(user),
+            Err(why) => panic!("{test}: cannot make a temporary user: {why}"),
+        }
+    }
+
+    /// A new user, or why there is none.
+    pub(crate) fn try_create() -> Result<TempUser, String> {
+        if !is_root() {
+            return Err("making a user needs root".to_owned());
         }
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        // user names are at most 32 characters
-        let name = format!("qshm{}x{n}", std::process::id());
-        let ok = Command::new("useradd")
-            .args(["-M", "-N", "-s", "/bin/false", &name])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("*** SKIP {test}: useradd {name} failed ***");
-            return None;
-        }
-        let id = |flag: &str| -> Option<u32> {
-            let out = Command::new("id").args([flag, &name]).output().ok()?;
-            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+        // unique per process and per call (user names have at most 32 characters)
+        let name = format!("qshmt{}u{n}", std::process::id() % 1_000_000);
+        user_tool(&["useradd", "-M", "-N", "-s", "/bin/false", &name])?;
+        // from here on, Drop removes the user whatever happens
+        let mut user = TempUser { name, uid: 0, gid: 0 };
+        let id = |flag: &str| -> Result<u32, String> {
+            let out = Command::new("id")
+                .args([flag, &user.name])
+                .output()
+                .map_err(|e| e.to_string())?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map_err(|e| format!("id {flag}: {e}"))
         };
-        match (id("-u"), id("-g")) {
-            (Some(uid), Some(gid)) => Some(TempUser { name, uid, gid }),
-            _ => {
-                let _ = Command::new("userdel").arg(&name).status();
-                None
-            }
-        }
+        (user.uid, user.gid) = (id("-u")?, id("-g")?);
+        Ok(user)
     }
 
     /// Run this test binary in child `role` as this user; returns what it printed.
