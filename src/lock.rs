@@ -160,8 +160,9 @@ impl Locker {
         if self.forked() {
             return Err(forked_error());
         }
-        let deadline = deadline_after(timeout);
         let once = timeout == Some(Duration::ZERO);
+        // no clock for `lock()` and `try_lock()`
+        let deadline = if once { None } else { deadline_after(timeout) };
         match (self.mode, &self.state, &self.semaphore) {
             (LockMode::Fast, Some(state), _) => self.acquire_fast(state, deadline, once),
             (LockMode::QtCompatible, Some(state), Some(sem)) => {
@@ -204,26 +205,31 @@ impl Locker {
         deadline: Option<Instant>,
         once: bool,
     ) -> io::Result<Option<bool>> {
-        // 1. marker: the right to deal with the semaphore on qshm's side
+        // 1. marker: the right to deal with the semaphore on qshm's side (uncontended: one
+        //    try, no clock)
         let mut died = false;
-        loop {
-            let wait = if once {
-                Duration::ZERO
-            } else {
-                slice(deadline, REPAIR_INTERVAL)
-            };
-            // SAFETY: the mutex lives in the lock-state mapping owned by self.
-            match unsafe { robust_mutex::lock(state.marker(), wait) }? {
-                Locked::Yes => break,
-                Locked::OwnerDied => {
-                    died = self.repair_after_dead_marker_owner(state, sem)?;
-                    break;
-                }
-                Locked::Busy if once || expired(deadline) => return Ok(None),
-                Locked::Busy => {}
+        // SAFETY: the mutex lives in the lock-state mapping owned by self.
+        let mut got = unsafe { robust_mutex::try_lock(state.marker()) }?;
+        while got == Locked::Busy {
+            if once || expired(deadline) {
+                return Ok(None);
             }
+            // SAFETY: as above.
+            got = unsafe { robust_mutex::lock(state.marker(), slice(deadline, REPAIR_INTERVAL)) }?;
         }
-        state.phase().store(phase::ACQUIRING, Ordering::SeqCst);
+        if got == Locked::OwnerDied {
+            died = self.repair_after_dead_marker_owner(state, sem)?;
+        }
+        // The phase is what a successor reads after this process died holding `marker`
+        // (it gets `marker` through the robust futex, which orders these stores before).
+        state.phase().store(phase::ACQUIRING, Ordering::Release);
+        // uncontended: the semaphore at the first try
+        if sem
+            .acquire(Some(Duration::ZERO))
+            .inspect_err(|_| self.leave_marker(state))?
+        {
+            return Ok(Some(self.held(state, died)));
+        }
         // 2. the semaphore, watching for a holder that cannot be alive any more
         let repair = sem.needs_dead_holder_repair();
         let started = Instant::now();
@@ -274,9 +280,16 @@ impl Locker {
                 return Ok(None);
             }
         }
-        state.phase().store(phase::HELD, Ordering::SeqCst);
-        let pending = state.owner_died_pending().swap(0, Ordering::AcqRel) != 0;
-        Ok(Some(died || pending))
+        Ok(Some(self.held(state, died)))
+    }
+
+    /// The semaphore is ours: record it, and take a death reported for us.
+    #[inline]
+    fn held(&self, state: &LockState, died: bool) -> bool {
+        state.phase().store(phase::HELD, Ordering::Release);
+        let pending = state.owner_died_pending();
+        let reported = pending.load(Ordering::Relaxed) != 0 && pending.swap(0, Ordering::AcqRel) != 0;
+        died || reported
     }
 
     /// We got `marker` from a dead qshm process: act on the phase it left.
@@ -285,7 +298,7 @@ impl Locker {
         state: &LockState,
         sem: &dyn SemaphoreBackend,
     ) -> io::Result<bool> {
-        let died = match state.phase().load(Ordering::SeqCst) {
+        let died = match state.phase().load(Ordering::Acquire) {
             phase::HELD => {
                 // It held the unit. System V: SEM_UNDO gave it back already.
                 if sem.needs_dead_holder_repair() {
@@ -297,12 +310,12 @@ impl Locker {
             // look for living holders in acquire_qt recovers it.
             _ => false,
         };
-        state.phase().store(phase::IDLE, Ordering::SeqCst);
+        state.phase().store(phase::IDLE, Ordering::Release);
         Ok(died)
     }
 
     fn leave_marker(&self, state: &LockState) {
-        state.phase().store(phase::IDLE, Ordering::SeqCst);
+        state.phase().store(phase::IDLE, Ordering::Release);
         // SAFETY: this thread locked marker in acquire_qt.
         let _ = unsafe { robust_mutex::unlock(state.marker()) };
     }
@@ -336,9 +349,9 @@ impl Locker {
             // SAFETY: this thread locked fast in acquire or try_fast.
             (LockMode::Fast, Some(state), _) => unsafe { robust_mutex::unlock(state.fast()) },
             (LockMode::QtCompatible, Some(state), Some(sem)) => {
-                state.phase().store(phase::RELEASING, Ordering::SeqCst);
+                state.phase().store(phase::RELEASING, Ordering::Release);
                 let posted = sem.release(1);
-                state.phase().store(phase::IDLE, Ordering::SeqCst);
+                state.phase().store(phase::IDLE, Ordering::Release);
                 // SAFETY: this thread locked marker in acquire_qt.
                 let unlocked = unsafe { robust_mutex::unlock(state.marker()) };
                 posted.and(unlocked)

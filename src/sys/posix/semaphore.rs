@@ -173,6 +173,10 @@ impl SemaphoreBackend for Semaphore {
     }
 
     fn release(&self, n: u32) -> io::Result<()> {
+        if n == 1 {
+            // one post: sem_post itself refuses (EOVERFLOW) past the maximum
+            return self.sem.post();
+        }
         // All or nothing: never past SEM_VALUE_MAX (sem_post would stop there, half done).
         let value = u32::try_from(self.sem.value()?.max(0)).unwrap_or(0);
         if n > os::SEM_VALUE_MAX - value.min(os::SEM_VALUE_MAX) {
