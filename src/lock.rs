@@ -34,15 +34,16 @@
 //! [`previous_owner_died`]: crate::LockGuard::previous_owner_died
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::error::Failure;
 use crate::key::{IpcType, NativeIpcKey};
 use crate::sys::lock_state::{LockState, phase};
 use crate::sys::procfs::{self, Mapped};
 use crate::sys::robust_mutex::{self, Locked};
-use crate::sys::{LockMode, SemaphoreBackend, fork};
+use crate::sys::{LazyLock, LockMode, SemaphoreBackend, fork};
 
 /// How long a waiter sleeps before looking again: for a dead POSIX-semaphore holder, or
 /// for a robust-mutex wake-up lost with a waiter that was killed.
@@ -52,6 +53,15 @@ const REPAIR_INTERVAL: Duration = Duration::from_millis(50);
 /// how far apart the two looks are.
 const DEAD_HOLDER_LOOK: Duration = Duration::from_millis(1000);
 
+/// A failure to find or make the lock's parts, as the `io::Error` the lock reports.
+fn failure_io(failure: Failure) -> io::Error {
+    match (failure.os, failure.detail) {
+        (_, Some(detail)) => io::Error::other(detail),
+        (Some(os), None) => os,
+        (None, None) => io::Error::other(failure.kind.describe()),
+    }
+}
+
 /// The error for a handle copied into a `fork()`ed child.
 pub(crate) fn forked_error() -> io::Error {
     io::Error::other("this handle was inherited through fork(); attach anew in the child process")
@@ -60,11 +70,14 @@ pub(crate) fn forked_error() -> io::Error {
 /// Everything needed to lock one attached segment.
 pub(crate) struct Locker {
     mode: LockMode,
-    /// `None` only in Qt-compatible mode on a segment another program made, where we may
-    /// not add a lock state: then the semaphore alone excludes, with no dead-holder repair.
-    state: Option<LockState>,
-    /// Qt's semaphore (Qt-compatible mode).
-    semaphore: Option<Arc<dyn SemaphoreBackend>>,
+    /// Set at construction, or (Qt-compatible POSIX segments, see [`LazyLock`]) at the
+    /// first lock. `None` inside only in Qt-compatible mode where we may not add a lock
+    /// state: then the semaphore alone excludes, with no dead-holder repair.
+    state: OnceLock<Option<LockState>>,
+    /// Qt's semaphore (Qt-compatible mode), likewise.
+    semaphore: OnceLock<Arc<dyn SemaphoreBackend>>,
+    /// How to get them at the first lock, if they were not given.
+    lazy: Option<LazyLock>,
     /// Without lock state: the thread holding the semaphore through this locker (0: none),
     /// so that a second lock from it is `EDEADLK`, as the mutexes' error checking gives.
     holder: AtomicU64,
@@ -101,15 +114,49 @@ impl Locker {
         mode: LockMode,
         state: Option<LockState>,
         semaphore: Option<Arc<dyn SemaphoreBackend>>,
+        lazy: Option<LazyLock>,
         fork_epoch: u64,
     ) -> Locker {
+        let state_cell = OnceLock::new();
+        if state.is_some() || lazy.is_none() {
+            let _ = state_cell.set(state);
+        }
+        let semaphore_cell = OnceLock::new();
+        if let Some(semaphore) = semaphore {
+            let _ = semaphore_cell.set(semaphore);
+        }
         Locker {
             mode,
-            state,
-            semaphore,
+            state: state_cell,
+            semaphore: semaphore_cell,
+            lazy,
             holder: AtomicU64::new(0),
             fork_epoch,
         }
+    }
+
+    /// The lock state of a Qt-compatible lock, found or made at the first lock.
+    fn qt_state(&self) -> io::Result<Option<&LockState>> {
+        if self.state.get().is_none() {
+            let made = match &self.lazy {
+                Some(lazy) => lazy.lock_state().map_err(failure_io)?,
+                None => None,
+            };
+            // another thread may have been quicker: theirs is as good (same file)
+            let _ = self.state.set(made);
+        }
+        Ok(self.state())
+    }
+
+    /// Qt's semaphore, opened at the first lock.
+    fn qt_semaphore(&self) -> io::Result<&dyn SemaphoreBackend> {
+        if self.semaphore.get().is_none() {
+            let Some(lazy) = &self.lazy else {
+                return Err(io::Error::other("no semaphore: the segment's lock is missing"));
+            };
+            let _ = self.semaphore.set(lazy.semaphore().map_err(failure_io)?);
+        }
+        Ok(self.semaphore.get().map(|s| s.as_ref()).expect("set just above"))
     }
 
     /// The lock mode.
@@ -117,15 +164,15 @@ impl Locker {
         self.mode
     }
 
-    /// The lock state, if there is one.
+    /// The lock state, if there is one (yet).
     pub(crate) fn state(&self) -> Option<&LockState> {
-        self.state.as_ref()
+        self.state.get().and_then(Option::as_ref)
     }
 
     /// Give up the semaphore and keep only the lock state (for detach, which unmaps the
     /// lock state last).
     pub(crate) fn into_state(self) -> Option<LockState> {
-        self.state
+        self.state.into_inner().flatten()
     }
 
     /// True in a `fork()`ed child that inherited this locker.
@@ -141,7 +188,7 @@ impl Locker {
         if self.mode != LockMode::Fast {
             return None;
         }
-        let state = self.state.as_ref()?;
+        let state = self.state()?;
         if self.forked() {
             return Some(Err(forked_error()));
         }
@@ -163,13 +210,18 @@ impl Locker {
         let once = timeout == Some(Duration::ZERO);
         // no clock for `lock()` and `try_lock()`
         let deadline = if once { None } else { deadline_after(timeout) };
-        match (self.mode, &self.state, &self.semaphore) {
-            (LockMode::Fast, Some(state), _) => self.acquire_fast(state, deadline, once),
-            (LockMode::QtCompatible, Some(state), Some(sem)) => {
-                self.acquire_qt(state, sem.as_ref(), deadline, once)
+        match self.mode {
+            LockMode::Fast => match self.state() {
+                Some(state) => self.acquire_fast(state, deadline, once),
+                None => Err(io::Error::other("no lock: the segment's lock state is missing")),
+            },
+            LockMode::QtCompatible => {
+                let sem = self.qt_semaphore()?;
+                match self.qt_state()? {
+                    Some(state) => self.acquire_qt(state, sem, deadline, once),
+                    None => self.acquire_bare(sem, timeout),
+                }
             }
-            (LockMode::QtCompatible, None, Some(sem)) => self.acquire_bare(sem.as_ref(), timeout),
-            _ => Err(io::Error::other("no lock: the segment's lock state is missing")),
         }
     }
 
@@ -345,7 +397,7 @@ impl Locker {
         if self.forked() {
             return Ok(());
         }
-        match (self.mode, &self.state, &self.semaphore) {
+        match (self.mode, self.state(), self.semaphore.get()) {
             // SAFETY: this thread locked fast in acquire or try_fast.
             (LockMode::Fast, Some(state), _) => unsafe { robust_mutex::unlock(state.fast()) },
             (LockMode::QtCompatible, Some(state), Some(sem)) => {

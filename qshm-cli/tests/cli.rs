@@ -771,7 +771,7 @@ fn key_type_and_lock_flags_only_where_they_mean_something() {
         ("rm", true, false),
         ("demo", false, true),
         ("ls", false, false),
-        ("key", false, false),
+        ("key", true, false),
     ] {
         let text = help(&[sub, "--help"]);
         let has = |flag: &str| text.lines().any(|l| l.trim_start().starts_with(flag));
@@ -791,8 +791,6 @@ fn key_type_and_lock_flags_only_where_they_mean_something() {
     for args in [
         &["ls", "--posix"][..],
         &["ls", "--fast"],
-        &["key", "x", "--posix"],
-        &["key", "x", "--native"],
         &["stat", "x", "--fast"],
         &["rm", "x", "--fast"],
         &["rm", "--stale", "--posix"],

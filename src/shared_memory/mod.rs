@@ -357,7 +357,13 @@ impl Attachment {
     fn new(attached: sys::Attached, access: AccessMode) -> Attachment {
         let fork_epoch = fork::epoch_watched();
         Attachment {
-            locker: Locker::new(attached.mode, attached.lock_state, attached.semaphore, fork_epoch),
+            locker: Locker::new(
+                attached.mode,
+                attached.lock_state,
+                attached.semaphore,
+                attached.lazy,
+                fork_epoch,
+            ),
             mapping: attached.mapping,
             segment: attached.segment,
             access,
@@ -383,7 +389,7 @@ impl Attachment {
             segment.forget();
             Ok(())
         } else {
-            segment.detach().map(drop)
+            segment.detach(lock_state.as_ref().map(|s| s.file_id())).map(drop)
         };
         drop(lock_state);
         result

@@ -58,8 +58,9 @@ pub(crate) trait SegmentBackend: Send + Sync {
     /// Current facts from the OS.
     fn stat(&self) -> io::Result<SegmentStat>;
     /// Detach (the mapping is gone already); if no user is left, destroy the segment,
-    /// its lock state and Qt's semaphore.
-    fn detach(self: Box<Self>) -> Result<Detached, Failure>;
+    /// its lock state and Qt's semaphore. `lock_state_file`: (device, inode) of the lock
+    /// state this process maps, if any, to tell qshm's processes from others in `/proc`.
+    fn detach(self: Box<Self>, lock_state_file: Option<(u64, u64)>) -> Result<Detached, Failure>;
     /// In a `fork()`ed child: let go of this copy; the parent's attachment stays intact.
     fn forget(self: Box<Self>);
 }
@@ -129,11 +130,41 @@ pub(crate) struct AttachRequest {
 pub(crate) struct Attached {
     pub segment: Box<dyn SegmentBackend>,
     pub mapping: Mapping,
-    /// `None` only for a segment another program made, whose lock state we may not add.
+    /// `None` for a segment another program made, whose lock state we may not add, and
+    /// until the first lock of a Qt-compatible POSIX segment (see [`LazyLock`]).
     pub lock_state: Option<LockState>,
-    /// Qt's semaphore (Qt-compatible mode).
+    /// Qt's semaphore (Qt-compatible mode; `None` until the first lock, see [`LazyLock`]).
     pub semaphore: Option<Arc<dyn SemaphoreBackend>>,
     pub mode: LockMode,
+    pub lazy: Option<LazyLock>,
+}
+
+/// What a Qt-compatible lock of a POSIX segment makes on its first use rather than at
+/// create/attach: Qt's semaphore and the lock state (a create and destroy that never
+/// lock make neither). Qt-compatible mode is what a segment without lock state has, so
+/// nothing about the segment's mode depends on it.
+#[derive(Clone, Debug)]
+pub(crate) struct LazyLock {
+    pub id: SegmentId,
+    pub owner: Owner,
+    /// Whether this handle created the segment (recorded in a lock state it makes).
+    pub origin: Origin,
+    pub semaphore: NativeIpcKey,
+}
+
+impl LazyLock {
+    /// The segment's lock state: found, or made if we may (its owner, or root for them);
+    /// `None` when we may not or there is no room (the semaphore alone still excludes).
+    pub(crate) fn lock_state(&self) -> Result<Option<LockState>, Failure> {
+        find_lock_state(self.id, self.owner, None, Some(self.origin)).map(|(state, _)| state)
+    }
+
+    /// Qt's semaphore, opened as `QSystemSemaphore` does (made if missing), but never one
+    /// of a user other than us and the segment's owner.
+    pub(crate) fn semaphore(&self) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
+        let perms = lock_state::lock_permissions(self.owner.perms);
+        posix::open_semaphore_of(&self.semaphore, perms, self.owner.uid)
+    }
 }
 
 /// Create a new segment for `key`; a stale one of ours (no user left alive) is reclaimed.
@@ -226,12 +257,14 @@ pub(crate) struct Owner {
 
 /// Find the lock state of segment `id` and settle the lock mode, as an attacher does:
 /// the segment's recorded mode is adopted; a conflicting explicit request is an error; a
-/// segment without lock state was made by another program (Qt) and is locked the Qt way
-/// (its owner, or root for them, adds a lock state so dead holders can be recovered).
-pub(crate) fn adopt_lock_state(
+/// segment without lock state is locked the Qt way (made by Qt, or by qshm in Qt-compatible
+/// mode). With `make` (the origin to record), a missing lock state is added if we may (its
+/// owner, or root for them), so dead holders can be recovered.
+pub(crate) fn find_lock_state(
     id: SegmentId,
     owner: Owner,
     requested: Option<LockMode>,
+    make: Option<Origin>,
 ) -> Result<(Option<LockState>, LockMode), Failure> {
     for _ in 0..3 {
         match LockState::open(id, owner.uid, owner.creator_uid, owner.perms) {
@@ -252,18 +285,19 @@ pub(crate) fn adopt_lock_state(
                 if requested == Some(LockMode::Fast) {
                     return Err(Failure::because(
                         SharedMemoryError::LockError,
-                        "the segment was made by a program that is not qshm (Qt?), which would not \
-                         see LockMode::Fast's lock; attach with LockMode::QtCompatible",
+                        "the segment's lock mode is LockMode::QtCompatible (it has no qshm lock \
+                         state: made by Qt, or by qshm in that mode), and Qt would not see \
+                         LockMode::Fast's lock; attach without with_lock_mode to adopt it",
                     ));
                 }
                 let me = os::euid();
-                if me != owner.uid && me != 0 {
+                let Some(origin) = make.filter(|_| me == owner.uid || me == 0) else {
                     return Ok((None, LockMode::QtCompatible));
-                }
+                };
                 let new = NewLockState {
                     id,
                     mode: LockMode::QtCompatible,
-                    origin: Origin::Foreign,
+                    origin,
                     perms: lock_state::lock_permissions(owner.perms),
                     owner: (me != owner.uid).then_some((owner.uid, owner.gid)),
                     key_file: None,

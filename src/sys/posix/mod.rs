@@ -38,8 +38,8 @@ mod semaphore;
 
 pub(crate) use probe::{Probe, probe_existing};
 use probe::{mapped_by_others, unused_by_others};
-pub(crate) use semaphore::{Semaphore, remove_semaphore_if_unused};
-use semaphore::{open_owned_semaphore, refuse_foreign_semaphore};
+use semaphore::refuse_foreign_semaphore;
+pub(crate) use semaphore::{Semaphore, open_semaphore_of, remove_semaphore_if_unused};
 
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
@@ -47,8 +47,8 @@ use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use super::os::{self, FileStat, NamedSemaphore};
 use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, Owner, SegmentBackend, SegmentStat,
-    SemaphoreBackend, SemaphoreMode, fork, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, LazyLock, LockMode, Owner, SegmentBackend, SegmentStat,
+    SemaphoreBackend, fork, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
@@ -124,10 +124,10 @@ pub(crate) struct Segment {
     file: NamedFile,
     id: SegmentId,
     mode: LockMode,
+    /// Qt's semaphore if this handle opened it at attach (else opened, if it exists, only
+    /// when destroying).
     semaphore: Option<Arc<dyn SemaphoreBackend>>,
     semaphore_key: NativeIpcKey,
-    /// (device, inode) of the lock state, to tell qshm's processes from others in `/proc`.
-    lock_state_file: Option<(u64, u64)>,
     fork_epoch: u64,
 }
 
@@ -145,7 +145,9 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
         //    attachers waiting until the lock state exists
         let fd = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, perms)
             .map_err(|e| Failure::from(e).with_detail(format!("cannot make a file in {SHM_DIR}")))?;
-        os::fchmod(&fd, perms | QSHM_MADE)?;
+        // a Fast-mode segment carries the mark that says it must have a lock state
+        let mark = if req.mode == LockMode::Fast { QSHM_MADE } else { 0 };
+        os::fchmod(&fd, perms | mark)?;
         os::ftruncate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
         os::fallocate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
         os::flock(&fd, libc::LOCK_EX)?;
@@ -172,59 +174,54 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
             stat: st,
             path: c_path.clone(),
         };
-        // 3. its lock state and Qt's semaphore, while attachers wait for our lock. If we
-        //    die here, the segment is stale (no lock holder, no mapper) and reclaimed.
-        let undo = |file: &NamedFile| {
-            let _ = file.unlink_if_still_named();
-        };
-        let lock_state = match LockState::create(NewLockState {
-            id,
-            mode: req.mode,
-            origin: Origin::Qshm,
-            perms: lock_perms,
-            owner: None,
-            key_file: None,
-        }) {
-            Ok(state) => state,
-            // someone squats on this identity's name: a new file gets a new identity
-            Err(CreateError::Taken) => {
-                undo(&file);
-                continue;
-            }
-            Err(CreateError::Io(e)) => {
-                undo(&file);
-                return Err(lock_state_failure(e));
-            }
-        };
-        let semaphore: Option<Arc<dyn SemaphoreBackend>> = match req.mode {
-            LockMode::QtCompatible => match open_owned_semaphore(&req.semaphore, lock_perms) {
-                Ok(sem) => Some(sem),
-                Err(e) => {
-                    drop(lock_state);
-                    LockState::remove(id);
-                    undo(&file);
-                    return Err(e);
+        // 3. Fast mode: its lock state, while attachers wait for our lock. If we die here,
+        //    the segment is stale (no lock holder, no mapper) and reclaimed. (Qt-compatible
+        //    mode makes its lock state and opens Qt's semaphore at the first lock.)
+        let lock_state = match req.mode {
+            LockMode::Fast => match LockState::create(NewLockState {
+                id,
+                mode: req.mode,
+                origin: Origin::Qshm,
+                perms: lock_perms,
+                owner: None,
+                key_file: None,
+            }) {
+                Ok(state) => Some(state),
+                // someone squats on this identity's name: a new file gets a new identity
+                Err(CreateError::Taken) => {
+                    let _ = file.unlink_if_still_named();
+                    continue;
+                }
+                Err(CreateError::Io(e)) => {
+                    let _ = file.unlink_if_still_named();
+                    return Err(lock_state_failure(e));
                 }
             },
-            LockMode::Fast => None,
+            LockMode::QtCompatible => None,
         };
         // 4. let attachers in (the creator's attachment is a shared lock like theirs)
         os::flock(&file.fd, libc::LOCK_SH)?;
+        let lazy = (req.mode == LockMode::QtCompatible).then(|| LazyLock {
+            id,
+            owner: owner_of(&st),
+            origin: Origin::Qshm,
+            semaphore: req.semaphore.clone(),
+        });
         let segment = Segment {
             file,
             id,
             mode: req.mode,
-            semaphore: semaphore.clone(),
+            semaphore: None,
             semaphore_key: req.semaphore.clone(),
-            lock_state_file: Some(lock_state.file_id()),
             fork_epoch,
         };
         return Ok(Attached {
             segment: Box::new(segment),
             mapping,
-            lock_state: Some(lock_state),
-            semaphore,
+            lock_state,
+            semaphore: None,
             mode: req.mode,
+            lazy,
         });
     }
     Err(Failure::because(
@@ -287,7 +284,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         }
         let len = usize::try_from(st.size).map_err(|_| Failure::new(SharedMemoryError::InvalidSize))?;
         let id = id_of(&c_path, &st);
-        let (lock_state, mode) = super::adopt_lock_state(id, owner_of(&st), req.mode)?;
+        let (lock_state, mode) = super::find_lock_state(id, owner_of(&st), req.mode, None)?;
         if mode == LockMode::Fast {
             // nobody else has the file open at all (the kernel says so cheaply): then
             // nobody else maps it either; else ask /proc who does
@@ -302,30 +299,27 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
             }
         }
         let mapping = Mapping::map_file(&file.fd, len, req.writable)?;
-        let semaphore: Option<Arc<dyn SemaphoreBackend>> = match mode {
-            LockMode::QtCompatible => Some(Arc::new(Semaphore::open(
-                &req.semaphore,
-                1,
-                SemaphoreMode::Open,
-                lock_state::lock_permissions(st.mode & 0o777),
-            )?)),
-            LockMode::Fast => None,
-        };
+        let lazy = (mode == LockMode::QtCompatible).then(|| LazyLock {
+            id,
+            owner: owner_of(&st),
+            origin: Origin::Foreign,
+            semaphore: req.semaphore.clone(),
+        });
         let segment = Segment {
             file: NamedFile { stat: st, ..file },
             id,
             mode,
-            semaphore: semaphore.clone(),
+            semaphore: None,
             semaphore_key: req.semaphore.clone(),
-            lock_state_file: lock_state.as_ref().map(LockState::file_id),
             fork_epoch,
         };
         return Ok(Attached {
             segment: Box::new(segment),
             mapping,
             lock_state,
-            semaphore,
+            semaphore: None,
             mode,
+            lazy,
         });
     }
     Err(Failure::new(SharedMemoryError::NotFound))
@@ -344,14 +338,13 @@ impl SegmentBackend for Segment {
         })
     }
 
-    fn detach(self: Box<Self>) -> Result<Detached, Failure> {
+    fn detach(self: Box<Self>, lock_state_file: Option<(u64, u64)>) -> Result<Detached, Failure> {
         let Segment {
             file,
             id,
             mode,
             semaphore,
             semaphore_key,
-            lock_state_file,
             fork_epoch,
         } = *self;
         if fork::epoch() != fork_epoch {
@@ -373,7 +366,12 @@ impl SegmentBackend for Segment {
         if file.stat.uid != os::euid() && os::euid() != 0 {
             return Ok(Detached::Kept); // not ours to remove; its owner reclaims it
         }
-        // Keep Qt's attach out: Qt holds its semaphore around attach.
+        // Keep Qt's attach out: Qt holds its semaphore around attach (if none exists, no
+        // Qt process is attaching).
+        let semaphore = match (semaphore, mode) {
+            (None, LockMode::QtCompatible) => Semaphore::open_existing(&semaphore_key),
+            (semaphore, _) => semaphore,
+        };
         let held = mode == LockMode::QtCompatible
             && semaphore
                 .as_ref()

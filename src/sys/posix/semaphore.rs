@@ -23,18 +23,25 @@ pub(super) fn refuse_foreign_semaphore(key: &NativeIpcKey) -> Result<(), Failure
     }
 }
 
-/// Qt's semaphore for a segment being created: open or make it, but never one that
-/// belongs to another user (they could set it to 0, or to 5).
-pub(super) fn open_owned_semaphore(
+/// Qt's semaphore of a segment owned by `segment_owner`: open or make it, but never one
+/// that belongs to a user other than us and the segment's owner (they could set it to 0,
+/// a hang, or to 5, no exclusion).
+pub(crate) fn open_semaphore_of(
     key: &NativeIpcKey,
     perms: u32,
+    segment_owner: u32,
 ) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
-    refuse_foreign_semaphore(key)?;
     let sem = Semaphore::open(key, 1, SemaphoreMode::Open, perms)?;
-    match sem.owner() {
-        Some(uid) if uid != os::euid() => Err(not_ours("the lock's semaphore", uid)),
-        _ => Ok(Arc::new(sem)),
+    if !sem.created {
+        // made by someone else: whose is the file we mapped?
+        match sem.owner() {
+            Some(uid) if uid != os::euid() && uid != segment_owner => {
+                return Err(not_ours("the lock's semaphore", uid));
+            }
+            _ => {}
+        }
     }
+    Ok(Arc::new(sem))
 }
 
 /// The file a POSIX semaphore key lives in.
@@ -164,6 +171,19 @@ impl Semaphore {
         .ok()?;
         let st = os::lstat(&path).ok()?;
         (st.dev == dev && st.ino == ino).then_some(st.uid)
+    }
+}
+
+impl Semaphore {
+    /// The semaphore of `key` if it exists (never made): for a destroyer.
+    pub(crate) fn open_existing(key: &NativeIpcKey) -> Option<Arc<dyn SemaphoreBackend>> {
+        let name = os::cstring(key.native()).ok()?;
+        let sem = NamedSemaphore::open(&name, 0, 0, 0).ok()?;
+        Some(Arc::new(Semaphore {
+            sem,
+            name,
+            created: false,
+        }))
     }
 }
 

@@ -204,6 +204,7 @@ fn create_locked(
             lock_state: Some(lock_state),
             semaphore,
             mode: req.mode,
+            lazy: None,
         });
     }
     Err(Failure::new(SharedMemoryError::AlreadyExists))
@@ -261,7 +262,8 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         return Err(Failure::new(SharedMemoryError::NotFound));
     }
     let segment_id = id_of(id, &ds);
-    let (lock_state, mode) = super::adopt_lock_state(segment_id, owner_of(&ds), req.mode)?;
+    let (lock_state, mode) =
+        super::find_lock_state(segment_id, owner_of(&ds), req.mode, Some(Origin::Foreign))?;
     if mode == LockMode::Fast && ds.shm_nattch > 0 {
         super::refuse_fast_next_to_foreign_mapper(Mapped::SystemV { shmid: id }, lock_state.as_ref())?;
     }
@@ -296,6 +298,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         lock_state,
         semaphore,
         mode,
+        lazy: None,
     })
 }
 
@@ -312,7 +315,7 @@ impl SegmentBackend for Segment {
         })
     }
 
-    fn detach(self: Box<Self>) -> Result<Detached, Failure> {
+    fn detach(self: Box<Self>, _lock_state_file: Option<(u64, u64)>) -> Result<Detached, Failure> {
         let Segment {
             id,
             segment_id,
