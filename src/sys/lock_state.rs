@@ -267,10 +267,7 @@ impl LockState {
         state.init(&new)?;
         let path = os::cstring(&new.id.lock_state_path())?;
         match os::link_fd(&fd, &path) {
-            Ok(()) => Ok(LockState {
-                file: os::fstat(&fd)?,
-                ..state
-            }),
+            Ok(()) => Ok(state),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(CreateError::Taken),
             Err(e) => Err(e.into()),
         }

@@ -127,6 +127,7 @@ pub(crate) fn lstat(path: &CStr) -> io::Result<FileStat> {
     statx(libc::AT_FDCWD, path, libc::AT_SYMLINK_NOFOLLOW)
 }
 
+#[cfg(test)]
 pub(crate) fn ftruncate(fd: &OwnedFd, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     // SAFETY: fd is open; ftruncate only changes the file's length.
@@ -244,8 +245,14 @@ pub(crate) fn fs_space(path: &CStr) -> io::Result<(u64, u64)> {
     Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
 }
 
-/// RAM plus swap, in bytes: no segment can be larger than this.
+/// RAM plus swap, in bytes: no segment can be larger than this. Read once per process
+/// (it changes only when swap is added or removed).
 pub(crate) fn memory_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(read_memory_limit)
+}
+
+fn read_memory_limit() -> u64 {
     let mut info = std::mem::MaybeUninit::<libc::sysinfo>::uninit();
     // SAFETY: info points to writable memory of the right size.
     if unsafe { libc::sysinfo(info.as_mut_ptr()) } != 0 {

@@ -148,7 +148,7 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
         // a Fast-mode segment carries the mark that says it must have a lock state
         let mark = if req.mode == LockMode::Fast { QSHM_MADE } else { 0 };
         os::fchmod(&fd, perms | mark)?;
-        os::ftruncate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
+        // reserves the pages and sets the size (no ftruncate needed)
         os::fallocate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
         os::flock(&fd, libc::LOCK_EX)?;
         let st = os::fstat(&fd)?;
