@@ -34,8 +34,8 @@
 //! [`previous_owner_died`]: crate::LockGuard::previous_owner_died
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::key::{IpcType, NativeIpcKey};
@@ -68,7 +68,52 @@ pub(crate) struct Locker {
     /// Without lock state: the thread holding the semaphore through this locker (0: none),
     /// so that a second lock from it is `EDEADLK`, as the mutexes' error checking gives.
     holder: AtomicU64,
+    /// The look for a dead holder of a POSIX semaphore, kept across calls: a caller that
+    /// polls with short timeouts (`lock_timeout(100 ms)` in a loop) waits as long as one
+    /// long call, and must see the holder recovered as well. Only used with `marker` held.
+    watch: Mutex<Option<Watch>>,
     fork_epoch: u64,
+}
+
+/// How long this locker has been waiting for a POSIX semaphore, and what the looks for
+/// a living holder found.
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    /// The wait began.
+    since: Instant,
+    /// The last call that did not get the semaphore ended.
+    left: Instant,
+    last_look: Option<Instant>,
+    /// Looks in a row that found no living process that could hold it.
+    nobody_seen: u32,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        let now = Instant::now();
+        Watch {
+            since: now,
+            left: now,
+            last_look: None,
+            nobody_seen: 0,
+        }
+    }
+
+    /// The watch of the previous call goes on if that call ended just now (the caller
+    /// is polling), else a new one starts.
+    fn resume(previous: Option<Watch>) -> Watch {
+        match previous {
+            Some(w) if w.left.elapsed() < DEAD_HOLDER_LOOK => w,
+            _ => Watch::new(),
+        }
+    }
+
+    /// Time for a look: the wait has lasted [`DEAD_HOLDER_LOOK`], and so has the time
+    /// since the last look.
+    fn look_due(&self) -> bool {
+        self.since.elapsed() >= DEAD_HOLDER_LOOK
+            && self.last_look.is_none_or(|t| t.elapsed() >= DEAD_HOLDER_LOOK)
+    }
 }
 
 /// A number unique to the calling thread, never reused (never 0).
@@ -108,6 +153,7 @@ impl Locker {
             state,
             semaphore,
             holder: AtomicU64::new(0),
+            watch: Mutex::new(None),
             fork_epoch,
         }
     }
@@ -226,9 +272,8 @@ impl Locker {
         state.phase().store(phase::ACQUIRING, Ordering::SeqCst);
         // 2. the semaphore, watching for a holder that cannot be alive any more
         let repair = sem.needs_dead_holder_repair();
-        let started = Instant::now();
-        let mut last_look: Option<Instant> = None;
-        let mut nobody_seen = 0;
+        let mut saved = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watch = Watch::resume(saved.take());
         loop {
             let wait = match (once, repair, deadline) {
                 (true, ..) => Some(Duration::ZERO),
@@ -244,21 +289,16 @@ impl Locker {
                     return Err(e);
                 }
             }
-            if repair
-                && !once
-                && started.elapsed() >= DEAD_HOLDER_LOOK
-                && last_look.is_none_or(|t| t.elapsed() >= DEAD_HOLDER_LOOK)
-            {
-                last_look = Some(Instant::now());
-                if no_living_holder_possible(state, sem) {
-                    nobody_seen += 1;
-                } else {
-                    nobody_seen = 0;
-                }
-                if nobody_seen >= 2 {
+            if repair && !once && watch.look_due() {
+                watch.last_look = Some(Instant::now());
+                let nobody = sem
+                    .file_id()
+                    .is_some_and(|file| no_living_holder_possible(file, Some(state.file_id())));
+                watch.nobody_seen = if nobody { watch.nobody_seen + 1 } else { 0 };
+                if watch.nobody_seen >= 2 {
                     // Nobody alive can hold it: its holder died. Post on its behalf
                     // (unless it came back meanwhile) and take it in the next round.
-                    nobody_seen = 0;
+                    watch.nobody_seen = 0;
                     if !sem.acquire(Some(Duration::ZERO))? {
                         sem.post_for_dead_holder()?;
                     } else {
@@ -270,10 +310,14 @@ impl Locker {
                 }
             }
             if once || expired(deadline) {
+                watch.left = Instant::now();
+                *saved = Some(watch);
+                drop(saved);
                 self.leave_marker(state);
                 return Ok(None);
             }
         }
+        drop(saved);
         state.phase().store(phase::HELD, Ordering::SeqCst);
         let pending = state.owner_died_pending().swap(0, Ordering::AcqRel) != 0;
         Ok(Some(died || pending))
@@ -352,19 +396,22 @@ impl Locker {
     }
 }
 
-/// True when no living process could hold the POSIX semaphore: every process that maps
-/// it also maps our lock state (qshm's, which cannot hold it while we hold `marker`), and
-/// no process we may not inspect could open it.
-fn no_living_holder_possible(state: &LockState, sem: &dyn SemaphoreBackend) -> bool {
-    let Some((dev, ino)) = sem.file_id() else {
-        return false;
-    };
-    let (ldev, lino) = state.file_id();
+/// True when no living process other than this one could hold the POSIX semaphore whose
+/// file is `sem` (device, inode): every process that maps it also maps the lock state
+/// `lock_state` (qshm processes of the segment, which hold the semaphore only while they
+/// hold `marker`: so none holds it while the caller holds `marker`, and the caller must
+/// otherwise check `marker` itself), and no process we may not inspect could open it.
+/// Without a lock state, any process mapping the semaphore could hold it.
+///
+/// This is the rule waiters use in [`Locker`] and tools use to report a dead holder.
+pub(crate) fn no_living_holder_possible(sem: (u64, u64), lock_state: Option<(u64, u64)>) -> bool {
+    let (dev, ino) = sem;
+    let (ldev, lino) = lock_state.unwrap_or((u64::MAX, u64::MAX));
     let census = procfs::census(&[Mapped::File { dev, ino }, Mapped::File { dev: ldev, ino: lino }]);
     if census
         .mapping
         .iter()
-        .any(|&(_, bits)| bits & 0b01 != 0 && bits & 0b10 == 0)
+        .any(|&(_, bits)| bits & 0b01 != 0 && (bits & 0b10 == 0 || lock_state.is_none()))
     {
         return false;
     }
@@ -394,5 +441,33 @@ pub(crate) fn semaphore_key(key: &NativeIpcKey) -> NativeIpcKey {
             crate::key::legacy_platform_safe_key(legacy, IpcType::SystemSemaphore, key.kind())
         }
         _ => key.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_polling_caller_keeps_its_watch() {
+        let long_ago = |secs| Instant::now().checked_sub(Duration::from_secs(secs)).unwrap();
+        let mut polling = Watch::new();
+        polling.since = long_ago(5);
+        polling.nobody_seen = 1;
+        let resumed = Watch::resume(Some(polling));
+        assert_eq!(resumed.since, polling.since, "the previous call ended just now");
+        assert_eq!(resumed.nobody_seen, 1);
+        assert!(resumed.look_due(), "waiting for 5 s, never looked");
+
+        let mut old = polling;
+        old.left = long_ago(3);
+        let fresh = Watch::resume(Some(old));
+        assert!(fresh.since > old.since, "a call long ago starts a new watch");
+        assert_eq!(fresh.nobody_seen, 0);
+        assert!(!fresh.look_due(), "not before a second of waiting");
+
+        let mut looked = polling;
+        looked.last_look = Some(Instant::now());
+        assert!(!looked.look_due(), "looks are a second apart");
     }
 }

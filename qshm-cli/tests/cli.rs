@@ -1116,3 +1116,88 @@ fn signals_end_a_wait_inside_the_library() {
     }
     interrupt(&mut holder);
 }
+
+// ------------------------------------------------------------ dead holders of a POSIX lock
+
+/// Set for [`semaphore_holder_child`]: the native key string of the semaphore to take.
+const HOLDER_ENV: &str = "QSHM_CLI_TEST_TAKE_SEMAPHORE";
+
+/// The child role of [`dead_holder`]: when started by it, take the semaphore Qt's lock
+/// takes, the way a Qt program holding `QSharedMemory::lock()` does, say so and wait to be
+/// killed. Run as a normal test, it does nothing.
+#[test]
+fn semaphore_holder_child() {
+    let Ok(key) = std::env::var(HOLDER_ENV) else {
+        return;
+    };
+    let key: NativeIpcKey = key.parse().expect("a native key string");
+    let sem =
+        SystemSemaphore::with_native_key(key, 1, qshm::SemaphoreMode::Open).expect("open the semaphore");
+    sem.acquire().expect("take the semaphore");
+    // on a line of its own: libtest has printed "test semaphore_holder_child ... "
+    println!("\ntook the semaphore");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// A process that takes `shm`'s lock semaphore and is killed with SIGKILL holding it (a
+/// killed Qt holder: the kernel does not give a POSIX semaphore's unit back).
+fn dead_holder(shm: &SharedMemory) {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = Peer::spawn_command(
+        Command::new(exe)
+            .args([
+                "--exact",
+                "semaphore_holder_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HOLDER_ENV, shm.semaphore_key().to_string()),
+    );
+    child.expect("took the semaphore", T);
+    child.kill9();
+    assert!(
+        shm.try_lock().unwrap().is_none(),
+        "the dead holder's unit is missing"
+    );
+}
+
+/// Wait for `child` to exit within `limit`; kill it if it does not.
+fn wait_output(child: std::process::Child, limit: Duration) -> Option<Output> {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.ok(),
+        Err(_) => {
+            // SAFETY: kill only sends a signal to our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            None
+        }
+    }
+}
+
+#[test]
+fn lock_takes_over_from_a_dead_holder_and_says_so() {
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("clideadlock");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite).unwrap();
+    dead_holder(&shm);
+    let locker = Command::new(BIN)
+        .args(["lock", &key, "--hold", "0", "--posix"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(locker, T).expect("`qshm lock` gets a dead holder's lock");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("locked {key} (its previous holder had died)\nunlocked\n")
+    );
+    assert!(shm.try_lock().unwrap().is_some(), "free again");
+}
