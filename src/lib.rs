@@ -23,9 +23,14 @@
 //! shm.detach()?;                          // last user: the segment is destroyed
 //! # Ok::<(), qshm::Error>(())
 //! ```
+//!
+//! Tools that list and clean up every segment on the machine (`qshm ls`, `qshm rm
+//! --stale`) use the module `admin` (feature `admin`, on by default).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod error;
 mod guard;
 pub mod inspect;

@@ -44,13 +44,16 @@ use crate::sys::procfs::{self, Mapped};
 use crate::sys::robust_mutex::{self, Locked};
 use crate::sys::{LockMode, SemaphoreBackend, fork};
 
+mod watch;
+use watch::Watch;
+
 /// How long a waiter sleeps before looking again: for a dead POSIX-semaphore holder, or
 /// for a robust-mutex wake-up lost with a waiter that was killed.
 const REPAIR_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long a POSIX semaphore must stay taken before a waiter looks for its holder, and
 /// how far apart the two looks are.
-const DEAD_HOLDER_LOOK: Duration = Duration::from_millis(1000);
+pub(crate) const DEAD_HOLDER_LOOK: Duration = Duration::from_millis(1000);
 
 /// The error for a handle copied into a `fork()`ed child.
 pub(crate) fn forked_error() -> io::Error {
@@ -73,47 +76,6 @@ pub(crate) struct Locker {
     /// long call, and must see the holder recovered as well. Only used with `marker` held.
     watch: Mutex<Option<Watch>>,
     fork_epoch: u64,
-}
-
-/// How long this locker has been waiting for a POSIX semaphore, and what the looks for
-/// a living holder found.
-#[derive(Clone, Copy, Debug)]
-struct Watch {
-    /// The wait began.
-    since: Instant,
-    /// The last call that did not get the semaphore ended.
-    left: Instant,
-    last_look: Option<Instant>,
-    /// Looks in a row that found no living process that could hold it.
-    nobody_seen: u32,
-}
-
-impl Watch {
-    fn new() -> Watch {
-        let now = Instant::now();
-        Watch {
-            since: now,
-            left: now,
-            last_look: None,
-            nobody_seen: 0,
-        }
-    }
-
-    /// The watch of the previous call goes on if that call ended just now (the caller
-    /// is polling), else a new one starts.
-    fn resume(previous: Option<Watch>) -> Watch {
-        match previous {
-            Some(w) if w.left.elapsed() < DEAD_HOLDER_LOOK => w,
-            _ => Watch::new(),
-        }
-    }
-
-    /// Time for a look: the wait has lasted [`DEAD_HOLDER_LOOK`], and so has the time
-    /// since the last look.
-    fn look_due(&self) -> bool {
-        self.since.elapsed() >= DEAD_HOLDER_LOOK
-            && self.last_look.is_none_or(|t| t.elapsed() >= DEAD_HOLDER_LOOK)
-    }
 }
 
 /// A number unique to the calling thread, never reused (never 0).
@@ -441,33 +403,5 @@ pub(crate) fn semaphore_key(key: &NativeIpcKey) -> NativeIpcKey {
             crate::key::legacy_platform_safe_key(legacy, IpcType::SystemSemaphore, key.kind())
         }
         _ => key.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_polling_caller_keeps_its_watch() {
-        let long_ago = |secs| Instant::now().checked_sub(Duration::from_secs(secs)).unwrap();
-        let mut polling = Watch::new();
-        polling.since = long_ago(5);
-        polling.nobody_seen = 1;
-        let resumed = Watch::resume(Some(polling));
-        assert_eq!(resumed.since, polling.since, "the previous call ended just now");
-        assert_eq!(resumed.nobody_seen, 1);
-        assert!(resumed.look_due(), "waiting for 5 s, never looked");
-
-        let mut old = polling;
-        old.left = long_ago(3);
-        let fresh = Watch::resume(Some(old));
-        assert!(fresh.since > old.since, "a call long ago starts a new watch");
-        assert_eq!(fresh.nobody_seen, 0);
-        assert!(!fresh.look_due(), "not before a second of waiting");
-
-        let mut looked = polling;
-        looked.last_look = Some(Instant::now());
-        assert!(!looked.look_due(), "looks are a second apart");
     }
 }

@@ -36,10 +36,13 @@ use std::time::{Duration, Instant};
 mod probe;
 mod semaphore;
 
+use probe::mapped_by_others;
+pub(crate) use probe::unused_by_others;
 pub(crate) use probe::{Probe, probe_existing};
-use probe::{mapped_by_others, unused_by_others};
 pub(crate) use semaphore::{Semaphore, remove_semaphore_if_unused};
 use semaphore::{open_owned_semaphore, refuse_foreign_semaphore};
+#[cfg(feature = "admin")]
+pub(crate) use semaphore::{peek_value, semaphore_file};
 
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
@@ -106,7 +109,7 @@ pub(super) fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
 /// The mark qshm's creator puts on a segment file: the sticky bit, which means nothing
 /// on a regular file to Linux, Qt or anyone else. A segment file with the mark but no
 /// lock state is one whose qshm creator died between publishing and finishing it.
-const QSHM_MADE: u32 = libc::S_ISVTX;
+pub(crate) const QSHM_MADE: u32 = libc::S_ISVTX;
 
 fn owner_of(st: &FileStat) -> Owner {
     Owner {

@@ -40,7 +40,7 @@ use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, Segm
 use super::mapping::Mapping;
 use super::named_file::NamedFile;
 use super::os;
-use super::procfs::Mapped;
+use super::procfs::{self, Mapped};
 use super::{
     AttachRequest, Attached, CreateRequest, Detached, LockMode, Owner, SegmentBackend, SegmentStat,
     SemaphoreBackend, SemaphoreMode, fork, not_ours, owner_label,
@@ -63,8 +63,7 @@ fn id_of(shmid: libc::c_int, ds: &libc::shmid_ds) -> SegmentId {
 /// state, its qshm creator died between `shmget` and making the lock state (or a Qt
 /// program's users all died): stale, not a segment to attach to.
 fn owner_of(ds: &libc::shmid_ds) -> Owner {
-    let creator_gone =
-        ds.shm_nattch == 0 && !std::path::Path::new(&format!("/proc/{}", ds.shm_cpid)).exists();
+    let creator_gone = ds.shm_nattch == 0 && !procfs::alive(ds.shm_cpid);
     Owner {
         uid: ds.shm_perm.uid,
         gid: ds.shm_perm.gid,
@@ -115,17 +114,27 @@ pub(crate) fn sweep_orphaned_lock_states() {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let Some(id @ SegmentId::SystemV { shmid, cpid, .. }) = SegmentId::from_lock_state_name(&name) else {
+        let Some(id @ SegmentId::SystemV { .. }) = SegmentId::from_lock_state_name(&name) else {
             continue;
         };
-        let gone = match os::shm_stat(shmid) {
-            Ok(ds) => ds.shm_cpid != cpid,
-            Err(e) => matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)),
-        };
         use std::os::unix::fs::MetadataExt;
-        if gone && entry.metadata().is_ok_and(|m| m.uid() == me) {
+        if lock_state_orphaned(id) && entry.metadata().is_ok_and(|m| m.uid() == me) {
             LockState::remove(id);
         }
+    }
+}
+
+/// Whether the System V segment a lock state was made for is gone: its id names no
+/// segment, or one of another creator (the lock state is made while its segment exists
+/// and removed before it, so such a lock state is an orphan, never work in progress).
+/// A segment we may not look at counts as there.
+pub(crate) fn lock_state_orphaned(id: SegmentId) -> bool {
+    let SegmentId::SystemV { shmid, cpid, .. } = id else {
+        return false;
+    };
+    match os::shm_stat(shmid) {
+        Ok(ds) => ds.shm_cpid != cpid,
+        Err(e) => matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)),
     }
 }
 
@@ -267,11 +276,10 @@ fn reclaim_if_stale(shm_key: libc::key_t) -> Result<(), Failure> {
 /// The owner of the segment with numeric key `key`, from `/proc/sysvipc/shm` (readable
 /// by everyone, unlike `IPC_STAT` of a segment we may not read).
 fn table_owner(key: libc::key_t) -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.first()?.parse::<i32>().ok()? == key).then(|| f.get(7)?.parse().ok())?
-    })
+    procfs::shm_table()
+        .into_iter()
+        .find(|row| row.key == key)
+        .map(|row| row.uid)
 }
 
 /// Qt's semaphore for a segment being created (see `posix::open_owned_semaphore`).
@@ -505,6 +513,7 @@ pub(crate) fn numeric_key(key: &NativeIpcKey) -> Option<libc::key_t> {
 /// Remove System V segment `id` if nobody is attached (its users all died), with its lock
 /// state, its key file `key_file` when known and Qt's semaphore `semaphore` when given.
 /// Returns whether it was removed.
+#[cfg(feature = "admin")]
 pub(crate) fn remove_if_stale(
     id: libc::c_int,
     key_file: Option<&str>,
