@@ -538,6 +538,12 @@ fn rm_stale_removes_orphans_and_never_a_live_segment() {
         // orphans younger than 2 s may be a creator's work in progress
         std::thread::sleep(Duration::from_millis(2200));
         let orphans = orphan_paths(&ls_json());
+        // Any System V create sweeps our orphaned System V lock states: another test's
+        // (they run in parallel) may have been quicker than `qshm rm --stale`.
+        let swept = |(what, path): &(String, String)| {
+            kind == KeyType::SystemV && what == "lock state" && !std::path::Path::new(path).exists()
+        };
+        expected.retain(|item| !swept(item));
         for item in &expected {
             assert!(orphans.contains(item), "{item:?} not in {orphans:?}");
         }
@@ -549,7 +555,8 @@ fn rm_stale_removes_orphans_and_never_a_live_segment() {
             assert!(
                 removed
                     .lines()
-                    .any(|l| l.starts_with(&format!("removed {what} {path}"))),
+                    .any(|l| l.starts_with(&format!("removed {what} {path}")))
+                    || swept(&(what.clone(), path.clone())),
                 "{what} {path} not in {removed}"
             );
         }
