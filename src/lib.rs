@@ -33,7 +33,6 @@
 pub mod admin;
 mod error;
 mod guard;
-pub mod inspect;
 mod key;
 mod lock;
 mod semaphore;

@@ -1206,5 +1206,57 @@ fn lock_takes_over_from_a_dead_holder_and_says_so() {
         stdout(&out),
         format!("locked {key} (its previous holder had died)\nunlocked\n")
     );
+    let err = stderr(&out);
+    assert!(!err.contains("another process holds it"), "{err}");
     assert!(shm.try_lock().unwrap().is_some(), "free again");
+}
+
+#[test]
+fn ls_shows_and_rm_stale_frees_a_dead_holders_lock() {
+    let _turn = stale_turn();
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("clideadls");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite).unwrap();
+    let native = shm.native_key().to_owned();
+    let mine = find_segment(&ls_json(), kind, &native).expect("listed");
+    assert_eq!(
+        (mine["lock"].as_str(), mine["made_by"].as_str()),
+        (Some("free"), Some("qshm"))
+    );
+    dead_holder(&shm);
+
+    let mine = find_segment(&ls_json(), kind, &native).expect("listed");
+    assert_eq!(mine["lock"], "dead-holder", "{mine}");
+    assert_eq!(mine["state"], "live", "this test is attached");
+    let table = stdout(&qshm(&["ls"]));
+    let row = table.lines().find(|l| l.ends_with(&native)).expect("a table row");
+    assert!(row.contains(" live    DEAD-HOLDER "), "{row}");
+    assert!(table.contains("1 lock held by a dead process"), "{table}");
+    let out = qshm(&["stat", &key, "--posix"]);
+    assert!(
+        stdout(&out).contains("lock:         held by a process that died"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = qshm(&["rm", "--stale"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l == format!("freed the lock of {native}: its holder had died")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!("removed stale segment /dev/shm{native}")),
+        "live: {text}"
+    );
+    let guard = shm.try_lock().unwrap().expect("free at once");
+    assert!(guard.previous_owner_died(), "the next holder is told");
+    drop(guard);
+    let mine = find_segment(&ls_json(), kind, &native).expect("still there");
+    assert_eq!(mine["lock"], "free");
 }
