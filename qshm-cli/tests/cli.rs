@@ -1260,3 +1260,106 @@ fn ls_shows_and_rm_stale_frees_a_dead_holders_lock() {
     let mine = find_segment(&ls_json(), kind, &native).expect("still there");
     assert_eq!(mine["lock"], "free");
 }
+
+/// A file in /dev/shm made for a test, removed when the test ends.
+struct ShmFileGuard(std::path::PathBuf);
+
+impl Drop for ShmFileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What glibc's `sem_open` leaves when killed between creating its temporary file
+/// (`sem.` and 6 random letters and digits) and linking it: a 32-byte file. The name is
+/// new (`create_new`), so no real file is ever touched.
+fn glibc_temporary() -> (ShmFileGuard, std::fs::File) {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 32;
+    loop {
+        let name: String = (0..6)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ALPHABET[(seed >> 33) as usize % ALPHABET.len()] as char
+            })
+            .collect();
+        let path = std::path::PathBuf::from(format!("/dev/shm/sem.{name}"));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => {
+                let guard = ShmFileGuard(path);
+                file.set_len(32).unwrap();
+                return (guard, file);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    }
+}
+
+#[test]
+fn rm_stale_removes_unfinished_semaphore_files_nobody_uses() {
+    let _turn = stale_turn();
+    let (left, file) = glibc_temporary();
+    drop(file);
+    let path = left.0.to_str().unwrap().to_owned();
+    // one a process still has mapped is in use (glibc maps it before linking it)
+    let (busy, busy_file) = glibc_temporary();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of 32 bytes of our own file, unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            32,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            busy_file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let busy_path = busy.0.to_str().unwrap().to_owned();
+    let is_listed = |paths: &[(String, String)], p: &str| paths.iter().any(|(_, q)| q == p);
+
+    let orphans = orphan_paths(&ls_json());
+    assert!(!is_listed(&orphans, &path), "younger than 2 s: maybe being made");
+    std::thread::sleep(Duration::from_millis(2200));
+    let orphans = orphan_paths(&ls_json());
+    assert!(
+        orphans.contains(&("semaphore".to_owned(), path.clone())),
+        "{orphans:?}"
+    );
+    assert!(!is_listed(&orphans, &busy_path), "mapped: in use");
+    let table = stdout(&qshm(&["ls"]));
+    assert!(
+        table.contains(&format!(
+            "semaphore {path} (glibc's temporary file of an unfinished sem_open)"
+        )),
+        "{table}"
+    );
+
+    let out = qshm(&["rm", "--stale"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("removed semaphore {path} "))),
+        "{text}"
+    );
+    assert!(!std::path::Path::new(&path).exists());
+    assert!(
+        std::path::Path::new(&busy_path).exists(),
+        "never one in use: {text}"
+    );
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(map, 32) };
+}
