@@ -23,6 +23,9 @@
 //! shm.detach()?;                          // last user: the segment is destroyed
 //! # Ok::<(), qshm::Error>(())
 //! ```
+//!
+//! Tools that list and clean up every segment on the machine (`qshm ls`, `qshm rm
+//! --stale`) use the module `admin` (feature `admin`, on by default).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -31,9 +34,10 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod error;
 mod guard;
-pub mod inspect;
 mod key;
 mod lock;
 mod semaphore;

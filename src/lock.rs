@@ -35,7 +35,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::Failure;
@@ -45,13 +45,16 @@ use crate::sys::procfs::{self, Mapped};
 use crate::sys::robust_mutex::{self, Locked};
 use crate::sys::{LazyLock, LockMode, SemaphoreBackend, fork};
 
+mod watch;
+use watch::Watch;
+
 /// How long a waiter sleeps before looking again: for a dead POSIX-semaphore holder, or
 /// for a robust-mutex wake-up lost with a waiter that was killed.
 const REPAIR_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long a POSIX semaphore must stay taken before a waiter looks for its holder, and
 /// how far apart the two looks are.
-const DEAD_HOLDER_LOOK: Duration = Duration::from_millis(1000);
+pub(crate) const DEAD_HOLDER_LOOK: Duration = Duration::from_millis(1000);
 
 /// A failure to find or make the lock's parts, as the `io::Error` the lock reports.
 fn failure_io(failure: Failure) -> io::Error {
@@ -81,6 +84,10 @@ pub(crate) struct Locker {
     /// Without lock state: the thread holding the semaphore through this locker (0: none),
     /// so that a second lock from it is `EDEADLK`, as the mutexes' error checking gives.
     holder: AtomicU64,
+    /// The look for a dead holder of a POSIX semaphore, kept across calls: a caller that
+    /// polls with short timeouts (`lock_timeout(100 ms)` in a loop) waits as long as one
+    /// long call, and must see the holder recovered as well. Only used with `marker` held.
+    watch: Mutex<Option<Watch>>,
     fork_epoch: u64,
 }
 
@@ -131,6 +138,7 @@ impl Locker {
             semaphore: semaphore_cell,
             lazy,
             holder: AtomicU64::new(0),
+            watch: Mutex::new(None),
             fork_epoch,
         }
     }
@@ -259,7 +267,6 @@ impl Locker {
     ) -> io::Result<Option<bool>> {
         // 1. marker: the right to deal with the semaphore on qshm's side (uncontended: one
         //    try, no clock)
-        let mut died = false;
         // SAFETY: the mutex lives in the lock-state mapping owned by self.
         let mut got = unsafe { robust_mutex::try_lock(state.marker()) }?;
         while got == Locked::Busy {
@@ -269,24 +276,39 @@ impl Locker {
             // SAFETY: as above.
             got = unsafe { robust_mutex::lock(state.marker(), slice(deadline, REPAIR_INTERVAL)) }?;
         }
-        if got == Locked::OwnerDied {
+        let result = self.acquire_semaphore(state, sem, got == Locked::OwnerDied, deadline, once);
+        if result.is_err() {
+            // every failure leaves marker, or this thread's next lock fails with EDEADLK
+            self.leave_marker(state);
+        }
+        result
+    }
+
+    /// Step 2 of [`acquire_qt`](Self::acquire_qt), holding `marker`: the semaphore. On
+    /// `Ok(None)` it has left `marker`; on an error the caller leaves it.
+    fn acquire_semaphore(
+        &self,
+        state: &LockState,
+        sem: &dyn SemaphoreBackend,
+        marker_owner_died: bool,
+        deadline: Option<Instant>,
+        once: bool,
+    ) -> io::Result<Option<bool>> {
+        let mut died = false;
+        if marker_owner_died {
             died = self.repair_after_dead_marker_owner(state, sem)?;
         }
         // The phase is what a successor reads after this process died holding `marker`
         // (it gets `marker` through the robust futex, which orders these stores before).
         state.phase().store(phase::ACQUIRING, Ordering::Release);
         // uncontended: the semaphore at the first try
-        if sem
-            .acquire(Some(Duration::ZERO))
-            .inspect_err(|_| self.leave_marker(state))?
-        {
+        if sem.acquire(Some(Duration::ZERO))? {
             return Ok(Some(self.held(state, died)));
         }
         // 2. the semaphore, watching for a holder that cannot be alive any more
         let repair = sem.needs_dead_holder_repair();
-        let started = Instant::now();
-        let mut last_look: Option<Instant> = None;
-        let mut nobody_seen = 0;
+        let mut saved = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watch = Watch::resume(saved.take());
         loop {
             let wait = match (once, repair, deadline) {
                 (true, ..) => Some(Duration::ZERO),
@@ -294,29 +316,19 @@ impl Locker {
                 (false, false, None) => None,
                 (false, false, Some(_)) => Some(slice(deadline, Duration::MAX)),
             };
-            match sem.acquire(wait) {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => {
-                    self.leave_marker(state);
-                    return Err(e);
-                }
+            if sem.acquire(wait)? {
+                break;
             }
-            if repair
-                && !once
-                && started.elapsed() >= DEAD_HOLDER_LOOK
-                && last_look.is_none_or(|t| t.elapsed() >= DEAD_HOLDER_LOOK)
-            {
-                last_look = Some(Instant::now());
-                if no_living_holder_possible(state, sem) {
-                    nobody_seen += 1;
-                } else {
-                    nobody_seen = 0;
-                }
-                if nobody_seen >= 2 {
+            if repair && !once && watch.look_due() {
+                watch.last_look = Some(Instant::now());
+                let nobody = sem
+                    .file_id()
+                    .is_some_and(|file| no_living_holder_possible(file, Some(state.file_id())));
+                watch.nobody_seen = if nobody { watch.nobody_seen + 1 } else { 0 };
+                if watch.nobody_seen >= 2 {
                     // Nobody alive can hold it: its holder died. Post on its behalf
                     // (unless it came back meanwhile) and take it in the next round.
-                    nobody_seen = 0;
+                    watch.nobody_seen = 0;
                     if !sem.acquire(Some(Duration::ZERO))? {
                         sem.post_for_dead_holder()?;
                     } else {
@@ -328,10 +340,14 @@ impl Locker {
                 }
             }
             if once || expired(deadline) {
+                watch.left = Instant::now();
+                *saved = Some(watch);
+                drop(saved);
                 self.leave_marker(state);
                 return Ok(None);
             }
         }
+        drop(saved);
         Ok(Some(self.held(state, died)))
     }
 
@@ -417,19 +433,22 @@ impl Locker {
     }
 }
 
-/// True when no living process could hold the POSIX semaphore: every process that maps
-/// it also maps our lock state (qshm's, which cannot hold it while we hold `marker`), and
-/// no process we may not inspect could open it.
-fn no_living_holder_possible(state: &LockState, sem: &dyn SemaphoreBackend) -> bool {
-    let Some((dev, ino)) = sem.file_id() else {
-        return false;
-    };
-    let (ldev, lino) = state.file_id();
+/// True when no living process other than this one could hold the POSIX semaphore whose
+/// file is `sem` (device, inode): every process that maps it also maps the lock state
+/// `lock_state` (qshm processes of the segment, which hold the semaphore only while they
+/// hold `marker`: so none holds it while the caller holds `marker`, and the caller must
+/// otherwise check `marker` itself), and no process we may not inspect could open it.
+/// Without a lock state, any process mapping the semaphore could hold it.
+///
+/// This is the rule waiters use in [`Locker`] and tools use to report a dead holder.
+pub(crate) fn no_living_holder_possible(sem: (u64, u64), lock_state: Option<(u64, u64)>) -> bool {
+    let (dev, ino) = sem;
+    let (ldev, lino) = lock_state.unwrap_or((u64::MAX, u64::MAX));
     let census = procfs::census(&[Mapped::File { dev, ino }, Mapped::File { dev: ldev, ino: lino }]);
     if census
         .mapping
         .iter()
-        .any(|&(_, bits)| bits & 0b01 != 0 && bits & 0b10 == 0)
+        .any(|&(_, bits)| bits & 0b01 != 0 && (bits & 0b10 == 0 || lock_state.is_none()))
     {
         return false;
     }

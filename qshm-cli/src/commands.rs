@@ -4,12 +4,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use qshm::{
-    AccessMode, KeyType, LockMode, SemaphoreMode, SharedMemory, SharedMemoryError, SystemSemaphore, inspect,
-};
+use qshm::admin::{self, LockStatus};
+use qshm::{AccessMode, KeyType, LockMode, SharedMemory, SharedMemoryError, SystemSemaphore};
 
 use crate::interrupt::{self, Interrupt};
-use crate::{CliResult, Failure, Target, print_all, progress, say, type_name};
+use crate::{CliResult, Failure, Target, list, print_all, progress, say, type_name};
 
 /// The options of `qshm create`.
 pub struct CreateArgs {
@@ -45,7 +44,12 @@ pub fn create(target: &Target, args: CreateArgs) -> CliResult {
             _ => Failure::from(e),
         })?;
     if args.fill.is_some() || !data.is_empty() {
-        let mut bytes = interrupt.lock(&target.shown, |t| shm.lock_timeout(t), Failure::from)?;
+        let mut bytes = interrupt.lock(
+            &target.shown,
+            &target.native,
+            |t| shm.lock_timeout(t),
+            Failure::from,
+        )?;
         if let Some(byte) = args.fill {
             bytes.fill(byte);
         }
@@ -115,6 +119,7 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
     let span = write_range(offset, data.len(), shm.size())?;
     let mut bytes = interrupt.lock(
         &target.shown,
+        &target.native,
         |t| shm.lock_timeout(t),
         |e| target.lock_failure(&shm, e),
     )?;
@@ -130,6 +135,7 @@ pub fn cat(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> Cli
     let copy = {
         let bytes = interrupt.lock(
             &target.shown,
+            &target.native,
             |t| shm.lock_read_timeout(t),
             |e| target.lock_failure(&shm, e),
         )?;
@@ -189,8 +195,8 @@ fn hex_dump(data: &[u8], offset: usize) -> String {
     text
 }
 
-/// What `stat` says about the lock.
-fn lock_state(shm: &SharedMemory, info: &qshm::SegmentInfo) -> String {
+/// What `stat` says about the lock, as `qshm::admin` sees it (without taking it).
+fn lock_state(shm: &SharedMemory, info: &qshm::SegmentInfo, lock: Option<LockStatus>) -> String {
     let state = match &info.lock_state_file {
         Some(path) => format!("lock state {}", path.display()),
         None => "no lock state: made by a program that is not qshm".to_owned(),
@@ -200,23 +206,20 @@ fn lock_state(shm: &SharedMemory, info: &qshm::SegmentInfo) -> String {
     } else {
         "; made by a program that is not qshm (Qt?)"
     };
-    match info.lock_mode {
-        LockMode::Fast => match shm.try_lock_read() {
-            Ok(Some(_)) => format!("free (Fast mode, {state})"),
-            Ok(None) => format!("held (Fast mode, {state})"),
-            Err(e) => format!("unknown ({e})"),
-        },
-        LockMode::QtCompatible => {
-            // the semaphore Qt's lock() takes
-            let key = shm.semaphore_key();
-            let value =
-                SystemSemaphore::with_native_key(key.clone(), 1, SemaphoreMode::Open).and_then(|s| s.value());
-            match value {
-                Ok(v) if v > 0 => format!("free (Qt-compatible mode, semaphore {key}, {state}{made})"),
-                Ok(_) => format!("held (Qt-compatible mode, semaphore {key}, {state}{made})"),
-                Err(e) => format!("unknown ({e})"),
-            }
-        }
+    let how = match info.lock_mode {
+        LockMode::Fast => format!("Fast mode, {state}"),
+        LockMode::QtCompatible => format!(
+            "Qt-compatible mode, semaphore {}, {state}{made}",
+            shm.semaphore_key()
+        ),
+    };
+    match lock {
+        Some(LockStatus::Free) => format!("free ({how})"),
+        Some(LockStatus::Held) => format!("held ({how})"),
+        Some(LockStatus::HolderDied) => format!(
+            "held by a process that died ({how}); the next lock takes it over, `qshm rm --stale` frees it now"
+        ),
+        _ => format!("unknown ({how})"),
     }
 }
 
@@ -229,15 +232,17 @@ pub fn stat(target: &Target) -> CliResult {
     })?;
     let info = probe.info()?;
     let kind = probe.native_ipc_key().kind();
-    let attachments = match info.attachments {
-        Some(n) => format!("{n} (this stat included)"),
-        None => {
-            let path = info.os_id.split(" (").next().unwrap_or("");
-            let (holders, mappers) = inspect::posix_users(path);
-            format!("{mappers} processes map it, {holders} qshm attachments (this stat included)")
-        }
+    let seen = admin::segment(probe.native_ipc_key()).ok().flatten();
+    let attachments = match (info.attachments, &seen) {
+        (Some(n), _) => format!("{n} (this stat included)"),
+        (None, Some(seen)) => format!(
+            "{} processes map it, {} qshm attachments (this stat included)",
+            seen.attachments,
+            seen.qshm_attachments.unwrap_or(0)
+        ),
+        (None, None) => "unknown".to_owned(),
     };
-    let lock = lock_state(&probe, &info);
+    let lock = lock_state(&probe, &info, seen.as_ref().map(|s| s.lock));
     let age = now_secs().saturating_sub(info.created_unix.max(0) as u64);
     let mut text = String::new();
     let _ = writeln!(text, "key:          {}", probe.key().unwrap_or("(native key)"));
@@ -250,7 +255,7 @@ pub fn stat(target: &Target) -> CliResult {
     let _ = writeln!(
         text,
         "owner:        {} (uid {})",
-        inspect::owner_name(info.owner_uid),
+        list::user_name(info.owner_uid),
         info.owner_uid
     );
     let _ = writeln!(text, "created:      {age} s ago");
@@ -268,13 +273,9 @@ fn now_secs() -> u64 {
 
 pub fn rm(target: &Target) -> CliResult {
     // who is still attached (they keep their mapping until they detach)
-    let users = inspect::scan()
+    let users = admin::segment(&target.native)
         .ok()
-        .and_then(|scan| {
-            scan.segments.into_iter().find(|s| {
-                s.kind == target.native.kind() && s.native_key.as_deref() == Some(target.native.native())
-            })
-        })
+        .flatten()
         .map_or(0, |s| s.attachments);
     if !SharedMemory::force_remove(&target.native)? {
         return Err(target.not_found(false));
@@ -295,22 +296,58 @@ pub fn rm(target: &Target) -> CliResult {
 }
 
 pub fn rm_stale(all: bool) -> CliResult {
-    let removal = inspect::remove_stale(all)?;
+    let removal = admin::remove_stale(all)?;
     let mut text = String::new();
-    for line in &removal.removed {
-        let _ = writeln!(text, "removed {line}");
+    for s in &removal.segments {
+        let os_id = list::os_id(&s.os_id);
+        let _ = match (&s.native_key, s.kind()) {
+            (Some(native), KeyType::SystemV) => {
+                writeln!(text, "removed stale segment {} ({os_id})", native.native())
+            }
+            _ => writeln!(text, "removed stale segment {os_id}"),
+        };
     }
-    let _ = writeln!(text, "{} removed", removal.removed.len());
-    if !removal.kept_foreign.is_empty() {
+    for s in &removal.repaired {
+        let _ = writeln!(text, "freed the lock of {}: its holder had died", segment_name(s));
+    }
+    for o in &removal.orphans {
+        let (kind, detail) = list::orphan_kind(o);
+        let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
+        let _ = writeln!(text, "removed {kind} {}{detail}", o.path.display());
+    }
+    let removed = removal.segments.len() + removal.orphans.len();
+    let _ = match removal.repaired.len() {
+        0 => writeln!(text, "{removed} removed"),
+        freed => writeln!(text, "{removed} removed, {} freed", list::plural(freed, "lock")),
+    };
+    for s in &removal.unrepaired {
         let _ = writeln!(
             text,
-            "kept {} stale segment{} of other programs ({}): `qshm rm --stale --all` removes them too",
-            removal.kept_foreign.len(),
-            if removal.kept_foreign.len() == 1 { "" } else { "s" },
-            removal.kept_foreign.join(", ")
+            "could not free the lock of {} (its holder died): not permitted, or another process took it",
+            segment_name(s)
+        );
+    }
+    if !removal.kept_foreign.is_empty() {
+        let names: Vec<String> = removal
+            .kept_foreign
+            .iter()
+            .map(|s| list::os_id(&s.os_id))
+            .collect();
+        let _ = writeln!(
+            text,
+            "kept {} of other programs ({}): `qshm rm --stale --all` removes them too",
+            list::plural(names.len(), "stale segment"),
+            names.join(", ")
         );
     }
     print_all(&text)
+}
+
+/// The native key of a segment, or else its OS id.
+fn segment_name(s: &admin::Segment) -> String {
+    s.native_key
+        .as_ref()
+        .map_or_else(|| list::os_id(&s.os_id), |k| k.native().to_owned())
 }
 
 pub fn lock(target: &Target, hold: Option<Duration>) -> CliResult {
@@ -318,6 +355,7 @@ pub fn lock(target: &Target, hold: Option<Duration>) -> CliResult {
     let shm = target.attach(AccessMode::ReadOnly)?;
     let guard = interrupt.lock(
         &target.shown,
+        &target.native,
         |t| shm.lock_read_timeout(t),
         |e| target.lock_failure(&shm, e),
     )?;
@@ -407,8 +445,7 @@ pub fn print_keys(key: &str) -> CliResult {
         }
     }
     let posix = SharedMemory::legacy_native_key(key, KeyType::PosixRealtime);
-    let letters: String = key.chars().filter(char::is_ascii_alphabetic).collect();
-    if let Some(hint) = crate::list::hint(Some(&letters), posix.native()) {
+    if let Some(hint) = list::key_hint(&posix) {
         let _ = writeln!(text, "`qshm ls` key hint: {hint}");
     }
     let _ = writeln!(text, "Qt 6.6 platformSafeKey({key:?}) (not a legacy key):");

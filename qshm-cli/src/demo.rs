@@ -117,7 +117,8 @@ fn produce(
     for n in 1..=u64::from(messages) {
         let text = format!("{} (#{n})", texts[(n as usize - 1) % texts.len()]);
         {
-            let mut bytes = interrupt.lock(key, |t| shm.lock_timeout(t), Failure::from)?;
+            let mut bytes =
+                interrupt.lock(key, shm.native_ipc_key(), |t| shm.lock_timeout(t), Failure::from)?;
             let len = text.len().min(bytes.len() - HEADER);
             bytes[16..20].copy_from_slice(&(len as u32).to_ne_bytes());
             bytes[HEADER..HEADER + len].copy_from_slice(&text.as_bytes()[..len]);
@@ -127,7 +128,7 @@ fn produce(
         wait_for_ack(shm, n, interrupt, consumer)?;
     }
     {
-        let mut bytes = interrupt.lock(key, |t| shm.lock_timeout(t), Failure::from)?;
+        let mut bytes = interrupt.lock(key, shm.native_ipc_key(), |t| shm.lock_timeout(t), Failure::from)?;
         put(&mut bytes, 0, BYE);
         tell(
             "producer",

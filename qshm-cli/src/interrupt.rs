@@ -8,10 +8,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+use qshm::NativeIpcKey;
+use qshm::admin::{self, LockStatus};
 
 use crate::Failure;
 
@@ -98,17 +102,19 @@ impl Interrupt {
         }
     }
 
-    /// Take a lock with `attempt` (a `lock_timeout`-like call) in short slices, so a
-    /// signal can end the wait; after a second, say on stderr that we are waiting.
-    /// `on_error` turns a lock error into the failure to report.
+    /// Take the lock of segment `native` (shown as `key`) with `attempt` (a
+    /// `lock_timeout`-like call) in short slices, so a signal can end the wait; after a
+    /// second, say on stderr who holds it. `on_error` turns a lock error into the failure
+    /// to report.
     pub fn lock<G>(
         &self,
         key: &str,
+        native: &NativeIpcKey,
         mut attempt: impl FnMut(Duration) -> qshm::Result<Option<G>>,
         on_error: impl FnOnce(qshm::Error) -> Failure,
     ) -> Result<G, Failure> {
         let start = Instant::now();
-        let mut told = false;
+        let mut holder: Option<Receiver<LockStatus>> = None;
         loop {
             match attempt(Duration::from_millis(100)) {
                 Ok(Some(guard)) => return Ok(guard),
@@ -120,14 +126,37 @@ impl Interrupt {
             if self.raised() {
                 return Err(interrupted(key));
             }
-            if !told && start.elapsed() >= PATIENCE {
-                eprintln!(
-                    "qshm: waiting for the lock of {key:?}: another process holds it (Ctrl-C to give up)"
-                );
-                told = true;
+            if start.elapsed() >= PATIENCE && holder.is_none() {
+                holder = Some(look_at_holder(native));
+            }
+            if let Some(status) = holder.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                if status == LockStatus::HolderDied {
+                    eprintln!("qshm: waiting for the lock of {key:?}: its holder died; taking it over");
+                } else {
+                    eprintln!(
+                        "qshm: waiting for the lock of {key:?}: another process holds it (Ctrl-C to give up)"
+                    );
+                }
             }
         }
     }
+}
+
+/// Find out, in the background (it takes a second when the holder looks dead), whether
+/// the lock of `native` is held by a living process.
+fn look_at_holder(native: &NativeIpcKey) -> Receiver<LockStatus> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let native = native.clone();
+    let _ = std::thread::Builder::new()
+        .name("holder".to_owned())
+        .spawn(move || {
+            let status = admin::segment(&native)
+                .ok()
+                .flatten()
+                .map_or(LockStatus::Unknown, |s| s.lock);
+            let _ = tx.send(status);
+        });
+    rx
 }
 
 fn interrupted(key: &str) -> Failure {

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, inspect};
+use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, admin};
 
 /// See, inspect and clean shared-memory segments; keys work as in Qt's QSharedMemory.
 ///
@@ -575,7 +575,7 @@ impl Target {
             KeyType::SystemV => KeyType::PosixRealtime,
             KeyType::PosixRealtime => KeyType::SystemV,
         };
-        if self.legacy && inspect::exists(&SharedMemory::legacy_native_key(&self.shown, other)) {
+        if self.legacy && admin::exists(&SharedMemory::legacy_native_key(&self.shown, other)) {
             failure.with_hint(&format!("did you mean {}?", type_flag(other)))
         } else if suggest_create {
             failure.with_hint(&format!(

@@ -197,6 +197,53 @@ pub(crate) enum IpcType {
     SystemSemaphore,
 }
 
+/// The prefix of the names Qt derives from a legacy key for shared memory.
+pub(crate) const SHARED_MEMORY_PREFIX: &str = "qipc_sharedmemory_";
+/// The prefix of the names Qt derives from a legacy key for semaphores.
+pub(crate) const SYSTEM_SEMAPHORE_PREFIX: &str = "qipc_systemsem_";
+
+impl IpcType {
+    /// Qt's prefix of the names derived from a legacy key for this kind of object.
+    pub(crate) const fn legacy_prefix(self) -> &'static str {
+        match self {
+            IpcType::SharedMemory => SHARED_MEMORY_PREFIX,
+            IpcType::SystemSemaphore => SYSTEM_SEMAPHORE_PREFIX,
+        }
+    }
+}
+
+/// A file name Qt derived from a legacy key (step 1 to 3 of the derivation above): its
+/// prefix, the key's ASCII letters and the hex SHA-1 of the key. The key itself is not
+/// in it, but the names of the other objects of the same key are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LegacyName<'a> {
+    pub ipc: IpcType,
+    pub letters: &'a str,
+    pub sha1: &'a str,
+}
+
+impl<'a> LegacyName<'a> {
+    /// Read a file name (no directory, no leading `/`) back, if Qt could have derived it.
+    pub(crate) fn parse(name: &'a str) -> Option<LegacyName<'a>> {
+        let (ipc, rest) = [IpcType::SharedMemory, IpcType::SystemSemaphore]
+            .into_iter()
+            .find_map(|ipc| Some((ipc, name.strip_prefix(ipc.legacy_prefix())?)))?;
+        let split = rest.len().checked_sub(40)?;
+        let (letters, sha1) = (rest.get(..split)?, rest.get(split..)?);
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if !letters.bytes().all(|b| b.is_ascii_alphabetic()) || !sha1.bytes().all(lower_hex) {
+            return None;
+        }
+        Some(LegacyName { ipc, letters, sha1 })
+    }
+
+    /// The name Qt derives from the same legacy key for an object of type `ipc`.
+    #[cfg(feature = "admin")]
+    pub(crate) fn for_ipc(&self, ipc: IpcType) -> String {
+        format!("{}{}{}", ipc.legacy_prefix(), self.letters, self.sha1)
+    }
+}
+
 /// Qt's `QtIpcCommon::legacyPlatformSafeKey` (compatible with Qt 4.4 to 6.x).
 pub(crate) fn legacy_platform_safe_key(key: &str, ipc: IpcType, kind: KeyType) -> NativeIpcKey {
     legacy_key_in(key, ipc, kind, qt_temp_dir)
@@ -213,10 +260,7 @@ fn legacy_key_in(key: &str, ipc: IpcType, kind: KeyType, temp_dir: impl FnOnce()
     if key.is_empty() {
         return NativeIpcKey::new(String::new(), kind);
     }
-    let prefix = match ipc {
-        IpcType::SharedMemory => "qipc_sharedmemory_",
-        IpcType::SystemSemaphore => "qipc_systemsem_",
-    };
+    let prefix = ipc.legacy_prefix();
     let letters = key.chars().filter(char::is_ascii_alphabetic);
     let digest = Sha1::digest(key.as_bytes());
     let mut name = String::with_capacity(1 + prefix.len() + key.len() + 40);

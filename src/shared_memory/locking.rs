@@ -19,6 +19,10 @@ impl SharedMemory {
     }
 
     /// Lock for writing if nobody holds the lock now; `Ok(None)` if it is busy.
+    ///
+    /// It never waits, so it never finds out that a holder of a Qt-compatible POSIX lock
+    /// died (that takes two looks a second apart): a caller that polls uses
+    /// [`lock_timeout`](Self::lock_timeout), which recovers such a lock.
     #[inline]
     #[doc(alias = "QSharedMemory::lock")]
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
@@ -123,6 +127,17 @@ impl SharedMemory {
         Error::new(SharedMemoryError::LockError, "lock", self.key.display_name())
             .with_detail("unable to lock")
             .with_os(e)
+    }
+
+    /// Tell the next holder that the holder before it died, while this handle holds the
+    /// lock without using the data (a tool that frees a dead holder's lock).
+    #[cfg(feature = "admin")]
+    pub(crate) fn pass_on_owner_death(&self) {
+        if let Some(state) = self.attached.as_ref().and_then(|a| a.locker.state()) {
+            state
+                .owner_died_pending()
+                .store(1, std::sync::atomic::Ordering::Release);
+        }
     }
 
     #[cold]

@@ -266,11 +266,20 @@ impl SharedMemory {
     /// Attach to the existing segment (`NotFound` if there is none), adopting its lock mode
     /// (or failing with `LockError` if this handle asked for the other one).
     pub fn attach(&mut self, mode: AccessMode) -> Result<()> {
-        let result = self.attach_inner(mode);
+        let result = self.attach_inner(mode, lock::semaphore_key(&self.key));
         self.record(result)
     }
 
-    fn attach_inner(&mut self, mode: AccessMode) -> Result<()> {
+    /// [`attach`](Self::attach), locking with the Qt semaphore `semaphore` (a tool that
+    /// found a segment by its file name, which does not tell the legacy key its
+    /// semaphore is derived from).
+    #[cfg(feature = "admin")]
+    pub(crate) fn attach_with_semaphore(&mut self, mode: AccessMode, semaphore: NativeIpcKey) -> Result<()> {
+        let result = self.attach_inner(mode, semaphore);
+        self.record(result)
+    }
+
+    fn attach_inner(&mut self, mode: AccessMode, semaphore: NativeIpcKey) -> Result<()> {
         const OP: &str = "attach";
         if self.attached.is_some() {
             return Err(self.error_of(
@@ -282,7 +291,7 @@ impl SharedMemory {
         let req = AttachRequest {
             writable: mode == AccessMode::ReadWrite,
             mode: self.requested_mode,
-            semaphore: lock::semaphore_key(&self.key),
+            semaphore,
         };
         let attached = sys::attach(&self.key, &req).map_err(|f| self.fail(OP, f))?;
         self.attached = Some(Attachment::new(attached, mode));

@@ -31,6 +31,11 @@ use super::os::{self, FileStat};
 use super::posix::SHM_DIR;
 use super::robust_mutex;
 
+#[cfg(feature = "admin")]
+mod peek;
+#[cfg(feature = "admin")]
+pub(crate) use peek::Peek;
+
 /// Which lock [`SharedMemory::lock`](crate::SharedMemory::lock) takes. It belongs to the
 /// segment: chosen by its creator, recorded in the lock state, adopted by attachers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -46,6 +46,31 @@ pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::R
     })
 }
 
+/// `pread(2)` until `buf` is full or the file ends; returns how many bytes were read.
+#[cfg(feature = "admin")]
+pub(crate) fn pread(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let n = retry(|| {
+            // SAFETY: rest is writable memory of rest.len() bytes owned by the caller.
+            let n = unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        })?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
 pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
     // SAFETY: path is a valid NUL-terminated string.
     cvt(unsafe { libc::unlink(path.as_ptr()) }).map(drop)
@@ -70,6 +95,8 @@ pub(crate) struct FileStat {
     pub(crate) mode: u32,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
+    /// Names (hard links) the file has.
+    pub(crate) nlink: u32,
     pub(crate) ctime_ns: i64,
     /// Birth time, when the file system records one (tmpfs does). Unlike ctime it never
     /// changes: tmpfs bumps ctime on every write through a shared mapping.
@@ -86,6 +113,7 @@ impl FileStat {
             mode: u32::from(stx.stx_mode),
             uid: stx.stx_uid,
             gid: stx.stx_gid,
+            nlink: stx.stx_nlink,
             ctime_ns: ns(stx.stx_ctime),
             btime_ns: (stx.stx_mask & libc::STATX_BTIME != 0).then(|| ns(stx.stx_btime)),
         }
@@ -507,6 +535,7 @@ impl Drop for NamedSemaphore {
 
 /// `semctl(GETPID)`: the process that last operated on semaphore 0 of set `id` (0 when
 /// nobody has yet), for `qshm ls` to tell an abandoned semaphore from one in use.
+#[cfg(feature = "admin")]
 pub(crate) fn sem_last_pid(id: libc::c_int) -> io::Result<libc::pid_t> {
     // SAFETY: GETPID takes no extra argument.
     cvt(unsafe { libc::semctl(id, 0, libc::GETPID) })

@@ -1,8 +1,11 @@
-//! Reading `/proc`: which processes map which files. Slow (every process's maps are
-//! read), so only used off the hot paths: deciding whether a stuck POSIX semaphore can
-//! still have a living holder, refusing `LockMode::Fast` next to a non-qshm process,
-//! inspection for tools, and as the fallback where a lease probe is unavailable.
+//! Reading `/proc`, in one place: which processes map which files (slow: every process's
+//! maps are read, so only off the hot paths: deciding whether a stuck POSIX semaphore
+//! can still have a living holder, refusing `LockMode::Fast` next to a non-qshm process,
+//! tools, and the fallback where a lease probe is unavailable), the System V tables
+//! (`/proc/sysvipc/shm`, `/proc/sysvipc/sem`) and the `flock` holders (`/proc/locks`).
 
+#[cfg(feature = "admin")]
+use std::collections::{HashMap, HashSet};
 use std::io;
 
 /// Something a process can map.
@@ -78,6 +81,7 @@ pub(crate) fn census(targets: &[Mapped]) -> Census {
 
 /// Visit every mapping of every process we may inspect (this one included) as
 /// `(pid, device, inode, path)`; stop as soon as `visit` returns true.
+#[cfg(feature = "admin")]
 pub(crate) fn visit_mappings(mut visit: impl FnMut(u32, Option<u64>, u64, &str) -> bool) {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return;
@@ -160,9 +164,189 @@ pub(crate) fn own_mapping_of(addr: usize) -> Option<(u64, u64)> {
     })
 }
 
+/// One row of `/proc/sysvipc/shm`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ShmRow {
+    pub key: i32,
+    pub id: i32,
+    /// Mode bits, `SHM_DEST` included.
+    pub perms: u32,
+    pub size: u64,
+    pub cpid: i32,
+    pub nattch: u64,
+    pub uid: u32,
+    /// Last attach (0: never attached).
+    pub atime: i64,
+    /// Creation (or last `IPC_SET`).
+    pub ctime: i64,
+}
+
+/// One row of `/proc/sysvipc/sem`.
+#[cfg(feature = "admin")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SemRow {
+    pub key: i32,
+    pub id: i32,
+}
+
+/// The rows of a `/proc/sysvipc` table, split into fields (the header dropped).
+fn table_rows(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines().skip(1).map(|l| l.split_whitespace().collect())
+}
+
+/// Parse `/proc/sysvipc/shm`: `key shmid perms size cpid lpid nattch uid gid cuid cgid
+/// atime dtime ctime ...`.
+pub(crate) fn parse_shm_table(text: &str) -> Vec<ShmRow> {
+    table_rows(text)
+        .filter_map(|f| {
+            let time = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            Some(ShmRow {
+                key: f.first()?.parse().ok()?,
+                id: f.get(1)?.parse().ok()?,
+                perms: u32::from_str_radix(f.get(2)?, 8).ok()?,
+                size: f.get(3)?.parse().ok()?,
+                cpid: f.get(4)?.parse().ok()?,
+                nattch: f.get(6)?.parse().ok()?,
+                uid: f.get(7)?.parse().ok()?,
+                atime: time(11),
+                ctime: time(13),
+            })
+        })
+        .collect()
+}
+
+/// Parse `/proc/sysvipc/sem`: `key semid perms nsems uid ...`.
+#[cfg(feature = "admin")]
+pub(crate) fn parse_sem_table(text: &str) -> Vec<SemRow> {
+    table_rows(text)
+        .filter_map(|f| {
+            Some(SemRow {
+                key: f.first()?.parse().ok()?,
+                id: f.get(1)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Every System V segment (readable by everyone, unlike `IPC_STAT`).
+pub(crate) fn shm_table() -> Vec<ShmRow> {
+    parse_shm_table(&std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default())
+}
+
+/// Every System V semaphore set.
+#[cfg(feature = "admin")]
+pub(crate) fn sem_table() -> Vec<SemRow> {
+    parse_sem_table(&std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default())
+}
+
+/// Parse `/proc/locks`: for each (device, inode), how many `flock`s are held on it
+/// (waiters, marked `->`, are not holders).
+#[cfg(feature = "admin")]
+pub(crate) fn parse_flock_holders(text: &str) -> HashMap<(u64, u64), u64> {
+    let mut map = HashMap::new();
+    for line in text.lines() {
+        // "1: FLOCK  ADVISORY  READ  1234 00:1b:56 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") || fields.get(2) == Some(&"->") {
+            continue;
+        }
+        // MAJOR:MINOR:INODE
+        let Some((dev, ino)) = fields.get(5).and_then(|id| id.rsplit_once(':')) else {
+            continue;
+        };
+        if let Some(id) = device(dev).zip(ino.parse::<u64>().ok()) {
+            *map.entry(id).or_insert(0) += 1;
+        }
+    }
+    map
+}
+
+/// `flock` holders by (device, inode), from `/proc/locks`.
+#[cfg(feature = "admin")]
+pub(crate) fn flock_holders() -> HashMap<(u64, u64), u64> {
+    parse_flock_holders(&std::fs::read_to_string("/proc/locks").unwrap_or_default())
+}
+
+/// For every file under directory `dir` that some process maps: how many processes map
+/// it, by (device, inode). This process counts too.
+#[cfg(feature = "admin")]
+pub(crate) fn mappers_under(dir: &str) -> HashMap<(u64, u64), u64> {
+    let mut map: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut seen = HashSet::new();
+    let prefix = format!("{dir}/");
+    visit_mappings(|pid, dev, ino, path| {
+        if path.starts_with(&prefix)
+            && let Some(dev) = dev
+            && seen.insert((pid, dev, ino))
+        {
+            *map.entry((dev, ino)).or_insert(0) += 1;
+        }
+        false
+    });
+    map
+}
+
+/// Whether process (or thread) `id` exists.
+pub(crate) fn alive(id: i32) -> bool {
+    id > 0 && std::path::Path::new(&format!("/proc/{id}")).exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "admin")]
+    #[test]
+    fn sysv_tables_parse() {
+        let shm = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n\
+                   1359020557          7  1600                   100  4242  4243      2     0     0     0     0 1700000100 1700000050 1700000000                  4096                     0\n\
+                   0         8  3600 4096 1 1 0 1000 1000 1000 1000 0 0 1700000001 0 0\n\
+                   garbage line\n";
+        let rows = parse_shm_table(shm);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(
+            rows[0],
+            ShmRow {
+                key: 1359020557,
+                id: 7,
+                perms: 0o1600,
+                size: 100,
+                cpid: 4242,
+                nattch: 2,
+                uid: 0,
+                atime: 1700000100,
+                ctime: 1700000000,
+            }
+        );
+        assert_eq!(rows[1].perms, 0o3600, "SHM_DEST is kept");
+        assert_eq!((rows[1].uid, rows[1].atime), (1000, 0));
+        let sem = "       key      semid perms      nsems   uid   gid  cuid  cgid      otime      ctime\n\
+                   -1     3   600   1 0 0 0 0 0 1700000000\n";
+        assert_eq!(parse_sem_table(sem), [SemRow { key: -1, id: 3 }]);
+    }
+
+    #[cfg(feature = "admin")]
+    #[test]
+    fn flock_holders_parse() {
+        let locks = "1: FLOCK  ADVISORY  READ  1234 00:1b:56 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 1240 00:1b:56 0 EOF\n\
+                     2: FLOCK  ADVISORY  READ  1235 00:1b:56 0 EOF\n\
+                     3: POSIX  ADVISORY  WRITE 99 fd:01:7 0 EOF\n\
+                     4: OFDLCK ADVISORY  READ  -1 00:05:8 0 EOF\n";
+        let map = parse_flock_holders(locks);
+        assert_eq!(
+            map.get(&(libc::makedev(0, 0x1b), 56)),
+            Some(&2),
+            "waiters are no holders"
+        );
+        assert_eq!(map.len(), 1, "only flocks: {map:?}");
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        assert!(alive(std::process::id() as i32));
+        assert!(!alive(0) && !alive(-1));
+    }
 
     #[test]
     fn maps_lines_parse() {

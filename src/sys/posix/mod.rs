@@ -36,10 +36,12 @@ use std::time::{Duration, Instant};
 mod probe;
 mod semaphore;
 
-pub(crate) use probe::{Probe, probe_existing};
-use probe::{mapped_by_others, unused_by_others};
+use probe::mapped_by_others;
+pub(crate) use probe::{Probe, probe_existing, unused_by_others};
 use semaphore::refuse_foreign_semaphore;
 pub(crate) use semaphore::{Semaphore, open_semaphore_of, remove_semaphore_if_unused};
+#[cfg(feature = "admin")]
+pub(crate) use semaphore::{peek_value, semaphore_file};
 
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
@@ -106,7 +108,7 @@ pub(super) fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
 /// The mark qshm's creator puts on a segment file: the sticky bit, which means nothing
 /// on a regular file to Linux, Qt or anyone else. A segment file with the mark but no
 /// lock state is one whose qshm creator died between publishing and finishing it.
-const QSHM_MADE: u32 = libc::S_ISVTX;
+pub(crate) const QSHM_MADE: u32 = libc::S_ISVTX;
 
 fn owner_of(st: &FileStat) -> Owner {
     Owner {

@@ -68,7 +68,7 @@ pub(crate) fn probe_existing(c_path: &CString) -> Result<Probe, Failure> {
 /// the file while attached, and that is what `/proc` is asked then. (A Qt attach in
 /// progress, between `shm_open` and `mmap`, holds Qt's semaphore, which a Qt-compatible
 /// destroyer holds meanwhile.) On `true` a lease may be held: [`NamedFile::release`] it.
-pub(super) fn unused_by_others(file: &NamedFile) -> bool {
+pub(crate) fn unused_by_others(file: &NamedFile) -> bool {
     match file.alone() {
         Some(true) => true,
         Some(false) | None => !mapped_by_others(&file.stat),

@@ -95,6 +95,28 @@ pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey, lock_state: Option<
     removed
 }
 
+/// The value of the POSIX semaphore of `key` and its file's (device, inode), read from the
+/// file without opening the semaphore: mapping it would make this process look like a
+/// possible holder to a waiter looking for a dead one. glibc's `struct new_sem` starts
+/// with the value: the low 32 bits of a 64-bit word where glibc has 64-bit atomics (all
+/// 64-bit targets), else a 32-bit word holding the value shifted left by one.
+#[cfg(feature = "admin")]
+pub(crate) fn peek_value(key: &NativeIpcKey) -> io::Result<(u32, (u64, u64))> {
+    let path = semaphore_file(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let file = NamedFile::open(&os::cstring(&path)?, libc::O_RDONLY, 0)?;
+    let mut word = [0u8; 4];
+    if os::pread(&file.fd, &mut word, 0)? < word.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let word = u32::from_ne_bytes(word);
+    let value = if cfg!(target_pointer_width = "64") {
+        word
+    } else {
+        word >> 1
+    };
+    Ok((value, (file.stat.dev, file.stat.ino)))
+}
+
 /// A POSIX named semaphore (`sem_open`), opened the way `QSystemSemaphore` opens it.
 pub(crate) struct Semaphore {
     sem: NamedSemaphore,
@@ -233,5 +255,33 @@ impl SemaphoreBackend for Semaphore {
 
     fn post_for_dead_holder(&self) -> io::Result<()> {
         self.sem.post()
+    }
+}
+
+#[cfg(feature = "admin")]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peek_value_reads_what_sem_getvalue_says() {
+        let key = NativeIpcKey::new(
+            format!("/qshm-peek-sem-{}", std::process::id()),
+            crate::KeyType::PosixRealtime,
+        );
+        let sem = Semaphore::open(&key, 3, SemaphoreMode::Create, 0o600).unwrap_or_else(|e| panic!("{e:?}"));
+        struct Remove<'a>(&'a Semaphore);
+        impl Drop for Remove<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.remove();
+            }
+        }
+        let _remove = Remove(&sem);
+        let (value, file) = peek_value(&key).unwrap();
+        assert_eq!(value, 3);
+        assert_eq!(Some(file), sem.file_id());
+        assert!(sem.acquire(Some(Duration::ZERO)).unwrap());
+        assert_eq!(peek_value(&key).unwrap().0, 2);
+        assert_eq!(sem.value().unwrap(), 2);
     }
 }

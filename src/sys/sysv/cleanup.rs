@@ -6,7 +6,7 @@ use super::{id_of, owner_of};
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
 use crate::sys::lock_state::{LockState, SegmentId};
-use crate::sys::{not_ours, os};
+use crate::sys::{not_ours, os, procfs};
 
 /// Remove our System V lock states whose segment is gone. Qt removes a segment (and its
 /// key file) when a Qt process detaches last, and cannot know qshm's lock state; the
@@ -22,17 +22,27 @@ pub(crate) fn sweep_orphaned_lock_states() {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let Some(id @ SegmentId::SystemV { shmid, cpid, .. }) = SegmentId::from_lock_state_name(&name) else {
+        let Some(id @ SegmentId::SystemV { .. }) = SegmentId::from_lock_state_name(&name) else {
             continue;
         };
-        let gone = match os::shm_stat(shmid) {
-            Ok(ds) => ds.shm_cpid != cpid,
-            Err(e) => matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)),
-        };
         use std::os::unix::fs::MetadataExt;
-        if gone && entry.metadata().is_ok_and(|m| m.uid() == me) {
+        if lock_state_orphaned(id) && entry.metadata().is_ok_and(|m| m.uid() == me) {
             LockState::remove(id);
         }
+    }
+}
+
+/// Whether the System V segment a lock state was made for is gone: its id names no
+/// segment, or one of another creator (the lock state is made while its segment exists
+/// and removed before it, so such a lock state is an orphan, never work in progress).
+/// A segment we may not look at counts as there.
+pub(crate) fn lock_state_orphaned(id: SegmentId) -> bool {
+    let SegmentId::SystemV { shmid, cpid, .. } = id else {
+        return false;
+    };
+    match os::shm_stat(shmid) {
+        Ok(ds) => ds.shm_cpid != cpid,
+        Err(e) => matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)),
     }
 }
 
@@ -79,11 +89,10 @@ pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Option<[u64; 3]>,
 /// The owner of the segment with numeric key `key`, from `/proc/sysvipc/shm` (readable
 /// by everyone, unlike `IPC_STAT` of a segment we may not read).
 pub(super) fn table_owner(key: libc::key_t) -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.first()?.parse::<i32>().ok()? == key).then(|| f.get(7)?.parse().ok())?
-    })
+    procfs::shm_table()
+        .into_iter()
+        .find(|row| row.key == key)
+        .map(|row| row.uid)
 }
 
 /// Destroy the segment of `key` whatever its users think (they keep their mapping until
@@ -124,6 +133,7 @@ pub(crate) fn numeric_key(key: &NativeIpcKey) -> Option<libc::key_t> {
 /// Remove System V segment `id` if nobody is attached (its users all died), with its lock
 /// state, its key file `key_file` when known and Qt's semaphore `semaphore` when given.
 /// Returns whether it was removed.
+#[cfg(feature = "admin")]
 pub(crate) fn remove_if_stale(
     id: libc::c_int,
     key_file: Option<&str>,

@@ -7,7 +7,7 @@ use std::io;
 use std::time::Instant;
 
 use crate::error::{Failure, SharedMemoryError};
-use crate::key::{NativeIpcKey, SYSV_PROJECT_ID};
+use crate::key::{LegacyName, NativeIpcKey, SYSV_PROJECT_ID};
 use crate::sys::lock_state;
 use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use crate::sys::{not_ours, os};
@@ -109,7 +109,7 @@ pub(super) fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3
         .to_str()
         .ok()
         .and_then(|p| p.rsplit('/').next())
-        .is_some_and(|name| name.starts_with("qipc_"));
+        .is_some_and(|name| LegacyName::parse(name).is_some());
     let empty = os::fstat(&file.fd).is_ok_and(|st| st.size == 0);
     if (made_by_qshm || qt_named) && empty && !segment_uses(&file.path) {
         let _ = file.unlink_if_still_named();

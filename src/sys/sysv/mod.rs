@@ -31,7 +31,9 @@ mod cleanup;
 mod key_file;
 mod semaphore;
 
-pub(crate) use cleanup::{numeric_key, remove, remove_if_stale, sweep_orphaned_lock_states};
+#[cfg(feature = "admin")]
+pub(crate) use cleanup::{lock_state_orphaned, remove_if_stale};
+pub(crate) use cleanup::{numeric_key, remove, sweep_orphaned_lock_states};
 use cleanup::{reclaim_if_stale, table_owner};
 
 pub(crate) use key_file::ftok_key;
@@ -44,7 +46,7 @@ use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, Segm
 use super::mapping::Mapping;
 use super::named_file::NamedFile;
 use super::os;
-use super::procfs::Mapped;
+use super::procfs::{self, Mapped};
 use super::{
     AttachRequest, Attached, CreateRequest, Detached, LockMode, Owner, SegmentBackend, SegmentStat,
     SemaphoreBackend, SemaphoreMode, fork, not_ours, owner_label,
@@ -67,8 +69,7 @@ pub(super) fn id_of(shmid: libc::c_int, ds: &libc::shmid_ds) -> SegmentId {
 /// state, its qshm creator died between `shmget` and making the lock state (or a Qt
 /// program's users all died): stale, not a segment to attach to.
 pub(super) fn owner_of(ds: &libc::shmid_ds) -> Owner {
-    let creator_gone =
-        ds.shm_nattch == 0 && !std::path::Path::new(&format!("/proc/{}", ds.shm_cpid)).exists();
+    let creator_gone = ds.shm_nattch == 0 && !procfs::alive(ds.shm_cpid);
     Owner {
         uid: ds.shm_perm.uid,
         gid: ds.shm_perm.gid,

@@ -1,0 +1,304 @@
+//! Machine-wide administration, for tools such as `qshm ls` and `qshm rm --stale`: every
+//! System V and POSIX shared-memory segment on the machine, who made it, whether anyone
+//! still uses it, the state of its lock, and what crashed programs left behind (qshm's
+//! lock state, Qt's semaphores and key files, glibc's unfinished semaphore files).
+//!
+//! # Looking never disturbs live users
+//!
+//! [`scan`] and [`segment`] attach to nothing, lock nothing and map nothing: attachment
+//! counts come from the kernel (`/proc/sysvipc/shm`), `flock` holders from `/proc/locks`,
+//! mappers from `/proc/*/maps`, a POSIX semaphore's value and qshm's lock state are read
+//! from their files. (Taking a segment's `flock` to test it would make a concurrent last
+//! detach believe another user is left, and leak the segment; mapping a semaphore would
+//! make a waiter looking for a dead holder believe it has a living one.)
+//!
+//! # Removing never touches a live object
+//!
+//! [`remove_stale`] re-checks each object right before removing it, the way the library
+//! reclaims a stale segment in `create`: a System V segment under its key file's `flock`,
+//! a POSIX segment under its exclusive `flock` with a lease probe or a fresh `/proc` look,
+//! every orphan with a lease probe or `/proc`. Things younger than a couple of seconds are
+//! left alone, since their maker may be between two steps of making them. A lock whose
+//! holder died is repaired the way any locker repairs it: through the library's own lock
+//! (attach, lock, unlock, detach).
+//!
+//! The module exists with the `admin` feature (on by default); it adds no dependency.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::key::{KeyType, NativeIpcKey};
+use crate::sys::LockMode;
+
+mod lock_status;
+mod look;
+mod orphans;
+mod removal;
+#[cfg(test)]
+mod tests;
+
+/// How long a System V segment nobody ever attached to, or an empty POSIX segment, is
+/// taken to be in the making rather than stale.
+const NEW_GRACE: Duration = Duration::from_secs(10);
+/// How old an orphan must be: younger ones may belong to a maker between two steps.
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+/// What is known about a segment's users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum State {
+    /// Someone is attached (System V), or maps it or holds qshm's attachment lock (POSIX).
+    Live,
+    /// Just created and not used yet: its creator is between two steps.
+    New,
+    /// Nobody is attached: every user died (or, for POSIX, Qt left it behind).
+    Stale,
+    /// Another user's POSIX segment that no visible process uses: whether one of their
+    /// processes maps it cannot be seen without privileges.
+    Unknown,
+}
+
+/// Who made a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Maker {
+    /// qshm, with the lock mode recorded in its lock state (`None`: the lock state is
+    /// missing, its creator died while making it). A Qt-compatible POSIX segment gets its
+    /// lock state at its first lock; until then it is exactly what Qt makes, and shows
+    /// as [`Qt`](Maker::Qt).
+    Qshm {
+        /// The segment's lock mode.
+        lock_mode: Option<LockMode>,
+    },
+    /// Not qshm, but named the way Qt names the segments of legacy keys: a Qt program.
+    Qt,
+    /// Another program (or Qt with a native key).
+    Other,
+}
+
+/// The state of a segment's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockStatus {
+    /// Nobody holds it.
+    Free,
+    /// A process that may be alive holds it.
+    Held,
+    /// A POSIX semaphore lock taken by a process that is gone: the semaphore is at 0 and,
+    /// looked at twice a second apart, no living process could hold it (every process
+    /// mapping the semaphore also maps qshm's lock state, and none of those holds the
+    /// lock). Qt waits for ever; qshm's next `lock()` recovers it within seconds, and
+    /// [`remove_stale`] repairs it now.
+    HolderDied,
+    /// Not known: no semaphore or lock state to look at, or no permission to read them.
+    Unknown,
+}
+
+/// The operating system's name of a segment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OsId {
+    /// A System V segment.
+    SystemV {
+        /// Its id (`shmid`).
+        shmid: i32,
+        /// Its numeric key (`ftok` of the key file; 0 is `IPC_PRIVATE`).
+        key: i32,
+        /// Removed (`IPC_RMID`), and gone once its last user detaches.
+        removed: bool,
+    },
+    /// A POSIX segment: a file in `/dev/shm`.
+    Posix {
+        /// The file.
+        path: PathBuf,
+        /// Its inode.
+        inode: u64,
+    },
+}
+
+/// A name Qt derives from a legacy key: it keeps the key's ASCII letters and its SHA-1,
+/// not the key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QtName {
+    /// The letters of the legacy key, in order (`market` for `"market-2"`).
+    pub letters: String,
+    /// The lowercase hex SHA-1 of the legacy key's UTF-8 bytes.
+    pub sha1: String,
+}
+
+impl QtName {
+    /// What the name of `key` tells, if Qt derived it from a legacy key (the key's own
+    /// legacy key is not needed: the name is read).
+    pub fn of(key: &NativeIpcKey) -> Option<QtName> {
+        look::qt_name(key.native().rsplit('/').next().unwrap_or(""))
+    }
+}
+
+/// One segment found on the machine.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Segment {
+    /// Its name to the operating system.
+    pub os_id: OsId,
+    /// The native key that finds it, when known (System V: a Qt key file in Qt's
+    /// temporary directory whose `ftok` key it has).
+    pub native_key: Option<NativeIpcKey>,
+    /// What its name tells about the legacy key, for names Qt derived from one.
+    pub qt_name: Option<QtName>,
+    /// Size in bytes.
+    pub size: u64,
+    /// System V: attachments counted by the kernel. POSIX: processes mapping it.
+    pub attachments: u64,
+    /// POSIX: qshm attachments (holders of the segment file's `flock`); `None` for
+    /// System V, where the kernel's count includes them.
+    pub qshm_attachments: Option<u64>,
+    /// Owner's user id.
+    pub owner_uid: u32,
+    /// Permission bits.
+    pub permissions: u32,
+    /// Time since it was made (System V: since its creation or last `IPC_SET`).
+    pub age: Duration,
+    /// Whether anyone uses it.
+    pub state: State,
+    /// Who made it.
+    pub maker: Maker,
+    /// Its lock.
+    pub lock: LockStatus,
+    /// qshm's lock state for it, if it has one.
+    pub lock_state: Option<PathBuf>,
+}
+
+impl Segment {
+    /// System V or POSIX.
+    pub fn kind(&self) -> KeyType {
+        match self.os_id {
+            OsId::SystemV { .. } => KeyType::SystemV,
+            OsId::Posix { .. } => KeyType::PosixRealtime,
+        }
+    }
+
+    /// Nobody uses it.
+    pub fn is_stale(&self) -> bool {
+        self.state == State::Stale
+    }
+
+    /// Another program's segment: neither made by qshm or Qt, nor known to qshm (no
+    /// lock state). [`remove_stale`] leaves those alone unless asked.
+    pub fn is_foreign(&self) -> bool {
+        self.maker == Maker::Other && self.lock_state.is_none()
+    }
+}
+
+/// What kind of thing an [`Orphan`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OrphanKind {
+    /// qshm's lock state (`/dev/shm/qshm-lock.…`) of a segment of this type that is gone.
+    LockState(KeyType),
+    /// A Qt POSIX semaphore (`/dev/shm/sem.qipc_systemsem_…`) whose segment is gone and
+    /// that nobody has open.
+    PosixSemaphore,
+    /// A Qt System V semaphore whose segment is gone and whose last user died (the path
+    /// is its key file).
+    SystemVSemaphore {
+        /// Its id.
+        semid: i32,
+        /// Its numeric key.
+        key: i32,
+    },
+    /// A Qt key file (`$TMPDIR/qipc_…`) with no System V object behind it.
+    KeyFile,
+    /// glibc's temporary name (`/dev/shm/sem.` and 6 random characters) of a semaphore
+    /// that has its real name too: its `sem_open` was killed between `link` and `unlink`.
+    /// Removing it removes a name, never the semaphore. (A temporary with no other name
+    /// is never listed: it cannot be told from a semaphore named with six characters.)
+    UnfinishedSemaphore,
+}
+
+impl OrphanKind {
+    /// The type of IPC it belongs to.
+    pub fn key_type(self) -> KeyType {
+        match self {
+            OrphanKind::LockState(kind) => kind,
+            OrphanKind::PosixSemaphore | OrphanKind::UnfinishedSemaphore => KeyType::PosixRealtime,
+            OrphanKind::SystemVSemaphore { .. } | OrphanKind::KeyFile => KeyType::SystemV,
+        }
+    }
+}
+
+/// Something left behind without its segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Orphan {
+    /// What it is.
+    pub kind: OrphanKind,
+    /// Its file.
+    pub path: PathBuf,
+    /// What its name tells about the legacy key, for names Qt derived from one.
+    pub qt_name: Option<QtName>,
+    /// Time since it was made.
+    pub age: Duration,
+}
+
+/// Everything one look at the machine found.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Scan {
+    /// Every shared-memory segment: all of System V, and the files in `/dev/shm` that
+    /// are neither semaphores nor qshm's lock state.
+    pub segments: Vec<Segment>,
+    /// Lock state, semaphores and key files whose segment is gone.
+    pub orphans: Vec<Orphan>,
+}
+
+/// What [`remove_stale`] did.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Removal {
+    /// Stale segments removed (with their lock state, Qt semaphore and key file).
+    pub segments: Vec<Segment>,
+    /// Orphans removed.
+    pub orphans: Vec<Orphan>,
+    /// Segments whose lock a dead process held, given back.
+    pub repaired: Vec<Segment>,
+    /// Segments whose lock a dead process held and that could not be repaired (no
+    /// permission, or a living process took the lock meanwhile).
+    pub unrepaired: Vec<Segment>,
+    /// Stale segments left alone because they are other programs' ([`Segment::is_foreign`]).
+    pub kept_foreign: Vec<Segment>,
+}
+
+/// Look at the whole machine once: every segment, and the orphans. Takes a second more
+/// when a lock looks abandoned (it is looked at again, a second later).
+pub fn scan() -> Result<Scan> {
+    let look = look::Look::take().map_err(|e| Error::os("scan", "/dev/shm", e))?;
+    let mut drafts = look.segments();
+    lock_status::settle(&mut drafts);
+    let segments = drafts.into_iter().map(|d| d.segment).collect();
+    let orphans = orphans::find(&look);
+    Ok(Scan { segments, orphans })
+}
+
+/// The segment of `key`, as [`scan`] reports it, if it exists: attachments, state,
+/// lock (with the semaphore this very key locks).
+pub fn segment(key: &NativeIpcKey) -> Result<Option<Segment>> {
+    let look = look::Look::take().map_err(|e| Error::os("scan", key.display_name(), e))?;
+    let mut drafts: Vec<_> = look.segment_of(key).into_iter().collect();
+    lock_status::settle(&mut drafts);
+    Ok(drafts.pop().map(|d| d.segment))
+}
+
+/// Whether the segment of `key` exists right now (without attaching to it).
+pub fn exists(key: &NativeIpcKey) -> bool {
+    look::exists(key)
+}
+
+/// Remove every stale Qt or qshm segment (with its lock state, Qt semaphore and key
+/// file) and every orphan, and repair every lock whose holder died; with
+/// `include_foreign`, also other programs' stale segments (any System V segment nobody
+/// is attached to, any file in `/dev/shm` nobody maps or locks). Live segments are never
+/// removed: each is checked again right before.
+pub fn remove_stale(include_foreign: bool) -> Result<Removal> {
+    removal::remove_stale(include_foreign)
+}
