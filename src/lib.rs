@@ -44,5 +44,8 @@ pub use error::{Error, Result, SharedMemoryError};
 pub use guard::{LockGuard, ReadGuard};
 pub use key::{KeyType, NativeIpcKey};
 pub use semaphore::SystemSemaphore;
-pub use shared_memory::{AccessMode, DEFAULT_PERMISSIONS, SegmentInfo, SharedMemory};
+pub use shared_memory::{AccessMode, Atomics, DEFAULT_PERMISSIONS, Generation, SegmentInfo, SharedMemory};
 pub use sys::{LockMode, SemaphoreMode};
+/// The crate whose traits the typed views ([`LockGuard::as_type`]) ask for, re-exported so
+/// that its version matches qshm's.
+pub use zerocopy;
