@@ -69,6 +69,11 @@ fn main() -> ExitCode {
             format!("{k}::single_instance_a_killed_instance_does_not_block_the_next"),
             move || single_instance_after_kill(kind),
         ));
+        let name = format!("{k}::notification_on_a_qt_segment_leaves_the_qt_process_unaffected");
+        trials.push(match python.clone() {
+            Some(py) => Trial::test(name, move || notify_on_qt_segment(&py, kind)),
+            None => Trial::test(name, || Ok(())).with_ignored_flag(true),
+        });
         let py = python.clone();
         trials.push(match py {
             Some(py) => Trial::test(
@@ -464,6 +469,40 @@ fn single_instance_against_qt(py: &std::path::PathBuf, kind: KeyType) -> Result<
     )?;
     ours.send("");
     check(ours.wait(T).success(), "the example quits cleanly")?;
+    let left = leftovers(&key, kind, &recorded);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+/// Qt makes the segment and stays attached; two qshm processes notify and wait on it (the
+/// qshm owner adds the lock state); Qt reads and locks as before.
+fn notify_on_qt_segment(py: &std::path::PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("qtnotify");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut qt = qt_peer(py, "create", &key, kind, &["--size", "64", "--text", "q"]);
+    qt.expect("READY", T);
+    let recorded = sysv_keys(&key, kind);
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    shm.attach(AccessMode::ReadWrite)?;
+    let mut waiter = Peer::spawn("wait-change", &[&key, kind_name(kind), "qt", "1"]);
+    waiter.expect("WAITING", T);
+    asleep_in_futex(waiter.child.id())?;
+    write_and_notify(&shm, b'Z')?;
+    check(
+        waiter.expect("CHANGED", T).ends_with(&format!(" {}", b'Z')),
+        "the qshm waiter woke",
+    )?;
+    check(waiter.wait(T).success(), "it exits cleanly")?;
+    let mut reader = qt_peer(py, "read", &key, kind, &["--len", "1"]);
+    check(
+        reader.expect("DATA", T) == "5a",
+        "a Qt process reads, under Qt's lock, what qshm wrote and notified",
+    )?;
+    check(reader.wait(T).success(), "the Qt reader exits cleanly")?;
+    qt.send("detach");
+    qt.expect("DETACHED", T);
+    check(qt.wait(T).success(), "the Qt creator exits cleanly")?;
+    shm.detach()?;
     let left = leftovers(&key, kind, &recorded);
     check(left.is_empty(), format!("left behind: {left:?}"))
 }
