@@ -9,7 +9,10 @@
 //! for POSIX keys and also after crashes ([`sys`](crate) design notes in
 //! `src/sys/posix.rs`); a lock whose holder died is handed on and reported
 //! ([`LockGuard::previous_owner_died`]); an optional [`LockMode::Fast`] lock costs no
-//! system call; and errors are typed values, never panics.
+//! system call; and errors are typed values, never panics. Beyond Qt: typed views of
+//! the segment ([`LockGuard::as_type`], zerocopy types), lock-free atomics
+//! ([`SharedMemory::atomics`]) and change notification across processes
+//! ([`SharedMemory::notify_all`], [`SharedMemory::wait_for_change`]).
 //!
 //! ```
 //! use qshm::{AccessMode, SharedMemory};
@@ -48,5 +51,8 @@ pub use error::{Error, Result, SharedMemoryError};
 pub use guard::{LockGuard, ReadGuard};
 pub use key::{KeyType, NativeIpcKey};
 pub use semaphore::SystemSemaphore;
-pub use shared_memory::{AccessMode, DEFAULT_PERMISSIONS, SegmentInfo, SharedMemory};
+pub use shared_memory::{AccessMode, Atomics, DEFAULT_PERMISSIONS, Generation, SegmentInfo, SharedMemory};
 pub use sys::{LockMode, SemaphoreMode};
+/// The crate whose traits the typed views ([`LockGuard::as_type`]) ask for, re-exported so
+/// that its version matches qshm's.
+pub use zerocopy;

@@ -167,6 +167,20 @@ impl Locker {
         Ok(self.semaphore.get().map(|s| s.as_ref()).expect("set just above"))
     }
 
+    /// The lock state that holds the change-notification word: Fast mode's, or a
+    /// Qt-compatible segment's, found or made the way the first lock does (a POSIX
+    /// segment's through [`LazyLock`]). `None`: a segment without lock state that we may
+    /// not add one to (another user's Qt segment).
+    pub(crate) fn change_state(&self) -> io::Result<Option<&LockState>> {
+        if self.forked() {
+            return Err(forked_error());
+        }
+        match self.mode {
+            LockMode::Fast => Ok(self.state()),
+            LockMode::QtCompatible => self.qt_state(),
+        }
+    }
+
     /// The lock mode.
     pub(crate) fn mode(&self) -> LockMode {
         self.mode

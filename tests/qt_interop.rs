@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, SystemSemaphore};
+use support::qt::{find_qt_python, qt_peer};
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -94,66 +95,6 @@ fn trial(
         Some(py) => Trial::test(name, move || f(&py)),
         None => Trial::test(name, || Ok(())).with_ignored_flag(true),
     }
-}
-
-/// A Python that can import PyQt6, or None (after a loud SKIP line).
-fn find_qt_python() -> Option<PathBuf> {
-    if let Ok(py) = std::env::var("QSHM_QT_PEER") {
-        return Some(PathBuf::from(py));
-    }
-    let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/setup.sh");
-    match run_setup(setup) {
-        Ok((true, stdout, _)) => stdout.lines().last().map(|l| PathBuf::from(l.trim())),
-        Ok((false, _, stderr)) => {
-            eprintln!(
-                "\n*** SKIP: Qt interop tests: PyQt6 unavailable ({}) ***\n",
-                stderr.trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("\n*** SKIP: Qt interop tests: cannot run {setup}: {e} ***\n");
-            None
-        }
-    }
-}
-
-/// Run `setup.sh`: its `qshm: ...` note goes to our stderr as it comes (it must be seen
-/// before the download); the rest of its stderr is kept for the SKIP line.
-fn run_setup(setup: &str) -> std::io::Result<(bool, String, String)> {
-    use std::io::{BufRead, BufReader, Read};
-    let mut child = Command::new("bash")
-        .arg(setup)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stderr = String::new();
-    if let Some(err) = child.stderr.take() {
-        for line in BufReader::new(err).lines() {
-            let line = line?;
-            if line.starts_with("qshm: ") {
-                eprintln!("{line}");
-            } else {
-                stderr.push_str(&line);
-                stderr.push('\n');
-            }
-        }
-    }
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        out.read_to_string(&mut stdout)?;
-    }
-    Ok((child.wait()?.success(), stdout, stderr))
-}
-
-fn qt_peer(python: &PathBuf, action: &str, key: &str, kind: KeyType, extra: &[&str]) -> Peer {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_peer.py");
-    let mut cmd = Command::new(python);
-    cmd.arg(script)
-        .arg(action)
-        .args(["--key", key, "--type", kind_name(kind)])
-        .args(extra);
-    Peer::spawn_command(&mut cmd)
 }
 
 fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {

@@ -24,6 +24,8 @@ SEM_POSIX = "bare sem_wait + sem_post (qshm's POSIX Qt semaphore)"
 SEM_SYSV = "bare semop -1 / +1 with SEM_UNDO (qshm's System V Qt semaphore)"
 RAW_POSIX = "floor: raw shm_open + mmap (POSIX)"
 RAW_SYSV = "floor: raw shmget + shmat (System V)"
+EVENTFD = "eventfd ping-pong (write -> blocking read)"
+FUTEX = "floor: bare FUTEX_WAKE -> FUTEX_WAIT on a MAP_SHARED word"
 QT_BASELINE = "Python: the Qt cycle's calls as no-ops (interpreter baseline)"
 IDLE = 1000  # idle processes of the crowded-machine cycle (qshm-bench's Plan)
 
@@ -40,6 +42,12 @@ METRICS = OrderedDict([
                                lower=True, peer=RAW, floor=SPIN, floors=[])),
     ("handoff_p99_us", dict(title="two processes taking turns under the lock: one-way handoff, p99",
                             lower=True, peer=RAW, floor=SPIN, floors=[])),
+    ("notify_wake_median_us", dict(title="two processes: notify_all in one -> wait_for_change returns in the other, "
+                                         "one way (half a round trip), median",
+                                   lower=True, peer=EVENTFD, floor=FUTEX, floors=[])),
+    ("notify_wake_p99_us", dict(title="two processes: notify_all in one -> wait_for_change returns in the other, "
+                                      "one way (half a round trip), p99",
+                                lower=True, peer=EVENTFD, floor=FUTEX, floors=[])),
     ("size_cycle_us", dict(title="create + first touch of every page + destroy, against segment size",
                            lower=True, peer=SHMEM, floor=RAW_POSIX, floors=[("System V", RAW_SYSV)],
                            xlabel="segment size", chart="size_cycle.svg", ylabel="µs per cycle")),
@@ -553,6 +561,12 @@ HOW = [
     "  stamp the clock (CLOCK_MONOTONIC) just before each unlock; a process taking the lock from",
     "  another process records the time since that stamp (log histogram, 2% buckets). Counters are",
     "  checked for lost increments. With more processes than cores, holders get preempted.",
+    "- **change notification**: two processes on two CPUs ping-pong a wake-up, both sleeping in the",
+    "  kernel while they wait: qshm's `notify_all` -> `wait_for_change` (one segment's generation",
+    "  counter, made odd by one side and even by the other), an `eventfd` each way (8-byte write ->",
+    "  blocking read), a pipe each way (1 byte), and the floor: the bare shared futex (`FUTEX_WAKE`",
+    "  -> `FUTEX_WAIT` on a MAP_SHARED word, no waiter count, no checks). One-way = half of each",
+    "  round trip; a tenth as many round trips warm up first; per run the median and p99.",
     "- **two-process handoff**: two processes on two different CPUs take turns through a turn",
     "  counter under the lock (the side whose turn it is not unlocks and yields); one-way handoff =",
     "  half the time between the parent's consecutive moves.",

@@ -9,6 +9,7 @@
 //! Only qshm's public API is used, so the benchmark outlives rewrites of its internals.
 
 mod locks;
+mod notify;
 mod stats;
 
 use std::ffi::CString;
@@ -78,12 +79,26 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("child") => child(&args[2..]),
-        Some("measure") => measure(if args.iter().any(|a| a == "--quick") {
-            &QUICK
-        } else {
-            &FULL
-        }),
-        _ => eprintln!("usage: qshm-bench measure [--quick]"),
+        Some("measure") => {
+            let plan = if args.iter().any(|a| a == "--quick") {
+                &QUICK
+            } else {
+                &FULL
+            };
+            match args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+            {
+                Some(only) if only == "notify" => {
+                    note_machine();
+                    notify(plan);
+                }
+                Some(other) => eprintln!("qshm-bench: --only {other}: only `notify` is known"),
+                None => measure(plan),
+            }
+        }
+        _ => eprintln!("usage: qshm-bench measure [--quick] [--only notify]"),
     }
 }
 
@@ -111,20 +126,30 @@ fn process_count() -> usize {
         .unwrap_or(0)
 }
 
-fn measure(plan: &Plan) {
+fn note_machine() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     note(&format!(
         "{} processes on the machine at the start; load average (1, 5, 15 min): {}",
         process_count(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     ));
+}
+
+fn measure(plan: &Plan) {
+    note_machine();
     lock_pairs(plan);
     cycles(plan);
     crowded_cycles(plan);
     size_curve(plan);
     pingpong(plan);
+    notify(plan);
     contended_curve(plan);
     bandwidth(plan);
+}
+
+/// Change notification against eventfd and pipe wake-ups (see `notify.rs`).
+fn notify(plan: &Plan) {
+    notify::measure(plan.handoff_runs, plan.handoff_rounds);
 }
 
 /// One figure's measurer: each call makes one run and returns its value.
@@ -846,6 +871,7 @@ fn child(args: &[String]) {
             let inst = Instance::open(&args[3..]);
             with_lock!(&inst, l => play(l, 1, rounds));
         }
+        "notify" => notify::child(&args[1..]),
         "contend" => {
             let ctl = Mapping::open(&args[1]);
             let latency = args[2] == "1";

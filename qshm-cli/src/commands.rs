@@ -1,4 +1,4 @@
-//! create, write, cat, stat, rm, lock and key.
+//! create, write, cat, stat, rm, lock and key (and the helpers `watch` shares).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -87,7 +87,7 @@ fn write_range(offset: usize, len: usize, size: usize) -> Result<std::ops::Range
 
 /// What a read of up to `len` bytes (`None`: all) at `offset` gets: what exists, like
 /// `head -c`; only an offset past the end is an error.
-fn read_range(offset: usize, len: Option<usize>, size: usize) -> Result<std::ops::Range<usize>, Failure> {
+pub fn read_range(offset: usize, len: Option<usize>, size: usize) -> Result<std::ops::Range<usize>, Failure> {
     let Some(room) = size.checked_sub(offset) else {
         return Err(Failure::input(format!(
             "offset {offset} is past the end of the segment ({size} bytes)"
@@ -124,7 +124,14 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
         |e| target.lock_failure(&shm, e),
     )?;
     bytes[span].copy_from_slice(&data);
-    drop(bytes);
+    // wake `qshm watch` and other waiters; a segment without a lock state we may add has
+    // none (nobody can wait on it), which is no failure of the write
+    match bytes.unlock_and_notify() {
+        Err(e) if !(e.operation() == "notify" && e.kind() == SharedMemoryError::LockError) => {
+            return Err(target.lock_failure(&shm, e));
+        }
+        _ => {}
+    }
     print_all(&format!("wrote {} bytes at offset {offset}\n", data.len()))
 }
 
@@ -160,7 +167,7 @@ pub fn cat(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> Cli
 /// Exactly what `hexdump -C` prints for `data` found at `offset`: offset, 16 bytes in
 /// hex, the printable ones as text; a run of lines equal to the one before is one `*`;
 /// the last line is the end offset.
-fn hex_dump(data: &[u8], offset: usize) -> String {
+pub fn hex_dump(data: &[u8], offset: usize) -> String {
     let mut text = String::with_capacity(data.len() * 4 + 80);
     let mut previous: Option<&[u8]> = None;
     let mut starred = false;

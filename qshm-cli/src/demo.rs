@@ -2,34 +2,48 @@
 //! creates a segment and starts a consumer process (this program again, as the hidden
 //! `demo-consumer` command); they exchange messages through the segment under its lock.
 //!
-//! Segment layout: bytes 0..8 the number of the latest message (u64, `BYE` at the end),
-//! 8..16 the number the consumer acknowledged, 16..20 the text length, 20.. the text.
-//! Each side prints while it holds the lock, so the transcript comes out in order.
+//! The segment holds one [`Mailbox`], a `#[repr(C)]` struct read and written through the
+//! lock guards' typed views (`as_type_mut`), as a Qt program would share a struct. Each
+//! side wakes the other with a change notification after its write
+//! (`unlock_and_notify`) and sleeps until the next one (`wait_for_change`) instead of
+//! polling. Each side prints while it holds the lock, so the transcript comes out in order.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qshm::{AccessMode, KeyType, LockMode, SharedMemory, SharedMemoryError};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::interrupt::{self, Interrupt};
 use crate::{CliResult, Failure, KeyOpts, Target, say, type_flag, type_name};
 
 const BYE: u64 = u64::MAX;
-const HEADER: usize = 20;
+/// Room for the text: the mailbox fills a 4096-byte segment exactly (no padding).
+const TEXT: usize = 4096 - 20;
 /// Give up when the other side makes no progress for this long.
 const TIMEOUT: Duration = Duration::from_secs(20);
-/// How long each side waits for the lock before it looks around again.
+/// How long each side waits for the lock, or a change, before it looks around again.
 const SLICE: Duration = Duration::from_millis(100);
 
-fn get(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_ne_bytes(word)
+/// What the two processes share.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct Mailbox {
+    /// The number of the latest message (`BYE` at the end).
+    latest: u64,
+    /// The number the consumer acknowledged.
+    acked: u64,
+    /// How many bytes of `text` are the message.
+    len: u32,
+    text: [u8; TEXT],
 }
 
-fn put(bytes: &mut [u8], at: usize, value: u64) {
-    bytes[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+impl Mailbox {
+    fn text(&self) -> String {
+        let len = (self.len as usize).min(TEXT);
+        String::from_utf8_lossy(&self.text[..len]).into_owned()
+    }
 }
 
 fn tell(who: &str, line: std::fmt::Arguments<'_>) {
@@ -116,33 +130,34 @@ fn produce(
     ];
     for n in 1..=u64::from(messages) {
         let text = format!("{} (#{n})", texts[(n as usize - 1) % texts.len()]);
-        {
-            let mut bytes =
-                interrupt.lock(key, shm.native_ipc_key(), |t| shm.lock_timeout(t), Failure::from)?;
-            let len = text.len().min(bytes.len() - HEADER);
-            bytes[16..20].copy_from_slice(&(len as u32).to_ne_bytes());
-            bytes[HEADER..HEADER + len].copy_from_slice(&text.as_bytes()[..len]);
-            put(&mut bytes, 0, n);
-            tell("producer", format_args!("wrote message #{n}: {text:?}"));
-        }
+        let mut guard = interrupt.lock(key, shm.native_ipc_key(), |t| shm.lock_timeout(t), Failure::from)?;
+        let mailbox = guard.as_type_mut::<Mailbox>()?;
+        let len = text.len().min(TEXT);
+        mailbox.text[..len].copy_from_slice(&text.as_bytes()[..len]);
+        mailbox.len = len as u32;
+        mailbox.latest = n;
+        tell("producer", format_args!("wrote message #{n}: {text:?}"));
+        guard.unlock_and_notify()?;
         wait_for_ack(shm, n, interrupt, consumer)?;
     }
-    {
-        let mut bytes = interrupt.lock(key, shm.native_ipc_key(), |t| shm.lock_timeout(t), Failure::from)?;
-        put(&mut bytes, 0, BYE);
-        tell(
-            "producer",
-            format_args!("no more messages: asked the consumer to finish"),
-        );
-    }
+    let mut guard = interrupt.lock(key, shm.native_ipc_key(), |t| shm.lock_timeout(t), Failure::from)?;
+    guard.as_type_mut::<Mailbox>()?.latest = BYE;
+    tell(
+        "producer",
+        format_args!("no more messages: asked the consumer to finish"),
+    );
+    guard.unlock_and_notify()?;
     wait_for_ack(shm, BYE, interrupt, consumer)
 }
 
+/// Sleep until the consumer acknowledged message `n`.
 fn wait_for_ack(shm: &SharedMemory, n: u64, interrupt: &Interrupt, consumer: &mut Child) -> CliResult {
     let start = Instant::now();
     loop {
-        if let Some(bytes) = shm.lock_read_timeout(SLICE)?
-            && get(&bytes, 8) == n
+        // the generation first, then the look: a change in between is not slept through
+        let seen = shm.generation()?;
+        if let Some(guard) = shm.lock_read_timeout(SLICE)?
+            && guard.as_type::<Mailbox>()?.acked == n
         {
             return Ok(());
         }
@@ -155,7 +170,7 @@ fn wait_for_ack(shm: &SharedMemory, n: u64, interrupt: &Interrupt, consumer: &mu
         if start.elapsed() > TIMEOUT {
             return Err(Failure::other(format!("no acknowledgement for message #{n}")));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        shm.wait_for_change(seen, SLICE)?;
     }
 }
 
@@ -171,20 +186,25 @@ pub fn consumer(target: &Target) -> CliResult {
     let mut last = 0;
     let mut progress = Instant::now();
     loop {
-        if let Some(mut bytes) = shm.lock_timeout(SLICE)? {
-            let n = get(&bytes, 0);
+        let seen = shm.generation()?;
+        if let Some(mut guard) = shm.lock_timeout(SLICE)? {
+            let mailbox = guard.as_type_mut::<Mailbox>()?;
+            let n = mailbox.latest;
             if n == BYE {
-                put(&mut bytes, 8, BYE);
+                mailbox.acked = BYE;
+                guard.unlock_and_notify()?;
                 break;
             }
             if n != last {
-                let len = u32::from_ne_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]) as usize;
-                let end = HEADER + len.min(bytes.len() - HEADER);
-                let text = String::from_utf8_lossy(&bytes[HEADER..end]).into_owned();
-                tell("consumer", format_args!("read  message #{n}: {text:?}"));
-                put(&mut bytes, 8, n);
+                tell(
+                    "consumer",
+                    format_args!("read  message #{n}: {:?}", mailbox.text()),
+                );
+                mailbox.acked = n;
+                guard.unlock_and_notify()?;
                 last = n;
                 progress = Instant::now();
+                continue;
             }
         }
         if interrupt.raised() {
@@ -196,7 +216,7 @@ pub fn consumer(target: &Target) -> CliResult {
         if progress.elapsed() > TIMEOUT {
             return Err(Failure::other("the producer went quiet".to_owned()));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        shm.wait_for_change(seen, SLICE)?;
     }
     shm.detach()?;
     tell("consumer", format_args!("detached, bye"));

@@ -11,6 +11,7 @@ mod interrupt;
 mod list;
 mod progress;
 mod size;
+mod watch;
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
@@ -143,6 +144,30 @@ enum Command {
         #[arg(long, value_parser = size::parse, allow_negative_numbers = true)]
         len: Option<usize>,
         /// Hex dump instead of raw bytes
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Print a segment's bytes now and every time they change, until Ctrl-C
+    ///
+    /// Wakes on the change notifications of qshm writers (`qshm write`,
+    /// `SharedMemory::notify_all`, `LockGuard::unlock_and_notify`); it sleeps in between,
+    /// without polling. Reads under the lock. Changes that come faster than it prints are
+    /// coalesced: it prints the latest bytes. Qt programs do not notify.
+    Watch {
+        /// The key: legacy, as in QSharedMemory(KEY), or native with --native
+        key: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        #[command(flatten)]
+        lock: LockFlag,
+        /// First byte to print (a size: 4096, 64K, 1.5M)
+        #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
+        offset: usize,
+        /// How many bytes (default: to the end)
+        #[arg(long, value_parser = size::parse, allow_negative_numbers = true)]
+        len: Option<usize>,
+        /// Hex dump (with a `# generation N` line before each) instead of raw bytes and a
+        /// newline
         #[arg(long)]
         hex: bool,
     },
@@ -406,6 +431,14 @@ fn run(cli: Cli) -> CliResult {
             len,
             hex,
         } => commands::cat(&KeyOpts::new(flags, Some(lock)).target(&key)?, offset, len, hex),
+        Command::Watch {
+            key,
+            flags,
+            lock,
+            offset,
+            len,
+            hex,
+        } => watch::watch(&KeyOpts::new(flags, Some(lock)).target(&key)?, offset, len, hex),
         Command::Stat { key, flags } => commands::stat(&KeyOpts::new(flags, None).target(&key)?),
         Command::Ls { json } => list::ls(json),
         Command::Rm {

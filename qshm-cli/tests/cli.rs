@@ -774,6 +774,7 @@ fn key_type_and_lock_flags_only_where_they_mean_something() {
         ("write", true, true),
         ("cat", true, true),
         ("lock", true, true),
+        ("watch", true, true),
         ("stat", true, false),
         ("rm", true, false),
         ("demo", false, true),
@@ -1409,4 +1410,39 @@ fn rm_stale_removes_unfinished_semaphore_files_nobody_uses() {
     );
     // SAFETY: the mapping made above.
     unsafe { libc::munmap(map, 32) };
+}
+
+#[test]
+fn watch_prints_every_change_another_process_writes() {
+    for kind in KINDS {
+        let key = unique_key("cliwatch");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let (mut holder, _) = hold(&key, kind, "32", &[]);
+        let mut watch =
+            Peer::spawn_command(Command::new(BIN).args(["watch", &key, "--len", "5", type_flag(kind)]));
+        let mut hex = Peer::spawn_command(Command::new(BIN).args([
+            "watch",
+            &key,
+            "--hex",
+            "--len",
+            "16",
+            type_flag(kind),
+        ]));
+        assert_eq!(watch.line(T), "\0\0\0\0\0", "the bytes as they are at the start");
+        assert_eq!(hex.line(T), "# generation 0");
+        assert!(hex.expect("00000010", T).is_empty(), "the start as a hex dump");
+        for text in ["hello", "world"] {
+            let out = qshm(&["write", &key, "--text", text, type_flag(kind)]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(watch.line(T), text, "watch printed the write of another process");
+            let dump = hex.expect("00000000", T);
+            assert!(dump.contains(&format!("|{text}")), "{dump}");
+        }
+        interrupt(&mut watch);
+        interrupt(&mut hex);
+        interrupt(&mut holder);
+        let left = leftovers(&key, kind, &[]);
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -8,12 +8,16 @@ use crate::lock::{self, Locker};
 use crate::sys::mapping::Mapping;
 use crate::sys::{self, AttachRequest, CreateRequest, LockMode, SegmentBackend, fork, os};
 
+mod atomics;
 mod info;
 mod last_error;
 mod locking;
+mod notify;
 
+pub use atomics::Atomics;
 pub use info::SegmentInfo;
 use last_error::LastError;
+pub use notify::Generation;
 
 /// How a segment is mapped (Qt's `QSharedMemory::AccessMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -67,8 +71,43 @@ pub const DEFAULT_PERMISSIONS: u32 = 0o600;
 /// The raw pointers ([`as_ptr`], [`as_mut_ptr`]) are for experts: dereferencing them is
 /// `unsafe` and subject to the same contract.
 ///
+/// The typed views of the guards ([`LockGuard::as_type_at`] and friends) are the guards'
+/// bytes under the same contract; they reference only the bytes of the `T`s they return,
+/// never the rest of the segment, and their types accept any bytes (zerocopy's
+/// `FromBytes`), have no padding (`IntoBytes`) and no interior mutability (`Immutable`).
+///
+/// ## Lock-free access: [`atomics`](Self::atomics)
+///
+/// [`Atomics`] hands out `&AtomicU8`, `&AtomicU32` and `&AtomicU64` to the segment's
+/// bytes without the lock. It is sound because:
+///
+/// * atomics may be shared and changed through `&` (they are `UnsafeCell`s), so another
+///   thread or process changing the word is no aliasing violation, and every access
+///   through them is one atomic instruction, so concurrent atomic accesses from any
+///   number of handles and processes are not data races (the hardware keeps the same
+///   atomicity and ordering for a `MAP_SHARED` page mapped into several processes as
+///   for threads of one);
+/// * within a handle, `atomics()` borrows it mutably, so no guard of that handle, and
+///   no `&[u8]`/`&mut [u8]` from one, can exist at the same time, and the mapping cannot
+///   be detached under the view;
+/// * the view exists only for read-write attachments: an atomic access to a read-only
+///   mapping faults.
+///
+/// Across handles and processes, which the borrow checker cannot see, the contract
+/// adds: **bytes that anyone accesses through atomics are accessed only through atomics
+/// while that may happen, in every process** — never through a guard's `[u8]`, a typed
+/// view of them, or plain pointer reads and writes — and **always with the same width**
+/// (Rust's memory model leaves racing atomic accesses of different sizes to the same
+/// bytes undefined: do not mix `atomic_u64(0)` with `bytes()[0..8]`). Keep lock-free
+/// words and lock-protected data apart: put the words in their own range, and reach the
+/// rest under the lock through the typed views at an offset
+/// ([`as_type_at`](crate::LockGuard::as_type_at)), which reference only their own bytes (a
+/// guard's whole `[u8]` would cover the words too).
+///
 /// [`as_ptr`]: Self::as_ptr
 /// [`as_mut_ptr`]: Self::as_mut_ptr
+/// [`LockGuard::as_type_at`]: crate::LockGuard::as_type_at
+/// [`Atomics`]: crate::Atomics
 #[doc(alias = "QSharedMemory")]
 pub struct SharedMemory {
     key: NativeIpcKey,
@@ -353,7 +392,12 @@ impl SharedMemory {
     }
 
     #[cold]
-    fn error_of(&self, op: &'static str, kind: SharedMemoryError, detail: impl Into<String>) -> Error {
+    pub(crate) fn error_of(
+        &self,
+        op: &'static str,
+        kind: SharedMemoryError,
+        detail: impl Into<String>,
+    ) -> Error {
         Error::new(kind, op, self.key.display_name()).with_detail(detail)
     }
 

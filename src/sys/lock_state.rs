@@ -194,9 +194,14 @@ struct Layout {
     owner_died_pending: AtomicU32,
     /// The Qt-compatible holder's [`phase`].
     phase: AtomicU32,
-    /// Bumped by writers that notify; waited on by readers (change notification).
+    /// Bumped by writers that notify; waited on by readers (change notification, a
+    /// shared futex word).
     generation: AtomicU32,
-    _reserved: u32,
+    /// How many processes may be asleep on `generation` (raised before a wait, lowered
+    /// after it; a waiter killed in between leaves it raised, which only costs notifiers
+    /// a system call). Notifiers skip `FUTEX_WAKE` while it is 0. (Was a reserved word,
+    /// 0 in lock states made before; same layout.)
+    waiters: AtomicU32,
     fast: libc::pthread_mutex_t,
     marker: libc::pthread_mutex_t,
 }
@@ -405,6 +410,21 @@ impl LockState {
     pub(crate) fn owner_died_pending(&self) -> &AtomicU32 {
         // SAFETY: as in phase().
         unsafe { &(*self.layout()).owner_died_pending }
+    }
+
+    /// The change-notification counter (a futex word shared by every process that maps
+    /// this lock state).
+    #[inline]
+    pub(crate) fn generation(&self) -> &AtomicU32 {
+        // SAFETY: as in phase().
+        unsafe { &(*self.layout()).generation }
+    }
+
+    /// How many processes may be waiting on [`generation`](Self::generation).
+    #[inline]
+    pub(crate) fn waiters(&self) -> &AtomicU32 {
+        // SAFETY: as in phase().
+        unsafe { &(*self.layout()).waiters }
     }
 }
 
