@@ -185,11 +185,6 @@ pub(crate) fn fallocate(fd: &OwnedFd, len: u64) -> io::Result<()> {
     })
 }
 
-pub(crate) fn chmod(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
-    // SAFETY: path is NUL-terminated; chmod only changes mode bits.
-    cvt(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
-}
-
 /// Give the unnamed file `fd` (opened with `O_TMPFILE`) the name `path`; fails with
 /// `EEXIST` when the name is taken, which makes publishing a prepared file atomic.
 pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
@@ -481,6 +476,46 @@ impl NamedSemaphore {
                 Ok(NamedSemaphore(sem))
             }
         })
+    }
+
+    /// Make a new semaphore `name` (its file `path` in `dir`) with `value`, the way
+    /// `sem_open(O_CREAT | O_EXCL)` does, but atomically: glibc writes it into a
+    /// temporary `sem.XXXXXX` it links and then unlinks, which a creator killed in
+    /// between leaves behind for ever. Here the file has no name until it is complete
+    /// (`O_TMPFILE`), so a killed creator leaves nothing. The bytes are glibc's own
+    /// (`sem_init` with `pshared`), so every `sem_open` of the name, Qt's included, opens
+    /// it as if glibc had made it. Fails with `EEXIST` when the name is taken (also when
+    /// it was replaced between linking and opening it).
+    pub(crate) fn create_new(
+        dir: &CStr,
+        path: &CStr,
+        name: &CStr,
+        mode: libc::mode_t,
+        value: u32,
+    ) -> io::Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let fd = open(dir, libc::O_TMPFILE | libc::O_RDWR, mode)?;
+        fchmod(&fd, mode)?;
+        let mut sem = std::mem::MaybeUninit::<libc::sem_t>::zeroed();
+        // SAFETY: sem points to a zeroed sem_t we own; pshared = 1 makes it usable
+        // between processes, as sem_open makes it.
+        cvt(unsafe { libc::sem_init(sem.as_mut_ptr(), 1, value) })?;
+        // SAFETY: every byte of sem is initialised (zeroed, then set by sem_init) and the
+        // slice covers exactly the sem_t, which lives until the end of this function.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(sem.as_ptr().cast::<u8>(), std::mem::size_of::<libc::sem_t>())
+        };
+        let file = std::fs::File::from(fd);
+        file.write_all_at(bytes, 0)?;
+        let fd = OwnedFd::from(file);
+        link_fd(&fd, path)?;
+        let opened = NamedSemaphore::open(name, 0, 0, 0)?;
+        // The name may have been unlinked and reused between link and open: ours only if
+        // it still names our file (a file, once unlinked, never gets that name back).
+        match (lstat(path), fstat(&fd)) {
+            (Ok(named), Ok(ours)) if named.same_file(&ours) => Ok(opened),
+            _ => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+        }
     }
 
     pub(crate) fn unlink(name: &CStr) -> io::Result<()> {

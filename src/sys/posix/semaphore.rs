@@ -131,7 +131,7 @@ impl Semaphore {
         mode: SemaphoreMode,
         perms: u32,
     ) -> Result<Semaphore, Failure> {
-        semaphore_file(key)?;
+        let file = os::cstring(&semaphore_file(key)?)?;
         if initial > os::SEM_VALUE_MAX {
             return Err(Failure::because(
                 SharedMemoryError::InvalidSize,
@@ -142,16 +142,14 @@ impl Semaphore {
             ));
         }
         let name = os::cstring(key.native())?;
+        let dir = os::cstring(SHM_DIR)?;
         let perms = perms as libc::mode_t;
         let mut tries = 0;
         loop {
             tries += 1;
-            match NamedSemaphore::open(&name, libc::O_CREAT | libc::O_EXCL, perms, initial) {
+            // exactly the mode asked for (sem_open would apply the umask)
+            match NamedSemaphore::create_new(&dir, &file, &name, perms, initial) {
                 Ok(sem) => {
-                    // sem_open applies the umask; give it exactly the mode asked for
-                    if let Ok(file) = semaphore_file(key).and_then(|f| Ok(os::cstring(&f)?)) {
-                        let _ = os::chmod(&file, perms);
-                    }
                     return Ok(Semaphore {
                         sem,
                         name,
