@@ -274,7 +274,7 @@ pub struct Removal {
 pub fn scan() -> Result<Scan> {
     let look = look::Look::take().map_err(|e| Error::os("scan", "/dev/shm", e))?;
     let mut drafts = look.segments();
-    lock_status::settle(&mut drafts);
+    look::settle(&mut drafts);
     let segments = drafts.into_iter().map(|d| d.segment).collect();
     let orphans = orphans::find(&look);
     Ok(Scan { segments, orphans })
@@ -285,7 +285,7 @@ pub fn scan() -> Result<Scan> {
 pub fn segment(key: &NativeIpcKey) -> Result<Option<Segment>> {
     let look = look::Look::take().map_err(|e| Error::os("scan", key.display_name(), e))?;
     let mut drafts: Vec<_> = look.segment_of(key).into_iter().collect();
-    lock_status::settle(&mut drafts);
+    look::settle(&mut drafts);
     Ok(drafts.pop().map(|d| d.segment))
 }
 

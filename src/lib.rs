@@ -40,19 +40,18 @@ struct ReadmeDoctests;
 #[cfg(feature = "admin")]
 pub mod admin;
 mod error;
-mod guard;
 mod key;
 mod lock;
+mod os;
 mod semaphore;
 mod shared_memory;
 mod sys;
 
 pub use error::{Error, Result, SharedMemoryError};
-pub use guard::{LockGuard, ReadGuard};
 pub use key::{KeyType, NativeIpcKey};
 pub use semaphore::SystemSemaphore;
-pub use shared_memory::{AccessMode, Atomics, DEFAULT_PERMISSIONS, Generation, SegmentInfo, SharedMemory};
-pub use sys::{LockMode, SemaphoreMode};
+pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SegmentInfo, SharedMemory};
+pub use sys::{DEFAULT_PERMISSIONS, LockMode, SemaphoreMode};
 /// The crate whose traits the typed views ([`LockGuard::as_type`]) ask for, re-exported so
 /// that its version matches qshm's.
 pub use zerocopy;

@@ -476,7 +476,7 @@ pub(crate) fn no_living_holder_possible(sem: (u64, u64), lock_state: Option<(u64
 /// Owner and mode of the semaphore's file, found by device and inode among `/dev/shm`'s
 /// `sem.*` files (its name may have been replaced since we opened it).
 fn census_file_stat(dev: u64, ino: u64) -> Option<(u32, u32)> {
-    let dir = std::fs::read_dir(crate::sys::posix::SHM_DIR).ok()?;
+    let dir = std::fs::read_dir(crate::sys::SHM_DIR).ok()?;
     dir.flatten().find_map(|entry| {
         use std::os::unix::fs::MetadataExt;
         let meta = entry.metadata().ok()?;

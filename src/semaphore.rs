@@ -46,7 +46,7 @@ impl SystemSemaphore {
     /// Open the semaphore of a native key.
     #[doc(alias = "setNativeKey")]
     pub fn with_native_key(key: NativeIpcKey, initial: u32, mode: SemaphoreMode) -> Result<SystemSemaphore> {
-        let backend = sys::open_semaphore(&key, initial, mode, crate::DEFAULT_PERMISSIONS)
+        let backend = sys::open_semaphore(&key, initial, mode, crate::sys::DEFAULT_PERMISSIONS)
             .map_err(|f| Error::from_failure("open semaphore", key.display_name(), f))?;
         Ok(SystemSemaphore {
             key,

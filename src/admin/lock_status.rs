@@ -7,12 +7,12 @@
 //! maps the lock state), and no qshm process holds the lock (`marker` held in the held or
 //! releasing phase), which a waiter knows because it holds `marker` itself.
 
-use super::look::Draft;
 use super::{LockStatus, Maker};
 use crate::key::NativeIpcKey;
 use crate::lock::{self, DEAD_HOLDER_LOOK};
+use crate::os;
 use crate::sys::lock_state::{LockState, Peek, SegmentId, phase};
-use crate::sys::{LockMode, os, posix, sysv};
+use crate::sys::{LockMode, posix, sysv};
 
 /// How to find out the status of a POSIX semaphore lock.
 #[derive(Clone, Debug)]
@@ -104,27 +104,25 @@ fn look_once(probe: &Probe) -> Seen {
     }
 }
 
-/// Settle the status of every lock that needs a look: one look now and, for the locks
-/// that look abandoned, another one [`DEAD_HOLDER_LOOK`] later.
-pub(super) fn settle(drafts: &mut [Draft]) {
+/// Settle the status of every lock that needs a look (`probe`, the status to set): one
+/// look now and, for the locks that look abandoned, another one [`DEAD_HOLDER_LOOK`] later.
+pub(super) fn settle<'a>(locks: impl IntoIterator<Item = (&'a Probe, &'a mut LockStatus)>) {
     let mut suspects = Vec::new();
-    for (i, draft) in drafts.iter_mut().enumerate() {
-        match draft.probe.as_ref().map(look_once) {
-            Some(Seen::Nobody(file)) => suspects.push((i, file)),
-            Some(Seen::Known(status)) => draft.segment.lock = status,
-            None => {}
+    for (probe, status) in locks {
+        match look_once(probe) {
+            Seen::Nobody(file) => suspects.push((probe, status, file)),
+            Seen::Known(known) => *status = known,
         }
     }
     if suspects.is_empty() {
         return;
     }
     std::thread::sleep(DEAD_HOLDER_LOOK);
-    for (i, file) in suspects {
-        let draft = &mut drafts[i];
-        draft.segment.lock = match draft.probe.as_ref().map(look_once) {
-            Some(Seen::Nobody(again)) if again == file => LockStatus::HolderDied,
-            Some(Seen::Known(status)) => status,
-            _ => LockStatus::Held,
+    for (probe, status, file) in suspects {
+        *status = match look_once(probe) {
+            Seen::Nobody(again) if again == file => LockStatus::HolderDied,
+            Seen::Known(known) => known,
+            Seen::Nobody(_) => LockStatus::Held,
         };
     }
 }

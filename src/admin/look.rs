@@ -9,8 +9,8 @@ use super::lock_status::{self, Probe};
 use super::{Maker, NEW_GRACE, OsId, QtName, Segment, State};
 use crate::key::{IpcType, KeyType, LegacyName, NativeIpcKey, qt_temp_dir};
 use crate::lock;
+use crate::os::{self, FileStat};
 use crate::sys::lock_state::{LOCK_STATE_PREFIX, LockState, Origin, Peek, SegmentId, name_tag};
-use crate::sys::os::{self, FileStat};
 use crate::sys::procfs::{self, SemRow, ShmRow};
 use crate::sys::{posix, sysv};
 
@@ -49,6 +49,14 @@ impl ShmFile {
     }
 }
 
+/// Settle the lock status of every draft that needs a look ([`lock_status::settle`]).
+pub(super) fn settle(drafts: &mut [Draft]) {
+    let locks = drafts
+        .iter_mut()
+        .filter_map(|d| Some((d.probe.as_ref()?, &mut d.segment.lock)));
+    lock_status::settle(locks);
+}
+
 /// A segment as found, with what is needed to settle its lock and to remove it.
 pub(super) struct Draft {
     pub segment: Segment,
@@ -83,7 +91,7 @@ impl Look {
             sems,
             key_files: key_files(),
             flocks: procfs::flock_holders(),
-            mappers: procfs::mappers_under(posix::SHM_DIR),
+            mappers: procfs::mappers_under(crate::sys::SHM_DIR),
             files: shm_dir_files()?,
         })
     }
@@ -322,12 +330,12 @@ fn key_files() -> Vec<KeyFile> {
 
 /// The regular files in `/dev/shm`.
 fn shm_dir_files() -> io::Result<Vec<ShmFile>> {
-    let entries = std::fs::read_dir(posix::SHM_DIR)?;
+    let entries = std::fs::read_dir(crate::sys::SHM_DIR)?;
     Ok(entries
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
-            let path = format!("{}/{name}", posix::SHM_DIR);
+            let path = format!("{}/{name}", crate::sys::SHM_DIR);
             let st = os::cstring(&path).and_then(|c| os::lstat(&c)).ok()?;
             st.is_regular().then_some(ShmFile { name, path, st })
         })
@@ -339,7 +347,7 @@ pub(super) fn exists(key: &NativeIpcKey) -> bool {
     match key.kind() {
         KeyType::SystemV => sysv::numeric_key(key).is_some_and(|k| os::shmget(k, 0, 0).is_ok()),
         KeyType::PosixRealtime => posix::shm_file_name(key.native()).is_ok_and(|name| {
-            os::cstring(&format!("{}/{name}", posix::SHM_DIR))
+            os::cstring(&format!("{}/{name}", crate::sys::SHM_DIR))
                 .and_then(|c| os::lstat(&c))
                 .is_ok_and(|st| st.is_regular())
         }),

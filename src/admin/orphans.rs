@@ -7,9 +7,9 @@ use std::ffi::CString;
 use super::look::{Look, ShmFile, qt_name};
 use super::{ORPHAN_GRACE, Orphan, OrphanKind};
 use crate::key::{IpcType, KeyType, LegacyName, NativeIpcKey};
+use crate::os;
 use crate::sys::lock_state::{LOCK_STATE_PREFIX, SegmentId};
 use crate::sys::named_file::NamedFile;
-use crate::sys::os;
 use crate::sys::procfs;
 use crate::sys::{posix, sysv};
 
@@ -210,7 +210,7 @@ fn remove_posix_semaphore(path: &str) -> bool {
     let Some(segment) = segment_of_semaphore(file_name) else {
         return false;
     };
-    let segment_path = format!("{}/{segment}", posix::SHM_DIR);
+    let segment_path = format!("{}/{segment}", crate::sys::SHM_DIR);
     let segment_gone = os::cstring(&segment_path)
         .and_then(|p| os::lstat(&p))
         .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT));

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use super::look::{Draft, Look};
-use super::{LockStatus, Maker, OsId, Removal, lock_status, orphans};
+use super::look::{self, Draft, Look};
+use super::{LockStatus, Maker, OsId, Removal, orphans};
 use crate::error::{Error, Result};
 use crate::lock::DEAD_HOLDER_LOOK;
-use crate::sys::{self, os, posix};
+use crate::os;
+use crate::sys::{self, posix};
 use crate::{AccessMode, SharedMemory};
 
 /// How long a repair waits for the lock: the library's two looks for a living holder,
@@ -16,7 +17,7 @@ const REPAIR_WAIT: Duration = Duration::from_secs(2 * DEAD_HOLDER_LOOK.as_secs()
 pub(super) fn remove_stale(include_foreign: bool) -> Result<Removal> {
     let look = Look::take().map_err(|e| Error::os("remove stale", "/dev/shm", e))?;
     let mut drafts = look.segments();
-    lock_status::settle(&mut drafts);
+    look::settle(&mut drafts);
     let mut out = Removal::default();
     for draft in drafts {
         let segment = &draft.segment;

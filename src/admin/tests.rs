@@ -7,8 +7,9 @@ use super::look::{self, maker, posix_state, sysv_state};
 use super::orphans::is_glibc_temporary;
 use super::*;
 use crate::key::{IpcType, LegacyName};
+use crate::os;
 use crate::sys::lock_state::{Origin, Peek, SegmentId, phase};
-use crate::sys::{os, posix, procfs};
+use crate::sys::procfs;
 use crate::{AccessMode, SharedMemory, SystemSemaphore};
 
 #[test]
@@ -259,7 +260,7 @@ fn a_segment_and_its_lock_as_admin_sees_them() {
 #[test]
 fn flock_holders_and_mappers_are_seen_by_device_and_inode() {
     // in /dev/shm, where the segments are (other file systems may report other devices)
-    let path = format!("{}/qshm-admin-test-{}", posix::SHM_DIR, std::process::id());
+    let path = format!("{}/qshm-admin-test-{}", crate::sys::SHM_DIR, std::process::id());
     struct RemoveFile(String);
     impl Drop for RemoveFile {
         fn drop(&mut self) {
@@ -278,11 +279,11 @@ fn flock_holders_and_mappers_are_seen_by_device_and_inode() {
     let st = os::fstat(&fd).unwrap();
     let id = (st.dev, st.ino);
     assert_eq!(procfs::flock_holders().get(&id).copied(), Some(1));
-    assert_eq!(procfs::mappers_under(posix::SHM_DIR).get(&id), None);
+    assert_eq!(procfs::mappers_under(crate::sys::SHM_DIR).get(&id), None);
     os::ftruncate(&fd, 4096).unwrap();
     use std::os::fd::AsRawFd;
     let ptr = os::mmap_shared(fd.as_raw_fd(), 4096, false).unwrap();
-    let mappers = procfs::mappers_under(posix::SHM_DIR).get(&id).copied();
+    let mappers = procfs::mappers_under(crate::sys::SHM_DIR).get(&id).copied();
     // SAFETY: ptr is the 4096-byte mapping made just above, used by nobody else.
     unsafe { os::munmap(ptr, 4096) }.unwrap();
     assert_eq!(mappers, Some(1), "this process maps it");

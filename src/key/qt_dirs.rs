@@ -90,7 +90,7 @@ pub(crate) fn qt_runtime_dir() -> std::result::Result<String, String> {
     let uid = unsafe { libc::geteuid() };
     runtime_dir_from(xdg.as_deref(), uid, || {
         // Qt's resolveUserName: the passwd name, or "" without an entry
-        let user = crate::sys::os::user_name(uid).unwrap_or_default();
+        let user = crate::os::user_name(uid).unwrap_or_default();
         format!("{}/runtime-{user}", qt_temp_dir())
     })
 }

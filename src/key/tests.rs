@@ -582,7 +582,7 @@ fn runtime_dir_matches_real_qt() {
     let Some(python) = qt_python("runtime_dir_matches_real_qt") else {
         return;
     };
-    let user = crate::sys::os::user_name(euid()).unwrap_or_default();
+    let user = crate::os::user_name(euid()).unwrap_or_default();
     // (what XDG_RUNTIME_DIR is, whether TMPDIR exists, what the fallback is)
     #[derive(Clone, Copy)]
     enum Made {
@@ -737,7 +737,7 @@ fn missing_runtime_dir_is_made_and_create_works_end_to_end() {
     let tmp = dir.path("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let lines = run_child(NAME, &[("XDG_RUNTIME_DIR", ""), ("TMPDIR", &tmp)]);
-    let user = crate::sys::os::user_name(euid()).unwrap_or_default();
+    let user = crate::os::user_name(euid()).unwrap_or_default();
     let fallback = format!("{tmp}/runtime-{user}");
     assert_eq!(lines[0], format!("{fallback}/qshm-keytest-rt"));
     assert!(lines[1].starts_with("created "), "{lines:?}");

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use super::guard::{LockGuard, ReadGuard};
 use super::{AccessMode, Attachment, SharedMemory};
 use crate::error::{Error, Result, SharedMemoryError};
-use crate::guard::{LockGuard, ReadGuard};
 
 impl SharedMemory {
     /// Lock the segment for reading and writing, waiting as long as it takes.

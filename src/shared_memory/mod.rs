@@ -5,16 +5,19 @@ use std::fmt;
 use crate::error::{Error, Failure, Result, SharedMemoryError};
 use crate::key::{self, IpcType, KeyType, NativeIpcKey};
 use crate::lock::{self, Locker};
+use crate::os;
 use crate::sys::mapping::Mapping;
-use crate::sys::{self, AttachRequest, CreateRequest, LockMode, SegmentBackend, fork, os};
+use crate::sys::{self, AttachRequest, CreateRequest, DEFAULT_PERMISSIONS, LockMode, SegmentBackend, fork};
 
 mod atomics;
+mod guard;
 mod info;
 mod last_error;
 mod locking;
 mod notify;
 
 pub use atomics::Atomics;
+pub use guard::{LockGuard, ReadGuard};
 pub use info::SegmentInfo;
 use last_error::LastError;
 pub use notify::Generation;
@@ -30,9 +33,6 @@ pub enum AccessMode {
     #[default]
     ReadWrite,
 }
-
-/// The mode new segments get unless [`SharedMemory::set_permissions`] says otherwise.
-pub const DEFAULT_PERMISSIONS: u32 = 0o600;
 
 /// A named shared-memory segment, shared by threads and processes.
 ///

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::SharedMemory;
 use crate::error::{Error, Result, SharedMemoryError};
+use crate::os;
 use crate::sys::lock_state::LockState;
-use crate::sys::os;
 
 /// How many times a segment's data was announced as changed ([`SharedMemory::notify_all`]),
 /// as seen at some moment: pass it to [`SharedMemory::wait_for_change`] to sleep until

@@ -25,11 +25,11 @@
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use super::SHM_DIR;
 use super::mapping::Mapping;
 use super::named_file::NamedFile;
-use super::os::{self, FileStat};
-use super::posix::SHM_DIR;
 use super::robust_mutex;
+use crate::os::{self, FileStat};
 
 #[cfg(feature = "admin")]
 mod peek;

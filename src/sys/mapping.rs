@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use super::os;
+use crate::os;
 
 /// How the region was mapped, so `Drop` undoes it the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

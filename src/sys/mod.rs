@@ -15,18 +15,25 @@ use std::time::Duration;
 
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::{KeyType, NativeIpcKey};
+use crate::os;
 
 pub(crate) mod fork;
 pub(crate) mod lock_state;
 pub(crate) mod mapping;
 pub(crate) mod named_file;
-pub(crate) mod os;
 pub(crate) mod posix;
 pub(crate) mod procfs;
 pub(crate) mod robust_mutex;
 pub(crate) mod sysv;
 
 pub use lock_state::LockMode;
+
+/// The mode new segments and semaphores get unless told otherwise
+/// ([`SharedMemory::set_permissions`](crate::SharedMemory::set_permissions)).
+pub const DEFAULT_PERMISSIONS: u32 = 0o600;
+
+/// Where glibc's `shm_open` and `sem_open` keep their files, and qshm its lock states.
+pub(crate) const SHM_DIR: &str = "/dev/shm";
 use lock_state::{LockState, NewLockState, Origin, SegmentId, Untrusted};
 use mapping::Mapping;
 

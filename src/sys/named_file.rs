@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use super::os::{self, FileStat};
+use crate::os::{self, FileStat};
 
 /// How long `flock` waits for another process before giving up. Every legitimate
 /// holder (a create, attach or destroy of the same key) holds it for milliseconds.
@@ -125,7 +125,7 @@ impl NamedFile {
 fn leases_see_readers() -> bool {
     static CHECKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CHECKED.get_or_init(|| {
-        let Ok(dir) = os::cstring(super::posix::SHM_DIR) else {
+        let Ok(dir) = os::cstring(super::SHM_DIR) else {
             return false;
         };
         let Ok(file) = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, 0o600) else {

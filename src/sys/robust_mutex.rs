@@ -8,7 +8,7 @@
 use std::io;
 use std::time::Duration;
 
-use super::os;
+use crate::os;
 
 /// How a lock attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 use std::io;
 
 use super::{Layout, LockMode, LockState, MAGIC, Origin, SegmentId};
+use crate::os;
 use crate::sys::named_file::NamedFile;
-use crate::sys::os;
 
 /// What a look at a lock state finds (for tools): read from the file, without mapping
 /// it or taking anything, so nobody using the lock notices.

@@ -46,17 +46,14 @@ pub(crate) use semaphore::{peek_value, semaphore_file};
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
-use super::os::{self, FileStat, NamedSemaphore};
 use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LazyLock, LockMode, Owner, SegmentBackend, SegmentStat,
-    SemaphoreBackend, fork, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, LazyLock, LockMode, Owner, SHM_DIR, SegmentBackend,
+    SegmentStat, SemaphoreBackend, fork, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
-
-/// Where glibc's `shm_open` and `sem_open` keep their files.
-pub(crate) const SHM_DIR: &str = "/dev/shm";
+use crate::os::{self, FileStat, NamedSemaphore};
 
 /// How often create/attach retry when they lose a race with a destroyer.
 const RACE_RETRIES: usize = 32;

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use super::id_of;
 use crate::error::Failure;
+use crate::os::{self, FileStat};
 use crate::sys::lock_state::LockState;
 use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
-use crate::sys::os::{self, FileStat};
 use crate::sys::procfs::{self, Mapped};
 
 /// What a look at an existing segment name found.

@@ -6,12 +6,12 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::SHM_DIR;
 use super::mapped_by_others;
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
+use crate::os::{self, NamedSemaphore};
+use crate::sys::SHM_DIR;
 use crate::sys::named_file::NamedFile;
-use crate::sys::os::{self, NamedSemaphore};
 use crate::sys::procfs::{self, Mapped};
 use crate::sys::{SemaphoreBackend, SemaphoreMode, not_ours};
 

@@ -5,8 +5,9 @@ use super::key_file::{ftok_key, key_path, lock_key_file, remove_companions};
 use super::{id_of, owner_of};
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
+use crate::os;
 use crate::sys::lock_state::{LockState, SegmentId};
-use crate::sys::{not_ours, os, procfs};
+use crate::sys::{not_ours, procfs};
 
 /// Remove our System V lock states whose segment is gone. Qt removes a segment (and its
 /// key file) when a Qt process detaches last, and cannot know qshm's lock state; the
@@ -14,7 +15,7 @@ use crate::sys::{not_ours, os, procfs};
 /// segment exists and removed before it, so one whose segment id is gone (or now names a
 /// segment of another creator) is an orphan, never work in progress.
 pub(crate) fn sweep_orphaned_lock_states() {
-    let Ok(dir) = std::fs::read_dir(crate::sys::posix::SHM_DIR) else {
+    let Ok(dir) = std::fs::read_dir(crate::sys::SHM_DIR) else {
         return;
     };
     let me = os::euid();

@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::{LegacyName, NativeIpcKey, SYSV_PROJECT_ID};
+use crate::os;
 use crate::sys::lock_state;
 use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
-use crate::sys::{not_ours, os};
+use crate::sys::not_ours;
 
 /// `ftok(path, 'Q')`, the numeric key Qt uses.
 pub(crate) fn ftok_key(path: &CString) -> io::Result<libc::key_t> {

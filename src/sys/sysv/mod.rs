@@ -45,7 +45,6 @@ pub(crate) use semaphore::Semaphore;
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::NamedFile;
-use super::os;
 use super::procfs::{self, Mapped};
 use super::{
     AttachRequest, Attached, CreateRequest, Detached, LockMode, Owner, SegmentBackend, SegmentStat,
@@ -53,6 +52,7 @@ use super::{
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
+use crate::os;
 
 /// How long a destroyer waits for Qt's semaphore (see `posix.rs`).
 const DESTROY_SEMAPHORE_WAIT: Duration = Duration::from_millis(100);

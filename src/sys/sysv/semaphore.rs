@@ -10,8 +10,9 @@ use super::key_file::{
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
+use crate::os;
 use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
-use crate::sys::{SemaphoreBackend, SemaphoreMode, os};
+use crate::sys::{SemaphoreBackend, SemaphoreMode};
 
 /// A System V semaphore set of one semaphore, opened the way `QSystemSemaphore` does;
 /// every operation uses `SEM_UNDO`, so a dead process's units come back.

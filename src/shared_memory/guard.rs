@@ -6,10 +6,9 @@ use std::ops::{Deref, DerefMut};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use super::{Generation, SharedMemory};
 use crate::error::{Result, SharedMemoryError};
 use crate::lock::Locker;
-use crate::shared_memory::Generation;
-use crate::shared_memory::SharedMemory;
 use crate::sys::mapping::Mapping;
 
 /// A held lock; the common part of both guards.

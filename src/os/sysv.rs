@@ -1,0 +1,128 @@
+//! System V shared memory and semaphores: `shmget`, `shmat`, `shmctl`, `semget`,
+//! `semctl`, `semtimedop`.
+
+use std::ffi::CStr;
+use std::io;
+use std::time::Duration;
+
+use super::{cvt, timespec};
+
+/// System V's `SEMVMX`: a System V semaphore never counts higher.
+pub(crate) const SEMVMX: u32 = 32767;
+
+pub(crate) fn ftok(path: &CStr, id: i32) -> io::Result<libc::key_t> {
+    // SAFETY: path is NUL-terminated; ftok only stats it.
+    let key = unsafe { libc::ftok(path.as_ptr(), id) };
+    if key == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(key)
+    }
+}
+
+pub(crate) fn shmget(key: libc::key_t, size: usize, flags: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: shmget takes plain values.
+    cvt(unsafe { libc::shmget(key, size, flags) })
+}
+
+pub(crate) fn shmat(id: libc::c_int, read_only: bool) -> io::Result<*mut u8> {
+    let flags = if read_only { libc::SHM_RDONLY } else { 0 };
+    // SAFETY: attaching at a kernel-chosen address (NULL) cannot alias Rust memory.
+    let ptr = unsafe { libc::shmat(id, std::ptr::null(), flags) };
+    if ptr as isize == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ptr.cast())
+    }
+}
+
+/// # Safety
+/// `ptr` must come from [`shmat`] and nothing may use the mapping any more.
+pub(crate) unsafe fn shmdt(ptr: *mut u8) -> io::Result<()> {
+    // SAFETY: guaranteed by the caller.
+    cvt(unsafe { libc::shmdt(ptr.cast()) }).map(drop)
+}
+
+pub(crate) fn shm_stat(id: libc::c_int) -> io::Result<libc::shmid_ds> {
+    let mut ds = std::mem::MaybeUninit::<libc::shmid_ds>::uninit();
+    // SAFETY: ds points to writable memory of the right size for IPC_STAT.
+    cvt(unsafe { libc::shmctl(id, libc::IPC_STAT, ds.as_mut_ptr()) })?;
+    // SAFETY: IPC_STAT succeeded, so it filled ds.
+    Ok(unsafe { ds.assume_init() })
+}
+
+pub(crate) fn shm_remove(id: libc::c_int) -> io::Result<()> {
+    // SAFETY: IPC_RMID ignores the buffer argument.
+    cvt(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) }).map(drop)
+}
+
+/// `SHM_DEST` in `shm_perm.mode`: the segment is marked for destruction.
+pub(crate) const SHM_DEST: u16 = 0o1000;
+
+// ---------------------------------------------------------------- System V semaphores
+
+pub(crate) fn semget(key: libc::key_t, flags: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: semget takes plain values.
+    cvt(unsafe { libc::semget(key, 1, flags) })
+}
+
+pub(crate) fn sem_setval(id: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: SETVAL takes the value as the variadic int argument (union semun.val).
+    cvt(unsafe { libc::semctl(id, 0, libc::SETVAL, value) }).map(drop)
+}
+
+pub(crate) fn sem_getval(id: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: GETVAL takes no extra argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::GETVAL) })
+}
+
+/// The owner's uid of semaphore set `id` (`semctl(IPC_STAT)`).
+pub(crate) fn sem_owner(id: libc::c_int) -> io::Result<u32> {
+    let mut ds = std::mem::MaybeUninit::<libc::semid_ds>::zeroed();
+    // SAFETY: IPC_STAT writes a semid_ds through the variadic pointer argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::IPC_STAT, ds.as_mut_ptr()) })?;
+    // SAFETY: IPC_STAT succeeded (and the buffer was zeroed), so ds is initialised.
+    Ok(unsafe { ds.assume_init() }.sem_perm.uid)
+}
+
+pub(crate) fn sem_remove(id: libc::c_int) -> io::Result<()> {
+    // SAFETY: IPC_RMID takes no extra argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::IPC_RMID) }).map(drop)
+}
+
+/// Add `delta` to semaphore 0 of set `id` with `SEM_UNDO`, so the kernel reverts it if
+/// this process dies. `timeout`: `None` blocks, `Some(0)` never blocks. `Ok(false)`
+/// means it would have blocked or timed out.
+pub(crate) fn semop_undo(id: libc::c_int, delta: i16, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut flags = libc::SEM_UNDO as libc::c_short;
+    if timeout == Some(Duration::ZERO) {
+        flags |= libc::IPC_NOWAIT as libc::c_short;
+    }
+    let mut op = libc::sembuf {
+        sem_num: 0,
+        sem_op: delta,
+        sem_flg: flags,
+    };
+    let rc = match timeout {
+        Some(t) if !t.is_zero() => {
+            let ts = timespec(t);
+            // SAFETY: op and ts are valid for the duration of the call.
+            unsafe { libc::syscall(libc::SYS_semtimedop, id, &mut op, 1usize, &ts) as libc::c_int }
+        }
+        // SAFETY: op is valid for the duration of the call.
+        _ => unsafe { libc::semop(id, &mut op, 1) },
+    };
+    match cvt(rc) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `semctl(GETPID)`: the process that last operated on semaphore 0 of set `id` (0 when
+/// nobody has yet), for `qshm ls` to tell an abandoned semaphore from one in use.
+#[cfg(feature = "admin")]
+pub(crate) fn sem_last_pid(id: libc::c_int) -> io::Result<libc::pid_t> {
+    // SAFETY: GETPID takes no extra argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::GETPID) })
+}
