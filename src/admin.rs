@@ -211,9 +211,15 @@ pub enum OrphanKind {
     KeyFile,
     /// glibc's temporary name (`/dev/shm/sem.` and 6 random characters) of a semaphore
     /// that has its real name too: its `sem_open` was killed between `link` and `unlink`.
-    /// Removing it removes a name, never the semaphore. (A temporary with no other name
-    /// is never listed: it cannot be told from a semaphore named with six characters.)
+    /// Removing it removes a name, never the semaphore.
     UnfinishedSemaphore,
+    /// A file named like glibc's temporary with no other name, unused: left by a
+    /// `sem_open` killed before it named its semaphore, or a semaphore someone named with
+    /// six letters and digits (`sem_open("/daemon")`), which nothing tells apart. So it is
+    /// another program's ([`Orphan::is_foreign`]): [`remove_stale`] removes it only when
+    /// asked to remove other programs' objects too. (qshm itself never leaves one: it
+    /// makes its semaphores without a temporary name.)
+    MaybeUnfinishedSemaphore,
 }
 
 impl OrphanKind {
@@ -221,7 +227,9 @@ impl OrphanKind {
     pub fn key_type(self) -> KeyType {
         match self {
             OrphanKind::LockState(kind) => kind,
-            OrphanKind::PosixSemaphore | OrphanKind::UnfinishedSemaphore => KeyType::PosixRealtime,
+            OrphanKind::PosixSemaphore
+            | OrphanKind::UnfinishedSemaphore
+            | OrphanKind::MaybeUnfinishedSemaphore => KeyType::PosixRealtime,
             OrphanKind::SystemVSemaphore { .. } | OrphanKind::KeyFile => KeyType::SystemV,
         }
     }
@@ -239,6 +247,14 @@ pub struct Orphan {
     pub qt_name: Option<QtName>,
     /// Time since it was made.
     pub age: Duration,
+}
+
+impl Orphan {
+    /// Maybe another program's object rather than a leftover ([`remove_stale`] leaves it
+    /// alone unless asked).
+    pub fn is_foreign(&self) -> bool {
+        self.kind == OrphanKind::MaybeUnfinishedSemaphore
+    }
 }
 
 /// Everything one look at the machine found.
@@ -267,6 +283,8 @@ pub struct Removal {
     pub unrepaired: Vec<Segment>,
     /// Stale segments left alone because they are other programs' ([`Segment::is_foreign`]).
     pub kept_foreign: Vec<Segment>,
+    /// Orphans left alone because they may be other programs' ([`Orphan::is_foreign`]).
+    pub kept_foreign_orphans: Vec<Orphan>,
 }
 
 /// Look at the whole machine once: every segment, and the orphans. Takes a second more

@@ -347,6 +347,19 @@ pub fn rm_stale(all: bool) -> CliResult {
             names.join(", ")
         );
     }
+    if !removal.kept_foreign_orphans.is_empty() {
+        let names: Vec<String> = removal
+            .kept_foreign_orphans
+            .iter()
+            .map(|o| o.path.display().to_string())
+            .collect();
+        let _ = writeln!(
+            text,
+            "kept {} that may be other programs' ({}): `qshm rm --stale --all` removes them too",
+            list::plural(names.len(), "semaphore"),
+            names.join(", ")
+        );
+    }
     print_all(&text)
 }
 

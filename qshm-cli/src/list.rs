@@ -141,6 +141,13 @@ pub fn orphan_kind(o: &Orphan) -> (&'static str, Option<String>) {
             "semaphore",
             Some("glibc's temporary file of an unfinished sem_open".to_owned()),
         ),
+        OrphanKind::MaybeUnfinishedSemaphore => (
+            "semaphore*",
+            Some(
+                "named like glibc's temporary file of an unfinished sem_open, or a semaphore named so"
+                    .to_owned(),
+            ),
+        ),
         _ => ("semaphore", None),
     }
 }
@@ -252,7 +259,8 @@ fn summary(scan: &Scan) -> String {
         let _ = write!(text, "{} held by a dead process, ", plural(dead, "lock"));
     }
     text.push_str(&plural(scan.orphans.len(), "orphan"));
-    if stale > foreign || !scan.orphans.is_empty() || dead > 0 {
+    let foreign_orphans = scan.orphans.iter().filter(|o| o.is_foreign()).count();
+    if stale > foreign || scan.orphans.len() > foreign_orphans || dead > 0 {
         text.push_str("; `qshm rm --stale` removes the STALE ones and the orphans");
         if dead > 0 {
             text.push_str(" and frees DEAD-HOLDER locks");
@@ -260,6 +268,9 @@ fn summary(scan: &Scan) -> String {
     }
     if foreign > 0 {
         text.push_str("; stale* are other programs' (`qshm rm --stale --all`)");
+    }
+    if foreign_orphans > 0 {
+        text.push_str("; semaphore* may be another program's (`qshm rm --stale --all`)");
     }
     text.push('\n');
     text

@@ -95,9 +95,11 @@ fn posix_semaphores(look: &Look) -> Vec<Orphan> {
             // glibc makes its temporary, links it to the semaphore's name and unlinks it;
             // one with a second name is a leftover of a `sem_open` killed in between,
             // whose semaphore lives on under that name. With one name it cannot be told
-            // from a semaphore named with six letters and digits, so it is left alone.
+            // from a semaphore named with six letters and digits.
             let kind = if is_glibc_temporary(&f.name) && f.st.nlink > 1 {
                 OrphanKind::UnfinishedSemaphore
+            } else if is_glibc_temporary(&f.name) {
+                OrphanKind::MaybeUnfinishedSemaphore
             } else if segment_of_semaphore(&f.name).is_some_and(|seg| !names.contains(seg.as_str())) {
                 OrphanKind::PosixSemaphore
             } else {
@@ -176,6 +178,7 @@ pub(super) fn remove(orphan: &Orphan) -> bool {
             still && name.starts_with(LOCK_STATE_PREFIX) && remove_if_unused(&c_path)
         }
         OrphanKind::UnfinishedSemaphore => remove_glibc_temporary(&c_path),
+        OrphanKind::MaybeUnfinishedSemaphore => remove_if_unused(&c_path),
         OrphanKind::PosixSemaphore => remove_posix_semaphore(path),
         OrphanKind::SystemVSemaphore { .. } => remove_sysv_semaphore(path, &c_path),
         OrphanKind::KeyFile => remove_key_file(&c_path),

@@ -35,7 +35,11 @@ pub(super) fn remove_stale(include_foreign: bool) -> Result<Removal> {
     }
     // a fresh look: removing segments also removed their companions
     let look = Look::take().map_err(|e| Error::os("remove stale", "/dev/shm", e))?;
-    out.orphans = orphans::find(&look).into_iter().filter(orphans::remove).collect();
+    let (foreign, ours) = orphans::find(&look)
+        .into_iter()
+        .partition(|o| o.is_foreign() && !include_foreign);
+    out.kept_foreign_orphans = foreign;
+    out.orphans = ours.into_iter().filter(orphans::remove).collect();
     Ok(out)
 }
 
