@@ -135,19 +135,27 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
     print_all(&format!("wrote {} bytes at offset {offset}\n", data.len()))
 }
 
+/// The bytes `span` of the segment, copied under the lock (a signal ends the wait).
+pub fn read_locked(
+    target: &Target,
+    shm: &SharedMemory,
+    interrupt: &Interrupt,
+    span: std::ops::Range<usize>,
+) -> Result<Vec<u8>, Failure> {
+    let bytes = interrupt.lock(
+        &target.shown,
+        &target.native,
+        |t| shm.lock_read_timeout(t),
+        |e| target.lock_failure(shm, e),
+    )?;
+    Ok(bytes[span].to_vec())
+}
+
 pub fn cat(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> CliResult {
     let interrupt = interrupt::install()?;
     let mut shm = target.attach(AccessMode::ReadOnly)?;
     let span = read_range(offset, len, shm.size())?;
-    let copy = {
-        let bytes = interrupt.lock(
-            &target.shown,
-            &target.native,
-            |t| shm.lock_read_timeout(t),
-            |e| target.lock_failure(&shm, e),
-        )?;
-        bytes[span].to_vec()
-    };
+    let copy = read_locked(target, &shm, &interrupt, span)?;
     // a slow reader of our output must not keep the segment alive
     shm.detach()?;
     let mut out = std::io::stdout().lock();

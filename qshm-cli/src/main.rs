@@ -62,6 +62,17 @@ struct LockFlag {
     fast: bool,
 }
 
+/// Which bytes of a segment a command prints.
+#[derive(Args, Debug, Clone, Copy)]
+struct ByteRange {
+    /// First byte to print (a size: 4096, 64K, 1.5M)
+    #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
+    offset: usize,
+    /// How many bytes (default: to the end)
+    #[arg(long, value_parser = size::parse, allow_negative_numbers = true)]
+    len: Option<usize>,
+}
+
 /// How KEY is read and which lock is used.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KeyOpts {
@@ -137,12 +148,8 @@ enum Command {
         flags: KeyFlags,
         #[command(flatten)]
         lock: LockFlag,
-        /// First byte to print (a size: 4096, 64K, 1.5M)
-        #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
-        offset: usize,
-        /// How many bytes (default: to the end)
-        #[arg(long, value_parser = size::parse, allow_negative_numbers = true)]
-        len: Option<usize>,
+        #[command(flatten)]
+        range: ByteRange,
         /// Hex dump instead of raw bytes
         #[arg(long)]
         hex: bool,
@@ -160,12 +167,8 @@ enum Command {
         flags: KeyFlags,
         #[command(flatten)]
         lock: LockFlag,
-        /// First byte to print (a size: 4096, 64K, 1.5M)
-        #[arg(long, default_value = "0", value_parser = size::parse, allow_negative_numbers = true)]
-        offset: usize,
-        /// How many bytes (default: to the end)
-        #[arg(long, value_parser = size::parse, allow_negative_numbers = true)]
-        len: Option<usize>,
+        #[command(flatten)]
+        range: ByteRange,
         /// Hex dump (with a `# generation N` line before each) instead of raw bytes and a
         /// newline
         #[arg(long)]
@@ -427,18 +430,26 @@ fn run(cli: Cli) -> CliResult {
             key,
             flags,
             lock,
-            offset,
-            len,
+            range,
             hex,
-        } => commands::cat(&KeyOpts::new(flags, Some(lock)).target(&key)?, offset, len, hex),
+        } => commands::cat(
+            &KeyOpts::new(flags, Some(lock)).target(&key)?,
+            range.offset,
+            range.len,
+            hex,
+        ),
         Command::Watch {
             key,
             flags,
             lock,
-            offset,
-            len,
+            range,
             hex,
-        } => watch::watch(&KeyOpts::new(flags, Some(lock)).target(&key)?, offset, len, hex),
+        } => watch::watch(
+            &KeyOpts::new(flags, Some(lock)).target(&key)?,
+            range.offset,
+            range.len,
+            hex,
+        ),
         Command::Stat { key, flags } => commands::stat(&KeyOpts::new(flags, None).target(&key)?),
         Command::Ls { json } => list::ls(json),
         Command::Rm {

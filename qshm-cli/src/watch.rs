@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use qshm::{AccessMode, Generation, SharedMemory};
 
-use crate::commands::{hex_dump, read_range};
+use crate::commands::{hex_dump, read_locked, read_range};
 use crate::interrupt::{self, Interrupt};
 use crate::{CliResult, Failure, Target};
 
@@ -26,15 +26,7 @@ pub fn watch(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> C
         span.len()
     );
     loop {
-        let copy = {
-            let bytes = interrupt.lock(
-                &target.shown,
-                &target.native,
-                |t| shm.lock_read_timeout(t),
-                |e| target.lock_failure(&shm, e),
-            )?;
-            bytes[span.clone()].to_vec()
-        };
+        let copy = read_locked(target, &shm, &interrupt, span.clone())?;
         print_change(&copy, offset, seen, hex)?;
         match next_change(&shm, seen, &interrupt)? {
             Some(now) => seen = now,

@@ -105,16 +105,22 @@ pub struct ReadGuard<'a> {
     held: Held<'a>,
 }
 
+impl<'a> Held<'a> {
+    fn new(shm: &'a SharedMemory, locker: &'a Locker, mapping: &'a Mapping, died: bool) -> Self {
+        Held {
+            shm,
+            locker,
+            mapping,
+            previous_owner_died: died,
+            _not_send: PhantomData,
+        }
+    }
+}
+
 impl<'a> LockGuard<'a> {
     pub(crate) fn new(shm: &'a SharedMemory, locker: &'a Locker, mapping: &'a Mapping, died: bool) -> Self {
         LockGuard {
-            held: Held {
-                shm,
-                locker,
-                mapping,
-                previous_owner_died: died,
-                _not_send: PhantomData,
-            },
+            held: Held::new(shm, locker, mapping, died),
         }
     }
 }
@@ -122,13 +128,7 @@ impl<'a> LockGuard<'a> {
 impl<'a> ReadGuard<'a> {
     pub(crate) fn new(shm: &'a SharedMemory, locker: &'a Locker, mapping: &'a Mapping, died: bool) -> Self {
         ReadGuard {
-            held: Held {
-                shm,
-                locker,
-                mapping,
-                previous_owner_died: died,
-                _not_send: PhantomData,
-            },
+            held: Held::new(shm, locker, mapping, died),
         }
     }
 }
