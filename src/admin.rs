@@ -63,10 +63,9 @@ pub enum State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Maker {
-    /// qshm, with the lock mode recorded in its lock state (`None`: the lock state is
-    /// missing, its creator died while making it). A Qt-compatible POSIX segment gets its
-    /// lock state at its first lock; until then it is exactly what Qt makes, and shows
-    /// as [`Qt`](Maker::Qt).
+    /// qshm, with the lock mode recorded in its lock state or in qshm's mark on a POSIX
+    /// segment file (a Qt-compatible one gets its lock state at its first lock); `None`:
+    /// a Fast-mode segment whose lock state is missing, its creator died while making it.
     Qshm {
         /// The segment's lock mode.
         lock_mode: Option<LockMode>,

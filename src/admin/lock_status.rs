@@ -66,8 +66,8 @@ pub(super) fn posix(
 ) -> (LockStatus, Option<Probe>) {
     match (peek, maker, semaphore) {
         (Some(p), ..) if p.mode == LockMode::Fast => (fast(p), None),
-        // made by qshm, lock state missing: unfinished, nobody locks it
-        (None, Maker::Qshm { .. }, _) | (_, _, None) => (LockStatus::Unknown, None),
+        // a Fast-mode segment whose lock state is missing: unfinished, nobody locks it
+        (None, Maker::Qshm { lock_mode: None }, _) | (_, _, None) => (LockStatus::Unknown, None),
         (_, _, Some(sem)) => {
             let probe = Probe {
                 semaphore: sem.clone(),

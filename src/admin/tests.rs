@@ -9,7 +9,7 @@ use super::*;
 use crate::key::{IpcType, LegacyName};
 use crate::os;
 use crate::sys::lock_state::{Origin, Peek, SegmentId, phase};
-use crate::sys::procfs;
+use crate::sys::{posix, procfs};
 use crate::{AccessMode, SharedMemory, SystemSemaphore};
 
 #[test]
@@ -110,19 +110,32 @@ fn makers_come_from_the_lock_state_the_mark_and_the_name() {
     let fast = Maker::Qshm {
         lock_mode: Some(LockMode::Fast),
     };
-    assert_eq!(maker(Some(&qshm_fast), false, false), fast);
+    assert_eq!(maker(Some(&qshm_fast), 0, false), fast);
     assert_eq!(
-        maker(None, true, true),
+        maker(None, posix::QSHM_MADE, true),
         Maker::Qshm { lock_mode: None },
         "unfinished"
     );
     assert_eq!(
-        maker(Some(&added), false, true),
+        maker(Some(&added), 0, true),
         Maker::Qt,
         "Qt's, a qshm attacher added the lock state"
     );
-    assert_eq!(maker(Some(&added), false, false), Maker::Other);
-    assert_eq!(maker(None, false, false), Maker::Other);
+    assert_eq!(maker(Some(&added), 0, false), Maker::Other);
+    assert_eq!(maker(None, 0, false), Maker::Other);
+    let qt_compatible = Maker::Qshm {
+        lock_mode: Some(LockMode::QtCompatible),
+    };
+    assert_eq!(
+        maker(None, posix::QSHM_MADE_QT_COMPATIBLE, false),
+        qt_compatible,
+        "Qt-compatible, before its first lock"
+    );
+    assert_eq!(
+        maker(Some(&added), posix::QSHM_MADE_QT_COMPATIBLE, false),
+        qt_compatible,
+        "an attacher made the lock state"
+    );
     let segment = |maker, lock_state: Option<&str>| Segment {
         os_id: OsId::SystemV {
             shmid: 1,
@@ -210,10 +223,13 @@ fn a_segment_and_its_lock_as_admin_sees_them() {
         shm.create(100, AccessMode::ReadWrite).unwrap();
         assert!(exists(shm.native_ipc_key()));
         if kind == KeyType::PosixRealtime {
-            // Qt-compatible POSIX: nothing of qshm's until the first lock makes the lock
-            // state, so until then it is exactly what Qt makes
+            // Qt-compatible POSIX: no lock state until the first lock; qshm's mark says
+            // who made it
             let seen = segment(shm.native_ipc_key()).unwrap().expect("found");
-            assert_eq!((seen.maker, &seen.lock_state), (Maker::Qt, &None));
+            let made = Maker::Qshm {
+                lock_mode: Some(LockMode::QtCompatible),
+            };
+            assert_eq!((seen.maker, &seen.lock_state), (made, &None));
             assert_eq!(seen.lock, LockStatus::Free);
             drop(shm.lock().unwrap());
         }
@@ -287,4 +303,40 @@ fn flock_holders_and_mappers_are_seen_by_device_and_inode() {
     // SAFETY: ptr is the 4096-byte mapping made just above, used by nobody else.
     unsafe { os::munmap(ptr, 4096) }.unwrap();
     assert_eq!(mappers, Some(1), "this process maps it");
+}
+
+/// A Qt-compatible POSIX segment gets its lock state at its first lock, which may be an
+/// attacher's: the segment stays known as qshm's (its creator marked it), for `info` and
+/// for admin, native key included (else `rm --stale` would keep it as another program's).
+#[test]
+fn a_qshm_segment_stays_qshm_when_an_attacher_locks_first() {
+    let native = NativeIpcKey::new(
+        format!("/qshm-admin-made-{}", std::process::id()),
+        KeyType::PosixRealtime,
+    );
+    let mut creator = SharedMemory::with_native_key(native.clone());
+    let _remove = Remove(native.clone());
+    creator.create(64, AccessMode::ReadWrite).unwrap();
+    let seen = segment(&native).unwrap().expect("found");
+    assert_eq!(
+        seen.maker,
+        Maker::Qshm {
+            lock_mode: Some(LockMode::QtCompatible)
+        },
+        "before any lock"
+    );
+    let mut attacher = SharedMemory::with_native_key(native.clone());
+    attacher.attach(AccessMode::ReadWrite).unwrap();
+    drop(attacher.lock().unwrap());
+    assert!(creator.info().unwrap().made_by_qshm, "the creator's handle");
+    assert!(attacher.info().unwrap().made_by_qshm, "the attacher's handle");
+    let seen = segment(&native).unwrap().expect("found");
+    assert_eq!(
+        seen.maker,
+        Maker::Qshm {
+            lock_mode: Some(LockMode::QtCompatible)
+        },
+        "after the attacher's lock"
+    );
+    assert!(!seen.is_foreign());
 }

@@ -62,10 +62,11 @@ impl SharedMemory {
             os_id: st.os_id,
             lock_mode: attached.locker.mode(),
             lock_state_file: self.lock_state_path(),
-            made_by_qshm: attached
-                .locker
-                .state()
-                .is_some_and(|s| s.origin() == sys::lock_state::Origin::Qshm),
+            made_by_qshm: st.marked_by_qshm
+                || attached
+                    .locker
+                    .state()
+                    .is_some_and(|s| s.origin() == sys::lock_state::Origin::Qshm),
         })
     }
 }

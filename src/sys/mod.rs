@@ -46,6 +46,9 @@ pub(crate) struct SegmentStat {
     pub uid: u32,
     pub created_secs: i64,
     pub os_id: String,
+    /// qshm's mark is on it (POSIX; System V segments carry no mark: their lock state,
+    /// made at create, says who made them).
+    pub marked_by_qshm: bool,
 }
 
 /// How a detach ended.

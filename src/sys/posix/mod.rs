@@ -102,10 +102,21 @@ pub(super) fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
     }
 }
 
-/// The mark qshm's creator puts on a segment file: the sticky bit, which means nothing
-/// on a regular file to Linux, Qt or anyone else. A segment file with the mark but no
-/// lock state is one whose qshm creator died between publishing and finishing it.
+/// The mark qshm's creator puts on a Fast-mode segment file: the sticky bit, which means
+/// nothing on a regular file to Linux, Qt or anyone else. A segment file with the mark but
+/// no lock state is one whose qshm creator died between publishing and finishing it.
 pub(crate) const QSHM_MADE: u32 = libc::S_ISVTX;
+
+/// The mark on a Qt-compatible segment file qshm made: the set-group-ID bit, which on a
+/// file nobody may execute means nothing to Linux (it is kept on writes, and since Linux
+/// 5.15 never means mandatory locking), Qt or anyone else. Its lock state comes at the
+/// first lock, perhaps an attacher's, so the mark is what tells tools qshm made it.
+pub(crate) const QSHM_MADE_QT_COMPATIBLE: u32 = libc::S_ISGID;
+
+/// Whether qshm made the segment file with mode `mode` (either mark).
+pub(crate) fn made_by_qshm(mode: u32) -> bool {
+    mode & (QSHM_MADE | QSHM_MADE_QT_COMPATIBLE) != 0
+}
 
 fn owner_of(st: &FileStat) -> Owner {
     Owner {
@@ -144,8 +155,11 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
         //    attachers waiting until the lock state exists
         let fd = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, perms)
             .map_err(|e| Failure::from(e).with_detail(format!("cannot make a file in {SHM_DIR}")))?;
-        // a Fast-mode segment carries the mark that says it must have a lock state
-        let mark = if req.mode == LockMode::Fast { QSHM_MADE } else { 0 };
+        // qshm's mark; a Fast-mode segment's also says it must have a lock state
+        let mark = match req.mode {
+            LockMode::Fast => QSHM_MADE,
+            LockMode::QtCompatible => QSHM_MADE_QT_COMPATIBLE,
+        };
         os::fchmod(&fd, perms | mark)?;
         // reserves the pages and sets the size (no ftruncate needed)
         os::fallocate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
@@ -334,6 +348,7 @@ impl SegmentBackend for Segment {
             uid: now.uid,
             created_secs: now.created_secs(),
             os_id: format!("{} (inode {})", self.file.path.to_string_lossy(), now.ino),
+            marked_by_qshm: made_by_qshm(now.mode),
         })
     }
 

@@ -313,6 +313,7 @@ impl SegmentBackend for Segment {
             uid: ds.shm_perm.uid,
             created_secs: ds.shm_ctime,
             os_id: format!("shmid {} key {:#010x}", self.id, ds.shm_perm.__key),
+            marked_by_qshm: false,
         })
     }
 
