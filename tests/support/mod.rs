@@ -326,7 +326,7 @@ pub(crate) fn leftovers_of(native: &NativeIpcKey, recorded: &[(&'static str, i32
         KeyType::SystemV => {
             for path in [native.native(), sem.native()] {
                 if std::path::Path::new(path).exists() {
-                    found.push(format!("key file {path}"));
+                    found.push(format!("key file {path}{}", key_file_users(path)));
                 }
             }
             let mut keys = recorded.to_vec();
@@ -377,6 +377,24 @@ pub(crate) fn shm_dir_names_starting(prefix: &str) -> Vec<String> {
 }
 
 /// Ids of the entries with numeric key `key` in a `/proc/sysvipc` table.
+/// What else uses a left key file's numeric key (`ftok` keeps 16 bits of the inode, so a
+/// key file of another test can share it): the rows of both System V tables, for the
+/// failure message.
+fn key_file_users(path: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let native = NativeIpcKey::new(path, KeyType::SystemV);
+    let (Some(k), Ok(meta)) = (SharedMemory::system_v_key(&native), std::fs::metadata(path)) else {
+        return String::new();
+    };
+    let shm = sysv_ids("/proc/sysvipc/shm", k);
+    let sem = sysv_ids("/proc/sysvipc/sem", k);
+    format!(
+        " (inode {}, {} bytes, key {k:#x}: shm ids {shm:?}, sem ids {sem:?})",
+        meta.ino(),
+        meta.len()
+    )
+}
+
 fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
     let text = std::fs::read_to_string(table).unwrap_or_default();
     text.lines()
