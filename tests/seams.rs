@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use qshm::{AccessMode, KeyType, LockMode, SharedMemory, SharedMemoryError};
+use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError};
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -102,6 +102,16 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                 libc::close(fd);
                 if p == libc::MAP_FAILED {
                     say("FAILED mmap");
+                    return 1;
+                }
+            }
+            // like a Qt process: Qt keeps its segment's semaphore open while attached
+            if let Some(sem) = args.get(1) {
+                let sem = CString::new(sem.as_str()).unwrap();
+                // SAFETY: a NUL-terminated name; the handle stays open until exit.
+                let handle = unsafe { libc::sem_open(sem.as_ptr(), libc::O_CREAT, 0o600, 1) };
+                if handle == libc::SEM_FAILED {
+                    say("FAILED sem_open");
                     return 1;
                 }
             }
@@ -275,6 +285,17 @@ fn mapped_segment_survives(mode: LockMode) -> Result<(), Failed> {
     )
 }
 
+/// Removes a POSIX semaphore a test made outside qshm.
+struct RemoveSemaphore(NativeIpcKey);
+
+impl Drop for RemoveSemaphore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(sem_path(&self.0));
+    }
+}
+
+/// A process mapping a Fast segment the way Qt does (with Qt's semaphore of the key open)
+/// keeps Fast-mode attachers out.
 fn fast_refused_next_to_foreign_mapper() -> Result<(), Failed> {
     let kind = KeyType::PosixRealtime;
     let key = unique_key("fastforeign");
@@ -283,7 +304,9 @@ fn fast_refused_next_to_foreign_mapper() -> Result<(), Failed> {
     let mut shm = handle(&key, kind, LockMode::Fast);
     shm.create(64, AccessMode::ReadWrite)?;
     let native = shm.native_ipc_key().clone();
-    let mut other = Peer::spawn("raw-map", &[native.native()]);
+    let semaphore = shm.semaphore_key();
+    let _remove_semaphore = RemoveSemaphore(semaphore.clone());
+    let mut other = Peer::spawn("raw-map", &[native.native(), semaphore.native()]);
     other.expect("MAPPED", T);
     let mut late = handle(&key, kind, LockMode::Fast);
     let result = late.attach(AccessMode::ReadWrite);

@@ -299,11 +299,13 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         let id = id_of(&c_path, &st);
         let (lock_state, mode) = super::find_lock_state(id, owner_of(&st), req.mode, None)?;
         if mode == LockMode::Fast {
-            // nobody else has the file open at all (the kernel says so cheaply): then
-            // nobody else maps it either; else ask /proc who does
+            // Nobody else has the file open at all (the kernel says so cheaply): then
+            // nobody else maps it either. Else, if Qt's semaphore of this key is open
+            // somewhere, a Qt process may map it: ask /proc who does. (A process that
+            // maps it without any lock is not looked for: no mode would exclude it.)
             let alone = file.alone();
             file.release();
-            if alone != Some(true) {
+            if alone != Some(true) && semaphore::qt_semaphore_in_use(&req.semaphore) {
                 let segment = Mapped::File {
                     dev: st.dev,
                     ino: st.ino,

@@ -44,6 +44,24 @@ pub(crate) fn open_semaphore_of(
     Ok(Arc::new(sem))
 }
 
+/// Whether a process may have Qt's semaphore `key` open: its file exists and a lease
+/// probe cannot rule out another opener. A Qt process keeps its segment's semaphore open
+/// (mapped) from its first attach until the `QSharedMemory` goes away; qshm's Fast mode
+/// never opens it. Cost: a `stat`, at most an `open` and a lease, whatever the number of
+/// processes.
+pub(crate) fn qt_semaphore_in_use(key: &NativeIpcKey) -> bool {
+    let Ok(path) = semaphore_file(key).and_then(|p| Ok(os::cstring(&p)?)) else {
+        return true;
+    };
+    let file = match NamedFile::open(&path, libc::O_RDONLY, 0) {
+        Ok(file) => file,
+        Err(e) => return e.raw_os_error() != Some(libc::ENOENT),
+    };
+    let alone = file.alone();
+    file.release();
+    alone != Some(true)
+}
+
 /// The file a POSIX semaphore key lives in.
 pub(crate) fn semaphore_file(key: &NativeIpcKey) -> Result<String, Failure> {
     let name = key.native().trim_start_matches('/');

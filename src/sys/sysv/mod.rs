@@ -211,6 +211,14 @@ fn create_locked(
     Err(Failure::new(SharedMemoryError::AlreadyExists))
 }
 
+/// Whether Qt's System V semaphore `key` exists (its key file, and a set at its key).
+fn qt_semaphore_exists(key: &NativeIpcKey) -> bool {
+    match key_path(key).and_then(|p| Ok(ftok_key(&p)?)) {
+        Ok(k) => os::semget(k, 0).is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Qt's semaphore for a segment being created (see `posix::open_owned_semaphore`).
 fn open_owned_semaphore(
     key: &NativeIpcKey,
@@ -265,7 +273,9 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
     let segment_id = id_of(id, &ds);
     let (lock_state, mode) =
         super::find_lock_state(segment_id, owner_of(&ds), req.mode, Some(Origin::Foreign))?;
-    if mode == LockMode::Fast && ds.shm_nattch > 0 {
+    // Others attached, and Qt's semaphore of this key exists (a Qt process makes it at
+    // its first attach; qshm's Fast mode never does): ask /proc who maps the segment.
+    if mode == LockMode::Fast && ds.shm_nattch > 0 && qt_semaphore_exists(&req.semaphore) {
         super::refuse_fast_next_to_foreign_mapper(Mapped::SystemV { shmid: id }, lock_state.as_ref())?;
     }
     let mapping = Mapping::attach_system_v(id, ds.shm_segsz, req.writable)?;
