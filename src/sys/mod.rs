@@ -300,10 +300,13 @@ pub(crate) fn find_lock_state(
                          LockMode::Fast's lock; attach without with_lock_mode to adopt it",
                     ));
                 }
-                let me = os::euid();
-                let Some(origin) = make.filter(|_| me == owner.uid || me == 0) else {
+                let Some(origin) = make else {
                     return Ok((None, LockMode::QtCompatible));
                 };
+                let me = os::euid();
+                if me != owner.uid && me != 0 {
+                    return Ok((None, LockMode::QtCompatible));
+                }
                 let new = NewLockState {
                     id,
                     mode: LockMode::QtCompatible,

@@ -151,8 +151,9 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
         refuse_foreign_semaphore(&req.semaphore)?;
     }
     for _ in 0..RACE_RETRIES {
-        // 1. the file, unnamed: size, pages, mapping, and an exclusive lock that keeps
-        //    attachers waiting until the lock state exists
+        // 1. the file, unnamed: size, pages, mapping, and our attachment's flock: in Fast
+        //    mode exclusive, which keeps attachers waiting until the lock state exists
+        //    (step 3); a Qt-compatible segment gets its lock state at the first lock
         let fd = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, perms)
             .map_err(|e| Failure::from(e).with_detail(format!("cannot make a file in {SHM_DIR}")))?;
         // qshm's mark; a Fast-mode segment's also says it must have a lock state
@@ -163,7 +164,11 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
         os::fchmod(&fd, perms | mark)?;
         // reserves the pages and sets the size (no ftruncate needed)
         os::fallocate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
-        os::flock(&fd, libc::LOCK_EX)?;
+        let first_lock = match req.mode {
+            LockMode::Fast => libc::LOCK_EX,
+            LockMode::QtCompatible => libc::LOCK_SH,
+        };
+        os::flock(&fd, first_lock)?;
         let st = os::fstat(&fd)?;
         let id = id_of(&c_path, &st);
         let mapping = Mapping::map_file(&fd, req.size, req.writable)?;
@@ -213,7 +218,9 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
             LockMode::QtCompatible => None,
         };
         // 4. let attachers in (the creator's attachment is a shared lock like theirs)
-        os::flock(&file.fd, libc::LOCK_SH)?;
+        if first_lock == libc::LOCK_EX {
+            os::flock(&file.fd, libc::LOCK_SH)?;
+        }
         let lazy = (req.mode == LockMode::QtCompatible).then(|| LazyLock {
             id,
             owner: owner_of(&st),
@@ -289,7 +296,12 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         if !file.still_named() {
             continue; // destroyed (and maybe made anew) while we waited
         }
-        let st = os::fstat(&file.fd)?;
+        // A size once set never changes (qshm sets it before the name exists, Qt right
+        // after shm_open): only a 0 seen at open is worth asking again after the wait.
+        let st = match file.stat.size {
+            0 => os::fstat(&file.fd)?,
+            _ => file.stat,
+        };
         if st.size == 0 {
             // a non-qshm creator (Qt) between shm_open and ftruncate: give it a moment
             std::thread::sleep(Duration::from_millis(1));
@@ -395,20 +407,23 @@ impl SegmentBackend for Segment {
         let mut outcome = Detached::Kept;
         if unused_by_others(&file) {
             LockState::remove(id);
-            let unlinked = file.unlink_if_still_named();
-            file.release();
-            if matches!(unlinked, Ok(true)) {
+            if matches!(file.unlink_if_still_named(), Ok(true)) {
+                // nobody can open it by name any more: closing it gives the lease back
                 outcome = Detached::Destroyed;
+            } else {
+                file.release();
             }
         }
+        drop(file);
         if held && let Some(sem) = &semaphore {
             let _ = sem.release(1);
         }
-        if outcome == Detached::Destroyed && mode == LockMode::QtCompatible {
+        // With no semaphore before the check, none of qshm's can have appeared since (no
+        // qshm attachment existed); one a Qt process made meanwhile is Qt's to remove.
+        if outcome == Detached::Destroyed && semaphore.is_some() {
             drop(semaphore);
             remove_semaphore_if_unused(&semaphore_key, lock_state_file);
         }
-        drop(file);
         Ok(outcome)
     }
 
