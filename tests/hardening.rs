@@ -60,6 +60,10 @@ fn main() {
         foreign_lock_state,
     ));
     trials.push(Trial::test(
+        "posix::an_attachers_first_lock_never_uses_another_users_lock_state",
+        foreign_lock_state_at_first_lock,
+    ));
+    trials.push(Trial::test(
         "posix::full_dev_shm_is_out_of_resources_not_sigbus",
         full_dev_shm_posix,
     ));
@@ -514,6 +518,52 @@ fn foreign_lock_state() -> Result<(), Failed> {
     )?;
     shm.detach()?;
     fast.detach()?;
+    Ok(())
+}
+
+/// A Qt-compatible POSIX segment gets its lock state at the first lock, an attacher's
+/// included. Another user who put a 0666 file under that lock state's name first (the name
+/// is predictable once the segment exists) must not get it used: the attacher's lock is an
+/// error and the file stays as it was.
+fn foreign_lock_state_at_first_lock() -> Result<(), Failed> {
+    let Some(user) = TempUser::create("an_attachers_first_lock_never_uses_another_users") else {
+        return Ok(());
+    };
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("foreignfirst");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut creator = handle(&key, kind, LockMode::QtCompatible);
+    creator.create(64, AccessMode::ReadWrite)?;
+    // learn the name by locking once, then hand the name to the other user
+    drop(creator.lock()?);
+    let name = creator.lock_state_path().ok_or("no lock state")?;
+    let name = name.to_str().ok_or("lock-state path")?.to_owned();
+    let _remove = RemoveFile(name.clone());
+    std::fs::remove_file(&name)?;
+    let made = user.run("make-file", &[&name, "666", "4096"]);
+    check(
+        String::from_utf8_lossy(&made.stdout).contains("MADE"),
+        format!("the other user could not make {name}"),
+    )?;
+    let before = std::fs::read(&name)?;
+    let mut attacher = handle(&key, kind, LockMode::QtCompatible);
+    let refused = match attacher.attach(AccessMode::ReadWrite) {
+        Err(_) => true, // refused at attach: as good
+        Ok(()) => attacher.lock().is_err(),
+    };
+    check(
+        refused,
+        "an attacher locked through another user's lock-state file",
+    )?;
+    check(
+        std::fs::read(&name)? == before,
+        "qshm wrote into a lock-state file another user owns",
+    )?;
+    if attacher.is_attached() {
+        attacher.detach()?;
+    }
+    creator.detach()?;
     Ok(())
 }
 

@@ -309,7 +309,18 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         }
         let len = usize::try_from(st.size).map_err(|_| Failure::new(SharedMemoryError::InvalidSize))?;
         let id = id_of(&c_path, &st);
-        let (lock_state, mode) = super::find_lock_state(id, owner_of(&st), req.mode, None)?;
+        let (lock_state, mode) = if st.mode & QSHM_MADE_QT_COMPATIBLE != 0 {
+            // qshm made it Qt-compatible: the mark says the mode, and a lock state (made
+            // by whichever qshm process locked first) is found at our first lock
+            match req.mode {
+                Some(LockMode::Fast) => {
+                    return Err(super::mode_conflict(LockMode::Fast, LockMode::QtCompatible));
+                }
+                _ => (None, LockMode::QtCompatible),
+            }
+        } else {
+            super::find_lock_state(id, owner_of(&st), req.mode, None)?
+        };
         if mode == LockMode::Fast {
             // Nobody else has the file open at all (the kernel says so cheaply): then
             // nobody else maps it either. Else, if Qt's semaphore of this key is open
