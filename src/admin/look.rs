@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::lock_status::{self, Probe};
 use super::{Maker, NEW_GRACE, OsId, QtName, Segment, State};
 use crate::key::{IpcType, KeyType, LegacyName, NativeIpcKey, qt_temp_dir};
-use crate::lock;
 use crate::os::{self, FileStat};
 use crate::sys::lock_state::{LOCK_STATE_PREFIX, LockState, Origin, Peek, SegmentId, name_tag};
 use crate::sys::procfs::{self, SemRow, ShmRow};
@@ -126,7 +125,7 @@ impl Look {
 
     /// The segment of `key`, with the semaphore this key's lock takes.
     pub(super) fn segment_of(&self, key: &NativeIpcKey) -> Option<Draft> {
-        let semaphore = Some(lock::semaphore_key(key));
+        let semaphore = Some(crate::key::semaphore_key(key));
         match key.kind() {
             KeyType::SystemV => {
                 let numeric = sysv::numeric_key(key)?;
@@ -279,7 +278,7 @@ pub(super) fn qt_name(name: &str) -> Option<QtName> {
 
 /// The semaphore of the POSIX segment file `name`: for a name Qt derived from a legacy
 /// key, the semaphore Qt derives from the same key; else the one qshm's lock takes for
-/// a native key ([`lock::semaphore_key`]). The first of them that exists, else the
+/// a native key ([`crate::key::semaphore_key`]). The first of them that exists, else the
 /// first of them.
 pub(super) fn posix_semaphore_of(name: &str) -> Option<NativeIpcKey> {
     let derived = LegacyName::parse(name).filter(|n| is_segment_name(*n)).map(|n| {
@@ -288,7 +287,7 @@ pub(super) fn posix_semaphore_of(name: &str) -> Option<NativeIpcKey> {
             KeyType::PosixRealtime,
         )
     });
-    let native = lock::semaphore_key(&NativeIpcKey::new(format!("/{name}"), KeyType::PosixRealtime));
+    let native = crate::key::semaphore_key(&NativeIpcKey::new(format!("/{name}"), KeyType::PosixRealtime));
     let exists = |sem: &NativeIpcKey| {
         posix::semaphore_file(sem)
             .ok()

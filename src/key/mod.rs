@@ -336,3 +336,14 @@ pub(crate) use qt_dirs::{qt_runtime_dir, qt_temp_dir};
 
 #[cfg(test)]
 mod tests;
+
+/// The segment's Qt semaphore key (`QSharedMemoryPrivate::initKey`): derived from the
+/// legacy key when there is one, else the segment's own native key.
+pub(crate) fn semaphore_key(key: &NativeIpcKey) -> NativeIpcKey {
+    match key.legacy_key() {
+        Some(legacy) if !legacy.is_empty() => {
+            legacy_platform_safe_key(legacy, IpcType::SystemSemaphore, key.kind())
+        }
+        _ => key.clone(),
+    }
+}

@@ -4,7 +4,6 @@
 use super::SharedMemory;
 use crate::error::{Error, Result, SharedMemoryError};
 use crate::key::{KeyType, NativeIpcKey};
-use crate::lock;
 use crate::sys::{self, LockMode};
 
 impl SharedMemory {
@@ -14,7 +13,7 @@ impl SharedMemory {
     /// deletes a file that is not a segment or a key file qshm or Qt would make.
     #[doc(alias = "remove")]
     pub fn force_remove(key: &NativeIpcKey) -> Result<bool> {
-        sys::remove(key, &lock::semaphore_key(key))
+        sys::remove(key, &crate::key::semaphore_key(key))
             .map_err(|f| Error::from_failure("remove", key.display_name(), f))
     }
 
@@ -22,7 +21,7 @@ impl SharedMemory {
     /// `QSharedMemory::lock()` uses for this handle's key.
     #[doc(alias = "QSystemSemaphore")]
     pub fn semaphore_key(&self) -> NativeIpcKey {
-        lock::semaphore_key(&self.key)
+        crate::key::semaphore_key(&self.key)
     }
 
     /// The file holding qshm's lock state for the attached segment, if it has one.

@@ -3,11 +3,11 @@
 use std::fmt;
 
 use crate::error::{Error, Failure, Result, SharedMemoryError};
-use crate::key::{self, IpcType, KeyType, NativeIpcKey};
-use crate::lock::{self, Locker};
+use crate::key::{KeyType, NativeIpcKey};
+use crate::lock::Locker;
 use crate::os;
 use crate::sys::mapping::Mapping;
-use crate::sys::{self, AttachRequest, CreateRequest, DEFAULT_PERMISSIONS, LockMode, SegmentBackend, fork};
+use crate::sys::{self, AttachRequest, CreateRequest, LockMode, SegmentBackend, fork};
 
 mod atomics;
 mod guard;
@@ -15,6 +15,7 @@ mod info;
 mod last_error;
 mod locking;
 mod notify;
+mod setup;
 
 pub use atomics::Atomics;
 pub use guard::{LockGuard, ReadGuard};
@@ -129,136 +130,6 @@ struct Attachment {
 }
 
 impl SharedMemory {
-    /// A handle for the legacy key `key` (what `QSharedMemory(key)` does): the native
-    /// key is derived as Qt 6 derives it, for [`KeyType::legacy_default`] (System V).
-    #[doc(alias = "QSharedMemory")]
-    pub fn new(key: &str) -> SharedMemory {
-        SharedMemory::with_native_key(Self::legacy_native_key(key, KeyType::legacy_default()))
-    }
-
-    /// A handle for the legacy key `key`, derived for the key type `kind`.
-    #[doc(alias = "QSharedMemory")]
-    pub fn with_key_type(key: &str, kind: KeyType) -> SharedMemory {
-        SharedMemory::with_native_key(Self::legacy_native_key(key, kind))
-    }
-
-    /// A handle for a native key, used as is.
-    #[doc(alias = "setNativeKey")]
-    pub fn with_native_key(key: NativeIpcKey) -> SharedMemory {
-        SharedMemory {
-            key,
-            perms: DEFAULT_PERMISSIONS,
-            requested_mode: None,
-            attached: None,
-            last_error: LastError::default(),
-        }
-    }
-
-    /// The native key Qt 6 derives from a legacy key (`QSharedMemory::legacyNativeKey`).
-    ///
-    /// ```
-    /// use qshm::{KeyType, SharedMemory};
-    /// let key = SharedMemory::legacy_native_key("market", KeyType::PosixRealtime);
-    /// assert_eq!(key.native(), "/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3");
-    /// ```
-    #[doc(alias = "legacyNativeKey")]
-    pub fn legacy_native_key(key: &str, kind: KeyType) -> NativeIpcKey {
-        key::legacy_platform_safe_key(key, IpcType::SharedMemory, kind)
-    }
-
-    /// Qt 6.6's portable native key (`QSharedMemory::platformSafeKey`).
-    #[doc(alias = "platformSafeKey")]
-    pub fn platform_safe_key(key: &str, kind: KeyType) -> NativeIpcKey {
-        key::platform_safe_key(key, kind)
-    }
-
-    /// Builder form of [`set_permissions`](Self::set_permissions).
-    pub fn with_permissions(mut self, mode: u32) -> SharedMemory {
-        self.perms = mode & 0o777;
-        self
-    }
-
-    /// Builder form of [`set_lock_mode`](Self::set_lock_mode).
-    pub fn with_lock_mode(mut self, mode: LockMode) -> SharedMemory {
-        self.requested_mode = Some(mode);
-        self
-    }
-
-    /// Permission bits for segments this handle creates (default 0600). The lock state and
-    /// Qt's semaphore get the matching bits, read bits bringing write bits (readers lock).
-    pub fn set_permissions(&mut self, mode: u32) {
-        self.perms = mode & 0o777;
-    }
-
-    /// Ask for lock mode `mode`: `create` makes the segment with it; `attach` then fails
-    /// with `LockError` if the segment has the other mode (without a request, `attach`
-    /// adopts the segment's mode). The lock mode belongs to the segment: while attached,
-    /// only the segment's own mode is accepted (another one is a `LockError`).
-    pub fn set_lock_mode(&mut self, mode: LockMode) -> Result<()> {
-        if let Some(attached) = &self.attached
-            && attached.locker.mode() != mode
-        {
-            let error = Error::new(
-                SharedMemoryError::LockError,
-                "set lock mode",
-                self.key.display_name(),
-            )
-            .with_detail(format!(
-                "the segment's lock mode is {}; it cannot change while attached",
-                attached.locker.mode().name()
-            ));
-            return self.record(Err(error));
-        }
-        self.requested_mode = Some(mode);
-        Ok(())
-    }
-
-    /// The lock mode: the segment's while attached, else the one asked for (or the
-    /// default, [`LockMode::QtCompatible`]).
-    #[doc(alias = "QSharedMemory::lock")]
-    pub fn lock_mode(&self) -> LockMode {
-        match &self.attached {
-            Some(attached) => attached.locker.mode(),
-            None => self.requested_mode.unwrap_or_default(),
-        }
-    }
-
-    /// The legacy key, if the handle was made from one (Qt's `key()`).
-    pub fn key(&self) -> Option<&str> {
-        self.key.legacy_key()
-    }
-
-    /// The native key string (Qt's `nativeKey()`).
-    #[doc(alias = "nativeKey")]
-    pub fn native_key(&self) -> &str {
-        self.key.native()
-    }
-
-    /// The native key with its type (Qt's `nativeIpcKey()`).
-    #[doc(alias = "nativeIpcKey")]
-    pub fn native_ipc_key(&self) -> &NativeIpcKey {
-        &self.key
-    }
-
-    /// Use legacy key `key` from now on (Qt's `setKey`): derived, as in Qt, for
-    /// [`KeyType::legacy_default`] (System V) whatever the current key's type. Detaches
-    /// first if the key changes.
-    #[doc(alias = "setKey")]
-    pub fn set_key(&mut self, key: &str) -> Result<()> {
-        self.set_native_key(Self::legacy_native_key(key, KeyType::legacy_default()))
-    }
-
-    /// Use native key `key` from now on (Qt's `setNativeKey`); detaches first if it changes.
-    #[doc(alias = "setNativeKey")]
-    pub fn set_native_key(&mut self, key: NativeIpcKey) -> Result<()> {
-        if key == self.key {
-            return Ok(());
-        }
-        let detached = if self.is_attached() { self.detach() } else { Ok(()) };
-        self.key = key;
-        detached
-    }
-
     /// Create a segment of exactly `size` bytes and attach to it with `mode`.
     ///
     /// The segment gets this handle's lock mode (default [`LockMode::QtCompatible`]) and
@@ -295,7 +166,7 @@ impl SharedMemory {
             perms: self.perms,
             writable: mode == AccessMode::ReadWrite,
             mode: self.requested_mode.unwrap_or_default(),
-            semaphore: lock::semaphore_key(&self.key),
+            semaphore: crate::key::semaphore_key(&self.key),
         };
         let attached = sys::create(&self.key, &req).map_err(|f| self.fail(OP, f))?;
         self.attached = Some(Attachment::new(attached, mode));
@@ -305,7 +176,7 @@ impl SharedMemory {
     /// Attach to the existing segment (`NotFound` if there is none), adopting its lock mode
     /// (or failing with `LockError` if this handle asked for the other one).
     pub fn attach(&mut self, mode: AccessMode) -> Result<()> {
-        let result = self.attach_inner(mode, lock::semaphore_key(&self.key));
+        let result = self.attach_inner(mode, crate::key::semaphore_key(&self.key));
         self.record(result)
     }
 
@@ -491,39 +362,4 @@ impl Default for SharedMemory {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_are_exact_and_nonsense_is_refused() {
-        assert_eq!(checked_size(1), Ok(1));
-        assert_eq!(checked_size(100), Ok(100));
-        assert!(checked_size(0).is_err());
-        assert!(checked_size(usize::MAX).is_err());
-        assert!(checked_size(isize::MAX as usize + 1).is_err());
-    }
-
-    #[test]
-    fn lock_when_not_attached_is_a_lock_error() {
-        let shm = SharedMemory::new("never-attached");
-        let err = shm.lock().unwrap_err();
-        assert_eq!(err.kind(), SharedMemoryError::LockError);
-        assert_eq!(shm.error(), SharedMemoryError::LockError);
-        assert!(shm.try_lock_read().is_err());
-    }
-
-    #[test]
-    fn empty_key_is_a_key_error() {
-        let mut shm = SharedMemory::default();
-        assert_eq!(
-            shm.create(10, AccessMode::ReadWrite).unwrap_err().kind(),
-            SharedMemoryError::KeyError
-        );
-        assert_eq!(
-            shm.attach(AccessMode::ReadOnly).unwrap_err().kind(),
-            SharedMemoryError::KeyError
-        );
-        assert!(!shm.is_attached());
-        assert!(shm.as_ptr().is_null());
-    }
-}
+mod tests;

@@ -14,13 +14,15 @@
 //! It is created whole, never adopted: prepared unnamed (`O_TMPFILE`), sized and
 //! reserved (`posix_fallocate`, so a full `/dev/shm` is an error now, not `SIGBUS`
 //! later), initialised, and only then linked under its name, which fails if the name
-//! is taken. The segment's creator does this before its segment can be found (POSIX:
-//! before linking the segment; System V: under the key file's lock), so an attacher
-//! always finds it complete. An attacher trusts a lock state only if its owner is the
-//! segment's owner (or creator), its permissions give nobody more than the segment's
-//! permissions allow ([`lock_permissions`]), and its content names this segment.
-//! A segment qshm did not make (Qt's) has no lock state until the first qshm attacher
-//! that owns the segment (or root, on the owner's behalf) adds one.
+//! is taken. A Fast-mode segment's creator does this before its segment can be found
+//! (POSIX: before it lets attachers in; System V: under the key file's lock), so an
+//! attacher always finds it complete. A Qt-compatible POSIX segment (and one qshm did not
+//! make, Qt's) gets its lock state at its first lock by a qshm process that owns the
+//! segment (or root, on the owner's behalf); two such first lockers meet on the name and
+//! the second uses the first one's. Whoever opens a lock state trusts it only if its owner
+//! is the segment's owner (or creator), its permissions give nobody more than the
+//! segment's permissions allow ([`lock_permissions`]), and its content names this
+//! segment.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -33,8 +35,10 @@ use crate::os::{self, FileStat};
 
 #[cfg(feature = "admin")]
 mod peek;
+mod segment_id;
 #[cfg(feature = "admin")]
 pub(crate) use peek::Peek;
+pub(crate) use segment_id::{LOCK_STATE_PREFIX, SegmentId, name_tag};
 
 /// Which lock [`SharedMemory::lock`](crate::SharedMemory::lock) takes. It belongs to the
 /// segment: chosen by its creator, recorded in the lock state, adopted by attachers.
@@ -81,82 +85,6 @@ pub(crate) enum Origin {
     Qshm,
     /// Another program (Qt) created the segment; a qshm attacher added this lock state.
     Foreign,
-}
-
-/// One incarnation of a segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum SegmentId {
-    /// A POSIX segment file: a tag of its name (so tools can find a key's lock states),
-    /// inode and birth time (inodes are reused, birth times not).
-    Posix { name_tag: u64, ino: u64, btime_ns: i64 },
-    /// A System V segment: numeric key, id and creator pid (ids are reused only after
-    /// wrapping).
-    SystemV { key: i32, shmid: i32, cpid: i32 },
-}
-
-/// Prefix of every lock-state file name in `/dev/shm`.
-pub(crate) const LOCK_STATE_PREFIX: &str = "qshm-lock.";
-
-/// The tag of a POSIX segment's file name in its lock state's name: the first 8 bytes
-/// of the name's SHA-1.
-pub(crate) fn name_tag(file_name: &str) -> u64 {
-    use sha1::{Digest, Sha1};
-    let digest = Sha1::digest(file_name.as_bytes());
-    u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
-}
-
-impl SegmentId {
-    /// The lock state's file name.
-    pub(crate) fn lock_state_name(&self) -> String {
-        match *self {
-            SegmentId::Posix {
-                name_tag,
-                ino,
-                btime_ns,
-            } => {
-                format!("{LOCK_STATE_PREFIX}p.{name_tag:016x}.{ino}.{btime_ns}")
-            }
-            SegmentId::SystemV { key, shmid, cpid } => {
-                format!("{LOCK_STATE_PREFIX}s.{:08x}.{shmid}.{cpid}", key as u32)
-            }
-        }
-    }
-
-    /// The lock state's path.
-    pub(crate) fn lock_state_path(&self) -> String {
-        format!("{SHM_DIR}/{}", self.lock_state_name())
-    }
-
-    /// The segment a lock-state file name belongs to, if it is one.
-    pub(crate) fn from_lock_state_name(name: &str) -> Option<SegmentId> {
-        let rest = name.strip_prefix(LOCK_STATE_PREFIX)?;
-        let mut parts = rest.splitn(4, '.');
-        let (kind, tag, a, b) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        match kind {
-            "p" => Some(SegmentId::Posix {
-                name_tag: u64::from_str_radix(tag, 16).ok()?,
-                ino: a.parse().ok()?,
-                btime_ns: b.parse().ok()?,
-            }),
-            "s" => Some(SegmentId::SystemV {
-                key: u32::from_str_radix(tag, 16).ok()? as i32,
-                shmid: a.parse().ok()?,
-                cpid: b.parse().ok()?,
-            }),
-            _ => None,
-        }
-    }
-
-    fn words(&self) -> [u64; 4] {
-        match *self {
-            SegmentId::Posix {
-                name_tag,
-                ino,
-                btime_ns,
-            } => [1, name_tag, ino, btime_ns as u64],
-            SegmentId::SystemV { key, shmid, cpid } => [2, u64::from(key as u32), shmid as u64, cpid as u64],
-        }
-    }
 }
 
 /// Mode bits of the lock state (and Qt's semaphore) of a segment with mode `perms`:

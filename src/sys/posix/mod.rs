@@ -11,10 +11,12 @@
 //!   (`posix_fallocate`: a full `/dev/shm` is `OutOfResources` now, never `SIGBUS`
 //!   later), the mapping, and an *exclusive* lock. Then the file gets its name with
 //!   `linkat`, which fails atomically if the name is taken, so two creators cannot both
-//!   win. While attachers wait for the exclusive lock, the creator makes the lock state
-//!   (named after the file's identity, see `lock_state.rs`) and opens Qt's semaphore; then
-//!   it turns its lock into a shared one like every attachment's. A creator killed midway
-//!   leaves either nothing or a stale segment that the next `create` reclaims.
+//!   win. In Fast mode, while attachers wait for the exclusive lock, the creator makes the
+//!   lock state (named after the file's identity, see `lock_state.rs`), then turns its
+//!   lock into a shared one like every attachment's. A Qt-compatible segment takes the
+//!   shared lock at once: its lock state and Qt's semaphore come at the first lock,
+//!   whoever takes it. A creator killed midway leaves either nothing or a stale segment
+//!   that the next `create` reclaims.
 //! * **attach** opens the name, takes the shared lock (waiting a bounded time while a
 //!   destroyer holds it exclusively), then checks that the name still refers to the same
 //!   file. If not, the segment was destroyed meanwhile: look again, or `NotFound`.
@@ -28,13 +30,17 @@
 //!   name but have no lock holder and no mapper. `create` reclaims such a segment if it is
 //!   ours (never another user's: that is `AlreadyExists`, naming the owner).
 
-use std::ffi::CString;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod names;
 mod probe;
 mod semaphore;
+
+pub(super) use names::id_of;
+use names::segment_path;
+pub(crate) use names::{QSHM_MADE, QSHM_MADE_QT_COMPATIBLE, made_by_qshm, shm_file_name};
 
 use probe::mapped_by_others;
 pub(crate) use probe::{Probe, probe_existing, unused_by_others};
@@ -61,62 +67,6 @@ const RACE_RETRIES: usize = 32;
 /// How long a destroyer waits for Qt's semaphore: a Qt attach holds it for microseconds;
 /// a holder keeping it longer is not attaching.
 const DESTROY_SEMAPHORE_WAIT: Duration = Duration::from_millis(100);
-
-/// The file name a POSIX native key maps to under `/dev/shm` (what glibc does: leading
-/// slashes dropped, no other slash allowed), refusing the names of glibc's semaphores
-/// and qshm's lock state, which live in the same directory.
-pub(crate) fn shm_file_name(native: &str) -> Result<&str, Failure> {
-    let key_error = |why: &str| Failure::because(SharedMemoryError::KeyError, why);
-    let name = native.trim_start_matches('/');
-    if name.is_empty() || name == "." || name == ".." {
-        return Err(key_error("a POSIX key needs a name after the '/'"));
-    }
-    if name.contains('/') {
-        return Err(key_error(
-            "a POSIX key may not contain '/' after the first character",
-        ));
-    }
-    if name.len() > 255 {
-        return Err(key_error("a POSIX key may be at most 255 bytes long"));
-    }
-    if name.starts_with("sem.") || name.starts_with(lock_state::LOCK_STATE_PREFIX) {
-        return Err(key_error(
-            "POSIX segment names starting with \"sem.\" (glibc's semaphores) or \"qshm-lock.\" \
-             (qshm's lock state) are reserved",
-        ));
-    }
-    Ok(name)
-}
-
-fn segment_path(key: &NativeIpcKey) -> Result<CString, Failure> {
-    let name = shm_file_name(key.native())?;
-    Ok(os::cstring(&format!("{SHM_DIR}/{name}"))?)
-}
-
-pub(super) fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
-    let name = c_path.to_str().unwrap_or("").rsplit('/').next().unwrap_or("");
-    SegmentId::Posix {
-        name_tag: lock_state::name_tag(name),
-        ino: st.ino,
-        btime_ns: st.btime_ns.unwrap_or(st.ctime_ns),
-    }
-}
-
-/// The mark qshm's creator puts on a Fast-mode segment file: the sticky bit, which means
-/// nothing on a regular file to Linux, Qt or anyone else. A segment file with the mark but
-/// no lock state is one whose qshm creator died between publishing and finishing it.
-pub(crate) const QSHM_MADE: u32 = libc::S_ISVTX;
-
-/// The mark on a Qt-compatible segment file qshm made: the set-group-ID bit, which on a
-/// file nobody may execute means nothing to Linux (it is kept on writes, and since Linux
-/// 5.15 never means mandatory locking), Qt or anyone else. Its lock state comes at the
-/// first lock, perhaps an attacher's, so the mark is what tells tools qshm made it.
-pub(crate) const QSHM_MADE_QT_COMPATIBLE: u32 = libc::S_ISGID;
-
-/// Whether qshm made the segment file with mode `mode` (either mark).
-pub(crate) fn made_by_qshm(mode: u32) -> bool {
-    mode & (QSHM_MADE | QSHM_MADE_QT_COMPATIBLE) != 0
-}
 
 fn owner_of(st: &FileStat) -> Owner {
     Owner {
@@ -460,22 +410,4 @@ pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<boo
         let _ = NamedSemaphore::unlink(&name);
     }
     Ok(existed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shm_names_follow_glibc_rules() {
-        assert_eq!(shm_file_name("/abc").ok(), Some("abc"));
-        assert_eq!(shm_file_name("//abc").ok(), Some("abc"));
-        assert_eq!(shm_file_name("abc").ok(), Some("abc"));
-        assert!(shm_file_name("/").is_err());
-        assert!(shm_file_name("/a/b").is_err());
-        assert!(shm_file_name("/..").is_err());
-        assert!(shm_file_name(&format!("/{}", "x".repeat(256))).is_err());
-        assert!(shm_file_name("/sem.x").is_err());
-        assert!(shm_file_name("/qshm-lock.p.1.2").is_err());
-    }
 }

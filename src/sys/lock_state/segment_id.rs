@@ -1,0 +1,79 @@
+//! [`SegmentId`]: one incarnation of a segment, and the lock-state file name made of it.
+
+use crate::sys::SHM_DIR;
+
+/// One incarnation of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum SegmentId {
+    /// A POSIX segment file: a tag of its name (so tools can find a key's lock states),
+    /// inode and birth time (inodes are reused, birth times not).
+    Posix { name_tag: u64, ino: u64, btime_ns: i64 },
+    /// A System V segment: numeric key, id and creator pid (ids are reused only after
+    /// wrapping).
+    SystemV { key: i32, shmid: i32, cpid: i32 },
+}
+
+/// Prefix of every lock-state file name in `/dev/shm`.
+pub(crate) const LOCK_STATE_PREFIX: &str = "qshm-lock.";
+
+/// The tag of a POSIX segment's file name in its lock state's name: the first 8 bytes
+/// of the name's SHA-1.
+pub(crate) fn name_tag(file_name: &str) -> u64 {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(file_name.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
+}
+
+impl SegmentId {
+    /// The lock state's file name.
+    pub(crate) fn lock_state_name(&self) -> String {
+        match *self {
+            SegmentId::Posix {
+                name_tag,
+                ino,
+                btime_ns,
+            } => {
+                format!("{LOCK_STATE_PREFIX}p.{name_tag:016x}.{ino}.{btime_ns}")
+            }
+            SegmentId::SystemV { key, shmid, cpid } => {
+                format!("{LOCK_STATE_PREFIX}s.{:08x}.{shmid}.{cpid}", key as u32)
+            }
+        }
+    }
+
+    /// The lock state's path.
+    pub(crate) fn lock_state_path(&self) -> String {
+        format!("{SHM_DIR}/{}", self.lock_state_name())
+    }
+
+    /// The segment a lock-state file name belongs to, if it is one.
+    pub(crate) fn from_lock_state_name(name: &str) -> Option<SegmentId> {
+        let rest = name.strip_prefix(LOCK_STATE_PREFIX)?;
+        let mut parts = rest.splitn(4, '.');
+        let (kind, tag, a, b) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        match kind {
+            "p" => Some(SegmentId::Posix {
+                name_tag: u64::from_str_radix(tag, 16).ok()?,
+                ino: a.parse().ok()?,
+                btime_ns: b.parse().ok()?,
+            }),
+            "s" => Some(SegmentId::SystemV {
+                key: u32::from_str_radix(tag, 16).ok()? as i32,
+                shmid: a.parse().ok()?,
+                cpid: b.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    pub(super) fn words(&self) -> [u64; 4] {
+        match *self {
+            SegmentId::Posix {
+                name_tag,
+                ino,
+                btime_ns,
+            } => [1, name_tag, ino, btime_ns as u64],
+            SegmentId::SystemV { key, shmid, cpid } => [2, u64::from(key as u32), shmid as u64, cpid as u64],
+        }
+    }
+}
