@@ -191,6 +191,17 @@ impl Locker {
         self.state.get().and_then(Option::as_ref)
     }
 
+    /// The path of the segment's lock state: this locker's, or (not looked for yet, see
+    /// [`LazyLock`]) the one another process made, if it exists.
+    pub(crate) fn state_path(&self) -> Option<String> {
+        if let Some(state) = self.state() {
+            return Some(state.segment().lock_state_path());
+        }
+        let lazy = self.lazy.as_ref().filter(|_| self.state.get().is_none())?;
+        let path = lazy.id.lock_state_path();
+        std::fs::symlink_metadata(&path).is_ok().then_some(path)
+    }
+
     /// Give up the semaphore and keep only the lock state (for detach, which unmaps the
     /// lock state last).
     pub(crate) fn into_state(self) -> Option<LockState> {

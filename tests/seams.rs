@@ -45,6 +45,10 @@ fn main() {
             format!("{k}::readers_of_a_shared_segment_can_lock_it"),
             move || readers_can_lock(kind),
         ));
+        trials.push(Trial::test(
+            format!("{k}::an_attacher_names_the_lock_state_before_its_first_lock"),
+            move || lock_state_named_before_first_lock(kind),
+        ));
     }
     for mode in [LockMode::QtCompatible, LockMode::Fast] {
         trials.push(Trial::test(
@@ -226,6 +230,41 @@ fn attachers_adopt_mode(kind: KeyType) -> Result<(), Failed> {
         format!("lock_mode() after attach: {:?}", c.lock_mode()),
     )?;
     drop(c);
+    a.detach()?;
+    Ok(())
+}
+
+/// `lock_state_path()` and `info().lock_state_file` name the segment's lock state as soon
+/// as one exists, whichever handle made it, also on a handle that has not locked yet (a
+/// Qt-compatible POSIX attacher finds it only at its first lock).
+fn lock_state_named_before_first_lock(kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("statepath");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut a = handle(&key, kind, LockMode::QtCompatible);
+    a.create(64, AccessMode::ReadWrite)?;
+    let mut b = SharedMemory::with_key_type(&key, kind);
+    b.attach(AccessMode::ReadWrite)?;
+    drop(a.lock()?); // the lock state exists from here on, made by a
+    let made = a.lock_state_path().ok_or("the locker names no lock state")?;
+    check(
+        b.lock_state_path().as_ref() == Some(&made),
+        format!(
+            "attacher before its first lock: {:?}, locker: {made:?}",
+            b.lock_state_path()
+        ),
+    )?;
+    check(
+        b.info()?.lock_state_file.as_ref() == Some(&made),
+        "info().lock_state_file of the attacher",
+    )?;
+    let mut c = SharedMemory::with_key_type(&key, kind);
+    c.attach(AccessMode::ReadOnly)?;
+    check(
+        c.lock_state_path().as_ref() == Some(&made),
+        format!("a later attacher: {:?}", c.lock_state_path()),
+    )?;
+    drop((b, c));
     a.detach()?;
     Ok(())
 }

@@ -26,11 +26,7 @@ impl SharedMemory {
 
     /// The file holding qshm's lock state for the attached segment, if it has one.
     pub fn lock_state_path(&self) -> Option<std::path::PathBuf> {
-        let attached = self.attached.as_ref()?;
-        attached
-            .locker
-            .state()
-            .map(|s| s.segment().lock_state_path().into())
+        self.attached.as_ref()?.locker.state_path().map(Into::into)
     }
 
     /// The numeric System V key (`ftok(path, 'Q')`) of a System V native key, if its
@@ -88,8 +84,9 @@ pub struct SegmentInfo {
     pub os_id: String,
     /// The segment's lock mode.
     pub lock_mode: LockMode,
-    /// Where qshm keeps the lock state (`None`: a segment another program made, where
-    /// this user may not add one).
+    /// Where qshm keeps the lock state. `None`: it has none (yet): a Qt-compatible POSIX
+    /// segment gets one at its first lock by a qshm process of the segment's owner (or
+    /// root), and a segment another program made, where this user may not add one, none.
     pub lock_state_file: Option<std::path::PathBuf>,
     /// True when qshm created the segment (false: Qt or another program did).
     pub made_by_qshm: bool,
