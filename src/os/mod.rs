@@ -5,6 +5,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod futex;
@@ -195,7 +196,40 @@ pub(crate) fn fallocate(fd: &OwnedFd, len: u64) -> io::Result<()> {
 
 /// Give the unnamed file `fd` (opened with `O_TMPFILE`) the name `path`; fails with
 /// `EEXIST` when the name is taken, which makes publishing a prepared file atomic.
+///
+/// `linkat(fd, "", AT_EMPTY_PATH)` names the file directly (root, or since Linux 6.10 the
+/// opener itself); elsewhere it fails with `ENOENT` and the `/proc/self/fd` link is used,
+/// whose procfs walk costs more.
 pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
+    static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
+    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        match link_by_descriptor(fd, path) {
+            Ok(()) => return Ok(()),
+            // not allowed here (or the directory is missing: then the fallback says so)
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM | libc::EINVAL)) => {
+                EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    link_through_proc(fd, path)
+}
+
+fn link_by_descriptor(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
+    // SAFETY: both paths are NUL-terminated; AT_EMPTY_PATH makes "" name `fd` itself.
+    cvt(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+fn link_through_proc(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
     let proc_path = cstring(&format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     // SAFETY: both paths are NUL-terminated; AT_SYMLINK_FOLLOW resolves the magic link.
     cvt(unsafe {
@@ -210,14 +244,14 @@ pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
     .map(drop)
 }
 
+/// `F_SETSIG` (Linux's `fcntl` command 10, not in the libc crate).
+const F_SETSIG: libc::c_int = 10;
+
 /// Ask for a write lease on `fd` (`fcntl(F_SETLEASE, F_WRLCK)`): `Ok(true)` means no other
 /// open file description of the file exists anywhere, open or mapped (since Linux 5.3 the
 /// kernel counts read-only ones too), and until [`release_lease`] any `open` of the file
 /// by another process waits. `Ok(false)`: someone else has it open or mapped. Errors:
 /// `EACCES` (not the owner and no `CAP_LEASE`), `EINVAL` (leases unsupported or off).
-/// `F_SETSIG` (Linux's `fcntl` command 10, not in the libc crate).
-const F_SETSIG: libc::c_int = 10;
-
 pub(crate) fn take_write_lease(fd: &OwnedFd) -> io::Result<bool> {
     let fd = fd.as_raw_fd();
     // A lease break signals the lease holder, by default with SIGIO, whose default action
@@ -343,5 +377,46 @@ pub(crate) fn realtime_deadline(d: Duration) -> libc::timespec {
     libc::timespec {
         tv_sec: sec,
         tv_nsec: nsec,
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    /// Both ways of naming an unnamed file name it, and neither replaces a taken name.
+    #[test]
+    fn both_ways_publish_once() {
+        // where qshm names its files (tmpfs: O_TMPFILE works there everywhere)
+        let dir = std::path::Path::new("/dev/shm").join(format!("qshm-linktest.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        struct RemoveDir(std::path::PathBuf);
+        impl Drop for RemoveDir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _remove = RemoveDir(dir.clone());
+        let c_dir = cstring(dir.to_str().unwrap()).unwrap();
+        type Link = fn(&OwnedFd, &CStr) -> io::Result<()>;
+        let ways: [(&str, Link); 3] = [
+            ("descriptor", link_by_descriptor),
+            ("proc", link_through_proc),
+            ("link_fd", link_fd),
+        ];
+        for (name, link) in ways {
+            let target = cstring(dir.join(name).to_str().unwrap()).unwrap();
+            let fd = open(&c_dir, libc::O_TMPFILE | libc::O_RDWR, 0o600).unwrap();
+            match link(&fd, &target) {
+                Ok(()) => {}
+                // unprivileged on a kernel before 6.10: only the fallback works
+                Err(e) if name == "descriptor" && e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => panic!("{name}: {e}"),
+            }
+            assert_eq!(lstat(&target).unwrap().ino, fstat(&fd).unwrap().ino, "{name}");
+            let other = open(&c_dir, libc::O_TMPFILE | libc::O_RDWR, 0o600).unwrap();
+            let taken = link(&other, &target).unwrap_err();
+            assert_eq!(taken.raw_os_error(), Some(libc::EEXIST), "{name}");
+        }
     }
 }
