@@ -43,8 +43,10 @@ use crate::sys::lock_state::{LockState, phase};
 use crate::sys::robust_mutex::{self, Locked};
 use crate::sys::{LazyLock, LockMode, SemaphoreBackend, fork};
 
+mod deadline;
 mod holders;
 mod watch;
+use deadline::{deadline_after, expired, slice};
 pub(crate) use holders::no_living_holder_possible;
 use watch::Watch;
 
@@ -96,24 +98,6 @@ fn thread_token() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local!(static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
     TOKEN.with(|t| *t)
-}
-
-/// `now + timeout`, or `None` (wait for ever) when there is no timeout or it overflows.
-fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
-}
-
-/// How long to wait next: what is left until `deadline` (once: `Duration::ZERO`), at
-/// most `cap`.
-fn slice(deadline: Option<Instant>, cap: Duration) -> Duration {
-    match deadline {
-        None => cap,
-        Some(d) => d.saturating_duration_since(Instant::now()).min(cap),
-    }
-}
-
-fn expired(deadline: Option<Instant>) -> bool {
-    deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 impl Locker {
