@@ -320,7 +320,7 @@ pub(crate) fn leftovers_of(native: &NativeIpcKey, recorded: &[(&'static str, i32
             lock_state_prefixes.push(posix_lock_state_prefix(&native));
             let sem_file = format!("/dev/shm/sem.{}", sem.native().trim_start_matches('/'));
             if std::path::Path::new(&sem_file).exists() {
-                found.push(format!("semaphore {sem_file}"));
+                found.push(format!("semaphore {sem_file}{}", posix_file_users(&sem_file)));
             }
         }
         KeyType::SystemV => {
@@ -392,6 +392,45 @@ fn key_file_users(path: &str) -> String {
         " (inode {}, {} bytes, key {k:#x}: shm ids {shm:?}, sem ids {sem:?})",
         meta.ino(),
         meta.len()
+    )
+}
+
+/// Who a left POSIX file belongs to: its inode, times and the processes that map or
+/// hold it open now, to tell a leak from a file in use or one made anew.
+fn posix_file_users(path: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return String::new();
+    };
+    let ino = meta.ino();
+    let mut users = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let mapped = maps
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(&ino.to_string()));
+        let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.ino() == ino && m.dev() == meta.dev()));
+        if mapped || open {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            users.push(format!(
+                "{pid} {} ({})",
+                comm.trim(),
+                if mapped { "maps it" } else { "has it open" }
+            ));
+        }
+    }
+    format!(
+        " (inode {ino}, modified {} s / changed {} s after the epoch; used by {users:?}; this is pid {})",
+        meta.mtime(),
+        meta.ctime(),
+        std::process::id()
     )
 }
 
