@@ -493,12 +493,7 @@ fn foreign_lock_state() -> Result<(), Failed> {
         s
     };
     let _remove = RemoveFile(old_name.clone());
-    let made = user.run("make-file", &[&old_name, "666", "4096"]);
-    check(
-        String::from_utf8_lossy(&made.stdout).contains("MADE"),
-        format!("the other user could not make {old_name}"),
-    )?;
-    let before = std::fs::read(&old_name)?;
+    let before = made_by_other_user(&user, &old_name)?;
     let mut shm = handle(&key, kind, LockMode::QtCompatible);
     shm.create(64, AccessMode::ReadWrite)?;
     drop(shm.lock()?);
@@ -541,12 +536,7 @@ fn foreign_lock_state_at_first_lock() -> Result<(), Failed> {
     let name = name.to_str().ok_or("lock-state path")?.to_owned();
     let _remove = RemoveFile(name.clone());
     std::fs::remove_file(&name)?;
-    let made = user.run("make-file", &[&name, "666", "4096"]);
-    check(
-        String::from_utf8_lossy(&made.stdout).contains("MADE"),
-        format!("the other user could not make {name}"),
-    )?;
-    let before = std::fs::read(&name)?;
+    let before = made_by_other_user(&user, &name)?;
     let mut attacher = handle(&key, kind, LockMode::QtCompatible);
     let refused = match attacher.attach(AccessMode::ReadWrite) {
         Err(_) => true, // refused at attach: as good
@@ -565,6 +555,16 @@ fn foreign_lock_state_at_first_lock() -> Result<(), Failed> {
     }
     creator.detach()?;
     Ok(())
+}
+
+/// `user` makes `path`: mode 0666, 4096 bytes. Returns its content, to compare later.
+fn made_by_other_user(user: &TempUser, path: &str) -> Result<Vec<u8>, Failed> {
+    let made = user.run("make-file", &[path, "666", "4096"]);
+    check(
+        String::from_utf8_lossy(&made.stdout).contains("MADE"),
+        format!("the other user could not make {path}"),
+    )?;
+    Ok(std::fs::read(path)?)
 }
 
 fn sha1_hex(bytes: &[u8]) -> String {
@@ -610,11 +610,7 @@ fn foreign_segment(kind: KeyType) -> Result<(), Failed> {
             check(line.starts_with("SHMID"), format!("other user's segment: {line}"))?;
         }
         KeyType::PosixRealtime => {
-            let out = user.run("make-file", &[&shm_path(&native), "666", "4096"]);
-            check(
-                String::from_utf8_lossy(&out.stdout).contains("MADE"),
-                "other user's file",
-            )?;
+            made_by_other_user(&user, &shm_path(&native))?;
         }
     }
     let mut shm = handle(&key, kind, LockMode::QtCompatible);
