@@ -16,11 +16,11 @@
 //!
 //! [`remove_stale`] re-checks each object right before removing it, the way the library
 //! reclaims a stale segment in `create`: a System V segment under its key file's `flock`,
-//! a POSIX segment under its exclusive `flock` with a lease probe or a fresh `/proc` look,
-//! every orphan with a lease probe or `/proc`. Things younger than a couple of seconds are
-//! left alone, since their maker may be between two steps of making them. A lock whose
-//! holder died is repaired the way any locker repairs it: through the library's own lock
-//! (attach, lock, unlock, detach).
+//! a POSIX segment under its exclusive `flock` with a lease probe, every orphan with a
+//! lease probe or `/proc`. Things younger than a couple of seconds are left alone, since
+//! their maker may be between two steps of making them. Locks are never taken: a lock
+//! whose holder died is taken over by its next locker, whoever that is (a clean-up run
+//! as root never writes into a lock that another user can write).
 //!
 //! The module exists with the `admin` feature (on by default); it adds no dependency.
 
@@ -63,12 +63,11 @@ pub enum State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Maker {
-    /// qshm, with the lock mode recorded in its lock state or in qshm's mark on a POSIX
-    /// segment file (a Qt-compatible one gets its lock state at its first lock); `None`:
-    /// a Fast-mode segment whose lock state is missing, its creator died while making it.
+    /// qshm, which records it (and the lock mode) in the lock state it makes before the
+    /// segment can be found.
     Qshm {
         /// The segment's lock mode.
-        lock_mode: Option<LockMode>,
+        lock_mode: LockMode,
     },
     /// Not qshm, but named the way Qt names the segments of legacy keys: a Qt program.
     Qt,
@@ -84,11 +83,11 @@ pub enum LockStatus {
     Free,
     /// A process that may be alive holds it.
     Held,
-    /// A POSIX semaphore lock taken by a process that is gone: the semaphore is at 0 and,
-    /// looked at twice a second apart, no living process could hold it (every process
-    /// mapping the semaphore also maps qshm's lock state, and none of those holds the
-    /// lock). Qt waits for ever; qshm's next `lock()` recovers it within seconds, and
-    /// [`remove_stale`] repairs it now.
+    /// Held by a process that is gone: a qshm holder whose slot is free (its label names
+    /// a process that died or `exec`ed), or a POSIX semaphore unit no living process
+    /// could hold (looked at twice a second apart). The next qshm locker takes it over
+    /// and is told (`previous_owner_died`): within about 10 ms of waiting for a qshm
+    /// holder, within seconds for a Qt one (Qt itself waits for ever).
     HolderDied,
     /// Not known: no semaphore or lock state to look at, or no permission to read them.
     Unknown,
@@ -275,11 +274,8 @@ pub struct Removal {
     pub segments: Vec<Segment>,
     /// Orphans removed.
     pub orphans: Vec<Orphan>,
-    /// Segments whose lock a dead process held, given back.
-    pub repaired: Vec<Segment>,
-    /// Segments whose lock a dead process held and that could not be repaired (no
-    /// permission, or a living process took the lock meanwhile).
-    pub unrepaired: Vec<Segment>,
+    /// Live segments whose lock a dead process held: their next locker takes it over.
+    pub held_by_dead: Vec<Segment>,
     /// Stale segments left alone because they are other programs' ([`Segment::is_foreign`]).
     pub kept_foreign: Vec<Segment>,
     /// Orphans left alone because they may be other programs' ([`Orphan::is_foreign`]).
@@ -312,7 +308,7 @@ pub fn exists(key: &NativeIpcKey) -> bool {
 }
 
 /// Remove every stale Qt or qshm segment (with its lock state, Qt semaphore and key
-/// file) and every orphan, and repair every lock whose holder died; with
+/// file) and every orphan, and report every lock whose holder died; with
 /// `include_foreign`, also other programs' stale segments (any System V segment nobody
 /// is attached to, any file in `/dev/shm` nobody maps or locks). Live segments are never
 /// removed: each is checked again right before.

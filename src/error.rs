@@ -253,6 +253,11 @@ impl Failure {
         self.kind = kind;
         self
     }
+
+    pub(crate) fn with_os(mut self, err: io::Error) -> Failure {
+        self.os = Some(err);
+        self
+    }
 }
 
 impl From<io::Error> for Failure {

@@ -92,8 +92,8 @@ fn main() -> ExitCode {
         refusals,
     ));
     trials.push(Trial::test(
-        "posix::qt::notification_without_a_lock_state_we_may_add_is_a_lock_error",
-        no_lock_state_of_another_user,
+        "posix::qt::readers_of_another_user_wait_for_changes_but_neither_lock_nor_notify",
+        readers_of_another_user,
     ));
     libtest_mimic::run(&args, trials).exit()
 }
@@ -144,22 +144,38 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             }
             0
         }
-        "generation" => match shm.attach(AccessMode::ReadOnly) {
-            Ok(()) => match shm.generation() {
-                Ok(g) => {
-                    say(format!("GENERATION {}", g.value()));
+        "reader" => {
+            if let Err(e) = shm.attach(AccessMode::ReadOnly) {
+                say(format!("ATTACH {:?} {e}", e.kind()));
+                return 2;
+            }
+            let seen = match shm.generation() {
+                Ok(g) => g,
+                Err(e) => {
+                    say(format!("ERROR {:?} {e}", e.kind()));
+                    return 1;
+                }
+            };
+            let lock = shm.lock_read().map(drop).map_err(|e| e.kind());
+            say(format!("LOCK {lock:?}"));
+            let notify = shm.notify_all().map(drop).map_err(|e| e.kind());
+            say(format!("NOTIFY {notify:?}"));
+            say(format!("WAITING {}", seen.value()));
+            match shm.wait_for_change(seen, T) {
+                Ok(now) if now != seen => {
+                    say(format!("CHANGED {}", now.value()));
                     0
+                }
+                Ok(_) => {
+                    say("TIMEOUT");
+                    1
                 }
                 Err(e) => {
                     say(format!("ERROR {:?} {e}", e.kind()));
                     1
                 }
-            },
-            Err(e) => {
-                say(format!("ATTACH {:?} {e}", e.kind()));
-                2
             }
-        },
+        }
         other => {
             eprintln!("unknown child role {other}");
             2
@@ -382,26 +398,36 @@ fn killed_waiter(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
     fx.finish().map_err(Failed::from)
 }
 
-/// A Qt-compatible POSIX segment gets its lock state at the first lock (or notification),
-/// made only by its owner (or root): another user cannot add one, so there is no counter
-/// to wait on, and that is a clear `LockError`.
-fn no_lock_state_of_another_user() -> Result<(), Failed> {
-    let Some(user) = TempUser::create("notification_without_a_lock_state_we_may_add") else {
+/// Another user who may only read a segment (0644) waits for its changes (its mapping of
+/// the lock state is read-only, which a futex wait needs no more), but may neither take
+/// its lock nor announce changes: it could corrupt neither the lock words nor the counter.
+fn readers_of_another_user() -> Result<(), Failed> {
+    let Some(user) = TempUser::create("readers_of_another_user") else {
         return Ok(());
     };
     let kind = KeyType::PosixRealtime;
-    let key = unique_key("nostate");
+    let key = unique_key("reader");
     let mut cleanup = Cleanup::default();
     cleanup.key(&key, kind);
     let mut shm = handle(&key, kind, LockMode::QtCompatible).with_permissions(0o644);
     shm.create(64, AccessMode::ReadWrite)?;
-    let out = user.run("generation", &[&key, kind_name(kind), "qt"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut reader = user.spawn("reader", &[&key, kind_name(kind), "qt"]);
     check(
-        text.starts_with("ERROR LockError") && text.contains("no qshm lock state"),
-        format!("another user's notification on a segment without lock state: {text:?}"),
+        reader.expect("LOCK", T) == "Err(PermissionDenied)",
+        "a reader may not take the lock",
     )?;
-    check(shm.generation()?.value() == 0, "the owner can still make it")?;
+    check(
+        reader.expect("NOTIFY", T) == "Err(PermissionDenied)",
+        "a reader may not notify",
+    )?;
+    check(reader.expect("WAITING", T) == "0", "it sees the counter")?;
+    std::thread::sleep(Duration::from_millis(50));
+    let now = shm.notify_all()?;
+    check(
+        reader.expect("CHANGED", T) == now.value().to_string(),
+        "the owner's notification wakes the reader",
+    )?;
+    check(reader.wait(T).success(), "the reader exits cleanly")?;
     shm.detach()?;
     let left = leftovers(&key, kind, &[]);
     check(left.is_empty(), format!("left behind: {left:?}"))

@@ -69,7 +69,7 @@ fn main() {
             move |py| fast_refused_next_to_qt(py, kind),
         ));
         trials.push(trial(
-            format!("{k}::qt_of_another_user_reads_a_0644_segment_under_the_lock"),
+            format!("{k}::qt_of_another_user_locks_a_0666_segment_and_is_refused_a_0644_one"),
             &python,
             move |py| qt_other_user_on_shared_segment(py, kind),
         ));
@@ -363,40 +363,52 @@ fn fast_refused_next_to_qt(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
     Ok(())
 }
 
-/// qshm creates a 0644 segment; a Qt program run by another user attaches read-only and
-/// locks it (Qt's lock() works for readers: the semaphore gets the readers' write bits).
+/// Another user's Qt program and qshm's shared segments. A user who may write the segment
+/// (0666) may write its lock too: Qt attaches and reads under the lock. A user who may only
+/// read it (0644) may not write the lock (nobody who cannot write the data may change or
+/// shrink what its writers map), and Qt cannot attach without opening the lock semaphore
+/// for writing: it is refused, exactly as on a Qt-made segment, whose semaphore is 0600.
 fn qt_other_user_on_shared_segment(py: &std::path::Path, kind: KeyType) -> Result<(), Failed> {
-    let Some(user) = TempUser::create("qt_of_another_user_reads_a_0644_segment_under_the_lock") else {
+    let Some(user) = TempUser::create("qt_of_another_user_on_shared_segments") else {
         return Ok(());
     };
-    let key = unique_key("qtshared");
-    let mut cleanup = Cleanup::default();
-    cleanup.key(&key, kind);
-    let mut shm = SharedMemory::with_key_type(&key, kind).with_permissions(0o644);
-    shm.create(64, AccessMode::ReadWrite)?;
-    shm.lock()?[..6].copy_from_slice(b"public");
     let Some((python, site)) = python_for(py, &user) else {
         eprintln!("*** SKIP qt_of_another_user: no Python that user may run imports PyQt6 ***");
         return Ok(());
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_peer.py");
-    use std::os::unix::process::CommandExt;
-    let out = Command::new(python)
-        .arg(script)
-        .args(["read", "--key", &key, "--type", kind_name(kind), "--len", "6"])
-        .env("PYTHONPATH", site)
-        .uid(user.uid)
-        .gid(user.gid)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    check(
-        out.status.success() && stdout.contains(&format!("DATA {}", hex(b"public"))),
-        format!(
-            "Qt as {} on a 0644 segment: {stdout} {}",
+    for (perms, readable) in [(0o666, true), (0o644, false)] {
+        let key = unique_key("qtshared");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let mut shm = SharedMemory::with_key_type(&key, kind).with_permissions(perms);
+        shm.create(64, AccessMode::ReadWrite)?;
+        shm.lock()?[..6].copy_from_slice(b"public");
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(&python)
+            .arg(script)
+            .args(["read", "--key", &key, "--type", kind_name(kind), "--len", "6"])
+            .env("PYTHONPATH", &site)
+            .uid(user.uid)
+            .gid(user.gid)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let said = format!(
+            "Qt as {} on a {perms:04o} segment: {stdout} {}",
             user.name,
             String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+        );
+        if readable {
+            check(
+                out.status.success() && stdout.contains(&format!("DATA {}", hex(b"public"))),
+                said,
+            )?;
+        } else {
+            check(said.contains("ERROR PermissionDenied"), said)?;
+        }
+        shm.detach()?;
+    }
+    Ok(())
 }
 
 /// A Python the other user may run, with the venv's PyQt6 on its path: the venv's own

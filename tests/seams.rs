@@ -42,7 +42,7 @@ fn main() {
             move || removed_behind_our_back(kind),
         ));
         trials.push(Trial::test(
-            format!("{k}::readers_of_a_shared_segment_can_lock_it"),
+            format!("{k}::lock_rights_follow_write_rights_whoever_locks_first"),
             move || readers_can_lock(kind),
         ));
         trials.push(Trial::test(
@@ -383,27 +383,33 @@ fn fast_refused_on_foreign_segment() -> Result<(), Failed> {
 
 // ------------------------------------------------------------------ 3. lock state permissions
 
-/// A 0644 segment: another user may attach read-only and lock for reading, whichever
-/// process locked first (before the fix the first locker made the lock state 0600).
+/// The lock belongs to those who may write the segment, whoever locked first: on a 0666
+/// segment another user may attach read-only and lock for reading; on a 0644 one another
+/// user may attach and read, but not lock (`PermissionDenied`): a reader able to write the
+/// lock words could break the writers' exclusion or shrink what they map.
 fn readers_can_lock(kind: KeyType) -> Result<(), Failed> {
-    let Some(user) = TempUser::create("readers_of_a_shared_segment_can_lock_it") else {
+    let Some(user) = TempUser::create("lock_rights_follow_write_rights") else {
         return Ok(());
     };
-    let key = unique_key("shared");
-    let mut cleanup = Cleanup::default();
-    cleanup.key(&key, kind);
-    let mut shm = SharedMemory::with_key_type(&key, kind).with_permissions(0o644);
-    shm.create(64, AccessMode::ReadWrite)?;
-    // the owner's second process, with a default (0600) handle, locks first
-    let mut owner = Peer::spawn("lock-read-default", &[&key, kind_name(kind)]);
-    owner.expect("LOCKED", T);
-    owner.wait(T);
-    let out = user.run("attach-lock-read", &[&key, kind_name(kind)]);
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    check(
-        line == "READ 0",
-        format!("another user on a 0644 segment: {line}"),
-    )
+    for (perms, expected) in [(0o666, "READ 0"), (0o644, "LOCK PermissionDenied")] {
+        let key = unique_key("shared");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let mut shm = SharedMemory::with_key_type(&key, kind).with_permissions(perms);
+        shm.create(64, AccessMode::ReadWrite)?;
+        // the owner's second process, with a default (0600) handle, locks first
+        let mut owner = Peer::spawn("lock-read-default", &[&key, kind_name(kind)]);
+        owner.expect("LOCKED", T);
+        owner.wait(T);
+        let out = user.run("attach-lock-read", &[&key, kind_name(kind)]);
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        check(
+            line.starts_with(expected),
+            format!("another user on a {perms:04o} segment: {line}"),
+        )?;
+        shm.detach()?;
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ 5. exact sizes

@@ -322,23 +322,17 @@ pub fn rm_stale(all: bool) -> CliResult {
             _ => writeln!(text, "removed stale segment {os_id}"),
         };
     }
-    for s in &removal.repaired {
-        let _ = writeln!(text, "freed the lock of {}: its holder had died", segment_name(s));
-    }
     for o in &removal.orphans {
         let (kind, detail) = list::orphan_kind(o);
         let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
         let _ = writeln!(text, "removed {kind} {}{detail}", o.path.display());
     }
     let removed = removal.segments.len() + removal.orphans.len();
-    let _ = match removal.repaired.len() {
-        0 => writeln!(text, "{removed} removed"),
-        freed => writeln!(text, "{removed} removed, {} freed", list::plural(freed, "lock")),
-    };
-    for s in &removal.unrepaired {
+    let _ = writeln!(text, "{removed} removed");
+    for s in &removal.held_by_dead {
         let _ = writeln!(
             text,
-            "could not free the lock of {} (its holder died): not permitted, or another process took it",
+            "the lock of {} is held by a process that died: its next locker takes it over",
             segment_name(s)
         );
     }

@@ -101,7 +101,7 @@ fn maker_name(maker: Maker) -> &'static str {
 
 fn segment_json(s: &Segment) -> serde_json::Value {
     let lock_mode = match s.maker {
-        Maker::Qshm { lock_mode } => lock_mode.map(mode_name),
+        Maker::Qshm { lock_mode } => Some(mode_name(lock_mode)),
         _ if s.lock == LockStatus::Unknown => None,
         _ => Some(mode_name(LockMode::QtCompatible)),
     };

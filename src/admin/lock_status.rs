@@ -1,25 +1,29 @@
 //! The status of a segment's lock, found without taking or mapping anything.
 //!
-//! A POSIX semaphore at 0 may be held by a process that is gone (the kernel never gives
-//! a dead holder's unit back). It is reported as [`LockStatus::HolderDied`] when, looked
-//! at twice [`DEAD_HOLDER_LOOK`] apart, no living process could hold it: the rule waiters
-//! use ([`lock::no_living_holder_possible`]: every process mapping the semaphore also
-//! maps the lock state), and no qshm process holds the lock (`marker` held in the held or
-//! releasing phase), which a waiter knows because it holds `marker` itself.
+//! * A Fast-mode lock word, and a POSIX semaphore unit a qshm process holds, carry the
+//!   holder's label: its process lives while its slot's byte lock is held
+//!   (`sys/lock_state/slots.rs`), which is asked at once.
+//! * A System V semaphore unit is given back by the kernel when its holder dies: free or
+//!   held.
+//! * An unlabelled POSIX semaphore unit (a Qt process's) is reported as
+//!   [`LockStatus::HolderDied`] when, looked at twice [`DEAD_QT_HOLDER_LOOK`] apart, no
+//!   living process could hold it: nobody has it open at all, or the `/proc` rule
+//!   waiters use ([`lock::nobody_could_hold`]) says so.
 
-use super::{LockStatus, Maker};
+use super::LockStatus;
 use crate::key::NativeIpcKey;
-use crate::lock::{self, DEAD_HOLDER_LOOK};
+use crate::lock::{self, DEAD_QT_HOLDER_LOOK};
 use crate::os;
-use crate::sys::lock_state::{LockState, Peek, SegmentId, phase};
+use crate::sys::lock_state::Peek;
+use crate::sys::named_file::NamedFile;
 use crate::sys::{LockMode, posix, sysv};
 
-/// How to find out the status of a POSIX semaphore lock.
+/// How to find out the status of an unlabelled POSIX semaphore unit.
 #[derive(Clone, Debug)]
 pub(super) struct Probe {
     pub semaphore: NativeIpcKey,
-    /// The segment's lock state, if it has one.
-    pub lock_state: Option<SegmentId>,
+    /// (device, inode) of the segment's lock state, if it has one.
+    pub lock_state: Option<(u64, u64)>,
 }
 
 /// What one look at a POSIX semaphore lock found.
@@ -30,21 +34,20 @@ enum Seen {
     Nobody((u64, u64)),
 }
 
-/// A Fast-mode lock: held while a thread owns the mutex (the kernel clears a dead
-/// owner's id, and the next locker recovers the mutex at once).
-fn fast(peek: &Peek) -> LockStatus {
-    if peek.fast_owner.is_some() {
-        LockStatus::Held
-    } else {
-        LockStatus::Free
+/// The status of a lock word or semaphore pad holding `word` (0: free).
+fn labelled(peek: &Peek, word: u32) -> LockStatus {
+    match peek.holder_alive(word) {
+        None => LockStatus::Free,
+        Some(true) => LockStatus::Held,
+        Some(false) => LockStatus::HolderDied,
     }
 }
 
-/// A System V segment's lock: the kernel gives a dead holder's unit back (`SEM_UNDO`),
-/// so it is free or held.
+/// A System V segment's lock: its Fast-mode word, or Qt's semaphore set, whose dead
+/// holder's unit the kernel gives back (`SEM_UNDO`).
 pub(super) fn system_v(peek: Option<&Peek>, semaphore: Option<&NativeIpcKey>) -> LockStatus {
     if let Some(p) = peek.filter(|p| p.mode == LockMode::Fast) {
-        return fast(p);
+        return labelled(p, p.fast);
     }
     let value = semaphore
         .and_then(sysv::numeric_key)
@@ -56,56 +59,76 @@ pub(super) fn system_v(peek: Option<&Peek>, semaphore: Option<&NativeIpcKey>) ->
     }
 }
 
-/// A POSIX segment's lock: known now (Fast mode, nothing to look at), or to be
-/// looked at ([`settle`]).
-pub(super) fn posix(
-    peek: Option<&Peek>,
-    maker: Maker,
-    semaphore: Option<&NativeIpcKey>,
-    id: SegmentId,
-) -> (LockStatus, Option<Probe>) {
-    match (peek, maker, semaphore) {
-        (Some(p), ..) if p.mode == LockMode::Fast => (fast(p), None),
-        // a Fast-mode segment whose lock state is missing: unfinished, nobody locks it
-        (None, Maker::Qshm { lock_mode: None }, _) | (_, _, None) => (LockStatus::Unknown, None),
-        (_, _, Some(sem)) => {
-            let probe = Probe {
+/// A POSIX segment's lock: known now (a Fast-mode word; a free or labelled semaphore), or
+/// to be looked at twice ([`settle`]).
+pub(super) fn posix(peek: Option<&Peek>, semaphore: Option<&NativeIpcKey>) -> (LockStatus, Option<Probe>) {
+    if let Some(p) = peek.filter(|p| p.mode == LockMode::Fast) {
+        return (labelled(p, p.fast), None);
+    }
+    let Some(sem) = semaphore else {
+        return (LockStatus::Unknown, None);
+    };
+    match semaphore_word(sem) {
+        Ok((value, _, _)) if value > 0 => (LockStatus::Free, None),
+        Ok((_, pad, _)) if pad != 0 && peek.is_some() => (labelled(peek.expect("some"), pad), None),
+        Ok(_) => (
+            LockStatus::Unknown,
+            Some(Probe {
                 semaphore: sem.clone(),
-                lock_state: peek.map(|_| id),
-            };
-            (LockStatus::Unknown, Some(probe))
-        }
+                lock_state: peek.map(|p| p.file),
+            }),
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => (LockStatus::Free, None),
+        Err(_) => (LockStatus::Unknown, None),
     }
 }
 
-/// A living qshm process holds the lock (not: waits for it).
-fn qshm_holder(peek: &Peek) -> bool {
-    peek.marker_owner.is_some() && matches!(peek.phase, phase::HELD | phase::RELEASING)
+/// The value, the pad and the file of the POSIX semaphore of `key`, read with `pread`:
+/// mapping it would make this process look like a possible holder to a waiter.
+fn semaphore_word(key: &NativeIpcKey) -> std::io::Result<(u32, u32, NamedFile)> {
+    let path = posix::semaphore_file(key).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let file = NamedFile::open(&os::cstring(&path)?, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+    let (value, pad) = posix::peek_semaphore(&file.fd)?;
+    Ok((value, pad, file))
 }
 
 fn look_once(probe: &Probe) -> Seen {
-    let (value, file) = match posix::peek_value(&probe.semaphore) {
+    let (value, pad, file) = match semaphore_word(&probe.semaphore) {
         Ok(seen) => seen,
-        // no semaphore: nobody has locked yet (qshm makes it at the first lock)
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Seen::Known(LockStatus::Free),
         Err(_) => return Seen::Known(LockStatus::Unknown),
     };
     if value > 0 {
         return Seen::Known(LockStatus::Free);
     }
-    let peek = probe.lock_state.and_then(|id| LockState::peek(id).ok().flatten());
-    if peek.as_ref().is_some_and(qshm_holder) {
+    if pad != 0 {
+        // a qshm holder took it meanwhile (its label is checked at the next look)
         return Seen::Known(LockStatus::Held);
     }
-    if lock::no_living_holder_possible(file, peek.map(|p| p.file)) {
-        Seen::Nobody(file)
+    let st = file.stat;
+    let id = (st.dev, st.ino);
+    // nobody else has it open at all (a lease probe through our descriptor, or through
+    // the one this process maps it with, if it does), else nobody in /proc could hold it
+    let alone = match posix::SemaphoreFile::find_here(id) {
+        Some(mapped) => {
+            drop(file); // (our own second description would count as another opener)
+            mapped.alone() == Some(true)
+        }
+        None => {
+            let alone = file.alone() == Some(true);
+            file.release();
+            alone
+        }
+    };
+    if alone || lock::nobody_could_hold(id, (st.uid, st.gid, st.mode & 0o7777), probe.lock_state) {
+        Seen::Nobody(id)
     } else {
         Seen::Known(LockStatus::Held)
     }
 }
 
 /// Settle the status of every lock that needs a look (`probe`, the status to set): one
-/// look now and, for the locks that look abandoned, another one [`DEAD_HOLDER_LOOK`] later.
+/// look now and, for the locks that look abandoned, another one [`DEAD_QT_HOLDER_LOOK`] later.
 pub(super) fn settle<'a>(locks: impl IntoIterator<Item = (&'a Probe, &'a mut LockStatus)>) {
     let mut suspects = Vec::new();
     for (probe, status) in locks {
@@ -117,7 +140,7 @@ pub(super) fn settle<'a>(locks: impl IntoIterator<Item = (&'a Probe, &'a mut Loc
     if suspects.is_empty() {
         return;
     }
-    std::thread::sleep(DEAD_HOLDER_LOOK);
+    std::thread::sleep(DEAD_QT_HOLDER_LOOK);
     for (probe, status, file) in suspects {
         *status = match look_once(probe) {
             Seen::Nobody(again) if again == file => LockStatus::HolderDied,

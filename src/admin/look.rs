@@ -11,7 +11,7 @@ use crate::key::{IpcType, KeyType, LegacyName, NativeIpcKey, qt_temp_dir};
 use crate::os::{self, FileStat};
 use crate::sys::lock_state::{LOCK_STATE_PREFIX, LockState, Origin, Peek, SegmentId, name_tag};
 use crate::sys::procfs::{self, SemRow, ShmRow};
-use crate::sys::{LockMode, posix, sysv};
+use crate::sys::{posix, sysv};
 
 /// A Qt key file in Qt's temporary directory, with the System V key `ftok` gives it.
 pub(super) struct KeyFile {
@@ -160,7 +160,7 @@ impl Look {
                 removed: row.perms & u32::from(os::SHM_DEST) != 0,
             },
             native_key: key_file.map(|p| NativeIpcKey::new(p, KeyType::SystemV)),
-            maker: maker(peek.as_ref(), 0, qt_name.is_some()),
+            maker: maker(peek.as_ref(), qt_name.is_some()),
             qt_name,
             size: row.size,
             attachments: row.nattch,
@@ -188,9 +188,9 @@ impl Look {
         let users = qshm_attachments + attachments;
         let state = posix_state(users, f.st.size, age, os::euid() == 0 || f.st.uid == os::euid());
         let qt_name = qt_name(&f.name);
-        let maker = maker(peek.as_ref(), f.st.mode, qt_name.is_some());
+        let maker = maker(peek.as_ref(), qt_name.is_some());
         let semaphore = semaphore.or_else(|| posix_semaphore_of(&f.name));
-        let (lock, probe) = lock_status::posix(peek.as_ref(), maker, semaphore.as_ref(), id);
+        let (lock, probe) = lock_status::posix(peek.as_ref(), semaphore.as_ref());
         let segment = Segment {
             os_id: OsId::Posix {
                 path: f.path.clone().into(),
@@ -243,22 +243,12 @@ pub(super) fn posix_state(users: u64, size: u64, age: Duration, all_visible: boo
     }
 }
 
-/// Who made a segment: qshm says so in its lock state or, POSIX, with its mark on the
-/// file (`mode`; System V: 0) even before the lock state exists; else a Qt-style name
-/// means Qt.
-pub(super) fn maker(peek: Option<&Peek>, mode: u32, qt_named: bool) -> Maker {
+/// Who made a segment: qshm says so in its lock state (qshm makes it before the segment
+/// can be found), else a Qt-style name means Qt. Mode bits of the file are no evidence:
+/// other programs use them too.
+pub(super) fn maker(peek: Option<&Peek>, qt_named: bool) -> Maker {
     match peek {
-        Some(p) if p.origin == Origin::Qshm => Maker::Qshm {
-            lock_mode: Some(p.mode),
-        },
-        // Qt-compatible: its lock state comes at the first lock
-        _ if mode & posix::QSHM_MADE_QT_COMPATIBLE != 0 => Maker::Qshm {
-            lock_mode: Some(LockMode::QtCompatible),
-        },
-        // Fast: without a lock state it is unfinished, its mode unknown
-        _ if mode & posix::QSHM_MADE != 0 => Maker::Qshm {
-            lock_mode: peek.map(|p| p.mode),
-        },
+        Some(p) if p.origin == Origin::Qshm => Maker::Qshm { lock_mode: p.mode },
         _ if qt_named => Maker::Qt,
         _ => Maker::Other,
     }
@@ -294,8 +284,7 @@ pub(super) fn posix_semaphore_of(name: &str) -> Option<NativeIpcKey> {
             .and_then(|p| os::cstring(&p).ok())
             .is_some_and(|p| os::lstat(&p).is_ok())
     };
-    // Neither exists yet: nobody has locked (qshm makes the semaphore at the first lock),
-    // and the first lock will use the one derived as Qt does.
+    // Neither exists: the one derived as Qt does is the one a lock would make.
     let found = derived.iter().chain([&native]).find(|sem| exists(sem)).cloned();
     found.or(derived).or(Some(native))
 }

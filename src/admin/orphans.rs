@@ -187,7 +187,7 @@ pub(super) fn remove(orphan: &Orphan) -> bool {
 
 /// Unlink a file in `/dev/shm` that no other process has open (a lease probe) or maps.
 fn remove_if_unused(c_path: &CString) -> bool {
-    let Ok(file) = NamedFile::open(c_path, libc::O_RDONLY, 0) else {
+    let Ok(file) = NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
         return false;
     };
     let removed = posix::unused_by_others(&file) && matches!(file.unlink_if_still_named(), Ok(true));
@@ -198,7 +198,7 @@ fn remove_if_unused(c_path: &CString) -> bool {
 /// Unlink glibc's temporary name of a semaphore that has its real name too (looked at
 /// again now: had the real name gone meanwhile, the temporary would be its only name).
 fn remove_glibc_temporary(c_path: &CString) -> bool {
-    let Ok(file) = NamedFile::open(c_path, libc::O_RDONLY, 0) else {
+    let Ok(file) = NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
         return false;
     };
     let removed = os::fstat(&file.fd).is_ok_and(|st| st.nlink > 1)
@@ -248,7 +248,7 @@ fn remove_sysv_semaphore(path: &str, c_path: &CString) -> bool {
 /// A Qt key file with nothing at its `ftok` key, under its exclusive `flock` (which
 /// qshm's create, attach and detach hold).
 fn remove_key_file(c_path: &CString) -> bool {
-    let Ok(file) = NamedFile::open(c_path, libc::O_RDONLY, 0) else {
+    let Ok(file) = NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
         return false;
     };
     if !matches!(os::flock(&file.fd, libc::LOCK_EX | libc::LOCK_NB), Ok(true)) || !file.still_named() {

@@ -1,18 +1,12 @@
-//! [`remove_stale`](super::remove_stale): stale segments, dead holders' locks, orphans.
-
-use std::time::Duration;
+//! [`remove_stale`](super::remove_stale): stale segments and orphans; locks whose holder
+//! died are reported (their next locker takes them over), never taken here.
 
 use super::look::{self, Draft, Look};
 use super::{LockStatus, Maker, OsId, Removal, orphans};
 use crate::error::{Error, Result};
-use crate::lock::DEAD_HOLDER_LOOK;
 use crate::os;
+use crate::sys::lock_state::LockState;
 use crate::sys::{self, posix};
-use crate::{AccessMode, SharedMemory};
-
-/// How long a repair waits for the lock: the library's two looks for a living holder,
-/// a second apart, and room for a slow `/proc`.
-const REPAIR_WAIT: Duration = Duration::from_secs(2 * DEAD_HOLDER_LOOK.as_secs() + 3);
 
 pub(super) fn remove_stale(include_foreign: bool) -> Result<Removal> {
     let look = Look::take().map_err(|e| Error::os("remove stale", "/dev/shm", e))?;
@@ -26,11 +20,7 @@ pub(super) fn remove_stale(include_foreign: bool) -> Result<Removal> {
         } else if segment.is_stale() && remove_segment(&draft) {
             out.segments.push(draft.segment);
         } else if segment.lock == LockStatus::HolderDied {
-            match repair(&draft) {
-                Some(true) => out.repaired.push(draft.segment),
-                Some(false) => {} // its holder came back and let go: nothing to repair
-                None => out.unrepaired.push(draft.segment),
-            }
+            out.held_by_dead.push(draft.segment);
         }
     }
     // a fresh look: removing segments also removed their companions
@@ -43,8 +33,9 @@ pub(super) fn remove_stale(include_foreign: bool) -> Result<Removal> {
     Ok(out)
 }
 
-/// Remove a stale segment if it still is one (and ours), with its lock state, and with
-/// Qt's semaphore unless another program made it. Returns whether it was removed.
+/// Remove a stale segment if it still is one, with its lock state, and with Qt's
+/// semaphore unless another program made it (and nobody has it open). Returns whether it
+/// was removed.
 fn remove_segment(draft: &Draft) -> bool {
     let segment = &draft.segment;
     let semaphore = draft.semaphore.as_ref().filter(|_| segment.maker != Maker::Other);
@@ -53,35 +44,21 @@ fn remove_segment(draft: &Draft) -> bool {
             let key_file = segment.native_key.as_ref().map(|k| k.native());
             sys::sysv::remove_if_stale(*shmid, key_file, semaphore)
         }
-        OsId::Posix { path, .. } => {
-            let gone = path
-                .to_str()
-                .and_then(|p| os::cstring(p).ok())
-                .is_some_and(|c| matches!(posix::probe_existing(&c), Ok(posix::Probe::Gone)));
+        OsId::Posix { path, inode } => {
+            let Some(c_path) = path.to_str().and_then(|p| os::cstring(p).ok()) else {
+                return false;
+            };
+            // what its lock state records, read before the probe removes it
+            let made_semaphore = os::lstat(&c_path)
+                .ok()
+                .filter(|st| st.ino == *inode)
+                .and_then(|st| LockState::recorded(posix::id_of(&c_path, &st)))
+                .and_then(|r| r.semaphore);
+            let gone = matches!(posix::probe_existing(&c_path), Ok(posix::Probe::Gone));
             if gone && let Some(sem) = semaphore {
-                posix::remove_semaphore_if_unused(sem, None);
+                posix::remove_semaphore_if_unused(sem, made_semaphore);
             }
             gone
         }
     }
-}
-
-/// Give back the lock a dead process held, the way any locker does: attach, lock (the
-/// library recovers the unit), unlock, detach. The next holder is told that its previous
-/// holder died (`previous_owner_died`), as if it had recovered the lock itself.
-/// `Some(died)`: got the lock, `died` when its holder had died; `None`: could not attach
-/// or lock.
-fn repair(draft: &Draft) -> Option<bool> {
-    let (key, semaphore) = (draft.segment.native_key.as_ref()?, draft.semaphore.as_ref()?);
-    let mut shm = SharedMemory::with_native_key(key.clone());
-    shm.attach_with_semaphore(AccessMode::ReadOnly, semaphore.clone())
-        .ok()?;
-    let guard = shm.lock_read_timeout(REPAIR_WAIT).ok().flatten()?;
-    let died = guard.previous_owner_died();
-    if died {
-        // the next holder, who uses the data, is told its previous holder died
-        shm.pass_on_owner_death();
-    }
-    drop(guard);
-    Some(died)
 }

@@ -8,8 +8,8 @@ use super::orphans::is_glibc_temporary;
 use super::*;
 use crate::key::{IpcType, LegacyName};
 use crate::os;
-use crate::sys::lock_state::{Origin, Peek, SegmentId, phase};
-use crate::sys::{posix, procfs};
+use crate::sys::lock_state::{Origin, Peek, SegmentId};
+use crate::sys::procfs;
 use crate::{AccessMode, SharedMemory, SystemSemaphore};
 
 #[test]
@@ -92,50 +92,61 @@ fn states_follow_users_age_and_visibility() {
     assert_eq!(posix_state(0, 4096, old, false), State::Unknown, "another user's");
 }
 
-fn peek(mode: LockMode, origin: Origin) -> Peek {
-    Peek {
-        mode,
-        origin,
-        file: (1, 2),
-        phase: phase::IDLE,
-        marker_owner: None,
-        fast_owner: None,
+/// A lock state made for a made-up segment, and removed at the end.
+struct TestState(SegmentId, std::sync::Arc<crate::sys::lock_state::LockState>);
+
+impl TestState {
+    fn new(tag: u64, mode: LockMode, origin: Origin) -> TestState {
+        use crate::sys::lock_state::{LockState, NewLockState, name_tag};
+        let id = SegmentId::Posix {
+            name_tag: name_tag(&format!("qshm-admin-test-state-{}", std::process::id())),
+            ino: tag,
+            btime_ns: i64::from(std::process::id()),
+        };
+        let state = LockState::create(NewLockState {
+            id,
+            mode,
+            origin,
+            perms: 0o600,
+            owner: None,
+            key_file: None,
+            semaphore: None,
+        })
+        .unwrap_or_else(|e| panic!("lock state: {e:?}"));
+
+        TestState(id, state)
+    }
+
+    fn peek(&self) -> Peek {
+        crate::sys::lock_state::LockState::peek(self.0)
+            .unwrap()
+            .expect("there")
+    }
+}
+
+impl Drop for TestState {
+    fn drop(&mut self) {
+        crate::sys::lock_state::LockState::remove(self.0);
     }
 }
 
 #[test]
-fn makers_come_from_the_lock_state_the_mark_and_the_name() {
-    let qshm_fast = peek(LockMode::Fast, Origin::Qshm);
-    let added = peek(LockMode::QtCompatible, Origin::Foreign);
+fn makers_come_from_the_lock_state_and_the_name() {
+    let qshm_fast = TestState::new(1, LockMode::Fast, Origin::Qshm).peek();
+    let added = TestState::new(2, LockMode::QtCompatible, Origin::Foreign).peek();
     let fast = Maker::Qshm {
-        lock_mode: Some(LockMode::Fast),
+        lock_mode: LockMode::Fast,
     };
-    assert_eq!(maker(Some(&qshm_fast), 0, false), fast);
+    assert_eq!(maker(Some(&qshm_fast), false), fast);
+    assert_eq!(maker(Some(&qshm_fast), true), fast, "the lock state says qshm");
     assert_eq!(
-        maker(None, posix::QSHM_MADE, true),
-        Maker::Qshm { lock_mode: None },
-        "unfinished"
-    );
-    assert_eq!(
-        maker(Some(&added), 0, true),
+        maker(Some(&added), true),
         Maker::Qt,
         "Qt's, a qshm attacher added the lock state"
     );
-    assert_eq!(maker(Some(&added), 0, false), Maker::Other);
-    assert_eq!(maker(None, 0, false), Maker::Other);
-    let qt_compatible = Maker::Qshm {
-        lock_mode: Some(LockMode::QtCompatible),
-    };
-    assert_eq!(
-        maker(None, posix::QSHM_MADE_QT_COMPATIBLE, false),
-        qt_compatible,
-        "Qt-compatible, before its first lock"
-    );
-    assert_eq!(
-        maker(Some(&added), posix::QSHM_MADE_QT_COMPATIBLE, false),
-        qt_compatible,
-        "an attacher made the lock state"
-    );
+    assert_eq!(maker(Some(&added), false), Maker::Other);
+    assert_eq!(maker(None, false), Maker::Other, "mode bits are no evidence");
+    assert_eq!(maker(None, true), Maker::Qt);
     let segment = |maker, lock_state: Option<&str>| Segment {
         os_id: OsId::SystemV {
             shmid: 1,
@@ -164,44 +175,33 @@ fn makers_come_from_the_lock_state_the_mark_and_the_name() {
 }
 
 #[test]
-fn which_locks_need_a_look() {
-    let id = SegmentId::Posix {
-        name_tag: 1,
-        ino: 2,
-        btime_ns: 3,
-    };
-    let sem = NativeIpcKey::new("/qipc_systemsem_x", KeyType::PosixRealtime);
-    let mut fast = peek(LockMode::Fast, Origin::Qshm);
-    let qshm = |mode| Maker::Qshm {
-        lock_mode: Some(mode),
-    };
+fn a_fast_lock_word_says_free_held_or_holder_died() {
+    let state = TestState::new(3, LockMode::Fast, Origin::Qshm);
+    let words = state.1.words();
+    assert_eq!(lock_status::posix(Some(&state.peek()), None).0, LockStatus::Free);
+    let me = state.1.label().expect("a slot").word();
+    words.fast.store(me, std::sync::atomic::Ordering::SeqCst);
+    let (status, probe) = lock_status::posix(Some(&state.peek()), None);
     assert_eq!(
-        lock_status::posix(Some(&fast), qshm(LockMode::Fast), None, id).0,
-        LockStatus::Free
+        (status, probe.is_none()),
+        (LockStatus::Held, true),
+        "this process lives"
     );
-    fast.fast_owner = Some(42);
-    let (status, probe) = lock_status::posix(Some(&fast), qshm(LockMode::Fast), None, id);
-    assert_eq!((status, probe.is_none()), (LockStatus::Held, true));
-    let unfinished = Maker::Qshm { lock_mode: None };
-    assert!(
-        lock_status::posix(None, unfinished, Some(&sem), id).1.is_none(),
-        "nobody locks it"
-    );
-    assert!(
-        lock_status::posix(None, Maker::Other, None, id).1.is_none(),
-        "no semaphore"
-    );
-    let qt = peek(LockMode::QtCompatible, Origin::Foreign);
-    let probe = lock_status::posix(Some(&qt), Maker::Qt, Some(&sem), id)
-        .1
-        .expect("a look");
-    assert_eq!((probe.semaphore, probe.lock_state), (sem.clone(), Some(id)));
-    let probe = lock_status::posix(None, Maker::Qt, Some(&sem), id)
-        .1
-        .expect("a look");
+    // the label of a slot nobody holds: its process is gone
+    words.fast.store(me ^ 1, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
-        probe.lock_state, None,
-        "Qt's, no lock state: any mapper may hold it"
+        lock_status::posix(Some(&state.peek()), None).0,
+        LockStatus::HolderDied
+    );
+    assert_eq!(
+        lock_status::system_v(Some(&state.peek()), None),
+        LockStatus::HolderDied
+    );
+    words.fast.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        lock_status::posix(None, None).0,
+        LockStatus::Unknown,
+        "no lock state, no semaphore"
     );
 }
 
@@ -222,25 +222,13 @@ fn a_segment_and_its_lock_as_admin_sees_them() {
         let _remove = Remove(shm.native_ipc_key().clone());
         shm.create(100, AccessMode::ReadWrite).unwrap();
         assert!(exists(shm.native_ipc_key()));
-        if kind == KeyType::PosixRealtime {
-            // Qt-compatible POSIX: no lock state until the first lock; qshm's mark says
-            // who made it
-            let seen = segment(shm.native_ipc_key()).unwrap().expect("found");
-            let made = Maker::Qshm {
-                lock_mode: Some(LockMode::QtCompatible),
-            };
-            assert_eq!((seen.maker, &seen.lock_state), (made, &None));
-            assert_eq!(seen.lock, LockStatus::Free);
-            drop(shm.lock().unwrap());
-        }
         let seen = segment(shm.native_ipc_key()).unwrap().expect("found");
         assert_eq!(seen.kind(), kind);
         assert_eq!(seen.state, State::Live, "{kind}");
-        let qt_compatible = Some(LockMode::QtCompatible);
         assert_eq!(
             seen.maker,
             Maker::Qshm {
-                lock_mode: qt_compatible
+                lock_mode: LockMode::QtCompatible
             },
             "{kind}"
         );
@@ -305,11 +293,11 @@ fn flock_holders_and_mappers_are_seen_by_device_and_inode() {
     assert_eq!(mappers, Some(1), "this process maps it");
 }
 
-/// A Qt-compatible POSIX segment gets its lock state at its first lock, which may be an
-/// attacher's: the segment stays known as qshm's (its creator marked it), for `info` and
-/// for admin, native key included (else `rm --stale` would keep it as another program's).
+/// A qshm segment is known as qshm's from its creation on (its lock state comes before
+/// its name), whoever locks first, for `info` and for admin, native key included (else
+/// `rm --stale` would keep it as another program's).
 #[test]
-fn a_qshm_segment_stays_qshm_when_an_attacher_locks_first() {
+fn a_qshm_segment_is_qshm_from_its_creation_on() {
     let native = NativeIpcKey::new(
         format!("/qshm-admin-made-{}", std::process::id()),
         KeyType::PosixRealtime,
@@ -317,26 +305,18 @@ fn a_qshm_segment_stays_qshm_when_an_attacher_locks_first() {
     let mut creator = SharedMemory::with_native_key(native.clone());
     let _remove = Remove(native.clone());
     creator.create(64, AccessMode::ReadWrite).unwrap();
+    let qt_compatible = Maker::Qshm {
+        lock_mode: LockMode::QtCompatible,
+    };
     let seen = segment(&native).unwrap().expect("found");
-    assert_eq!(
-        seen.maker,
-        Maker::Qshm {
-            lock_mode: Some(LockMode::QtCompatible)
-        },
-        "before any lock"
-    );
+    assert_eq!(seen.maker, qt_compatible, "before any lock");
+    assert!(seen.lock_state.is_some(), "made with the segment");
     let mut attacher = SharedMemory::with_native_key(native.clone());
     attacher.attach(AccessMode::ReadWrite).unwrap();
     drop(attacher.lock().unwrap());
     assert!(creator.info().unwrap().made_by_qshm, "the creator's handle");
     assert!(attacher.info().unwrap().made_by_qshm, "the attacher's handle");
     let seen = segment(&native).unwrap().expect("found");
-    assert_eq!(
-        seen.maker,
-        Maker::Qshm {
-            lock_mode: Some(LockMode::QtCompatible)
-        },
-        "after the attacher's lock"
-    );
+    assert_eq!(seen.maker, qt_compatible, "after the attacher's lock");
     assert!(!seen.is_foreign());
 }

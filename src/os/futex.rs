@@ -1,6 +1,7 @@
 //! Futexes on words in shared file mappings.
 
 use std::io;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use super::timespec;
@@ -12,8 +13,18 @@ use super::timespec;
 /// interrupted by a signal, or the word did not hold `expected` (the caller looks
 /// again); `Ok(false)`: the timeout passed. A waiter holds nothing: killing it leaves
 /// no trace in the word.
-pub(crate) fn futex_wait(
-    word: &std::sync::atomic::AtomicU32,
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<bool> {
+    // SAFETY: the borrow keeps the word alive and aligned for the call.
+    unsafe { futex_wait_at(word.as_ptr(), expected, timeout) }
+}
+
+/// [`futex_wait`] on the 32-bit word at `word`: the value word of a glibc semaphore,
+/// which other processes change with 64-bit atomics (the kernel only reads the word).
+///
+/// # Safety
+/// `word` must point to a live, 4-byte aligned word of a mapping for the whole call.
+pub(crate) unsafe fn futex_wait_at(
+    word: *const u32,
     expected: u32,
     timeout: Option<Duration>,
 ) -> io::Result<bool> {
@@ -21,12 +32,12 @@ pub(crate) fn futex_wait(
     let ts_ptr = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: word is a live, aligned u32 for the duration of the call (the borrow);
-    // FUTEX_WAIT only reads it; ts_ptr is null or points to a valid relative timespec.
+    // SAFETY: word is live and aligned per the caller's contract; FUTEX_WAIT only reads
+    // it; ts_ptr is null or points to a valid relative timespec.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAIT,
             expected,
             ts_ptr,
@@ -47,15 +58,29 @@ pub(crate) fn futex_wait(
 
 /// Wake every process and thread sleeping in [`futex_wait`] on `word` (`FUTEX_WAKE`,
 /// shared, as there). Returns how many were woken.
-pub(crate) fn futex_wake_all(word: &std::sync::atomic::AtomicU32) -> io::Result<usize> {
-    // SAFETY: word is a live, aligned u32; FUTEX_WAKE does not touch it (the address
-    // only names the wait queue).
+pub(crate) fn futex_wake_all(word: &AtomicU32) -> io::Result<usize> {
+    futex_wake(word, i32::MAX)
+}
+
+/// Wake at most `count` processes and threads sleeping on `word` (`FUTEX_WAKE`, shared).
+pub(crate) fn futex_wake(word: &AtomicU32, count: i32) -> io::Result<usize> {
+    // SAFETY: the borrow keeps the word alive and aligned for the call.
+    unsafe { futex_wake_at(word.as_ptr(), count) }
+}
+
+/// [`futex_wake`] on the 32-bit word at `word` (see [`futex_wait_at`]).
+///
+/// # Safety
+/// `word` must point to a live, 4-byte aligned word of a mapping for the whole call.
+pub(crate) unsafe fn futex_wake_at(word: *const u32, count: i32) -> io::Result<usize> {
+    // SAFETY: word is live and aligned per the caller's contract; FUTEX_WAKE does not
+    // touch it (the address only names the wait queue).
     let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAKE,
-            i32::MAX,
+            count,
             std::ptr::null::<libc::timespec>(),
             std::ptr::null::<u32>(),
             0u32,

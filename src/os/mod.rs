@@ -4,16 +4,16 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod futex;
-mod named_semaphore;
+mod ofd;
 mod sysv;
 
-pub(crate) use futex::{futex_wait, futex_wake_all};
-pub(crate) use named_semaphore::{NamedSemaphore, SEM_VALUE_MAX};
+pub(crate) use futex::{futex_wait, futex_wait_at, futex_wake, futex_wake_all, futex_wake_at};
+pub(crate) use ofd::{ofd_byte_locked, ofd_try_lock_byte};
 pub(crate) use sysv::*;
 
 /// Turn a `-1`-on-error return value into an `io::Result`.
@@ -56,8 +56,8 @@ pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::R
 }
 
 /// `pread(2)` until `buf` is full or the file ends; returns how many bytes were read.
-#[cfg(feature = "admin")]
-pub(crate) fn pread(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub(crate) fn pread(fd: impl AsFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let fd = fd.as_fd();
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
@@ -80,13 +80,39 @@ pub(crate) fn pread(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usi
     Ok(done)
 }
 
+/// `pwrite(2)` all of `buf` at `offset`.
+pub(crate) fn pwrite(fd: impl AsFd, buf: &[u8], offset: u64) -> io::Result<()> {
+    let fd = fd.as_fd();
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let n = retry(|| {
+            // SAFETY: rest is readable memory of rest.len() bytes owned by the caller.
+            let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), at) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        })?;
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
 pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
     // SAFETY: path is a valid NUL-terminated string.
     cvt(unsafe { libc::unlink(path.as_ptr()) }).map(drop)
 }
 
 /// `flock(2)`; `Ok(false)` when a non-blocking request would block.
-pub(crate) fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<bool> {
+pub(crate) fn flock(fd: impl AsFd, op: libc::c_int) -> io::Result<bool> {
+    let fd = fd.as_fd();
     // SAFETY: fd is an open descriptor owned by the caller.
     match retry(|| cvt(unsafe { libc::flock(fd.as_raw_fd(), op) })) {
         Ok(_) => Ok(true),
@@ -252,8 +278,8 @@ const F_SETSIG: libc::c_int = 10;
 /// kernel counts read-only ones too), and until [`release_lease`] any `open` of the file
 /// by another process waits. `Ok(false)`: someone else has it open or mapped. Errors:
 /// `EACCES` (not the owner and no `CAP_LEASE`), `EINVAL` (leases unsupported or off).
-pub(crate) fn take_write_lease(fd: &OwnedFd) -> io::Result<bool> {
-    let fd = fd.as_raw_fd();
+pub(crate) fn take_write_lease(fd: impl AsFd) -> io::Result<bool> {
+    let fd = fd.as_fd().as_raw_fd();
     // A lease break signals the lease holder, by default with SIGIO, whose default action
     // ends the process. Use SIGURG (ignored by default) and then clear the owner, so that
     // no signal is sent at all.
@@ -272,7 +298,8 @@ pub(crate) fn take_write_lease(fd: &OwnedFd) -> io::Result<bool> {
 }
 
 /// Give back a lease taken by [`take_write_lease`].
-pub(crate) fn release_lease(fd: &OwnedFd) {
+pub(crate) fn release_lease(fd: impl AsFd) {
+    let fd = fd.as_fd();
     // SAFETY: F_SETLEASE takes an int; F_UNLCK on a descriptor without a lease is harmless.
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
 }
@@ -355,28 +382,6 @@ fn timespec(d: Duration) -> libc::timespec {
     libc::timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
-    }
-}
-
-/// Absolute `CLOCK_REALTIME` time `d` from now (what `sem_timedwait` and
-/// `pthread_mutex_timedlock` take).
-pub(crate) fn realtime_deadline(d: Duration) -> libc::timespec {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: now is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-    let d = timespec(d);
-    let mut nsec = now.tv_nsec + d.tv_nsec;
-    let mut sec = now.tv_sec.saturating_add(d.tv_sec);
-    if nsec >= 1_000_000_000 {
-        nsec -= 1_000_000_000;
-        sec = sec.saturating_add(1);
-    }
-    libc::timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
     }
 }
 

@@ -76,13 +76,18 @@ pub(crate) fn sem_getval(id: libc::c_int) -> io::Result<libc::c_int> {
     cvt(unsafe { libc::semctl(id, 0, libc::GETVAL) })
 }
 
-/// The owner's uid of semaphore set `id` (`semctl(IPC_STAT)`).
-pub(crate) fn sem_owner(id: libc::c_int) -> io::Result<u32> {
+/// `semctl(IPC_STAT)` of semaphore set `id`.
+pub(crate) fn sem_stat(id: libc::c_int) -> io::Result<libc::semid_ds> {
     let mut ds = std::mem::MaybeUninit::<libc::semid_ds>::zeroed();
     // SAFETY: IPC_STAT writes a semid_ds through the variadic pointer argument.
     cvt(unsafe { libc::semctl(id, 0, libc::IPC_STAT, ds.as_mut_ptr()) })?;
     // SAFETY: IPC_STAT succeeded (and the buffer was zeroed), so ds is initialised.
-    Ok(unsafe { ds.assume_init() }.sem_perm.uid)
+    Ok(unsafe { ds.assume_init() })
+}
+
+/// The owner's uid of semaphore set `id` (`semctl(IPC_STAT)`).
+pub(crate) fn sem_owner(id: libc::c_int) -> io::Result<u32> {
+    Ok(sem_stat(id)?.sem_perm.uid)
 }
 
 pub(crate) fn sem_remove(id: libc::c_int) -> io::Result<()> {

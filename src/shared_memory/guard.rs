@@ -4,19 +4,21 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{CastError, FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{Generation, SharedMemory};
 use crate::error::{Result, SharedMemoryError};
-use crate::lock::Locker;
+use crate::lock::{RawLock, SegmentLock};
+use crate::sys::fork;
 use crate::sys::mapping::Mapping;
 
 /// A held lock; the common part of both guards.
 struct Held<'a> {
     shm: &'a SharedMemory,
-    locker: &'a Locker,
+    lock: &'a SegmentLock,
     mapping: &'a Mapping,
     previous_owner_died: bool,
+    fork_epoch: u64,
     /// Unlocking must happen on the locking thread (the lock belongs to that thread), so
     /// a guard is not `Send`; sharing `&guard` (read-only bytes) between threads is fine.
     _not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
@@ -25,63 +27,108 @@ struct Held<'a> {
 impl Held<'_> {
     #[inline]
     fn unlock(&self) -> Result<()> {
-        self.locker.release().map_err(|e| self.shm.unlock_error(e))
+        if fork::epoch() != self.fork_epoch {
+            // a copy in a fork()ed child: the lock is the parent's
+            return Ok(());
+        }
+        self.lock.unlock().map_err(|f| self.shm.unlock_error(f))
     }
 
-    /// Where `count` values of `T` at byte `offset` start (`count`: `None` for as many
-    /// whole ones as fit), or the recorded `InvalidSize` saying what did not fit or align.
-    fn place<T>(&self, op: &'static str, offset: usize, count: Option<usize>) -> Result<(*mut u8, usize)> {
-        let result = typed_place::<T>(self.mapping.ptr(), self.mapping.len(), offset, count)
-            .map_err(|why| self.shm.error_of(op, SharedMemoryError::InvalidSize, why));
-        self.shm.record(result)
+    /// Where `count` values of `T` start at byte `offset` and how many bytes they take
+    /// (`count`: `None` for as many whole ones as fit), or why they do not fit.
+    fn span<T>(
+        &self,
+        offset: usize,
+        count: Option<usize>,
+    ) -> std::result::Result<(*mut u8, usize, usize), String> {
+        let len = self.mapping.len();
+        let Some(room) = len.checked_sub(offset) else {
+            return Err(format!(
+                "offset {offset} is past the end of the segment ({len} bytes)"
+            ));
+        };
+        let size = size_of::<T>();
+        let count = match count {
+            Some(count) => count,
+            None if size == 0 => {
+                return Err(format!(
+                    "{} is zero-sized: a slice of it has no length to take from the segment",
+                    std::any::type_name::<T>()
+                ));
+            }
+            None => room / size,
+        };
+        match count.checked_mul(size) {
+            Some(bytes) if bytes <= room => Ok((self.mapping.ptr().wrapping_add(offset), bytes, count)),
+            _ => Err(format!(
+                "{} at offset {offset} do{} not fit in the segment ({len} bytes)",
+                describe::<T>(count),
+                if count == 1 { "es" } else { "" }
+            )),
+        }
+    }
+
+    /// `count` values of `T` at `offset`, checked by zerocopy (size and alignment); only
+    /// their own bytes are referenced, never the whole segment (other bytes may be words
+    /// other processes change atomically meanwhile).
+    fn typed<T>(&self, op: &'static str, offset: usize, count: Option<usize>) -> Result<&[T]>
+    where
+        T: FromBytes + IntoBytes + KnownLayout + Immutable,
+    {
+        let result = self.span::<T>(offset, count).and_then(|(start, len, count)| {
+            // SAFETY: start..start+len lies inside the live mapping (span() checked it);
+            // the guard borrows the handle, which cannot detach meanwhile; the lock is
+            // held (the soundness contract: every writer of these bytes takes it).
+            let bytes = unsafe { std::slice::from_raw_parts(start, len) };
+            <[T]>::ref_from_bytes_with_elems(bytes, count)
+                .map_err(|e| refused::<T>(matches!(e, CastError::Alignment(_)), start, offset, count))
+        });
+        self.shm
+            .record(result.map_err(|why| self.shm.error_of(op, SharedMemoryError::InvalidSize, why)))
+    }
+
+    /// [`typed`](Self::typed) for writing (a LockGuard: the attachment is ReadWrite).
+    fn typed_mut<T>(&mut self, op: &'static str, offset: usize, count: Option<usize>) -> Result<&mut [T]>
+    where
+        T: FromBytes + IntoBytes + KnownLayout + Immutable,
+    {
+        let result = self.span::<T>(offset, count).and_then(|(start, len, count)| {
+            // SAFETY: as in typed(); the attachment is ReadWrite (a LockGuard exists only
+            // then) and the &mut borrow of the guard makes this the only reference.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(start, len) };
+            <[T]>::mut_from_bytes_with_elems(bytes, count)
+                .map_err(|e| refused::<T>(matches!(e, CastError::Alignment(_)), start, offset, count))
+        });
+        self.shm
+            .record(result.map_err(|why| self.shm.error_of(op, SharedMemoryError::InvalidSize, why)))
     }
 }
 
-/// The start and count of `count` values of `T` at `offset` in `len` bytes from `base`
-/// (`count: None`: as many whole ones as fit after `offset`), or why they do not fit or
-/// are misaligned.
-fn typed_place<T>(
-    base: *mut u8,
-    len: usize,
-    offset: usize,
-    count: Option<usize>,
-) -> std::result::Result<(*mut u8, usize), String> {
+/// "a T (16 bytes, alignment 8)" or "3 x T (16 bytes each, alignment 8)".
+fn describe<T>(count: usize) -> String {
     let (size, align, name) = (size_of::<T>(), align_of::<T>(), std::any::type_name::<T>());
-    let Some(room) = len.checked_sub(offset) else {
-        return Err(format!(
-            "offset {offset} is past the end of the segment ({len} bytes)"
-        ));
-    };
-    let count = match count {
-        Some(count) => count,
-        None if size == 0 => {
-            return Err(format!(
-                "{name} is zero-sized: a slice of it has no length to take from the segment"
-            ));
-        }
-        None => room / size,
-    };
-    let what = match count {
+    match count {
         1 => format!("a {name} ({size} bytes, alignment {align})"),
         n => format!("{n} x {name} ({size} bytes each, alignment {align})"),
-    };
-    match count.checked_mul(size) {
-        Some(bytes) if bytes <= room => {}
-        _ => {
-            return Err(format!(
-                "{what} at offset {offset} do{} not fit in the segment ({len} bytes)",
-                if count == 1 { "es" } else { "" }
-            ));
-        }
     }
-    let misalignment = (base as usize).wrapping_add(offset) % align;
-    if misalignment != 0 {
-        return Err(format!(
-            "{what} at offset {offset} is misaligned: the address is {misalignment} bytes past a multiple of {align}"
-        ));
+}
+
+/// Why zerocopy refused `count` values of `T` at `start` (byte `offset` of the segment).
+/// The span fits (checked before), so it can only be the alignment.
+#[cold]
+fn refused<T>(misaligned: bool, start: *mut u8, offset: usize, count: usize) -> String {
+    let align = align_of::<T>();
+    match misaligned {
+        true => format!(
+            "{} at offset {offset} is misaligned: the address is {} bytes past a multiple of {align}",
+            describe::<T>(count),
+            start as usize % align
+        ),
+        false => format!(
+            "{} at offset {offset} cannot be read as such",
+            describe::<T>(count)
+        ),
     }
-    // in bounds: offset <= len
-    Ok((base.wrapping_add(offset), count))
 }
 
 /// Exclusive access to a segment attached [`ReadWrite`](crate::AccessMode::ReadWrite):
@@ -106,29 +153,32 @@ pub struct ReadGuard<'a> {
 }
 
 impl<'a> Held<'a> {
-    fn new(shm: &'a SharedMemory, locker: &'a Locker, mapping: &'a Mapping, died: bool) -> Self {
+    fn new(shm: &'a SharedMemory, attachment: &'a super::Attachment, died: bool) -> Self {
         Held {
             shm,
-            locker,
-            mapping,
+            lock: &attachment.lock,
+            mapping: &attachment.mapping,
             previous_owner_died: died,
+            fork_epoch: attachment.fork_epoch,
             _not_send: PhantomData,
         }
     }
 }
 
 impl<'a> LockGuard<'a> {
-    pub(crate) fn new(shm: &'a SharedMemory, locker: &'a Locker, mapping: &'a Mapping, died: bool) -> Self {
+    #[inline]
+    pub(crate) fn new(shm: &'a SharedMemory, attachment: &'a super::Attachment, died: bool) -> Self {
         LockGuard {
-            held: Held::new(shm, locker, mapping, died),
+            held: Held::new(shm, attachment, died),
         }
     }
 }
 
 impl<'a> ReadGuard<'a> {
-    pub(crate) fn new(shm: &'a SharedMemory, locker: &'a Locker, mapping: &'a Mapping, died: bool) -> Self {
+    #[inline]
+    pub(crate) fn new(shm: &'a SharedMemory, attachment: &'a super::Attachment, died: bool) -> Self {
         ReadGuard {
-            held: Held::new(shm, locker, mapping, died),
+            held: Held::new(shm, attachment, died),
         }
     }
 }
@@ -169,12 +219,7 @@ macro_rules! guard_common {
             where
                 T: FromBytes + IntoBytes + KnownLayout + Immutable,
             {
-                let (ptr, _) = self.held.place::<T>("as_type", offset, Some(1))?;
-                // SAFETY: place() checked that size_of::<T>() bytes at ptr are inside the
-                // live mapping and aligned for T; FromBytes: any bytes are a valid T;
-                // Immutable: the &T cannot write; the lock is held (the soundness
-                // contract: every writer of these bytes takes it).
-                Ok(unsafe { &*ptr.cast::<T>() })
+                Ok(&self.held.typed::<T>("as_type", offset, Some(1))?[0])
             }
 
             /// As many whole `T`s as fit in the segment, from its start.
@@ -183,9 +228,7 @@ macro_rules! guard_common {
             where
                 T: FromBytes + IntoBytes + KnownLayout + Immutable,
             {
-                let (ptr, n) = self.held.place::<T>("as_slice_of", 0, None)?;
-                // SAFETY: as in as_type_at, for n values of T.
-                Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), n) })
+                self.held.typed::<T>("as_slice_of", 0, None)
             }
 
             /// `len` values of `T` from byte `offset`; errors as for
@@ -194,9 +237,7 @@ macro_rules! guard_common {
             where
                 T: FromBytes + IntoBytes + KnownLayout + Immutable,
             {
-                let (ptr, n) = self.held.place::<T>("as_slice_of", offset, Some(len))?;
-                // SAFETY: as in as_type_at, for n values of T.
-                Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), n) })
+                self.held.typed::<T>("as_slice_of", offset, Some(len))
             }
         }
 
@@ -290,12 +331,9 @@ impl LockGuard<'_> {
     where
         T: FromBytes + IntoBytes + KnownLayout + Immutable,
     {
-        let (ptr, _) = self.held.place::<T>("as_type_mut", offset, Some(1))?;
-        // SAFETY: as in as_type_at; the attachment is ReadWrite (a LockGuard exists only
-        // then) and the &mut borrow of the guard makes this the only reference;
-        // IntoBytes: a T has no padding, so writing one leaves every byte initialised
-        // for whoever reads the segment as bytes.
-        Ok(unsafe { &mut *ptr.cast::<T>() })
+        // IntoBytes: a T has no padding, so writing one leaves every byte initialised for
+        // whoever reads the segment as bytes
+        Ok(&mut self.held.typed_mut::<T>("as_type_mut", offset, Some(1))?[0])
     }
 
     /// As many whole `mut T`s as fit in the segment, from its start.
@@ -303,9 +341,7 @@ impl LockGuard<'_> {
     where
         T: FromBytes + IntoBytes + KnownLayout + Immutable,
     {
-        let (ptr, n) = self.held.place::<T>("as_slice_of_mut", 0, None)?;
-        // SAFETY: as in as_type_mut_at, for n values of T.
-        Ok(unsafe { std::slice::from_raw_parts_mut(ptr.cast::<T>(), n) })
+        self.held.typed_mut::<T>("as_slice_of_mut", 0, None)
     }
 
     /// `len` values of `mut T` from byte `offset`; errors as for
@@ -314,30 +350,17 @@ impl LockGuard<'_> {
     where
         T: FromBytes + IntoBytes + KnownLayout + Immutable,
     {
-        let (ptr, n) = self.held.place::<T>("as_slice_of_mut", offset, Some(len))?;
-        // SAFETY: as in as_type_mut_at, for n values of T.
-        Ok(unsafe { std::slice::from_raw_parts_mut(ptr.cast::<T>(), n) })
+        self.held.typed_mut::<T>("as_slice_of_mut", offset, Some(len))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::typed_place;
+    use super::describe;
 
     #[test]
-    fn typed_places_check_size_and_alignment() {
-        let base = 4096 as *mut u8;
-        assert_eq!(typed_place::<u64>(base, 64, 8, Some(1)).map(|p| p.1), Ok(1));
-        assert_eq!(typed_place::<u64>(base, 64, 0, None).map(|p| p.1), Ok(8));
-        assert_eq!(typed_place::<u64>(base, 67, 8, None).map(|p| p.1), Ok(7));
-        assert_eq!(typed_place::<u8>(base, 64, 64, Some(0)).map(|p| p.1), Ok(0));
-        let misaligned = typed_place::<u64>(base, 64, 4, Some(1)).unwrap_err();
-        assert!(misaligned.contains("misaligned"), "{misaligned}");
-        let too_big = typed_place::<[u64; 9]>(base, 64, 0, Some(1)).unwrap_err();
-        assert!(too_big.contains("does not fit"), "{too_big}");
-        assert!(typed_place::<u64>(base, 64, 65, Some(0)).is_err());
-        assert!(typed_place::<u64>(base, 64, 8, Some(usize::MAX)).is_err());
-        assert!(typed_place::<()>(base, 64, 0, None).is_err());
-        assert_eq!(typed_place::<()>(base, 64, 0, Some(5)).map(|p| p.1), Ok(5));
+    fn typed_views_say_what_they_are() {
+        assert_eq!(describe::<u64>(1), "a u64 (8 bytes, alignment 8)");
+        assert_eq!(describe::<u32>(3), "3 x u32 (4 bytes each, alignment 4)");
     }
 }

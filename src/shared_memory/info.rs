@@ -26,7 +26,8 @@ impl SharedMemory {
 
     /// The file holding qshm's lock state for the attached segment, if it has one.
     pub fn lock_state_path(&self) -> Option<std::path::PathBuf> {
-        self.attached.as_ref()?.locker.state_path().map(Into::into)
+        let state = self.attached.as_ref()?.lock.state()?;
+        Some(state.segment().lock_state_path().into())
     }
 
     /// The numeric System V key (`ftok(path, 'Q')`) of a System V native key, if its
@@ -55,13 +56,12 @@ impl SharedMemory {
             owner_uid: st.uid,
             created_unix: st.created_secs,
             os_id: st.os_id,
-            lock_mode: attached.locker.mode(),
+            lock_mode: attached.lock.mode(),
             lock_state_file: self.lock_state_path(),
-            made_by_qshm: st.marked_by_qshm
-                || attached
-                    .locker
-                    .state()
-                    .is_some_and(|s| s.origin() == sys::lock_state::Origin::Qshm),
+            made_by_qshm: attached
+                .lock
+                .state()
+                .is_some_and(|s| s.origin() == sys::lock_state::Origin::Qshm),
         })
     }
 }
@@ -84,9 +84,8 @@ pub struct SegmentInfo {
     pub os_id: String,
     /// The segment's lock mode.
     pub lock_mode: LockMode,
-    /// Where qshm keeps the lock state. `None`: it has none (yet): a Qt-compatible POSIX
-    /// segment gets one at its first lock by a qshm process of the segment's owner (or
-    /// root), and a segment another program made, where this user may not add one, none.
+    /// Where qshm keeps the lock state. `None`: it has none: a segment another program
+    /// made, where this user may not add one (only its owner, or root, may).
     pub lock_state_file: Option<std::path::PathBuf>,
     /// True when qshm created the segment (false: Qt or another program did).
     pub made_by_qshm: bool,

@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::error::{Error, Failure, Result, SharedMemoryError};
 use crate::key::{KeyType, NativeIpcKey};
-use crate::lock::Locker;
+use crate::lock::SegmentLock;
 use crate::os;
 use crate::sys::mapping::Mapping;
 use crate::sys::{self, AttachRequest, CreateRequest, LockMode, SegmentBackend, fork};
@@ -121,9 +121,9 @@ pub struct SharedMemory {
 }
 
 /// An attached segment: its bytes, its lock, and the backend that detaches it.
-struct Attachment {
+pub(crate) struct Attachment {
     mapping: Mapping,
-    locker: Locker,
+    lock: SegmentLock,
     segment: Box<dyn SegmentBackend>,
     access: AccessMode,
     fork_epoch: u64,
@@ -177,15 +177,6 @@ impl SharedMemory {
     /// (or failing with `LockError` if this handle asked for the other one).
     pub fn attach(&mut self, mode: AccessMode) -> Result<()> {
         let result = self.attach_inner(mode, crate::key::semaphore_key(&self.key));
-        self.record(result)
-    }
-
-    /// [`attach`](Self::attach), locking with the Qt semaphore `semaphore` (a tool that
-    /// found a segment by its file name, which does not tell the legacy key its
-    /// semaphore is derived from).
-    #[cfg(feature = "admin")]
-    pub(crate) fn attach_with_semaphore(&mut self, mode: AccessMode, semaphore: NativeIpcKey) -> Result<()> {
-        let result = self.attach_inner(mode, semaphore);
         self.record(result)
     }
 
@@ -279,44 +270,38 @@ impl SharedMemory {
 }
 impl Attachment {
     fn new(attached: sys::Attached, access: AccessMode) -> Attachment {
-        let fork_epoch = fork::epoch_watched();
         Attachment {
-            locker: Locker::new(
-                attached.mode,
-                attached.lock_state,
-                attached.semaphore,
-                attached.lazy,
-                fork_epoch,
-            ),
+            lock: SegmentLock::from_parts(attached.lock),
             mapping: attached.mapping,
             segment: attached.segment,
             access,
-            fork_epoch,
+            fork_epoch: fork::epoch_watched(),
         }
+    }
+
+    /// True in a `fork()`ed child that inherited this attachment.
+    #[inline]
+    fn forked(&self) -> bool {
+        fork::epoch() != self.fork_epoch
     }
 
     fn detach(self) -> std::result::Result<(), Failure> {
         let Attachment {
             mapping,
-            locker,
+            lock,
             segment,
             fork_epoch,
             ..
         } = self;
-        // Unmap in the reverse order of attach: the segment, then Qt's semaphore, and the
-        // lock state last. Whoever looks at this process in /proc meanwhile (a Fast-mode
-        // attacher, a waiter looking for a dead holder) never sees it map the segment or
-        // the semaphore without the lock state, which would make it look like Qt.
+        // The segment's bytes first, then the lock; the backend decides about the rest.
         drop(mapping);
-        let lock_state = locker.into_state();
-        let result = if fork::epoch() != fork_epoch {
+        drop(lock);
+        if fork::epoch() != fork_epoch {
             segment.forget();
             Ok(())
         } else {
-            segment.detach(lock_state.as_ref().map(|s| s.file_id())).map(drop)
-        };
-        drop(lock_state);
-        result
+            segment.detach().map(drop)
+        }
     }
 }
 

@@ -7,7 +7,10 @@
 //! so one killed while waiting stalls nobody; a wake-up is never lost, because the
 //! kernel checks the word and queues the sleeper in one step, and the notifier changes
 //! the word before it wakes. A count of sleepers in the lock state lets `notify_all`
-//! skip the system call when nobody waits.
+//! skip the system call when nobody waits. Users who may only read the segment may wait
+//! (their mapping of the lock state is read-only, which a futex wait needs no more) but
+//! cannot count themselves: a segment with such users is always woken, and only its
+//! writers may notify.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -41,7 +44,7 @@ impl SharedMemory {
     pub fn generation(&self) -> Result<Generation> {
         let result = self
             .change_word("generation")
-            .map(|state| Generation(state.generation().load(Ordering::Acquire)));
+            .map(|state| Generation(state.words().generation.load(Ordering::Acquire)));
         self.record(result)
     }
 
@@ -77,11 +80,19 @@ impl SharedMemory {
     #[doc(alias = "QSystemSemaphore")]
     pub fn notify_all(&self) -> Result<Generation> {
         let result = self.change_word("notify").and_then(|state| {
-            let generation = state.generation();
+            if !state.may_lock() {
+                return Err(self.error_of(
+                    "notify",
+                    SharedMemoryError::PermissionDenied,
+                    "only users who may write the segment may announce changes",
+                ));
+            }
+            let words = state.words();
+            let generation = &words.generation;
             // SeqCst pairs with the waiter's SeqCst raise of `waiters` and reload of the
             // generation: either it sees the new value, or we see it waiting.
             let new = generation.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
-            if state.waiters().load(Ordering::SeqCst) != 0 {
+            if words.waiters.load(Ordering::SeqCst) != 0 || state.has_read_only_users() {
                 os::futex_wake_all(generation).map_err(|e| {
                     self.error_of(
                         "notify",
@@ -120,20 +131,22 @@ impl SharedMemory {
                 "not attached: create or attach first",
             ));
         };
-        match a.locker.change_state() {
-            Ok(Some(state)) => Ok(state),
-            Ok(None) => Err(self.error_of(
+        if a.forked() {
+            return Err(self.error_of(
                 op,
                 SharedMemoryError::LockError,
-                "no change notification for this segment: it has no qshm lock state (made by Qt, \
-                 or by qshm in Qt-compatible mode and never locked), and only the segment's \
-                 owner may add one; pair it with a SystemSemaphore instead",
+                "this handle was inherited through fork(); attach anew in the child process",
+            ));
+        }
+        match a.lock.state() {
+            Some(state) => Ok(state),
+            None => Err(self.error_of(
+                op,
+                SharedMemoryError::LockError,
+                "no change notification for this segment: it has no qshm lock state (another \
+                 program made it, and only the segment's owner may add one); pair it with a \
+                 SystemSemaphore instead",
             )),
-            Err(e) => Err(
-                Error::new(SharedMemoryError::LockError, op, self.key.display_name())
-                    .with_detail("cannot find or make the lock state that holds the change counter")
-                    .with_os(e),
-            ),
         }
     }
 
@@ -150,14 +163,18 @@ impl SharedMemory {
 
 /// Sleep on `state`'s generation while it is `seen`, at most `timeout`.
 pub(crate) fn wait(state: &LockState, seen: Generation, timeout: Duration) -> std::io::Result<Generation> {
-    let generation = state.generation();
+    let words = state.words();
+    let generation = &words.generation;
     let now = generation.load(Ordering::Acquire);
     if now != seen.0 || timeout.is_zero() {
         return Ok(Generation(now));
     }
     let deadline = Instant::now().checked_add(timeout); // None: for ever
-    let waiters = state.waiters();
-    waiters.fetch_add(1, Ordering::SeqCst);
+    // a read-only mapping cannot count itself (notifiers of such segments always wake)
+    let waiters = state.may_lock().then_some(&words.waiters);
+    if let Some(waiters) = waiters {
+        waiters.fetch_add(1, Ordering::SeqCst);
+    }
     let result = loop {
         let now = generation.load(Ordering::SeqCst);
         if now != seen.0 {
@@ -174,6 +191,8 @@ pub(crate) fn wait(state: &LockState, seen: Generation, timeout: Duration) -> st
             break Err(e);
         }
     };
-    waiters.fetch_sub(1, Ordering::SeqCst);
+    if let Some(waiters) = waiters {
+        waiters.fetch_sub(1, Ordering::SeqCst);
+    }
     result
 }

@@ -75,7 +75,7 @@ impl SharedMemory {
     /// only the segment's own mode is accepted (another one is a `LockError`).
     pub fn set_lock_mode(&mut self, mode: LockMode) -> Result<()> {
         if let Some(attached) = &self.attached
-            && attached.locker.mode() != mode
+            && attached.lock.mode() != mode
         {
             let error = Error::new(
                 SharedMemoryError::LockError,
@@ -84,7 +84,7 @@ impl SharedMemory {
             )
             .with_detail(format!(
                 "the segment's lock mode is {}; it cannot change while attached",
-                attached.locker.mode().name()
+                attached.lock.mode().name()
             ));
             return self.record(Err(error));
         }
@@ -97,7 +97,7 @@ impl SharedMemory {
     #[doc(alias = "QSharedMemory::lock")]
     pub fn lock_mode(&self) -> LockMode {
         match &self.attached {
-            Some(attached) => attached.locker.mode(),
+            Some(attached) => attached.lock.mode(),
             None => self.requested_mode.unwrap_or_default(),
         }
     }

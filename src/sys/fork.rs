@@ -1,24 +1,96 @@
-//! Telling a `fork()`ed child from its parent: a counter the child side of `pthread_atfork`
-//! bumps. A handle records the count when it attaches; if it differs later, the handle is
-//! a copy made by `fork()` and must neither unlock the parent's lock nor destroy the
-//! parent's segment (a POSIX attachment's `flock` even belongs to both).
+//! What a `fork()`ed child (without `exec`) does with qshm's handles it inherited.
+//!
+//! * A counter the child side of `pthread_atfork` bumps tells a copied handle from the
+//!   original: a handle records the count when it attaches, and if it differs later the
+//!   handle is a copy and must neither unlock the parent's lock nor destroy the parent's
+//!   segment.
+//! * The child closes its copies of the lock-state descriptors whose byte locks prove that
+//!   the parent is alive (`lock_state/slots.rs`): a lock is held by an open file description,
+//!   which the copy shares, so a child that outlived its parent would make a dead holder
+//!   look alive for as long as it runs.
+//! * The child takes its own shared `flock` on every POSIX segment it inherited a mapping
+//!   of, through a new open file description, so the parent's last detach sees a user left
+//!   and does not destroy the segment under the child's mapping. (The child never detaches
+//!   that copy; once it exits the segment is stale, and the next `create` reclaims it.)
+//!
+//! The handler runs in the child between `fork` and the caller's next instruction, where
+//! only async-signal-safe calls are allowed: it reads fixed tables of atomics, formats a
+//! path into a stack buffer and calls `open`, `flock` and `close`.
 
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Once;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
+/// How many descriptors of each kind the tables hold; more are left out of the child's
+/// care (a child of a process with that many attachments keeps their slots alive).
+const TABLE: usize = 1024;
+/// Lock-state descriptors the child closes.
+static CLOSE_IN_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
+/// POSIX segment descriptors whose file the child locks anew.
+static SHARE_IN_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
+
 extern "C" fn in_child() {
     EPOCH.fetch_add(1, Ordering::Relaxed);
+    for entry in &SHARE_IN_CHILD {
+        let fd = entry.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            lock_anew(fd);
+        }
+    }
+    for entry in &CLOSE_IN_CHILD {
+        let fd = entry.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: fd is the child's copy of a descriptor qshm owns in the parent; the
+            // child's handles never use it again (they are inert after a fork).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Open `/proc/self/fd/<fd>` (a new open file description of the same file) and take a
+/// shared `flock` on it, kept until the child exits or `exec`s. Async-signal-safe.
+fn lock_anew(fd: RawFd) {
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        path[14 + i] = digits[len - 1 - i];
+    }
+    // SAFETY: path is NUL-terminated (the buffer has room for 10 digits and a NUL).
+    let new = unsafe {
+        libc::open(
+            path.as_ptr().cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if new >= 0 {
+        // SAFETY: new is a descriptor we just opened; it stays open on purpose.
+        unsafe { libc::flock(new, libc::LOCK_SH | libc::LOCK_NB) };
+    }
+}
+
+fn watch() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: in_child only makes async-signal-safe calls, as atfork handlers must.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
 }
 
 /// The current count, after making sure the `fork` handler is installed.
 pub(crate) fn epoch_watched() -> u64 {
-    static REGISTER: Once = Once::new();
-    REGISTER.call_once(|| {
-        // SAFETY: in_child is async-signal-safe (one atomic add) as atfork handlers must be.
-        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
-    });
+    watch();
     epoch()
 }
 
@@ -26,4 +98,84 @@ pub(crate) fn epoch_watched() -> u64 {
 #[inline]
 pub(crate) fn epoch() -> u64 {
     EPOCH.load(Ordering::Relaxed)
+}
+
+/// A descriptor in one of the child's tables; it leaves the table when dropped (before the
+/// descriptor is closed).
+#[derive(Debug)]
+pub(crate) struct InChild {
+    table: &'static [AtomicI32; TABLE],
+    index: Option<usize>,
+    fd: RawFd,
+}
+
+impl InChild {
+    fn enter(table: &'static [AtomicI32; TABLE], fd: RawFd) -> InChild {
+        watch();
+        let index = table.iter().position(|entry| {
+            entry
+                .compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        });
+        InChild { table, index, fd }
+    }
+
+    /// A lock-state descriptor the child closes.
+    pub(crate) fn close(fd: RawFd) -> InChild {
+        InChild::enter(&CLOSE_IN_CHILD, fd)
+    }
+
+    /// A POSIX segment descriptor whose file the child locks anew.
+    pub(crate) fn share(fd: RawFd) -> InChild {
+        InChild::enter(&SHARE_IN_CHILD, fd)
+    }
+}
+
+impl Drop for InChild {
+    fn drop(&mut self) {
+        if let Some(i) = self.index {
+            // (in a child the entry was cleared, and may hold someone else's descriptor now)
+            let _ = self.table[i].compare_exchange(self.fd, -1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A descriptor whose open file description proves something about this process (a lock
+/// state's slot lock, the semaphore file a lease probe asks about): closed by this
+/// process's `fork()`ed children (so that a child outliving its parent never makes a dead
+/// process look alive), and in a child never closed again (the number may name another
+/// file by then).
+#[derive(Debug)]
+pub(crate) struct ParentOnlyFd {
+    fd: ManuallyDrop<OwnedFd>,
+    in_child: Option<InChild>,
+    fork_epoch: u64,
+}
+
+impl ParentOnlyFd {
+    pub(crate) fn new(fd: OwnedFd) -> ParentOnlyFd {
+        ParentOnlyFd {
+            in_child: Some(InChild::close(fd.as_raw_fd())),
+            fork_epoch: epoch_watched(),
+            fd: ManuallyDrop::new(fd),
+        }
+    }
+}
+
+impl AsFd for ParentOnlyFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for ParentOnlyFd {
+    fn drop(&mut self) {
+        // out of the child's table before the number can be reused
+        drop(self.in_child.take());
+        if epoch() == self.fork_epoch {
+            // SAFETY: dropped once, here; nothing uses the descriptor after this.
+            unsafe { ManuallyDrop::drop(&mut self.fd) };
+        }
+        // else: a fork()ed child, which closed its copy already
+    }
 }

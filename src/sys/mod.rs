@@ -23,7 +23,7 @@ pub(crate) mod mapping;
 pub(crate) mod named_file;
 pub(crate) mod posix;
 pub(crate) mod procfs;
-pub(crate) mod robust_mutex;
+pub(crate) mod shared_here;
 pub(crate) mod sysv;
 
 pub use lock_state::LockMode;
@@ -34,7 +34,7 @@ pub const DEFAULT_PERMISSIONS: u32 = 0o600;
 
 /// Where glibc's `shm_open` and `sem_open` keep their files, and qshm its lock states.
 pub(crate) const SHM_DIR: &str = "/dev/shm";
-use lock_state::{LockState, NewLockState, Origin, SegmentId, Untrusted};
+use lock_state::{CreateError, LockState, NewLockState, OpenError, Origin, SegmentId, Trust, Untrusted};
 use mapping::Mapping;
 
 /// What a segment says about itself (for `stat`/`ls`).
@@ -46,9 +46,6 @@ pub(crate) struct SegmentStat {
     pub uid: u32,
     pub created_secs: i64,
     pub os_id: String,
-    /// qshm's mark is on it (POSIX; System V segments carry no mark: their lock state,
-    /// made at create, says who made them).
-    pub marked_by_qshm: bool,
 }
 
 /// How a detach ended.
@@ -67,43 +64,25 @@ pub(crate) enum Detached {
 pub(crate) trait SegmentBackend: Send + Sync {
     /// Current facts from the OS.
     fn stat(&self) -> io::Result<SegmentStat>;
-    /// Detach (the mapping is gone already); if no user is left, destroy the segment,
-    /// its lock state and Qt's semaphore. `lock_state_file`: (device, inode) of the lock
-    /// state this process maps, if any, to tell qshm's processes from others in `/proc`.
-    fn detach(self: Box<Self>, lock_state_file: Option<(u64, u64)>) -> Result<Detached, Failure>;
+    /// Detach (the mapping and the lock are gone already); if no user is left, destroy
+    /// the segment, its lock state and Qt's semaphore.
+    fn detach(self: Box<Self>) -> Result<Detached, Failure>;
     /// In a `fork()`ed child: let go of this copy; the parent's attachment stays intact.
     fn forget(self: Box<Self>);
 }
 
-/// A counting semaphore shared between processes.
+/// A counting semaphore shared between processes (`SystemSemaphore`'s backends).
 pub(crate) trait SemaphoreBackend: Send + Sync {
     /// Take one unit. `None` blocks, `Some(0)` tries once. `Ok(false)`: busy or timed out.
     fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool>;
-    /// Like `acquire` with a timeout, but a semaphore removed meanwhile is not made again
-    /// (`Ok(false)`): for a destroyer, which is about to remove it anyway.
-    fn acquire_existing(&self, timeout: Duration) -> io::Result<bool> {
-        self.acquire(Some(timeout))
-    }
     /// Give back `n` units (all or none: never past the maximum).
     fn release(&self, n: u32) -> io::Result<()>;
     /// Current value, for diagnostics.
     fn value(&self) -> io::Result<i32>;
     /// Destroy the OS object (and a System V key file).
     fn remove(&self) -> io::Result<()>;
-    /// True when the kernel does not give a dead holder's unit back (POSIX), so waiters
-    /// must look for dead holders themselves.
-    fn needs_dead_holder_repair(&self) -> bool;
     /// True when this handle created the OS object (or, in `Create` mode, took it over).
     fn created(&self) -> bool;
-    /// The file a POSIX semaphore lives in, as (device, inode), to find who maps it.
-    fn file_id(&self) -> Option<(u64, u64)> {
-        None
-    }
-    /// Give back one unit on behalf of a holder that died, without the owner checks of
-    /// `release` (same as `release(1)` here).
-    fn post_for_dead_holder(&self) -> io::Result<()> {
-        self.release(1)
-    }
 }
 
 /// What to do with a semaphore that already exists (Qt's `QSystemSemaphore::AccessMode`).
@@ -136,45 +115,36 @@ pub(crate) struct AttachRequest {
     pub semaphore: NativeIpcKey,
 }
 
+/// The parts of a segment's lock, as the backend found or made them; the lock module
+/// assembles the lock from them.
+pub(crate) enum LockParts {
+    /// `LockMode::Fast`: the word in the lock state.
+    Fast { state: Arc<LockState> },
+    /// Qt-compatible, POSIX key: Qt's semaphore, and the lock state that labels its units
+    /// (`None` for a segment another program made, whose lock state we may not add).
+    QtPosix {
+        semaphore: Arc<posix::SemaphoreFile>,
+        state: Option<Arc<LockState>>,
+    },
+    /// Qt-compatible, System V key: Qt's semaphore set, and the lock state that records
+    /// its qshm holder.
+    QtSystemV {
+        semaphore: Arc<sysv::Semaphore>,
+        state: Option<Arc<LockState>>,
+    },
+    /// This user may not take the lock (it may read the segment, not write it): only the
+    /// lock state, read-only, for change notification.
+    Unlockable {
+        state: Option<Arc<LockState>>,
+        mode: LockMode,
+    },
+}
+
 /// What create and attach hand to the facade.
 pub(crate) struct Attached {
     pub segment: Box<dyn SegmentBackend>,
     pub mapping: Mapping,
-    /// `None` for a segment another program made, whose lock state we may not add, and
-    /// until the first lock of a Qt-compatible POSIX segment (see [`LazyLock`]).
-    pub lock_state: Option<LockState>,
-    /// Qt's semaphore (Qt-compatible mode; `None` until the first lock, see [`LazyLock`]).
-    pub semaphore: Option<Arc<dyn SemaphoreBackend>>,
-    pub mode: LockMode,
-    pub lazy: Option<LazyLock>,
-}
-
-/// What a Qt-compatible lock of a POSIX segment makes on its first use rather than at
-/// create/attach: Qt's semaphore and the lock state (a create and destroy that never
-/// lock make neither). Qt-compatible mode is what a segment without lock state has, so
-/// nothing about the segment's mode depends on it.
-#[derive(Clone, Debug)]
-pub(crate) struct LazyLock {
-    pub id: SegmentId,
-    pub owner: Owner,
-    /// Whether this handle created the segment (recorded in a lock state it makes).
-    pub origin: Origin,
-    pub semaphore: NativeIpcKey,
-}
-
-impl LazyLock {
-    /// The segment's lock state: found, or made if we may (its owner, or root for them);
-    /// `None` when we may not or there is no room (the semaphore alone still excludes).
-    pub(crate) fn lock_state(&self) -> Result<Option<LockState>, Failure> {
-        find_lock_state(self.id, self.owner, None, Some(self.origin)).map(|(state, _)| state)
-    }
-
-    /// Qt's semaphore, opened as `QSystemSemaphore` does (made if missing), but never one
-    /// of a user other than us and the segment's owner.
-    pub(crate) fn semaphore(&self) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
-        let perms = lock_state::lock_permissions(self.owner.perms);
-        posix::open_semaphore_of(&self.semaphore, perms, self.owner.uid)
-    }
+    pub lock: LockParts,
 }
 
 /// Create a new segment for `key`; a stale one of ours (no user left alive) is reclaimed.
@@ -260,71 +230,74 @@ pub(crate) struct Owner {
     /// The creator's uid (System V keeps it apart from the owner).
     pub creator_uid: u32,
     pub perms: u32,
-    /// qshm made the segment (it has no lock state only if its creator died while making
-    /// it): such a segment is unfinished, and nobody attaches to it.
-    pub unfinished_if_bare: bool,
+}
+
+impl Owner {
+    fn trust(&self) -> Trust {
+        Trust {
+            owner_uid: self.uid,
+            creator_uid: self.creator_uid,
+            segment_perms: self.perms,
+        }
+    }
 }
 
 /// Find the lock state of segment `id` and settle the lock mode, as an attacher does:
-/// the segment's recorded mode is adopted; a conflicting explicit request is an error; a
-/// segment without lock state is locked the Qt way (made by Qt, or by qshm in Qt-compatible
-/// mode). With `make` (the origin to record), a missing lock state is added if we may (its
-/// owner, or root for them), so dead holders can be recovered.
-pub(crate) fn find_lock_state(
+/// the segment's recorded mode is adopted; a conflicting explicit request is an error.
+/// A segment without lock state was made by another program (qshm makes its lock state
+/// before its segment can be found): its lock is Qt's, and with `add`, a lock state is
+/// added if we may (its owner, or root for them), so that qshm's holders are labelled
+/// and change notification works. `None` then: we may not, or there is no room (the
+/// semaphore alone still excludes, as in Qt).
+pub(crate) fn lock_state_of(
     id: SegmentId,
     owner: Owner,
     requested: Option<LockMode>,
-    make: Option<Origin>,
-) -> Result<(Option<LockState>, LockMode), Failure> {
+    add: bool,
+) -> Result<(Option<Arc<LockState>>, LockMode), Failure> {
     for _ in 0..3 {
-        match LockState::open(id, owner.uid, owner.creator_uid, owner.perms) {
+        match LockState::open(id, owner.trust()) {
             Ok(Some(state)) => {
-                let mode = state.mode().unwrap_or_default();
+                let mode = state.mode();
                 if let Some(asked) = requested.filter(|&asked| asked != mode) {
                     return Err(mode_conflict(asked, mode));
                 }
                 return Ok((Some(state), mode));
             }
             Ok(None) => {
-                if owner.unfinished_if_bare {
-                    return Err(Failure::because(
-                        SharedMemoryError::NotFound,
-                        "its creator died while making it (the next create of the key reclaims it)",
-                    ));
-                }
                 if requested == Some(LockMode::Fast) {
                     return Err(Failure::because(
                         SharedMemoryError::LockError,
                         "the segment's lock mode is LockMode::QtCompatible (it has no qshm lock \
-                         state: made by Qt, or by qshm in that mode), and Qt would not see \
-                         LockMode::Fast's lock; attach without with_lock_mode to adopt it",
+                         state: another program made it), and Qt would not see LockMode::Fast's \
+                         lock; attach without with_lock_mode to adopt it",
                     ));
                 }
-                let Some(origin) = make else {
-                    return Ok((None, LockMode::QtCompatible));
-                };
                 let me = os::euid();
-                if me != owner.uid && me != 0 {
+                if !add || (me != owner.uid && me != 0) {
                     return Ok((None, LockMode::QtCompatible));
                 }
                 let new = NewLockState {
                     id,
                     mode: LockMode::QtCompatible,
-                    origin,
+                    origin: Origin::Foreign,
                     perms: lock_state::lock_permissions(owner.perms),
                     owner: (me != owner.uid).then_some((owner.uid, owner.gid)),
                     key_file: None,
+                    semaphore: None,
                 };
                 match LockState::create(new) {
-                    Ok(state) => return Ok((Some(state), LockMode::QtCompatible)),
+                    Ok(state) => {
+                        return Ok((Some(state), LockMode::QtCompatible));
+                    }
                     // another attacher was quicker: use theirs (next round)
-                    Err(lock_state::CreateError::Taken) => continue,
+                    Err(CreateError::Taken) => continue,
                     // no room for it: the semaphore alone still excludes
-                    Err(lock_state::CreateError::Io(_)) => return Ok((None, LockMode::QtCompatible)),
+                    Err(CreateError::Io(_)) => return Ok((None, LockMode::QtCompatible)),
                 }
             }
-            Err(Ok(why)) => return Err(untrusted(id, why)),
-            Err(Err(e)) => {
+            Err(OpenError::Untrusted(why)) => return Err(untrusted(id, why)),
+            Err(OpenError::Io(e)) => {
                 return Err(Failure::from(e)
                     .with_detail(format!("cannot open the lock state {}", id.lock_state_path())));
             }
@@ -336,7 +309,7 @@ pub(crate) fn find_lock_state(
     ))
 }
 
-fn mode_conflict(asked: LockMode, mode: LockMode) -> Failure {
+pub(crate) fn mode_conflict(asked: LockMode, mode: LockMode) -> Failure {
     Failure::because(
         SharedMemoryError::LockError,
         format!(
@@ -348,17 +321,26 @@ fn mode_conflict(asked: LockMode, mode: LockMode) -> Failure {
     )
 }
 
-fn untrusted(id: SegmentId, why: Untrusted) -> Failure {
-    let path = id.lock_state_path();
+/// The failure for a lock state (or semaphore) that is not to be trusted, naming the file
+/// and the way out.
+pub(crate) fn untrusted(id: SegmentId, why: Untrusted) -> Failure {
+    untrusted_file(&id.lock_state_path(), "lock state", why)
+}
+
+/// The failure for the lock object `what` at `path` that is not to be trusted.
+pub(crate) fn untrusted_file(path: &str, what: &str, why: Untrusted) -> Failure {
     let detail = match why {
         Untrusted::Owner(uid) => format!(
-            "refusing the lock state {path}: it belongs to {}, not the segment's owner",
+            "refusing the {what} {path}: it belongs to {}, not the segment's owner",
             owner_label(uid)
         ),
         Untrusted::Permissions(mode) => format!(
-            "refusing the lock state {path}: its mode {mode:04o} lets more users change the lock than may read the segment"
+            "refusing the {what} {path}: its mode {mode:04o} lets users change it who may not write the segment"
         ),
-        Untrusted::Content => format!("refusing the lock state {path}: it does not belong to this segment"),
+        Untrusted::Content => format!(
+            "refusing the {what} {path}: it is damaged or not this segment's (its owner can remove the \
+             segment with `qshm rm KEY` and make it again)"
+        ),
     };
     Failure::because(SharedMemoryError::LockError, detail)
 }
@@ -374,7 +356,12 @@ pub(crate) fn refuse_fast_next_to_foreign_mapper(
     };
     let (dev, ino) = state.file_id();
     let census = procfs::census(&[segment, procfs::Mapped::File { dev, ino }]);
-    if let Some((pid, _)) = census.mapping.iter().find(|(_, bits)| bits & 0b11 == 0b01) {
+    if let Some(pid) = census
+        .mapping
+        .iter()
+        .find(|m| m.maps & 0b11 == 0b01)
+        .map(|m| m.pid)
+    {
         return Err(Failure::because(
             SharedMemoryError::LockError,
             format!(

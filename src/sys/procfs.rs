@@ -26,13 +26,31 @@ impl Mapped {
     }
 }
 
-/// Who maps what: for each process that maps at least one target, a bit set over the
-/// targets (bit `i` for `targets[i]`); plus the processes whose maps we may not read.
+/// A process that maps at least one target of a [`census`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mapper {
+    pub pid: u32,
+    /// Bit `i`: it maps `targets[i]`.
+    pub maps: u32,
+    /// Bit `i`: it maps `targets[i]` writable.
+    pub writable: u32,
+}
+
+/// A process whose mappings we may not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Hidden {
+    pub pid: u32,
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its groups (effective and supplementary).
+    pub gids: Vec<u32>,
+}
+
+/// Who maps what, and who could not be looked at.
 #[derive(Debug, Default)]
 pub(crate) struct Census {
-    pub mapping: Vec<(u32, u32)>,
-    /// `(pid, effective uid)` of processes we could not inspect.
-    pub hidden: Vec<(u32, u32)>,
+    pub mapping: Vec<Mapper>,
+    pub hidden: Vec<Hidden>,
 }
 
 /// Look at every process except this one (at most 32 targets).
@@ -52,28 +70,39 @@ pub(crate) fn census(targets: &[Mapped]) -> Census {
         let maps = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
             Ok(maps) => maps,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                if let Some(uid) = effective_uid(pid) {
-                    out.hidden.push((pid, uid));
+                if let Some(hidden) = credentials(pid) {
+                    out.hidden.push(hidden);
                 }
                 continue;
             }
             Err(_) => continue, // gone meanwhile
         };
-        let mut bits = 0u32;
+        let (mut bits, mut writable) = (0u32, 0u32);
         for line in maps.lines() {
             let Some((dev, ino, path)) = parse_maps_line(line) else {
                 continue;
             };
+            let write = line
+                .split(' ')
+                .nth(1)
+                .is_some_and(|perms| perms.as_bytes().get(1) == Some(&b'w'));
             for (i, target) in targets.iter().enumerate().take(32) {
                 if target.matches(dev, ino, path) {
                     bits |= 1 << i;
+                    if write {
+                        writable |= 1 << i;
+                    }
                 }
             }
         }
         // A process being torn down (SIGKILLed, exiting) unmaps in any order: it is no
         // user any more, whatever it maps at this instant.
         if bits != 0 && !exiting(pid) {
-            out.mapping.push((pid, bits));
+            out.mapping.push(Mapper {
+                pid,
+                maps: bits,
+                writable,
+            });
         }
     }
     out
@@ -139,29 +168,25 @@ fn exiting(pid: u32) -> bool {
         .is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
-/// The effective uid of process `pid` (from `/proc/<pid>/status`, readable by everyone).
-fn effective_uid(pid: u32) -> Option<u32> {
+/// The effective uid and the groups of process `pid` (from `/proc/<pid>/status`,
+/// readable by everyone).
+fn credentials(pid: u32) -> Option<Hidden> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Where the mapping containing `addr` in this process comes from: `(device, inode)`.
-pub(crate) fn own_mapping_of(addr: usize) -> Option<(u64, u64)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|line| {
-        let (range, _) = line.split_once(' ')?;
-        let (start, end) = range.split_once('-')?;
-        let (start, end) = (
-            usize::from_str_radix(start, 16).ok()?,
-            usize::from_str_radix(end, 16).ok()?,
-        );
-        if !(start..end).contains(&addr) {
-            return None;
-        }
-        let (dev, ino, _) = parse_maps_line(line)?;
-        Some((dev?, ino))
-    })
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].to_owned())
+    };
+    let uid = field("Uid:")?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut gids: Vec<u32> = field("Gid:")
+        .and_then(|g| g.split_whitespace().nth(1)?.parse().ok())
+        .into_iter()
+        .collect();
+    if let Some(groups) = field("Groups:") {
+        gids.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+    }
+    Some(Hidden { pid, uid, gids })
 }
 
 /// One row of `/proc/sysvipc/shm`.
@@ -261,10 +286,23 @@ pub(crate) fn parse_flock_holders(text: &str) -> HashMap<(u64, u64), u64> {
     map
 }
 
-/// `flock` holders by (device, inode), from `/proc/locks`.
+/// `flock` holders by (device, inode), from `/proc/locks`, read until two reads agree.
+///
+/// The kernel builds `/proc/locks` a page per `read` call, taking its lock anew for each
+/// page, so one reading of a long list can miss or repeat holders while others take and
+/// drop locks (a segment held by 2 processes was counted from 0 to 6). Two readings that
+/// agree are a consistent view; under heavy churn the last of a few readings is used.
 #[cfg(feature = "admin")]
 pub(crate) fn flock_holders() -> HashMap<(u64, u64), u64> {
-    parse_flock_holders(&std::fs::read_to_string("/proc/locks").unwrap_or_default())
+    let mut last = parse_flock_holders(&std::fs::read_to_string("/proc/locks").unwrap_or_default());
+    for _ in 0..8 {
+        let next = parse_flock_holders(&std::fs::read_to_string("/proc/locks").unwrap_or_default());
+        if next == last {
+            break;
+        }
+        last = next;
+    }
+    last
 }
 
 /// For every file under directory `dir` that some process maps: how many processes map
@@ -287,6 +325,7 @@ pub(crate) fn mappers_under(dir: &str) -> HashMap<(u64, u64), u64> {
 }
 
 /// Whether process (or thread) `id` exists.
+#[cfg(feature = "admin")]
 pub(crate) fn alive(id: i32) -> bool {
     id > 0 && std::path::Path::new(&format!("/proc/{id}")).exists()
 }
@@ -342,6 +381,7 @@ mod tests {
         assert_eq!(map.len(), 1, "only flocks: {map:?}");
     }
 
+    #[cfg(feature = "admin")]
     #[test]
     fn this_process_is_alive() {
         assert!(alive(std::process::id() as i32));
@@ -360,12 +400,5 @@ mod tests {
         assert!(Mapped::SystemV { shmid: 98311 }.matches(dev, ino, path));
         assert!(!Mapped::SystemV { shmid: 98312 }.matches(dev, ino, path));
         assert_eq!(parse_maps_line("7f0-7f1 r-xp 00000000 00:00 0 "), None);
-    }
-
-    #[test]
-    fn own_mappings_are_found() {
-        let x = Box::new(0u64);
-        // the heap is anonymous: no device and inode
-        assert_eq!(own_mapping_of(&*x as *const u64 as usize), None);
     }
 }

@@ -1,71 +1,77 @@
-//! Looking at a lock state from outside (for tools), without mapping it.
+//! Looking at a lock state from outside (for tools), without mapping it or taking
+//! anything: the header and the lock words are read with `pread`, and a holder's slot is
+//! asked about with `F_OFD_GETLK`, which works on a read-only descriptor.
 
 use std::io;
+use std::os::fd::AsFd;
 
-use super::{Layout, LockMode, LockState, MAGIC, Origin, SegmentId};
+use super::{LockMode, Origin, SLOTS_AT, SegmentId, WORDS_AT, file::read_header};
 use crate::os;
 use crate::sys::named_file::NamedFile;
 
-/// What a look at a lock state finds (for tools): read from the file, without mapping
-/// it or taking anything, so nobody using the lock notices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a look at a lock state finds.
+#[derive(Debug)]
 pub(crate) struct Peek {
     pub mode: LockMode,
     pub origin: Origin,
     /// (device, inode) of the file, to find its mappers in `/proc`.
     pub file: (u64, u64),
-    /// The Qt-compatible holder's [`phase`](super::phase).
-    pub phase: u32,
-    /// The thread that holds `marker`, if one does (a thread id as its process sees it).
-    pub marker_owner: Option<u32>,
-    /// The thread that holds the Fast-mode mutex, if one does.
-    pub fast_owner: Option<u32>,
+    /// The Fast-mode lock word.
+    pub fast: u32,
+    file_handle: NamedFile,
 }
 
-/// The owner's thread id in the futex word of a robust mutex (glibc keeps the word, the
-/// first field of `pthread_mutex_t`, at the owner's tid while it is locked; the kernel
-/// clears the tid when the owner dies).
-fn robust_owner(word: u32) -> Option<u32> {
-    const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
-    Some(word & FUTEX_TID_MASK).filter(|&tid| tid != 0)
+impl Peek {
+    /// Whether the process that wrote `word` (a label, or a lock word holding one) lives:
+    /// `None` for no label.
+    pub(crate) fn holder_alive(&self, word: u32) -> Option<bool> {
+        let label = super::Label::from_word(word)?;
+        Some(super::slots::alive_by_file(
+            self.file_handle.fd.as_fd(),
+            label,
+            |slot| {
+                let mut bytes = [0u8; 4];
+                match os::pread(
+                    &self.file_handle.fd,
+                    &mut bytes,
+                    (SLOTS_AT + 4 * slot as usize) as u64,
+                ) {
+                    Ok(4) => Some(u32::from_ne_bytes(bytes)),
+                    _ => None,
+                }
+            },
+        ))
+    }
 }
 
-impl LockState {
+impl super::LockState {
     /// Look at the lock state of segment `id` without using it. `Ok(None)`: there is none,
     /// or it does not belong to this segment.
     pub(crate) fn peek(id: SegmentId) -> io::Result<Option<Peek>> {
-        use std::mem::offset_of;
         let path = os::cstring(&id.lock_state_path())?;
-        let file = match NamedFile::open(&path, libc::O_RDONLY, 0) {
+        let file = match NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
             Ok(file) => file,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut bytes = vec![0u8; std::mem::size_of::<Layout>()];
-        if os::pread(&file.fd, &mut bytes, 0)? < bytes.len() {
-            return Ok(None);
-        }
-        let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
-        let u64_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
-        let identity: Vec<u64> = (0..4)
-            .map(|i| u64_at(offset_of!(Layout, identity) + 8 * i))
-            .collect();
-        let Some(mode) = LockMode::from_tag(u32_at(offset_of!(Layout, mode))) else {
+        let header = match read_header(&file.fd) {
+            Ok(header) => header,
+            Err(_) => return Ok(None),
+        };
+        let Some(mode) = header.check(id) else {
             return Ok(None);
         };
-        if u64_at(offset_of!(Layout, magic)) != MAGIC || identity != id.words() {
+        let mut words = [0u8; 4];
+        if os::pread(&file.fd, &mut words, WORDS_AT as u64)? < words.len() {
             return Ok(None);
         }
+        let word = |at: usize| u32::from_ne_bytes(words[at..at + 4].try_into().unwrap_or([0; 4]));
         Ok(Some(Peek {
             mode,
-            origin: match u32_at(offset_of!(Layout, origin)) {
-                2 => Origin::Foreign,
-                _ => Origin::Qshm,
-            },
+            origin: Origin::from_tag(header.origin).unwrap_or(Origin::Foreign),
             file: (file.stat.dev, file.stat.ino),
-            phase: u32_at(offset_of!(Layout, phase)),
-            marker_owner: robust_owner(u32_at(offset_of!(Layout, marker))),
-            fast_owner: robust_owner(u32_at(offset_of!(Layout, fast))),
+            fast: word(0),
+            file_handle: file,
         }))
     }
 }
@@ -74,12 +80,11 @@ impl LockState {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use super::super::{LockState, NewLockState, name_tag, phase};
+    use super::super::{LockState, NewLockState, name_tag};
     use super::*;
-    use crate::sys::robust_mutex;
 
     #[test]
-    fn peek_sees_mode_phase_and_holders_without_taking_anything() {
+    fn peek_sees_mode_and_holders_without_taking_anything() {
         let id = SegmentId::Posix {
             name_tag: name_tag(&format!("qshm-peek-test-{}", std::process::id())),
             ino: u64::from(std::process::id()),
@@ -94,41 +99,34 @@ mod tests {
         let _remove = Remove(id);
         let new = NewLockState {
             id,
-            mode: LockMode::QtCompatible,
+            mode: LockMode::Fast,
             origin: Origin::Foreign,
             perms: 0o600,
             owner: None,
             key_file: None,
+            semaphore: Some([1, 2, 3]),
         };
-        let state = LockState::create(new).unwrap_or_else(|_| panic!("lock state"));
+        let state = LockState::create(new).unwrap_or_else(|e| panic!("lock state: {e:?}"));
+
         let seen = LockState::peek(id).unwrap().expect("found");
-        assert_eq!(
-            (seen.mode, seen.origin),
-            (LockMode::QtCompatible, Origin::Foreign)
-        );
-        assert_eq!(
-            (seen.marker_owner, seen.fast_owner, seen.phase),
-            (None, None, phase::IDLE)
-        );
+        assert_eq!((seen.mode, seen.origin), (LockMode::Fast, Origin::Foreign));
+        assert_eq!(seen.fast, 0);
         assert_eq!(seen.file, state.file_id());
-        assert_eq!(
-            // SAFETY: the mutex lives in the lock-state mapping owned by state.
-            unsafe { robust_mutex::try_lock(state.marker()) }.unwrap(),
-            robust_mutex::Locked::Yes
-        );
-        state.phase().store(phase::HELD, Ordering::SeqCst);
-        // SAFETY: gettid has no preconditions.
-        let me = unsafe { libc::gettid() } as u32;
+        let me = state.label().expect("a slot").word();
+        state.words().fast.store(me, Ordering::SeqCst);
         let seen = LockState::peek(id).unwrap().expect("found");
-        assert_eq!((seen.marker_owner, seen.phase), (Some(me), phase::HELD));
-        // SAFETY: locked just above by this thread.
-        unsafe { robust_mutex::unlock(state.marker()) }.unwrap();
-        assert_eq!(LockState::peek(id).unwrap().expect("found").marker_owner, None);
-        let other = SegmentId::Posix {
+        assert_eq!(seen.fast, me);
+        assert_eq!(seen.holder_alive(me), Some(true), "this process holds its slot");
+        assert_eq!(seen.holder_alive(0), None);
+        // a label of a slot nobody holds
+        let other = super::super::Label::from_word(me ^ 1).expect("a label");
+        assert_eq!(seen.holder_alive(other.word()), Some(false));
+        state.words().fast.store(0, Ordering::SeqCst);
+        let other_id = SegmentId::Posix {
             name_tag: name_tag("qshm-peek-other"),
             ino: 1,
             btime_ns: 1,
         };
-        assert_eq!(LockState::peek(other).unwrap(), None, "none there");
+        assert!(LockState::peek(other_id).unwrap().is_none(), "none there");
     }
 }

@@ -1,34 +1,44 @@
-//! POSIX realtime backend: `shm_open` segments in `/dev/shm` and `sem_open` semaphores.
+//! POSIX realtime backend: segments are files in `/dev/shm` (what `shm_open` opens), and
+//! Qt's lock is a glibc semaphore file beside them (`sem.NAME`, what `sem_open` opens).
 //!
-//! # Destroying the segment when the last user detaches (Qt leaks it on Linux)
+//! # Made whole before anyone can find it
 //!
-//! POSIX shared memory has no attachment count, so qshm keeps one that survives
-//! crashes: **every qshm attachment holds a shared `flock` on its own descriptor of the
-//! segment file**, for as long as it is attached. The kernel drops the lock when the
-//! descriptor is closed, also when the process is killed, so the count can never leak.
+//! `create` makes, in this order, before the segment has a name: Qt's semaphore of the key
+//! (Qt-compatible mode; a stale one of ours is replaced, a live one shared), the segment
+//! file (`O_TMPFILE`: size, pages reserved with `posix_fallocate`, so a full `/dev/shm` is
+//! `OutOfResources` now and never `SIGBUS` later), and its lock state, named after the
+//! file's identity. Then `linkat` names the segment, atomically: a taken name fails, so
+//! two creators never both win. A Qt process that attaches finds Qt's semaphore already
+//! there and never becomes its creator (Qt's creator unlinks the semaphore when it exits,
+//! which would split the lock in two). A creator killed midway leaves a lock state whose
+//! segment never got a name (an orphan `qshm ls` shows and any clean-up removes) and maybe
+//! a semaphore, which the next `create` replaces.
 //!
-//! * **create** prepares the file unnamed (`O_TMPFILE`): its size, its pages
-//!   (`posix_fallocate`: a full `/dev/shm` is `OutOfResources` now, never `SIGBUS`
-//!   later), the mapping, and an *exclusive* lock. Then the file gets its name with
-//!   `linkat`, which fails atomically if the name is taken, so two creators cannot both
-//!   win. In Fast mode, while attachers wait for the exclusive lock, the creator makes the
-//!   lock state (named after the file's identity, see `lock_state.rs`), then turns its
-//!   lock into a shared one like every attachment's. A Qt-compatible segment takes the
-//!   shared lock at once: its lock state and Qt's semaphore come at the first lock,
-//!   whoever takes it. A creator killed midway leaves either nothing or a stale segment
-//!   that the next `create` reclaims.
-//! * **attach** opens the name, takes the shared lock (waiting a bounded time while a
-//!   destroyer holds it exclusively), then checks that the name still refers to the same
-//!   file. If not, the segment was destroyed meanwhile: look again, or `NotFound`.
-//! * **detach** unmaps and asks for the exclusive lock without waiting. Getting it means
-//!   no other qshm attachment exists. Then a write-lease probe asks the kernel whether any
-//!   other process has the file open or mapped at all (Qt and other programs take no
-//!   flock); only if none does is the name unlinked — in every lock mode. In Qt-compatible
-//!   mode Qt's semaphore is held around this, as Qt holds it around its own attach, so a
-//!   Qt attach cannot slip in between. The cost does not depend on how many processes run.
-//! * **stale segments** (every user killed; or left by Qt, which never unlinks) keep their
-//!   name but have no lock holder and no mapper. `create` reclaims such a segment if it is
-//!   ours (never another user's: that is `AlreadyExists`, naming the owner).
+//! # Destroyed when the last user detaches (Qt leaks it on Linux)
+//!
+//! POSIX shared memory has no attachment count, so qshm keeps one the kernel maintains for
+//! it: **every qshm attachment holds a shared `flock` on its own descriptor of the segment
+//! file**, dropped when the descriptor closes, also when the process is killed.
+//!
+//! * **attach** opens the name (`O_NONBLOCK`: a destroyer's lease never stalls it), takes
+//!   the shared lock without waiting, and checks that the name still means that file. If
+//!   a destroyer holds the file exclusively, it closes its descriptor, waits a little and
+//!   tries again (a bounded time), so that it never keeps the file open without a lock.
+//! * **detach** unmaps and asks for the exclusive lock without waiting. Getting it means no
+//!   other qshm attachment exists. Then a write-lease probe asks the kernel whether any
+//!   other process, in any PID namespace, has the file open or mapped (Qt and other
+//!   programs take no `flock`); a few probes a few milliseconds apart let qshm processes
+//!   that are only passing by (an attach retrying, a tool looking) go. Only if one probe
+//!   finds nobody is the name unlinked, with the lock state and the semaphore qshm made.
+//!   Someone who stays is a user: the segment stays, whoever it is, even where `/proc`
+//!   cannot show it (a Qt process of another user or container). In Qt-compatible mode
+//!   Qt's semaphore is held meanwhile, as Qt holds it around its own attach.
+//! * **stale segments** (every user killed, or left by Qt, which never unlinks) have no
+//!   lock holder and nobody opens them; `create` reclaims such a segment if it is ours.
+//!
+//! Where the kernel cannot answer (a lease needs the file's owner or root, and Linux 5.3
+//! to count read-only openers), `/proc` is asked: a mapper found there, or a process that
+//! could open the file and whose mappings may not be read, keeps the segment.
 
 use std::io;
 use std::sync::Arc;
@@ -37,32 +47,37 @@ use std::time::{Duration, Instant};
 mod names;
 mod probe;
 mod semaphore;
+mod semaphore_file;
 
-pub(super) use names::id_of;
+pub(crate) use names::id_of;
 use names::segment_path;
-pub(crate) use names::{QSHM_MADE, QSHM_MADE_QT_COMPATIBLE, made_by_qshm, shm_file_name};
-
-use probe::mapped_by_others;
-pub(crate) use probe::{Probe, probe_existing, unused_by_others};
-use semaphore::refuse_foreign_semaphore;
-pub(crate) use semaphore::{Semaphore, open_semaphore_of, remove_semaphore_if_unused};
 #[cfg(feature = "admin")]
-pub(crate) use semaphore::{peek_value, semaphore_file};
+pub(crate) use names::shm_file_name;
 
+pub(crate) use probe::{Probe, probe_existing, unused_by_others};
+#[cfg(feature = "admin")]
+pub(crate) use semaphore::remove_semaphore_if_unused;
+pub(crate) use semaphore::{Semaphore, semaphore_file};
+use semaphore::{semaphore_for_attach, semaphore_for_create};
+#[cfg(feature = "admin")]
+pub(crate) use semaphore_file::peek as peek_semaphore;
+pub(crate) use semaphore_file::{SemaphoreFile, Take, holder_label, seen_value};
+
+use super::fork::{self, InChild};
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LazyLock, LockMode, Owner, SHM_DIR, SegmentBackend,
-    SegmentStat, SemaphoreBackend, fork, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Owner, SHM_DIR, SegmentBackend,
+    SegmentStat, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
-use crate::os::{self, FileStat, NamedSemaphore};
+use crate::os::{self, FileStat};
 
 /// How often create/attach retry when they lose a race with a destroyer.
-const RACE_RETRIES: usize = 32;
+const RACE_RETRIES: usize = 64;
 
 /// How long a destroyer waits for Qt's semaphore: a Qt attach holds it for microseconds;
 /// a holder keeping it longer is not attaching.
@@ -74,7 +89,6 @@ fn owner_of(st: &FileStat) -> Owner {
         gid: st.gid,
         creator_uid: st.uid,
         perms: st.mode & 0o777,
-        unfinished_if_bare: st.mode & QSHM_MADE != 0,
     }
 }
 
@@ -83,121 +97,133 @@ pub(crate) struct Segment {
     /// Open for the whole attachment: its shared `flock` is the attachment count.
     file: NamedFile,
     id: SegmentId,
-    mode: LockMode,
-    /// Qt's semaphore if this handle opened it at attach (else opened, if it exists, only
-    /// when destroying).
-    semaphore: Option<Arc<dyn SemaphoreBackend>>,
-    semaphore_key: NativeIpcKey,
+    /// The lock state (for what it records: the semaphore qshm made).
+    state: Option<Arc<LockState>>,
+    /// Qt's semaphore (Qt-compatible mode), held by the destroyer around its last look.
+    semaphore: Option<Arc<SemaphoreFile>>,
     fork_epoch: u64,
+    /// A `fork()`ed child takes its own shared lock on the file (see `fork.rs`).
+    _in_child: InChild,
 }
 
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
     let c_path = segment_path(key)?;
-    let dir = os::cstring(SHM_DIR)?;
-    let perms = req.perms & 0o777;
-    let lock_perms = lock_state::lock_permissions(perms);
-    let fork_epoch = fork::epoch_watched();
-    if req.mode == LockMode::QtCompatible {
-        refuse_foreign_semaphore(&req.semaphore)?;
-    }
     for _ in 0..RACE_RETRIES {
-        // 1. the file, unnamed: size, pages, mapping, and our attachment's flock: in Fast
-        //    mode exclusive, which keeps attachers waiting until the lock state exists
-        //    (step 3); a Qt-compatible segment gets its lock state at the first lock
-        let fd = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, perms)
-            .map_err(|e| Failure::from(e).with_detail(format!("cannot make a file in {SHM_DIR}")))?;
-        // qshm's mark; a Fast-mode segment's also says it must have a lock state
-        let mark = match req.mode {
-            LockMode::Fast => QSHM_MADE,
-            LockMode::QtCompatible => QSHM_MADE_QT_COMPATIBLE,
+        // 1. Qt's semaphore, before the segment can be found
+        let semaphore = match req.mode {
+            LockMode::QtCompatible => Some(semaphore_for_create(&req.semaphore, req.perms & 0o777)?),
+            LockMode::Fast => None,
         };
-        os::fchmod(&fd, perms | mark)?;
-        // reserves the pages and sets the size (no ftruncate needed)
-        os::fallocate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
-        let first_lock = match req.mode {
-            LockMode::Fast => libc::LOCK_EX,
-            LockMode::QtCompatible => libc::LOCK_SH,
-        };
-        os::flock(&fd, first_lock)?;
-        let st = os::fstat(&fd)?;
-        let id = id_of(&c_path, &st);
-        let mapping = Mapping::map_file(&fd, req.size, req.writable)?;
-        // 2. publish it: atomic, and fails if the name is taken
-        match os::link_fd(&fd, &c_path) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                drop(mapping);
-                match probe_existing(&c_path)? {
-                    Probe::Live { owner } if owner != os::euid() => {
-                        return Err(not_ours("a segment of this key", owner));
-                    }
-                    Probe::Live { .. } => return Err(Failure::new(SharedMemoryError::AlreadyExists)),
-                    Probe::Gone => continue,
+        match create_once(&c_path, req, semaphore.as_ref().map(|s| &s.file)) {
+            Ok(Some(attached)) => return Ok(attached),
+            // lost a race with another creator or a destroyer: again
+            Ok(None) => continue,
+            Err(failure) => {
+                if let Some(sem) = semaphore {
+                    sem.undo();
                 }
+                return Err(failure);
             }
-            Err(e) => return Err(e.into()),
         }
-        let file = NamedFile {
-            fd,
-            stat: st,
-            path: c_path.clone(),
-        };
-        // 3. Fast mode: its lock state, while attachers wait for our lock. If we die here,
-        //    the segment is stale (no lock holder, no mapper) and reclaimed. (Qt-compatible
-        //    mode makes its lock state and opens Qt's semaphore at the first lock.)
-        let lock_state = match req.mode {
-            LockMode::Fast => match LockState::create(NewLockState {
-                id,
-                mode: req.mode,
-                origin: Origin::Qshm,
-                perms: lock_perms,
-                owner: None,
-                key_file: None,
-            }) {
-                Ok(state) => Some(state),
-                // someone squats on this identity's name: a new file gets a new identity
-                Err(CreateError::Taken) => {
-                    let _ = file.unlink_if_still_named();
-                    continue;
-                }
-                Err(CreateError::Io(e)) => {
-                    let _ = file.unlink_if_still_named();
-                    return Err(lock_state_failure(e));
-                }
-            },
-            LockMode::QtCompatible => None,
-        };
-        // 4. let attachers in (the creator's attachment is a shared lock like theirs)
-        if first_lock == libc::LOCK_EX {
-            os::flock(&file.fd, libc::LOCK_SH)?;
-        }
-        let lazy = (req.mode == LockMode::QtCompatible).then(|| LazyLock {
-            id,
-            owner: owner_of(&st),
-            origin: Origin::Qshm,
-            semaphore: req.semaphore.clone(),
-        });
-        let segment = Segment {
-            file,
-            id,
-            mode: req.mode,
-            semaphore: None,
-            semaphore_key: req.semaphore.clone(),
-            fork_epoch,
-        };
-        return Ok(Attached {
-            segment: Box::new(segment),
-            mapping,
-            lock_state,
-            semaphore: None,
-            mode: req.mode,
-            lazy,
-        });
     }
     Err(Failure::because(
         SharedMemoryError::UnknownError,
         "the key kept being taken and released by others; gave up",
     ))
+}
+
+/// Steps 2 to 5 of [`create`]: the segment file and its lock state, published. `Ok(None)`:
+/// a race was lost (the name was taken by a stale segment now removed, or a squatter holds
+/// the lock state's name): try again.
+fn create_once(
+    c_path: &std::ffi::CString,
+    req: &CreateRequest,
+    semaphore: Option<&Arc<SemaphoreFile>>,
+) -> Result<Option<Attached>, Failure> {
+    let dir = os::cstring(SHM_DIR)?;
+    let perms = req.perms & 0o777;
+    // 2. the file, unnamed: size, pages, and an exclusive flock that keeps attachers
+    //    waiting until its lock state has its name too
+    let fd = os::open(&dir, libc::O_TMPFILE | libc::O_RDWR, perms)
+        .map_err(|e| Failure::from(e).with_detail(format!("cannot make a file in {SHM_DIR}")))?;
+    os::fchmod(&fd, perms)?;
+    // reserves the pages and sets the size (no ftruncate needed)
+    os::fallocate(&fd, req.size as u64).map_err(|e| size_failure(req.size, e))?;
+    os::flock(&fd, libc::LOCK_EX)?;
+    let st = os::fstat(&fd)?;
+    let id = id_of(c_path, &st);
+    // 3. its lock state, named after the file's identity, complete but unnamed
+    let prepared = LockState::prepare(NewLockState {
+        id,
+        mode: req.mode,
+        origin: Origin::Qshm,
+        perms: lock_state::lock_permissions(perms),
+        owner: None,
+        key_file: None,
+        // made, or shared with a racing creator: the segment's from now on, removed with
+        // it by its last detacher
+        semaphore: semaphore.map(|s| s.record()),
+    })
+    .map_err(|e| {
+        lock_state_failure(match e {
+            CreateError::Io(e) => e,
+            CreateError::Taken => io::Error::from_raw_os_error(libc::EEXIST),
+        })
+    })?;
+    let mapping = Mapping::map_file(&fd, req.size, req.writable)?;
+    // 4. publish the segment (atomic, and fails if the name is taken), then its lock state
+    //    (killed in between: a segment without lock state, stale, reclaimed)
+    match os::link_fd(&fd, c_path) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            drop(mapping);
+            return match probe_existing(c_path)? {
+                Probe::Live { owner } if owner != os::euid() => Err(not_ours("a segment of this key", owner)),
+                Probe::Live { .. } => Err(Failure::new(SharedMemoryError::AlreadyExists)),
+                Probe::Gone => Ok(None),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let state = match prepared.publish() {
+        Ok(state) => state,
+        Err(e) => {
+            // a squatter on this identity's name, or no room: this file goes
+            if os::lstat(c_path).is_ok_and(|now| now.same_file(&st)) {
+                let _ = os::unlink(c_path);
+            }
+            return match e {
+                CreateError::Taken => Ok(None),
+                CreateError::Io(e) => Err(lock_state_failure(e)),
+            };
+        }
+    };
+    // 5. let attachers in: the creator's attachment is a shared lock like theirs
+    os::flock(&fd, libc::LOCK_SH)?;
+    let file = NamedFile {
+        fd,
+        stat: st,
+        path: c_path.clone(),
+    };
+    let lock = match semaphore {
+        Some(sem) => LockParts::QtPosix {
+            semaphore: sem.clone(),
+            state: Some(state.clone()),
+        },
+        None => LockParts::Fast { state: state.clone() },
+    };
+    Ok(Some(Attached {
+        segment: Box::new(Segment {
+            _in_child: InChild::share(std::os::fd::AsRawFd::as_raw_fd(&file.fd)),
+            file,
+            id,
+            state: Some(state),
+            semaphore: semaphore.cloned(),
+            fork_epoch: fork::epoch_watched(),
+        }),
+        mapping,
+        lock,
+    }))
 }
 
 fn size_failure(size: usize, e: io::Error) -> Failure {
@@ -216,61 +242,77 @@ fn size_failure(size: usize, e: io::Error) -> Failure {
 }
 
 pub(crate) fn lock_state_failure(e: io::Error) -> Failure {
-    Failure::from(e).with_detail(format!("cannot make the lock state in {SHM_DIR}"))
+    let kind = match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::ENOMEM) => SharedMemoryError::OutOfResources,
+        _ => SharedMemoryError::from_errno(e.raw_os_error().unwrap_or(0)),
+    };
+    Failure::from(e)
+        .with_kind(kind)
+        .with_detail(format!("cannot make the lock state in {SHM_DIR}"))
 }
 
-pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
-    let c_path = segment_path(key)?;
-    let flags = if req.writable {
-        libc::O_RDWR
-    } else {
-        libc::O_RDONLY
-    };
-    let fork_epoch = fork::epoch_watched();
+/// Open the segment file for an attach: the file with a shared `flock` on it, still
+/// carrying its name. While a destroyer or reclaimer holds it exclusively, the file is
+/// closed and opened again a little later (never kept open without a lock, which would
+/// look like a user to the destroyer's lease probe), up to [`FILE_LOCK_WAIT`].
+fn open_attached(c_path: &std::ffi::CString, writable: bool) -> Result<NamedFile, Failure> {
+    let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_NONBLOCK;
     let deadline = Instant::now() + FILE_LOCK_WAIT;
-    for _ in 0..RACE_RETRIES {
-        let file = match NamedFile::open(&c_path, flags, 0) {
-            Ok(file) => file,
+    let mut pause = Duration::from_micros(50);
+    loop {
+        match NamedFile::open(c_path, flags, 0) {
+            Ok(file) => {
+                if file.try_lock(FileLock::Shared)? {
+                    if file.still_named() {
+                        return Ok(file);
+                    }
+                    // destroyed (and maybe made anew) meanwhile: look again at once
+                    continue;
+                }
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 return Err(Failure::new(SharedMemoryError::NotFound));
             }
             Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-                let owner = os::lstat(&c_path)
+                let owner = os::lstat(c_path)
                     .map(|st| owner_label(st.uid))
                     .unwrap_or_default();
                 return Err(Failure::from(e).with_detail(format!("the segment belongs to {owner}")));
             }
+            // a destroyer's lease: it is about to unlink, or to let go
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {}
             Err(e) => return Err(e.into()),
-        };
-        file.lock_until(FileLock::Shared, deadline)?;
-        if !file.still_named() {
-            continue; // destroyed (and maybe made anew) while we waited
         }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Failure::from(super::named_file::lock_wait_timeout(c_path)));
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
+    let c_path = segment_path(key)?;
+    let fork_epoch = fork::epoch_watched();
+    for _ in 0..RACE_RETRIES {
+        let file = open_attached(&c_path, req.writable)?;
         // A size once set never changes (qshm sets it before the name exists, Qt right
-        // after shm_open): only a 0 seen at open is worth asking again after the wait.
+        // after shm_open): only a 0 seen at open is worth asking again.
         let st = match file.stat.size {
             0 => os::fstat(&file.fd)?,
             _ => file.stat,
         };
         if st.size == 0 {
             // a non-qshm creator (Qt) between shm_open and ftruncate: give it a moment
+            drop(file);
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
         let len = usize::try_from(st.size).map_err(|_| Failure::new(SharedMemoryError::InvalidSize))?;
         let id = id_of(&c_path, &st);
-        let (lock_state, mode) = if st.mode & QSHM_MADE_QT_COMPATIBLE != 0 {
-            // qshm made it Qt-compatible: the mark says the mode, and a lock state (made
-            // by whichever qshm process locked first) is found at our first lock
-            match req.mode {
-                Some(LockMode::Fast) => {
-                    return Err(super::mode_conflict(LockMode::Fast, LockMode::QtCompatible));
-                }
-                _ => (None, LockMode::QtCompatible),
-            }
-        } else {
-            super::find_lock_state(id, owner_of(&st), req.mode, None)?
-        };
+        let owner = owner_of(&st);
+        let (state, mode) = super::lock_state_of(id, owner, req.mode, true)?;
         if mode == LockMode::Fast {
             // Nobody else has the file open at all (the kernel says so cheaply): then
             // nobody else maps it either. Else, if Qt's semaphore of this key is open
@@ -283,34 +325,49 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
                     dev: st.dev,
                     ino: st.ino,
                 };
-                super::refuse_fast_next_to_foreign_mapper(segment, lock_state.as_ref())?;
+                super::refuse_fast_next_to_foreign_mapper(segment, state.as_deref())?;
             }
         }
-        let mapping = Mapping::map_file(&file.fd, len, req.writable)?;
-        let lazy = (mode == LockMode::QtCompatible).then(|| LazyLock {
-            id,
-            owner: owner_of(&st),
-            origin: Origin::Foreign,
-            semaphore: req.semaphore.clone(),
-        });
-        let segment = Segment {
-            file: NamedFile { stat: st, ..file },
-            id,
-            mode,
-            semaphore: None,
-            semaphore_key: req.semaphore.clone(),
-            fork_epoch,
+        let lock = match (mode, state.clone()) {
+            (LockMode::Fast, Some(state)) => LockParts::Fast { state },
+            (LockMode::Fast, None) => unreachable_fast(),
+            (LockMode::QtCompatible, state) => match semaphore_for_attach(&req.semaphore, owner)? {
+                Some(semaphore) => LockParts::QtPosix { semaphore, state },
+                None => LockParts::Unlockable {
+                    state,
+                    mode: LockMode::QtCompatible,
+                },
+            },
         };
+        let mapping = Mapping::map_file(&file.fd, len, req.writable)?;
+        let semaphore = match &lock {
+            LockParts::QtPosix { semaphore, .. } => Some(semaphore.clone()),
+            _ => None,
+        };
+        let in_child = InChild::share(std::os::fd::AsRawFd::as_raw_fd(&file.fd));
         return Ok(Attached {
-            segment: Box::new(segment),
+            segment: Box::new(Segment {
+                file: NamedFile { stat: st, ..file },
+                id,
+                state,
+                semaphore,
+                fork_epoch,
+                _in_child: in_child,
+            }),
             mapping,
-            lock_state,
-            semaphore: None,
-            mode,
-            lazy,
+            lock,
         });
     }
     Err(Failure::new(SharedMemoryError::NotFound))
+}
+
+/// Fast mode always comes from a lock state (`lock_state_of` never says Fast without one).
+#[cold]
+fn unreachable_fast() -> LockParts {
+    LockParts::Unlockable {
+        state: None,
+        mode: LockMode::Fast,
+    }
 }
 
 impl SegmentBackend for Segment {
@@ -323,53 +380,46 @@ impl SegmentBackend for Segment {
             uid: now.uid,
             created_secs: now.created_secs(),
             os_id: format!("{} (inode {})", self.file.path.to_string_lossy(), now.ino),
-            marked_by_qshm: made_by_qshm(now.mode),
         })
     }
 
-    fn detach(self: Box<Self>, lock_state_file: Option<(u64, u64)>) -> Result<Detached, Failure> {
+    fn detach(self: Box<Self>) -> Result<Detached, Failure> {
         let Segment {
             file,
             id,
-            mode,
+            state,
             semaphore,
-            semaphore_key,
             fork_epoch,
+            _in_child,
         } = *self;
+        drop(_in_child);
         if fork::epoch() != fork_epoch {
             return Ok(Detached::Kept);
         }
         if !file.try_lock(FileLock::Exclusive)? {
             return Ok(Detached::Kept); // other qshm attachments
         }
+        let made_semaphore = state.as_ref().and_then(|s| s.semaphore());
+        let ours = |sem: &SemaphoreFile| made_semaphore == Some(sem.record());
         if !file.still_named() {
             // removed behind our back (qshm rm, a test's clean-up): we were the last qshm
             // user of this incarnation; remove what was left of it
             LockState::remove(id);
-            if matches!(os::lstat(&file.path), Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
-                drop(semaphore);
-                remove_semaphore_if_unused(&semaphore_key, lock_state_file);
+            if let Some(sem) = semaphore.as_ref().filter(|s| ours(s)) {
+                sem.unlink_if_still_named();
             }
             return Ok(Detached::WasGone);
         }
         if file.stat.uid != os::euid() && os::euid() != 0 {
             return Ok(Detached::Kept); // not ours to remove; its owner reclaims it
         }
-        // Keep Qt's attach out: Qt holds its semaphore around attach (if none exists, no
-        // Qt process is attaching).
-        let semaphore = match (semaphore, mode) {
-            (None, LockMode::QtCompatible) => Semaphore::open_existing(&semaphore_key),
-            (semaphore, _) => semaphore,
-        };
-        let held = mode == LockMode::QtCompatible
-            && semaphore
-                .as_ref()
-                .is_some_and(|sem| sem.acquire_existing(DESTROY_SEMAPHORE_WAIT).unwrap_or(false));
+        // Keep Qt's attach out: Qt holds its semaphore around attach.
+        let label = state.as_ref().and_then(|s| s.label()).map_or(0, |l| l.word());
+        let held = semaphore.as_ref().is_some_and(|sem| hold_briefly(sem, label));
         let mut outcome = Detached::Kept;
         if unused_by_others(&file) {
             LockState::remove(id);
             if matches!(file.unlink_if_still_named(), Ok(true)) {
-                // nobody can open it by name any more: closing it gives the lease back
                 outcome = Detached::Destroyed;
             } else {
                 file.release();
@@ -377,13 +427,14 @@ impl SegmentBackend for Segment {
         }
         drop(file);
         if held && let Some(sem) = &semaphore {
-            let _ = sem.release(1);
+            let _ = sem.give_back(label);
         }
-        // With no semaphore before the check, none of qshm's can have appeared since (no
-        // qshm attachment existed); one a Qt process made meanwhile is Qt's to remove.
-        if outcome == Detached::Destroyed && semaphore.is_some() {
-            drop(semaphore);
-            remove_semaphore_if_unused(&semaphore_key, lock_state_file);
+        if outcome == Detached::Destroyed
+            && let Some(sem) = semaphore.as_ref().filter(|s| ours(s))
+        {
+            // Like Qt's creator, which unlinks its semaphore when it goes away: whoever
+            // still has it open keeps it; nobody can find it any more.
+            sem.unlink_if_still_named();
         }
         Ok(outcome)
     }
@@ -395,10 +446,23 @@ impl SegmentBackend for Segment {
     }
 }
 
+/// Take a unit of `sem` for at most [`DESTROY_SEMAPHORE_WAIT`] (labelled, so that a
+/// destroyer killed meanwhile is recovered like any holder).
+fn hold_briefly(sem: &SemaphoreFile, label: u32) -> bool {
+    let deadline = Instant::now() + DESTROY_SEMAPHORE_WAIT;
+    loop {
+        match sem.try_take(label, false) {
+            Ok(Take::Took) => return true,
+            Ok(Take::Busy(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            _ => return false,
+        }
+    }
+}
+
 /// Destroy the segment of `key` and what belongs to it, whoever still uses it.
 pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<bool, Failure> {
     let c_path = segment_path(key)?;
-    let existed = match NamedFile::open(&c_path, libc::O_RDONLY, 0) {
+    let existed = match NamedFile::open(&c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
         Ok(file) => {
             LockState::remove(id_of(&file.path, &file.stat));
             file.unlink_if_still_named()?
@@ -406,8 +470,8 @@ pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<boo
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
         Err(e) => return Err(e.into()),
     };
-    if let Ok(name) = os::cstring(semaphore.native()) {
-        let _ = NamedSemaphore::unlink(&name);
+    if let Ok(path) = semaphore_file(semaphore).and_then(|p| Ok(os::cstring(&p)?)) {
+        let _ = os::unlink(&path);
     }
     Ok(existed)
 }

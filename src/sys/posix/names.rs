@@ -1,5 +1,4 @@
-//! What a POSIX segment file is called (the name a native key maps to, glibc's rules) and
-//! how qshm marks the files it makes.
+//! What a POSIX segment file is called (the name a native key maps to, glibc's rules).
 
 use std::ffi::CString;
 
@@ -40,29 +39,13 @@ pub(super) fn segment_path(key: &NativeIpcKey) -> Result<CString, Failure> {
     Ok(os::cstring(&format!("{SHM_DIR}/{name}"))?)
 }
 
-pub(in crate::sys) fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
+pub(crate) fn id_of(c_path: &CString, st: &FileStat) -> SegmentId {
     let name = c_path.to_str().unwrap_or("").rsplit('/').next().unwrap_or("");
     SegmentId::Posix {
         name_tag: lock_state::name_tag(name),
         ino: st.ino,
         btime_ns: st.btime_ns.unwrap_or(st.ctime_ns),
     }
-}
-
-/// The mark qshm's creator puts on a Fast-mode segment file: the sticky bit, which means
-/// nothing on a regular file to Linux, Qt or anyone else. A segment file with the mark but
-/// no lock state is one whose qshm creator died between publishing and finishing it.
-pub(crate) const QSHM_MADE: u32 = libc::S_ISVTX;
-
-/// The mark on a Qt-compatible segment file qshm made: the set-group-ID bit, which on a
-/// file nobody may execute means nothing to Linux (it is kept on writes, and since Linux
-/// 5.15 never means mandatory locking), Qt or anyone else. Its lock state comes at the
-/// first lock, perhaps an attacher's, so the mark is what tells tools qshm made it.
-pub(crate) const QSHM_MADE_QT_COMPATIBLE: u32 = libc::S_ISGID;
-
-/// Whether qshm made the segment file with mode `mode` (either mark).
-pub(crate) fn made_by_qshm(mode: u32) -> bool {
-    mode & (QSHM_MADE | QSHM_MADE_QT_COMPATIBLE) != 0
 }
 
 #[cfg(test)]

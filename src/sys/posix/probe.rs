@@ -1,9 +1,18 @@
 //! Is a POSIX segment file still in use? The stale-segment probe of `create` (and of
-//! `qshm rm --stale`) and the last detacher's check, without a cost that grows with the
-//! number of processes in the common case.
+//! `qshm rm --stale`) and the last detacher's check.
+//!
+//! The rule: qshm's own attachments hold a shared `flock` (the kernel's count). A file
+//! nobody holds a `flock` on may still be mapped by a program that is not qshm (Qt):
+//! only the kernel's answer "nobody else has this file open or mapped" (a write-lease
+//! probe, whatever the user, PID namespace or number of processes) lets it be destroyed.
+//! Processes that open it for a moment (a qshm attach retrying while the destroyer holds
+//! the file, a tool looking at it) are let go by a few probes a few milliseconds apart.
+//! Where the kernel cannot answer, `/proc` is asked, and a process that could open the
+//! file but whose mappings may not be read counts as a user: absence of evidence never
+//! destroys a segment.
 
 use std::ffi::CString;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::id_of;
 use crate::error::Failure;
@@ -21,70 +30,94 @@ pub(crate) enum Probe {
     Gone,
 }
 
+/// How long apart the destroyer's lease probes are (about 6 ms in all).
+const PROBE_PAUSES: [Duration; 3] = [
+    Duration::from_micros(200),
+    Duration::from_millis(1),
+    Duration::from_millis(5),
+];
+
 /// Look at the segment file named `c_path`: remove it (with its lock state) if it is ours
 /// and stale, else report it live.
 pub(crate) fn probe_existing(c_path: &CString) -> Result<Probe, Failure> {
-    let file = match NamedFile::open(c_path, libc::O_RDONLY, 0) {
-        Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Gone),
-        // not ours to inspect (another user's, or not a regular file): in use
-        Err(_) => {
-            let owner = os::lstat(c_path).map(|st| st.uid).unwrap_or(u32::MAX);
+    let deadline = Instant::now() + FILE_LOCK_WAIT;
+    loop {
+        let file = match NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Gone),
+            // a destroyer's lease: look again in a moment
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            // not ours to inspect (another user's, or not a regular file): in use
+            Err(_) => {
+                let owner = os::lstat(c_path).map(|st| st.uid).unwrap_or(u32::MAX);
+                return Ok(Probe::Live { owner });
+            }
+        };
+        let owner = file.stat.uid;
+        if owner != os::euid() {
             return Ok(Probe::Live { owner });
         }
-    };
-    let owner = file.stat.uid;
-    if owner != os::euid() {
-        return Ok(Probe::Live { owner });
-    }
-    if !file.try_lock(FileLock::Exclusive)? {
-        // A shared lock means a live user; an exclusive one a destroyer, who always
-        // unlinks: wait for it, then see if the name survived.
-        file.lock_until(FileLock::Shared, Instant::now() + FILE_LOCK_WAIT)?;
-        return Ok(if file.still_named() {
-            Probe::Live { owner }
-        } else {
-            Probe::Gone
-        });
-    }
-    if !file.still_named() {
+        if !file.try_lock(FileLock::Exclusive)? {
+            // Shared locks are live users; an exclusive one a destroyer (or a reclaimer),
+            // who unlinks or lets go in a moment: wait for that without keeping the file
+            // open (which would look like a user to its lease probe).
+            if file.try_lock(FileLock::Shared)? || Instant::now() >= deadline {
+                return Ok(Probe::Live { owner });
+            }
+            drop(file);
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        if !file.still_named() {
+            return Ok(Probe::Gone);
+        }
+        if !unused_by_others(&file) {
+            return Ok(Probe::Live { owner });
+        }
+        LockState::remove(id_of(&file.path, &file.stat));
+        let removed = file.unlink_if_still_named();
+        file.release();
+        removed?;
         return Ok(Probe::Gone);
     }
-    if !unused_by_others(&file) {
-        return Ok(Probe::Live { owner });
-    }
-    LockState::remove(id_of(&file.path, &file.stat));
-    let removed = file.unlink_if_still_named();
-    file.release();
-    removed?;
-    Ok(Probe::Gone)
 }
 
 /// Whether, holding the segment file's exclusive `flock` (so no qshm attachment exists),
-/// no other process can still be using it. Asked first of the kernel (a lease probe,
-/// cheap whatever the number of processes): nobody else has the file open at all. If
-/// someone has, it may be a qshm process coming or going, which holds the file open for a
-/// moment but maps nothing while we hold the lock; a program that is not qshm (Qt) maps
-/// the file while attached, and that is what `/proc` is asked then. (A Qt attach in
-/// progress, between `shm_open` and `mmap`, holds Qt's semaphore, which a Qt-compatible
-/// destroyer holds meanwhile.) On `true` a lease may be held: [`NamedFile::release`] it.
+/// no other process can be using it: a lease probe finds nobody else with the file open,
+/// in up to four tries a few milliseconds apart. On `true` a lease may be held:
+/// [`NamedFile::release`] it (closing the file does too). Where leases cannot tell (not
+/// the owner, or a kernel before 5.3), `/proc` decides.
 pub(crate) fn unused_by_others(file: &NamedFile) -> bool {
-    match file.alone() {
-        Some(true) => true,
-        Some(false) | None => !mapped_by_others(&file.stat),
+    for pause in PROBE_PAUSES.iter().map(Some).chain([None]) {
+        match file.alone() {
+            Some(true) => return true,
+            Some(false) => {}
+            None => return !mapped_by_others(&file.stat),
+        }
+        match pause {
+            Some(pause) => std::thread::sleep(*pause),
+            None => break,
+        }
     }
+    // someone stays: a user, whether /proc can show it or not
+    false
 }
 
-/// The `/proc` fallback where no lease can be taken: does any other process map the file?
-/// Processes we may not inspect count as mapping it if they could open it.
+/// The `/proc` fallback where no lease can be taken: does any other process map the file,
+/// or could one that we may not inspect (it could open the file)?
 pub(super) fn mapped_by_others(st: &FileStat) -> bool {
     let census = procfs::census(&[Mapped::File {
         dev: st.dev,
         ino: st.ino,
     }]);
     !census.mapping.is_empty()
-        || census
-            .hidden
-            .iter()
-            .any(|&(_, uid)| uid == 0 || uid == st.uid || st.mode & 0o066 != 0)
+        || census.hidden.iter().any(|h| {
+            h.uid == 0
+                || h.uid == st.uid
+                || st.mode & 0o006 != 0
+                || (st.mode & 0o060 != 0 && h.gids.contains(&st.gid))
+        })
 }

@@ -1,68 +1,20 @@
-//! POSIX named semaphores (`sem_open`), as `QSystemSemaphore` uses them, and their
-//! files in `/dev/shm`.
+//! Qt's POSIX semaphores by key: the one a segment's lock takes (made with the segment,
+//! found by attachers), and `SystemSemaphore`'s backend, all on [`SemaphoreFile`].
 
 use std::ffi::CString;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::mapped_by_others;
+use super::semaphore_file::{OpenError, SEM_VALUE_MAX, SemaphoreFile, SemaphoreTrust, Take};
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
-use crate::os::{self, NamedSemaphore};
-use crate::sys::SHM_DIR;
+use crate::os;
+use crate::sys::lock_state::locker_permissions;
 use crate::sys::named_file::NamedFile;
-use crate::sys::procfs::{self, Mapped};
-use crate::sys::{SemaphoreBackend, SemaphoreMode, not_ours};
+use crate::sys::{Owner, SHM_DIR, SemaphoreBackend, SemaphoreMode, not_ours, untrusted_file};
 
-/// Refuse, before anything is made, a semaphore file that belongs to another user.
-pub(super) fn refuse_foreign_semaphore(key: &NativeIpcKey) -> Result<(), Failure> {
-    match os::cstring(&semaphore_file(key)?).and_then(|p| os::lstat(&p)) {
-        Ok(st) if st.uid != os::euid() => Err(not_ours("the lock's semaphore", st.uid)),
-        _ => Ok(()),
-    }
-}
-
-/// Qt's semaphore of a segment owned by `segment_owner`: open or make it, but never one
-/// that belongs to a user other than us and the segment's owner (they could set it to 0,
-/// a hang, or to 5, no exclusion).
-pub(crate) fn open_semaphore_of(
-    key: &NativeIpcKey,
-    perms: u32,
-    segment_owner: u32,
-) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
-    let sem = Semaphore::open(key, 1, SemaphoreMode::Open, perms)?;
-    if !sem.created {
-        // made by someone else: whose is the file we mapped?
-        match sem.owner() {
-            Some(uid) if uid != os::euid() && uid != segment_owner => {
-                return Err(not_ours("the lock's semaphore", uid));
-            }
-            _ => {}
-        }
-    }
-    Ok(Arc::new(sem))
-}
-
-/// Whether a process may have Qt's semaphore `key` open: its file exists and a lease
-/// probe cannot rule out another opener. A Qt process keeps its segment's semaphore open
-/// (mapped) from its first attach until the `QSharedMemory` goes away; qshm's Fast mode
-/// never opens it. Cost: a `stat`, at most an `open` and a lease, whatever the number of
-/// processes.
-pub(crate) fn qt_semaphore_in_use(key: &NativeIpcKey) -> bool {
-    let Ok(path) = semaphore_file(key).and_then(|p| Ok(os::cstring(&p)?)) else {
-        return true;
-    };
-    let file = match NamedFile::open(&path, libc::O_RDONLY, 0) {
-        Ok(file) => file,
-        Err(e) => return e.raw_os_error() != Some(libc::ENOENT),
-    };
-    let alone = file.alone();
-    file.release();
-    alone != Some(true)
-}
-
-/// The file a POSIX semaphore key lives in.
+/// The file a POSIX semaphore key lives in (`sem_open`'s naming).
 pub(crate) fn semaphore_file(key: &NativeIpcKey) -> Result<String, Failure> {
     let name = key.native().trim_start_matches('/');
     if name.is_empty() || name.contains('/') {
@@ -74,71 +26,197 @@ pub(crate) fn semaphore_file(key: &NativeIpcKey) -> Result<String, Failure> {
     Ok(format!("{SHM_DIR}/sem.{name}"))
 }
 
-/// Remove the POSIX semaphore `key` if it is ours and no process outside qshm can be using
-/// it: nobody else has it open (a lease probe), or everyone who maps it also maps the
-/// lock state `lock_state` (qshm processes of this segment, on their way out: they close
-/// the semaphore before the lock state). A semaphore a Qt program holds open stays.
-pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey, lock_state: Option<(u64, u64)>) -> bool {
-    let Ok(path) = semaphore_file(key).and_then(|p| Ok(os::cstring(&p)?)) else {
-        return false;
-    };
-    let Ok(file) = NamedFile::open(&path, libc::O_RDWR, 0) else {
-        return false;
-    };
-    if file.stat.uid != os::euid() && os::euid() != 0 {
-        return false;
-    }
-    let unused = match file.alone() {
-        Some(true) => true,
-        _ => {
-            let sem = Mapped::File {
-                dev: file.stat.dev,
-                ino: file.stat.ino,
-            };
-            match lock_state {
-                Some((dev, ino)) => {
-                    let census = procfs::census(&[sem, Mapped::File { dev, ino }]);
-                    census.hidden.is_empty()
-                        && census
-                            .mapping
-                            .iter()
-                            .all(|&(_, bits)| bits & 0b10 != 0 || bits & 0b01 == 0)
-                }
-                None => !mapped_by_others(&file.stat),
-            }
+fn semaphore_path(key: &NativeIpcKey) -> Result<CString, Failure> {
+    Ok(os::cstring(&semaphore_file(key)?)?)
+}
+
+/// Qt's semaphore of a segment being created, and whether we made it (then the lock
+/// state records it, and the segment's destroyer removes it).
+pub(crate) struct CreatedSemaphore {
+    pub file: Arc<SemaphoreFile>,
+    pub made: bool,
+}
+
+impl CreatedSemaphore {
+    /// The create failed: remove the semaphore if we made it and nobody else uses it.
+    pub(crate) fn undo(self) {
+        if !self.made {
+            return;
         }
+        let id = self.file.file_id();
+        let path = self.file.path().clone();
+        drop(self.file);
+        if let Ok(file) = NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+            && (file.stat.dev, file.stat.ino) == id
+            && !in_use(&file)
+        {
+            let _ = file.unlink_if_still_named();
+        }
+    }
+}
+
+/// Whether the semaphore file opened as `file` is in use: this process maps it, or a
+/// lease probe cannot rule out another opener (where the kernel cannot tell, it is).
+fn in_use(file: &NamedFile) -> bool {
+    if SemaphoreFile::open_here((file.stat.dev, file.stat.ino)) {
+        return true;
+    }
+    let alone = file.alone();
+    file.release();
+    alone != Some(true)
+}
+
+/// Qt's semaphore for a segment being created with mode `segment_perms`, before the
+/// segment can be found. A stale one of ours (nobody has it open) is replaced by a fresh
+/// one, as Qt's `QSystemSemaphore::Create` replaces it; one in use is shared (a racing
+/// creator, or a Qt process between its `attach` and its `create`); another user's is
+/// refused (they could set it to 0, a hang, or to 5, no exclusion).
+pub(super) fn semaphore_for_create(
+    key: &NativeIpcKey,
+    segment_perms: u32,
+) -> Result<CreatedSemaphore, Failure> {
+    let path = semaphore_path(key)?;
+    let perms = locker_permissions(segment_perms);
+    let trust = SemaphoreTrust::Segment {
+        owner_uid: os::euid(),
+        segment_perms,
     };
-    let removed = unused && matches!(file.unlink_if_still_named(), Ok(true));
+    for _ in 0..4 {
+        match SemaphoreFile::create(&path, perms, None, 1) {
+            Ok(file) => return Ok(CreatedSemaphore { file, made: true }),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(semaphore_failure(&path, e)),
+        }
+        // one exists: whose, and does anyone use it?
+        let existing = match NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => {
+                let uid = os::lstat(&path).map(|st| st.uid).unwrap_or(u32::MAX);
+                if uid != os::euid() {
+                    return Err(not_ours("the lock's semaphore", uid));
+                }
+                return Err(semaphore_failure(&path, e));
+            }
+        };
+        if existing.stat.uid != os::euid() {
+            return Err(not_ours("the lock's semaphore", existing.stat.uid));
+        }
+        if !in_use(&existing) {
+            // stale: its value may be whatever a crash left; make a fresh one
+            let _ = existing.unlink_if_still_named();
+            continue;
+        }
+        drop(existing);
+        match SemaphoreFile::open(&path, trust) {
+            Ok(Some(file)) => return Ok(CreatedSemaphore { file, made: false }),
+            Ok(None) => {}
+            Err(OpenError::Untrusted(why)) => {
+                return Err(untrusted_file(&path.to_string_lossy(), "semaphore", why)
+                    .with_kind(SharedMemoryError::AlreadyExists));
+            }
+            Err(OpenError::Io(e)) => return Err(semaphore_failure(&path, e)),
+        }
+    }
+    Err(Failure::because(
+        SharedMemoryError::UnknownError,
+        "the lock's semaphore kept being made and removed by others; gave up",
+    ))
+}
+
+/// Qt's semaphore of an existing segment of `owner`, opened by descriptor and checked
+/// (owned by the segment's owner, this user or root; writable by nobody who may not write
+/// the segment), or made if missing, as Qt's `attach` makes it. `Ok(None)`: this user may
+/// not open it (it may read the segment, not lock it).
+pub(super) fn semaphore_for_attach(
+    key: &NativeIpcKey,
+    owner: Owner,
+) -> Result<Option<Arc<SemaphoreFile>>, Failure> {
+    let path = semaphore_path(key)?;
+    let trust = SemaphoreTrust::Segment {
+        owner_uid: owner.uid,
+        segment_perms: owner.perms,
+    };
+    for _ in 0..4 {
+        match SemaphoreFile::open(&path, trust) {
+            Ok(Some(file)) => return Ok(Some(file)),
+            Ok(None) => {}
+            Err(OpenError::Io(e)) if e.raw_os_error() == Some(libc::EACCES) => return Ok(None),
+            Err(OpenError::Untrusted(why)) => {
+                return Err(untrusted_file(&path.to_string_lossy(), "semaphore", why));
+            }
+            Err(OpenError::Io(e)) => return Err(semaphore_failure(&path, e)),
+        }
+        // missing (a Qt creator removed it when it went away): make it, as Qt's attach does
+        let me = os::euid();
+        let give_to = (me == 0 && owner.uid != 0).then_some((owner.uid, owner.gid));
+        match SemaphoreFile::create(&path, locker_permissions(owner.perms), give_to, 1) {
+            Ok(file) => return Ok(Some(file)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(None),
+            Err(e) => return Err(semaphore_failure(&path, e)),
+        }
+    }
+    Err(Failure::because(
+        SharedMemoryError::LockError,
+        "the lock's semaphore kept being made and removed by others; try again",
+    ))
+}
+
+fn semaphore_failure(path: &CString, e: io::Error) -> Failure {
+    let kind = match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::ENOMEM | libc::EMFILE | libc::ENFILE) => SharedMemoryError::OutOfResources,
+        _ => SharedMemoryError::from_errno(e.raw_os_error().unwrap_or(0)),
+    };
+    Failure::from(e).with_kind(kind).with_detail(format!(
+        "cannot make or open the lock's semaphore {}",
+        path.to_string_lossy()
+    ))
+}
+
+/// Remove Qt's POSIX semaphore `key` if nobody has it open (a lease probe) and it is the
+/// one a lock state recorded (`made`), or, without a record, it is ours (or we are root).
+/// For clean-ups of segments that are gone.
+#[cfg(feature = "admin")]
+pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey, made: Option<[u64; 3]>) -> bool {
+    let Ok(path) = semaphore_path(key) else {
+        return false;
+    };
+    let Ok(file) = NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
+        return false;
+    };
+    let st = file.stat;
+    let ours = match made {
+        Some(record) => record == crate::sys::lock_state::file_words(&st),
+        None => st.uid == os::euid() || os::euid() == 0,
+    };
+    let removed = ours && !in_use(&file) && matches!(file.unlink_if_still_named(), Ok(true));
     file.release();
     removed
 }
 
-/// The value of the POSIX semaphore of `key` and its file's (device, inode), read from the
-/// file without opening the semaphore: mapping it would make this process look like a
-/// possible holder to a waiter looking for a dead one. glibc's `struct new_sem` starts
-/// with the value: the low 32 bits of a 64-bit word where glibc has 64-bit atomics (all
-/// 64-bit targets), else a 32-bit word holding the value shifted left by one.
-#[cfg(feature = "admin")]
-pub(crate) fn peek_value(key: &NativeIpcKey) -> io::Result<(u32, (u64, u64))> {
-    let path = semaphore_file(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let file = NamedFile::open(&os::cstring(&path)?, libc::O_RDONLY, 0)?;
-    let mut word = [0u8; 4];
-    if os::pread(&file.fd, &mut word, 0)? < word.len() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let word = u32::from_ne_bytes(word);
-    let value = if cfg!(target_pointer_width = "64") {
-        word
-    } else {
-        word >> 1
+/// Whether a process may have Qt's semaphore `key` open: its file exists and a lease
+/// probe cannot rule out another opener. A Qt process keeps its segment's semaphore open
+/// (mapped) from its first attach until the `QSharedMemory` goes away; qshm's Fast mode
+/// never opens it. Cost: a `stat`, at most an `open` and a lease, whatever the number of
+/// processes.
+pub(crate) fn qt_semaphore_in_use(key: &NativeIpcKey) -> bool {
+    let Ok(path) = semaphore_path(key) else {
+        return true;
     };
-    Ok((value, (file.stat.dev, file.stat.ino)))
+    let file = match NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+        Ok(file) => file,
+        Err(e) => return e.raw_os_error() != Some(libc::ENOENT),
+    };
+    let alone = file.alone();
+    file.release();
+    alone != Some(true)
 }
 
-/// A POSIX named semaphore (`sem_open`), opened the way `QSystemSemaphore` opens it.
+/// A POSIX named semaphore, opened the way `QSystemSemaphore` opens it, operated by qshm
+/// (`SystemSemaphore`'s backend).
 pub(crate) struct Semaphore {
-    sem: NamedSemaphore,
-    name: CString,
+    file: Arc<SemaphoreFile>,
     created: bool,
 }
 
@@ -149,155 +227,98 @@ impl Semaphore {
         mode: SemaphoreMode,
         perms: u32,
     ) -> Result<Semaphore, Failure> {
-        let file = os::cstring(&semaphore_file(key)?)?;
-        if initial > os::SEM_VALUE_MAX {
+        if initial > SEM_VALUE_MAX {
             return Err(Failure::because(
                 SharedMemoryError::InvalidSize,
-                format!(
-                    "initial value {initial} is above the system's maximum {}",
-                    os::SEM_VALUE_MAX
-                ),
+                format!("initial value {initial} is above the system's maximum {SEM_VALUE_MAX}"),
             ));
         }
-        let name = os::cstring(key.native())?;
-        let dir = os::cstring(SHM_DIR)?;
-        let perms = perms as libc::mode_t;
-        let mut tries = 0;
-        loop {
-            tries += 1;
+        let path = semaphore_path(key)?;
+        for tries in 1.. {
             // exactly the mode asked for (sem_open would apply the umask)
-            match NamedSemaphore::create_new(&dir, &file, &name, perms, initial) {
-                Ok(sem) => {
-                    return Ok(Semaphore {
-                        sem,
-                        name,
-                        created: true,
-                    });
-                }
+            match SemaphoreFile::create(&path, perms & 0o777, None, initial) {
+                Ok(file) => return Ok(Semaphore { file, created: true }),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(e.into()),
             }
             match mode {
                 // Qt: a semaphore that exists at create time survived a crash: replace it.
-                SemaphoreMode::Create if tries < 3 => match NamedSemaphore::unlink(&name) {
+                SemaphoreMode::Create if tries < 3 => match os::unlink(&path) {
                     Ok(()) => continue,
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                     Err(e) => return Err(e.into()),
                 },
-                _ => match NamedSemaphore::open(&name, 0, 0, 0) {
-                    Ok(sem) => {
-                        return Ok(Semaphore {
-                            sem,
-                            name,
-                            created: false,
-                        });
+                _ => match SemaphoreFile::open(&path, SemaphoreTrust::Any) {
+                    Ok(Some(file)) => return Ok(Semaphore { file, created: false }),
+                    Ok(None) if tries < 3 => continue,
+                    Ok(None) => return Err(io::Error::from_raw_os_error(libc::ENOENT).into()),
+                    Err(OpenError::Io(e)) => return Err(e.into()),
+                    Err(OpenError::Untrusted(why)) => {
+                        return Err(untrusted_file(&path.to_string_lossy(), "semaphore", why));
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && tries < 3 => continue,
-                    Err(e) => return Err(e.into()),
                 },
             }
         }
-    }
-
-    /// The owner of the semaphore's file (the one this handle maps).
-    fn owner(&self) -> Option<u32> {
-        let (dev, ino) = self.file_id()?;
-        let path = os::cstring(&format!(
-            "{SHM_DIR}/sem.{}",
-            self.name.to_str().ok()?.trim_start_matches('/')
-        ))
-        .ok()?;
-        let st = os::lstat(&path).ok()?;
-        (st.dev == dev && st.ino == ino).then_some(st.uid)
-    }
-}
-
-impl Semaphore {
-    /// The semaphore of `key` if it exists (never made): for a destroyer.
-    pub(crate) fn open_existing(key: &NativeIpcKey) -> Option<Arc<dyn SemaphoreBackend>> {
-        let name = os::cstring(key.native()).ok()?;
-        let sem = NamedSemaphore::open(&name, 0, 0, 0).ok()?;
-        Some(Arc::new(Semaphore {
-            sem,
-            name,
-            created: false,
-        }))
+        unreachable!("the loop returns")
     }
 }
 
 impl SemaphoreBackend for Semaphore {
     fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.sem.wait(timeout)
+        let sem = &self.file;
+        if sem.try_take(0, false)? == Take::Took {
+            return Ok(true);
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Ok(false);
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        sem.add_waiter();
+        let result = (|| loop {
+            if sem.try_take(0, true)? == Take::Took {
+                return Ok(true);
+            }
+            let nap = match deadline {
+                None => Duration::from_secs(1),
+                Some(d) => match d.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => return Ok(false),
+                    left => left,
+                },
+            };
+            sem.sleep(nap)?;
+        })();
+        if !matches!(result, Ok(true)) {
+            sem.remove_waiter();
+        }
+        result
     }
 
     fn release(&self, n: u32) -> io::Result<()> {
-        if n == 1 {
-            // one post: sem_post itself refuses (EOVERFLOW) past the maximum
-            return self.sem.post();
-        }
-        // All or nothing: never past SEM_VALUE_MAX (sem_post would stop there, half done).
-        let value = u32::try_from(self.sem.value()?.max(0)).unwrap_or(0);
-        if n > os::SEM_VALUE_MAX - value.min(os::SEM_VALUE_MAX) {
+        // All or nothing: never past SEM_VALUE_MAX (one post at a time would stop there,
+        // half done).
+        let value = self.file.value()?;
+        if n > SEM_VALUE_MAX - value.min(SEM_VALUE_MAX) {
             return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
         }
         for _ in 0..n {
-            self.sem.post()?;
+            self.file.give_back(0)?;
         }
         Ok(())
     }
 
     fn value(&self) -> io::Result<i32> {
-        self.sem.value()
+        Ok(self.file.value()? as i32)
     }
 
     fn remove(&self) -> io::Result<()> {
-        match NamedSemaphore::unlink(&self.name) {
+        // as Qt's sem_unlink: whatever the name means now
+        match os::unlink(self.file.path()) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
             _ => Ok(()),
         }
     }
 
-    fn needs_dead_holder_repair(&self) -> bool {
-        true
-    }
-
     fn created(&self) -> bool {
         self.created
-    }
-
-    fn file_id(&self) -> Option<(u64, u64)> {
-        procfs::own_mapping_of(self.sem.addr())
-    }
-
-    fn post_for_dead_holder(&self) -> io::Result<()> {
-        self.sem.post()
-    }
-}
-
-#[cfg(feature = "admin")]
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peek_value_reads_what_sem_getvalue_says() {
-        let key = NativeIpcKey::new(
-            format!("/qshm-peek-sem-{}", std::process::id()),
-            crate::KeyType::PosixRealtime,
-        );
-        let sem = Semaphore::open(&key, 3, SemaphoreMode::Create, 0o600).unwrap_or_else(|e| panic!("{e:?}"));
-        struct Remove<'a>(&'a Semaphore);
-        impl Drop for Remove<'_> {
-            fn drop(&mut self) {
-                let _ = self.0.remove();
-            }
-        }
-        let _remove = Remove(&sem);
-        let (value, file) = peek_value(&key).unwrap();
-        assert_eq!(value, 3);
-        assert_eq!(Some(file), sem.file_id());
-        assert!(sem.acquire(Some(Duration::ZERO)).unwrap());
-        assert_eq!(peek_value(&key).unwrap().0, 2);
-        assert_eq!(sem.value().unwrap(), 2);
     }
 }

@@ -1,8 +1,8 @@
 //! Removing System V segments for tools and for `create`: stale ones (every user died),
 //! orphaned lock states, and removal whatever the users think.
 
+use super::id_of;
 use super::key_file::{ftok_key, key_path, lock_key_file, remove_companions};
-use super::{id_of, owner_of};
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
 use crate::os;
@@ -27,8 +27,23 @@ pub(crate) fn sweep_orphaned_lock_states() {
             continue;
         };
         use std::os::unix::fs::MetadataExt;
-        if lock_state_orphaned(id) && entry.metadata().is_ok_and(|m| m.uid() == me) {
-            LockState::remove(id);
+        if lock_state_orphaned(id) && entry.metadata().is_ok_and(|m| m.uid() == me || me == 0) {
+            remove_orphaned_lock_state(id);
+        }
+    }
+}
+
+/// Remove an orphaned System V lock state and Qt's semaphore set qshm made with its
+/// segment, unless something else uses the set now (by the id it recorded, if it is still
+/// that set and no segment uses its key; a Qt process that detached last leaves it). A key
+/// file qshm made is left to `qshm rm --stale` (`qshm ls` lists it as an orphan).
+pub(crate) fn remove_orphaned_lock_state(id: SegmentId) {
+    let recorded = LockState::recorded(id).unwrap_or_default();
+    LockState::remove(id);
+    if let Some(sem) = recorded.semaphore {
+        let key = sem[1] as u32 as libc::key_t;
+        if key != 0 && os::shmget(key, 0, 0).is_err() {
+            super::remove_recorded(sem);
         }
     }
 }
@@ -76,10 +91,7 @@ pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Option<[u64; 3]>,
         return Err(Failure::new(SharedMemoryError::AlreadyExists));
     }
     let old_id = id_of(old, &ds);
-    let record = LockState::open(old_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
-        .ok()
-        .flatten()
-        .and_then(|state| state.key_file());
+    let record = LockState::recorded(old_id).and_then(|r| r.key_file);
     LockState::remove(old_id);
     match os::shm_remove(old) {
         Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e.into()),
@@ -111,11 +123,7 @@ pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<boo
     {
         if let Ok(ds) = os::shm_stat(id) {
             let segment_id = id_of(id, &ds);
-            if let Ok(Some(state)) =
-                LockState::open(segment_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
-            {
-                recorded = state.key_file();
-            }
+            recorded = LockState::recorded(segment_id).and_then(|r| r.key_file);
             LockState::remove(segment_id);
         }
         os::shm_remove(id)?;
@@ -153,10 +161,7 @@ pub(crate) fn remove_if_stale(
         _ => return false,
     };
     let segment_id = id_of(id, &ds);
-    let recorded = LockState::open(segment_id, ds.shm_perm.uid, ds.shm_perm.cuid, owner_of(&ds).perms)
-        .ok()
-        .flatten()
-        .and_then(|s| s.key_file());
+    let recorded = LockState::recorded(segment_id).and_then(|r| r.key_file);
     LockState::remove(segment_id);
     if os::shm_remove(id).is_err() {
         return false;

@@ -40,15 +40,15 @@ pub(crate) use key_file::ftok_key;
 use key_file::{
     key_file_failure, key_path, lock_key_file, lock_key_file_for_create, remove_companions, segment_uses,
 };
-pub(crate) use semaphore::Semaphore;
+pub(crate) use semaphore::{Semaphore, remove_recorded};
 
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::NamedFile;
-use super::procfs::{self, Mapped};
+use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, Owner, SegmentBackend, SegmentStat,
-    SemaphoreBackend, SemaphoreMode, fork, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Owner, SegmentBackend,
+    SegmentStat, SemaphoreMode, fork, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
@@ -65,17 +65,13 @@ pub(super) fn id_of(shmid: libc::c_int, ds: &libc::shmid_ds) -> SegmentId {
     }
 }
 
-/// A System V segment nobody is attached to, whose creator is dead: if it has no lock
-/// state, its qshm creator died between `shmget` and making the lock state (or a Qt
-/// program's users all died): stale, not a segment to attach to.
+/// Whose a segment is, for the lock state's trust checks.
 pub(super) fn owner_of(ds: &libc::shmid_ds) -> Owner {
-    let creator_gone = ds.shm_nattch == 0 && !procfs::alive(ds.shm_cpid);
     Owner {
         uid: ds.shm_perm.uid,
         gid: ds.shm_perm.gid,
         creator_uid: ds.shm_perm.cuid,
         perms: u32::from(ds.shm_perm.mode) & 0o777,
-        unfinished_if_bare: creator_gone,
     }
 }
 
@@ -85,7 +81,9 @@ pub(crate) struct Segment {
     segment_id: SegmentId,
     path: CString,
     mode: LockMode,
-    semaphore: Option<Arc<dyn SemaphoreBackend>>,
+    semaphore: Option<Arc<Semaphore>>,
+    /// The set's identity when attached (removed by id if its key file is gone).
+    semaphore_record: Option<[u64; 3]>,
     semaphore_key: NativeIpcKey,
     /// The key file qshm made for this segment (from the lock state).
     key_file: Option<[u64; 3]>,
@@ -148,13 +146,29 @@ fn create_locked(
         let segment_id = id_of(id, &ds);
         let this_file = lock_state::file_words(&key_file.stat);
         let recorded_key_file = (created || inherited == Some(this_file)).then_some(this_file);
-        let lock_state = match LockState::create(NewLockState {
+        let semaphore = match req.mode {
+            LockMode::QtCompatible => {
+                match open_owned_semaphore(&req.semaphore, lock_state::locker_permissions(perms), key_file) {
+                    Ok(sem) => Some(sem),
+                    Err(e) => {
+                        let _ = os::shm_remove(id);
+                        return Err(e);
+                    }
+                }
+            }
+            LockMode::Fast => None,
+        };
+        let state = match LockState::create(NewLockState {
             id: segment_id,
             mode: req.mode,
             origin: Origin::Qshm,
             perms: lock_perms,
             owner: None,
             key_file: recorded_key_file,
+            semaphore: semaphore
+                .as_ref()
+                .filter(|s| super::SemaphoreBackend::created(s.as_ref()))
+                .and_then(|s| s.record()),
         }) {
             Ok(state) => state,
             Err(CreateError::Taken) => {
@@ -164,37 +178,40 @@ fn create_locked(
             }
             Err(CreateError::Io(e)) => {
                 let _ = os::shm_remove(id);
+                if let Some(sem) = semaphore
+                    .as_ref()
+                    .filter(|s| super::SemaphoreBackend::created(s.as_ref()))
+                {
+                    sem.remove_made(key_file);
+                }
                 return Err(super::posix::lock_state_failure(e));
             }
         };
-        let undo = |state: LockState| {
-            drop(state);
-            LockState::remove(segment_id);
-            let _ = os::shm_remove(id);
-        };
-        let semaphore: Option<Arc<dyn SemaphoreBackend>> = match req.mode {
-            LockMode::QtCompatible => match open_owned_semaphore(&req.semaphore, lock_perms, key_file) {
-                Ok(sem) => Some(sem),
-                Err(e) => {
-                    undo(lock_state);
-                    return Err(e);
-                }
-            },
-            LockMode::Fast => None,
-        };
+
         let mapping = match Mapping::attach_system_v(id, ds.shm_segsz, req.writable) {
             Ok(mapping) => mapping,
             Err(e) => {
-                undo(lock_state);
+                drop(state);
+                LockState::remove(segment_id);
+                let _ = os::shm_remove(id);
                 return Err(e.into());
             }
+        };
+        let semaphore_record = semaphore.as_ref().and_then(|s| s.record());
+        let lock = match &semaphore {
+            Some(sem) => LockParts::QtSystemV {
+                semaphore: sem.clone(),
+                state: Some(state),
+            },
+            None => LockParts::Fast { state },
         };
         let segment = Segment {
             id,
             segment_id,
             path: path.clone(),
             mode: req.mode,
-            semaphore: semaphore.clone(),
+            semaphore,
+            semaphore_record,
             semaphore_key: req.semaphore.clone(),
             key_file: recorded_key_file,
             fork_epoch,
@@ -202,10 +219,7 @@ fn create_locked(
         return Ok(Attached {
             segment: Box::new(segment),
             mapping,
-            lock_state: Some(lock_state),
-            semaphore,
-            mode: req.mode,
-            lazy: None,
+            lock,
         });
     }
     Err(Failure::new(SharedMemoryError::AlreadyExists))
@@ -219,12 +233,9 @@ fn qt_semaphore_exists(key: &NativeIpcKey) -> bool {
     }
 }
 
-/// Qt's semaphore for a segment being created (see `posix::open_owned_semaphore`).
-fn open_owned_semaphore(
-    key: &NativeIpcKey,
-    perms: u32,
-    held: &NamedFile,
-) -> Result<Arc<dyn SemaphoreBackend>, Failure> {
+/// Qt's semaphore for a segment being created: ours (another user's is refused: they
+/// could set it to 0, a hang, or to 5, no exclusion), set back to 1 as Qt's create does.
+fn open_owned_semaphore(key: &NativeIpcKey, perms: u32, held: &NamedFile) -> Result<Arc<Semaphore>, Failure> {
     // its key file too: whoever owns that file could delete it, and the next opener would
     // make a second semaphore under another ftok key
     if let Ok(st) = key_path(key).and_then(|p| Ok(os::lstat(&p)?))
@@ -271,34 +282,48 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         return Err(Failure::new(SharedMemoryError::NotFound));
     }
     let segment_id = id_of(id, &ds);
-    let (lock_state, mode) =
-        super::find_lock_state(segment_id, owner_of(&ds), req.mode, Some(Origin::Foreign))?;
+    let owner = owner_of(&ds);
+    let (state, mode) = super::lock_state_of(segment_id, owner, req.mode, true)?;
     // Others attached, and Qt's semaphore of this key exists (a Qt process makes it at
     // its first attach; qshm's Fast mode never does): ask /proc who maps the segment.
     if mode == LockMode::Fast && ds.shm_nattch > 0 && qt_semaphore_exists(&req.semaphore) {
-        super::refuse_fast_next_to_foreign_mapper(Mapped::SystemV { shmid: id }, lock_state.as_ref())?;
+        super::refuse_fast_next_to_foreign_mapper(Mapped::SystemV { shmid: id }, state.as_deref())?;
     }
     let mapping = Mapping::attach_system_v(id, ds.shm_segsz, req.writable)?;
     if os::shm_stat(id).is_ok_and(|ds| ds.shm_perm.mode & os::SHM_DEST != 0) {
         return Err(Failure::new(SharedMemoryError::NotFound));
     }
-    let semaphore: Option<Arc<dyn SemaphoreBackend>> = match mode {
-        LockMode::QtCompatible => Some(Arc::new(Semaphore::open_holding(
+    let semaphore = match mode {
+        LockMode::QtCompatible => match Semaphore::open_holding(
             &req.semaphore,
             1,
             SemaphoreMode::Open,
-            lock_state::lock_permissions(owner_of(&ds).perms),
+            lock_state::locker_permissions(owner.perms),
             _key_file.as_ref(),
-        )?)),
+        ) {
+            Ok(sem) => Some(Arc::new(sem)),
+            // a reader of another user's segment: it may not alter the set
+            Err(f) if f.kind == SharedMemoryError::PermissionDenied => None,
+            Err(f) => return Err(f),
+        },
         LockMode::Fast => None,
     };
-    let key_file = lock_state.as_ref().and_then(LockState::key_file);
+    let key_file = state.as_ref().and_then(|s| s.key_file());
+    let lock = match (mode, &semaphore, state.clone()) {
+        (LockMode::QtCompatible, Some(sem), state) => LockParts::QtSystemV {
+            semaphore: sem.clone(),
+            state,
+        },
+        (LockMode::Fast, _, Some(state)) => LockParts::Fast { state },
+        (mode, _, state) => LockParts::Unlockable { state, mode },
+    };
     let segment = Segment {
         id,
         segment_id,
         path,
         mode,
-        semaphore: semaphore.clone(),
+        semaphore_record: semaphore.as_ref().and_then(|s| s.record()),
+        semaphore,
         semaphore_key: req.semaphore.clone(),
         key_file,
         fork_epoch,
@@ -306,10 +331,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
     Ok(Attached {
         segment: Box::new(segment),
         mapping,
-        lock_state,
-        semaphore,
-        mode,
-        lazy: None,
+        lock,
     })
 }
 
@@ -323,17 +345,17 @@ impl SegmentBackend for Segment {
             uid: ds.shm_perm.uid,
             created_secs: ds.shm_ctime,
             os_id: format!("shmid {} key {:#010x}", self.id, ds.shm_perm.__key),
-            marked_by_qshm: false,
         })
     }
 
-    fn detach(self: Box<Self>, _lock_state_file: Option<(u64, u64)>) -> Result<Detached, Failure> {
+    fn detach(self: Box<Self>) -> Result<Detached, Failure> {
         let Segment {
             id,
             segment_id,
             path,
             mode,
             semaphore,
+            semaphore_record,
             semaphore_key,
             key_file,
             fork_epoch,
@@ -355,9 +377,9 @@ impl SegmentBackend for Segment {
             Some(_) => {
                 // Keep Qt's attach out (Qt holds its semaphore around attach), then look again.
                 let held = mode == LockMode::QtCompatible
-                    && semaphore
-                        .as_ref()
-                        .is_some_and(|sem| sem.acquire_existing(DESTROY_SEMAPHORE_WAIT).unwrap_or(false));
+                    && semaphore.as_ref().is_some_and(|sem| {
+                        os::semop_undo(sem.id(), -1, Some(DESTROY_SEMAPHORE_WAIT)).unwrap_or(false)
+                    });
                 let me = os::euid();
                 let last = matches!(os::shm_stat(id), Ok(ds) if ds.shm_nattch == 0
                     && (me == 0 || me == ds.shm_perm.uid || me == ds.shm_perm.cuid));
@@ -373,7 +395,7 @@ impl SegmentBackend for Segment {
                         Err(_) => false,
                     };
                 if held && let Some(sem) = &semaphore {
-                    let _ = sem.release(1);
+                    let _ = sem.give(1);
                 }
                 if !removed {
                     return Ok(Detached::Kept);
@@ -386,6 +408,7 @@ impl SegmentBackend for Segment {
                     .and_then(|f| f.as_ref());
                 let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
                 remove_companions(held_file, key_file, sem);
+                remove_set_left_without_key_file(semaphore_record);
                 Ok(Detached::Destroyed)
             }
             None => {
@@ -406,6 +429,9 @@ impl SegmentBackend for Segment {
                     Ok(None) => remove_companions(None, None, sem),
                     _ => {}
                 }
+                if matches!(lock, Ok(None)) {
+                    remove_set_left_without_key_file(semaphore_record);
+                }
                 Ok(Detached::WasGone)
             }
         }
@@ -415,4 +441,26 @@ impl SegmentBackend for Segment {
         // shmdt (the facade dropped the mapping) lowered the count fork() had raised
         drop(self);
     }
+}
+
+/// Qt's semaphore set of a segment that is gone, when its key file is gone too (removed
+/// behind qshm's back, as Qt's own test fixture does): `ftok` cannot find the set any
+/// more, so remove it by the id it had when attached, if it is still that set and ours
+/// (Qt keeps the id for the same reason).
+fn remove_set_left_without_key_file(record: Option<[u64; 3]>) {
+    let Some(record) = record else {
+        return;
+    };
+    let id = record[0] as libc::c_int;
+    let me = os::euid();
+    if os::sem_owner(id).is_ok_and(|uid| uid == me || me == 0)
+        && !ftok_exists_for(record[1] as u32 as libc::key_t)
+    {
+        remove_recorded(record);
+    }
+}
+
+/// Whether a segment of numeric key `key` exists (then its set is still in use).
+fn ftok_exists_for(key: libc::key_t) -> bool {
+    key != 0 && os::shmget(key, 0, 0).is_ok()
 }

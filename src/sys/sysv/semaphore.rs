@@ -142,30 +142,67 @@ impl Semaphore {
 
 impl Semaphore {
     /// The semaphore set's id now (it changes if the set is made again).
-    pub(super) fn id(&self) -> libc::c_int {
+    pub(crate) fn id(&self) -> libc::c_int {
         self.id.load(Ordering::Acquire)
+    }
+
+    /// Take a unit with `SEM_UNDO`, waiting at most `timeout` (`None`: for ever); a set
+    /// removed meanwhile is made again, as Qt does. `Ok(false)`: timed out.
+    pub(crate) fn take(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.with_reopen(|id| os::semop_undo(id, -1, timeout))
+    }
+
+    /// Give back `n` units (with `SEM_UNDO`, undoing the take's adjustment).
+    pub(crate) fn give(&self, n: u32) -> io::Result<()> {
+        let n = i16::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
+        // No re-creation here (unlike take): a removed semaphore has nobody to wake.
+        match os::semop_undo(self.id.load(Ordering::Acquire), n, Some(Duration::ZERO)) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// What a lock state records of a set qshm made: (semid, numeric key, creation time),
+    /// so that it is removed with its segment even once its key file is gone, and never
+    /// another set that got the same id since.
+    pub(crate) fn record(&self) -> Option<[u64; 3]> {
+        let id = self.id();
+        let ds = os::sem_stat(id).ok()?;
+        Some([id as u64, ds.sem_perm.__key as u32 as u64, ds.sem_ctime as u64])
+    }
+}
+
+impl Semaphore {
+    /// Undo a set this handle made for a segment whose create failed: the set, and its key
+    /// file unless it is `held` (the segment's own, for a native key: the create removes
+    /// that one itself).
+    pub(crate) fn remove_made(&self, held: &NamedFile) {
+        if self.path == held.path {
+            let _ = os::sem_remove(self.id());
+        } else {
+            let _ = SemaphoreBackend::remove(self);
+        }
+    }
+}
+
+/// Remove the semaphore set a lock state recorded (`record`), if it is still that set.
+pub(crate) fn remove_recorded(record: [u64; 3]) {
+    let id = record[0] as libc::c_int;
+    if let Ok(ds) = os::sem_stat(id)
+        && ds.sem_perm.__key as u32 as u64 == record[1]
+        && ds.sem_ctime as u64 == record[2]
+    {
+        let _ = os::sem_remove(id);
     }
 }
 
 impl SemaphoreBackend for Semaphore {
     fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.with_reopen(|id| os::semop_undo(id, -1, timeout))
-    }
-
-    fn acquire_existing(&self, timeout: Duration) -> io::Result<bool> {
-        match os::semop_undo(self.id.load(Ordering::Acquire), -1, Some(timeout)) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(false),
-            other => other,
-        }
+        self.take(timeout)
     }
 
     fn release(&self, n: u32) -> io::Result<()> {
-        let n = i16::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
-        // No re-creation here (unlike acquire): a removed semaphore has nobody to wake.
-        match os::semop_undo(self.id.load(Ordering::Acquire), n, Some(Duration::ZERO)) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(()),
-            other => other.map(drop),
-        }
+        self.give(n)
     }
 
     fn value(&self) -> io::Result<i32> {
@@ -181,10 +218,6 @@ impl SemaphoreBackend for Semaphore {
             remove_key_file_if_ours(&file, None);
         }
         removed
-    }
-
-    fn needs_dead_holder_repair(&self) -> bool {
-        false
     }
 
     fn created(&self) -> bool {
