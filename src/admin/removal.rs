@@ -54,7 +54,10 @@ fn remove_segment(draft: &Draft) -> bool {
                 .filter(|st| st.ino == *inode)
                 .and_then(|st| LockState::recorded(posix::id_of(&c_path, &st)))
                 .and_then(|r| r.semaphore);
-            let gone = matches!(posix::probe_existing(&c_path), Ok(posix::Probe::Gone));
+            let gone = matches!(
+                posix::probe_existing(&c_path, posix::Reclaim::AnyoneWeMay),
+                Ok(posix::Probe::Gone)
+            );
             if gone && let Some(sem) = semaphore {
                 posix::remove_semaphore_if_unused(sem, made_semaphore);
             }

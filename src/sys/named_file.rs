@@ -51,10 +51,13 @@ pub(crate) fn lock_wait_timeout(path: &CStr) -> io::Error {
 }
 
 impl NamedFile {
-    /// Open `path` with `flags` (`O_NOFOLLOW` and `O_CLOEXEC` are added) and check that it
-    /// is a regular file (`EINVAL` if not; a symbolic link is `ELOOP`).
+    /// Open `path` with `flags` (`O_NOFOLLOW`, `O_NONBLOCK` and `O_CLOEXEC` are added) and
+    /// check that it is a regular file (`EINVAL` if not; a symbolic link is `ELOOP`).
+    /// `O_NONBLOCK`: a file someone holds a lease on (a destroyer probing it, or another
+    /// user's program holding one for ever) is `EWOULDBLOCK` at once, never the kernel's
+    /// lease-break wait of 45 s.
     pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<NamedFile> {
-        let fd = os::open(path, flags | libc::O_NOFOLLOW, mode)?;
+        let fd = os::open(path, flags | libc::O_NOFOLLOW | libc::O_NONBLOCK, mode)?;
         let stat = os::fstat(&fd)?;
         if !stat.is_regular() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));

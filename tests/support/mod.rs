@@ -202,6 +202,12 @@ impl Peer {
         }
     }
 
+    /// The next line the child prints within `timeout`, or `None` (timed out, or the
+    /// child ended).
+    pub(crate) fn try_line(&mut self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
     /// Read lines until one starts with `prefix`; return the rest of it.
     pub(crate) fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;
@@ -238,6 +244,21 @@ impl Peer {
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!("child did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Wait for the child to exit within `timeout`; kill it if it does not (`None`).
+    pub(crate) fn wait_or_kill(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                self.kill9();
+                return None;
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -54,7 +54,7 @@ use names::segment_path;
 #[cfg(feature = "admin")]
 pub(crate) use names::shm_file_name;
 
-pub(crate) use probe::{Probe, probe_existing, unused_by_others};
+pub(crate) use probe::{Probe, Reclaim, probe_existing, unused_by_others};
 #[cfg(feature = "admin")]
 pub(crate) use semaphore::remove_semaphore_if_unused;
 pub(crate) use semaphore::{Semaphore, semaphore_file};
@@ -177,7 +177,7 @@ fn create_once(
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             drop(mapping);
-            return match probe_existing(c_path)? {
+            return match probe_existing(c_path, Reclaim::Ours)? {
                 Probe::Live { owner } if owner != os::euid() => Err(not_ours("a segment of this key", owner)),
                 Probe::Live { .. } => Err(Failure::new(SharedMemoryError::AlreadyExists)),
                 Probe::Gone => Ok(None),

@@ -37,9 +37,18 @@ const PROBE_PAUSES: [Duration; 3] = [
     Duration::from_millis(5),
 ];
 
-/// Look at the segment file named `c_path`: remove it (with its lock state) if it is ours
-/// and stale, else report it live.
-pub(crate) fn probe_existing(c_path: &CString) -> Result<Probe, Failure> {
+/// Whose stale segments a probe may remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reclaim {
+    /// Only this user's (`create`: another user's stale segment is theirs to reclaim).
+    Ours,
+    /// Anyone's this user may judge (root's `qshm rm --stale`).
+    AnyoneWeMay,
+}
+
+/// Look at the segment file named `c_path`: remove it (with its lock state) if it is
+/// stale and `reclaim` allows, else report it live.
+pub(crate) fn probe_existing(c_path: &CString, reclaim: Reclaim) -> Result<Probe, Failure> {
     let deadline = Instant::now() + FILE_LOCK_WAIT;
     loop {
         let file = match NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
@@ -57,7 +66,9 @@ pub(crate) fn probe_existing(c_path: &CString) -> Result<Probe, Failure> {
             }
         };
         let owner = file.stat.uid;
-        if owner != os::euid() {
+        // another user's segment: only root's clean-up judges it (its lease probe works on
+        // any file)
+        if owner != os::euid() && !(reclaim == Reclaim::AnyoneWeMay && os::euid() == 0) {
             return Ok(Probe::Live { owner });
         }
         if !file.try_lock(FileLock::Exclusive)? {

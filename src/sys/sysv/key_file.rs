@@ -52,6 +52,17 @@ pub(super) fn lock_key_file_for_create(path: &CString) -> Result<(NamedFile, boo
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_existing(path) {
                 Ok(file) => (file, false),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                // another user's key file we may not even read: their key, as Qt says
+                // (its create ends in AlreadyExists there too)
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => match os::lstat(path) {
+                    Ok(st) if st.uid != os::euid() => {
+                        return Err(not_ours(
+                            &format!("the key file {}", path.to_string_lossy()),
+                            st.uid,
+                        ));
+                    }
+                    _ => return Err(key_file_failure(path, e)),
+                },
                 Err(e) => return Err(key_file_failure(path, e)),
             },
             Err(e) => return Err(key_file_failure(path, e)),

@@ -1,0 +1,612 @@
+//! The mixed-order matrix (issue 19): generated orders of events over actors, instead of
+//! hand-picked cases.
+//!
+//! Actors: qshm A and qshm B (root), a real Qt 6 process (PyQt6, `interop/qt_actor.py`) and
+//! a qshm process of another user. Events: create, attach, lock (lock, add one to the
+//! counter, unlock; the first one is the actor's first lock), detach, exit, SIGKILL, and
+//! SIGKILL while holding the lock. Every valid order up to [`LENGTH`] events is
+//! generated (B only after A: they are alike), for both key types, in Qt-compatible mode
+//! (all actors) and Fast mode (the qshm actors). After the order every actor still
+//! attached adds [`BURST`] to the counter at the same time, then all exit, and the next
+//! qshm user creates and detaches. Invariants:
+//!
+//! * **one lock**: the burst adds exactly `BURST` per actor (nobody locks another
+//!   semaphore or lock word);
+//! * **no refusal**: an attach fails only with `NotFound` when no segment exists, and a
+//!   create only with `AlreadyExists` when one does;
+//! * **bounded waits**: every command answers within [`REPLY`];
+//! * **nothing left**: after root's `rm --stale` (another user's stale segment is theirs or
+//!   root's clean-up's to reclaim, never root's `create`'s), the next qshm user's create
+//!   succeeds, and after its detach nothing of the key is left.
+//!
+//! Qt has flaws of its own (its `create()` on an existing key replaces the lock's
+//! semaphore; a killed Qt holder of a POSIX semaphore is never recovered by Qt): an order
+//! that breaks an invariant is run again with Qt processes in place of the qshm actors,
+//! and if Qt alone breaks the same invariant, the order is counted as Qt's, not qshm's.
+//!
+//! CI runs a fixed slice ([`SLICE`] orders per key type and lock mode, every n-th of the
+//! enumeration); `QSHM_MATRIX=all` (bench/stress.sh) runs every order and reports counts.
+
+mod support;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use qshm::{AccessMode, KeyType, LockMode, SharedMemory};
+use support::qt::find_qt_python;
+use support::*;
+
+/// The longest order.
+const LENGTH: usize = 4;
+/// Increments per attached actor in the final burst.
+const BURST: u64 = 300;
+/// How long a command may take.
+const REPLY: Duration = Duration::from_secs(10);
+/// Orders per key type and lock mode in CI.
+const SLICE: usize = 12;
+
+fn main() {
+    run_child_role(child_main);
+    let python = find_qt_python();
+    let mut trials = Vec::new();
+    for kind in KINDS {
+        for mode in [LockMode::QtCompatible, LockMode::Fast] {
+            let name = format!(
+                "{}::{}::generated_orders_keep_one_lock_and_leave_nothing",
+                kind_name(kind),
+                mode_name(mode)
+            );
+            let missing_qt = mode == LockMode::QtCompatible && python.is_none();
+            let python = python.clone();
+            let mut trial = Trial::test(name, move || run_matrix(kind, mode, python.as_ref()));
+            if missing_qt {
+                trial = trial.with_ignored_flag(true);
+            }
+            trials.push(trial);
+        }
+    }
+    trials.push(Trial::test(
+        "the_generator_makes_only_valid_orders",
+        generator_is_sound,
+    ));
+    // one trial at a time: each ends with a machine-wide rm --stale
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    libtest_mimic::run(&args, trials).exit();
+}
+
+// ------------------------------------------------------------------ the model
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Actor {
+    A,
+    B,
+    Qt,
+    User,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Event {
+    Create,
+    Attach,
+    Lock,
+    Detach,
+    Exit,
+    Kill,
+    HoldKill,
+}
+
+const EVENTS: [Event; 7] = [
+    Event::Create,
+    Event::Attach,
+    Event::Lock,
+    Event::Detach,
+    Event::Exit,
+    Event::Kill,
+    Event::HoldKill,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Absent,
+    Idle,
+    Attached,
+    Gone,
+}
+
+type Order = Vec<(Actor, Event)>;
+
+fn life_after(life: Life, event: Event) -> Option<Life> {
+    use Event::*;
+    use Life::*;
+    match (life, event) {
+        (Absent | Idle, Create | Attach) => Some(Attached), // (or stays idle if it fails)
+        (Attached, Lock) => Some(Attached),
+        (Attached, Detach) => Some(Idle),
+        (Idle | Attached, Exit | Kill) => Some(Gone),
+        (Attached, HoldKill) => Some(Gone),
+        _ => None,
+    }
+}
+
+/// Every valid order of 1 to `length` events over `actors` (B only after A appeared).
+fn orders(actors: &[Actor], length: usize) -> Vec<Order> {
+    fn walk(actors: &[Actor], length: usize, order: &mut Order, lives: &mut Vec<Life>, out: &mut Vec<Order>) {
+        if !order.is_empty() {
+            out.push(order.clone());
+        }
+        if order.len() == length {
+            return;
+        }
+        for (i, &actor) in actors.iter().enumerate() {
+            if actor == Actor::B && !order.iter().any(|(a, _)| *a == Actor::A) {
+                continue;
+            }
+            for event in EVENTS {
+                let Some(next) = life_after(lives[i], event) else {
+                    continue;
+                };
+                let before = lives[i];
+                lives[i] = next;
+                order.push((actor, event));
+                walk(actors, length, order, lives, out);
+                order.pop();
+                lives[i] = before;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        actors,
+        length,
+        &mut Vec::new(),
+        &mut vec![Life::Absent; actors.len()],
+        &mut out,
+    );
+    out
+}
+
+fn generator_is_sound() -> Result<(), Failed> {
+    let all = orders(&[Actor::A, Actor::B, Actor::Qt, Actor::User], LENGTH);
+    let fast = orders(&[Actor::A, Actor::B, Actor::User], LENGTH);
+    for order in all.iter().chain(&fast) {
+        let mut lives = std::collections::HashMap::new();
+        for &(actor, event) in order {
+            let life = lives.entry(actor).or_insert(Life::Absent);
+            *life = life_after(*life, event).ok_or_else(|| format!("invalid order {order:?}"))?;
+        }
+        let first_b = order.iter().position(|(a, _)| *a == Actor::B);
+        let first_a = order.iter().position(|(a, _)| *a == Actor::A);
+        if first_b.is_some() && first_a.is_none_or(|a| Some(a) > first_b) {
+            return Err(format!("B before A: {order:?}").into());
+        }
+    }
+    eprintln!(
+        "orders up to {LENGTH} events: {} with Qt, {} without",
+        all.len(),
+        fast.len()
+    );
+    if all.len() < 1000 || fast.len() < 200 {
+        return Err(format!("too few orders: {} / {}", all.len(), fast.len()).into());
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ running an order
+
+/// What broke.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Broken {
+    /// The burst did not add up: two locks.
+    Counter,
+    /// A segment a Qt process would attach was refused, or a create failed wrongly.
+    Refused,
+    /// A command did not answer in time.
+    Hung,
+    /// The next qshm user could not create, or something was left after it.
+    Left,
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+struct Runner<'a> {
+    kind: KeyType,
+    mode: LockMode,
+    python: Option<&'a PathBuf>,
+    user: Option<&'a TempUser>,
+}
+
+/// One actor process.
+struct Running {
+    peer: Peer,
+    life: Life,
+}
+
+impl Runner<'_> {
+    /// Run `order` on a fresh key; `qt_alone`: Qt processes in place of the qshm ones.
+    fn run(&self, order: &Order, qt_alone: bool) -> Result<Vec<(Broken, String)>, Failed> {
+        let key = unique_key("matrix");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, self.kind);
+        let mut actors: Vec<(Actor, Running)> = Vec::new();
+        let mut broken = Vec::new();
+        for &(actor, event) in order {
+            if !actors.iter().any(|(a, _)| *a == actor) {
+                let peer = self.spawn(actor, &key, qt_alone)?;
+                actors.push((
+                    actor,
+                    Running {
+                        peer,
+                        life: Life::Idle,
+                    },
+                ));
+            }
+            let (_, running) = actors.iter_mut().find(|(a, _)| *a == actor).expect("spawned");
+            self.apply(&key, actor, event, running, &mut broken);
+        }
+        self.burst(&mut actors, &mut broken);
+        for (actor, running) in &mut actors {
+            if running.life != Life::Gone {
+                running.peer.send("exit");
+                if running.peer.wait_or_kill(REPLY).is_none() {
+                    broken.push((Broken::Hung, format!("{actor:?} exit")));
+                }
+                running.life = Life::Gone;
+            }
+        }
+        // root's clean-up (another user's stale segment is not root's create's to reclaim;
+        // leftovers younger than 2 s may be someone's work in progress, so it waits for
+        // them), then the next qshm user
+        if !leftovers(&key, self.kind, &[]).is_empty() {
+            std::thread::sleep(Duration::from_millis(2100));
+            if let Err(e) = qshm::admin::remove_stale(false) {
+                broken.push((Broken::Left, format!("rm --stale: {e}")));
+            }
+        }
+        let mut next = SharedMemory::with_key_type(&key, self.kind).with_lock_mode(self.mode);
+        match next.create(64, AccessMode::ReadWrite) {
+            Ok(()) => {
+                drop(next.lock().map_err(|e| format!("the next user's lock: {e}"))?);
+                next.detach()?;
+                let left = leftovers(&key, self.kind, &[]);
+                if !left.is_empty() {
+                    broken.push((Broken::Left, format!("after the next user: {left:?}")));
+                }
+            }
+            Err(e) => broken.push((Broken::Left, format!("the next user's create: {e}"))),
+        }
+        broken.sort();
+        broken.dedup_by(|a, b| a.0 == b.0);
+        Ok(broken)
+    }
+
+    fn spawn(&self, actor: Actor, key: &str, qt_alone: bool) -> Result<Peer, Failed> {
+        let qt = actor == Actor::Qt || (qt_alone && matches!(actor, Actor::A | Actor::B));
+        let mut peer = if qt {
+            let python = self.python.ok_or("no PyQt6")?;
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_actor.py");
+            Peer::spawn_command(Command::new(python).arg(script).args([
+                "--key",
+                key,
+                "--type",
+                kind_name(self.kind),
+            ]))
+        } else {
+            let args = [key, kind_name(self.kind), mode_name(self.mode)];
+            match (actor, self.user) {
+                (Actor::User, Some(user)) => user.spawn("actor", &args),
+                _ => Peer::spawn("actor", &args),
+            }
+        };
+        match peer.try_line(REPLY) {
+            Some(line) if line == "READY" => Ok(peer),
+            other => Err(format!("{actor:?} did not start: {other:?}").into()),
+        }
+    }
+
+    fn ask(running: &mut Running, command: &str) -> Option<String> {
+        running.peer.send(command);
+        running.peer.try_line(REPLY)
+    }
+
+    fn apply(
+        &self,
+        key: &str,
+        actor: Actor,
+        event: Event,
+        running: &mut Running,
+        broken: &mut Vec<(Broken, String)>,
+    ) {
+        let exists = || qshm::admin::exists(&native(key, self.kind));
+        // an actor whose create or attach failed (as expected) is not attached: what needs
+        // an attachment does not apply to it
+        let attached = running.life == Life::Attached;
+        if !attached && matches!(event, Event::Lock | Event::Detach) {
+            return;
+        }
+        if !attached && event == Event::HoldKill {
+            running.peer.kill9();
+            running.life = Life::Gone;
+            return;
+        }
+        match event {
+            Event::Create | Event::Attach if attached => {}
+            Event::Create | Event::Attach => {
+                let existed = exists();
+                let command = if event == Event::Create {
+                    "create 64"
+                } else {
+                    "attach"
+                };
+                match Self::ask(running, command) {
+                    Some(reply) if reply == "OK" => running.life = Life::Attached,
+                    Some(reply) => {
+                        let expected = match event {
+                            Event::Create => existed && reply == "ERR AlreadyExists",
+                            _ => !existed && reply == "ERR NotFound",
+                        };
+                        if !expected {
+                            broken.push((
+                                Broken::Refused,
+                                format!("{actor:?} {command}: {reply} (existed: {existed})"),
+                            ));
+                        }
+                    }
+                    None => broken.push((Broken::Hung, format!("{actor:?} {command}"))),
+                }
+            }
+            Event::Lock => match Self::ask(running, "lock") {
+                Some(reply) if reply.starts_with("OK") => {}
+                Some(reply) => broken.push((Broken::Refused, format!("{actor:?} lock: {reply}"))),
+                None => broken.push((Broken::Hung, format!("{actor:?} lock"))),
+            },
+            Event::Detach => {
+                match Self::ask(running, "detach") {
+                    Some(reply) if reply == "OK" => {}
+                    Some(reply) => broken.push((Broken::Refused, format!("{actor:?} detach: {reply}"))),
+                    None => broken.push((Broken::Hung, format!("{actor:?} detach"))),
+                }
+                running.life = Life::Idle;
+            }
+            Event::Exit => {
+                running.peer.send("exit");
+                if running.peer.wait_or_kill(REPLY).is_none() {
+                    broken.push((Broken::Hung, format!("{actor:?} exit")));
+                }
+                running.life = Life::Gone;
+            }
+            Event::Kill => {
+                running.peer.kill9();
+                running.life = Life::Gone;
+            }
+            Event::HoldKill => {
+                match Self::ask(running, "hold") {
+                    Some(reply) if reply == "HELD" => {}
+                    Some(reply) => broken.push((Broken::Refused, format!("{actor:?} hold: {reply}"))),
+                    None => broken.push((Broken::Hung, format!("{actor:?} hold"))),
+                }
+                running.peer.kill9();
+                running.life = Life::Gone;
+            }
+        }
+    }
+
+    /// Every attached actor adds `BURST` at the same time: the counter must grow by exactly
+    /// that much per actor.
+    fn burst(&self, actors: &mut [(Actor, Running)], broken: &mut Vec<(Broken, String)>) {
+        let attached: Vec<usize> = (0..actors.len())
+            .filter(|&i| actors[i].1.life == Life::Attached)
+            .collect();
+        let Some(&first) = attached.first() else {
+            return;
+        };
+        let read = |running: &mut Running| -> Result<u64, String> {
+            match Self::ask(running, "read") {
+                Some(reply) => reply
+                    .strip_prefix("VALUE ")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(reply),
+                None => Err("no answer".to_owned()),
+            }
+        };
+        let before = match read(&mut actors[first].1) {
+            Ok(v) => v,
+            Err(why) => {
+                let class = if why == "no answer" {
+                    Broken::Hung
+                } else {
+                    Broken::Refused
+                };
+                broken.push((
+                    class,
+                    format!("{:?} read before the burst: {why}", actors[first].0),
+                ));
+                return;
+            }
+        };
+        for &i in &attached {
+            actors[i].1.peer.send(&format!("burst {BURST}"));
+        }
+        for &i in &attached {
+            match actors[i].1.peer.try_line(REPLY * 3) {
+                Some(reply) if reply.starts_with("OK") => {}
+                Some(reply) => broken.push((Broken::Refused, format!("{:?} burst: {reply}", actors[i].0))),
+                None => {
+                    broken.push((Broken::Hung, format!("{:?} burst", actors[i].0)));
+                    return;
+                }
+            }
+        }
+        match read(&mut actors[first].1) {
+            Ok(after) if after == before + BURST * attached.len() as u64 => {}
+            Ok(after) => broken.push((
+                Broken::Counter,
+                format!(
+                    "{} actors added {} in all, the counter went from {before} to {after}",
+                    attached.len(),
+                    BURST * attached.len() as u64
+                ),
+            )),
+            Err(why) => broken.push((Broken::Hung, format!("read after the burst: {why}"))),
+        }
+    }
+}
+
+fn run_matrix(kind: KeyType, mode: LockMode, python: Option<&PathBuf>) -> Result<(), Failed> {
+    let user = TempUser::create("generated_orders");
+    let mut actors = vec![Actor::A, Actor::B, Actor::User];
+    if mode == LockMode::QtCompatible {
+        actors.insert(2, Actor::Qt);
+    }
+    if user.is_none() {
+        actors.retain(|a| *a != Actor::User);
+    }
+    let all = orders(&actors, LENGTH);
+    // QSHM_MATRIX=all: every order; =N: N orders; else the CI slice
+    let wanted = match std::env::var("QSHM_MATRIX").ok().as_deref() {
+        Some("all") => all.len(),
+        Some(n) => n.parse().unwrap_or(SLICE),
+        None => SLICE,
+    };
+    // a fixed, deterministic slice, evenly spread over the enumeration
+    let step = (all.len() / wanted.max(1)).max(1);
+    let picked: Vec<&Order> = all.iter().step_by(step).take(wanted).collect();
+    let runner = Runner {
+        kind,
+        mode,
+        python,
+        user: user.as_ref(),
+    };
+    let (mut qshm_broken, mut qt_too) = (Vec::new(), 0);
+    let started = Instant::now();
+    for order in &picked {
+        let broken = runner.run(order, false)?;
+        if broken.is_empty() {
+            continue;
+        }
+        // Qt's own flaw? The same order with Qt processes for the qshm ones.
+        let comparable = mode == LockMode::QtCompatible && python.is_some();
+        let alone = if comparable {
+            runner.run(order, true)?
+        } else {
+            Vec::new()
+        };
+        let ours: Vec<_> = broken
+            .iter()
+            .filter(|(class, _)| !alone.iter().any(|(c, _)| c == class))
+            .collect();
+        if ours.is_empty() {
+            qt_too += 1;
+            eprintln!("  Qt alone breaks it too: {order:?}: {broken:?}");
+        } else {
+            qshm_broken.push(format!("{order:?}: {ours:?}"));
+        }
+    }
+    eprintln!(
+        "matrix ({kind:?}, {mode:?}): {} of {} orders run in {:.0?}; {} broken by qshm, {qt_too} broken the same way by Qt alone",
+        picked.len(),
+        all.len(),
+        started.elapsed(),
+        qshm_broken.len()
+    );
+    if qshm_broken.is_empty() {
+        Ok(())
+    } else {
+        Err(qshm_broken.join("\n").into())
+    }
+}
+
+// ------------------------------------------------------------------ the qshm actor
+
+/// The qshm actor: the same commands as `interop/qt_actor.py`. Args: key, kind, mode.
+fn child_main(role: &str, args: &[String]) -> i32 {
+    if role != "actor" {
+        eprintln!("unknown role {role}");
+        return 2;
+    }
+    let (kind, mode) = (parse_kind(&args[1]), parse_mode(&args[2]));
+    let mut shm = SharedMemory::with_key_type(&args[0], kind)
+        .with_lock_mode(mode)
+        .with_permissions(0o666);
+    let mut held = None;
+    say("READY");
+    let wait = Duration::from_secs(5);
+    let add = |shm: &SharedMemory| -> Result<bool, String> {
+        match shm.lock_timeout(wait) {
+            Ok(Some(mut data)) => {
+                let value = u64::from_le_bytes(data[..8].try_into().unwrap()).wrapping_add(1);
+                data[..8].copy_from_slice(&value.to_le_bytes());
+                Ok(data.previous_owner_died())
+            }
+            Ok(None) => Err("ERR Timeout".to_owned()),
+            Err(e) => Err(format!("ERR {:?}", e.kind())),
+        }
+    };
+    loop {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let reply = match words.first().copied() {
+            Some("create") => match shm.create(words[1].parse().unwrap(), AccessMode::ReadWrite) {
+                Ok(()) => "OK".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some("attach") => match shm.attach(AccessMode::ReadWrite) {
+                Ok(()) => "OK".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some(cmd @ ("lock" | "burst")) => {
+                let rounds: u64 = if cmd == "burst" {
+                    words[1].parse().unwrap()
+                } else {
+                    1
+                };
+                let mut died = 0;
+                let mut failed = None;
+                for _ in 0..rounds {
+                    match add(&shm) {
+                        Ok(d) => died += u64::from(d),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                failed.unwrap_or(format!("OK died={died}"))
+            }
+            Some("read") => match shm.lock_read_timeout(wait) {
+                Ok(Some(data)) => format!("VALUE {}", u64::from_le_bytes(data[..8].try_into().unwrap())),
+                Ok(None) => "ERR Timeout".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some("hold") => match shm.lock_timeout(wait) {
+                Ok(Some(guard)) => {
+                    // held until the process dies (the matrix kills it now)
+                    held = Some(());
+                    std::mem::forget(guard);
+                    "HELD".to_owned()
+                }
+                Ok(None) => "ERR Timeout".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some("detach") => match shm.detach() {
+                Ok(()) => "OK".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some("exit") | None => break,
+            Some(other) => format!("ERR unknown command {other}"),
+        };
+        say(reply);
+    }
+    let _ = held;
+    0
+}
