@@ -219,13 +219,11 @@ impl Case {
     }
 }
 
-/// Qt's `IpcTestCommon::nextKeyType`: the next supported key type. Qt rotates through
-/// POSIX, SystemV-Q and SystemV-T; qshm has two types, so each is the other's next.
+/// Qt's `IpcTestCommon::nextKeyType`: the next supported key type, rotating through
+/// POSIX, SystemV-Q and SystemV-T as Qt's rows are added.
 fn next_key_type(kind: KeyType) -> KeyType {
-    match kind {
-        KeyType::SystemV => KeyType::PosixRealtime,
-        KeyType::PosixRealtime => KeyType::SystemV,
-    }
+    let at = QT_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+    QT_KINDS[(at + 1) % QT_KINDS.len()]
 }
 
 fn sleep_ms(ms: u64) {
@@ -1320,18 +1318,20 @@ fn child_attach_too_much(args: &[String]) -> R {
     const BOUND: usize = 100_000;
     let mut government = child_handle(args)?;
     let kind = government.native_ipc_key().kind();
-    let (size, resource) = match kind {
-        KeyType::SystemV => (256 << 20, libc::RLIMIT_AS),
-        KeyType::PosixRealtime => (1024, libc::RLIMIT_NOFILE),
+    let (size, resource) = if kind.is_system_v() {
+        (256 << 20, libc::RLIMIT_AS)
+    } else {
+        (1024, libc::RLIMIT_NOFILE)
     };
     government.create(size, AccessMode::ReadWrite)?;
     // everything the loop keeps is allocated before the limit
     let mut jail: Vec<SharedMemory> = Vec::with_capacity(BOUND);
     let original = soft_limit(resource)?;
-    let lowered = match kind {
+    let lowered = if kind.is_system_v() {
         // a few more mappings of the segment; the heap keeps up to one segment's room
-        KeyType::SystemV => address_space_size()? + 8 * size as u64,
-        KeyType::PosixRealtime => std::fs::read_dir("/proc/self/fd")?.count() as u64 + 64,
+        address_space_size()? + 8 * size as u64
+    } else {
+        std::fs::read_dir("/proc/self/fd")?.count() as u64 + 64
     };
     set_limit(
         resource,

@@ -66,10 +66,7 @@ fn assert_fails(out: &Output, code: i32) -> String {
 }
 
 fn type_flag(kind: KeyType) -> &'static str {
-    match kind {
-        KeyType::SystemV => "--sysv",
-        KeyType::PosixRealtime => "--posix",
-    }
+    if kind.is_system_v() { "--sysv" } else { "--posix" }
 }
 
 /// `qshm create KEY SIZE --hold 60 <type> <extra>` in the background, once it reports.
@@ -204,12 +201,12 @@ fn create_write_cat_stat_across_processes() {
         assert!(text.contains("permissions:  0640\n"), "{text}");
         assert!(text.contains("lock:         free (Qt-compatible mode"), "{text}");
         match kind {
-            KeyType::SystemV => assert!(
-                text.contains("attachments:  2 (this stat included)"),
-                "holder + stat itself: {text}"
-            ),
             KeyType::PosixRealtime => assert!(
                 text.contains("attachments:  2 processes map it, 2 qshm attachments"),
+                "holder + stat itself: {text}"
+            ),
+            _ => assert!(
+                text.contains("attachments:  2 (this stat included)"),
                 "holder + stat itself: {text}"
             ),
         }
@@ -508,7 +505,7 @@ fn rm_stale_removes_orphans_and_never_a_live_segment() {
         let recorded = sysv_keys(&key, kind);
         let prefix = match kind {
             KeyType::PosixRealtime => posix_lock_state_prefix(&native),
-            KeyType::SystemV => {
+            _ => {
                 let (_, k, id) = recorded
                     .iter()
                     .find(|r| r.0.ends_with("shm"))
@@ -521,19 +518,16 @@ fn rm_stale_removes_orphans_and_never_a_live_segment() {
         holder.kill9();
         // then the segment itself goes, behind qshm's back (ipcrm, or Qt's unlink)
         let mut expected = vec![("lock state".to_owned(), format!("/dev/shm/{}", lock_states[0]))];
-        match kind {
-            KeyType::SystemV => {
-                ipcrm(&native);
-                expected.push(("semaphore".to_owned(), sem.native().to_owned()));
-                expected.push(("key file".to_owned(), native.native().to_owned()));
-            }
-            KeyType::PosixRealtime => {
-                std::fs::remove_file(format!("/dev/shm{}", native.native())).unwrap();
-                expected.push((
-                    "semaphore".to_owned(),
-                    format!("/dev/shm/sem.{}", &sem.native()[1..]),
-                ));
-            }
+        if kind.is_system_v() {
+            ipcrm(&native);
+            expected.push(("semaphore".to_owned(), sem.native().to_owned()));
+            expected.push(("key file".to_owned(), native.native().to_owned()));
+        } else {
+            std::fs::remove_file(format!("/dev/shm{}", native.native())).unwrap();
+            expected.push((
+                "semaphore".to_owned(),
+                format!("/dev/shm/sem.{}", &sem.native()[1..]),
+            ));
         }
         // orphans younger than 2 s may be a creator's work in progress
         std::thread::sleep(Duration::from_millis(2200));

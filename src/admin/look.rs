@@ -127,7 +127,7 @@ impl Look {
     pub(super) fn segment_of(&self, key: &NativeIpcKey) -> Option<Draft> {
         let semaphore = Some(crate::key::semaphore_key(key));
         match key.kind() {
-            KeyType::SystemV => {
+            KeyType::SystemV | KeyType::SystemVWithId(_) => {
                 let numeric = sysv::numeric_key(key)?;
                 let row = self.shm.iter().find(|r| r.key == numeric && r.key != 0)?;
                 Some(self.sysv_draft(row, Some(key.native()), semaphore))
@@ -346,7 +346,9 @@ fn shm_dir_files() -> io::Result<Vec<ShmFile>> {
 /// Whether the segment of `key` exists right now.
 pub(super) fn exists(key: &NativeIpcKey) -> bool {
     match key.kind() {
-        KeyType::SystemV => sysv::numeric_key(key).is_some_and(|k| os::shmget(k, 0, 0).is_ok()),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => {
+            sysv::numeric_key(key).is_some_and(|k| os::shmget(k, 0, 0).is_ok())
+        }
         KeyType::PosixRealtime => posix::shm_file_name(key.native()).is_ok_and(|name| {
             os::cstring(&format!("{}/{name}", crate::sys::SHM_DIR))
                 .and_then(|c| os::lstat(&c))

@@ -181,7 +181,7 @@ impl LazyLock {
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
     check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => sysv::create(key, req),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::create(key, req),
         KeyType::PosixRealtime => posix::create(key, req),
     }
 }
@@ -190,7 +190,7 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
 pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
     check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => sysv::attach(key, req),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::attach(key, req),
         KeyType::PosixRealtime => posix::attach(key, req),
     }
 }
@@ -204,7 +204,9 @@ pub(crate) fn open_semaphore(
 ) -> Result<Box<dyn SemaphoreBackend>, Failure> {
     check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => Ok(Box::new(sysv::Semaphore::open(key, initial, mode, perms)?)),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => {
+            Ok(Box::new(sysv::Semaphore::open(key, initial, mode, perms)?))
+        }
         KeyType::PosixRealtime => Ok(Box::new(posix::Semaphore::open(key, initial, mode, perms)?)),
     }
 }
@@ -215,7 +217,7 @@ pub(crate) fn open_semaphore(
 pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<bool, Failure> {
     check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => sysv::remove(key, semaphore),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::remove(key, semaphore),
         KeyType::PosixRealtime => posix::remove(key, semaphore),
     }
 }

@@ -15,7 +15,7 @@ use crate::sys::not_ours;
 
 /// `ftok(path, 'Q')`, the numeric key Qt uses.
 pub(crate) fn ftok_key(path: &CString) -> io::Result<libc::key_t> {
-    os::ftok(path, SYSV_PROJECT_ID)
+    os::ftok(path, i32::from(SYSV_PROJECT_ID))
 }
 
 pub(super) fn key_path(key: &NativeIpcKey) -> Result<CString, Failure> {
