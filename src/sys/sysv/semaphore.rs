@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::key_file::{
-    ftok_key, key_file_failure, key_path, lock_key_file, open_existing, remove_key_file_if_ours,
+    ftok_key, key_file_failure, key_path, lock_key_file, open_existing, project_id, remove_key_file_if_ours,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
@@ -19,6 +19,8 @@ use crate::sys::{SemaphoreBackend, SemaphoreMode};
 pub(crate) struct Semaphore {
     id: AtomicI32,
     path: CString,
+    /// The `ftok` project id of the key's type.
+    project_id: u8,
     perms: u32,
     initial: u32,
     created: bool,
@@ -52,14 +54,16 @@ impl Semaphore {
             ));
         }
         let path = key_path(key)?;
+        let project_id = project_id(key);
         let (id, created) =
-            Self::get(&path, initial, mode, perms, held).map_err(|e| match e.raw_os_error() {
+            Self::get(&path, project_id, initial, mode, perms, held).map_err(|e| match e.raw_os_error() {
                 Some(libc::ELOOP | libc::EINVAL | libc::ENOENT) => key_file_failure(&path, e),
                 _ => Failure::from(e),
             })?;
         Ok(Semaphore {
             id: AtomicI32::new(id),
             path,
+            project_id,
             perms,
             initial,
             created,
@@ -72,6 +76,7 @@ impl Semaphore {
     /// key file are one file).
     fn get(
         path: &CString,
+        project_id: u8,
         initial: u32,
         mode: SemaphoreMode,
         perms: u32,
@@ -101,7 +106,7 @@ impl Semaphore {
                 }
             }
             let result = (|| {
-                let key = ftok_key(path)?;
+                let key = ftok_key(path, project_id)?;
                 let perms = (perms & 0o777) as libc::c_int;
                 let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
                     Ok(id) => (id, true),
@@ -131,7 +136,14 @@ impl Semaphore {
             // Removed under us (Qt removes it when its creator goes away): like Qt,
             // be nice and make it again.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => {
-                let (id, _) = Self::get(&self.path, self.initial, SemaphoreMode::Open, self.perms, None)?;
+                let (id, _) = Self::get(
+                    &self.path,
+                    self.project_id,
+                    self.initial,
+                    SemaphoreMode::Open,
+                    self.perms,
+                    None,
+                )?;
                 self.id.store(id, Ordering::Release);
                 op(id)
             }
@@ -178,7 +190,7 @@ impl SemaphoreBackend for Semaphore {
             _ => Ok(()),
         };
         if let Ok(Some(Some(file))) = lock_key_file(&self.path) {
-            remove_key_file_if_ours(&file, None);
+            remove_key_file_if_ours(&file, None, self.project_id);
         }
         removed
     }
