@@ -86,6 +86,12 @@ pub(crate) trait SemaphoreBackend: Send + Sync {
     }
     /// Give back `n` units (all or none: never past the maximum).
     fn release(&self, n: u32) -> io::Result<()>;
+    /// Give back `n` units as Qt's `QSystemSemaphore::release` does: where the OS object
+    /// can be removed under its users (System V), a removed one is made again first.
+    /// (Not for the segment lock: a lock's semaphore made again would count one too many.)
+    fn release_remaking(&self, n: u32) -> io::Result<()> {
+        self.release(n)
+    }
     /// Current value, for diagnostics.
     fn value(&self) -> io::Result<i32>;
     /// Destroy the OS object (and a System V key file).
