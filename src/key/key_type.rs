@@ -193,6 +193,20 @@ impl KeyType {
     }
 }
 
+/// Whether this machine has the IPC of key type `kind` (Qt's `isKeyTypeSupported` on
+/// Linux): System V IPC in the kernel (every project id alike), or the `/dev/shm`
+/// directory that glibc's `shm_open` and `sem_open` use. Looked at once per process.
+pub(crate) fn is_supported(kind: KeyType) -> bool {
+    use std::sync::OnceLock;
+    static SYSTEM_V: OnceLock<bool> = OnceLock::new();
+    static POSIX: OnceLock<bool> = OnceLock::new();
+    if kind.is_system_v() {
+        *SYSTEM_V.get_or_init(crate::os::system_v_ipc_available)
+    } else {
+        *POSIX.get_or_init(|| std::path::Path::new("/dev/shm").is_dir())
+    }
+}
+
 impl fmt::Display for KeyType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

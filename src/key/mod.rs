@@ -22,8 +22,8 @@ use sha1::{Digest, Sha1};
 use crate::error::{Failure, SharedMemoryError};
 
 mod key_type;
-pub(crate) use key_type::SYSV_PROJECT_ID;
 pub use key_type::{KeyType, SystemVId};
+pub(crate) use key_type::{SYSV_PROJECT_ID, is_supported};
 
 /// A native key plus its type: what the OS uses to find a segment or semaphore
 /// (Qt's `QNativeIpcKey`). It remembers the legacy key it was derived from, if any,

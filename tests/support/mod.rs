@@ -435,7 +435,8 @@ fn posix_file_users(path: &str) -> String {
     )
 }
 
-fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
+/// Ids of the entries with numeric key `key` in a `/proc/sysvipc` table.
+pub(crate) fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
     let text = std::fs::read_to_string(table).unwrap_or_default();
     text.lines()
         .skip(1)
