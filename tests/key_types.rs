@@ -118,8 +118,9 @@ fn semaphores_of_two_project_ids_are_two_semaphores() {
     assert!(sem_t.try_acquire().unwrap());
     assert!(!sem_q.try_acquire().unwrap());
     drop(sem_t);
+    assert!(std::path::Path::new(&path).exists(), "the key file of a live semaphore went");
     drop(sem_q);
-    let _ = std::fs::remove_file(&path);
+    assert!(!std::path::Path::new(&path).exists(), "the creators' key file was left");
 }
 
 #[test]

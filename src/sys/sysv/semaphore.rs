@@ -231,8 +231,14 @@ impl SemaphoreBackend for Semaphore {
             _ => Ok(()),
         };
         if let Ok(Some(Some(file))) = lock_key_file(&self.path) {
+            // As Qt's creator (createdFile), the creator removes the key file: the one it
+            // made, or, having made the semaphore, an empty one of its own user (a file
+            // left by a crash, or made by a handle whose semaphore was removed). Never a
+            // file with data, of another user, or in use (remove_key_file_if_ours).
             let made = self.made_file.lock().ok().and_then(|m| *m);
-            remove_key_file_if_ours(&file, made, self.project_id);
+            let ours =
+                (self.created() && file.stat.uid == os::euid()).then(|| lock_state::file_words(&file.stat));
+            remove_key_file_if_ours(&file, made.or(ours), self.project_id);
         }
         removed
     }
