@@ -11,6 +11,8 @@ use std::time::Duration;
 use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory};
 
 pub(crate) mod qt;
+#[macro_use]
+pub(crate) mod qtest;
 
 /// Environment variable that turns the test binary into a child process.
 pub(crate) const CHILD_ENV: &str = "QSHM_TEST_CHILD";
