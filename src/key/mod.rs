@@ -170,6 +170,12 @@ impl NativeIpcKey {
         } else {
             ""
         };
+        // Qt 5 falls back to "/" for a TMPDIR that does not exist; qshm does not
+        let qt5 = if self.legacy.is_some() {
+            "; Qt 5 would put its key file in / instead, which qshm refuses"
+        } else {
+            ""
+        };
         match std::fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
             Ok(_) => fail(format!(
@@ -178,7 +184,7 @@ impl NativeIpcKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure::from(e)
                 .with_kind(SharedMemoryError::KeyError)
                 .with_detail(format!(
-                    "{dir}, the directory of the System V key file, does not exist{hint}"
+                    "{dir}, the directory of the System V key file, does not exist{hint}{qt5}"
                 ))),
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => fail(format!(
                 "{dir}, the directory of the System V key file, is not a directory{hint}"

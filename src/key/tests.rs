@@ -312,7 +312,8 @@ fn legacy_key_in_a_missing_temp_dir_fails_naming_it() {
         err.to_string(),
         format!(
             "create \"market\": {missing}, the directory of the System V key file, does not \
-                 exist (Qt's temporary directory: $TMPDIR, else /tmp) (No such file or directory (os error 2))"
+                 exist (Qt's temporary directory: $TMPDIR, else /tmp); Qt 5 would put its key file in / instead, \
+                 which qshm refuses (No such file or directory (os error 2))"
         )
     );
 }
