@@ -277,6 +277,39 @@ fn hold_from(key: &str, kind: KeyType, file: &str) -> (Peer, String) {
 }
 
 #[test]
+fn system_v_keys_with_a_project_id_work_in_every_command() {
+    // QSharedMemory::legacyNativeKey(key, QNativeIpcKey::Type(84)).toString()
+    let key = unique_key("cliftokid");
+    let t = KeyType::system_v(84).unwrap();
+    let native = SharedMemory::legacy_native_key(&key, t);
+    let _remove = RemoveNative(native.clone());
+    let string = native.to_string();
+    assert!(string.starts_with("systemv-84:/"), "{string}");
+    // without --native: it reads as a native key, so it is one (not a legacy key)
+    let mut holder = Peer::spawn_command(Command::new(BIN).args(["create", &string, "100", "--hold", "60"]));
+    let line = holder.expect("created ", T);
+    assert!(line.ends_with("size=100 type=systemv-84"), "{line}");
+    let out = qshm(&["write", &string, "--text", "id 84"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&qshm(&["cat", &string, "--len", "5"])), "id 84");
+    // not the segment of Qt's default id on the same key file
+    let same_path = format!("systemv:{}", native.native());
+    assert_fails(&qshm(&["cat", &same_path]), 3);
+    let stat = stdout(&qshm(&["stat", &string]));
+    assert!(stat.contains("backend:      System V (ftok id 84)\n"), "{stat}");
+    // ls names its type and key file (Qt-named, so ls knows it)
+    let listed = find_segment(&ls_json(), t, native.native()).expect("ls lists the segment");
+    assert_eq!(listed["size"], 100);
+    let out = qshm(&["rm", &string]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    interrupt(&mut holder);
+    assert!(!std::path::Path::new(native.native()).exists(), "key file left");
+    // starts like a native key but is none: refused, with the way to a legacy key
+    let err = assert_fails(&qshm(&["create", "systemv-0:/x", "10"]), 1);
+    assert!(err.contains("--legacy"), "{err}");
+}
+
+#[test]
 fn native_keys_name_segments_as_qt_prints_them() {
     let name = format!("/{}", unique_key("clinative"));
     let native = NativeIpcKey::new(name.clone(), KeyType::PosixRealtime);
