@@ -118,9 +118,15 @@ fn semaphores_of_two_project_ids_are_two_semaphores() {
     assert!(sem_t.try_acquire().unwrap());
     assert!(!sem_q.try_acquire().unwrap());
     drop(sem_t);
-    assert!(std::path::Path::new(&path).exists(), "the key file of a live semaphore went");
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "the key file of a live semaphore went"
+    );
     drop(sem_q);
-    assert!(!std::path::Path::new(&path).exists(), "the creators' key file was left");
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "the creators' key file was left"
+    );
 }
 
 #[test]
@@ -136,4 +142,38 @@ fn string_forms_with_a_project_id_name_the_segment_qt_names() {
     assert_eq!(numeric as u32 >> 24, 84);
     drop(shm);
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_posix_key_whose_semaphore_name_is_too_long_is_refused_as_qt_refuses_it() {
+    // Qt 6.11: create() of a 197-letter POSIX legacy key fails with KeyError ("unable to
+    // set key on lock (QSystemSemaphore::handle: key too long)"); 196 letters work. qshm
+    // used to create the segment, whose lock then failed and which Qt could not attach.
+    let prefix = unique_key("long").replace(|c: char| !c.is_ascii_alphabetic(), "");
+    let letters = |n: usize| format!("{prefix}{}", "a".repeat(n - prefix.len()));
+    let mut cleanup = Cleanup::default();
+    let fits = letters(196);
+    cleanup.key(&fits, KeyType::PosixRealtime);
+    let mut shm = SharedMemory::with_key_type(&fits, KeyType::PosixRealtime);
+    shm.create(16, AccessMode::ReadWrite).unwrap();
+    drop(shm.lock().expect("a 196-letter key locks"));
+    drop(shm);
+    let long = letters(197);
+    cleanup.key(&long, KeyType::PosixRealtime);
+    let mut shm = SharedMemory::with_key_type(&long, KeyType::PosixRealtime);
+    let err = shm.create(16, AccessMode::ReadWrite).unwrap_err();
+    assert_eq!(err.kind(), qshm::SharedMemoryError::KeyError);
+    assert!(err.to_string().contains("sem_open takes at most 251"), "{err}");
+    assert!(
+        !std::path::Path::new(&shm_path(shm.native_ipc_key())).exists(),
+        "a segment was made"
+    );
+    // attach and a semaphore of that key too
+    assert_eq!(
+        shm.attach(AccessMode::ReadOnly).unwrap_err().kind(),
+        qshm::SharedMemoryError::KeyError
+    );
+    let sem_key = SystemSemaphore::legacy_native_key(&long, KeyType::PosixRealtime);
+    let sem = SystemSemaphore::with_native_key(sem_key, 1, SemaphoreMode::Create);
+    assert_eq!(sem.unwrap_err().kind(), qshm::SharedMemoryError::KeyError);
 }

@@ -1022,7 +1022,9 @@ fn use_too_much_memory(kind: KeyType, mode: LockMode) -> R {
     cmd.args(["-m", "-i", "--propagation", "private", "sh", "-c", script])
         .arg(exe)
         .args([kind_name(kind), mode_name(mode), &prefix])
-        .env(CHILD_ENV, "use_too_much_memory");
+        .env(CHILD_ENV, "use_too_much_memory")
+        // the child has a /tmp of its own: a TMPDIR under the old one is gone there
+        .env("TMPDIR", "/tmp");
     let mut child = Peer::spawn_command(&mut cmd);
     let result = child.expect("RESULT", Duration::from_secs(120));
     let status = child.wait(T);
