@@ -112,18 +112,41 @@ pub(super) fn segment_uses(path: &CString, project_id: u8) -> bool {
 /// the file's but for the top byte, where `ftok` puts the id. True when `path` cannot be
 /// looked at (then it is no file of ours to remove).
 pub(crate) fn used_under_any_id(path: &CString) -> bool {
-    let Ok(file_key) = ftok_key(path, SYSV_PROJECT_ID) else {
-        return true;
-    };
-    let same_file = |key: i32| key != 0 && (key ^ file_key) & 0x00ff_ffff == 0;
-    procfs::shm_table().iter().any(|row| same_file(row.key))
-        || procfs::sem_table().iter().any(|row| same_file(row.key))
+    SystemVKeys::default().use_file(path)
+}
+
+/// The numeric keys of every System V segment and semaphore set, read from `/proc` at the
+/// first question (about 13 us for the two tables): one clean-up asks about two key files
+/// (the segment's and its semaphore's) for the price of one read.
+#[derive(Default)]
+pub(super) struct SystemVKeys(std::cell::OnceCell<Vec<i32>>);
+
+impl SystemVKeys {
+    /// Whether a segment or semaphore uses the key file `path` under any project id (see
+    /// [`used_under_any_id`]).
+    pub(super) fn use_file(&self, path: &CString) -> bool {
+        let Ok(file_key) = ftok_key(path, SYSV_PROJECT_ID) else {
+            return true;
+        };
+        let keys = self.0.get_or_init(|| {
+            let shm = procfs::shm_table().into_iter().map(|row| row.key);
+            shm.chain(procfs::sem_table().into_iter().map(|row| row.key))
+                .collect()
+        });
+        keys.iter()
+            .any(|&key| key != 0 && (key ^ file_key) & 0x00ff_ffff == 0)
+    }
 }
 
 /// Remove the key file `file` (which we hold locked) if qshm made it for this segment
 /// (`recorded`) or it is Qt-named, it is empty, and no segment or semaphore uses it
 /// under `project_id`.
-pub(super) fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3]>, project_id: u8) {
+pub(super) fn remove_key_file_if_ours(
+    file: &NamedFile,
+    recorded: Option<[u64; 3]>,
+    project_id: u8,
+    tables: &SystemVKeys,
+) {
     let made_by_qshm = recorded == Some(lock_state::file_words(&file.stat));
     let qt_named = file
         .path
@@ -137,7 +160,7 @@ pub(super) fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3
     if (made_by_qshm || qt_named)
         && empty
         && !segment_uses(&file.path, project_id)
-        && !used_under_any_id(&file.path)
+        && !tables.use_file(&file.path)
     {
         let _ = file.unlink_if_still_named();
     }
@@ -153,6 +176,7 @@ pub(super) fn remove_companions(
     recorded: Option<[u64; 3]>,
     semaphore: Option<&NativeIpcKey>,
 ) {
+    let tables = SystemVKeys::default();
     if let Some(sem) = semaphore
         && let Ok(sem_path) = os::cstring(sem.native())
     {
@@ -169,10 +193,10 @@ pub(super) fn remove_companions(
             let _ = os::sem_remove(id);
         }
         if let Some(file) = &sem_file {
-            remove_key_file_if_ours(file, None, self::project_id(sem));
+            remove_key_file_if_ours(file, None, self::project_id(sem), &tables);
         }
     }
     if let Some(file) = key_file {
-        remove_key_file_if_ours(file, recorded, project_id);
+        remove_key_file_if_ours(file, recorded, project_id, &tables);
     }
 }

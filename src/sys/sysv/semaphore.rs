@@ -238,7 +238,7 @@ impl SemaphoreBackend for Semaphore {
             let made = self.made_file.lock().ok().and_then(|m| *m);
             let ours =
                 (self.created() && file.stat.uid == os::euid()).then(|| lock_state::file_words(&file.stat));
-            remove_key_file_if_ours(&file, made.or(ours), self.project_id);
+            remove_key_file_if_ours(&file, made.or(ours), self.project_id, &Default::default());
         }
         removed
     }
