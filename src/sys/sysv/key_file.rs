@@ -111,6 +111,7 @@ pub(super) fn segment_uses(path: &CString, project_id: u8) -> bool {
 /// (1 to 255): a row of `/proc/sysvipc/shm` or `/proc/sysvipc/sem` whose numeric key is
 /// the file's but for the top byte, where `ftok` puts the id. True when `path` cannot be
 /// looked at (then it is no file of ours to remove).
+#[cfg(feature = "admin")]
 pub(crate) fn used_under_any_id(path: &CString) -> bool {
     SystemVKeys::default().use_file(path)
 }

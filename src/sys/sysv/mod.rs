@@ -36,7 +36,9 @@ pub(crate) use cleanup::{lock_state_orphaned, remove_if_stale};
 pub(crate) use cleanup::{numeric_key, remove, sweep_orphaned_lock_states};
 use cleanup::{reclaim_if_stale, table_owner};
 
-pub(crate) use key_file::{ftok_key, project_id, used_under_any_id};
+#[cfg(feature = "admin")]
+pub(crate) use key_file::used_under_any_id;
+pub(crate) use key_file::{ftok_key, project_id};
 use key_file::{
     key_file_failure, key_path, lock_key_file, lock_key_file_for_create, remove_companions, segment_uses,
 };
