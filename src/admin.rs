@@ -168,11 +168,14 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// System V or POSIX.
+    /// POSIX, or System V: of its key file's `ftok` project id when the key file is
+    /// known (`systemv-84`), else Qt's default.
     pub fn kind(&self) -> KeyType {
-        match self.os_id {
-            OsId::SystemV { .. } => KeyType::SystemV,
-            OsId::Posix { .. } => KeyType::PosixRealtime,
+        match (&self.os_id, &self.native_key) {
+            // its key file's type: the ftok project id its numeric key was made with
+            (OsId::SystemV { .. }, Some(key)) => key.kind(),
+            (OsId::SystemV { .. }, None) => KeyType::SystemV,
+            (OsId::Posix { .. }, _) => KeyType::PosixRealtime,
         }
     }
 

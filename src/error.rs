@@ -218,6 +218,44 @@ impl fmt::Debug for Error {
 /// The OS error is part of the `Display` line, so `source` is `None` (see [`Error`]).
 impl std::error::Error for Error {}
 
+/// Qt-style "last error" of a handle (`error()`, `errorString()`), kept beside the
+/// `Result`s. The success path only reads one atomic flag; the mutex is touched when an
+/// error is recorded or cleared.
+#[derive(Default)]
+pub(crate) struct LastError {
+    set: std::sync::atomic::AtomicBool,
+    error: std::sync::Mutex<Option<(SharedMemoryError, String)>>,
+}
+
+impl LastError {
+    /// The last error's category and text, `None` after a success.
+    pub(crate) fn get(&self) -> Option<(SharedMemoryError, String)> {
+        if !self.set.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Record the outcome of a call: its error, or none.
+    #[inline]
+    pub(crate) fn record<T>(&self, result: &Result<T>) {
+        // The success path (every lock and unlock) costs one relaxed load.
+        if result.is_err() || self.set.load(std::sync::atomic::Ordering::Relaxed) {
+            self.record_slow(result.as_ref().err());
+        }
+    }
+
+    #[cold]
+    fn record_slow(&self, error: Option<&Error>) {
+        if let Ok(mut last) = self.error.lock() {
+            let entry = error.map(|e| (e.kind(), e.to_string()));
+            self.set
+                .store(entry.is_some(), std::sync::atomic::Ordering::Relaxed);
+            *last = entry;
+        }
+    }
+}
+
 /// A failure inside the library, before it is tied to an operation and a key: the
 /// backends return it, the facade turns it into an [`Error`] once ([`Error::from_failure`]).
 #[derive(Debug)]

@@ -48,7 +48,7 @@ mod shared_memory;
 mod sys;
 
 pub use error::{Error, Result, SharedMemoryError};
-pub use key::{KeyType, NativeIpcKey};
+pub use key::{KeyType, NativeIpcKey, SystemVId};
 pub use semaphore::SystemSemaphore;
 pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SegmentInfo, SharedMemory};
 pub use sys::{DEFAULT_PERMISSIONS, LockMode, SemaphoreMode};

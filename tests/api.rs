@@ -211,6 +211,7 @@ fn info_reports_the_segment() {
         match kind {
             KeyType::SystemV => assert_eq!(info.attachments, Some(1)),
             KeyType::PosixRealtime => assert_eq!(info.attachments, None),
+            _ => unreachable!("these tests use KINDS: System V and POSIX"),
         }
     }
 }

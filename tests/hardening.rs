@@ -612,6 +612,7 @@ fn foreign_segment(kind: KeyType) -> Result<(), Failed> {
         KeyType::PosixRealtime => {
             made_by_other_user(&user, &shm_path(&native))?;
         }
+        _ => unreachable!("these tests use KINDS: System V and POSIX"),
     }
     let mut shm = handle(&key, kind, LockMode::QtCompatible);
     let result = shm.create(64, AccessMode::ReadWrite);
@@ -619,6 +620,7 @@ fn foreign_segment(kind: KeyType) -> Result<(), Failed> {
         KeyType::SystemV => SharedMemory::system_v_key(&native)
             .is_some_and(|k| sysv_owner("/proc/sysvipc/shm", k) == Some(user.uid)),
         KeyType::PosixRealtime => std::fs::metadata(shm_path(&native)).is_ok_and(|m| m.uid() == user.uid),
+        _ => unreachable!("these tests use KINDS: System V and POSIX"),
     };
     // clean up their object (as root) before judging
     drop(shm);
@@ -656,10 +658,12 @@ fn foreign_semaphore(kind: KeyType) -> Result<(), Failed> {
     let _sem_file = RemoveFile(match kind {
         KeyType::SystemV => sem.native().to_owned(),
         KeyType::PosixRealtime => sem_path(&sem),
+        _ => unreachable!("these tests use KINDS: System V and POSIX"),
     });
     let role = match kind {
         KeyType::SystemV => "sysv-semaphore",
         KeyType::PosixRealtime => "posix-semaphore",
+        _ => unreachable!("these tests use KINDS: System V and POSIX"),
     };
     let out = user.run(role, &[sem.native()]);
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -920,6 +924,7 @@ fn held_file_lock_bounds_attach(kind: KeyType) -> Result<(), Failed> {
                 .set_len(4096)?;
             (path.clone(), Some(RemoveFile(path)))
         }
+        _ => unreachable!("these tests use KINDS: System V and POSIX"),
     };
     let file = std::fs::File::open(&path)?;
     // SAFETY: flock on a descriptor we own.

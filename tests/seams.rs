@@ -477,6 +477,7 @@ fn removed_behind_our_back(kind: KeyType) -> Result<(), Failed> {
             }
             let _ = std::fs::remove_file(native.native());
         }
+        _ => unreachable!("these tests use KINDS: System V and POSIX"),
     }
     shm.detach()?;
     let left = leftovers(&key, kind, &recorded);

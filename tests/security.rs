@@ -108,6 +108,7 @@ fn default_modes(kind: KeyType) -> Result<(), Failed> {
             let mode = std::fs::metadata(&path)?.mode() & 0o777;
             check(mode == 0o600, format!("semaphore {path} mode {mode:o}"))?;
         }
+        _ => unreachable!("these tests use KINDS: System V and POSIX"),
     }
     Ok(())
 }

@@ -8,7 +8,9 @@
 //! * a platform-safe key is `/key` (POSIX), `key` (System V, absolute) or ends in `/key`;
 //! * every key's string form parses back to an equal key.
 //!
-//! No OS object is created. Input: byte 0 chooses the key type, the rest is the key.
+//! No OS object is created. Input: byte 0 chooses the key type (bit 0: POSIX, else
+//! System V with the other bits as the `ftok` project id, 0 meaning `'Q'`), the rest is
+//! the key.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -33,10 +35,11 @@ fn check_legacy(key: &str, kind: KeyType, prefix: &str, derived: &NativeIpcKey) 
     assert_eq!(derived.legacy_key(), Some(key));
     let native = derived.native();
     let (dir, name) = native.rsplit_once('/').expect("a native key has a '/'");
-    match kind {
-        KeyType::PosixRealtime => assert_eq!(dir, "", "POSIX name {native:?} must be '/name'"),
-        // Qt's temp dir: canonical (absolute), or empty when it does not exist
-        KeyType::SystemV => assert!(dir.is_empty() || dir.starts_with('/'), "{native:?}"),
+    if kind.is_system_v() {
+        // Qt's temp dir, for every ftok project id: absolute, or empty when unusable
+        assert!(dir.is_empty() || dir.starts_with('/'), "{native:?}");
+    } else {
+        assert_eq!(dir, "", "POSIX name {native:?} must be '/name'");
     }
     let rest = name
         .strip_prefix(prefix)
@@ -67,8 +70,8 @@ fn check_platform_safe(key: &str, kind: KeyType, derived: &NativeIpcKey) {
     } else {
         match kind {
             KeyType::PosixRealtime => assert_eq!(native, format!("/{key}")),
-            KeyType::SystemV if key.starts_with('/') => assert_eq!(native, key),
-            KeyType::SystemV => assert!(native.ends_with(&format!("/{key}")), "{native:?}"),
+            _ if key.starts_with('/') => assert_eq!(native, key),
+            _ => assert!(native.ends_with(&format!("/{key}")), "{native:?}"),
         }
     }
     round_trips(derived);
@@ -78,8 +81,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
+    // bit 0: POSIX; else System V with the ftok project id in the other bits ('Q' for 0)
     let kind = if flags & 1 == 0 {
-        KeyType::SystemV
+        KeyType::system_v(flags >> 1).unwrap_or(KeyType::SystemV)
     } else {
         KeyType::PosixRealtime
     };

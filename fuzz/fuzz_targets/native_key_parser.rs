@@ -35,7 +35,8 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert_eq!(e.kind(), SharedMemoryError::KeyError, "{text:?}: {e}"),
     }
-    for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
+    let other_id = KeyType::system_v(data.first().copied().unwrap_or(b'T')).unwrap_or(KeyType::SystemV);
+    for kind in [KeyType::SystemV, KeyType::PosixRealtime, other_id] {
         let key = NativeIpcKey::new(text.as_ref(), kind);
         let printed = key.to_string();
         let back: NativeIpcKey = printed

@@ -418,8 +418,8 @@ pub fn print_native_key(target: &Target) -> CliResult {
     );
     let _ = writeln!(text, "  string:     {native}");
     let sem = SharedMemory::with_native_key(native.clone()).semaphore_key();
-    match kind {
-        KeyType::PosixRealtime => {
+    match kind.ftok_project_id() {
+        None => {
             let name = native.native().trim_start_matches('/');
             let _ = writeln!(text, "  segment:    /dev/shm/{name}");
             let _ = writeln!(
@@ -428,9 +428,14 @@ pub fn print_native_key(target: &Target) -> CliResult {
                 sem.native().trim_start_matches('/')
             );
         }
-        KeyType::SystemV => {
+        Some(id) => {
             let _ = writeln!(text, "  key file:   {}", native.native());
-            let _ = writeln!(text, "  semaphore:  ftok({}, 'Q')", sem.native());
+            let shown_id = if kind == KeyType::SystemV {
+                "'Q'".to_owned()
+            } else {
+                id.to_string()
+            };
+            let _ = writeln!(text, "  semaphore:  ftok({}, {shown_id})", sem.native());
             if let Some(k) = SharedMemory::system_v_key(native) {
                 let _ = writeln!(text, "  ftok key:   {:#010x} (the key file exists)", k as u32);
             }

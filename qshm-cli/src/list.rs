@@ -201,6 +201,14 @@ fn as_table(scan: &Scan) -> String {
         .max()
         .unwrap_or(0)
         .clamp(8, 32);
+    // "systemv-84" is wider than "systemv" and "posix"
+    let type_width = scan
+        .segments
+        .iter()
+        .map(|s| s.kind().as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     let owners: Vec<String> = scan.segments.iter().map(|s| user_name(s.owner_uid)).collect();
     let owner_width = owners
         .iter()
@@ -210,13 +218,13 @@ fn as_table(scan: &Scan) -> String {
         .clamp(5, 16);
     let _ = writeln!(
         text,
-        "{:<7} {:<hint_width$} {:>10} {:>6} {:<owner_width$} {:<4} {:>5}  {:<7} {:<11} NATIVE KEY / OS ID",
+        "{:<type_width$} {:<hint_width$} {:>10} {:>6} {:<owner_width$} {:<4} {:>5}  {:<7} {:<11} NATIVE KEY / OS ID",
         "TYPE", "KEY HINT", "SIZE", "ATTACH", "OWNER", "PERM", "AGE", "STATE", "LOCK"
     );
     for (s, owner) in scan.segments.iter().zip(&owners) {
         let _ = writeln!(
             text,
-            "{:<7} {:<hint_width$} {:>10} {:>6} {owner:<owner_width$} {:04o} {:>5}  {:<7} {:<11} {}",
+            "{:<type_width$} {:<hint_width$} {:>10} {:>6} {owner:<owner_width$} {:04o} {:>5}  {:<7} {:<11} {}",
             s.kind().as_str(),
             hint_of(s),
             s.size,

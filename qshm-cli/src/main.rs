@@ -25,9 +25,10 @@ use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemo
 /// See, inspect and clean shared-memory segments; keys work as in Qt's QSharedMemory.
 ///
 /// KEY is a legacy key, as passed to `QSharedMemory(key)`, turned into the native key
-/// Qt 6 derives (System V unless --posix). With --native (or when it starts with
-/// `posix:` or `systemv:`) KEY is a native key string as Qt's `QNativeIpcKey::toString`
-/// prints it, e.g. `posix:/name` or `systemv:/tmp/file`.
+/// Qt 6 derives (System V unless --posix). With --native (or when it reads as one) KEY
+/// is a native key string as Qt's `QNativeIpcKey::toString` prints it, e.g.
+/// `posix:/name`, `systemv:/tmp/file` or `systemv-84:/tmp/file` (System V with ftok
+/// project id 84); --legacy reads such a string as a legacy key after all.
 #[derive(Parser, Debug)]
 #[command(name = "qshm", version, about, long_about)]
 #[command(
@@ -48,10 +49,13 @@ struct KeyFlags {
     /// KEY names a System V segment (shmget) — the default, as for Qt's legacy keys
     #[arg(long, requires = "key")]
     sysv: bool,
-    /// KEY is a native key: `posix:/name`, `systemv:/path` (Qt's string form), or a bare
-    /// `/name` or `/path` of the --posix/--sysv type
-    #[arg(long, requires = "key")]
+    /// KEY is a native key: `posix:/name`, `systemv:/path`, `systemv-84:/path` (Qt's
+    /// string form), or a bare `/name` or `/path` of the --posix/--sysv type
+    #[arg(long, requires = "key", conflicts_with = "legacy")]
     native: bool,
+    /// KEY is a legacy key even if it reads as a native key string (`posix:/x`)
+    #[arg(long, requires = "key")]
+    legacy: bool,
 }
 
 /// Which lock is used (the commands that lock or create).
@@ -79,6 +83,7 @@ pub struct KeyOpts {
     pub posix: bool,
     pub sysv: bool,
     pub native: bool,
+    pub legacy: bool,
     pub fast: bool,
 }
 
@@ -88,6 +93,7 @@ impl KeyOpts {
             posix: flags.posix,
             sysv: flags.sysv,
             native: flags.native,
+            legacy: flags.legacy,
             fast: lock.is_some_and(|l| l.fast),
         }
     }
@@ -515,32 +521,45 @@ impl KeyOpts {
         }
     }
 
-    /// Read KEY: a legacy key (Qt's derivation), or a native key.
+    /// Read KEY: a legacy key (Qt's derivation), or a native key: with `--native`, or
+    /// when KEY reads as Qt's string form of one (`posix:/x`, `systemv-42:/x`). A KEY that
+    /// starts like one (a key type and `:`) but does not read as one is refused, with the
+    /// hint to say `--legacy` if a legacy key was meant.
     pub fn target(self, key: &str) -> Result<Target, Failure> {
         if key.is_empty() {
             return Err(Failure::input(
                 "the key is empty: give a name like \"market\"".to_owned(),
             ));
         }
-        let lower = key.get(..8).unwrap_or(key).to_ascii_lowercase();
-        let has_scheme = lower.starts_with("posix:") || lower.starts_with("systemv:");
         let mode = self.fast.then_some(LockMode::Fast);
-        if !self.native && !has_scheme {
+        let parsed = key.parse::<NativeIpcKey>();
+        let native = match parsed {
+            _ if self.legacy => None,
+            Ok(native) if !key.starts_with('/') => Some(native),
+            // `/name` or `/path`: a bare native key of the --posix/--sysv type
+            _ if self.native && key.starts_with('/') => Some(NativeIpcKey::new(key, self.kind())),
+            Err(e) if self.native || names_a_key_type(key) => {
+                return Err(Failure::from(e).with_hint(&format!(
+                    "{}to use {key:?} as a legacy key (QSharedMemory(\"{key}\")), add --legacy",
+                    if self.native {
+                        ""
+                    } else {
+                        "it reads as a native key string; "
+                    }
+                )));
+            }
+            _ => None,
+        };
+        let Some(native) = native else {
             return Ok(Target {
                 shown: key.to_owned(),
                 native: SharedMemory::legacy_native_key(key, self.kind()),
                 mode,
                 legacy: true,
             });
-        }
-        // `/name` or `/path`: a bare native key of the --posix/--sysv type; else Qt's string form
-        let native: NativeIpcKey = if key.starts_with('/') {
-            NativeIpcKey::new(key, self.kind())
-        } else {
-            key.parse().map_err(Failure::from)?
         };
         let asked = (self.posix || self.sysv).then(|| self.kind());
-        if let Some(asked) = asked.filter(|k| *k != native.kind()) {
+        if let Some(asked) = asked.filter(|k| k.is_system_v() != native.kind().is_system_v()) {
             return Err(Failure::input(format!(
                 "{key:?} is a {} key but {} was given: drop {}",
                 native.kind(),
@@ -615,9 +634,10 @@ impl Target {
             message: format!("no segment for key {:?} ({})", self.shown, type_name(kind)),
             code: 3,
         };
-        let other = match kind {
-            KeyType::SystemV => KeyType::PosixRealtime,
-            KeyType::PosixRealtime => KeyType::SystemV,
+        let other = if kind.is_system_v() {
+            KeyType::PosixRealtime
+        } else {
+            KeyType::SystemV
         };
         if self.legacy && admin::exists(&SharedMemory::legacy_native_key(&self.shown, other)) {
             failure.with_hint(&format!("did you mean {}?", type_flag(other)))
@@ -637,20 +657,27 @@ impl Target {
     }
 }
 
-/// `--posix` or `--sysv`.
+/// `--posix` or `--sysv` (every System V type).
 pub fn type_flag(kind: KeyType) -> &'static str {
-    match kind {
-        KeyType::SystemV => "--sysv",
-        KeyType::PosixRealtime => "--posix",
+    if kind.is_system_v() { "--sysv" } else { "--posix" }
+}
+
+/// `System V`, `System V (ftok id 84)` or `POSIX`.
+pub fn type_name(kind: KeyType) -> String {
+    match kind.ftok_project_id() {
+        Some(id) if kind != KeyType::SystemV => format!("System V (ftok id {id})"),
+        Some(_) => "System V".to_owned(),
+        None => "POSIX".to_owned(),
     }
 }
 
-/// `System V` or `POSIX`.
-pub fn type_name(kind: KeyType) -> &'static str {
-    match kind {
-        KeyType::SystemV => "System V",
-        KeyType::PosixRealtime => "POSIX",
-    }
+/// Whether `key` starts with a key type of Qt's string form and a colon (`posix:`,
+/// `systemv-7:`, `windows:`, any case): meant as a native key string.
+fn names_a_key_type(key: &str) -> bool {
+    key.split_once(':').is_some_and(|(scheme, _)| {
+        let scheme = scheme.to_ascii_lowercase();
+        scheme == "windows" || scheme.starts_with("systemv") || scheme.parse::<KeyType>().is_ok()
+    })
 }
 
 /// `word` quoted for a POSIX shell when it needs it.
@@ -719,6 +746,7 @@ mod tests {
             posix: true,
             sysv: false,
             native: false,
+            legacy: false,
             fast: false,
         };
         let t = opts.target("market").unwrap();
@@ -737,5 +765,36 @@ mod tests {
         );
         assert_eq!(opts.target("systemv:/tmp/x").err().map(|f| f.code), Some(1));
         assert_eq!(opts.target("").err().map(|f| f.code), Some(1));
+    }
+
+    #[test]
+    fn strings_that_read_as_native_keys_are_native_keys() {
+        let opts = KeyOpts::default();
+        // Qt's string form with an ftok project id: a native key, not a legacy one
+        let t = opts.target("systemv-42:/tmp/x").unwrap();
+        assert!(!t.legacy);
+        assert_eq!(t.native.kind(), KeyType::system_v(42).unwrap());
+        assert_eq!(t.native.native(), "/tmp/x");
+        assert_eq!(
+            opts.target("POSIX:/x").unwrap().native.kind(),
+            KeyType::PosixRealtime
+        );
+        // starts like one but does not read as one: refused, with the way out
+        for odd in ["systemv-0:/x", "windows:x", "posix:/x?other=1", "systemv-300:/x"] {
+            let failure = opts.target(odd).err().unwrap_or_else(|| panic!("{odd} accepted"));
+            assert_eq!(failure.code, 1, "{odd}");
+            assert!(failure.message.contains("--legacy"), "{odd}: {}", failure.message);
+        }
+        // --legacy: the string is a legacy key after all
+        let legacy = KeyOpts { legacy: true, ..opts };
+        let t = legacy.target("posix:/x").unwrap();
+        assert!(t.legacy);
+        assert_eq!(
+            t.native,
+            SharedMemory::legacy_native_key("posix:/x", KeyType::SystemV)
+        );
+        // a colon alone does not make a native key
+        assert!(opts.target("host:port").unwrap().legacy);
+        assert!(opts.target("a:b").unwrap().legacy);
     }
 }

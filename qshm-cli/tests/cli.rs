@@ -66,10 +66,7 @@ fn assert_fails(out: &Output, code: i32) -> String {
 }
 
 fn type_flag(kind: KeyType) -> &'static str {
-    match kind {
-        KeyType::SystemV => "--sysv",
-        KeyType::PosixRealtime => "--posix",
-    }
+    if kind.is_system_v() { "--sysv" } else { "--posix" }
 }
 
 /// `qshm create KEY SIZE --hold 60 <type> <extra>` in the background, once it reports.
@@ -204,12 +201,12 @@ fn create_write_cat_stat_across_processes() {
         assert!(text.contains("permissions:  0640\n"), "{text}");
         assert!(text.contains("lock:         free (Qt-compatible mode"), "{text}");
         match kind {
-            KeyType::SystemV => assert!(
-                text.contains("attachments:  2 (this stat included)"),
-                "holder + stat itself: {text}"
-            ),
             KeyType::PosixRealtime => assert!(
                 text.contains("attachments:  2 processes map it, 2 qshm attachments"),
+                "holder + stat itself: {text}"
+            ),
+            _ => assert!(
+                text.contains("attachments:  2 (this stat included)"),
                 "holder + stat itself: {text}"
             ),
         }
@@ -277,6 +274,39 @@ fn hold_from(key: &str, kind: KeyType, file: &str) -> (Peer, String) {
     let mut peer = Peer::spawn_command(&mut cmd);
     let line = peer.expect("created ", T);
     (peer, line)
+}
+
+#[test]
+fn system_v_keys_with_a_project_id_work_in_every_command() {
+    // QSharedMemory::legacyNativeKey(key, QNativeIpcKey::Type(84)).toString()
+    let key = unique_key("cliftokid");
+    let t = KeyType::system_v(84).unwrap();
+    let native = SharedMemory::legacy_native_key(&key, t);
+    let _remove = RemoveNative(native.clone());
+    let string = native.to_string();
+    assert!(string.starts_with("systemv-84:/"), "{string}");
+    // without --native: it reads as a native key, so it is one (not a legacy key)
+    let mut holder = Peer::spawn_command(Command::new(BIN).args(["create", &string, "100", "--hold", "60"]));
+    let line = holder.expect("created ", T);
+    assert!(line.ends_with("size=100 type=systemv-84"), "{line}");
+    let out = qshm(&["write", &string, "--text", "id 84"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&qshm(&["cat", &string, "--len", "5"])), "id 84");
+    // not the segment of Qt's default id on the same key file
+    let same_path = format!("systemv:{}", native.native());
+    assert_fails(&qshm(&["cat", &same_path]), 3);
+    let stat = stdout(&qshm(&["stat", &string]));
+    assert!(stat.contains("backend:      System V (ftok id 84)\n"), "{stat}");
+    // ls names its type and key file (Qt-named, so ls knows it)
+    let listed = find_segment(&ls_json(), t, native.native()).expect("ls lists the segment");
+    assert_eq!(listed["size"], 100);
+    let out = qshm(&["rm", &string]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    interrupt(&mut holder);
+    assert!(!std::path::Path::new(native.native()).exists(), "key file left");
+    // starts like a native key but is none: refused, with the way to a legacy key
+    let err = assert_fails(&qshm(&["create", "systemv-0:/x", "10"]), 1);
+    assert!(err.contains("--legacy"), "{err}");
 }
 
 #[test]
@@ -508,7 +538,7 @@ fn rm_stale_removes_orphans_and_never_a_live_segment() {
         let recorded = sysv_keys(&key, kind);
         let prefix = match kind {
             KeyType::PosixRealtime => posix_lock_state_prefix(&native),
-            KeyType::SystemV => {
+            _ => {
                 let (_, k, id) = recorded
                     .iter()
                     .find(|r| r.0.ends_with("shm"))
@@ -521,19 +551,16 @@ fn rm_stale_removes_orphans_and_never_a_live_segment() {
         holder.kill9();
         // then the segment itself goes, behind qshm's back (ipcrm, or Qt's unlink)
         let mut expected = vec![("lock state".to_owned(), format!("/dev/shm/{}", lock_states[0]))];
-        match kind {
-            KeyType::SystemV => {
-                ipcrm(&native);
-                expected.push(("semaphore".to_owned(), sem.native().to_owned()));
-                expected.push(("key file".to_owned(), native.native().to_owned()));
-            }
-            KeyType::PosixRealtime => {
-                std::fs::remove_file(format!("/dev/shm{}", native.native())).unwrap();
-                expected.push((
-                    "semaphore".to_owned(),
-                    format!("/dev/shm/sem.{}", &sem.native()[1..]),
-                ));
-            }
+        if kind.is_system_v() {
+            ipcrm(&native);
+            expected.push(("semaphore".to_owned(), sem.native().to_owned()));
+            expected.push(("key file".to_owned(), native.native().to_owned()));
+        } else {
+            std::fs::remove_file(format!("/dev/shm{}", native.native())).unwrap();
+            expected.push((
+                "semaphore".to_owned(),
+                format!("/dev/shm/sem.{}", &sem.native()[1..]),
+            ));
         }
         // orphans younger than 2 s may be a creator's work in progress
         std::thread::sleep(Duration::from_millis(2200));

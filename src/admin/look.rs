@@ -13,12 +13,26 @@ use crate::sys::lock_state::{LOCK_STATE_PREFIX, LockState, Origin, Peek, Segment
 use crate::sys::procfs::{self, SemRow, ShmRow};
 use crate::sys::{posix, sysv};
 
-/// A Qt key file in Qt's temporary directory, with the System V key `ftok` gives it.
+/// A Qt key file in Qt's temporary directory, with the System V key `ftok` gives it
+/// for Qt's project id `'Q'` (other ids change only the top byte: [`same_key_file`]).
 pub(super) struct KeyFile {
     pub path: String,
     pub name: String,
     pub ftok: i32,
     pub st: FileStat,
+}
+
+/// Whether two numeric System V keys come from one key file, whatever their `ftok`
+/// project ids: `ftok` puts the id in the top byte and the file in the rest. (Key 0 is
+/// `IPC_PRIVATE`, and every removed segment's: never a key file's.)
+pub(super) fn same_key_file(a: i32, b: i32) -> bool {
+    a != 0 && b != 0 && (a ^ b) & 0x00ff_ffff == 0
+}
+
+/// The key type of a numeric System V key made from a key file: its `ftok` project id
+/// is the top byte.
+pub(super) fn system_v_type_of(key: i32) -> KeyType {
+    KeyType::system_v((key as u32 >> 24) as u8).unwrap_or(KeyType::SystemV)
 }
 
 /// A regular file in `/dev/shm`.
@@ -111,7 +125,7 @@ impl Look {
         let sysv = self.shm.iter().map(|row| {
             // key 0 is IPC_PRIVATE (and every removed segment): never a key file's
             let key_file = self.key_files.iter().find(|f| {
-                row.key != 0 && f.ftok == row.key && LegacyName::parse(&f.name).is_some_and(is_segment_name)
+                same_key_file(f.ftok, row.key) && LegacyName::parse(&f.name).is_some_and(is_segment_name)
             });
             self.sysv_draft(row, key_file.map(|f| f.path.as_str()), None)
         });
@@ -127,7 +141,7 @@ impl Look {
     pub(super) fn segment_of(&self, key: &NativeIpcKey) -> Option<Draft> {
         let semaphore = Some(crate::key::semaphore_key(key));
         match key.kind() {
-            KeyType::SystemV => {
+            KeyType::SystemV | KeyType::SystemVWithId(_) => {
                 let numeric = sysv::numeric_key(key)?;
                 let row = self.shm.iter().find(|r| r.key == numeric && r.key != 0)?;
                 Some(self.sysv_draft(row, Some(key.native()), semaphore))
@@ -149,7 +163,8 @@ impl Look {
         let peek = LockState::peek(id).ok().flatten();
         let name = key_file.map(|p| p.rsplit('/').next().unwrap_or(p));
         let qt_name = name.and_then(qt_name);
-        let semaphore = semaphore.or_else(|| key_file.and_then(sysv_semaphore_of));
+        let kind = system_v_type_of(row.key);
+        let semaphore = semaphore.or_else(|| key_file.and_then(|f| sysv_semaphore_of(f, kind)));
         let age = self.age(row.ctime.saturating_mul(1_000_000_000));
         let state = sysv_state(row.nattch, row.atime != 0, age);
         let lock = lock_status::system_v(peek.as_ref(), semaphore.as_ref());
@@ -159,7 +174,7 @@ impl Look {
                 key: row.key,
                 removed: row.perms & u32::from(os::SHM_DEST) != 0,
             },
-            native_key: key_file.map(|p| NativeIpcKey::new(p, KeyType::SystemV)),
+            native_key: key_file.map(|p| NativeIpcKey::new(p, kind)),
             maker: maker(peek.as_ref(), qt_name.is_some()),
             qt_name,
             size: row.size,
@@ -289,13 +304,14 @@ pub(super) fn posix_semaphore_of(name: &str) -> Option<NativeIpcKey> {
     found.or(derived).or(Some(native))
 }
 
-/// The semaphore of the System V segment with Qt key file `key_file`, for a name Qt
-/// derived from a legacy key: the key file Qt derives for the semaphore of that key.
-pub(super) fn sysv_semaphore_of(key_file: &str) -> Option<NativeIpcKey> {
+/// The semaphore of the System V segment of type `kind` with Qt key file `key_file`, for
+/// a name Qt derived from a legacy key: the key file Qt derives for the semaphore of that
+/// key, of the same type (Qt derives it with the segment's `ftok` project id).
+pub(super) fn sysv_semaphore_of(key_file: &str, kind: KeyType) -> Option<NativeIpcKey> {
     let (dir, name) = key_file.rsplit_once('/')?;
     let name = LegacyName::parse(name).filter(|n| is_segment_name(*n))?;
     let semaphore = format!("{dir}/{}", name.for_ipc(IpcType::SystemSemaphore));
-    Some(NativeIpcKey::new(semaphore, KeyType::SystemV))
+    Some(NativeIpcKey::new(semaphore, kind))
 }
 
 /// Qt key files (`qipc_…` names Qt derives) in Qt's temporary directory.
@@ -312,7 +328,7 @@ fn key_files() -> Vec<KeyFile> {
             let path = format!("{dir}/{name}");
             let c_path = os::cstring(&path).ok()?;
             let st = os::lstat(&c_path).ok().filter(FileStat::is_regular)?;
-            let ftok = sysv::ftok_key(&c_path).ok()?;
+            let ftok = sysv::ftok_key(&c_path, crate::key::SYSV_PROJECT_ID).ok()?;
             Some(KeyFile { path, name, ftok, st })
         })
         .collect()
@@ -335,7 +351,9 @@ fn shm_dir_files() -> io::Result<Vec<ShmFile>> {
 /// Whether the segment of `key` exists right now.
 pub(super) fn exists(key: &NativeIpcKey) -> bool {
     match key.kind() {
-        KeyType::SystemV => sysv::numeric_key(key).is_some_and(|k| os::shmget(k, 0, 0).is_ok()),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => {
+            sysv::numeric_key(key).is_some_and(|k| os::shmget(k, 0, 0).is_ok())
+        }
         KeyType::PosixRealtime => posix::shm_file_name(key.native()).is_ok_and(|name| {
             os::cstring(&format!("{}/{name}", crate::sys::SHM_DIR))
                 .and_then(|c| os::lstat(&c))

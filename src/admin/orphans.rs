@@ -128,12 +128,25 @@ fn segment_key_file(path: &str) -> Option<String> {
 /// System V: Qt semaphores whose segment is gone and whose last user died, and Qt key
 /// files with no object behind them.
 fn system_v(look: &Look) -> Vec<Orphan> {
-    let shm_keys: HashSet<i32> = look.shm.iter().map(|r| r.key).collect();
-    let sem_ids: HashMap<i32, i32> = look.sems.iter().map(|r| (r.key, r.id)).collect();
+    // by key file (the numeric key without its top byte, the ftok project id): a key file
+    // is in use under any project id
+    let file_bits = |key: i32| key & 0x00ff_ffff;
+    let shm_keys: HashSet<i32> = look
+        .shm
+        .iter()
+        .filter(|r| r.key != 0)
+        .map(|r| file_bits(r.key))
+        .collect();
+    let sem_ids: HashMap<i32, (i32, i32)> = look
+        .sems
+        .iter()
+        .filter(|r| r.key != 0)
+        .map(|r| (file_bits(r.key), (r.key, r.id)))
+        .collect();
     let segment_alive = |path: &str| {
         look.key_files
             .iter()
-            .any(|k| k.path == path && shm_keys.contains(&k.ftok))
+            .any(|k| k.path == path && shm_keys.contains(&file_bits(k.ftok)))
     };
     let mut out = Vec::new();
     for f in &look.key_files {
@@ -141,14 +154,14 @@ fn system_v(look: &Look) -> Vec<Orphan> {
         if look.age(created) < ORPHAN_GRACE {
             continue;
         }
-        let kind = match (segment_key_file(&f.path), sem_ids.get(&f.ftok)) {
-            (Some(segment), Some(&semid)) => (!segment_alive(&segment) && last_user_dead(semid))
-                .then_some(OrphanKind::SystemVSemaphore { semid, key: f.ftok }),
+        let kind = match (segment_key_file(&f.path), sem_ids.get(&file_bits(f.ftok))) {
+            (Some(segment), Some(&(key, semid))) => (!segment_alive(&segment) && last_user_dead(semid))
+                .then_some(OrphanKind::SystemVSemaphore { semid, key }),
             (Some(_), None) => Some(OrphanKind::KeyFile),
             // a segment's key file; a semaphore at its key uses it too (Qt's lock of a
             // native key, or a QSystemSemaphore of the same name)
             (None, semaphore) => {
-                (!shm_keys.contains(&f.ftok) && semaphore.is_none()).then_some(OrphanKind::KeyFile)
+                (!shm_keys.contains(&file_bits(f.ftok)) && semaphore.is_none()).then_some(OrphanKind::KeyFile)
             }
         };
         if let Some(kind) = kind {
@@ -180,7 +193,7 @@ pub(super) fn remove(orphan: &Orphan) -> bool {
         OrphanKind::UnfinishedSemaphore => remove_glibc_temporary(&c_path),
         OrphanKind::MaybeUnfinishedSemaphore => remove_if_unused(&c_path),
         OrphanKind::PosixSemaphore => remove_posix_semaphore(path),
-        OrphanKind::SystemVSemaphore { .. } => remove_sysv_semaphore(path, &c_path),
+        OrphanKind::SystemVSemaphore { key, .. } => remove_sysv_semaphore(path, &c_path, key),
         OrphanKind::KeyFile => remove_key_file(&c_path),
     }
 }
@@ -222,23 +235,29 @@ fn remove_posix_semaphore(path: &str) -> bool {
     segment_gone && posix::remove_semaphore_if_unused(&sem, None)
 }
 
-/// A Qt System V semaphore still without its segment, and still ownerless: removed, then
-/// its key file.
-fn remove_sysv_semaphore(path: &str, c_path: &CString) -> bool {
+/// A Qt System V semaphore (numeric key `key`) still without its segment, and still
+/// ownerless: removed, then its key file.
+fn remove_sysv_semaphore(path: &str, c_path: &CString, key: i32) -> bool {
     let Some(segment) = segment_key_file(path) else {
         return false;
     };
-    let Ok(key) = sysv::ftok_key(c_path) else {
+    // the key file still gives this key (under the project id the key carries)
+    let kind = super::look::system_v_type_of(key);
+    let project_id = kind.ftok_project_id().unwrap_or(crate::key::SYSV_PROJECT_ID);
+    if sysv::ftok_key(c_path, project_id).ok() != Some(key) {
         return false;
-    };
-    let segment = NativeIpcKey::new(segment, KeyType::SystemV);
+    }
+    let segment = NativeIpcKey::new(segment, kind);
     match os::semget(key, 0) {
         Ok(id) if last_user_dead(id) && !super::look::exists(&segment) => {
             let _ = os::sem_remove(id);
             if os::semget(key, 0).is_ok() {
                 return false;
             }
-            let _ = os::unlink(c_path);
+            // another project id may use the same key file
+            if !sysv::used_under_any_id(c_path) {
+                let _ = os::unlink(c_path);
+            }
             true
         }
         _ => false,
@@ -254,8 +273,6 @@ fn remove_key_file(c_path: &CString) -> bool {
     if !matches!(os::flock(&file.fd, libc::LOCK_EX | libc::LOCK_NB), Ok(true)) || !file.still_named() {
         return false;
     }
-    let in_use = sysv::ftok_key(c_path)
-        .map(|k| os::shmget(k, 0, 0).is_ok() || os::semget(k, 0).is_ok())
-        .unwrap_or(true);
+    let in_use = sysv::used_under_any_id(c_path);
     !in_use && matches!(file.unlink_if_still_named(), Ok(true))
 }

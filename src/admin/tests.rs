@@ -34,9 +34,14 @@ fn qt_names_are_read_back_from_every_derived_key() {
             assert_eq!(look::qt_name(sem_name).map(|n| n.letters), Some(letters.clone()));
         }
         let sysv = SharedMemory::legacy_native_key(key, KeyType::SystemV);
-        let sem = look::sysv_semaphore_of(sysv.native()).expect("a Qt key file");
+        let sem = look::sysv_semaphore_of(sysv.native(), KeyType::SystemV).expect("a Qt key file");
         let derived = SystemSemaphore::legacy_native_key(key, KeyType::SystemV);
         assert_eq!((sem.native(), sem.kind()), (derived.native(), KeyType::SystemV));
+        // another ftok project id: Qt derives the semaphore with the segment's type
+        let t = KeyType::system_v(b'T').unwrap();
+        let sem = look::sysv_semaphore_of(sysv.native(), t).expect("a Qt key file");
+        let derived = SystemSemaphore::legacy_native_key(key, t);
+        assert_eq!((sem.native(), sem.kind()), (derived.native(), t));
     }
 }
 
@@ -54,7 +59,7 @@ fn names_qt_cannot_derive_are_not_read_as_qt_names() {
     ] {
         assert_eq!(LegacyName::parse(&name), None, "{name}");
     }
-    assert_eq!(look::sysv_semaphore_of("/tmp/custom"), None);
+    assert_eq!(look::sysv_semaphore_of("/tmp/custom", KeyType::SystemV), None);
 }
 
 #[test]

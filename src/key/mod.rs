@@ -8,79 +8,27 @@
 //! 2. the key's ASCII letters `a-z` and `A-Z`, in order; every other character is dropped;
 //! 3. the lowercase hex SHA-1 of the key's UTF-8 bytes (40 characters);
 //! 4. for [`KeyType::PosixRealtime`] a leading `/` (a `shm_open`/`sem_open` name); for
-//!    [`KeyType::SystemV`] Qt's temporary directory and a `/` in front (a file path that
-//!    is then turned into a System V key with `ftok(path, 'Q')`).
+//!    every System V type ([`KeyType::SystemV`] and [`KeyType::SystemVWithId`]) Qt's
+//!    temporary directory and a `/` in front (a file path that is then turned into a
+//!    System V key with `ftok(path, id)`, `id` being `'Q'` or the type's project id).
 //!
 //! Qt's temporary directory is what `QStandardPaths::writableLocation(TempLocation)`
 //! returns on Linux in Qt 6.11 (see [`temp_dir_from`]): `/tmp` when `$TMPDIR` is unset or
 //! empty, else `$TMPDIR` made absolute and cleaned *without* resolving symbolic links and
 //! without checking that it exists. Checked against real Qt 6.11 (PyQt6) by the tests.
 
-use std::fmt;
-use std::str::FromStr;
-
 use sha1::{Digest, Sha1};
 
-use crate::error::{Error, Failure, Result, SharedMemoryError};
+use crate::error::{Failure, SharedMemoryError};
 
-/// The `ftok` project id Qt uses for System V keys: the value of
-/// `QNativeIpcKey::Type::SystemV`, `'Q'`.
-pub(crate) const SYSV_PROJECT_ID: i32 = 0x51;
-
-/// Which operating-system API a native key names (Qt's `QNativeIpcKey::Type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[doc(alias = "QNativeIpcKey::Type")]
-pub enum KeyType {
-    /// System V IPC: `shmget`/`semget`; the native key is the path of a file that
-    /// `ftok(path, 'Q')` turns into the numeric key.
-    SystemV,
-    /// POSIX realtime IPC: `shm_open`/`sem_open`; the native key is a name like `/name`.
-    PosixRealtime,
-}
-
-impl KeyType {
-    /// What Qt before 6.6 used, and what legacy string keys still map to on Linux
-    /// (`QNativeIpcKey::legacyDefaultTypeForOs()`): System V.
-    pub const fn legacy_default() -> KeyType {
-        KeyType::SystemV
-    }
-
-    /// Qt 6.6's `QNativeIpcKey::DefaultTypeForOs` on Linux: POSIX realtime.
-    pub const fn default_for_os() -> KeyType {
-        KeyType::PosixRealtime
-    }
-
-    /// The scheme of the key's string form: `"systemv"` or `"posix"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            KeyType::SystemV => "systemv",
-            KeyType::PosixRealtime => "posix",
-        }
-    }
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for KeyType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<KeyType> {
-        match s {
-            "systemv" | "sysv" => Ok(KeyType::SystemV),
-            "posix" | "posixrealtime" => Ok(KeyType::PosixRealtime),
-            _ => Err(Error::new(SharedMemoryError::KeyError, "parse key type", s)
-                .with_detail("unknown key type: expected \"systemv\" or \"posix\"")),
-        }
-    }
-}
+mod key_type;
+pub use key_type::{KeyType, SystemVId};
+pub(crate) use key_type::{SYSV_PROJECT_ID, is_supported};
 
 /// A native key plus its type: what the OS uses to find a segment or semaphore
 /// (Qt's `QNativeIpcKey`). It remembers the legacy key it was derived from, if any,
 /// and its string form (`systemv:/tmp/qipc_...?legacyKey=market`) round-trips through
-/// [`Display`](fmt::Display) and [`FromStr`], compatibly with Qt's `toString`/`fromString`.
+/// [`Display`](std::fmt::Display) and [`FromStr`](std::str::FromStr), compatibly with Qt's `toString`/`fromString`.
 #[derive(Clone, Debug)]
 #[doc(alias = "QNativeIpcKey")]
 pub struct NativeIpcKey {
@@ -143,23 +91,73 @@ impl NativeIpcKey {
         self.native.is_empty()
     }
 
+    /// Qt's `isValid()`: whether the key has a type Qt knows. Always true here: a
+    /// [`KeyType`] has no invalid value, and where Qt's `fromString` returns an invalid
+    /// key, parsing a `NativeIpcKey` is an error. Kept so that code ported from Qt reads
+    /// the same; whether the key can be used at all is decided where it is used
+    /// (`KeyError`).
+    #[doc(alias = "isValid")]
+    pub fn is_valid(&self) -> bool {
+        true
+    }
+
+    /// Use `native` as the native key from now on (Qt's `setNativeKey`): like Qt, the key
+    /// no longer remembers a legacy key (it is now a plain native key).
+    #[doc(alias = "setNativeKey")]
+    pub fn set_native(&mut self, native: impl Into<String>) {
+        self.native = native.into();
+        self.legacy = None;
+        self.unusable = None;
+    }
+
+    /// Change the key type (Qt's `setType`), keeping the native and legacy keys.
+    ///
+    /// ```
+    /// use qshm::{KeyType, NativeIpcKey};
+    /// let mut key = NativeIpcKey::new("/tmp/app.key", KeyType::SystemV);
+    /// key.set_kind(KeyType::system_v(b'T').unwrap());
+    /// assert_eq!(key.to_string(), "systemv-84:/tmp/app.key");
+    /// ```
+    #[doc(alias = "setType")]
+    pub fn set_kind(&mut self, kind: KeyType) {
+        // an unusable directory makes every System V type unusable, and no POSIX one
+        if !kind.is_system_v() {
+            self.unusable = None;
+        }
+        self.kind = kind;
+    }
+
     /// The name to show the user: the legacy key if there is one, else the native key.
     pub(crate) fn display_name(&self) -> &str {
         self.legacy.as_deref().unwrap_or(&self.native)
     }
 
     /// Fails with a [`SharedMemoryError::KeyError`] where Qt fails to make the key's
-    /// file (`QSharedMemory::create`/`attach` and `QSystemSemaphore` report "unable to
-    /// make key"), before anything is made: a System V key whose directory is missing or
-    /// not a directory, or a key derived from an unusable Qt directory. The message
-    /// names the directory. Other problems (e.g. no permission) are left to the system
-    /// call that meets them.
+    /// file or its semaphore (`QSharedMemory::create`/`attach` and `QSystemSemaphore`
+    /// report "unable to make key" or "key too long"), before anything is made: a System V
+    /// key whose directory is missing or not a directory, a key derived from an unusable
+    /// Qt directory, or a POSIX key whose semaphore name is too long for `sem_open` (for
+    /// a segment: the semaphore of its lock, which Qt opens at `create` and `attach`,
+    /// and refuses then). The message names the directory or the name. Other problems
+    /// (e.g. no permission) are left to the system call that meets them.
     pub(crate) fn check_usable(&self) -> std::result::Result<(), Failure> {
         let fail = |detail: String| Err(Failure::because(SharedMemoryError::KeyError, detail));
         if let Some(why) = &self.unusable {
             return fail(why.clone());
         }
-        if self.kind != KeyType::SystemV {
+        if self.kind == KeyType::PosixRealtime {
+            let name_len = self.posix_semaphore_name_len();
+            if name_len > POSIX_SEMAPHORE_NAME_MAX {
+                let whose = if self.legacy.is_some() {
+                    "Qt's semaphore name for this legacy key"
+                } else {
+                    "the semaphore name (the native key itself)"
+                };
+                return fail(format!(
+                    "{whose} would be {name_len} bytes, and sem_open takes at most \
+                     {POSIX_SEMAPHORE_NAME_MAX} (key too long: Qt refuses it too)"
+                ));
+            }
             return Ok(());
         }
         let dir = match self.native.rfind('/') {
@@ -172,6 +170,12 @@ impl NativeIpcKey {
         } else {
             ""
         };
+        // Qt 5 falls back to "/" for a TMPDIR that does not exist; qshm does not
+        let qt5 = if self.legacy.is_some() {
+            "; Qt 5 would put its key file in / instead, which qshm refuses"
+        } else {
+            ""
+        };
         match std::fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
             Ok(_) => fail(format!(
@@ -180,13 +184,38 @@ impl NativeIpcKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure::from(e)
                 .with_kind(SharedMemoryError::KeyError)
                 .with_detail(format!(
-                    "{dir}, the directory of the System V key file, does not exist{hint}"
+                    "{dir}, the directory of the System V key file, does not exist{hint}{qt5}"
                 ))),
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => fail(format!(
                 "{dir}, the directory of the System V key file, is not a directory{hint}"
             )),
             Err(_) => Ok(()),
         }
+    }
+
+    /// The length of the name `sem_open` gets for this key's semaphore (glibc drops the
+    /// leading slashes): derived from the legacy key if there is one (Qt's semaphore of a
+    /// legacy key, or the key of a legacy semaphore), else the native key itself.
+    fn posix_semaphore_name_len(&self) -> usize {
+        match self.legacy.as_deref().filter(|l| !l.is_empty()) {
+            Some(legacy) => {
+                let letters = legacy.chars().filter(char::is_ascii_alphabetic).count();
+                SYSTEM_SEMAPHORE_PREFIX.len() + letters + 40
+            }
+            None => self.native.trim_start_matches('/').len(),
+        }
+    }
+}
+
+/// The longest name `sem_open` takes on Linux: glibc keeps the semaphore in the file
+/// `/dev/shm/sem.<name>`, and a file name has at most `NAME_MAX` (255) bytes. (Qt's
+/// 197-letter legacy keys are the first whose semaphore name is longer.)
+pub(crate) const POSIX_SEMAPHORE_NAME_MAX: usize = 255 - "sem.".len();
+
+/// Qt's `QNativeIpcKey()`: an empty key of [`KeyType::default_for_os`] (POSIX).
+impl Default for NativeIpcKey {
+    fn default() -> NativeIpcKey {
+        NativeIpcKey::new(String::new(), KeyType::default_for_os())
     }
 }
 
@@ -275,7 +304,8 @@ fn legacy_key_in(key: &str, ipc: IpcType, kind: KeyType, temp_dir: impl FnOnce()
     let mut unusable = None;
     let native = match kind {
         KeyType::PosixRealtime => format!("/{name}"),
-        KeyType::SystemV => {
+        // every System V type, whatever its ftok id, as Qt does
+        KeyType::SystemV | KeyType::SystemVWithId(_) => {
             let dir = temp_dir();
             if !dir.starts_with('/') {
                 unusable = Some(format!(
@@ -318,8 +348,9 @@ fn platform_safe_key_in(
     }
     match kind {
         KeyType::PosixRealtime => NativeIpcKey::new(format!("/{key}"), kind),
-        KeyType::SystemV if key.starts_with('/') => NativeIpcKey::new(key, kind),
-        KeyType::SystemV => match runtime_dir() {
+        // every System V type, whatever its ftok id, as Qt does
+        KeyType::SystemV | KeyType::SystemVWithId(_) if key.starts_with('/') => NativeIpcKey::new(key, kind),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => match runtime_dir() {
             Ok(dir) => NativeIpcKey::new(format!("{dir}/{key}"), kind),
             Err(why) => NativeIpcKey {
                 unusable: Some(why),
@@ -334,6 +365,8 @@ mod string_form;
 
 pub(crate) use qt_dirs::{qt_runtime_dir, qt_temp_dir};
 
+#[cfg(test)]
+mod string_form_tests;
 #[cfg(test)]
 mod tests;
 

@@ -28,8 +28,17 @@ pub(super) fn decode_env(value: &std::ffi::OsStr) -> String {
 ///   directory, cleaned with `QDir::cleanPath` ([`clean_path`]), and gets back a
 ///   trailing `/` if it had one (`/tmp/..//` gives `//`).
 ///
-/// Symbolic links are not resolved and the directory need not exist: Qt uses the string
-/// as it is, and so does qshm.
+/// Symbolic links are not resolved and the directory need not exist: Qt 6 uses the
+/// string as it is, and so does qshm.
+///
+/// Qt 5.15 differs (`QDir::tempPath()` is canonical there): it resolves symbolic links
+/// (`TMPDIR=/tmp/link` gives `/tmp/real`), and for a `$TMPDIR` that does not exist, or a
+/// relative one, it uses `""`, so its key files go to `/`. The first meets qshm anyway:
+/// both paths name one key file, and `ftok` keys the file, not the path (tested with real
+/// Qt 5.15 in `tests/qt_versions.rs`). The second qshm refuses on purpose: it would make
+/// key files in `/` for any user whose `TMPDIR` is wrong; a missing directory is a
+/// `KeyError` naming it ([`NativeIpcKey::check_usable`](super::NativeIpcKey)), and a Qt 5
+/// program in that state is met only by giving qshm its native key (`/qipc_…`) as such.
 pub(super) fn temp_dir_from(tmpdir: Option<&str>, cwd: impl FnOnce() -> Option<String>) -> String {
     let mut temp = match tmpdir {
         None | Some("") => return "/tmp".to_owned(),

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::SYSV_PROJECT_ID;
 use super::{KeyType, NativeIpcKey};
 use crate::error::{Error, Result, SharedMemoryError};
 
@@ -33,22 +32,55 @@ fn percent_encode(s: &str, escape: fn(char) -> bool) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Percent-decoding as Qt's `QUrl` does it in tolerant mode, then as UTF-8: `%XX` with
+/// two hex digits is the byte `XX`; a `%` without them is itself (`%zz`, `%2` at the end).
+/// The bytes are read as UTF-8, each byte of an invalid or cut-off sequence becoming one
+/// U+FFFD, as `QString::fromUtf8` does (`%E2%80` is two of them; Rust's `from_utf8_lossy`
+/// would make one). Checked against real Qt 6.11 (PyQt6) by the unit tests.
+fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
         }
     }
-    String::from_utf8(out).ok()
+    utf8_replacing_each_bad_byte(&decoded)
+}
+
+/// UTF-8 to text, each byte that does not start a whole valid sequence replaced by
+/// U+FFFD (Qt's `QString::fromUtf8`).
+fn utf8_replacing_each_bad_byte(mut bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    while !bytes.is_empty() {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                out.push_str(text);
+                break;
+            }
+            Err(e) => {
+                let (good, bad) = bytes.split_at(e.valid_up_to());
+                // valid up to here by construction
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                out.push(char::REPLACEMENT_CHARACTER);
+                bytes = &bad[1..];
+            }
+        }
+    }
+    out
 }
 
 impl fmt::Display for NativeIpcKey {
@@ -67,51 +99,21 @@ impl fmt::Display for NativeIpcKey {
     }
 }
 
-/// Parses the type part of a key string as Qt's `stringToType` does (after `QUrl` has
-/// lowercased it): `systemv`, `posix`, `windows`, or `systemv-N` with a decimal `N` from
-/// 1 to 255, Qt's System V key whose `ftok` project id is `N` (`systemv-81` is plain
-/// `systemv`, 81 being `'Q'`). Anything else is no key type at all.
-fn parse_scheme(scheme: &str) -> Scheme {
-    match scheme {
-        "systemv" => return Scheme::Supported(KeyType::SystemV),
-        "posix" => return Scheme::Supported(KeyType::PosixRealtime),
-        "windows" => return Scheme::Windows,
-        _ => {}
-    }
-    let id = scheme
-        .strip_prefix("systemv-")
-        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|digits| digits.parse::<u32>().ok())
-        .filter(|id| (1..=0xff).contains(id));
-    match id {
-        Some(id) if id == SYSV_PROJECT_ID as u32 => Scheme::Supported(KeyType::SystemV),
-        Some(id) => Scheme::SystemVWithId(id),
-        None => Scheme::Unknown,
-    }
-}
-
-/// What [`parse_scheme`] found.
-enum Scheme {
-    Supported(KeyType),
-    Windows,
-    SystemVWithId(u32),
-    Unknown,
-}
-
 impl FromStr for NativeIpcKey {
     type Err = Error;
 
-    /// Qt's `QNativeIpcKey::fromString()`; invalid text is a [`SharedMemoryError::KeyError`].
+    /// Qt's `QNativeIpcKey::fromString()`; what Qt reads as an invalid key is a
+    /// [`SharedMemoryError::KeyError`].
     ///
-    /// Qt also accepts `windows:` keys (useless on Linux) and `systemv-N:` keys: System V
-    /// keys whose `ftok` project id is `N` instead of Qt's default `'Q'` (81). Both are
-    /// rejected with a `KeyError` that says so. Decision for `systemv-N`: not supported.
-    /// Supporting it would mean a key type carrying the id (a breaking change of the
-    /// public [`KeyType`]), the id in every `ftok` of segments and semaphores, in qshm's
-    /// lock-state name (else `systemv-82:/f` and `systemv:/f`, different segments, would
-    /// share one lock) and in `qshm ls`; Qt itself only makes such keys when asked, and
-    /// no legacy or platform-safe key uses them. `systemv-81` is Qt's default id spelled
-    /// out, so it is plain `systemv`, as in Qt.
+    /// Read as Qt's `QUrl` (tolerant mode) and `QUrlQuery` read it: the type is the
+    /// scheme, case-insensitive (`systemv`, `posix`, `systemv-N` for the System V type of
+    /// `ftok` project id `N`, 1 to 255; `systemv-81` is `systemv`); the native key is the
+    /// path, percent-decoded as [`percent_decode`] says (`posix:/a%zz` is `/a%zz`, as in
+    /// Qt); an empty authority (`posix:///x`, `posix://@:/x`) is allowed, a host, user or
+    /// port is not; the fragment is ignored; the query holds only `legacyKey` items (the
+    /// last one counts), and an empty item is an unknown one (`?&legacyKey=y` is refused,
+    /// as in Qt, while one `&` at the very end is nothing). Qt's `windows:` keys are
+    /// refused: they do not exist on Linux.
     fn from_str(text: &str) -> Result<NativeIpcKey> {
         let invalid = |why: &str| {
             Error::new(SharedMemoryError::KeyError, "parse key", text)
@@ -120,22 +122,13 @@ impl FromStr for NativeIpcKey {
         let (scheme, rest) = text.split_once(':').ok_or_else(|| invalid("no type"))?;
         // URL schemes are case-insensitive (QUrl lowercases them)
         let scheme = scheme.to_ascii_lowercase();
-        let kind = match parse_scheme(&scheme) {
-            Scheme::Supported(kind) => kind,
-            Scheme::Windows => return Err(invalid("Qt's \"windows\" keys do not exist on Linux")),
-            Scheme::SystemVWithId(id) => {
-                let shown = char::from_u32(id)
-                    .filter(char::is_ascii_graphic)
-                    .map(|c| format!(" ({c:?})"))
-                    .unwrap_or_default();
+        let kind = match KeyType::from_scheme(&scheme) {
+            Some(Ok(kind)) => kind,
+            Some(Err(())) => return Err(invalid("Qt's \"windows\" keys do not exist on Linux")),
+            None => {
                 return Err(invalid(&format!(
-                    "{scheme:?} is Qt's System V key type with ftok project id {id}{shown}; \
-                     qshm supports only Qt's default System V id {SYSV_PROJECT_ID} ('Q')"
-                )));
-            }
-            Scheme::Unknown => {
-                return Err(invalid(&format!(
-                    "unknown key type {scheme:?}: expected \"systemv\" or \"posix\""
+                    "unknown key type {scheme:?}: expected \"systemv\", \"posix\" or \"systemv-N\" \
+                     (N: an ftok project id, 1 to 255)"
                 )));
             }
         };
@@ -145,24 +138,31 @@ impl FromStr for NativeIpcKey {
             None => (rest, None),
         };
         if let Some(after) = path.strip_prefix("//") {
-            // an authority: it must be empty (no host, user or port)
+            // an authority: no host, user or port (an empty user info or port is none)
             let end = after.find('/').unwrap_or(after.len());
-            if end != 0 {
-                return Err(invalid("a host is not allowed"));
+            let authority = &after[..end];
+            let host_port = match authority.rfind('@') {
+                Some(0) => &authority[1..],
+                Some(_) => return Err(invalid("a user is not allowed")),
+                None => authority,
+            };
+            if !host_port.is_empty() && host_port != ":" {
+                return Err(invalid("a host or port is not allowed"));
             }
             path = &after[end..];
         }
-        let native = percent_decode(path).ok_or_else(|| invalid("bad percent-encoding"))?;
-        let mut key = NativeIpcKey::new(native, kind);
-        for item in query.into_iter().flat_map(|q| q.split('&')) {
-            if item.is_empty() {
-                continue;
-            }
+        let mut key = NativeIpcKey::new(percent_decode(path), kind);
+        let query = query.unwrap_or_default();
+        // QUrlQuery: items split at '&', a last empty one (a trailing '&') is none
+        let items = query.strip_suffix('&').unwrap_or(query);
+        for item in items.split('&').filter(|_| !query.is_empty()) {
             let (name, value) = item.split_once('=').unwrap_or((item, ""));
-            if name != "legacyKey" {
-                return Err(invalid("unknown query item"));
+            if percent_decode(name) != "legacyKey" {
+                return Err(invalid(&format!(
+                    "unknown query item {name:?} (only legacyKey is allowed)"
+                )));
             }
-            let value = percent_decode(value).ok_or_else(|| invalid("bad percent-encoding"))?;
+            let value = percent_decode(value);
             // an empty legacy key is no legacy key (the string form never prints one)
             key.legacy = (!value.is_empty()).then_some(value);
         }

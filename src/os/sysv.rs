@@ -20,6 +20,24 @@ pub(crate) fn ftok(path: &CStr, id: i32) -> io::Result<libc::key_t> {
     }
 }
 
+/// Whether the kernel has System V IPC: Qt's `runtimeSupportCheck` asks for something
+/// that must fail (a set of -1 semaphores, a segment of `usize::MAX` bytes) and looks
+/// whether it failed for want of the system call (`ENOSYS`).
+pub(crate) fn system_v_ipc_available() -> bool {
+    // SAFETY: plain values; both calls only fail here.
+    let (sem, shm) = unsafe {
+        (
+            libc::semget(libc::IPC_PRIVATE, -1, 0) == -1 && errno() == libc::ENOSYS,
+            libc::shmget(libc::IPC_PRIVATE, usize::MAX, 0) == -1 && errno() == libc::ENOSYS,
+        )
+    };
+    !sem && !shm
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
 pub(crate) fn shmget(key: libc::key_t, size: usize, flags: libc::c_int) -> io::Result<libc::c_int> {
     // SAFETY: shmget takes plain values.
     cvt(unsafe { libc::shmget(key, size, flags) })

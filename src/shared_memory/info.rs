@@ -30,11 +30,11 @@ impl SharedMemory {
         Some(state.segment().lock_state_path().into())
     }
 
-    /// The numeric System V key (`ftok(path, 'Q')`) of a System V native key, if its
-    /// key file exists.
+    /// The numeric System V key (`ftok(path, id)`, `id` being `'Q'` or the type's
+    /// project id) of a System V native key, if its key file exists.
     pub fn system_v_key(key: &NativeIpcKey) -> Option<i32> {
         match key.kind() {
-            KeyType::SystemV => sys::sysv::numeric_key(key),
+            KeyType::SystemV | KeyType::SystemVWithId(_) => sys::sysv::numeric_key(key),
             KeyType::PosixRealtime => None,
         }
     }

@@ -51,6 +51,14 @@ impl SharedMemory {
         key::platform_safe_key(key, kind)
     }
 
+    /// Whether segments of key type `kind` work on this machine (Qt's
+    /// `QSharedMemory::isKeyTypeSupported`): System V IPC in the kernel (every `ftok`
+    /// project id alike), or `/dev/shm` for POSIX.
+    #[doc(alias = "isKeyTypeSupported")]
+    pub fn is_key_type_supported(kind: KeyType) -> bool {
+        key::is_supported(kind)
+    }
+
     /// Builder form of [`set_permissions`](Self::set_permissions).
     pub fn with_permissions(mut self, mode: u32) -> SharedMemory {
         self.perms = mode & 0o777;

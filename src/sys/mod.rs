@@ -77,6 +77,12 @@ pub(crate) trait SemaphoreBackend: Send + Sync {
     fn acquire(&self, timeout: Option<Duration>) -> io::Result<bool>;
     /// Give back `n` units (all or none: never past the maximum).
     fn release(&self, n: u32) -> io::Result<()>;
+    /// Give back `n` units as Qt's `QSystemSemaphore::release` does: where the OS object
+    /// can be removed under its users (System V), a removed one is made again first.
+    /// (Not for the segment lock: a lock's semaphore made again would count one too many.)
+    fn release_remaking(&self, n: u32) -> io::Result<()> {
+        self.release(n)
+    }
     /// Current value, for diagnostics.
     fn value(&self) -> io::Result<i32>;
     /// Destroy the OS object (and a System V key file).
@@ -151,7 +157,7 @@ pub(crate) struct Attached {
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
     check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => sysv::create(key, req),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::create(key, req),
         KeyType::PosixRealtime => posix::create(key, req),
     }
 }
@@ -160,7 +166,7 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
 pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
     check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => sysv::attach(key, req),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::attach(key, req),
         KeyType::PosixRealtime => posix::attach(key, req),
     }
 }
@@ -174,7 +180,9 @@ pub(crate) fn open_semaphore(
 ) -> Result<Box<dyn SemaphoreBackend>, Failure> {
     check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => Ok(Box::new(sysv::Semaphore::open(key, initial, mode, perms)?)),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => {
+            Ok(Box::new(sysv::Semaphore::open(key, initial, mode, perms)?))
+        }
         KeyType::PosixRealtime => Ok(Box::new(posix::Semaphore::open(key, initial, mode, perms)?)),
     }
 }
@@ -185,7 +193,7 @@ pub(crate) fn open_semaphore(
 pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<bool, Failure> {
     check_key(key)?;
     match key.kind() {
-        KeyType::SystemV => sysv::remove(key, semaphore),
+        KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::remove(key, semaphore),
         KeyType::PosixRealtime => posix::remove(key, semaphore),
     }
 }

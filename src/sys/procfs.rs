@@ -207,7 +207,6 @@ pub(crate) struct ShmRow {
 }
 
 /// One row of `/proc/sysvipc/sem`.
-#[cfg(feature = "admin")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SemRow {
     pub key: i32,
@@ -241,7 +240,6 @@ pub(crate) fn parse_shm_table(text: &str) -> Vec<ShmRow> {
 }
 
 /// Parse `/proc/sysvipc/sem`: `key semid perms nsems uid ...`.
-#[cfg(feature = "admin")]
 pub(crate) fn parse_sem_table(text: &str) -> Vec<SemRow> {
     table_rows(text)
         .filter_map(|f| {
@@ -259,7 +257,6 @@ pub(crate) fn shm_table() -> Vec<ShmRow> {
 }
 
 /// Every System V semaphore set.
-#[cfg(feature = "admin")]
 pub(crate) fn sem_table() -> Vec<SemRow> {
     parse_sem_table(&std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default())
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory};
 
 pub(crate) mod qt;
+#[macro_use]
+pub(crate) mod qtest;
 
 /// Environment variable that turns the test binary into a child process.
 pub(crate) const CHILD_ENV: &str = "QSHM_TEST_CHILD";
@@ -304,7 +306,7 @@ pub(crate) fn sysv_keys(key: &str, kind: KeyType) -> Vec<(&'static str, i32, i32
 /// [`sysv_keys`] of a native key (its semaphore's key as the segment's lock uses it).
 pub(crate) fn sysv_keys_of(native: &NativeIpcKey) -> Vec<(&'static str, i32, i32)> {
     let mut keys = Vec::new();
-    if native.kind() == KeyType::SystemV {
+    if native.kind().is_system_v() {
         let sem = SharedMemory::with_native_key(native.clone()).semaphore_key();
         for (table, native) in [("/proc/sysvipc/shm", native.clone()), ("/proc/sysvipc/sem", sem)] {
             if let Some(k) = SharedMemory::system_v_key(&native) {
@@ -344,7 +346,8 @@ pub(crate) fn leftovers_of(native: &NativeIpcKey, recorded: &[(&'static str, i32
                 found.push(format!("semaphore {sem_file}{}", posix_file_users(&sem_file)));
             }
         }
-        KeyType::SystemV => {
+        // every System V type (any ftok project id)
+        _ => {
             for path in [native.native(), sem.native()] {
                 if std::path::Path::new(path).exists() {
                     found.push(format!("key file {path}{}", key_file_users(path)));
@@ -455,7 +458,8 @@ fn posix_file_users(path: &str) -> String {
     )
 }
 
-fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
+/// Ids of the entries with numeric key `key` in a `/proc/sysvipc` table.
+pub(crate) fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
     let text = std::fs::read_to_string(table).unwrap_or_default();
     text.lines()
         .skip(1)
@@ -470,6 +474,17 @@ fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
 
 /// Both key types, for tests that run once per backend.
 pub(crate) const KINDS: [KeyType; 2] = [KeyType::SystemV, KeyType::PosixRealtime];
+
+/// Qt's "SystemV-T" key type: System V with `ftok` project id `'T'`
+/// (`QNativeIpcKey::Type('T')`), the second System V type Qt's IPC autotests run.
+pub(crate) const SYSTEM_V_T: KeyType = match KeyType::system_v(b'T') {
+    Some(kind) => kind,
+    None => panic!("'T' is a System V project id"),
+};
+
+/// The key types Qt's IPC autotests run on Linux, in the order `ipctestcommon.h` adds
+/// them ("POSIX", "SystemV-Q", "SystemV-T"); Qt's `nextKeyType` rotates through them.
+pub(crate) const QT_KINDS: [KeyType; 3] = [KeyType::PosixRealtime, KeyType::SystemV, SYSTEM_V_T];
 
 /// Build a handle for a legacy key with a key type and lock mode.
 pub(crate) fn handle(key: &str, kind: KeyType, mode: LockMode) -> SharedMemory {

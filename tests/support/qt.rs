@@ -31,12 +31,38 @@ pub(crate) fn find_qt_python() -> Option<PathBuf> {
     }
 }
 
+/// A Python with the Qt binding `flavor` of `interop/setup.sh` (`pyqt6`, `pyqt5`,
+/// `pyside6`): the one in environment variable `env_var` if set, else the venv
+/// `setup.sh` installs (cached under `target/`). `Err` says why there is none; the caller
+/// prints the loud SKIP line.
+pub(crate) fn find_qt_binding(flavor: &str, env_var: &str) -> Result<PathBuf, String> {
+    if let Ok(py) = std::env::var(env_var) {
+        return Ok(PathBuf::from(py));
+    }
+    let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/setup.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(setup).arg(flavor);
+    match run_setup_command(&mut cmd) {
+        Ok((true, stdout, _)) => stdout
+            .lines()
+            .last()
+            .map(|l| PathBuf::from(l.trim()))
+            .ok_or_else(|| format!("{setup} {flavor} printed no python")),
+        Ok((false, _, stderr)) => Err(stderr.trim().to_owned()),
+        Err(e) => Err(format!("cannot run {setup} {flavor}: {e}")),
+    }
+}
+
 /// Run `setup.sh`: its `qshm: ...` note goes to our stderr as it comes (it must be seen
 /// before the download); the rest of its stderr is kept for the SKIP line.
 pub(crate) fn run_setup(setup: &str) -> std::io::Result<(bool, String, String)> {
+    run_setup_command(Command::new("bash").arg(setup))
+}
+
+/// [`run_setup`] of a prepared command (`bash setup.sh [flavor]`).
+fn run_setup_command(cmd: &mut Command) -> std::io::Result<(bool, String, String)> {
     use std::io::{BufRead, BufReader, Read};
-    let mut child = Command::new("bash")
-        .arg(setup)
+    let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;

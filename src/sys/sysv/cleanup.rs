@@ -2,7 +2,7 @@
 //! orphaned lock states, and removal whatever the users think.
 
 use super::id_of;
-use super::key_file::{ftok_key, key_path, lock_key_file, remove_companions};
+use super::key_file::{ftok_key, key_path, lock_key_file, project_id, remove_companions};
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
 use crate::os;
@@ -118,7 +118,8 @@ pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<boo
     };
     let mut existed = false;
     let mut recorded = None;
-    if let Ok(skey) = ftok_key(&path)
+    let project_id = project_id(key);
+    if let Ok(skey) = ftok_key(&path, project_id)
         && let Ok(id) = os::shmget(skey, 0, 0)
     {
         if let Ok(ds) = os::shm_stat(id) {
@@ -129,14 +130,14 @@ pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<boo
         os::shm_remove(id)?;
         existed = true;
     }
-    remove_companions(lock.as_ref(), recorded, Some(semaphore));
+    remove_companions(lock.as_ref(), project_id, recorded, Some(semaphore));
     Ok(existed)
 }
 
 /// The numeric System V key of a native key, if its key file exists.
 pub(crate) fn numeric_key(key: &NativeIpcKey) -> Option<libc::key_t> {
     let path = os::cstring(key.native()).ok()?;
-    ftok_key(&path).ok()
+    ftok_key(&path, project_id(key)).ok()
 }
 
 /// Remove System V segment `id` if nobody is attached (its users all died), with its lock
@@ -166,6 +167,8 @@ pub(crate) fn remove_if_stale(
     if os::shm_remove(id).is_err() {
         return false;
     }
-    remove_companions(lock.as_ref(), recorded, semaphore);
+    // ftok puts the project id in the numeric key's top byte
+    let project_id = (ds.shm_perm.__key as u32 >> 24) as u8;
+    remove_companions(lock.as_ref(), project_id, recorded, semaphore);
     true
 }

@@ -11,11 +11,17 @@ use crate::key::{LegacyName, NativeIpcKey, SYSV_PROJECT_ID};
 use crate::os;
 use crate::sys::lock_state;
 use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
-use crate::sys::not_ours;
+use crate::sys::{not_ours, procfs};
 
-/// `ftok(path, 'Q')`, the numeric key Qt uses.
-pub(crate) fn ftok_key(path: &CString) -> io::Result<libc::key_t> {
-    os::ftok(path, SYSV_PROJECT_ID)
+/// `ftok(path, project_id)`, the numeric key Qt uses (`'Q'` for `KeyType::SystemV`, the
+/// type's id for `QNativeIpcKey::Type(id)`).
+pub(crate) fn ftok_key(path: &CString, project_id: u8) -> io::Result<libc::key_t> {
+    os::ftok(path, i32::from(project_id))
+}
+
+/// The `ftok` project id of a System V key.
+pub(crate) fn project_id(key: &NativeIpcKey) -> u8 {
+    key.kind().ftok_project_id().unwrap_or(SYSV_PROJECT_ID)
 }
 
 pub(super) fn key_path(key: &NativeIpcKey) -> Result<CString, Failure> {
@@ -107,14 +113,52 @@ pub(super) fn lock_key_file(path: &CString) -> Result<Option<Option<NamedFile>>,
     }
 }
 
-/// Whether a segment exists at the `ftok` key of `path`.
-pub(super) fn segment_uses(path: &CString) -> bool {
-    ftok_key(path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok() || os::semget(k, 0).is_ok())
+/// Whether a segment or semaphore exists at the `ftok` key of `path` and `project_id`.
+pub(super) fn segment_uses(path: &CString, project_id: u8) -> bool {
+    ftok_key(path, project_id).is_ok_and(|k| os::shmget(k, 0, 0).is_ok() || os::semget(k, 0).is_ok())
+}
+
+/// Whether a segment or semaphore uses the key file `path` under any `ftok` project id
+/// (1 to 255): a row of `/proc/sysvipc/shm` or `/proc/sysvipc/sem` whose numeric key is
+/// the file's but for the top byte, where `ftok` puts the id. True when `path` cannot be
+/// looked at (then it is no file of ours to remove).
+#[cfg(feature = "admin")]
+pub(crate) fn used_under_any_id(path: &CString) -> bool {
+    SystemVKeys::default().use_file(path)
+}
+
+/// The numeric keys of every System V segment and semaphore set, read from `/proc` at the
+/// first question (about 13 us for the two tables): one clean-up asks about two key files
+/// (the segment's and its semaphore's) for the price of one read.
+#[derive(Default)]
+pub(super) struct SystemVKeys(std::cell::OnceCell<Vec<i32>>);
+
+impl SystemVKeys {
+    /// Whether a segment or semaphore uses the key file `path` under any project id (see
+    /// [`used_under_any_id`]).
+    pub(super) fn use_file(&self, path: &CString) -> bool {
+        let Ok(file_key) = ftok_key(path, SYSV_PROJECT_ID) else {
+            return true;
+        };
+        let keys = self.0.get_or_init(|| {
+            let shm = procfs::shm_table().into_iter().map(|row| row.key);
+            shm.chain(procfs::sem_table().into_iter().map(|row| row.key))
+                .collect()
+        });
+        keys.iter()
+            .any(|&key| key != 0 && (key ^ file_key) & 0x00ff_ffff == 0)
+    }
 }
 
 /// Remove the key file `file` (which we hold locked) if qshm made it for this segment
-/// (`recorded`) or it is Qt-named, it is empty, and no segment or semaphore uses it.
-pub(super) fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3]>) {
+/// (`recorded`) or it is Qt-named, it is empty, and no segment or semaphore uses it
+/// under `project_id`.
+pub(super) fn remove_key_file_if_ours(
+    file: &NamedFile,
+    recorded: Option<[u64; 3]>,
+    project_id: u8,
+    tables: &SystemVKeys,
+) {
     let made_by_qshm = recorded == Some(lock_state::file_words(&file.stat));
     let qt_named = file
         .path
@@ -123,19 +167,28 @@ pub(super) fn remove_key_file_if_ours(file: &NamedFile, recorded: Option<[u64; 3
         .and_then(|p| p.rsplit('/').next())
         .is_some_and(|name| LegacyName::parse(name).is_some());
     let empty = os::fstat(&file.fd).is_ok_and(|st| st.size == 0);
-    if (made_by_qshm || qt_named) && empty && !segment_uses(&file.path) {
+    // another project id's segment or semaphore may share the file: looked for last, as
+    // it costs a read of the System V tables
+    if (made_by_qshm || qt_named)
+        && empty
+        && !segment_uses(&file.path, project_id)
+        && !tables.use_file(&file.path)
+    {
         let _ = file.unlink_if_still_named();
     }
 }
 
 /// Remove what belongs to a destroyed segment: Qt's semaphore `semaphore` if it is ours
 /// (with its key file, which for a native key is the segment's own), then the segment's
-/// key file `key_file` (held locked) if qshm made it (`recorded`) or Qt named it.
+/// key file `key_file` (held locked, `ftok` project id `project_id`) if qshm made it
+/// (`recorded`) or Qt named it.
 pub(super) fn remove_companions(
     key_file: Option<&NamedFile>,
+    project_id: u8,
     recorded: Option<[u64; 3]>,
     semaphore: Option<&NativeIpcKey>,
 ) {
+    let tables = SystemVKeys::default();
     if let Some(sem) = semaphore
         && let Ok(sem_path) = os::cstring(sem.native())
     {
@@ -145,17 +198,17 @@ pub(super) fn remove_companions(
         } else {
             lock_key_file(&sem_path).ok().flatten().flatten()
         };
-        if let Ok(skey) = ftok_key(&sem_path)
+        if let Ok(skey) = ftok_key(&sem_path, self::project_id(sem))
             && let Ok(id) = os::semget(skey, 0)
             && os::sem_owner(id).is_ok_and(|uid| uid == os::euid() || os::euid() == 0)
         {
             let _ = os::sem_remove(id);
         }
         if let Some(file) = &sem_file {
-            remove_key_file_if_ours(file, None);
+            remove_key_file_if_ours(file, None, self::project_id(sem), &tables);
         }
     }
     if let Some(file) = key_file {
-        remove_key_file_if_ours(file, recorded);
+        remove_key_file_if_ours(file, recorded, project_id, &tables);
     }
 }

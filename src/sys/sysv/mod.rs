@@ -36,7 +36,9 @@ pub(crate) use cleanup::{lock_state_orphaned, remove_if_stale};
 pub(crate) use cleanup::{numeric_key, remove, sweep_orphaned_lock_states};
 use cleanup::{reclaim_if_stale, table_owner};
 
-pub(crate) use key_file::ftok_key;
+#[cfg(feature = "admin")]
+pub(crate) use key_file::used_under_any_id;
+pub(crate) use key_file::{ftok_key, project_id};
 use key_file::{
     key_file_failure, key_path, lock_key_file, lock_key_file_for_create, remove_companions, segment_uses,
 };
@@ -80,6 +82,8 @@ pub(crate) struct Segment {
     id: libc::c_int,
     segment_id: SegmentId,
     path: CString,
+    /// The `ftok` project id of the key's type.
+    project_id: u8,
     mode: LockMode,
     semaphore: Option<Arc<Semaphore>>,
     /// The set's identity when attached (removed by id if its key file is gone).
@@ -92,11 +96,12 @@ pub(crate) struct Segment {
 
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
     let path = key_path(key)?;
+    let project_id = project_id(key);
     let fork_epoch = fork::epoch_watched();
     sweep_orphaned_lock_states();
     let (key_file, created) = lock_key_file_for_create(&path)?;
-    let result = create_locked(&key_file, created, req, fork_epoch);
-    if result.is_err() && created && !segment_uses(&path) {
+    let result = create_locked(&key_file, project_id, created, req, fork_epoch);
+    if result.is_err() && created && !segment_uses(&path, project_id) {
         // keep no key file behind for a segment we did not make (and never one a live
         // segment uses: we hold its lock, so nobody made one since we looked)
         let _ = key_file.unlink_if_still_named();
@@ -106,12 +111,13 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
 
 fn create_locked(
     key_file: &NamedFile,
+    project_id: u8,
     created: bool,
     req: &CreateRequest,
     fork_epoch: u64,
 ) -> Result<Attached, Failure> {
     let path = &key_file.path;
-    let shm_key = ftok_key(path).map_err(|e| key_file_failure(path, e))?;
+    let shm_key = ftok_key(path, project_id).map_err(|e| key_file_failure(path, e))?;
     let perms = req.perms & 0o777;
     let lock_perms = lock_state::lock_permissions(perms);
     let mut inherited = None;
@@ -209,6 +215,7 @@ fn create_locked(
             id,
             segment_id,
             path: path.clone(),
+            project_id,
             mode: req.mode,
             semaphore,
             semaphore_record,
@@ -227,7 +234,7 @@ fn create_locked(
 
 /// Whether Qt's System V semaphore `key` exists (its key file, and a set at its key).
 fn qt_semaphore_exists(key: &NativeIpcKey) -> bool {
-    match key_path(key).and_then(|p| Ok(ftok_key(&p)?)) {
+    match key_path(key).and_then(|p| Ok(ftok_key(&p, project_id(key))?)) {
         Ok(k) => os::semget(k, 0).is_ok(),
         Err(_) => false,
     }
@@ -267,7 +274,8 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         Some(file) => file,
         None => return Err(Failure::new(SharedMemoryError::NotFound)),
     };
-    let shm_key = ftok_key(&path).map_err(|e| key_file_failure(&path, e))?;
+    let project_id = project_id(key);
+    let shm_key = ftok_key(&path, project_id).map_err(|e| key_file_failure(&path, e))?;
     let id = os::shmget(shm_key, 0, if req.writable { 0o600 } else { 0o400 }).map_err(|e| {
         let owner = table_owner(shm_key).map(owner_label).unwrap_or_default();
         Failure::from(e).with_detail(if owner.is_empty() {
@@ -321,6 +329,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         id,
         segment_id,
         path,
+        project_id,
         mode,
         semaphore_record: semaphore.as_ref().and_then(|s| s.record()),
         semaphore,
@@ -353,6 +362,7 @@ impl SegmentBackend for Segment {
             id,
             segment_id,
             path,
+            project_id,
             mode,
             semaphore,
             semaphore_record,
@@ -407,7 +417,7 @@ impl SegmentBackend for Segment {
                     .and_then(|l| l.as_ref())
                     .and_then(|f| f.as_ref());
                 let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
-                remove_companions(held_file, key_file, sem);
+                remove_companions(held_file, project_id, key_file, sem);
                 remove_set_left_without_key_file(semaphore_record);
                 Ok(Detached::Destroyed)
             }
@@ -421,12 +431,14 @@ impl SegmentBackend for Segment {
                 let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
                 drop(semaphore);
                 match &lock {
-                    Ok(Some(Some(file))) if !ftok_key(&path).is_ok_and(|k| os::shmget(k, 0, 0).is_ok()) => {
-                        remove_companions(Some(file), key_file, sem);
+                    Ok(Some(Some(file)))
+                        if !ftok_key(&path, project_id).is_ok_and(|k| os::shmget(k, 0, 0).is_ok()) =>
+                    {
+                        remove_companions(Some(file), project_id, key_file, sem);
                     }
                     // no key file: no segment can be found under this key; Qt's semaphore
                     // is removed under its own key file's lock, which every opener takes
-                    Ok(None) => remove_companions(None, None, sem),
+                    Ok(None) => remove_companions(None, project_id, None, sem),
                     _ => {}
                 }
                 if matches!(lock, Ok(None)) {

@@ -2,15 +2,17 @@
 
 use std::ffi::CString;
 use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::key_file::{
-    ftok_key, key_file_failure, key_path, lock_key_file, open_existing, remove_key_file_if_ours,
+    ftok_key, key_file_failure, key_path, lock_key_file, open_existing, project_id, remove_key_file_if_ours,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
 use crate::os;
+use crate::sys::lock_state;
 use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use crate::sys::{SemaphoreBackend, SemaphoreMode};
 
@@ -19,9 +21,16 @@ use crate::sys::{SemaphoreBackend, SemaphoreMode};
 pub(crate) struct Semaphore {
     id: AtomicI32,
     path: CString,
+    /// The `ftok` project id of the key's type.
+    project_id: u8,
     perms: u32,
     initial: u32,
-    created: bool,
+    /// This handle made the semaphore (or took it over in `Create` mode, or made it
+    /// again after it was removed): it removes it, as Qt's `createdSemaphore`.
+    created: AtomicBool,
+    /// The key file this handle made, as `lock_state::file_words` (its identity): the
+    /// creator removes it with the semaphore, as Qt does (`createdFile`).
+    made_file: Mutex<Option<[u64; 3]>>,
 }
 
 impl Semaphore {
@@ -52,17 +61,20 @@ impl Semaphore {
             ));
         }
         let path = key_path(key)?;
-        let (id, created) =
-            Self::get(&path, initial, mode, perms, held).map_err(|e| match e.raw_os_error() {
+        let project_id = project_id(key);
+        let got =
+            Self::get(&path, project_id, initial, mode, perms, held).map_err(|e| match e.raw_os_error() {
                 Some(libc::ELOOP | libc::EINVAL | libc::ENOENT) => key_file_failure(&path, e),
                 _ => Failure::from(e),
             })?;
         Ok(Semaphore {
-            id: AtomicI32::new(id),
+            id: AtomicI32::new(got.id),
             path,
+            project_id,
             perms,
             initial,
-            created,
+            created: AtomicBool::new(got.created),
+            made_file: Mutex::new(got.made_file),
         })
     }
 
@@ -72,11 +84,12 @@ impl Semaphore {
     /// key file are one file).
     fn get(
         path: &CString,
+        project_id: u8,
         initial: u32,
         mode: SemaphoreMode,
         perms: u32,
         held: Option<&NamedFile>,
-    ) -> io::Result<(libc::c_int, bool)> {
+    ) -> io::Result<Got> {
         let deadline = Instant::now() + FILE_LOCK_WAIT;
         loop {
             // ftok needs a file: make it if missing (never through a symlink)
@@ -101,7 +114,7 @@ impl Semaphore {
                 }
             }
             let result = (|| {
-                let key = ftok_key(path)?;
+                let key = ftok_key(path, project_id)?;
                 let perms = (perms & 0o777) as libc::c_int;
                 let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
                     Ok(id) => (id, true),
@@ -114,7 +127,15 @@ impl Semaphore {
                     // initial <= SEMVMX was checked
                     os::sem_setval(id, initial as libc::c_int)?;
                 }
-                Ok((id, created || mode == SemaphoreMode::Create))
+                let made_file = file
+                    .as_ref()
+                    .filter(|_| made_file)
+                    .map(|f| lock_state::file_words(&f.stat));
+                Ok(Got {
+                    id,
+                    created: created || mode == SemaphoreMode::Create,
+                    made_file,
+                })
             })();
             if result.is_err()
                 && made_file
@@ -131,13 +152,38 @@ impl Semaphore {
             // Removed under us (Qt removes it when its creator goes away): like Qt,
             // be nice and make it again.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => {
-                let (id, _) = Self::get(&self.path, self.initial, SemaphoreMode::Open, self.perms, None)?;
-                self.id.store(id, Ordering::Release);
-                op(id)
+                let got = Self::get(
+                    &self.path,
+                    self.project_id,
+                    self.initial,
+                    SemaphoreMode::Open,
+                    self.perms,
+                    None,
+                )?;
+                self.id.store(got.id, Ordering::Release);
+                // made anew by us: ours to remove, with the key file if we made that too
+                if got.created {
+                    self.created.store(true, Ordering::Release);
+                    if let Ok(mut made) = self.made_file.lock()
+                        && got.made_file.is_some()
+                    {
+                        *made = got.made_file;
+                    }
+                }
+                op(got.id)
             }
             other => other,
         }
     }
+}
+
+/// What [`Semaphore::get`] found or made.
+struct Got {
+    id: libc::c_int,
+    /// Made now (or taken over in `Create` mode).
+    created: bool,
+    /// The key file, if made now (its identity).
+    made_file: Option<[u64; 3]>,
 }
 
 impl Semaphore {
@@ -205,6 +251,13 @@ impl SemaphoreBackend for Semaphore {
         self.give(n)
     }
 
+    /// Qt's `QSystemSemaphore::release`: a semaphore removed meanwhile (its creator went
+    /// away) is made again, starting at this handle's initial value, and then posted.
+    fn release_remaking(&self, n: u32) -> io::Result<()> {
+        let n = i16::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
+        self.with_reopen(|id| os::semop_undo(id, n, Some(Duration::ZERO)).map(drop))
+    }
+
     fn value(&self) -> io::Result<i32> {
         os::sem_getval(self.id.load(Ordering::Acquire))
     }
@@ -215,12 +268,19 @@ impl SemaphoreBackend for Semaphore {
             _ => Ok(()),
         };
         if let Ok(Some(Some(file))) = lock_key_file(&self.path) {
-            remove_key_file_if_ours(&file, None);
+            // As Qt's creator (createdFile), the creator removes the key file: the one it
+            // made, or, having made the semaphore, an empty one of its own user (a file
+            // left by a crash, or made by a handle whose semaphore was removed). Never a
+            // file with data, of another user, or in use (remove_key_file_if_ours).
+            let made = self.made_file.lock().ok().and_then(|m| *m);
+            let ours =
+                (self.created() && file.stat.uid == os::euid()).then(|| lock_state::file_words(&file.stat));
+            remove_key_file_if_ours(&file, made.or(ours), self.project_id, &Default::default());
         }
         removed
     }
 
     fn created(&self) -> bool {
-        self.created
+        self.created.load(Ordering::Acquire)
     }
 }
