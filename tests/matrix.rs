@@ -31,11 +31,11 @@ mod support;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use qshm::{AccessMode, KeyType, LockMode, SharedMemory};
+use support::actor;
 use support::qt::find_qt_python;
 use support::*;
 
@@ -49,7 +49,13 @@ const REPLY: Duration = Duration::from_secs(10);
 const SLICE: usize = 12;
 
 fn main() {
-    run_child_role(child_main);
+    run_child_role(|role, args| match role {
+        "actor" => actor::qshm_actor(args),
+        other => {
+            eprintln!("unknown role {other}");
+            2
+        }
+    });
     let python = find_qt_python();
     let mut trials = Vec::new();
     for kind in KINDS {
@@ -289,31 +295,17 @@ impl Runner<'_> {
 
     fn spawn(&self, actor: Actor, key: &str, qt_alone: bool) -> Result<Peer, Failed> {
         let qt = actor == Actor::Qt || (qt_alone && matches!(actor, Actor::A | Actor::B));
-        let mut peer = if qt {
-            let python = self.python.ok_or("no PyQt6")?;
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_actor.py");
-            Peer::spawn_command(Command::new(python).arg(script).args([
-                "--key",
-                key,
-                "--type",
-                kind_name(self.kind),
-            ]))
+        let peer = if qt {
+            actor::qt(self.python.ok_or("no PyQt6")?, key, self.kind, REPLY)
         } else {
-            let args = [key, kind_name(self.kind), mode_name(self.mode)];
-            match (actor, self.user) {
-                (Actor::User, Some(user)) => user.spawn("actor", &args),
-                _ => Peer::spawn("actor", &args),
-            }
+            let user = self.user.filter(|_| actor == Actor::User);
+            actor::qshm(user, key, self.kind, self.mode, REPLY)
         };
-        match peer.try_line(REPLY) {
-            Some(line) if line == "READY" => Ok(peer),
-            other => Err(format!("{actor:?} did not start: {other:?}").into()),
-        }
+        peer.ok_or_else(|| format!("{actor:?} did not start").into())
     }
 
     fn ask(running: &mut Running, command: &str) -> Option<String> {
-        running.peer.send(command);
-        running.peer.try_line(REPLY)
+        actor::ask(&mut running.peer, command, REPLY)
     }
 
     fn apply(
@@ -521,92 +513,4 @@ fn run_matrix(kind: KeyType, mode: LockMode, python: Option<&PathBuf>) -> Result
     } else {
         Err(qshm_broken.join("\n").into())
     }
-}
-
-// ------------------------------------------------------------------ the qshm actor
-
-/// The qshm actor: the same commands as `interop/qt_actor.py`. Args: key, kind, mode.
-fn child_main(role: &str, args: &[String]) -> i32 {
-    if role != "actor" {
-        eprintln!("unknown role {role}");
-        return 2;
-    }
-    let (kind, mode) = (parse_kind(&args[1]), parse_mode(&args[2]));
-    let mut shm = SharedMemory::with_key_type(&args[0], kind)
-        .with_lock_mode(mode)
-        .with_permissions(0o666);
-    let mut held = None;
-    say("READY");
-    let wait = Duration::from_secs(5);
-    let add = |shm: &SharedMemory| -> Result<bool, String> {
-        match shm.lock_timeout(wait) {
-            Ok(Some(mut data)) => {
-                let value = u64::from_le_bytes(data[..8].try_into().unwrap()).wrapping_add(1);
-                data[..8].copy_from_slice(&value.to_le_bytes());
-                Ok(data.previous_owner_died())
-            }
-            Ok(None) => Err("ERR Timeout".to_owned()),
-            Err(e) => Err(format!("ERR {:?}", e.kind())),
-        }
-    };
-    loop {
-        let mut line = String::new();
-        if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let reply = match words.first().copied() {
-            Some("create") => match shm.create(words[1].parse().unwrap(), AccessMode::ReadWrite) {
-                Ok(()) => "OK".to_owned(),
-                Err(e) => format!("ERR {:?}", e.kind()),
-            },
-            Some("attach") => match shm.attach(AccessMode::ReadWrite) {
-                Ok(()) => "OK".to_owned(),
-                Err(e) => format!("ERR {:?}", e.kind()),
-            },
-            Some(cmd @ ("lock" | "burst")) => {
-                let rounds: u64 = if cmd == "burst" {
-                    words[1].parse().unwrap()
-                } else {
-                    1
-                };
-                let mut died = 0;
-                let mut failed = None;
-                for _ in 0..rounds {
-                    match add(&shm) {
-                        Ok(d) => died += u64::from(d),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                failed.unwrap_or(format!("OK died={died}"))
-            }
-            Some("read") => match shm.lock_read_timeout(wait) {
-                Ok(Some(data)) => format!("VALUE {}", u64::from_le_bytes(data[..8].try_into().unwrap())),
-                Ok(None) => "ERR Timeout".to_owned(),
-                Err(e) => format!("ERR {:?}", e.kind()),
-            },
-            Some("hold") => match shm.lock_timeout(wait) {
-                Ok(Some(guard)) => {
-                    // held until the process dies (the matrix kills it now)
-                    held = Some(());
-                    std::mem::forget(guard);
-                    "HELD".to_owned()
-                }
-                Ok(None) => "ERR Timeout".to_owned(),
-                Err(e) => format!("ERR {:?}", e.kind()),
-            },
-            Some("detach") => match shm.detach() {
-                Ok(()) => "OK".to_owned(),
-                Err(e) => format!("ERR {:?}", e.kind()),
-            },
-            Some("exit") | None => break,
-            Some(other) => format!("ERR unknown command {other}"),
-        };
-        say(reply);
-    }
-    let _ = held;
-    0
 }

@@ -8,14 +8,17 @@
 //!   the parent is alive (`lock_state/slots.rs`): a lock is held by an open file description,
 //!   which the copy shares, so a child that outlived its parent would make a dead holder
 //!   look alive for as long as it runs.
-//! * The child takes its own shared `flock` on every POSIX segment it inherited a mapping
-//!   of, through a new open file description, so the parent's last detach sees a user left
-//!   and does not destroy the segment under the child's mapping. (The child never detaches
-//!   that copy; once it exits the segment is stale, and the next `create` reclaims it.)
+//! * The child holds a shared `flock` of its own on every POSIX segment it inherited a
+//!   mapping of, so the parent's last detach sees a user left and does not destroy the
+//!   segment under the child's mapping. The parent takes it before `fork` (through a new
+//!   open file description of the segment file, which both then have) and closes its copy
+//!   right after, so it is in place before either runs on; the child's copy keeps it until
+//!   the child exits or `exec`s. (The child never detaches that copy; once it exits the
+//!   segment is stale, and the next `create` reclaims it.)
 //!
-//! The handler runs in the child between `fork` and the caller's next instruction, where
-//! only async-signal-safe calls are allowed: it reads fixed tables of atomics, formats a
-//! path into a stack buffer and calls `open`, `flock` and `close`.
+//! The handlers run around `fork`, where only async-signal-safe calls are allowed: they
+//! read fixed tables of atomics, format a path into a stack buffer and call `open`,
+//! `flock` and `close`.
 
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -31,14 +34,35 @@ const TABLE: usize = 1024;
 static CLOSE_IN_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
 /// POSIX segment descriptors whose file the child locks anew.
 static SHARE_IN_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
+/// The descriptors the parent opened for the child before `fork` (index as above).
+static FOR_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
+
+extern "C" fn before_fork() {
+    for (entry, made) in SHARE_IN_CHILD.iter().zip(&FOR_CHILD) {
+        let fd = entry.load(Ordering::Relaxed);
+        if fd >= 0 {
+            made.store(lock_anew(fd), Ordering::Relaxed);
+        }
+    }
+}
+
+extern "C" fn in_parent() {
+    for made in &FOR_CHILD {
+        let fd = made.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: our copy of a descriptor before_fork opened; the child keeps its copy
+            // (and so the open file description and its lock).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
 
 extern "C" fn in_child() {
     EPOCH.fetch_add(1, Ordering::Relaxed);
-    for entry in &SHARE_IN_CHILD {
-        let fd = entry.swap(-1, Ordering::Relaxed);
-        if fd >= 0 {
-            lock_anew(fd);
-        }
+    for (entry, made) in SHARE_IN_CHILD.iter().zip(&FOR_CHILD) {
+        // the child keeps what before_fork made for it (it closes at exec or exit)
+        entry.store(-1, Ordering::Relaxed);
+        made.store(-1, Ordering::Relaxed);
     }
     for entry in &CLOSE_IN_CHILD {
         let fd = entry.swap(-1, Ordering::Relaxed);
@@ -51,8 +75,8 @@ extern "C" fn in_child() {
 }
 
 /// Open `/proc/self/fd/<fd>` (a new open file description of the same file) and take a
-/// shared `flock` on it, kept until the child exits or `exec`s. Async-signal-safe.
-fn lock_anew(fd: RawFd) {
+/// shared `flock` on it; returns the new descriptor (-1 if it could not). Async-signal-safe.
+fn lock_anew(fd: RawFd) -> RawFd {
     let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
     let mut digits = [0u8; 10];
     let (mut n, mut len) = (fd as u32, 0);
@@ -75,16 +99,17 @@ fn lock_anew(fd: RawFd) {
         )
     };
     if new >= 0 {
-        // SAFETY: new is a descriptor we just opened; it stays open on purpose.
+        // SAFETY: new is a descriptor we just opened.
         unsafe { libc::flock(new, libc::LOCK_SH | libc::LOCK_NB) };
     }
+    new
 }
 
 fn watch() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
-        // SAFETY: in_child only makes async-signal-safe calls, as atfork handlers must.
-        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        // SAFETY: the handlers only make async-signal-safe calls, as atfork handlers must.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(in_parent), Some(in_child)) };
     });
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory};
 
+pub(crate) mod actor;
 pub(crate) mod qt;
 #[macro_use]
 pub(crate) mod qtest;

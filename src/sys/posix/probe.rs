@@ -30,6 +30,10 @@ pub(crate) enum Probe {
     Gone,
 }
 
+/// How long a probe waits for a lease on the segment file to go (a destroyer's lasts
+/// microseconds; one that stays is someone's who uses the file).
+const LEASE_PATIENCE: Duration = Duration::from_millis(50);
+
 /// How long apart the destroyer's lease probes are (about 6 ms in all).
 const PROBE_PAUSES: [Duration; 3] = [
     Duration::from_micros(200),
@@ -49,15 +53,21 @@ pub(crate) enum Reclaim {
 /// Look at the segment file named `c_path`: remove it (with its lock state) if it is
 /// stale and `reclaim` allows, else report it live.
 pub(crate) fn probe_existing(c_path: &CString, reclaim: Reclaim) -> Result<Probe, Failure> {
-    let deadline = Instant::now() + FILE_LOCK_WAIT;
+    let started = Instant::now();
+    let deadline = started + FILE_LOCK_WAIT;
     loop {
         let file = match NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
             Ok(file) => file,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Gone),
-            // a destroyer's lease: look again in a moment
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
+            // someone holds a lease: a destroyer for microseconds (look again in a moment),
+            // or a program for ever (then it is in use)
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                if started.elapsed() < LEASE_PATIENCE {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                let owner = os::lstat(c_path).map(|st| st.uid).unwrap_or(u32::MAX);
+                return Ok(Probe::Live { owner });
             }
             // not ours to inspect (another user's, or not a regular file): in use
             Err(_) => {

@@ -1,0 +1,799 @@
+//! Lifetime and visibility as ordinary users, containers and every Qt order see them
+//! (issue 19): each test pins one finding of the review of the lazy lock objects and of the
+//! `/proc`-based liveness, and failed on that code.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory};
+use support::actor;
+use support::qt::find_qt_python;
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+const REPLY: Duration = Duration::from_secs(10);
+
+fn main() {
+    run_child_role(child_main);
+    let python = find_qt_python();
+    let mut trials = Vec::new();
+    let with_qt = |name: String, f: fn(&PathBuf) -> Result<(), Failed>, python: &Option<PathBuf>| {
+        let py = python.clone();
+        let missing = py.is_none();
+        Trial::test(name, move || match &py {
+            Some(py) => f(py),
+            None => Ok(()),
+        })
+        .with_ignored_flag(missing)
+    };
+    trials.push(with_qt(
+        "posix::a_qt_process_that_attached_first_and_left_never_splits_the_lock".into(),
+        qt_attached_first_and_left,
+        &python,
+    ));
+    for kind in KINDS {
+        let k = kind_name(kind);
+        trials.push(with_qt(
+            format!("{k}::a_0666_segment_qt_locked_first_stays_lockable_by_another_user"),
+            if kind == KeyType::SystemV {
+                |py| qt_locked_first(py, KeyType::SystemV)
+            } else {
+                |py| qt_locked_first(py, KeyType::PosixRealtime)
+            },
+            &python,
+        ));
+        trials.push(Trial::test(
+            format!("{k}::another_user_locking_first_never_locks_out_the_owner"),
+            move || other_user_locked_first(kind),
+        ));
+        trials.push(Trial::test(
+            format!("{k}::the_first_lock_after_reclaiming_a_crashed_segment_does_not_wait"),
+            move || first_lock_after_reclaim(kind),
+        ));
+        trials.push(with_qt(
+            format!("{k}::qshm_extras_left_when_qt_detaches_last_are_listed_and_cleaned"),
+            if kind == KeyType::SystemV {
+                |py| qt_detaches_last(py, KeyType::SystemV)
+            } else {
+                |py| qt_detaches_last(py, KeyType::PosixRealtime)
+            },
+            &python,
+        ));
+        trials.push(Trial::test(
+            format!("{k}::racing_creates_leave_nothing_as_root_as_a_user_and_in_a_pid_namespace"),
+            move || racing_creates(kind),
+        ));
+    }
+    trials.push(Trial::test(
+        "posix::a_full_dev_shm_after_create_never_stops_the_lock",
+        full_dev_shm_after_create,
+    ));
+    trials.push(with_qt(
+        "systemv::a_qt_segment_whose_creator_was_killed_is_attached_and_read".into(),
+        qt_creator_killed,
+        &python,
+    ));
+    trials.push(Trial::test(
+        "systemv::a_native_key_segment_removed_behind_qshms_back_leaves_no_semaphore_set",
+        removed_behind_back_leaves_no_set,
+    ));
+    trials.push(Trial::test(
+        "posix::roots_rm_stale_removes_another_users_stale_segment",
+        root_removes_other_users_stale,
+    ));
+    trials.push(Trial::test(
+        "posix::rm_stale_judges_files_by_qshms_evidence_not_mode_bits",
+        mode_bits_are_no_evidence,
+    ));
+    trials.push(Trial::test(
+        "posix::a_fork_childs_mapping_keeps_the_segment",
+        fork_child_keeps_segment,
+    ));
+    trials.push(Trial::test(
+        "posix::attachments_are_counted_in_one_consistent_read",
+        consistent_attachment_counts,
+    ));
+    trials.push(Trial::test(
+        "posix::a_mapper_in_another_pid_namespace_keeps_the_segment",
+        mapper_in_other_pid_namespace,
+    ));
+    trials.push(Trial::test(
+        "posix::another_users_lease_never_stalls_ls_rm_or_attach",
+        foreign_lease_never_stalls,
+    ));
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
+
+fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(what.into().into()) }
+}
+
+fn child_main(role: &str, args: &[String]) -> i32 {
+    match role {
+        "actor" => actor::qshm_actor(args),
+        "raw-map" => {
+            // map a POSIX segment file the way a program that is not qshm does, until a line
+            let path = std::ffi::CString::new(args[0].as_str()).unwrap();
+            // SAFETY: path is NUL-terminated.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR) };
+            assert!(fd >= 0, "open {:?}", args[0]);
+            // SAFETY: a fresh shared mapping of one page.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    0,
+                )
+            };
+            // SAFETY: fd is ours; the mapping keeps the file.
+            unsafe { libc::close(fd) };
+            assert_ne!(ptr, libc::MAP_FAILED);
+            say("MAPPED");
+            wait_for_stdin_line();
+            0
+        }
+        "lease-hold" => {
+            // make a file and hold a write lease on it for ever (another user's program)
+            let path = std::ffi::CString::new(args[0].as_str()).unwrap();
+            // SAFETY: path is NUL-terminated.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o644) };
+            assert!(fd >= 0);
+            // SAFETY: fd is ours.
+            unsafe { libc::ftruncate(fd, 4096) };
+            // SAFETY: F_SETLEASE takes an int; SIGIO is ignored so a break does not kill us.
+            let ok = unsafe {
+                libc::signal(libc::SIGIO, libc::SIG_IGN);
+                libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK)
+            };
+            say(if ok == 0 { "LEASED" } else { "NOLEASE" });
+            wait_for_stdin_line();
+            0
+        }
+        "racer" => racer(&args[0], parse_kind(&args[1]), args[2].parse().unwrap()),
+        "create-die" => {
+            // create and keep the segment until killed
+            let mut shm = SharedMemory::with_key_type(&args[0], parse_kind(&args[1]));
+            shm.create(64, AccessMode::ReadWrite).expect("create");
+            say("CREATED");
+            wait_for_stdin_line();
+            0
+        }
+        "fork-keeps" => fork_keeps(&args[0]),
+        "fill-and-lock" => fill_and_lock(&args[0]),
+        other => {
+            eprintln!("unknown role {other}");
+            2
+        }
+    }
+}
+
+/// 4(a): qshm creates; a Qt process attaches (without locking), qshm locks, the Qt process
+/// leaves; another Qt process attaches; qshm and Qt add to a counter under their locks at
+/// once: exact, ten rounds. (Before, the first Qt process made Qt's semaphore at its
+/// attach, qshm opened it at its first lock, and the Qt process unlinked it at its exit:
+/// the next Qt process made another one. Two semaphores, lost increments.)
+fn qt_attached_first_and_left(py: &PathBuf) -> Result<(), Failed> {
+    let kind = KeyType::PosixRealtime;
+    for round in 0..10 {
+        let key = unique_key("qtfirst");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let mut a = actor::qshm(None, &key, kind, LockMode::QtCompatible, REPLY).ok_or("qshm actor")?;
+        check(
+            actor::ask(&mut a, "create 64", REPLY).as_deref() == Some("OK"),
+            "create",
+        )?;
+        let mut first = actor::qt(py, &key, kind, REPLY).ok_or("Qt actor")?;
+        check(
+            actor::ask(&mut first, "attach", REPLY).as_deref() == Some("OK"),
+            "Qt attaches",
+        )?;
+        check(
+            actor::ask(&mut a, "lock", REPLY)
+                .unwrap_or_default()
+                .starts_with("OK"),
+            "qshm locks",
+        )?;
+        first.send("exit");
+        first.wait(T);
+        let mut second = actor::qt(py, &key, kind, REPLY).ok_or("Qt actor")?;
+        check(
+            actor::ask(&mut second, "attach", REPLY).as_deref() == Some("OK"),
+            "Qt attaches",
+        )?;
+        let before = actor::read(&mut a, REPLY).ok_or("read")?;
+        a.send("burst 2000");
+        second.send("burst 2000");
+        for peer in [&mut a, &mut second] {
+            let reply = peer.try_line(T).unwrap_or_default();
+            check(reply.starts_with("OK"), format!("burst: {reply}"))?;
+        }
+        let value = actor::read(&mut a, REPLY).ok_or("read")? - before;
+        check(
+            value == 4000,
+            format!("round {round}: 4000 increments made {value}"),
+        )?;
+        for mut peer in [a, second] {
+            peer.send("exit");
+            peer.wait(T);
+        }
+    }
+    Ok(())
+}
+
+/// 4(b): a Qt process locks a 0666 qshm segment first; another user's qshm process can
+/// still lock it. (Before, Qt made the semaphore at its first lock, 0600.)
+fn qt_locked_first(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let Some(user) = TempUser::create("a_0666_segment_qt_locked_first") else {
+        return Ok(());
+    };
+    let key = unique_key("qtlockfirst");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = SharedMemory::with_key_type(&key, kind).with_permissions(0o666);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let mut qt = actor::qt(py, &key, kind, REPLY).ok_or("Qt actor")?;
+    check(
+        actor::ask(&mut qt, "attach", REPLY).as_deref() == Some("OK"),
+        "Qt attaches",
+    )?;
+    check(
+        actor::ask(&mut qt, "lock", REPLY)
+            .unwrap_or_default()
+            .starts_with("OK"),
+        "Qt locks",
+    )?;
+    let mut other =
+        actor::qshm(Some(&user), &key, kind, LockMode::QtCompatible, REPLY).ok_or("user actor")?;
+    check(
+        actor::ask(&mut other, "attach", REPLY).as_deref() == Some("OK"),
+        "the user attaches",
+    )?;
+    let reply = actor::ask(&mut other, "lock", REPLY).unwrap_or_default();
+    check(
+        reply.starts_with("OK"),
+        format!("another user after Qt's first lock: {reply}"),
+    )?;
+    for mut peer in [qt, other] {
+        peer.send("exit");
+        peer.wait(T);
+    }
+    shm.detach()?;
+    Ok(())
+}
+
+/// 4(c): another user locks a 0666 segment first; the owner's other processes still lock
+/// it. (Before, the other user made Qt's semaphore, and the owner's qshm refused it.)
+fn other_user_locked_first(kind: KeyType) -> Result<(), Failed> {
+    let Some(user) = TempUser::create("another_user_locking_first") else {
+        return Ok(());
+    };
+    let key = unique_key("userfirst");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = SharedMemory::with_key_type(&key, kind).with_permissions(0o666);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let mut other =
+        actor::qshm(Some(&user), &key, kind, LockMode::QtCompatible, REPLY).ok_or("user actor")?;
+    check(
+        actor::ask(&mut other, "attach", REPLY).as_deref() == Some("OK"),
+        "the user attaches",
+    )?;
+    check(
+        actor::ask(&mut other, "lock", REPLY)
+            .unwrap_or_default()
+            .starts_with("OK"),
+        "the user locks",
+    )?;
+    let mut owner = actor::qshm(None, &key, kind, LockMode::QtCompatible, REPLY).ok_or("actor")?;
+    check(
+        actor::ask(&mut owner, "attach", REPLY).as_deref() == Some("OK"),
+        "the owner attaches",
+    )?;
+    let reply = actor::ask(&mut owner, "lock", REPLY).unwrap_or_default();
+    check(
+        reply.starts_with("OK"),
+        format!("the owner after another user's first lock: {reply}"),
+    )?;
+    for mut peer in [other, owner] {
+        peer.send("exit");
+        peer.wait(T);
+    }
+    shm.detach()?;
+    Ok(())
+}
+
+/// 4(e): a holder is killed holding the lock; the next `create` reclaims the stale
+/// segment, and its first lock does not wait for the dead holder (before: about 2 s).
+fn first_lock_after_reclaim(kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("reclaim");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut holder = actor::qshm(None, &key, kind, LockMode::QtCompatible, REPLY).ok_or("actor")?;
+    check(
+        actor::ask(&mut holder, "create 64", REPLY).as_deref() == Some("OK"),
+        "create",
+    )?;
+    check(
+        actor::ask(&mut holder, "hold", REPLY).as_deref() == Some("HELD"),
+        "hold",
+    )?;
+    holder.kill9();
+    let mut shm = SharedMemory::with_key_type(&key, kind);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let started = Instant::now();
+    let guard = shm.lock_timeout(Duration::from_secs(5))?.ok_or("no lock")?;
+    let took = started.elapsed();
+    drop(guard);
+    check(
+        took < Duration::from_millis(500),
+        format!("the first lock took {took:?}"),
+    )
+}
+
+/// 4(d): in a private 1 MiB `/dev/shm`, a Qt-compatible POSIX segment is created, then
+/// `/dev/shm` fills up: its lock keeps working (before, the lock state and the semaphore
+/// came at the first lock, and every lock failed with ENOSPC).
+fn full_dev_shm_after_create() -> Result<(), Failed> {
+    let key = unique_key("fullafter");
+    let Some(out) = run_in_small_dev_shm("a_full_dev_shm_after_create", "1m", "fill-and-lock", &[&key])
+    else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    check(
+        out.status.success() && text.contains("LOCKED 100"),
+        format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+fn fill_and_lock(key: &str) -> i32 {
+    let mut shm = SharedMemory::with_key_type(key, KeyType::PosixRealtime);
+    shm.create(4096, AccessMode::ReadWrite).expect("create");
+    // fill what is left of /dev/shm
+    let filler = "/dev/shm/qshm-test-filler";
+    let file = std::fs::File::create(filler).expect("filler");
+    let mut size = 0u64;
+    for step in [1 << 20, 64 << 10, 4 << 10] {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the file is ours; posix_fallocate only reserves its pages.
+        while unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, (size + step) as libc::off_t) } == 0 {
+            size += step;
+        }
+    }
+    let mut locked = 0;
+    for _ in 0..100 {
+        match shm.lock() {
+            Ok(mut data) => {
+                data[0] = data[0].wrapping_add(1);
+                locked += 1;
+            }
+            Err(e) => {
+                say(format!("LOCK {e}"));
+                break;
+            }
+        }
+    }
+    say(format!("LOCKED {locked} (filler {size} bytes)"));
+    let _ = std::fs::remove_file(filler);
+    0
+}
+
+/// 5(a): a Qt process creates a System V segment, writes, and is killed: nobody is
+/// attached, its data is intact, and qshm attaches and reads it as a Qt process would
+/// (before: "its creator died while making it").
+fn qt_creator_killed(py: &PathBuf) -> Result<(), Failed> {
+    let kind = KeyType::SystemV;
+    let key = unique_key("qtkilled");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut qt = actor::qt(py, &key, kind, REPLY).ok_or("Qt actor")?;
+    check(
+        actor::ask(&mut qt, "create 64", REPLY).as_deref() == Some("OK"),
+        "Qt creates",
+    )?;
+    check(
+        actor::ask(&mut qt, "burst 3", REPLY)
+            .unwrap_or_default()
+            .starts_with("OK"),
+        "Qt writes",
+    )?;
+    qt.kill9();
+    let mut shm = SharedMemory::with_key_type(&key, kind);
+    shm.attach(AccessMode::ReadOnly)?;
+    let value = u64::from_le_bytes(shm.lock_read()?[..8].try_into()?);
+    check(value == 3, format!("read {value}"))?;
+    shm.detach()?;
+    Ok(())
+}
+
+/// 5(b): a native-key segment and its key file are removed behind qshm's back (Qt's own
+/// test fixture does this); qshm's last detach still removes the semaphore set it used,
+/// by its id (before: one set leaked per such segment).
+fn removed_behind_back_leaves_no_set() -> Result<(), Failed> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("qshm-test-behind-{}", std::process::id()));
+    let native = NativeIpcKey::new(path.to_str().unwrap(), KeyType::SystemV);
+    let mut cleanup = Cleanup::default();
+    cleanup.native_key(&native);
+    let mut shm = SharedMemory::with_native_key(native.clone());
+    shm.create(64, AccessMode::ReadWrite)?;
+    drop(shm.lock()?);
+    let numeric = SharedMemory::system_v_key(&native).ok_or("numeric key")?;
+    // SAFETY: semget and shmget take plain values.
+    let (semid, shmid) = unsafe { (libc::semget(numeric, 0, 0), libc::shmget(numeric, 0, 0)) };
+    check(semid >= 0 && shmid >= 0, "the segment and its semaphore set")?;
+    // SAFETY: IPC_RMID with a null buffer.
+    unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+    std::fs::remove_file(&path)?;
+    shm.detach()?;
+    let sets = std::fs::read_to_string("/proc/sysvipc/sem")?;
+    let left = sets
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(1) == Some(&semid.to_string()));
+    check(!left, format!("semaphore set {semid} left behind"))
+}
+
+/// 5(c): qshm creates, a Qt process attaches, qshm detaches, the Qt process detaches last.
+/// What qshm made (lock state, Qt's semaphore, key file) may stay, as Qt's own leftovers
+/// do (a POSIX Qt segment is never removed by Qt), but `qshm ls` shows it and root's
+/// `rm --stale` (or the next create) removes it: after both, nothing is left.
+fn qt_detaches_last(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+    let key = unique_key("qtlast");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let recorded = sysv_keys(&key, kind);
+    let mut shm = SharedMemory::with_key_type(&key, kind);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let recorded = [recorded, sysv_keys(&key, kind)].concat();
+    let mut qt = actor::qt(py, &key, kind, REPLY).ok_or("Qt actor")?;
+    check(
+        actor::ask(&mut qt, "attach", REPLY).as_deref() == Some("OK"),
+        "Qt attaches",
+    )?;
+    shm.detach()?;
+    qt.send("exit");
+    qt.wait(T);
+    let left = leftovers(&key, kind, &recorded);
+    if !left.is_empty() {
+        // orphans younger than 2 s may be someone's work in progress
+        std::thread::sleep(Duration::from_millis(2100));
+        let scan = qshm::admin::scan()?;
+        let listed = scan.segments.len() + scan.orphans.len();
+        check(listed > 0, format!("left {left:?}, but `ls` shows nothing"))?;
+        qshm::admin::remove_stale(false)?;
+    }
+    let after = leftovers(&key, kind, &recorded);
+    check(
+        after.is_empty(),
+        format!("left after rm --stale: {after:?} (before: {left:?})"),
+    )
+}
+
+/// 6: root's `rm --stale` removes another user's stale POSIX segment (its README says so;
+/// before, only root's own were judged).
+fn root_removes_other_users_stale() -> Result<(), Failed> {
+    let Some(user) = TempUser::create("roots_rm_stale_removes_another_users") else {
+        return Ok(());
+    };
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("userstale");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut maker = user.spawn("create-die", &[&key, kind_name(kind)]);
+    maker.expect("CREATED", T);
+    maker.kill9();
+    let removal = qshm::admin::remove_stale(false)?;
+    let native = native(&key, kind);
+    let removed = removal.segments.iter().any(|s| {
+        s.native_key
+            .as_ref()
+            .is_some_and(|k| k.native() == native.native())
+    });
+    check(removed, format!("kept: {:?}", removal.kept_foreign.len()))?;
+    check(!qshm::admin::exists(&native), "still there")
+}
+
+/// 6: files are judged by qshm's evidence (a lock state naming them), never by mode bits
+/// other programs use too: root's `rm --stale` (without `--all`) keeps a root file that
+/// merely carries the set-group-ID or sticky bit.
+fn mode_bits_are_no_evidence() -> Result<(), Failed> {
+    let paths: Vec<String> = ["sgid", "sticky"]
+        .iter()
+        .map(|t| format!("/dev/shm/qshm-test-modebits-{t}-{}", std::process::id()))
+        .collect();
+    struct Remove(Vec<String>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _remove = Remove(paths.clone());
+    for (path, mode) in paths.iter().zip([0o2600, 0o1600]) {
+        std::fs::write(path, [0u8; 64])?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    // old enough to be judged
+    std::thread::sleep(Duration::from_millis(2100));
+    qshm::admin::remove_stale(false)?;
+    for path in &paths {
+        check(std::path::Path::new(path).exists(), format!("{path} was removed"))?;
+    }
+    Ok(())
+}
+
+/// 6: a `fork()`ed child's mapping keeps a POSIX segment alive when the parent detaches
+/// (before, the parent's detach destroyed it under the child's mapping).
+fn fork_child_keeps_segment() -> Result<(), Failed> {
+    let key = unique_key("forkkeeps");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, KeyType::PosixRealtime);
+    let mut child = Peer::spawn("fork-keeps", &[&key]);
+    let said = child.expect("RESULT", T);
+    child.wait(T);
+    check(said == "kept", format!("after the parent's detach: {said}"))
+}
+
+/// The `fork-keeps` role: create, fork a child that keeps the mapping, detach in the
+/// parent, and say whether the segment still exists.
+fn fork_keeps(key: &str) -> i32 {
+    let mut shm = SharedMemory::with_key_type(key, KeyType::PosixRealtime);
+    shm.create(64, AccessMode::ReadWrite).expect("create");
+    let native = shm.native_ipc_key().clone();
+    let (mut to_child, from_parent) = {
+        let mut fds = [0; 2];
+        // SAFETY: fds is an array of two ints for pipe().
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        (fds[1], fds[0])
+    };
+    // SAFETY: fork in a single-threaded child process of the test; the child only reads
+    // a pipe and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut byte = [0u8; 1];
+        // SAFETY: reading one byte from our pipe end.
+        unsafe { libc::read(from_parent, byte.as_mut_ptr().cast(), 1) };
+        // SAFETY: end the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    shm.detach().expect("detach");
+    let kept = qshm::admin::exists(&native);
+    // SAFETY: writing one byte to our pipe end, then reaping our child.
+    unsafe {
+        libc::write(to_child, [1u8].as_ptr().cast(), 1);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    to_child = -1;
+    let _ = to_child;
+    let _ = SharedMemory::force_remove(&native);
+    say(format!("RESULT {}", if kept { "kept" } else { "destroyed" }));
+    0
+}
+
+/// 6: the number of qshm attachments of a segment comes from one consistent view, however
+/// many file locks others take meanwhile (before: `/proc/locks` was read in pieces, and a
+/// segment of 2 was counted from 0 to 6).
+fn consistent_attachment_counts() -> Result<(), Failed> {
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("counts");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = SharedMemory::with_key_type(&key, kind);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let mut other = actor::qshm(None, &key, kind, LockMode::QtCompatible, REPLY).ok_or("actor")?;
+    check(
+        actor::ask(&mut other, "attach", REPLY).as_deref() == Some("OK"),
+        "attach",
+    )?;
+    // churn: many other file locks come and go meanwhile
+    let churn_keys: Vec<String> = (0..4).map(|i| unique_key(&format!("churn{i}"))).collect();
+    for k in &churn_keys {
+        cleanup.key(k, kind);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churner = {
+        let stop = stop.clone();
+        let keys = churn_keys.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for k in &keys {
+                    let mut s = SharedMemory::with_key_type(k, KeyType::PosixRealtime);
+                    let _ = s.create(64, AccessMode::ReadWrite);
+                }
+            }
+        })
+    };
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..50 {
+        let segment = qshm::admin::segment(shm.native_ipc_key())?.ok_or("listed")?;
+        *seen.entry(segment.qshm_attachments).or_insert(0) += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churner.join().map_err(|_| "churner")?;
+    other.send("exit");
+    other.wait(T);
+    check(
+        seen.len() == 1 && seen.contains_key(&Some(2)),
+        format!("2 attachments counted as {seen:?}"),
+    )
+}
+
+/// 1: processes race to create-or-attach, lock and detach one key, as root, as another
+/// user, and inside a PID namespace of their own (where `/proc` shows only them): no
+/// round leaves a segment behind (before: `/proc` walks took unreadable processes for
+/// mappers and kept segments for ever).
+fn racing_creates(kind: KeyType) -> Result<(), Failed> {
+    const ROUNDS: &str = "150";
+    let user = TempUser::create("racing_creates");
+    let mut setups: Vec<(&str, Option<&TempUser>, bool)> =
+        vec![("root", None, false), ("root, own PID namespace", None, true)];
+    if let Some(user) = &user {
+        setups.push(("another user", Some(user), false));
+    }
+    for (who, user, pid_ns) in setups {
+        let key = unique_key("race");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let exe = std::env::current_exe()?;
+        let mut racers: Vec<Peer> = (0..4)
+            .map(|_| {
+                let mut cmd = if pid_ns && is_root() {
+                    let mut c = std::process::Command::new("unshare");
+                    c.args(["-pf", "--mount-proc"]).arg(&exe);
+                    c
+                } else {
+                    std::process::Command::new(&exe)
+                };
+                cmd.env(CHILD_ENV, "racer")
+                    .args([key.as_str(), kind_name(kind), ROUNDS]);
+                if let Some(user) = user {
+                    use std::os::unix::process::CommandExt;
+                    cmd.uid(user.uid).gid(user.gid);
+                }
+                Peer::spawn_command(&mut cmd)
+            })
+            .collect();
+        for r in &mut racers {
+            let done = r.expect("DONE", Duration::from_secs(120));
+            check(done.starts_with("ok"), format!("{who}: a racer: {done}"))?;
+            r.wait(T);
+        }
+        let left = leftovers(&key, kind, &[]);
+        check(
+            left.is_empty(),
+            format!("{who}: left after {ROUNDS} rounds of 4 racers: {left:?}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn racer(key: &str, kind: KeyType, rounds: u32) -> i32 {
+    let mut errors = Vec::new();
+    for _ in 0..rounds {
+        let mut shm = SharedMemory::with_key_type(key, kind).with_permissions(0o666);
+        let attached = match shm.create(64, AccessMode::ReadWrite) {
+            Ok(()) => true,
+            Err(_) => shm.attach(AccessMode::ReadWrite).is_ok(),
+        };
+        if attached {
+            match shm.lock_timeout(Duration::from_secs(5)) {
+                Ok(Some(mut data)) => data[0] = data[0].wrapping_add(1),
+                Ok(None) => errors.push("lock timed out".to_owned()),
+                Err(e) => errors.push(e.to_string()),
+            }
+            if let Err(e) = shm.detach() {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    errors.truncate(3);
+    say(format!(
+        "DONE {}",
+        if errors.is_empty() {
+            "ok".to_owned()
+        } else {
+            format!("{errors:?}")
+        }
+    ));
+    0
+}
+
+/// 2: a program in another PID namespace (a container sharing `/dev/shm`) maps a POSIX
+/// segment; the qshm creator outside detaches: the segment stays, and a new `create` of
+/// the key does not reclaim it under the mapper (before: the lease said "open elsewhere",
+/// `/proc` showed nobody, and `create` took that for stale).
+fn mapper_in_other_pid_namespace() -> Result<(), Failed> {
+    if !is_root() {
+        eprintln!("*** SKIP a_mapper_in_another_pid_namespace: needs root for unshare -p ***");
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("pidns");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = SharedMemory::with_key_type(&key, kind);
+    shm.create(4096, AccessMode::ReadWrite)?;
+    let path = shm_path(shm.native_ipc_key());
+    let exe = std::env::current_exe()?;
+    let mut mapper = Peer::spawn_command(
+        std::process::Command::new("unshare")
+            .args(["-pf", "--mount-proc"])
+            .arg(exe)
+            .arg(&path)
+            .env(CHILD_ENV, "raw-map"),
+    );
+    mapper.expect("MAPPED", T);
+    let native = shm.native_ipc_key().clone();
+    shm.detach()?;
+    let kept = qshm::admin::exists(&native);
+    let mut again = SharedMemory::with_key_type(&key, kind);
+    let created = again.create(4096, AccessMode::ReadWrite);
+    mapper.send("done");
+    mapper.wait(T);
+    check(
+        kept,
+        "the segment was destroyed under a mapper in another PID namespace",
+    )?;
+    check(
+        created
+            .as_ref()
+            .is_err_and(|e| e.kind() == qshm::SharedMemoryError::AlreadyExists),
+        format!("a create beside the mapper: {created:?}"),
+    )
+}
+
+/// 3: another user holds a write lease on a file of theirs in `/dev/shm` for ever; root's
+/// `ls`, `rm --stale` and an attach to it each finish within 3 s (before: each open of it
+/// waited the kernel's lease-break time, 45 s).
+fn foreign_lease_never_stalls() -> Result<(), Failed> {
+    let Some(user) = TempUser::create("another_users_lease_never_stalls") else {
+        return Ok(());
+    };
+    let name = format!("qshm-test-leased-{}", std::process::id());
+    let path = format!("/dev/shm/{name}");
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(path.clone());
+    let mut holder = user.spawn("lease-hold", &[&path]);
+    let leased = holder.line(T);
+    check(leased == "LEASED", format!("the other user's lease: {leased}"))?;
+    std::thread::sleep(Duration::from_millis(2100)); // old enough to be judged
+    let bound = Duration::from_secs(3);
+    let started = Instant::now();
+    qshm::admin::scan()?;
+    check(
+        started.elapsed() < bound,
+        format!("ls took {:?}", started.elapsed()),
+    )?;
+    let started = Instant::now();
+    qshm::admin::remove_stale(true)?;
+    check(
+        started.elapsed() < bound,
+        format!("rm --stale --all took {:?}", started.elapsed()),
+    )?;
+    let started = Instant::now();
+    let mut shm =
+        SharedMemory::with_native_key(NativeIpcKey::new(format!("/{name}"), KeyType::PosixRealtime));
+    let attached = shm.attach(AccessMode::ReadOnly);
+    check(
+        started.elapsed() < bound + Duration::from_millis(500),
+        format!("attach took {:?}: {attached:?}", started.elapsed()),
+    )?;
+    holder.send("done");
+    holder.wait(T);
+    Ok(())
+}

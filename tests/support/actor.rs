@@ -1,0 +1,135 @@
+//! Actors: long-lived processes that take commands, one per line, and answer each with
+//! one line: the qshm actor (this test binary in the `actor` role) and the Qt 6 actor
+//! (`interop/qt_actor.py`), which speak the same protocol (see that script). The counter
+//! the `lock` and `burst` commands add to is the little-endian u64 at offset 0.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use qshm::{AccessMode, KeyType, LockMode, SharedMemory};
+
+use super::{Peer, TempUser, kind_name, mode_name, parse_kind, parse_mode, say};
+
+/// A qshm actor on legacy key `key` (as `user`, if given), segments it creates `0666`; `None`
+/// if it did not start within `wait`.
+pub(crate) fn qshm(
+    user: Option<&TempUser>,
+    key: &str,
+    kind: KeyType,
+    mode: LockMode,
+    wait: Duration,
+) -> Option<Peer> {
+    let args = [key, kind_name(kind), mode_name(mode)];
+    let peer = match user {
+        Some(user) => user.spawn("actor", &args),
+        None => Peer::spawn("actor", &args),
+    };
+    started(peer, wait)
+}
+
+/// A Qt 6 actor (PyQt6 `python`) on legacy key `key`; `None` if it did not start.
+pub(crate) fn qt(python: &Path, key: &str, kind: KeyType, wait: Duration) -> Option<Peer> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_actor.py");
+    let peer =
+        Peer::spawn_command(
+            Command::new(python)
+                .arg(script)
+                .args(["--key", key, "--type", kind_name(kind)]),
+        );
+    started(peer, wait)
+}
+
+fn started(mut peer: Peer, wait: Duration) -> Option<Peer> {
+    (peer.try_line(wait).as_deref() == Some("READY")).then_some(peer)
+}
+
+/// Send `command`; its answer, or `None` after `wait`.
+pub(crate) fn ask(peer: &mut Peer, command: &str, wait: Duration) -> Option<String> {
+    peer.send(command);
+    peer.try_line(wait)
+}
+
+/// The counter's value read under the lock, if the actor could read it.
+pub(crate) fn read(peer: &mut Peer, wait: Duration) -> Option<u64> {
+    ask(peer, "read", wait)?.strip_prefix("VALUE ")?.parse().ok()
+}
+
+/// The `actor` role: args key, kind, mode.
+pub(crate) fn qshm_actor(args: &[String]) -> i32 {
+    let (kind, mode) = (parse_kind(&args[1]), parse_mode(&args[2]));
+    let mut shm = SharedMemory::with_key_type(&args[0], kind)
+        .with_lock_mode(mode)
+        .with_permissions(0o666);
+    say("READY");
+    let wait = Duration::from_secs(5);
+    let add = |shm: &SharedMemory| -> Result<bool, String> {
+        match shm.lock_timeout(wait) {
+            Ok(Some(mut data)) => {
+                let value = u64::from_le_bytes(data[..8].try_into().unwrap()).wrapping_add(1);
+                data[..8].copy_from_slice(&value.to_le_bytes());
+                Ok(data.previous_owner_died())
+            }
+            Ok(None) => Err("ERR Timeout".to_owned()),
+            Err(e) => Err(format!("ERR {:?}", e.kind())),
+        }
+    };
+    loop {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let reply = match words.first().copied() {
+            Some("create") => match shm.create(words[1].parse().unwrap(), AccessMode::ReadWrite) {
+                Ok(()) => "OK".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some("attach") => match shm.attach(AccessMode::ReadWrite) {
+                Ok(()) => "OK".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some(cmd @ ("lock" | "burst")) => {
+                let rounds: u64 = if cmd == "burst" {
+                    words[1].parse().unwrap()
+                } else {
+                    1
+                };
+                let mut died = 0;
+                let mut failed = None;
+                for _ in 0..rounds {
+                    match add(&shm) {
+                        Ok(d) => died += u64::from(d),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                failed.unwrap_or(format!("OK died={died}"))
+            }
+            Some("read") => match shm.lock_read_timeout(wait) {
+                Ok(Some(data)) => format!("VALUE {}", u64::from_le_bytes(data[..8].try_into().unwrap())),
+                Ok(None) => "ERR Timeout".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some("hold") => match shm.lock_timeout(wait) {
+                Ok(Some(guard)) => {
+                    // held until the process dies (its holder kills it now)
+                    std::mem::forget(guard);
+                    "HELD".to_owned()
+                }
+                Ok(None) => "ERR Timeout".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some("detach") => match shm.detach() {
+                Ok(()) => "OK".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
+            Some("exit") | None => break,
+            Some(other) => format!("ERR unknown command {other}"),
+        };
+        say(reply);
+    }
+    0
+}
