@@ -5,7 +5,7 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -21,7 +21,7 @@ fn main() {
     run_child_role(child_main);
     let python = find_qt_python();
     let mut trials = Vec::new();
-    let with_qt = |name: String, f: fn(&PathBuf) -> Result<(), Failed>, python: &Option<PathBuf>| {
+    let with_qt = |name: String, f: fn(&Path) -> Result<(), Failed>, python: &Option<PathBuf>| {
         let py = python.clone();
         let missing = py.is_none();
         Trial::test(name, move || match &py {
@@ -179,7 +179,7 @@ fn child_main(role: &str, args: &[String]) -> i32 {
 /// once: exact, ten rounds. (Before, the first Qt process made Qt's semaphore at its
 /// attach, qshm opened it at its first lock, and the Qt process unlinked it at its exit:
 /// the next Qt process made another one. Two semaphores, lost increments.)
-fn qt_attached_first_and_left(py: &PathBuf) -> Result<(), Failed> {
+fn qt_attached_first_and_left(py: &Path) -> Result<(), Failed> {
     let kind = KeyType::PosixRealtime;
     for round in 0..10 {
         let key = unique_key("qtfirst");
@@ -230,7 +230,7 @@ fn qt_attached_first_and_left(py: &PathBuf) -> Result<(), Failed> {
 
 /// 4(b): a Qt process locks a 0666 qshm segment first; another user's qshm process can
 /// still lock it. (Before, Qt made the semaphore at its first lock, 0600.)
-fn qt_locked_first(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+fn qt_locked_first(py: &Path, kind: KeyType) -> Result<(), Failed> {
     let Some(user) = TempUser::create("a_0666_segment_qt_locked_first") else {
         return Ok(());
     };
@@ -389,7 +389,7 @@ fn fill_and_lock(key: &str) -> i32 {
 /// 5(a): a Qt process creates a System V segment, writes, and is killed: nobody is
 /// attached, its data is intact, and qshm attaches and reads it as a Qt process would
 /// (before: "its creator died while making it").
-fn qt_creator_killed(py: &PathBuf) -> Result<(), Failed> {
+fn qt_creator_killed(py: &Path) -> Result<(), Failed> {
     let kind = KeyType::SystemV;
     let key = unique_key("qtkilled");
     let mut cleanup = Cleanup::default();
@@ -446,7 +446,7 @@ fn removed_behind_back_leaves_no_set() -> Result<(), Failed> {
 /// What qshm made (lock state, Qt's semaphore, key file) may stay, as Qt's own leftovers
 /// do (a POSIX Qt segment is never removed by Qt), but `qshm ls` shows it and root's
 /// `rm --stale` (or the next create) removes it: after both, nothing is left.
-fn qt_detaches_last(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
+fn qt_detaches_last(py: &Path, kind: KeyType) -> Result<(), Failed> {
     let key = unique_key("qtlast");
     let mut cleanup = Cleanup::default();
     cleanup.key(&key, kind);
