@@ -1342,9 +1342,8 @@ fn rm_stale_all_removes_a_lone_glibc_temporary() {
         return;
     }
     let script = "mount -t tmpfs qshm-test /dev/shm && head -c 32 /dev/zero > /dev/shm/sem.aB3xYz \
-                  && sleep 2.2 && \"$0\" rm --stale && \"$0\" rm --stale --all && ls -A /dev/shm";
-    let out = Command::new("unshare")
-        .args(["-im", "--propagation", "private", "sh", "-c", script, BIN])
+                  && sleep 2.2 && \"$QSHM_EXE\" rm --stale && \"$QSHM_EXE\" rm --stale --all && ls -A /dev/shm";
+    let out = private_namespaces_sh(BIN.as_ref(), script, true)
         .output()
         .expect("run unshare");
     let text = stdout(&out);

@@ -569,6 +569,48 @@ impl Drop for TempUser {
     }
 }
 
+/// A command that runs the shell commands `script` inside private mount namespaces
+/// (`ipc`: and a private IPC namespace), where `"$QSHM_EXE"` runs `exe` and `"$@"` are the
+/// arguments the caller adds. The binary is opened (descriptor 9) before `script` runs
+/// and executed through that descriptor, so a mount that hides the checkout (a tmpfs over
+/// `/dev/shm`, or over a directory that holds `target/`) cannot hide the binary: no test
+/// depends on where the checkout lives. Needs root.
+pub(crate) fn private_namespaces_sh(exe: &std::path::Path, script: &str, ipc: bool) -> Command {
+    let script = format!("exec 9<\"$0\" && QSHM_EXE=/proc/self/fd/9 && {script}");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private"]);
+    if ipc {
+        cmd.arg("-i");
+    }
+    cmd.args(["sh", "-c", &script]).arg(exe);
+    cmd
+}
+
+/// [`private_namespaces_sh`] that runs `exe` with the caller's arguments once `setup`
+/// (e.g. mounts) succeeded there.
+pub(crate) fn in_private_namespaces(exe: &std::path::Path, setup: &str, ipc: bool) -> Command {
+    private_namespaces_sh(exe, &format!("{setup} && exec \"$QSHM_EXE\" \"$@\""), ipc)
+}
+
+/// A fresh empty directory under `std::env::temp_dir()` (made 0700), removed with what is
+/// in it when dropped: a place to mount over that hides nothing else.
+pub(crate) struct PrivateDir(pub(crate) std::path::PathBuf);
+
+impl PrivateDir {
+    pub(crate) fn new(tag: &str) -> std::io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(unique_key(tag));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(PrivateDir(path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Run this test binary in child `role` inside a private mount namespace whose `/dev/shm` is
 /// a fresh tmpfs of `size` (e.g. `"1m"`). `None` (after a SKIP line) when not root.
 pub(crate) fn run_in_small_dev_shm(
@@ -582,10 +624,8 @@ pub(crate) fn run_in_small_dev_shm(
         return None;
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let script = format!("mount -t tmpfs -o size={size} qshm-test /dev/shm && exec \"$0\" \"$@\"");
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .arg(exe)
+    let setup = format!("mount -t tmpfs -o size={size} qshm-test /dev/shm");
+    let out = in_private_namespaces(&exe, &setup, false)
         .args(args)
         .env(CHILD_ENV, role)
         .output();
