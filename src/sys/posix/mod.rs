@@ -40,7 +40,10 @@ mod semaphore;
 
 pub(super) use names::id_of;
 use names::segment_path;
-pub(crate) use names::{QSHM_MADE, QSHM_MADE_QT_COMPATIBLE, made_by_qshm, shm_file_name};
+pub(crate) use names::{QSHM_MADE, QSHM_MADE_QT_COMPATIBLE, made_by_qshm};
+// only `admin` reads segment names from outside this module
+#[cfg(feature = "admin")]
+pub(crate) use names::shm_file_name;
 
 use probe::mapped_by_others;
 pub(crate) use probe::{Probe, probe_existing, unused_by_others};
