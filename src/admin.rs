@@ -22,6 +22,10 @@
 //! holder died is repaired the way any locker repairs it: through the library's own lock
 //! (attach, lock, unlock, detach).
 //!
+//! The facts about one handle's segment that only tools need (`info`, `force_remove`,
+//! `semaphore_key`, `lock_state_path`, `system_v_key`) are the extension trait
+//! [`SharedMemoryExt`], so they stay out of [`SharedMemory`](crate::SharedMemory)'s own API.
+//!
 //! The module exists with the `admin` feature (on by default); it adds no dependency.
 
 use std::path::PathBuf;
@@ -37,6 +41,10 @@ mod orphans;
 mod removal;
 #[cfg(test)]
 mod tests;
+mod tools;
+
+pub use crate::shared_memory::SegmentInfo;
+pub use tools::SharedMemoryExt;
 
 /// How long a System V segment nobody ever attached to, or an empty POSIX segment, is
 /// taken to be in the making rather than stale.
@@ -304,6 +312,12 @@ pub fn segment(key: &NativeIpcKey) -> Result<Option<Segment>> {
     let mut drafts: Vec<_> = look.segment_of(key).into_iter().collect();
     look::settle(&mut drafts);
     Ok(drafts.pop().map(|d| d.segment))
+}
+
+/// The name of the user with id `uid` (`getpwuid_r`), if it has one: what `ls` and `stat`
+/// print for owners.
+pub fn user_name(uid: u32) -> Option<String> {
+    crate::os::user_name(uid)
 }
 
 /// Whether the segment of `key` exists right now (without attaching to it).

@@ -50,7 +50,7 @@ mod sys;
 pub use error::{Error, Result, SharedMemoryError};
 pub use key::{KeyType, NativeIpcKey};
 pub use semaphore::SystemSemaphore;
-pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SegmentInfo, SharedMemory};
+pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SharedMemory};
 pub use sys::{DEFAULT_PERMISSIONS, LockMode, SemaphoreMode};
 /// The crate whose traits the typed views ([`LockGuard::as_type`]) ask for, re-exported so
 /// that its version matches qshm's.

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use qshm::admin::{self, LockStatus};
+use qshm::admin::{self, LockStatus, SegmentInfo, SharedMemoryExt as _};
 use qshm::{AccessMode, KeyType, LockMode, SharedMemory, SharedMemoryError, SystemSemaphore};
 
 use crate::interrupt::{self, Interrupt};
@@ -211,7 +211,7 @@ pub fn hex_dump(data: &[u8], offset: usize) -> String {
 }
 
 /// What `stat` says about the lock, as `qshm::admin` sees it (without taking it).
-fn lock_state(shm: &SharedMemory, info: &qshm::SegmentInfo, lock: Option<LockStatus>) -> String {
+fn lock_state(shm: &SharedMemory, info: &SegmentInfo, lock: Option<LockStatus>) -> String {
     let state = match &info.lock_state_file {
         Some(path) => format!("lock state {}", path.display()),
         None => "no lock state: made by a program that is not qshm".to_owned(),

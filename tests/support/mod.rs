@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
+/// The tool facts of a handle (`force_remove`, `semaphore_key`, `info`, ...), in scope
+/// for every test file that uses `support::*`.
+pub(crate) use qshm::admin::SharedMemoryExt;
 use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory};
 
 pub(crate) mod qt;
