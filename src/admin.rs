@@ -262,6 +262,13 @@ impl Orphan {
     pub fn is_foreign(&self) -> bool {
         self.kind == OrphanKind::MaybeUnfinishedSemaphore
     }
+
+    /// Younger than 2 seconds: its maker may be between two steps of making it (a lock
+    /// state is made before its segment is named), so it may not be an orphan at all.
+    /// [`scan`] lists it, [`remove_stale`] leaves it alone.
+    pub fn is_new(&self) -> bool {
+        self.age < ORPHAN_GRACE
+    }
 }
 
 /// Everything one look at the machine found.
@@ -271,7 +278,8 @@ pub struct Scan {
     /// Every shared-memory segment: all of System V, and the files in `/dev/shm` that
     /// are neither semaphores nor qshm's lock state.
     pub segments: Vec<Segment>,
-    /// Lock state, semaphores and key files whose segment is gone.
+    /// Lock state, semaphores and key files whose segment is gone, new ones included
+    /// ([`Orphan::is_new`]).
     pub orphans: Vec<Orphan>,
 }
 
@@ -326,8 +334,8 @@ pub fn exists(key: &NativeIpcKey) -> bool {
 }
 
 /// Remove every stale Qt or qshm segment (with its lock state, Qt semaphore and key
-/// file) and every orphan, and repair every lock whose holder died; with
-/// `include_foreign`, also other programs' stale segments (any System V segment nobody
+/// file) and every orphan older than 2 seconds ([`Orphan::is_new`]), and repair every
+/// lock whose holder died; with `include_foreign`, also other programs' stale segments (any System V segment nobody
 /// is attached to, any file in `/dev/shm` nobody maps or locks). Live segments are never
 /// removed: each is checked again right before.
 pub fn remove_stale(include_foreign: bool) -> Result<Removal> {
