@@ -26,6 +26,46 @@ pub(crate) fn run_child_role(roles: fn(&str, &[String]) -> i32) {
         let args: Vec<String> = std::env::args().skip(1).collect();
         std::process::exit(roles(&role, &args));
     }
+    share_tmpdir_with_other_users();
+}
+
+/// The name of the directory [`share_tmpdir_with_other_users`] makes in `TMPDIR`.
+const SHARED_TMP: &str = "qshm-tests-shared";
+
+/// As root, tests make throw-away users ([`TempUser`]) who make System V key files next
+/// to ours, in Qt's temporary directory (`TMPDIR`). A `TMPDIR` that others cannot write
+/// (one root made with `mkdir`: 0755) would fail those tests for a reason that has
+/// nothing to do with qshm, so this process (and its children) use a subdirectory of it
+/// that is like `/tmp` (1777), made once and kept. Called at the start of `main`.
+fn share_tmpdir_with_other_users() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !is_root() {
+        return;
+    }
+    let dir = std::env::temp_dir();
+    let Ok(meta) = std::fs::metadata(&dir) else {
+        return;
+    };
+    if meta.mode() & 0o1003 == 0o1003 || !reachable_by_others(&dir) {
+        return; // like /tmp already, or no use (TempUser says why it skips)
+    }
+    let shared = dir.join(SHARED_TMP);
+    let _ = std::fs::create_dir(&shared);
+    let ours = std::fs::symlink_metadata(&shared).is_ok_and(|m| m.is_dir() && m.uid() == 0);
+    if !ours || std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).is_err() {
+        return;
+    }
+    // SAFETY: called first thing in `main`, before this test binary starts any thread,
+    // so nothing reads the environment concurrently.
+    unsafe { std::env::set_var("TMPDIR", &shared) };
+}
+
+/// Every directory on the way to `path` lets other users through (o+x), and so does
+/// `path` itself: what a [`TempUser`] needs to run the test binary or use `TMPDIR`.
+fn reachable_by_others(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .all(|p| p.as_os_str().is_empty() || std::fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0))
 }
 
 /// A segment made for one test: a key nobody else uses, the handle that created it, the
@@ -503,6 +543,16 @@ impl TempUser {
         if !is_root() {
             eprintln!("*** SKIP {test}: making a user needs root ***");
             return None;
+        }
+        let exe = std::env::current_exe().unwrap_or_default();
+        for (what, path) in [("the test binary", exe), ("TMPDIR", std::env::temp_dir())] {
+            if !reachable_by_others(&path) {
+                eprintln!(
+                    "*** SKIP {test}: another user cannot reach {what} ({}: a directory on the way is closed to others) ***",
+                    path.display()
+                );
+                return None;
+            }
         }
         match TempUser::try_create() {
             Ok(user) => Some(user),
