@@ -13,20 +13,34 @@ compile_error!(
      Qt's keys (src/key/) are portable."
 );
 
-#[cfg(feature = "admin")]
+// On other targets only the compile_error! above is reported, not a page of errors from
+// Linux-only system calls.
+#[cfg(all(target_os = "linux", feature = "admin"))]
 pub mod admin;
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
 mod key;
+#[cfg(target_os = "linux")]
 mod lock;
+#[cfg(target_os = "linux")]
 mod os;
+#[cfg(target_os = "linux")]
 mod semaphore;
+#[cfg(target_os = "linux")]
 mod shared_memory;
+#[cfg(target_os = "linux")]
 mod sys;
 
+#[cfg(target_os = "linux")]
 pub use error::{Error, Result, SharedMemoryError};
+#[cfg(target_os = "linux")]
 pub use key::{KeyType, NativeIpcKey};
+#[cfg(target_os = "linux")]
 pub use semaphore::SystemSemaphore;
+#[cfg(target_os = "linux")]
 pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SharedMemory};
+#[cfg(target_os = "linux")]
 pub use sys::{DEFAULT_PERMISSIONS, LockMode, SemaphoreMode};
 /// The crate whose traits the typed views ([`LockGuard::as_type`]) ask for, re-exported so
 /// that its version matches qshm's.
