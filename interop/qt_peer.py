@@ -251,7 +251,10 @@ def act_hold_lock(args):
 def act_time_lock(args):
     # Timed from before attach(): Qt's attach() itself takes the lock's semaphore, so
     # against a held lock it is attach() that blocks; ATTACHED_AFTER_MS shows that.
+    # STARTING says the clock runs: a caller that holds the lock releases it only after
+    # that (Python and Qt take long to start on a busy machine).
     start = time.monotonic()
+    say("STARTING")
     shm = make_shm(args)
     if not shm.attach():
         fail(shm, "attach")

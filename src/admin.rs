@@ -22,6 +22,10 @@
 //! whose holder died is taken over by its next locker, whoever that is (a clean-up run
 //! as root never writes into a lock that another user can write).
 //!
+//! The facts about one handle's segment that only tools need (`info`, `force_remove`,
+//! `semaphore_key`, `lock_state_path`, `system_v_key`) are the extension trait
+//! [`SharedMemoryExt`], so they stay out of [`SharedMemory`](crate::SharedMemory)'s own API.
+//!
 //! The module exists with the `admin` feature (on by default); it adds no dependency.
 
 use std::path::PathBuf;
@@ -37,6 +41,10 @@ mod orphans;
 mod removal;
 #[cfg(test)]
 mod tests;
+mod tools;
+
+pub use crate::shared_memory::SegmentInfo;
+pub use tools::SharedMemoryExt;
 
 /// How long a System V segment nobody ever attached to, or an empty POSIX segment, is
 /// taken to be in the making rather than stale.
@@ -256,6 +264,13 @@ impl Orphan {
     pub fn is_foreign(&self) -> bool {
         self.kind == OrphanKind::MaybeUnfinishedSemaphore
     }
+
+    /// Younger than 2 seconds: its maker may be between two steps of making it (a lock
+    /// state is made before its segment is named), so it may not be an orphan at all.
+    /// [`scan`] lists it, [`remove_stale`] leaves it alone.
+    pub fn is_new(&self) -> bool {
+        self.age < ORPHAN_GRACE
+    }
 }
 
 /// Everything one look at the machine found.
@@ -265,7 +280,8 @@ pub struct Scan {
     /// Every shared-memory segment: all of System V, and the files in `/dev/shm` that
     /// are neither semaphores nor qshm's lock state.
     pub segments: Vec<Segment>,
-    /// Lock state, semaphores and key files whose segment is gone.
+    /// Lock state, semaphores and key files whose segment is gone, new ones included
+    /// ([`Orphan::is_new`]).
     pub orphans: Vec<Orphan>,
 }
 
@@ -305,14 +321,21 @@ pub fn segment(key: &NativeIpcKey) -> Result<Option<Segment>> {
     Ok(drafts.pop().map(|d| d.segment))
 }
 
+/// The name of the user with id `uid` (`getpwuid_r`), if it has one: what `ls` and `stat`
+/// print for owners.
+pub fn user_name(uid: u32) -> Option<String> {
+    crate::os::user_name(uid)
+}
+
 /// Whether the segment of `key` exists right now (without attaching to it).
 pub fn exists(key: &NativeIpcKey) -> bool {
     look::exists(key)
 }
 
 /// Remove every stale Qt or qshm segment (with its lock state, Qt semaphore and key
-/// file) and every orphan, and report every lock whose holder died; with
-/// `include_foreign`, also other programs' stale segments (any System V segment nobody
+/// file) and every orphan older than 2 seconds ([`Orphan::is_new`]), and report every
+/// lock whose holder died; with `include_foreign`, also other programs' stale segments (any
+/// System V segment nobody
 /// is attached to, any file in `/dev/shm` nobody maps or locks). Live segments are never
 /// removed: each is checked again right before.
 pub fn remove_stale(include_foreign: bool) -> Result<Removal> {

@@ -151,8 +151,10 @@ impl Error {
     }
 }
 
-/// Keys and words of details up to this many characters are shown whole by `Display`.
-const LONGEST_SHOWN: usize = 80;
+/// Keys and words of details up to this many characters are shown whole by `Display`:
+/// `PATH_MAX`, so every path the kernel could take is shown whole (a newcomer needs the
+/// whole path to act on an error); only absurd keys (a megabyte of key text) are cut.
+const LONGEST_SHOWN: usize = libc::PATH_MAX as usize;
 /// How many characters of a longer one are shown.
 const SHOWN: usize = 60;
 
@@ -166,10 +168,11 @@ fn shortened(text: &str) -> Option<(&str, usize)> {
 }
 
 impl fmt::Display for Error {
-    /// `op "key": detail (os error)` on one short line: a key or a word of the detail
-    /// (such as a path) longer than 80 characters shows its first 60, `…` and its
-    /// length, e.g. `create "xxx…xxx"… (100000 characters): ...`. [`Error::key`] keeps
-    /// the whole key.
+    /// `op "key": detail (os error)` on one line. Keys and paths are shown whole; only a
+    /// key or a word of the detail longer than `PATH_MAX` (4096) characters, which no
+    /// path can be, shows its first 60, `…` and its length, e.g.
+    /// `create "xxx…xxx"… (100000 characters): ...`, so that a huge key still gives a
+    /// short line. [`Error::key`] keeps the whole key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.0;
         match shortened(&e.key) {
@@ -353,19 +356,33 @@ mod tests {
                  /tmp/{tail}… (100005 characters)"
             )
         );
-        // up to 80 characters are shown whole; characters, not bytes, are counted
-        let whole = "é".repeat(80);
+        // up to PATH_MAX characters are shown whole; characters, not bytes, are counted
+        let whole = "é".repeat(4096);
         let e = Error::new(SharedMemoryError::KeyError, "attach", &whole);
         assert_eq!(e.to_string(), format!("attach \"{whole}\": invalid key"));
-        let long = "é".repeat(81);
+        let long = "é".repeat(4097);
         let e = Error::new(SharedMemoryError::NotFound, "attach", &long)
             .with_os(io::Error::from_raw_os_error(libc::ENOENT));
         assert!(
             e.to_string().starts_with(&format!(
-                "attach \"{}\"… (81 characters): doesn't exist (",
+                "attach \"{}\"… (4097 characters): doesn't exist (",
                 "é".repeat(60)
             )),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn long_paths_are_shown_whole() {
+        // a TMPDIR of 100 characters makes key files of about 170: an error must name
+        // the whole path, which is what the user has to look at or fix
+        let dir = format!("/tmp/{}", "d".repeat(95));
+        let path = format!("{dir}/qipc_sharedmemory_market5c9f73af73334ffe350c60ec076e5744db0ecda3");
+        let e = Error::new(SharedMemoryError::PermissionDenied, "create", "market")
+            .with_detail(format!("cannot make the key file {path}"));
+        assert_eq!(
+            e.to_string(),
+            format!("create \"market\": cannot make the key file {path}")
         );
     }
 

@@ -1,56 +1,46 @@
-//! # qshm — Qt-compatible named shared memory for Rust
-//!
-//! `qshm` does what Qt's `QSharedMemory` does on Linux — named shared-memory segments
-//! shared by threads and processes, with a system-wide lock — and is compatible with
-//! it: the same legacy key gives the same native key and the same lock, so a Qt
-//! program and a qshm program meet in one segment.
-//!
-//! What it does better: the segment is destroyed when the last user detaches, also
-//! for POSIX keys and also after crashes ([`sys`](crate) design notes in
-//! `src/sys/posix.rs`); a lock whose holder died is handed on and reported
-//! ([`LockGuard::previous_owner_died`]); an optional [`LockMode::Fast`] lock costs no
-//! system call; and errors are typed values, never panics. Beyond Qt: typed views of
-//! the segment ([`LockGuard::as_type`], zerocopy types), lock-free atomics
-//! ([`SharedMemory::atomics`]) and change notification across processes
-//! ([`SharedMemory::notify_all`], [`SharedMemory::wait_for_change`]).
-//!
-//! ```
-//! use qshm::{AccessMode, SharedMemory};
-//! # let key = format!("lib-doc-{}", std::process::id());
-//! let mut shm = SharedMemory::new(&key);
-//! shm.create(4096, AccessMode::ReadWrite)?;
-//! {
-//!     let mut data = shm.lock()?;       // system-wide lock, RAII
-//!     data[..4].copy_from_slice(b"ping");
-//! }                                       // unlocked here
-//! shm.detach()?;                          // last user: the segment is destroyed
-//! # Ok::<(), qshm::Error>(())
-//! ```
-//!
-//! Tools that list and clean up every segment on the machine (`qshm ls`, `qshm rm
-//! --stale`) use the module `admin` (feature `admin`, on by default).
-
+// The crate's front page on docs.rs is the README, so that it explains what the README
+// does (and every Rust snippet in it is compiled and run as a doctest).
+#![doc = include_str!("../README.md")]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-/// Every Rust snippet of the README compiles and runs (as a doctest).
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
+// Linux only: segments, locks and lifetime rest on Linux's /dev/shm, System V IPC,
+// flock, open file description semantics, futexes and /proc.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "qshm supports Linux only (x86_64 is what its tests run on). A port to another OS adds \
+     a backend under src/sys/ (the SegmentBackend interface in src/sys/mod.rs, as \
+     src/sys/posix/ and src/sys/sysv/ implement it) and its system calls under src/os/; \
+     Qt's keys (src/key/) are portable."
+);
 
-#[cfg(feature = "admin")]
+// On other targets only the compile_error! above is reported, not a page of errors from
+// Linux-only system calls.
+#[cfg(all(target_os = "linux", feature = "admin"))]
 pub mod admin;
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
 mod key;
+#[cfg(target_os = "linux")]
 mod lock;
+#[cfg(target_os = "linux")]
 mod os;
+#[cfg(target_os = "linux")]
 mod semaphore;
+#[cfg(target_os = "linux")]
 mod shared_memory;
+#[cfg(target_os = "linux")]
 mod sys;
 
+#[cfg(target_os = "linux")]
 pub use error::{Error, Result, SharedMemoryError};
+#[cfg(target_os = "linux")]
 pub use key::{KeyType, NativeIpcKey, SystemVId};
+#[cfg(target_os = "linux")]
 pub use semaphore::SystemSemaphore;
-pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SegmentInfo, SharedMemory};
+#[cfg(target_os = "linux")]
+pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SharedMemory};
+#[cfg(target_os = "linux")]
 pub use sys::{DEFAULT_PERMISSIONS, LockMode, SemaphoreMode};
 /// The crate whose traits the typed views ([`LockGuard::as_type`]) ask for, re-exported so
 /// that its version matches qshm's.

@@ -1017,23 +1017,24 @@ fn simple_process_producer_consumer(kind: KeyType, mode: LockMode, processes: us
 /// stops it, since Qt's segments take no memory until touched). qshm reserves a POSIX
 /// segment's pages at create, so on a shared machine this would take half its memory;
 /// the case therefore runs in a child in its own IPC namespace (System V limit
-/// `kernel.shmall` = 64 MiB there) and mount namespace (its own 100 MiB `/dev/shm` and
-/// 16 MiB `/tmp`): the kernel stops it after a few segments, and whatever it makes
-/// disappears with the namespaces, though it must remove everything itself anyway.
+/// `kernel.shmall` = 64 MiB there) and mount namespace (its own 100 MiB `/dev/shm`, and a
+/// 16 MiB tmpfs on a private directory that is its `TMPDIR`, where the System V key files
+/// go): the kernel stops it after a few segments, and whatever it makes disappears with
+/// the namespaces, though it must remove everything itself anyway. Nothing is mounted
+/// over `/tmp`, which may hold the checkout or the caller's `TMPDIR`.
 fn use_too_much_memory(kind: KeyType, mode: LockMode) -> R {
     let exe = std::env::current_exe()?;
-    let script = "mount -t tmpfs -o size=100m qshm-qt-shm /dev/shm \
-                  && mount -t tmpfs -o size=16m qshm-qt-tmp /tmp \
-                  && echo 16384 > /proc/sys/kernel/shmall \
-                  && exec \"$0\" \"$@\"";
+    let tmp = PrivateDir::new("qt-tmp")?;
+    let setup = "mount -t tmpfs -o size=100m qshm-qt-shm /dev/shm \
+                 && mount -t tmpfs -o size=16m,mode=0700 qshm-qt-tmp \"$TMPDIR\" \
+                 && echo 16384 > /proc/sys/kernel/shmall";
     let prefix = unique_key("qt");
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["-m", "-i", "--propagation", "private", "sh", "-c", script])
-        .arg(exe)
-        .args([kind_name(kind), mode_name(mode), &prefix])
+    let mut cmd = in_private_namespaces(&exe, setup, true);
+    cmd.args([kind_name(kind), mode_name(mode), &prefix])
         .env(CHILD_ENV, "use_too_much_memory")
-        // the child has a /tmp of its own: a TMPDIR under the old one is gone there
-        .env("TMPDIR", "/tmp");
+        .env("TMPDIR", &tmp.0)
+        // the System V keys of platformSafeKey go to $TMPDIR/runtime-<user>
+        .env_remove("XDG_RUNTIME_DIR");
     let mut child = Peer::spawn_command(&mut cmd);
     let result = child.expect("RESULT", Duration::from_secs(120));
     let status = child.wait(T);

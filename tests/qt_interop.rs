@@ -225,6 +225,9 @@ fn qshm_holds_lock(py: &PathBuf, kind: KeyType) -> Result<(), Failed> {
     let recorded = sysv_keys(&key, kind);
     let guard = shm.lock()?;
     let mut qt = qt_peer(py, "time-lock", &key, kind, &[]);
+    // held for 500 ms from when Qt's clock starts (not from its spawn: Python and Qt may
+    // take longer than that to start on a busy machine)
+    qt.expect("STARTING", T);
     std::thread::sleep(Duration::from_millis(500));
     drop(guard);
     let waited: f64 = qt.expect("LOCKED_AFTER_MS", T).parse()?;

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use qshm::admin::SharedMemoryExt as _;
 use qshm::{AccessMode, SharedMemory};
 
 use locks::{CYCLE_FLAVOURS, FAST, Flavour, Instance, Lock, Mapping, QT_POSIX, QT_SYSV, SUBJECTS, Subject};

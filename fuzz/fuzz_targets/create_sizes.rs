@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use qshm::admin::SharedMemoryExt as _;
 use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError};
 
 /// The largest segment this target really creates.

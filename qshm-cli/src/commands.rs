@@ -4,9 +4,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use qshm::admin::{self, LockStatus};
+use qshm::admin::{self, LockStatus, SegmentInfo, SharedMemoryExt as _};
 use qshm::{AccessMode, KeyType, LockMode, SharedMemory, SharedMemoryError, SystemSemaphore};
 
+use crate::human::{self, plural};
 use crate::interrupt::{self, Interrupt};
 use crate::{CliResult, Failure, Target, list, print_all, progress, say, type_name};
 
@@ -41,6 +42,9 @@ pub fn create(target: &Target, args: CreateArgs) -> CliResult {
                 target.command("stat", ""),
                 target.command("rm", "")
             )),
+            // the SIZE the user gave does not fit: bad input, with what to do
+            SharedMemoryError::OutOfResources => Failure::input(e.to_string())
+                .with_hint("give a smaller SIZE, or free memory (`qshm ls`, `df -h /dev/shm`)"),
             _ => Failure::from(e),
         })?;
     if args.fill.is_some() || !data.is_empty() {
@@ -62,14 +66,7 @@ pub fn create(target: &Target, args: CreateArgs) -> CliResult {
         shm.size(),
         shm.native_ipc_key().kind()
     ));
-    match args.hold {
-        Some(d) => say(format_args!(
-            "holding for {} s (Ctrl-C to release)",
-            d.as_secs_f64()
-        )),
-        None => say(format_args!("holding until Ctrl-C")),
-    }
-    interrupt.wait(args.hold);
+    hold_for(&interrupt, args.hold);
     shm.detach()?;
     say(format_args!("detached"));
     Ok(())
@@ -132,7 +129,10 @@ pub fn write(target: &Target, text: Option<String>, from: Option<PathBuf>, offse
         }
         _ => {}
     }
-    print_all(&format!("wrote {} bytes at offset {offset}\n", data.len()))
+    print_all(&format!(
+        "wrote {} at offset {offset}\n",
+        human::bytes(data.len())
+    ))
 }
 
 /// The bytes `span` of the segment, copied under the lock (a signal ends the wait).
@@ -211,7 +211,7 @@ pub fn hex_dump(data: &[u8], offset: usize) -> String {
 }
 
 /// What `stat` says about the lock, as `qshm::admin` sees it (without taking it).
-fn lock_state(shm: &SharedMemory, info: &qshm::SegmentInfo, lock: Option<LockStatus>) -> String {
+fn lock_state(shm: &SharedMemory, info: &SegmentInfo, lock: Option<LockStatus>) -> String {
     let state = match &info.lock_state_file {
         Some(path) => format!("lock state {}", path.display()),
         None => "no lock state: made by a program that is not qshm".to_owned(),
@@ -231,9 +231,9 @@ fn lock_state(shm: &SharedMemory, info: &qshm::SegmentInfo, lock: Option<LockSta
     match lock {
         Some(LockStatus::Free) => format!("free ({how})"),
         Some(LockStatus::Held) => format!("held ({how})"),
-        Some(LockStatus::HolderDied) => format!(
-            "held by a process that died ({how}); the next lock takes it over, `qshm rm --stale` frees it now"
-        ),
+        Some(LockStatus::HolderDied) => {
+            format!("held by a process that died ({how}); its next locker takes it over (no clean-up needed)")
+        }
         _ => format!("unknown ({how})"),
     }
 }
@@ -273,7 +273,7 @@ pub fn stat(target: &Target) -> CliResult {
         list::user_name(info.owner_uid),
         info.owner_uid
     );
-    let _ = writeln!(text, "created:      {age} s ago");
+    let _ = writeln!(text, "created:      {} ago", human::age(age));
     let _ = writeln!(text, "lock:         {lock}");
     probe.detach()?;
     print_all(&text)
@@ -316,7 +316,7 @@ pub fn rm_stale(all: bool) -> CliResult {
     for s in &removal.segments {
         let os_id = list::os_id(&s.os_id);
         let _ = match (&s.native_key, s.kind()) {
-            (Some(native), KeyType::SystemV) => {
+            (Some(native), KeyType::SystemV | KeyType::SystemVWithId(_)) => {
                 writeln!(text, "removed stale segment {} ({os_id})", native.native())
             }
             _ => writeln!(text, "removed stale segment {os_id}"),
@@ -345,7 +345,7 @@ pub fn rm_stale(all: bool) -> CliResult {
         let _ = writeln!(
             text,
             "kept {} of other programs ({}): `qshm rm --stale --all` removes them too",
-            list::plural(names.len(), "stale segment"),
+            plural(names.len(), "stale segment"),
             names.join(", ")
         );
     }
@@ -358,7 +358,7 @@ pub fn rm_stale(all: bool) -> CliResult {
         let _ = writeln!(
             text,
             "kept {} that may be other programs' ({}): `qshm rm --stale --all` removes them too",
-            list::plural(names.len(), "semaphore"),
+            plural(names.len(), "semaphore"),
             names.join(", ")
         );
     }
@@ -396,9 +396,16 @@ pub fn lock(target: &Target, hold: Option<Duration>) -> CliResult {
     Ok(())
 }
 
+/// Say how long a command holds what it made or took, and hold it that long (or until
+/// a signal).
 fn hold_for(interrupt: &Interrupt, hold: Option<Duration>) {
-    if hold.is_none() {
-        say(format_args!("holding until Ctrl-C"));
+    match hold {
+        None => say(format_args!("holding until Ctrl-C")),
+        Some(d) if d.is_zero() => return,
+        Some(d) => say(format_args!(
+            "holding for {} (Ctrl-C to release)",
+            human::duration(d)
+        )),
     }
     interrupt.wait(hold);
 }
@@ -444,14 +451,20 @@ pub fn print_native_key(target: &Target) -> CliResult {
     print_all(&text)
 }
 
-pub fn print_keys(key: &str) -> CliResult {
+/// `qshm key KEY`: the native keys Qt derives for the legacy key KEY, of both key types
+/// or only of `only` (`--posix`, `--sysv`).
+pub fn print_keys(key: &str, only: Option<KeyType>) -> CliResult {
     if key.is_empty() {
         return Err(Failure::input(
             "the key is empty: Qt derives no native key from it".to_owned(),
         ));
     }
+    let kinds: Vec<KeyType> = [KeyType::SystemV, KeyType::PosixRealtime]
+        .into_iter()
+        .filter(|k| only.is_none_or(|o| o == *k))
+        .collect();
     let mut text = String::new();
-    for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
+    for &kind in &kinds {
         let shm = SharedMemory::legacy_native_key(key, kind);
         let sem = SystemSemaphore::legacy_native_key(key, kind);
         let _ = writeln!(
@@ -476,7 +489,7 @@ pub fn print_keys(key: &str) -> CliResult {
         let _ = writeln!(text, "`qshm ls` key hint: {hint}");
     }
     let _ = writeln!(text, "Qt 6.6 platformSafeKey({key:?}) (not a legacy key):");
-    for kind in [KeyType::SystemV, KeyType::PosixRealtime] {
+    for &kind in &kinds {
         let _ = writeln!(
             text,
             "  {:<11} {}",

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use qshm::admin::SharedMemoryExt as _;
 use qshm::{AccessMode, KeyType, LockMode, SharedMemory, SharedMemoryError};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

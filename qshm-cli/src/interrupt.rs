@@ -4,7 +4,13 @@
 //! be waiting inside a library call, e.g. for another process's file lock), or a second
 //! signal comes, the process exits at once with 130. That is always safe: everything
 //! qshm makes survives a process that dies anywhere (flocks, `SEM_UNDO`, robust
-//! mutexes), which is also what happens after `kill -9`.
+//! mutexes), which is also what happens after `kill -9`, but the next locker is then
+//! told that the holder died.
+//!
+//! A signal that comes within [`ECHO`] of the first is not a second one: `timeout -s INT`
+//! signals the command and then its whole process group, and a terminal's Ctrl-C reaches
+//! every process of the foreground group, so one interruption often arrives twice at
+//! once. Taken as a second signal, it abandoned a lock that was being released cleanly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +31,9 @@ const POLL: Duration = Duration::from_millis(20);
 const PATIENCE: Duration = Duration::from_secs(1);
 /// How long a command may take to finish cleanly after the first signal.
 pub const GRACE: Duration = Duration::from_secs(1);
+/// Signals this soon after the first are copies of it (a person's second Ctrl-C comes
+/// later than this).
+const ECHO: Duration = Duration::from_millis(250);
 
 /// The flag the first signal sets.
 #[derive(Clone)]
@@ -48,9 +57,10 @@ pub fn install() -> Result<Interrupt, Failure> {
                 return;
             };
             raised.store(true, Ordering::SeqCst);
-            let deadline = Instant::now() + GRACE;
-            while Instant::now() < deadline {
-                if let Some(second) = signals.pending().next() {
+            let start = Instant::now();
+            while start.elapsed() < GRACE {
+                let second = signals.pending().next();
+                if let Some(second) = second.filter(|_| start.elapsed() >= ECHO) {
                     exit_interrupted(second);
                 }
                 std::thread::sleep(Duration::from_millis(10));

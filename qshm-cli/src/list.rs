@@ -1,10 +1,13 @@
-//! `qshm ls`: every segment on the machine, and orphans.
+//! `qshm ls`: every segment on the machine, and orphans, as a table that fits 100
+//! columns (`--wide` adds the native keys); `--json` is ls_json.rs.
 
 use std::fmt::Write as _;
 
-use qshm::admin::{self, LockStatus, Maker, Orphan, OrphanKind, OsId, QtName, Scan, Segment, State};
-use qshm::{LockMode, NativeIpcKey};
+use qshm::NativeIpcKey;
+use qshm::admin::{self, LockStatus, Orphan, OrphanKind, OsId, QtName, Scan, Segment, State};
 
+use crate::human::{age, plural};
+use crate::ls_json::{self, lock_name, state_name};
 use crate::{CliResult, print_all};
 
 /// Letters alone cannot tell `fm2` from `fm3` (Qt keeps only the letters of a legacy
@@ -25,17 +28,7 @@ pub fn key_hint(key: &NativeIpcKey) -> Option<String> {
 
 /// The user name of `uid`, or the number when it has none.
 pub fn user_name(uid: u32) -> String {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: pwd and found are valid places to write, buf is buf.len() bytes long.
-    let rc = unsafe { libc::getpwuid_r(uid, pwd.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() {
-        return uid.to_string();
-    }
-    // SAFETY: on success found points to pwd, whose pw_name points into buf (both live).
-    let name = unsafe { std::ffi::CStr::from_ptr((*found).pw_name) };
-    name.to_str().map_or_else(|_| uid.to_string(), str::to_owned)
+    admin::user_name(uid).unwrap_or_else(|| uid.to_string())
 }
 
 /// `shmid N key 0x…` (System V) or the file (POSIX).
@@ -60,75 +53,23 @@ fn name(s: &Segment) -> String {
         .map_or_else(|| os_id(&s.os_id), |k| k.native().to_owned())
 }
 
-pub fn ls(json: bool) -> CliResult {
+/// What the KEY column shows: the key hint of a name Qt derived from a legacy key, else
+/// the native key or the OS's name (which is then short).
+fn key_column(s: &Segment) -> String {
+    hint(s.qt_name.as_ref()).unwrap_or_else(|| name(s))
+}
+
+pub fn ls(json: bool, wide: bool) -> CliResult {
     let scan = admin::scan()?;
-    let text = if json { as_json(&scan) } else { as_table(&scan) };
+    let text = if json {
+        ls_json::document(&scan)
+    } else {
+        table(&scan, wide)
+    };
     print_all(&text)
 }
 
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Live => "live",
-        State::New => "new",
-        State::Stale => "stale",
-        _ => "unknown",
-    }
-}
-
-fn lock_name(lock: LockStatus) -> &'static str {
-    match lock {
-        LockStatus::Free => "free",
-        LockStatus::Held => "held",
-        LockStatus::HolderDied => "dead-holder",
-        _ => "unknown",
-    }
-}
-
-fn mode_name(mode: LockMode) -> &'static str {
-    match mode {
-        LockMode::QtCompatible => "qt-compatible",
-        LockMode::Fast => "fast",
-    }
-}
-
-fn maker_name(maker: Maker) -> &'static str {
-    match maker {
-        Maker::Qshm { .. } => "qshm",
-        Maker::Qt => "qt",
-        _ => "other",
-    }
-}
-
-fn segment_json(s: &Segment) -> serde_json::Value {
-    let lock_mode = match s.maker {
-        Maker::Qshm { lock_mode } => Some(mode_name(lock_mode)),
-        _ if s.lock == LockStatus::Unknown => None,
-        _ => Some(mode_name(LockMode::QtCompatible)),
-    };
-    serde_json::json!({
-        "type": s.kind().as_str(),
-        "native_key": s.native_key.as_ref().map(NativeIpcKey::native),
-        "key_hint": hint(s.qt_name.as_ref()),
-        "os_id": os_id(&s.os_id),
-        "size": s.size,
-        "attachments": s.attachments,
-        "lock_holders": s.qshm_attachments,
-        "owner": user_name(s.owner_uid),
-        "uid": s.owner_uid,
-        "permissions": format!("{:04o}", s.permissions),
-        "age_secs": s.age.as_secs(),
-        "state": state_name(s.state),
-        "stale": s.is_stale(),
-        "lock": lock_name(s.lock),
-        "lock_mode": lock_mode,
-        "lock_state": s.lock_state,
-        "made_by": maker_name(s.maker),
-        "qt_style": s.qt_name.is_some(),
-        "foreign": s.is_foreign(),
-    })
-}
-
-/// What an orphan is, and more about it.
+/// What an orphan is, and more about it (for `ls` and `rm --stale`).
 pub fn orphan_kind(o: &Orphan) -> (&'static str, Option<String>) {
     match o.kind {
         OrphanKind::LockState(_) => ("lock state", None),
@@ -137,42 +78,10 @@ pub fn orphan_kind(o: &Orphan) -> (&'static str, Option<String>) {
             "semaphore",
             Some(format!("semid {semid} key {:#010x}", key as u32)),
         ),
-        OrphanKind::UnfinishedSemaphore => (
-            "semaphore",
-            Some("glibc's temporary file of an unfinished sem_open".to_owned()),
-        ),
-        OrphanKind::MaybeUnfinishedSemaphore => (
-            "semaphore*",
-            Some(
-                "named like glibc's temporary file of an unfinished sem_open, or a semaphore named so"
-                    .to_owned(),
-            ),
-        ),
+        OrphanKind::UnfinishedSemaphore => ("semaphore", Some("unfinished sem_open".to_owned())),
+        OrphanKind::MaybeUnfinishedSemaphore => ("semaphore*", None),
         _ => ("semaphore", None),
     }
-}
-
-fn as_json(scan: &Scan) -> String {
-    let segments: Vec<serde_json::Value> = scan.segments.iter().map(segment_json).collect();
-    let orphans: Vec<serde_json::Value> = scan
-        .orphans
-        .iter()
-        .map(|o| {
-            let (kind, detail) = orphan_kind(o);
-            serde_json::json!({
-                "kind": kind,
-                "type": o.kind.key_type().as_str(),
-                "path": o.path,
-                "key_hint": hint(o.qt_name.as_ref()),
-                "detail": detail,
-                "age_secs": o.age.as_secs(),
-            })
-        })
-        .collect();
-    let doc = serde_json::json!({ "segments": segments, "orphans": orphans });
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_owned());
-    text.push('\n');
-    text
 }
 
 fn state_label(s: &Segment) -> &'static str {
@@ -191,16 +100,20 @@ fn lock_label(lock: LockStatus) -> &'static str {
     }
 }
 
-fn as_table(scan: &Scan) -> String {
+/// An orphan's STATE: `new` (younger than 2 s: maybe work in progress, left alone),
+/// `stale*` (maybe another program's), else `STALE` (`qshm rm --stale` removes it).
+fn orphan_state(o: &Orphan) -> &'static str {
+    if o.is_new() {
+        "new"
+    } else if o.is_foreign() {
+        "stale*"
+    } else {
+        "STALE"
+    }
+}
+
+fn table(scan: &Scan, wide: bool) -> String {
     let mut text = String::new();
-    let hint_of = |s: &Segment| hint(s.qt_name.as_ref()).unwrap_or_else(|| "-".to_owned());
-    let hint_width = scan
-        .segments
-        .iter()
-        .map(|s| hint_of(s).chars().count())
-        .max()
-        .unwrap_or(0)
-        .clamp(8, 32);
     // "systemv-84" is wider than "systemv" and "posix"
     let type_width = scan
         .segments
@@ -216,35 +129,55 @@ fn as_table(scan: &Scan) -> String {
         .max()
         .unwrap_or(0)
         .clamp(5, 16);
-    let _ = writeln!(
+    let keys: Vec<String> = scan.segments.iter().map(key_column).collect();
+    let key_width = keys.iter().map(|k| k.chars().count()).max().unwrap_or(0).max(3);
+    let _ = write!(
         text,
-        "{:<type_width$} {:<hint_width$} {:>10} {:>6} {:<owner_width$} {:<4} {:>5}  {:<7} {:<11} NATIVE KEY / OS ID",
-        "TYPE", "KEY HINT", "SIZE", "ATTACH", "OWNER", "PERM", "AGE", "STATE", "LOCK"
+        "{:<type_width$} {:>10} {:>6} {:<owner_width$} {:<4} {:>5}  {:<type_width$} {:<11} ",
+        "TYPE", "SIZE", "ATTACH", "OWNER", "PERM", "AGE", "STATE", "LOCK"
     );
-    for (s, owner) in scan.segments.iter().zip(&owners) {
-        let _ = writeln!(
+    if wide {
+        let _ = writeln!(text, "{:<key_width$}  NATIVE KEY / OS ID", "KEY");
+    } else {
+        text.push_str("KEY\n");
+    }
+    for ((s, owner), key) in scan.segments.iter().zip(&owners).zip(&keys) {
+        let _ = write!(
             text,
-            "{:<type_width$} {:<hint_width$} {:>10} {:>6} {owner:<owner_width$} {:04o} {:>5}  {:<7} {:<11} {}",
+            "{:<type_width$} {:>10} {:>6} {owner:<owner_width$} {:04o} {:>5}  {:<type_width$} {:<11} ",
             s.kind().as_str(),
-            hint_of(s),
             s.size,
             s.attachments,
             s.permissions,
             age(s.age.as_secs()),
             state_label(s),
             lock_label(s.lock),
-            name(s)
         );
+        if wide {
+            let _ = writeln!(text, "{key:<key_width$}  {}", name(s));
+        } else {
+            let _ = writeln!(text, "{key}");
+        }
+    }
+    if !scan.orphans.is_empty() {
+        let _ = writeln!(text, "{:<10} {:>5}  {:<6} PATH", "ORPHAN", "AGE", "STATE");
     }
     for o in &scan.orphans {
         let (kind, detail) = orphan_kind(o);
         let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
-        let hint = hint(o.qt_name.as_ref()).unwrap_or_else(|| "-".to_owned());
-        let _ = writeln!(
+        let _ = write!(
             text,
-            "orphan  {hint:<hint_width$} {kind} {}{detail}",
+            "{kind:<10} {:>5}  {:<6} {}{detail}",
+            age(o.age.as_secs()),
+            orphan_state(o),
             o.path.display()
         );
+        match hint(o.qt_name.as_ref()).filter(|_| wide) {
+            Some(hint) => {
+                let _ = writeln!(text, "  key hint {hint}");
+            }
+            None => text.push('\n'),
+        }
     }
     text.push_str(&summary(scan));
     text
@@ -267,38 +200,30 @@ fn summary(scan: &Scan) -> String {
         let _ = write!(text, "{} held by a dead process, ", plural(dead, "lock"));
     }
     text.push_str(&plural(scan.orphans.len(), "orphan"));
-    let foreign_orphans = scan.orphans.iter().filter(|o| o.is_foreign()).count();
-    if stale > foreign || scan.orphans.len() > foreign_orphans || dead > 0 {
-        text.push_str("; `qshm rm --stale` removes the STALE ones and the orphans");
-        if dead > 0 {
-            text.push_str(" and frees DEAD-HOLDER locks");
-        }
+    let new = scan.orphans.iter().filter(|o| o.is_new()).count();
+    if new > 0 {
+        let _ = write!(text, " ({new} new)");
     }
-    if foreign > 0 {
-        text.push_str("; stale* are other programs' (`qshm rm --stale --all`)");
+    let foreign_orphans = scan
+        .orphans
+        .iter()
+        .filter(|o| o.is_foreign() && !o.is_new())
+        .count();
+    let removable_orphans = scan.orphans.len() - foreign_orphans - new;
+    if stale > foreign || removable_orphans > 0 {
+        text.push_str("; `qshm rm --stale` removes the STALE ones");
     }
-    if foreign_orphans > 0 {
-        text.push_str("; semaphore* may be another program's (`qshm rm --stale --all`)");
+    if dead > 0 {
+        text.push_str("; a DEAD-HOLDER lock goes to its next locker");
+    }
+    if foreign > 0 || foreign_orphans > 0 {
+        text.push_str("; stale* may be other programs' (`qshm rm --stale --all`)");
+    }
+    if new > 0 {
+        text.push_str("; new orphans may still be in the making (left alone for 2 s)");
     }
     text.push('\n');
     text
-}
-
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
-pub fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
 }
 
 #[cfg(test)]

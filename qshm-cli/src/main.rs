@@ -7,8 +7,10 @@
 
 mod commands;
 mod demo;
+mod human;
 mod interrupt;
 mod list;
+mod ls_json;
 mod progress;
 mod size;
 mod watch;
@@ -123,8 +125,9 @@ enum Command {
         /// Copy this file into the start of the segment (`-`: standard input)
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
-        /// Keep the segment this long, then detach (default: until Ctrl-C)
-        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS", allow_negative_numbers = true)]
+        /// Keep the segment this long, then detach (default: until Ctrl-C): seconds (5, 0.5)
+        /// or a duration with units (500ms, 2m, 1h, 1h30m)
+        #[arg(long, value_parser = human::parse_duration, value_name = "DURATION", allow_negative_numbers = true)]
         hold: Option<Duration>,
     },
     /// Write text or a file into a segment, under the lock
@@ -193,10 +196,17 @@ enum Command {
     /// keeps in the native key (it drops digits and every other character), `#`, and the
     /// first 6 hex digits of the key's SHA-1, so `fm2` and `fm3` show different hints.
     /// `qshm key KEY` prints the hint of KEY.
+    ///
+    /// The table fits 100 columns: KEY is the key hint, or the native key of a segment
+    /// Qt did not name; --wide adds every native key. Orphans younger than 2 s are
+    /// listed as `new` (their maker may be between two steps; `rm --stale` leaves them).
     Ls {
-        /// Machine-readable output
-        #[arg(long)]
+        /// Machine-readable output (a stable schema: see README.md, "JSON output")
+        #[arg(long, conflicts_with = "wide")]
         json: bool,
+        /// Add the NATIVE KEY / OS ID column (and the key hints of orphans)
+        #[arg(long, short = 'w')]
+        wide: bool,
     },
     /// Remove a segment with its lock state and semaphore, or (--stale) every dead one
     #[command(group(clap::ArgGroup::new("key_flags").args(["posix", "sysv", "native"]).multiple(true).conflicts_with("stale")))]
@@ -223,11 +233,13 @@ enum Command {
         flags: KeyFlags,
         #[command(flatten)]
         lock: LockFlag,
-        /// Release it after this long (default: at Ctrl-C)
-        #[arg(long, value_parser = parse_seconds, value_name = "SECONDS", allow_negative_numbers = true)]
+        /// Release it after this long (default: at Ctrl-C): seconds (5, 0.5) or a duration
+        /// with units (500ms, 2m, 1h)
+        #[arg(long, value_parser = human::parse_duration, value_name = "DURATION", allow_negative_numbers = true)]
         hold: Option<Duration>,
     },
-    /// Print the native keys Qt derives for KEY (both types), or what a native KEY names
+    /// Print the native keys Qt derives for KEY (both types, or the one --posix/--sysv
+    /// names), or what a native KEY names
     Key {
         /// The key: legacy, as in QSharedMemory(KEY), or native with --native
         key: String,
@@ -271,14 +283,6 @@ fn parse_byte(s: &str) -> Result<u8, String> {
     .map_err(|_| format!("{s:?} is not a byte value (0-255 or 0x00-0xff)"))
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| *v >= 0.0)
-        .and_then(|v| Duration::try_from_secs_f64(v).ok())
-        .ok_or_else(|| format!("{s:?} is not a number of seconds like 5 or 0.5"))
-}
-
 /// A failure: one line for the user, and the exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -295,6 +299,11 @@ impl Failure {
     /// Anything else (exit code 6).
     pub fn other(message: String) -> Failure {
         Failure { message, code: 6 }
+    }
+
+    /// A failure with its own exit code (one of those listed at the top of this file).
+    pub fn with_code(message: String, code: u8) -> Failure {
+        Failure { message, code }
     }
 
     /// Interrupted by a signal (exit code 130); says so at once, before any clean-up.
@@ -457,7 +466,7 @@ fn run(cli: Cli) -> CliResult {
             hex,
         ),
         Command::Stat { key, flags } => commands::stat(&KeyOpts::new(flags, None).target(&key)?),
-        Command::Ls { json } => list::ls(json),
+        Command::Ls { json, wide } => list::ls(json, wide),
         Command::Rm {
             key,
             flags,
@@ -474,9 +483,11 @@ fn run(cli: Cli) -> CliResult {
             hold,
         } => commands::lock(&KeyOpts::new(flags, Some(lock)).target(&key)?, hold),
         Command::Key { key, flags } => {
-            let target = KeyOpts::new(flags, None).target(&key)?;
+            let opts = KeyOpts::new(flags, None);
+            let target = opts.target(&key)?;
             if target.legacy {
-                commands::print_keys(&key)
+                let only = (opts.posix || opts.sysv).then(|| opts.kind());
+                commands::print_keys(&key, only)
             } else {
                 commands::print_native_key(&target)
             }
@@ -619,9 +630,11 @@ impl Target {
         match shm.attach(access) {
             Ok(()) => Ok(shm),
             Err(e) if e.kind() == SharedMemoryError::NotFound => Err(self.not_found(true)),
-            Err(e) if e.kind() == SharedMemoryError::LockError && self.mode.is_some() => {
-                Err(Failure::from(e).with_hint("drop --fast: without it the segment's own lock mode is used"))
-            }
+            // --fast on a Qt-compatible segment: the user's flag contradicts the segment
+            Err(e) if e.kind() == SharedMemoryError::LockError && self.mode.is_some() => Err(Failure {
+                code: 1,
+                ..Failure::from(e).with_hint("drop --fast: without it the segment's own lock mode is used")
+            }),
             Err(e) => Err(e.into()),
         }
     }
@@ -712,15 +725,6 @@ pub fn print_all(text: &str) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seconds_are_finite_and_not_negative() {
-        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
-        for bad in ["inf", "NaN", "-1", "1e300", "soon"] {
-            assert!(parse_seconds(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn bytes_and_modes() {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 
 use super::look::{Look, ShmFile, qt_name};
-use super::{ORPHAN_GRACE, Orphan, OrphanKind};
+use super::{Orphan, OrphanKind};
 use crate::key::{IpcType, KeyType, LegacyName, NativeIpcKey};
 use crate::os;
 use crate::sys::lock_state::{LOCK_STATE_PREFIX, SegmentId};
@@ -34,11 +34,10 @@ fn created_ns(st: &os::FileStat) -> i64 {
     st.btime_ns.unwrap_or(st.ctime_ns)
 }
 
-/// Unused files in `/dev/shm` old enough not to be work in progress.
-fn settled(look: &Look) -> impl Iterator<Item = &ShmFile> {
-    look.files
-        .iter()
-        .filter(|f| look.unused(f.file_id()) && look.age(created_ns(&f.st)) >= ORPHAN_GRACE)
+/// Unused files in `/dev/shm`, young ones included ([`Orphan::is_new`] tells them; they
+/// may be work in progress, and removal leaves them alone).
+fn unused(look: &Look) -> impl Iterator<Item = &ShmFile> {
+    look.files.iter().filter(|f| look.unused(f.file_id()))
 }
 
 /// Whether the segment lock state `id` belongs to is gone (`posix_alive`: the identities
@@ -58,7 +57,7 @@ fn lock_states(look: &Look) -> Vec<Orphan> {
         .filter(|f| f.is_segment())
         .map(ShmFile::id)
         .collect();
-    settled(look)
+    unused(look)
         .filter_map(|f| {
             let id = SegmentId::from_lock_state_name(&f.name)?;
             let kind = match id {
@@ -90,7 +89,7 @@ fn segment_of_semaphore(file_name: &str) -> Option<String> {
 /// that nobody maps.
 fn posix_semaphores(look: &Look) -> Vec<Orphan> {
     let names: HashSet<&str> = look.files.iter().map(|f| f.name.as_str()).collect();
-    settled(look)
+    unused(look)
         .filter_map(|f| {
             // glibc makes its temporary, links it to the semaphore's name and unlinks it;
             // one with a second name is a leftover of a `sem_open` killed in between,
@@ -151,9 +150,6 @@ fn system_v(look: &Look) -> Vec<Orphan> {
     let mut out = Vec::new();
     for f in &look.key_files {
         let created = created_ns(&f.st);
-        if look.age(created) < ORPHAN_GRACE {
-            continue;
-        }
         let kind = match (segment_key_file(&f.path), sem_ids.get(&file_bits(f.ftok))) {
             (Some(segment), Some(&(key, semid))) => (!segment_alive(&segment) && last_user_dead(semid))
                 .then_some(OrphanKind::SystemVSemaphore { semid, key }),

@@ -25,8 +25,10 @@ pub(super) fn remove_stale(include_foreign: bool) -> Result<Removal> {
     }
     // a fresh look: removing segments also removed their companions
     let look = Look::take().map_err(|e| Error::os("remove stale", "/dev/shm", e))?;
+    // a new one may be work in progress (its maker between two steps): left alone
     let (foreign, ours) = orphans::find(&look)
         .into_iter()
+        .filter(|o| !o.is_new())
         .partition(|o| o.is_foreign() && !include_foreign);
     out.kept_foreign_orphans = foreign;
     out.orphans = ours.into_iter().filter(orphans::remove).collect();

@@ -108,7 +108,7 @@ impl FromStr for NativeIpcKey {
     /// Read as Qt's `QUrl` (tolerant mode) and `QUrlQuery` read it: the type is the
     /// scheme, case-insensitive (`systemv`, `posix`, `systemv-N` for the System V type of
     /// `ftok` project id `N`, 1 to 255; `systemv-81` is `systemv`); the native key is the
-    /// path, percent-decoded as [`percent_decode`] says (`posix:/a%zz` is `/a%zz`, as in
+    /// path, percent-decoded as Qt's `QUrl` decodes it (only valid `%XX` escapes; `posix:/a%zz` is `/a%zz`, as in
     /// Qt); an empty authority (`posix:///x`, `posix://@:/x`) is allowed, a host, user or
     /// port is not; the fragment is ignored; the query holds only `legacyKey` items (the
     /// last one counts), and an empty item is an unknown one (`?&legacyKey=y` is refused,

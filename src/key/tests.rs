@@ -110,26 +110,61 @@ impl Drop for TestDir {
     }
 }
 
-/// A Python that imports PyQt6 (`QSHM_QT_PEER`, else the venv `interop/setup.sh`
-/// makes), or None after a loud SKIP line.
+/// A Python that imports PyQt6: `QSHM_QT_PEER`, else the venv `interop/setup.sh` makes
+/// (it installs PyQt6 at the first call, one install at a time under a file lock, so the
+/// first `cargo test` installs it before these tests run, rather than skipping them).
+/// Without one: a loud SKIP line and `None`, or a failure when `QSHM_REQUIRE_QT` is set
+/// (CI sets it).
 pub(super) fn qt_python(test: &str) -> Option<std::path::PathBuf> {
-    let candidates = std::env::var_os("QSHM_QT_PEER")
-        .map(std::path::PathBuf::from)
-        .into_iter()
-        .chain([concat!(env!("CARGO_MANIFEST_DIR"), "/target/qt-venv/bin/python").into()]);
-    for python in candidates {
-        let ok = std::process::Command::new(&python)
-            .args(["-c", "import PyQt6.QtCore"])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if ok {
-            return Some(python);
+    static PYTHON: std::sync::OnceLock<Result<std::path::PathBuf, String>> = std::sync::OnceLock::new();
+    match PYTHON.get_or_init(find_or_install_qt_python) {
+        Ok(python) => Some(python.clone()),
+        Err(why) if std::env::var_os("QSHM_REQUIRE_QT").is_some() => {
+            panic!("{test}: QSHM_REQUIRE_QT is set but there is no Python with PyQt6: {why}")
+        }
+        Err(why) => {
+            skip(&format!("{test}: no Python with PyQt6: {why}"));
+            None
         }
     }
-    skip(&format!(
-        "{test}: no Python with PyQt6 (set QSHM_QT_PEER or run interop/setup.sh)"
-    ));
-    None
+}
+
+fn find_or_install_qt_python() -> Result<std::path::PathBuf, String> {
+    use std::process::{Command, Stdio};
+    let imports_qt = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", "import PyQt6.QtCore"])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if let Some(python) = std::env::var_os("QSHM_QT_PEER").map(std::path::PathBuf::from) {
+        return if imports_qt(&python) {
+            Ok(python)
+        } else {
+            Err(format!(
+                "QSHM_QT_PEER={} cannot import PyQt6.QtCore",
+                python.display()
+            ))
+        };
+    }
+    let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/setup.sh");
+    if !std::path::Path::new(setup).exists() {
+        return Err("interop/setup.sh is not here (a packaged crate?): set QSHM_QT_PEER".to_owned());
+    }
+    // its one-line note before the download and its SKIP reason go to our stderr
+    let out = Command::new("bash")
+        .arg(setup)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {setup}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last().map(str::trim) {
+        Some(python) if out.status.success() && imports_qt(python.as_ref()) => Ok(python.into()),
+        _ => Err(format!(
+            "{setup} could not install it (its reason is printed above)"
+        )),
+    }
 }
 
 /// Prints a SKIP line straight to stderr, past libtest's output capture, so that it

@@ -190,7 +190,7 @@ pub(crate) fn lstat(path: &CStr) -> io::Result<FileStat> {
     statx(libc::AT_FDCWD, path, libc::AT_SYMLINK_NOFOLLOW)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "admin"))] // only admin's tests make a segment file by hand
 pub(crate) fn ftruncate(fd: &OwnedFd, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     // SAFETY: fd is open; ftruncate only changes the file's length.

@@ -1,5 +1,9 @@
-//! Facts and helpers for tools: the segment's OS facts, its lock state and semaphore, and
-//! removal whatever its users think.
+//! What a handle knows about its attached segment, for the tools of `qshm::admin`
+//! ([`crate::admin::SharedMemoryExt`]): the segment's OS facts and where its lock state is.
+//! Programs do not need these, so they are not part of the handle's own API.
+// Without the `admin` feature nothing calls them; they stay compiled (and so do the
+// backend facts they read), so that the feature only decides what is public.
+#![cfg_attr(not(feature = "admin"), allow(dead_code, unreachable_pub))]
 
 use super::SharedMemory;
 use crate::error::{Error, Result, SharedMemoryError};
@@ -7,41 +11,30 @@ use crate::key::{KeyType, NativeIpcKey};
 use crate::sys::{self, LockMode};
 
 impl SharedMemory {
-    /// Destroy the segment of `key`, with qshm's lock state and Qt's semaphore, even if
-    /// processes are still attached (they keep their mapping until they detach). For tools
-    /// and tests cleaning up after crashes. Returns whether a segment existed. Never
-    /// deletes a file that is not a segment or a key file qshm or Qt would make.
-    #[doc(alias = "remove")]
-    pub fn force_remove(key: &NativeIpcKey) -> Result<bool> {
+    /// Destroy the segment of `key` whoever is attached ([`crate::admin::SharedMemoryExt::force_remove`]).
+    pub(crate) fn remove_by_key(key: &NativeIpcKey) -> Result<bool> {
         sys::remove(key, &crate::key::semaphore_key(key))
             .map_err(|f| Error::from_failure("remove", key.display_name(), f))
     }
 
-    /// The key of the semaphore [`LockMode::QtCompatible`] locks: what Qt's
-    /// `QSharedMemory::lock()` uses for this handle's key.
-    #[doc(alias = "QSystemSemaphore")]
-    pub fn semaphore_key(&self) -> NativeIpcKey {
-        crate::key::semaphore_key(&self.key)
-    }
-
-    /// The file holding qshm's lock state for the attached segment, if it has one.
-    pub fn lock_state_path(&self) -> Option<std::path::PathBuf> {
-        let state = self.attached.as_ref()?.lock.state()?;
-        Some(state.segment().lock_state_path().into())
-    }
-
     /// The numeric System V key (`ftok(path, id)`, `id` being `'Q'` or the type's
     /// project id) of a System V native key, if its key file exists.
-    pub fn system_v_key(key: &NativeIpcKey) -> Option<i32> {
+    pub(crate) fn numeric_system_v_key(key: &NativeIpcKey) -> Option<i32> {
         match key.kind() {
             KeyType::SystemV | KeyType::SystemVWithId(_) => sys::sysv::numeric_key(key),
             KeyType::PosixRealtime => None,
         }
     }
 
-    /// Facts about the attached segment, for tools: native id, attachment count
-    /// (System V only), permissions, owner, creation time, lock.
-    pub fn info(&self) -> Result<SegmentInfo> {
+    /// The file holding qshm's lock state for the attached segment, if it has one.
+    pub(crate) fn lock_state_file(&self) -> Option<std::path::PathBuf> {
+        let state = self.attached.as_ref()?.lock.state()?;
+        Some(state.segment().lock_state_path().into())
+    }
+
+    /// Facts about the attached segment: native id, attachment count (System V only),
+    /// permissions, owner, creation time, lock.
+    pub(crate) fn segment_info(&self) -> Result<SegmentInfo> {
         let Some(attached) = &self.attached else {
             return Err(self.error_of("stat", SharedMemoryError::NotFound, "not attached"));
         };
@@ -57,7 +50,7 @@ impl SharedMemory {
             created_unix: st.created_secs,
             os_id: st.os_id,
             lock_mode: attached.lock.mode(),
-            lock_state_file: self.lock_state_path(),
+            lock_state_file: self.lock_state_file(),
             made_by_qshm: attached
                 .lock
                 .state()
@@ -66,7 +59,7 @@ impl SharedMemory {
     }
 }
 
-/// Facts about an attached segment ([`SharedMemory::info`]).
+/// Facts about an attached segment ([`crate::admin::SharedMemoryExt::info`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SegmentInfo {

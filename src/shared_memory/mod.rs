@@ -19,6 +19,7 @@ mod setup;
 
 pub use atomics::Atomics;
 pub use guard::{LockGuard, ReadGuard};
+#[cfg(feature = "admin")]
 pub use info::SegmentInfo;
 use last_error::LastError;
 pub use notify::Generation;

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
+/// The tool facts of a handle (`force_remove`, `semaphore_key`, `info`, ...), in scope
+/// for every test file that uses `support::*`.
+pub(crate) use qshm::admin::SharedMemoryExt;
 use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory};
 
 pub(crate) mod actor;
@@ -26,6 +29,46 @@ pub(crate) fn run_child_role(roles: fn(&str, &[String]) -> i32) {
         let args: Vec<String> = std::env::args().skip(1).collect();
         std::process::exit(roles(&role, &args));
     }
+    share_tmpdir_with_other_users();
+}
+
+/// The name of the directory [`share_tmpdir_with_other_users`] makes in `TMPDIR`.
+const SHARED_TMP: &str = "qshm-tests-shared";
+
+/// As root, tests make throw-away users ([`TempUser`]) who make System V key files next
+/// to ours, in Qt's temporary directory (`TMPDIR`). A `TMPDIR` that others cannot write
+/// (one root made with `mkdir`: 0755) would fail those tests for a reason that has
+/// nothing to do with qshm, so this process (and its children) use a subdirectory of it
+/// that is like `/tmp` (1777), made once and kept. Called at the start of `main`.
+fn share_tmpdir_with_other_users() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !is_root() {
+        return;
+    }
+    let dir = std::env::temp_dir();
+    let Ok(meta) = std::fs::metadata(&dir) else {
+        return;
+    };
+    if meta.mode() & 0o1003 == 0o1003 || !reachable_by_others(&dir) {
+        return; // like /tmp already, or no use (TempUser says why it skips)
+    }
+    let shared = dir.join(SHARED_TMP);
+    let _ = std::fs::create_dir(&shared);
+    let ours = std::fs::symlink_metadata(&shared).is_ok_and(|m| m.is_dir() && m.uid() == 0);
+    if !ours || std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).is_err() {
+        return;
+    }
+    // SAFETY: called first thing in `main`, before this test binary starts any thread,
+    // so nothing reads the environment concurrently.
+    unsafe { std::env::set_var("TMPDIR", &shared) };
+}
+
+/// Every directory on the way to `path` lets other users through (o+x), and so does
+/// `path` itself: what a [`TempUser`] needs to run the test binary or use `TMPDIR`.
+fn reachable_by_others(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .all(|p| p.as_os_str().is_empty() || std::fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0))
 }
 
 /// A segment made for one test: a key nobody else uses, the handle that created it, the
@@ -538,6 +581,16 @@ impl TempUser {
             eprintln!("*** SKIP {test}: making a user needs root ***");
             return None;
         }
+        let exe = std::env::current_exe().unwrap_or_default();
+        for (what, path) in [("the test binary", exe), ("TMPDIR", std::env::temp_dir())] {
+            if !reachable_by_others(&path) {
+                eprintln!(
+                    "*** SKIP {test}: another user cannot reach {what} ({}: a directory on the way is closed to others) ***",
+                    path.display()
+                );
+                return None;
+            }
+        }
         match TempUser::try_create() {
             Ok(user) => Some(user),
             Err(why) => panic!("{test}: cannot make a temporary user: {why}"),
@@ -606,6 +659,48 @@ impl Drop for TempUser {
     }
 }
 
+/// A command that runs the shell commands `script` inside private mount namespaces
+/// (`ipc`: and a private IPC namespace), where `"$QSHM_EXE"` runs `exe` and `"$@"` are the
+/// arguments the caller adds. The binary is opened (descriptor 9) before `script` runs
+/// and executed through that descriptor, so a mount that hides the checkout (a tmpfs over
+/// `/dev/shm`, or over a directory that holds `target/`) cannot hide the binary: no test
+/// depends on where the checkout lives. Needs root.
+pub(crate) fn private_namespaces_sh(exe: &std::path::Path, script: &str, ipc: bool) -> Command {
+    let script = format!("exec 9<\"$0\" && QSHM_EXE=/proc/self/fd/9 && {script}");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private"]);
+    if ipc {
+        cmd.arg("-i");
+    }
+    cmd.args(["sh", "-c", &script]).arg(exe);
+    cmd
+}
+
+/// [`private_namespaces_sh`] that runs `exe` with the caller's arguments once `setup`
+/// (e.g. mounts) succeeded there.
+pub(crate) fn in_private_namespaces(exe: &std::path::Path, setup: &str, ipc: bool) -> Command {
+    private_namespaces_sh(exe, &format!("{setup} && exec \"$QSHM_EXE\" \"$@\""), ipc)
+}
+
+/// A fresh empty directory under `std::env::temp_dir()` (made 0700), removed with what is
+/// in it when dropped: a place to mount over that hides nothing else.
+pub(crate) struct PrivateDir(pub(crate) std::path::PathBuf);
+
+impl PrivateDir {
+    pub(crate) fn new(tag: &str) -> std::io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(unique_key(tag));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(PrivateDir(path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Run this test binary in child `role` inside a private mount namespace whose `/dev/shm` is
 /// a fresh tmpfs of `size` (e.g. `"1m"`). `None` (after a SKIP line) when not root.
 pub(crate) fn run_in_small_dev_shm(
@@ -619,10 +714,8 @@ pub(crate) fn run_in_small_dev_shm(
         return None;
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let script = format!("mount -t tmpfs -o size={size} qshm-test /dev/shm && exec \"$0\" \"$@\"");
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .arg(exe)
+    let setup = format!("mount -t tmpfs -o size={size} qshm-test /dev/shm");
+    let out = in_private_namespaces(&exe, &setup, false)
         .args(args)
         .env(CHILD_ENV, role)
         .output();

@@ -1,6 +1,9 @@
 //! The real-Qt peer (PyQt6 driving `interop/qt_peer.py`): found through `QSHM_QT_PEER`
 //! (a Python with PyQt6), else installed by `interop/setup.sh` into `target/qt-venv`
-//! (cached). Without it, Qt tests are reported as ignored with a loud `SKIP` line.
+//! (cached; the first test binary that needs it installs it, one install at a time under
+//! a file lock, so no test skips because the install comes later). Without it, Qt tests
+//! are reported as ignored with a loud `SKIP` line, or fail when `QSHM_REQUIRE_QT` is set
+//! (CI sets it).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,26 +12,26 @@ use qshm::KeyType;
 
 use super::{Peer, kind_name};
 
-/// A Python that can import PyQt6, or None (after a loud SKIP line).
+/// A Python that can import PyQt6, or None (after a loud SKIP line); a panic instead
+/// when `QSHM_REQUIRE_QT` is set.
 pub(crate) fn find_qt_python() -> Option<PathBuf> {
     if let Ok(py) = std::env::var("QSHM_QT_PEER") {
         return Some(PathBuf::from(py));
     }
     let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/setup.sh");
-    match run_setup(setup) {
-        Ok((true, stdout, _)) => stdout.lines().last().map(|l| PathBuf::from(l.trim())),
-        Ok((false, _, stderr)) => {
-            eprintln!(
-                "\n*** SKIP: Qt interop tests: PyQt6 unavailable ({}) ***\n",
-                stderr.trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("\n*** SKIP: Qt interop tests: cannot run {setup}: {e} ***\n");
-            None
-        }
+    let why = match run_setup(setup) {
+        Ok((true, stdout, _)) => match stdout.lines().last() {
+            Some(line) => return Some(PathBuf::from(line.trim())),
+            None => format!("{setup} printed no Python"),
+        },
+        Ok((false, _, stderr)) => stderr.trim().to_owned(),
+        Err(e) => format!("cannot run {setup}: {e}"),
+    };
+    if std::env::var_os("QSHM_REQUIRE_QT").is_some() {
+        panic!("QSHM_REQUIRE_QT is set but PyQt6 is unavailable: {why}");
     }
+    eprintln!("\n*** SKIP: Qt interop tests: PyQt6 unavailable ({why}) ***\n");
+    None
 }
 
 /// A Python with the Qt binding `flavor` of `interop/setup.sh` (`pyqt6`, `pyqt5`,

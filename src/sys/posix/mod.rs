@@ -51,6 +51,7 @@ mod semaphore_file;
 
 pub(crate) use names::id_of;
 use names::segment_path;
+// only `admin` reads segment names from outside this module
 #[cfg(feature = "admin")]
 pub(crate) use names::shm_file_name;
 
