@@ -285,21 +285,57 @@ pub(crate) fn parse_flock_holders(text: &str) -> HashMap<(u64, u64), u64> {
 
 /// `flock` holders by (device, inode), from `/proc/locks`, read until two reads agree.
 ///
-/// The kernel builds `/proc/locks` a page per `read` call, taking its lock anew for each
-/// page, so one reading of a long list can miss or repeat holders while others take and
-/// drop locks (a segment held by 2 processes was counted from 0 to 6). Two readings that
-/// agree are a consistent view; under heavy churn the last of a few readings is used.
+/// The kernel fills each `read` call of `/proc/locks` with at most a page (and at most
+/// what the caller asked for) from one walk of its lock list, and starts the next call's
+/// walk at the index where the last one ended: so a reading in several calls can miss or
+/// repeat holders while others take and drop locks (a segment held by 2 processes was
+/// counted from 0 to 6), even the call that only finds the end (locks added meanwhile
+/// push seen ones past that index). [`read_one_walk_per_page`] reads a list of one page
+/// (the usual size inside a PID namespace, which shows only its own processes' locks) in
+/// one walk; two readings that agree are taken as a consistent view of a longer one, and
+/// under heavy churn the last of a few readings is used.
 #[cfg(feature = "admin")]
 pub(crate) fn flock_holders() -> HashMap<(u64, u64), u64> {
-    let mut last = parse_flock_holders(&std::fs::read_to_string("/proc/locks").unwrap_or_default());
+    let mut last = parse_flock_holders(&read_one_walk_per_page("/proc/locks"));
     for _ in 0..8 {
-        let next = parse_flock_holders(&std::fs::read_to_string("/proc/locks").unwrap_or_default());
+        let next = parse_flock_holders(&read_one_walk_per_page("/proc/locks"));
         if next == last {
             break;
         }
         last = next;
     }
     last
+}
+
+/// A `seq_file` of `/proc` read in calls that each ask for more than a page: the kernel
+/// answers each with what one walk of its list fits in a page, and a call that returns
+/// clearly less than a page has met the end of the list, so no further call (a new walk)
+/// is made. Empty when it cannot be read.
+#[cfg(feature = "admin")]
+fn read_one_walk_per_page(path: &str) -> String {
+    use std::io::Read;
+    // longer than any line of /proc/locks (about 60 bytes, more for nested waiters)
+    const LONGEST_LINE: usize = 512;
+    let page = crate::os::page_size();
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let mut text = Vec::new();
+    let mut chunk = vec![0u8; 4 * page];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                text.extend_from_slice(&chunk[..n]);
+                if n + LONGEST_LINE < page {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return String::new(),
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// For every file under directory `dir` that some process maps: how many processes map
