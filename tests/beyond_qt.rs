@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         "posix::qt::readers_of_another_user_wait_for_changes_but_neither_lock_nor_notify",
         readers_of_another_user,
     ));
-    libtest_mimic::run(&args, trials).exit()
+    run_suite(&args, trials, Passes::AsUser)
 }
 
 /// Child roles. Arguments: key, key type, lock mode, then role-specific ones.

@@ -46,7 +46,7 @@ fn main() {
             attach_vs_detach(KeyType::PosixRealtime)
         }),
     ];
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    run_suite(&Arguments::from_args(), trials, Passes::AsUser);
 }
 
 /// xorshift64*: small, seedable, reproducible.

@@ -107,7 +107,7 @@ fn main() {
         "posix::native_keys_of_qshm_and_glibc_files_are_refused",
         reserved_native_names,
     ));
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    run_suite(&Arguments::from_args(), trials, Passes::AsUser);
 }
 
 fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {

@@ -105,7 +105,7 @@ fn main() {
         "posix::another_users_lease_never_stalls_ls_rm_or_attach",
         foreign_lease_never_stalls,
     ));
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    run_suite(&Arguments::from_args(), trials, Passes::AsUserAndInPidNamespace);
 }
 
 fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {

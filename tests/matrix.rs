@@ -81,7 +81,7 @@ fn main() {
     // one trial at a time: each ends with a machine-wide rm --stale
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    libtest_mimic::run(&args, trials).exit();
+    run_suite(&args, trials, Passes::AsUser);
 }
 
 // ------------------------------------------------------------------ the model

@@ -56,7 +56,7 @@ fn main() {
             ));
         }
     }
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    run_suite(&Arguments::from_args(), trials, Passes::AsUser);
 }
 
 /// Child roles. Arguments: key, key type, lock mode, then role-specific ones.

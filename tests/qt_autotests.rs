@@ -348,7 +348,7 @@ fn main() {
             t.with_ignored_flag(ignored)
         })
         .collect();
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    run_suite(&Arguments::from_args(), trials, Passes::AsUser);
 }
 
 // ----------------------------------------------------------------------------- basics

@@ -249,7 +249,7 @@ fn main() {
         let name = format!("{}::undo", kind_name(kind));
         trials.push(Trial::test(name, move || undo(kind)).with_ignored_flag(!kind.is_system_v()));
     }
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    run_suite(&Arguments::from_args(), trials, Passes::AsUser);
 }
 
 /// `nativeKey`: a native key through the constructor and `setNativeKey`, then a key of

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use qshm::{AccessMode, KeyType, LockMode, NativeIpcKey, SharedMemory, SharedMemoryError, SystemSemaphore};
-use support::qt::{find_qt_python, qt_peer};
+use support::qt::{find_qt_python, python_for_user, qt_peer};
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -83,7 +83,7 @@ fn main() {
         "setup_announces_the_pyqt6_download_once",
         setup_announces_the_download_once,
     ));
-    libtest_mimic::run(&args, trials).exit();
+    run_suite(&args, trials, Passes::AsUser);
 }
 
 fn trial(
@@ -375,7 +375,7 @@ fn qt_other_user_on_shared_segment(py: &std::path::Path, kind: KeyType) -> Resul
     let Some(user) = TempUser::create("qt_of_another_user_on_shared_segments") else {
         return Ok(());
     };
-    let Some((python, site)) = python_for(py, &user) else {
+    let Some((python, site)) = python_for_user(py, &user) else {
         eprintln!("*** SKIP qt_of_another_user: no Python that user may run imports PyQt6 ***");
         return Ok(());
     };
@@ -391,7 +391,7 @@ fn qt_other_user_on_shared_segment(py: &std::path::Path, kind: KeyType) -> Resul
         let out = Command::new(&python)
             .arg(script)
             .args(["read", "--key", &key, "--type", kind_name(kind), "--len", "6"])
-            .env("PYTHONPATH", &site)
+            .envs(site.iter().map(|s| ("PYTHONPATH", s)))
             .uid(user.uid)
             .gid(user.gid)
             .output()?;
@@ -412,28 +412,6 @@ fn qt_other_user_on_shared_segment(py: &std::path::Path, kind: KeyType) -> Resul
         shm.detach()?;
     }
     Ok(())
-}
-
-/// A Python the other user may run, with the venv's PyQt6 on its path: the venv's own
-/// interpreter may live where others cannot go (e.g. under /root).
-fn python_for(venv_python: &std::path::Path, user: &TempUser) -> Option<(PathBuf, PathBuf)> {
-    let venv = venv_python.parent()?.parent()?;
-    let lib = std::fs::read_dir(venv.join("lib")).ok()?.flatten().next()?.path();
-    let site = lib.join("site-packages");
-    use std::os::unix::process::CommandExt;
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|python| {
-            Command::new(python)
-                .args(["-c", "import PyQt6.QtCore"])
-                .env("PYTHONPATH", &site)
-                .uid(user.uid)
-                .gid(user.gid)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(|python| (python, site))
 }
 
 fn keys_match_qt(py: &PathBuf) -> Result<(), Failed> {

@@ -73,7 +73,7 @@ fn main() {
         detach_unattached,
     ));
     trials.push(Trial::test("default_key_types_are_qts", default_key_types));
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    run_suite(&Arguments::from_args(), trials, Passes::AsUser);
 }
 
 fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {

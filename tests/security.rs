@@ -41,7 +41,7 @@ fn main() {
         "systemv::key_file_symlink_is_refused",
         symlinked_key_file,
     ));
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    run_suite(&Arguments::from_args(), trials, Passes::AsUser);
 }
 
 fn child_main(role: &str, args: &[String]) -> i32 {

@@ -14,6 +14,9 @@ pub(crate) use qshm::admin::SharedMemoryExt;
 use qshm::{KeyType, LockMode, NativeIpcKey, SharedMemory};
 
 pub(crate) mod actor;
+pub(crate) mod again;
+#[allow(unused_imports)] // only the multi-process suites run passes
+pub(crate) use again::{Passes, run_suite};
 pub(crate) mod qt;
 #[macro_use]
 pub(crate) mod qtest;

@@ -5,16 +5,57 @@
 //! are reported as ignored with a loud `SKIP` line, or fail when `QSHM_REQUIRE_QT` is set
 //! (CI sets it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qshm::KeyType;
 
 use super::{Peer, kind_name};
 
+/// Set (to the reason) when a pass of the suite runs without real Qt: the unprivileged
+/// user of [`super::again`] cannot use the Python that has it.
+pub(crate) const NO_QT_ENV: &str = "QSHM_NO_QT";
+
+/// A Python that `user` may run and that imports PyQt6 from the venv of `venv_python`:
+/// that Python itself, or (when it lives where `user` cannot go, as a pyenv under `/root`
+/// does) the system's `python3` with the venv's `site-packages` as `PYTHONPATH`, returned
+/// beside it.
+pub(crate) fn python_for_user(
+    venv_python: &Path,
+    user: &super::TempUser,
+) -> Option<(PathBuf, Option<PathBuf>)> {
+    use std::os::unix::process::CommandExt;
+    let imports = |python: &Path, site: Option<&Path>| {
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", "import PyQt6.QtCore"])
+            .current_dir("/")
+            .uid(user.uid)
+            .gid(user.gid);
+        if let Some(site) = site {
+            cmd.env("PYTHONPATH", site);
+        }
+        cmd.output().is_ok_and(|out| out.status.success())
+    };
+    if imports(venv_python, None) {
+        return Some((venv_python.to_owned(), None));
+    }
+    let venv = venv_python.parent()?.parent()?;
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?.flatten().next()?.path();
+    let site = lib.join("site-packages");
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|python| imports(python, Some(&site)))
+        .map(|python| (python, Some(site)))
+}
+
 /// A Python that can import PyQt6, or None (after a loud SKIP line); a panic instead
 /// when `QSHM_REQUIRE_QT` is set.
 pub(crate) fn find_qt_python() -> Option<PathBuf> {
+    if let Ok(why) = std::env::var(NO_QT_ENV) {
+        eprintln!("\n*** SKIP: Qt interop tests: {why} ***\n");
+        return None;
+    }
     if let Ok(py) = std::env::var("QSHM_QT_PEER") {
         return Some(PathBuf::from(py));
     }
@@ -39,6 +80,9 @@ pub(crate) fn find_qt_python() -> Option<PathBuf> {
 /// `setup.sh` installs (cached under `target/`). `Err` says why there is none; the caller
 /// prints the loud SKIP line.
 pub(crate) fn find_qt_binding(flavor: &str, env_var: &str) -> Result<PathBuf, String> {
+    if let Ok(why) = std::env::var(NO_QT_ENV) {
+        return Err(why);
+    }
     if let Ok(py) = std::env::var(env_var) {
         return Ok(PathBuf::from(py));
     }
