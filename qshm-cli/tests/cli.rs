@@ -2013,3 +2013,14 @@ fn readme_python_and_c_readers_read_a_live_segment_and_leave_it() {
     }
     interrupt(&mut holder);
 }
+
+/// The whole CLI suite again, as a throw-away unprivileged user in a private IPC and mount
+/// namespace (as root only; `tests/support/again.rs`): the tool as most people run it.
+#[test]
+fn every_cli_test_again_as_an_unprivileged_user() {
+    let this = "every_cli_test_again_as_an_unprivileged_user";
+    assert!(
+        support::again::whole_binary_as_user(&["--skip", this, "--test-threads", "2"]),
+        "the unprivileged pass failed (its output is above)"
+    );
+}

@@ -48,10 +48,25 @@ pub(crate) fn run_suite(args: &Arguments, trials: Vec<Trial>, passes: Passes) ->
             again.push(Pass::PidNamespace);
         }
         for pass in again {
-            failed |= !pass.run();
+            failed |= !pass.run(std::env::args_os().skip(1).collect(), Output::Inherited);
         }
     }
     std::process::exit(if failed { 101 } else { 0 })
+}
+
+/// For a suite on libtest's own harness (the CLI's): run this test binary again as an
+/// unprivileged user with `args` (which must skip the calling test); false when that
+/// pass failed. Does nothing (true) inside a pass.
+pub(crate) fn whole_binary_as_user(args: &[&str]) -> bool {
+    this_pass().is_some() || Pass::User.run(args.iter().map(Into::into).collect(), Output::Captured)
+}
+
+/// Where a pass's output goes: to ours as it comes, or kept and shown only if it fails
+/// (a pass that runs beside other tests of libtest's harness).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Inherited,
+    Captured,
 }
 
 #[derive(Clone, Copy)]
@@ -70,7 +85,7 @@ impl Pass {
 
     /// Run the suite in this pass; false when it failed (a skipped pass is not a failure,
     /// and says why it was skipped).
-    fn run(self) -> bool {
+    fn run(self, args: Vec<std::ffi::OsString>, output: Output) -> bool {
         let name = self.name();
         if !is_root() {
             eprintln!("\n*** SKIP the {name} pass: it needs root (this run is unprivileged already) ***");
@@ -135,20 +150,36 @@ impl Pass {
         }
         cmd.args(["sh", "-c", &script])
             .arg(&exe)
-            .args(std::env::args_os().skip(1))
+            .args(args)
             .env(AGAIN_ENV, name)
             .env("TMPDIR", &tmp.0);
         let who = user
             .as_ref()
             .map_or_else(|| "root".to_owned(), |u| format!("{} (uid {})", u.name, u.uid));
         println!("\n=== the same suite again: {name} pass, as {who}, private /dev/shm and TMPDIR ===");
-        let status = match cmd.status() {
-            Ok(status) => status,
+        let result = match output {
+            Output::Inherited => cmd.status().map(|status| (status, String::new())),
+            Output::Captured => cmd.output().map(|out| {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (out.status, text)
+            }),
+        };
+        let (status, text) = match result {
+            Ok(done) => done,
             Err(e) => {
                 eprintln!("the {name} pass: cannot run unshare: {e}");
                 return false;
             }
         };
+        if !status.success() {
+            eprintln!("{text}");
+        } else if let Some(summary) = text.lines().rfind(|l| l.starts_with("test result:")) {
+            println!("{summary}");
+        }
         println!(
             "=== {name} pass: {}",
             if status.success() { "ok" } else { "FAILED" }
