@@ -3,13 +3,17 @@
 # mount namespace (its own System V tables, its own /dev/shm and TMPDIR), so they never
 # meet another process's segments. CI runs short fixed-seed slices of the same tests.
 #
-#   sudo bash bench/stress.sh            # full run (about 20-30 minutes on 2 cores)
-#   sudo bash bench/stress.sh --quick    # a few minutes
+#   sudo bash bench/stress.sh            # full run (about 4 hours on 2 cores: the whole
+#                                        # mixed-order matrix is most of it)
+#   sudo bash bench/stress.sh --quick    # about 15 minutes
 #   QSHM_SEED=N bash bench/stress.sh     # replay a seed (printed at the start)
 #
-# Prints one line per run and a table: trials / kills / leaks / hangs / double winners /
-# wrong counts (two holders of one lock). Exit status 0 only if every figure that must be
-# 0 is 0.
+# Each suite runs as root and again as a throw-away unprivileged user (and the lifetime
+# suite also in a PID namespace of its own: tests/support/again.rs), except the whole
+# matrix, which runs once, as root, with another user among its actors. Prints each
+# test's summary lines (crash trials, racing creates, kills with recovery times, the
+# create-or-attach loops, matrix counts), the pass they come from, and what is left in
+# the namespace. Exit status 0 only if every run passed and nothing is left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,11 +40,11 @@ log=$(mktemp)
 seed=${QSHM_SEED:-$(date +%s)}
 export QSHM_SEED=$seed
 if [ -n "$quick" ]; then
-    trials=100 races=50 kills=40 loop_ms=10000
+    trials=100 races=50 kills=40 loop_ms=10000 race_rounds=150 matrix=100
 else
-    trials=1000 races=1000 kills=240 loop_ms=60000
+    trials=1000 races=1000 kills=1000 loop_ms=60000 race_rounds=1000 matrix=all
 fi
-echo "qshm stress run: seed $seed, $trials crash trials per backend and lock mode, $races racing-create rounds, $kills kills per lock, ${loop_ms} ms loops"
+echo "qshm stress run: seed $seed, $trials crash trials per backend and lock mode, $races racing-create rounds, $kills kills per lock, ${loop_ms} ms loops, $race_rounds rounds of 4 racers (root, user, PID namespace), matrix orders: $matrix per key type and lock mode"
 echo "namespace: private IPC (ipcs sees $(ipcs -m | grep -c '^0x' || true) segments), /dev/shm and TMPDIR on fresh tmpfs"
 
 status=0
@@ -52,7 +56,7 @@ run() { # test-binary filter [VAR=value ...]
         echo "FAILED: $bin $filter $*"
         grep -E "^----|left|hung|failed|ERROR" "$log" | head -20 || true
     fi
-    grep -E "^(crash trials|racing creates|kills in tight loops|create-or-attach loop)" "$log" || true
+    grep -E "^(\((unprivileged-user|pid-namespace) pass|crash trials|racing creates|kills in tight loops|create-or-attach loop|matrix \()" "$log" || true
 }
 
 for kind in systemv posix; do
@@ -61,12 +65,24 @@ for kind in systemv posix; do
     done
     run crash "$kind::racing_creates_have_exactly_one_winner" QSHM_RACES=$((races / 2))
 done
-run crash posix::qt::lock_recovers_from_kills_in_tight_loops QSHM_KILLS=$kills
-run crash systemv::qt::lock_recovers_from_kills_in_tight_loops QSHM_KILLS=$kills
-run crash posix::fast::lock_recovers_from_kills_in_tight_loops QSHM_KILLS=$kills
+for kind in posix systemv; do
+    for mode in qt fast; do
+        run crash "$kind::$mode::lock_recovers_from_kills_in_tight_loops" QSHM_KILLS=$kills
+    done
+done
+for kind in posix systemv; do
+    run lifetime "$kind::racing_creates_leave_nothing_as_root_as_a_user_and_in_a_pid_namespace" QSHM_RACE_ROUNDS=$race_rounds
+done
 for kind in systemv posix; do
     for mode in qt fast; do
         run hardening "$kind::$mode::create_or_attach_loop_of_4_processes_never_splits" QSHM_LOOP_MS=$loop_ms
+    done
+done
+
+# the mixed-order matrix (tests/matrix.rs): once, as root (its actors include another user)
+for kind in systemv posix; do
+    for mode in qt fast; do
+        run matrix "$kind::$mode::generated_orders_keep_one_lock_and_leave_nothing" QSHM_MATRIX=$matrix QSHM_SUITE_AGAIN=stress-root-only
     done
 done
 

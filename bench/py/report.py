@@ -48,6 +48,9 @@ METRICS = OrderedDict([
     ("notify_wake_p99_us", dict(title="two processes: notify_all in one -> wait_for_change returns in the other, "
                                       "one way (half a round trip), p99",
                                 lower=True, peer=EVENTFD, floor=FUTEX, floors=[])),
+    ("racers_kcycles_per_s", dict(title="N processes racing on one key: create or attach, lock, add, unlock, detach",
+                                  lower=False, peer=None, floor=None, floors=[], xlabel="processes",
+                                  chart="racers.svg", ylabel="thousand cycles per second, all racers")),
     ("size_cycle_us", dict(title="create + first touch of every page + destroy, against segment size",
                            lower=True, peer=SHMEM, floor=RAW_POSIX, floors=[("System V", RAW_SYSV)],
                            xlabel="segment size", chart="size_cycle.svg", ylabel="µs per cycle")),
@@ -90,6 +93,12 @@ TARGETS = [
         (f"Fast, {n} processes: p99 handoff no slower than raw_sync",
          ("contended_handoff_p99_us", "qshm fast", n), ("contended_handoff_p99_us", RAW, n), 1.0),
     )
+] + [
+    # issue 19: more racers on one key must not make it much slower than one racer
+    (f"{f}, {n} racers on one key: at least 0.7x the rate of 1",
+     ("racers_kcycles_per_s", f, n), ("racers_kcycles_per_s", f, 1), 1 / 0.7)
+    for f in ("qshm POSIX (Qt-compatible)", "qshm POSIX (fast)", "qshm System V (Qt-compatible)")
+    for n in (2, 4)
 ] + [
     ("Qt-compatible lock+unlock (POSIX) within 1.5x of bare sem_wait+sem_post",
      ("lock_unlock_ns", "qshm Qt-compatible (POSIX)"), ("lock_unlock_ns", SEM_POSIX), 1.5),

@@ -10,6 +10,7 @@
 
 mod locks;
 mod notify;
+mod racers;
 mod stats;
 
 use std::ffi::CString;
@@ -42,6 +43,9 @@ struct Plan {
     /// Work between two lock holds in the contended runs (calibrated to this many ns).
     think_ns: f64,
     copy_bytes: usize,
+    /// Processes racing on one key (create-or-attach, lock, detach), and each run's length.
+    racer_procs: &'static [usize],
+    racer_window: Duration,
 }
 
 const FULL: Plan = Plan {
@@ -58,6 +62,8 @@ const FULL: Plan = Plan {
     contended_window: Duration::from_millis(400),
     think_ns: 300.0,
     copy_bytes: 256 << 20,
+    racer_procs: &[1, 2, 4],
+    racer_window: Duration::from_millis(500),
 };
 
 const QUICK: Plan = Plan {
@@ -74,6 +80,8 @@ const QUICK: Plan = Plan {
     contended_window: Duration::from_millis(60),
     think_ns: 300.0,
     copy_bytes: 32 << 20,
+    racer_procs: &[1, 2, 4],
+    racer_window: Duration::from_millis(150),
 };
 
 fn main() {
@@ -95,11 +103,15 @@ fn main() {
                     note_machine();
                     notify(plan);
                 }
-                Some(other) => eprintln!("qshm-bench: --only {other}: only `notify` is known"),
+                Some(only) if only == "racers" => {
+                    note_machine();
+                    racers::measure(plan.runs, plan.racer_window, plan.racer_procs);
+                }
+                Some(other) => eprintln!("qshm-bench: --only {other}: `notify` and `racers` are known"),
                 None => measure(plan),
             }
         }
-        _ => eprintln!("usage: qshm-bench measure [--quick] [--only notify]"),
+        _ => eprintln!("usage: qshm-bench measure [--quick] [--only notify|racers]"),
     }
 }
 
@@ -141,6 +153,7 @@ fn measure(plan: &Plan) {
     lock_pairs(plan);
     cycles(plan);
     crowded_cycles(plan);
+    racers::measure(plan.runs, plan.racer_window, plan.racer_procs);
     size_curve(plan);
     pingpong(plan);
     notify(plan);
@@ -873,6 +886,7 @@ fn child(args: &[String]) {
             with_lock!(&inst, l => play(l, 1, rounds));
         }
         "notify" => notify::child(&args[1..]),
+        "race" => racers::child(&args[1..]),
         "contend" => {
             let ctl = Mapping::open(&args[1]);
             let latency = args[2] == "1";
