@@ -90,6 +90,14 @@ fn main() {
         mode_bits_are_no_evidence,
     ));
     trials.push(Trial::test(
+        "posix::qt::a_create_racing_the_last_detach_never_splits_the_lock",
+        create_racing_last_detach,
+    ));
+    trials.push(Trial::test(
+        "systemv::qt::a_create_racing_a_detach_after_removal_behind_its_back_never_splits_the_lock",
+        create_racing_detach_after_removal,
+    ));
+    trials.push(Trial::test(
         "posix::a_fork_childs_mapping_keeps_the_segment",
         fork_child_keeps_segment,
     ));
@@ -163,6 +171,17 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             shm.create(64, AccessMode::ReadWrite).expect("create");
             say("CREATED");
             wait_for_stdin_line();
+            0
+        }
+        "create-detach" => {
+            // create (Qt-compatible), then on a line detach as the last user
+            let kind = args.get(1).map_or(KeyType::PosixRealtime, |k| parse_kind(k));
+            let mut shm = SharedMemory::with_key_type(&args[0], kind);
+            shm.create(64, AccessMode::ReadWrite).expect("create");
+            say("CREATED");
+            wait_for_stdin_line();
+            shm.detach().expect("detach");
+            say("DETACHED");
             0
         }
         "fork-keeps" => fork_keeps(&args[0]),
@@ -715,6 +734,144 @@ fn racer(key: &str, kind: KeyType, rounds: u32) -> i32 {
         }
     ));
     0
+}
+
+/// The last detacher of a Qt-compatible POSIX segment is slowed down (strace) right at
+/// the unlink of Qt's semaphore; meanwhile this process creates the key anew, and another
+/// process attaches to the new segment: while this process holds the lock, the other's
+/// `try_lock` must be busy. Before, the destroyer unlinked the segment's name first and the
+/// semaphore after: a creator in between shared the old semaphore, which the destroyer
+/// then unlinked, and the next attacher made another one. Two semaphores, two holders
+/// (found by the create-or-attach loop of tests/hardening.rs as an ordinary user).
+fn create_racing_last_detach() -> Result<(), Failed> {
+    let strace_ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strace_ok {
+        eprintln!("*** SKIP a_create_racing_the_last_detach: needs strace ***");
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("lastdetach");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let sem = sem_path(&SharedMemory::with_key_type(&key, kind).semaphore_key());
+    let exe = std::env::current_exe()?;
+    let mut destroyer = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-P", &sem])
+            .args(["-e", "trace=unlink,unlinkat"])
+            .args(["-e", "inject=unlink,unlinkat:delay_enter=1500000"])
+            .arg(exe)
+            .arg(&key)
+            .env(CHILD_ENV, "create-detach"),
+    );
+    destroyer.expect("CREATED", T);
+    destroyer.send("go");
+    // create the key anew as soon as the old segment is gone
+    let mut mine = SharedMemory::with_key_type(&key, kind);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        check(Instant::now() < deadline, "never created the key anew")?;
+        match mine.create(64, AccessMode::ReadWrite) {
+            Ok(()) => break,
+            Err(e) if e.kind() == qshm::SharedMemoryError::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    destroyer.expect("DETACHED", T);
+    destroyer.wait(T);
+    let mut other = actor::qshm(None, &key, kind, LockMode::QtCompatible, REPLY).ok_or("actor")?;
+    check(
+        actor::ask(&mut other, "attach", REPLY).as_deref() == Some("OK"),
+        "the other process attaches",
+    )?;
+    let held = mine.lock()?;
+    let answer = actor::ask(&mut other, "trylock", REPLY);
+    drop(held);
+    check(
+        answer.as_deref() == Some("BUSY"),
+        format!("another process's try_lock while this one holds the lock: {answer:?} (two semaphores)"),
+    )?;
+    check(
+        actor::ask(&mut other, "trylock", REPLY).as_deref() == Some("OK"),
+        "and it gets the lock once it is free",
+    )?;
+    other.send("exit");
+    other.wait(T);
+    Ok(())
+}
+
+/// System V: a segment and its key file are removed behind its last user's back (as Qt's
+/// own test fixture does); that user's detach then removes Qt's semaphore of the key, and
+/// is slowed down (strace) right before it takes the semaphore key file's lock.
+/// Meanwhile this process creates the key anew and holds the lock; then another process
+/// attaches: its `try_lock` must be busy. Before, the detacher had looked for the
+/// segment's key file before that lock, found none, and removed the semaphore the new
+/// segment already used: the next attacher made another one (found by the
+/// create-or-attach loop of tests/hardening.rs).
+fn create_racing_detach_after_removal() -> Result<(), Failed> {
+    let strace_ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strace_ok {
+        eprintln!("*** SKIP a_create_racing_a_detach_after_removal: needs strace ***");
+        return Ok(());
+    }
+    let kind = KeyType::SystemV;
+    let key = unique_key("behindrace");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = SharedMemory::legacy_native_key(&key, kind);
+    let sem_key_file = SharedMemory::with_key_type(&key, kind).semaphore_key();
+    let exe = std::env::current_exe()?;
+    // its second flock of the semaphore key file (the first is at create) waits 1.5 s
+    let mut detacher = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-P", sem_key_file.native()])
+            .args(["-e", "trace=flock"])
+            .args(["-e", "inject=flock:delay_enter=1500000:when=2"])
+            .arg(exe)
+            .args([key.as_str(), kind_name(kind)])
+            .env(CHILD_ENV, "create-detach"),
+    );
+    detacher.expect("CREATED", T);
+    let numeric = SharedMemory::system_v_key(&native).ok_or("numeric key")?;
+    // SAFETY: shmget takes plain values; IPC_RMID with a null buffer.
+    unsafe {
+        let shmid = libc::shmget(numeric, 0, 0);
+        check(shmid >= 0, "the segment")?;
+        libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+    }
+    std::fs::remove_file(native.native())?;
+    detacher.send("go");
+    std::thread::sleep(Duration::from_millis(300)); // it waits for the semaphore key file now
+    let mut mine = SharedMemory::with_key_type(&key, kind);
+    mine.create(64, AccessMode::ReadWrite)?;
+    let held = mine.lock()?;
+    detacher.expect("DETACHED", T);
+    detacher.wait(T);
+    let mut other = actor::qshm(None, &key, kind, LockMode::QtCompatible, REPLY).ok_or("actor")?;
+    check(
+        actor::ask(&mut other, "attach", REPLY).as_deref() == Some("OK"),
+        "the other process attaches",
+    )?;
+    let answer = actor::ask(&mut other, "trylock", REPLY);
+    drop(held);
+    check(
+        answer.as_deref() == Some("BUSY"),
+        format!("another process's try_lock while this one holds the lock: {answer:?} (two semaphores)"),
+    )?;
+    check(
+        actor::ask(&mut other, "trylock", REPLY).as_deref() == Some("OK"),
+        "and it gets the lock once it is free",
+    )?;
+    other.send("exit");
+    other.wait(T);
+    Ok(())
 }
 
 /// 2: a program in another PID namespace (a container sharing `/dev/shm`) maps a POSIX

@@ -113,6 +113,11 @@ pub(crate) fn qshm_actor(args: &[String]) -> i32 {
                 Ok(None) => "ERR Timeout".to_owned(),
                 Err(e) => format!("ERR {:?}", e.kind()),
             },
+            Some("trylock") => match shm.try_lock() {
+                Ok(Some(_unlocked_at_once)) => "OK".to_owned(),
+                Ok(None) => "BUSY".to_owned(),
+                Err(e) => format!("ERR {:?}", e.kind()),
+            },
             Some("hold") => match shm.lock_timeout(wait) {
                 Ok(Some(guard)) => {
                     // held until the process dies (its holder kills it now)

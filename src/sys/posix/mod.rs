@@ -199,7 +199,21 @@ fn create_once(
             };
         }
     };
-    // 5. let attachers in: the creator's attachment is a shared lock like theirs
+    // 5. the semaphore opened in step 1 must still be the key's: the last detacher of a
+    //    segment this one replaces unlinks its semaphore before its name, so a creator
+    //    that shared that semaphore finds it gone here, and starts again with a new one
+    //    (attachers make a new one when the name is missing: two locks otherwise)
+    if let Some(sem) = semaphore
+        && !sem.still_named()
+    {
+        drop(state);
+        LockState::remove(id);
+        if os::lstat(c_path).is_ok_and(|now| now.same_file(&st)) {
+            let _ = os::unlink(c_path);
+        }
+        return Ok(None);
+    }
+    // 6. let attachers in: the creator's attachment is a shared lock like theirs
     os::flock(&fd, libc::LOCK_SH)?;
     let file = NamedFile {
         fd,
@@ -404,10 +418,12 @@ impl SegmentBackend for Segment {
         let ours = |sem: &SemaphoreFile| made_semaphore == Some(sem.record());
         if !file.still_named() {
             // removed behind our back (qshm rm, a test's clean-up): we were the last qshm
-            // user of this incarnation; remove what was left of it
+            // user of this incarnation; remove what was left of it. Its semaphore only if
+            // nobody else has it open: the key is free, and a new segment of it may be
+            // sharing the semaphore already.
             LockState::remove(id);
             if let Some(sem) = semaphore.as_ref().filter(|s| ours(s)) {
-                sem.unlink_if_still_named();
+                SemaphoreFile::unlink_if_alone(sem);
             }
             return Ok(Detached::WasGone);
         }
@@ -420,6 +436,16 @@ impl SegmentBackend for Segment {
         let mut outcome = Detached::Kept;
         if unused_by_others(&file) {
             LockState::remove(id);
+            // Qt's semaphore goes first (like Qt's creator, which unlinks it when it goes
+            // away: whoever still has it open keeps it), while the segment still has its
+            // name: a creator of the key can publish a new segment only once that name is
+            // gone, and then sees that the semaphore it opened is gone too (it checks), so
+            // no new segment ever shares a semaphore that is about to lose its name. (The
+            // other order let a creator in between share it; the next attacher then made
+            // another one: two locks.)
+            if let Some(sem) = semaphore.as_ref().filter(|s| ours(s)) {
+                sem.unlink_if_still_named();
+            }
             if matches!(file.unlink_if_still_named(), Ok(true)) {
                 outcome = Detached::Destroyed;
             } else {
@@ -429,13 +455,6 @@ impl SegmentBackend for Segment {
         drop(file);
         if held && let Some(sem) = &semaphore {
             let _ = sem.give_back(label);
-        }
-        if outcome == Detached::Destroyed
-            && let Some(sem) = semaphore.as_ref().filter(|s| ours(s))
-        {
-            // Like Qt's creator, which unlinks its semaphore when it goes away: whoever
-            // still has it open keeps it; nobody can find it any more.
-            sem.unlink_if_still_named();
         }
         Ok(outcome)
     }

@@ -241,10 +241,29 @@ impl SemaphoreFile {
 
     /// Unlink its name if the name still means this file (and not a newer one).
     pub(crate) fn unlink_if_still_named(&self) -> bool {
-        match os::lstat(&self.path) {
-            Ok(now) if now.same_file(&self.file) => os::unlink(&self.path).is_ok(),
-            _ => false,
+        self.still_named() && os::unlink(&self.path).is_ok()
+    }
+
+    /// Whether its name still means this file.
+    pub(crate) fn still_named(&self) -> bool {
+        matches!(os::lstat(&self.path), Ok(now) if now.same_file(&self.file))
+    }
+
+    /// Unlink its name if nobody else has it open: no other process (a write lease on this
+    /// process's descriptor, held across the unlink, so that nobody can open it between the
+    /// look and the unlink: an opener waits for the lease or, with `O_NONBLOCK`, fails) and
+    /// no other handle of this process (`this` is the only one). For a semaphore whose
+    /// segment is already gone, which a new segment of the key may be about to share.
+    pub(crate) fn unlink_if_alone(this: &Arc<SemaphoreFile>) -> bool {
+        if Arc::strong_count(this) > 1 {
+            return false;
         }
+        if !matches!(os::take_write_lease(this.fd.as_fd()), Ok(true)) {
+            return false;
+        }
+        let unlinked = this.unlink_if_still_named();
+        os::release_lease(this.fd.as_fd());
+        unlinked
     }
 
     #[inline]
