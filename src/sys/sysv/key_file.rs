@@ -178,6 +178,35 @@ pub(super) fn remove_key_file_if_ours(
     }
 }
 
+/// Qt's semaphore `semaphore` of a key whose segment key file `segment_path` was found
+/// missing (removed behind qshm's back): removed, with its key file, under that key
+/// file's lock, and only if the segment's key file is still missing then. A creator of
+/// the key makes (and locks) the segment's key file before it opens the semaphore under
+/// the semaphore key file's lock, so a semaphore that a new segment shares is never
+/// removed. (Looked at once, before the lock, it was: a creator in between shared the
+/// semaphore and lost it, and the next attacher made another one. Two locks.)
+pub(super) fn remove_semaphore_of_vanished_key(segment_path: &CString, semaphore: &NativeIpcKey) {
+    let Ok(sem_path) = os::cstring(semaphore.native()) else {
+        return;
+    };
+    if sem_path == *segment_path {
+        return; // one key file for both (a native key): gone, so nothing finds the set by it
+    }
+    let Ok(Some(Some(sem_file))) = lock_key_file(&sem_path) else {
+        return;
+    };
+    if os::lstat(segment_path).is_ok() {
+        return; // a creator is at work: the semaphore may be its segment's already
+    }
+    if let Ok(skey) = ftok_key(&sem_path, project_id(semaphore))
+        && let Ok(id) = os::semget(skey, 0)
+        && os::sem_owner(id).is_ok_and(|uid| uid == os::euid() || os::euid() == 0)
+    {
+        let _ = os::sem_remove(id);
+    }
+    remove_key_file_if_ours(&sem_file, None, project_id(semaphore), &SystemVKeys::default());
+}
+
 /// Remove what belongs to a destroyed segment: Qt's semaphore `semaphore` if it is ours
 /// (with its key file, which for a native key is the segment's own), then the segment's
 /// key file `key_file` (held locked, `ftok` project id `project_id`) if qshm made it

@@ -40,7 +40,8 @@ use cleanup::{reclaim_if_stale, table_owner};
 pub(crate) use key_file::used_under_any_id;
 pub(crate) use key_file::{ftok_key, project_id};
 use key_file::{
-    key_file_failure, key_path, lock_key_file, lock_key_file_for_create, remove_companions, segment_uses,
+    key_file_failure, key_path, lock_key_file, lock_key_file_for_create, remove_companions,
+    remove_semaphore_of_vanished_key, segment_uses,
 };
 pub(crate) use semaphore::{Semaphore, remove_recorded};
 
@@ -418,7 +419,7 @@ impl SegmentBackend for Segment {
                     .and_then(|f| f.as_ref());
                 let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
                 remove_companions(held_file, project_id, key_file, sem);
-                remove_set_left_without_key_file(semaphore_record);
+                remove_set_left_without_key_file(&path, semaphore_record);
                 Ok(Detached::Destroyed)
             }
             None => {
@@ -436,13 +437,17 @@ impl SegmentBackend for Segment {
                     {
                         remove_companions(Some(file), project_id, key_file, sem);
                     }
-                    // no key file: no segment can be found under this key; Qt's semaphore
-                    // is removed under its own key file's lock, which every opener takes
-                    Ok(None) => remove_companions(None, project_id, None, sem),
+                    // no key file: Qt's semaphore goes too, unless a creator makes the key
+                    // anew meanwhile (looked at again under the semaphore key file's lock)
+                    Ok(None) => {
+                        if let Some(sem) = sem {
+                            remove_semaphore_of_vanished_key(&path, sem);
+                        }
+                    }
                     _ => {}
                 }
                 if matches!(lock, Ok(None)) {
-                    remove_set_left_without_key_file(semaphore_record);
+                    remove_set_left_without_key_file(&path, semaphore_record);
                 }
                 Ok(Detached::WasGone)
             }
@@ -458,18 +463,33 @@ impl SegmentBackend for Segment {
 /// Qt's semaphore set of a segment that is gone, when its key file is gone too (removed
 /// behind qshm's back, as Qt's own test fixture does): `ftok` cannot find the set any
 /// more, so remove it by the id it had when attached, if it is still that set and ours
-/// (Qt keeps the id for the same reason).
-fn remove_set_left_without_key_file(record: Option<[u64; 3]>) {
+/// (Qt keeps the id for the same reason). The key's path is held meanwhile (a key file
+/// made here, locked, and removed again): a creator of the key waits for it and then makes
+/// its own; one that came first made the file, and then nothing is removed (its segment
+/// may share the set).
+fn remove_set_left_without_key_file(path: &CString, record: Option<[u64; 3]>) {
     let Some(record) = record else {
         return;
     };
-    let id = record[0] as libc::c_int;
-    let me = os::euid();
-    if os::sem_owner(id).is_ok_and(|uid| uid == me || me == 0)
-        && !ftok_exists_for(record[1] as u32 as libc::key_t)
-    {
-        remove_recorded(record);
+    if !os::sem_stat(record[0] as libc::c_int).is_ok_and(|ds| ds.sem_perm.__key as u32 as u64 == record[1]) {
+        return; // gone already (the usual case: removed with its key file)
     }
+    let Ok(claim) = NamedFile::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600) else {
+        return;
+    };
+    if claim
+        .try_lock(super::named_file::FileLock::Exclusive)
+        .is_ok_and(|locked| locked)
+    {
+        let id = record[0] as libc::c_int;
+        let me = os::euid();
+        if os::sem_owner(id).is_ok_and(|uid| uid == me || me == 0)
+            && !ftok_exists_for(record[1] as u32 as libc::key_t)
+        {
+            remove_recorded(record);
+        }
+    }
+    let _ = claim.unlink_if_still_named();
 }
 
 /// Whether a segment of numeric key `key` exists (then its set is still in use).
