@@ -1,0 +1,442 @@
+//! `LockGuard`: a held segment lock, and the only way to the segment's bytes from Python.
+//!
+//! The guard exports the mapping through the buffer protocol; `with shm.lock() as buf`
+//! hands out a `memoryview` of it. At the end of the block the guard releases that view
+//! (using it afterwards raises `ValueError`), then unlocks. A view derived from it that is
+//! still alive then (a slice, `memoryview(buf)`, a numpy array) cannot be revoked by
+//! anyone: the guard counts every export, keeps the handle (and so the mapping) alive
+//! until the last one is released, and raises `BufferError` at the end of the block to say
+//! so. No view ever points at unmapped memory: the handle cannot detach while pinned.
+//!
+//! The library's guard borrows its handle and is `!Send`: it lives in a [`Held`] (the
+//! handle's `Arc` and the guard that borrows it), wrapped in a `SendWrapper` that only
+//! lets the locking thread unlock it.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyBufferError, PyRuntimeWarning};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyMemoryView, PyWeakrefReference};
+use qshm::SharedMemoryError;
+use self_cell::self_cell;
+use send_wrapper::SendWrapper;
+
+use crate::errors;
+use crate::generation::Generation;
+use crate::shared_memory::Handle;
+use crate::wait;
+
+/// The library's guard of either kind.
+enum Taken<'a> {
+    Write(qshm::LockGuard<'a>),
+    Read(qshm::ReadGuard<'a>),
+}
+
+/// The guard while held (`Some`); taken out to unlock it with its `Result`.
+type Guarded<'a> = Option<Taken<'a>>;
+
+self_cell!(
+    /// A handle and the held lock that borrows it.
+    struct Held {
+        owner: Arc<Handle>,
+        #[covariant]
+        dependent: Guarded,
+    }
+);
+
+/// Why one attempt to lock did not give a guard.
+enum Attempt {
+    Busy,
+    Failed(qshm::Error),
+}
+
+/// One attempt to lock `shm`, waiting at most `wait`.
+fn attempt(shm: &qshm::SharedMemory, write: bool, wait: Duration) -> Result<Guarded<'_>, Attempt> {
+    let got = if write {
+        shm.lock_timeout(wait).map(|g| g.map(Taken::Write))
+    } else {
+        shm.lock_read_timeout(wait).map(|g| g.map(Taken::Read))
+    };
+    match got {
+        Ok(Some(taken)) => Ok(Some(taken)),
+        Ok(None) => Err(Attempt::Busy),
+        Err(e) => Err(Attempt::Failed(e)),
+    }
+}
+
+/// Lock `handle`: one try with the GIL held (the uncontended path costs no GIL release),
+/// then waits with the GIL released ([`wait::in_slices`]). `once`: the try only.
+/// `Ok(None)`: busy (`once`) or timed out.
+pub(crate) fn take(
+    py: Python<'_>,
+    handle: Arc<Handle>,
+    write: bool,
+    timeout: Option<Duration>,
+    once: bool,
+) -> PyResult<Option<LockGuard>> {
+    let held = match Held::try_new(handle.clone(), |h| attempt(&h.shm, write, Duration::ZERO)) {
+        Ok(held) => SendWrapper::new(held),
+        Err(Attempt::Failed(e)) => return Err(errors::to_py(e)),
+        Err(Attempt::Busy) if once || timeout == Some(Duration::ZERO) => return Ok(None),
+        Err(Attempt::Busy) => {
+            let waited = wait::in_slices(py, timeout, |slice| {
+                match Held::try_new(handle.clone(), |h| attempt(&h.shm, write, slice)) {
+                    // the wait runs on this thread (PyO3's `detach` calls it in place), so
+                    // the wrapper is valid where it is used
+                    Ok(held) => Ok(Some(SendWrapper::new(held))),
+                    Err(Attempt::Busy) => Ok(None),
+                    Err(Attempt::Failed(e)) => Err(e),
+                }
+            })?;
+            match waited {
+                Some(held) => held,
+                None => return Ok(None),
+            }
+        }
+    };
+    Ok(Some(LockGuard::new(held, handle)))
+}
+
+/// A held lock on a ``SharedMemory`` segment; returned by ``lock()``, ``lock_read()``,
+/// ``try_lock()`` and ``try_lock_read()``.
+///
+/// Use it in a ``with`` block: ``with shm.lock() as buf:`` gives ``buf``, a ``memoryview``
+/// of the whole segment (writable from ``lock()``, read-only from ``lock_read()``), valid
+/// only inside the block. At the end of the block the view is released (using it raises
+/// ``ValueError``) and the lock unlocked. Keep data past the block by copying it
+/// (``bytes(buf[a:b])``, ``arr.copy()``). ``numpy.frombuffer(buf, ...)`` shares the bytes
+/// without a copy; such an array, a slice of ``buf`` or another ``memoryview(buf)`` must be
+/// gone (``del arr``) before the block ends: one still alive there is reported with
+/// ``BufferError`` (after unlocking; it stays readable, no longer protected by the lock).
+///
+/// Without ``with``: the lock is held from ``lock()`` until ``unlock()`` or until the
+/// guard is garbage-collected, and ``memoryview(guard)`` is a view of the segment. A
+/// guard must be unlocked by the thread that locked it.
+#[pyclass(frozen, module = "qshm")]
+pub(crate) struct LockGuard {
+    /// The key, for messages.
+    name: String,
+    data: usize,
+    len: usize,
+    writable: bool,
+    previous_owner_died: bool,
+    /// Buffers exported and not yet released.
+    exports: std::sync::atomic::AtomicUsize,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The lock, until it is unlocked.
+    held: Option<SendWrapper<Held>>,
+    /// The view `__enter__` handed out (weakly: it holds the guard, not the reverse).
+    view: Option<Py<PyWeakrefReference>>,
+    /// The handle, and so the mapping, while the lock is held or views of it exist.
+    pin: Option<Arc<Handle>>,
+}
+
+impl LockGuard {
+    fn new(mut held: SendWrapper<Held>, handle: Arc<Handle>) -> LockGuard {
+        let (data, len, writable, died) = held.with_dependent_mut(|_, guarded| match guarded {
+            Some(Taken::Write(g)) => (g.as_mut_ptr() as usize, g.len(), true, g.previous_owner_died()),
+            Some(Taken::Read(g)) => (g.as_ptr() as usize, g.len(), false, g.previous_owner_died()),
+            None => (0, 0, false, false),
+        });
+        LockGuard {
+            name: crate::keys::display_name(handle.shm.native_ipc_key()).to_owned(),
+            data,
+            len,
+            writable,
+            previous_owner_died: died,
+            exports: std::sync::atomic::AtomicUsize::new(0),
+            state: Mutex::new(State {
+                held: Some(held),
+                view: None,
+                pin: Some(handle),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // a panic while it was held left nothing half-done that matters here
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// End the lock: release the view of `__enter__`, unlock (and notify), drop the pin
+    /// unless views remain. `strict`: an unlocked guard is an error (else nothing to do);
+    /// `report_views`: views still alive are a `BufferError`, raised after unlocking.
+    fn end(
+        slf: &Bound<'_, Self>,
+        strict: bool,
+        report_views: bool,
+        notify: bool,
+    ) -> PyResult<Option<Generation>> {
+        let this = slf.get();
+        let py = slf.py();
+        let view = {
+            let mut state = this.state();
+            match &state.held {
+                None if strict => {
+                    return Err(errors::own(
+                        SharedMemoryError::LockError,
+                        "unlock",
+                        &this.name,
+                        "not locked: this guard was unlocked already",
+                    ));
+                }
+                None => return Ok(None),
+                Some(held) if !held.valid() => {
+                    return Err(errors::own(
+                        SharedMemoryError::LockError,
+                        "unlock",
+                        &this.name,
+                        "the lock belongs to the thread that locked it; unlock it there",
+                    ));
+                }
+                Some(_) => {}
+            }
+            state.view.take()
+        };
+        // Outside the state lock: releasing the view calls __releasebuffer__.
+        let mut kept_by_export = false;
+        if let Some(view) = view.and_then(|weak| weak.bind(py).upgrade())
+            && let Err(e) = view.call_method0("release")
+        {
+            if !e.is_instance_of::<PyBufferError>(py) {
+                return Err(e);
+            }
+            kept_by_export = true; // something holds a buffer of the view itself
+        }
+        let held = this.state().held.take();
+        let unlocked = held.map(|held| unlock(held.take(), notify));
+        let left = this.exports.load(Ordering::Acquire);
+        if left == 0 {
+            let pin = this.state().pin.take();
+            drop(pin); // may detach (the handle's last reference): not under the state lock
+        }
+        let generation = match unlocked {
+            Some(Err(e)) => return Err(errors::to_py(e)),
+            Some(Ok(generation)) => generation,
+            None => None,
+        };
+        if report_views && (left > 0 || kept_by_export) {
+            return Err(errors::buffer_error(
+                "unlock",
+                &this.name,
+                &format!(
+                    "unlocked, but {} of the segment made while it was locked {} still alive (a slice \
+                     of the view, memoryview(view), or a numpy array); it stays readable but is no \
+                     longer protected by the lock. Release views before the lock block ends (del \
+                     them, or view.release()), or copy what you keep (bytes(view[a:b]), arr.copy())",
+                    if left > 1 {
+                        format!("{left} views")
+                    } else {
+                        "a view".to_owned()
+                    },
+                    if left > 1 { "are" } else { "is" },
+                ),
+            ));
+        }
+        Ok(generation.map(Generation::from))
+    }
+}
+
+/// Unlock the library guard, reporting a failure; with `notify`, wake waiters too.
+fn unlock(mut held: Held, notify: bool) -> Result<Option<qshm::Generation>, qshm::Error> {
+    let result = held.with_dependent_mut(|owner, guarded| match guarded.take() {
+        Some(Taken::Write(g)) if notify => g.unlock_and_notify().map(Some),
+        Some(Taken::Write(g)) => g.unlock().map(|()| None),
+        Some(Taken::Read(g)) => {
+            let unlocked = g.unlock();
+            let notified = if notify {
+                owner.shm.notify_all().map(Some)
+            } else {
+                Ok(None)
+            };
+            unlocked.and(notified)
+        }
+        None => Ok(None),
+    });
+    drop(held);
+    result
+}
+
+#[pymethods]
+impl LockGuard {
+    /// A view of the segment for the ``with`` block: a ``memoryview`` (format ``B``),
+    /// writable if this guard came from ``lock()``.
+    fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyMemoryView>> {
+        let this = slf.get();
+        if this.state().held.is_none() {
+            return Err(errors::own(
+                SharedMemoryError::LockError,
+                "lock",
+                &this.name,
+                "this guard was unlocked already; lock again",
+            ));
+        }
+        // (not under the state lock: making the view calls __getbuffer__)
+        let view = PyMemoryView::from(slf.as_any())?;
+        let weak = PyWeakrefReference::new(&view)?;
+        this.state().view = Some(weak.unbind());
+        Ok(view)
+    }
+
+    /// Release the view and unlock; views still alive are reported with ``BufferError``
+    /// unless the block already raised.
+    #[pyo3(signature = (exc_type, _exc_value = None, _traceback = None))]
+    fn __exit__(
+        slf: &Bound<'_, Self>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        Self::end(slf, false, exc_type.is_none(), false)?;
+        Ok(false)
+    }
+
+    /// Unlock now (Qt's ``unlock()``), releasing the view of the ``with`` block.
+    /// ``LockError`` if it was unlocked already, or from another thread than the locking
+    /// one; ``BufferError`` (after unlocking) if views of the segment are still alive.
+    fn unlock(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::end(slf, true, true, false).map(drop)
+    }
+
+    /// Unlock, then wake every process and thread in ``wait_for_change`` (as
+    /// ``SharedMemory.notify_all()``); returns the new ``Generation``.
+    fn unlock_and_notify(slf: &Bound<'_, Self>) -> PyResult<Option<Generation>> {
+        Self::end(slf, true, true, true)
+    }
+
+    /// True when the previous holder died while holding the lock: the data may be
+    /// half-written; check or repair it.
+    #[getter]
+    fn previous_owner_died(&self) -> bool {
+        self.previous_owner_died
+    }
+
+    /// True until the guard is unlocked.
+    #[getter]
+    fn locked(&self) -> bool {
+        self.state().held.is_some()
+    }
+
+    /// True for a guard from ``lock_read()``/``try_lock_read()``: its views are read-only.
+    #[getter]
+    fn read_only(&self) -> bool {
+        !self.writable
+    }
+
+    /// The number of bytes of the segment.
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<qshm.LockGuard {:?} {} {} bytes{}{}>",
+            self.name,
+            if self.locked() { "locked" } else { "unlocked" },
+            self.len,
+            if self.writable { "" } else { " read-only" },
+            if self.previous_owner_died {
+                " previous_owner_died"
+            } else {
+                ""
+            },
+        )
+    }
+
+    /// The segment's bytes, while the lock is held.
+    ///
+    /// # Safety
+    ///
+    /// `view` is the `Py_buffer` CPython passes to `bf_getbuffer`.
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        let this = slf.get();
+        let state = this.state();
+        let Some(pin) = state.pin.as_ref().filter(|_| state.held.is_some()) else {
+            return Err(errors::buffer_error(
+                "view",
+                &this.name,
+                "the lock is no longer held: views of the segment exist only while it is locked",
+            ));
+        };
+        if flags & ffi::PyBUF_WRITABLE != 0 && !this.writable {
+            return Err(errors::buffer_error(
+                "view",
+                &this.name,
+                "read-only: this guard is from lock_read() (or the segment is attached read-only)",
+            ));
+        }
+        // SAFETY: `view` is CPython's (the caller's contract). `data` and `len` are the
+        // mapping of the pinned handle, which cannot detach while pinned and stays pinned
+        // until every export is released (`__releasebuffer__`); the view is marked read-only
+        // unless the guard is a write guard (read-only mappings only give read guards).
+        let filled = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                this.data as *mut c_void,
+                this.len as ffi::Py_ssize_t,
+                c_int::from(!this.writable),
+                flags,
+            )
+        };
+        if filled != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        this.exports.fetch_add(1, Ordering::AcqRel);
+        pin.views.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// One export fewer; the last one after unlocking lets the handle go.
+    ///
+    /// # Safety
+    ///
+    /// `view` was filled by `__getbuffer__` (it is not read).
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        let left = self.exports.fetch_sub(1, Ordering::AcqRel) - 1;
+        let pin = {
+            let mut state = self.state();
+            if let Some(pin) = &state.pin {
+                pin.views.fetch_sub(1, Ordering::AcqRel);
+            }
+            if left == 0 && state.held.is_none() {
+                state.pin.take()
+            } else {
+                None
+            }
+        };
+        drop(pin);
+    }
+}
+
+impl Drop for LockGuard {
+    /// Unlock a guard nobody unlocked. On another thread than the locking one the
+    /// library's guard cannot be dropped: it is leaked (the lock stays held until this
+    /// process exits, when the next locker takes it over) and a warning says so.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = state.held.take() {
+            if held.valid() {
+                drop(held);
+            } else {
+                std::mem::forget(held);
+                Python::attach(|py| {
+                    PyErr::new::<PyRuntimeWarning, _>(format!(
+                        "qshm: the lock of {:?} was dropped by another thread than the one that \
+                         locked it, and stays held until this process exits; unlock guards on \
+                         their own thread",
+                        self.name
+                    ))
+                    .write_unraisable(py, None);
+                });
+            }
+        }
+    }
+}
