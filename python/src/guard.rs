@@ -9,7 +9,7 @@
 //! so. No view ever points at unmapped memory: the handle cannot detach while pinned.
 //!
 //! The library's guard borrows its handle and is `!Send`: it lives in a [`Held`] (the
-//! handle's `Arc` and the guard that borrows it), wrapped in a `SendWrapper` that only
+//! handle's `Arc` and the guard that borrows it), wrapped in an [`OnThread`] that only
 //! lets the locking thread unlock it.
 
 use std::ffi::{c_int, c_void};
@@ -19,15 +19,16 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyBufferError, PyRuntimeWarning};
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyMemoryView, PyWeakrefReference};
 use qshm::SharedMemoryError;
 use self_cell::self_cell;
-use send_wrapper::SendWrapper;
 
 use crate::errors;
 use crate::generation::Generation;
-use crate::shared_memory::Handle;
+use crate::on_thread::OnThread;
+use crate::shared_memory::{Handle, SharedMemory};
 use crate::wait;
 
 /// The library's guard of either kind.
@@ -68,37 +69,39 @@ fn attempt(shm: &qshm::SharedMemory, write: bool, wait: Duration) -> Result<Guar
     }
 }
 
-/// Lock `handle`: one try with the GIL held (the uncontended path costs no GIL release),
-/// then waits with the GIL released ([`wait::in_slices`]). `once`: the try only.
-/// `Ok(None)`: busy (`once`) or timed out.
+/// Lock the handle of `shm`: one try with the GIL held (the uncontended path costs no GIL
+/// release), then waits with the GIL released ([`wait::in_slices`]). `once`: the try
+/// only. `Ok(None)`: busy (`once`) or timed out.
 pub(crate) fn take(
-    py: Python<'_>,
+    shm: &Bound<'_, SharedMemory>,
     handle: Arc<Handle>,
     write: bool,
     timeout: Option<Duration>,
     once: bool,
 ) -> PyResult<Option<LockGuard>> {
-    let held = match Held::try_new(handle.clone(), |h| attempt(&h.shm, write, Duration::ZERO)) {
-        Ok(held) => SendWrapper::new(held),
+    let held = match Held::try_new(handle, |h| attempt(&h.shm, write, Duration::ZERO)) {
+        Ok(held) => held,
         Err(Attempt::Failed(e)) => return Err(errors::to_py(e)),
         Err(Attempt::Busy) if once || timeout == Some(Duration::ZERO) => return Ok(None),
         Err(Attempt::Busy) => {
-            let waited = wait::in_slices(py, timeout, |slice| {
+            let handle = shm.get().shared("lock")?;
+            let waited = wait::in_slices(shm.py(), timeout, |slice| {
                 match Held::try_new(handle.clone(), |h| attempt(&h.shm, write, slice)) {
-                    // the wait runs on this thread (PyO3's `detach` calls it in place), so
-                    // the wrapper is valid where it is used
-                    Ok(held) => Ok(Some(SendWrapper::new(held))),
+                    // PyO3's `detach` runs this on the calling thread, where the
+                    // wrapper is then taken apart
+                    Ok(held) => Ok(Some(OnThread::new(held))),
                     Err(Attempt::Busy) => Ok(None),
                     Err(Attempt::Failed(e)) => Err(e),
                 }
             })?;
-            match waited {
-                Some(held) => held,
+            match waited.map(OnThread::take) {
+                Some(Ok(held)) => held,
+                Some(Err(_)) => unreachable!("a wait ran on another thread"),
                 None => return Ok(None),
             }
         }
     };
-    Ok(Some(LockGuard::new(held, handle)))
+    Ok(Some(LockGuard::new(held, shm.clone().unbind())))
 }
 
 /// A held lock on a ``SharedMemory`` segment; returned by ``lock()``, ``lock_read()``,
@@ -118,8 +121,8 @@ pub(crate) fn take(
 /// guard must be unlocked by the thread that locked it.
 #[pyclass(frozen, module = "qshm")]
 pub(crate) struct LockGuard {
-    /// The key, for messages.
-    name: String,
+    /// The handle's Python object: its key for messages, its count of views.
+    shm: Py<SharedMemory>,
     data: usize,
     len: usize,
     writable: bool,
@@ -130,34 +133,39 @@ pub(crate) struct LockGuard {
 }
 
 struct State {
-    /// The lock, until it is unlocked.
-    held: Option<SendWrapper<Held>>,
+    /// The lock (with the handle it borrows, and so the mapping), until it is unlocked.
+    held: Option<OnThread<Held>>,
     /// The view `__enter__` handed out (weakly: it holds the guard, not the reverse).
     view: Option<Py<PyWeakrefReference>>,
-    /// The handle, and so the mapping, while the lock is held or views of it exist.
+    /// The handle, after unlocking, while views of the mapping are still alive.
     pin: Option<Arc<Handle>>,
 }
 
 impl LockGuard {
-    fn new(mut held: SendWrapper<Held>, handle: Arc<Handle>) -> LockGuard {
+    fn new(mut held: Held, shm: Py<SharedMemory>) -> LockGuard {
         let (data, len, writable, died) = held.with_dependent_mut(|_, guarded| match guarded {
             Some(Taken::Write(g)) => (g.as_mut_ptr() as usize, g.len(), true, g.previous_owner_died()),
             Some(Taken::Read(g)) => (g.as_ptr() as usize, g.len(), false, g.previous_owner_died()),
             None => (0, 0, false, false),
         });
         LockGuard {
-            name: crate::keys::display_name(handle.shm.native_ipc_key()).to_owned(),
+            shm,
             data,
             len,
             writable,
             previous_owner_died: died,
             exports: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(State {
-                held: Some(held),
+                held: Some(OnThread::new(held)),
                 view: None,
-                pin: Some(handle),
+                pin: None,
             }),
         }
+    }
+
+    /// The key, for messages.
+    fn name(&self) -> &str {
+        &self.shm.get().name
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -176,56 +184,58 @@ impl LockGuard {
     ) -> PyResult<Option<Generation>> {
         let this = slf.get();
         let py = slf.py();
-        let view = {
+        let (held, view) = {
             let mut state = this.state();
-            match &state.held {
-                None if strict => {
-                    return Err(errors::own(
-                        SharedMemoryError::LockError,
-                        "unlock",
-                        &this.name,
-                        "not locked: this guard was unlocked already",
-                    ));
+            let Some(held) = state.held.take() else {
+                if !strict {
+                    return Ok(None);
                 }
-                None => return Ok(None),
-                Some(held) if !held.valid() => {
-                    return Err(errors::own(
-                        SharedMemoryError::LockError,
-                        "unlock",
-                        &this.name,
-                        "the lock belongs to the thread that locked it; unlock it there",
-                    ));
-                }
-                Some(_) => {}
+                return Err(errors::own(
+                    SharedMemoryError::LockError,
+                    "unlock",
+                    this.name(),
+                    "not locked: this guard was unlocked already",
+                ));
+            };
+            if !held.here() {
+                state.held = Some(held);
+                return Err(errors::own(
+                    SharedMemoryError::LockError,
+                    "unlock",
+                    this.name(),
+                    "the lock belongs to the thread that locked it; unlock it there",
+                ));
             }
-            state.view.take()
+            let Ok(held) = held.take() else {
+                unreachable!("checked: on its own thread");
+            };
+            (held, state.view.take())
         };
-        // Outside the state lock: releasing the view calls __releasebuffer__.
+        // Still locked (`held`), but no new view can be made. Outside the state lock:
+        // releasing the view calls __releasebuffer__.
         let mut kept_by_export = false;
         if let Some(view) = view.and_then(|weak| weak.bind(py).upgrade())
-            && let Err(e) = view.call_method0("release")
+            && let Err(e) = view.call_method0(intern!(py, "release"))
         {
             if !e.is_instance_of::<PyBufferError>(py) {
+                // (not expected from memoryview.release(); unlock all the same)
+                let _ = unlock(held, false);
                 return Err(e);
             }
             kept_by_export = true; // something holds a buffer of the view itself
         }
-        let held = this.state().held.take();
-        let unlocked = held.map(|held| unlock(held.take(), notify));
+        // Views that outlive the lock keep the handle (the GIL is held throughout, so no
+        // __releasebuffer__ runs between this look and the pin)
         let left = this.exports.load(Ordering::Acquire);
-        if left == 0 {
-            let pin = this.state().pin.take();
-            drop(pin); // may detach (the handle's last reference): not under the state lock
+        if left > 0 {
+            this.state().pin = Some(held.borrow_owner().clone());
         }
-        let generation = match unlocked {
-            Some(Err(e)) => return Err(errors::to_py(e)),
-            Some(Ok(generation)) => generation,
-            None => None,
-        };
+        let unlocked = unlock(held, notify); // may detach (the handle's last reference)
+        let generation = unlocked.map_err(errors::to_py)?;
         if report_views && (left > 0 || kept_by_export) {
             return Err(errors::buffer_error(
                 "unlock",
-                &this.name,
+                this.name(),
                 &format!(
                     "unlocked, but {} of the segment made while it was locked {} still alive (a slice \
                      of the view, memoryview(view), or a numpy array); it stays readable but is no \
@@ -274,7 +284,7 @@ impl LockGuard {
             return Err(errors::own(
                 SharedMemoryError::LockError,
                 "lock",
-                &this.name,
+                this.name(),
                 "this guard was unlocked already; lock again",
             ));
         }
@@ -338,7 +348,7 @@ impl LockGuard {
     fn __repr__(&self) -> String {
         format!(
             "<qshm.LockGuard {:?} {} {} bytes{}{}>",
-            self.name,
+            self.name(),
             if self.locked() { "locked" } else { "unlocked" },
             self.len,
             if self.writable { "" } else { " read-only" },
@@ -358,24 +368,25 @@ impl LockGuard {
     unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
         let this = slf.get();
         let state = this.state();
-        let Some(pin) = state.pin.as_ref().filter(|_| state.held.is_some()) else {
+        if state.held.is_none() {
             return Err(errors::buffer_error(
                 "view",
-                &this.name,
+                this.name(),
                 "the lock is no longer held: views of the segment exist only while it is locked",
             ));
         };
         if flags & ffi::PyBUF_WRITABLE != 0 && !this.writable {
             return Err(errors::buffer_error(
                 "view",
-                &this.name,
+                this.name(),
                 "read-only: this guard is from lock_read() (or the segment is attached read-only)",
             ));
         }
         // SAFETY: `view` is CPython's (the caller's contract). `data` and `len` are the
-        // mapping of the pinned handle, which cannot detach while pinned and stays pinned
-        // until every export is released (`__releasebuffer__`); the view is marked read-only
-        // unless the guard is a write guard (read-only mappings only give read guards).
+        // mapping of the handle that `held` keeps (and after unlocking `pin`, until every
+        // export is released: `end`, `__releasebuffer__`), which cannot detach while
+        // referenced; the view is marked read-only unless the guard is a write guard
+        // (read-only mappings only give read guards).
         let filled = unsafe {
             ffi::PyBuffer_FillInfo(
                 view,
@@ -390,7 +401,7 @@ impl LockGuard {
             return Err(PyErr::fetch(slf.py()));
         }
         this.exports.fetch_add(1, Ordering::AcqRel);
-        pin.views.fetch_add(1, Ordering::AcqRel);
+        this.shm.get().views.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -400,39 +411,33 @@ impl LockGuard {
     ///
     /// `view` was filled by `__getbuffer__` (it is not read).
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
-        let left = self.exports.fetch_sub(1, Ordering::AcqRel) - 1;
-        let pin = {
-            let mut state = self.state();
-            if let Some(pin) = &state.pin {
-                pin.views.fetch_sub(1, Ordering::AcqRel);
-            }
-            if left == 0 && state.held.is_none() {
-                state.pin.take()
-            } else {
-                None
-            }
-        };
-        drop(pin);
+        self.shm.get().views.fetch_sub(1, Ordering::AcqRel);
+        if self.exports.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // the last one: after unlocking, nothing needs the handle any more
+            let pin = self.state().pin.take();
+            drop(pin); // may detach (the handle's last reference): not under the state lock
+        }
     }
 }
 
 impl Drop for LockGuard {
     /// Unlock a guard nobody unlocked. On another thread than the locking one the
-    /// library's guard cannot be dropped: it is leaked (the lock stays held until this
-    /// process exits, when the next locker takes it over) and a warning says so.
+    /// library's guard cannot be dropped: it is leaked (the lock stays held until its
+    /// holder, that thread or this process, ends; the next locker then takes it over and
+    /// is told), and a warning says so.
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(held) = state.held.take() {
-            if held.valid() {
+            if held.here() {
                 drop(held);
             } else {
-                std::mem::forget(held);
+                drop(held); // leaks the library's guard (OnThread)
                 Python::attach(|py| {
                     PyErr::new::<PyRuntimeWarning, _>(format!(
                         "qshm: the lock of {:?} was dropped by another thread than the one that \
-                         locked it, and stays held until this process exits; unlock guards on \
-                         their own thread",
-                        self.name
+                         locked it, and stays held until that thread or this process ends; unlock \
+                         guards on their own thread",
+                        self.name()
                     ))
                     .write_unraisable(py, None);
                 });

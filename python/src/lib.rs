@@ -19,6 +19,7 @@ mod errors;
 mod generation;
 mod guard;
 mod keys;
+mod on_thread;
 mod semaphore;
 mod shared_memory;
 mod wait;

@@ -19,10 +19,9 @@ use crate::guard::{self, LockGuard};
 use crate::keys::{self, KeyArg, KeyType, LockMode, NativeIpcKey};
 use crate::wait;
 
-/// A library handle and the count of live buffers exported from its mapping.
+/// A library handle, shared by the Python handle with its locks and waits.
 pub(crate) struct Handle {
     pub(crate) shm: qshm::SharedMemory,
-    pub(crate) views: AtomicUsize,
 }
 
 /// A named shared-memory segment, shared by threads and processes, with a system-wide
@@ -50,17 +49,17 @@ pub(crate) struct Handle {
 #[pyclass(frozen, module = "qshm")]
 pub(crate) struct SharedMemory {
     slot: Mutex<Arc<Handle>>,
-    /// The key, for messages (the legacy key if any, else the native key).
-    name: String,
+    /// The key, for messages (also while another thread holds `slot`).
+    pub(crate) name: Box<str>,
+    /// Buffers of the segment exported by this handle's guards and not yet released.
+    pub(crate) views: AtomicUsize,
 }
 
 fn new_handle(shm: qshm::SharedMemory) -> SharedMemory {
     SharedMemory {
-        name: keys::display_name(shm.native_ipc_key()).to_owned(),
-        slot: Mutex::new(Arc::new(Handle {
-            shm,
-            views: AtomicUsize::new(0),
-        })),
+        name: keys::display_name(shm.native_ipc_key()).into(),
+        slot: Mutex::new(Arc::new(Handle { shm })),
+        views: AtomicUsize::new(0),
     }
 }
 
@@ -82,7 +81,7 @@ impl SharedMemory {
     }
 
     /// A reference to the handle for a lock, a view or a wait.
-    fn shared(&self, op: &str) -> PyResult<Arc<Handle>> {
+    pub(crate) fn shared(&self, op: &str) -> PyResult<Arc<Handle>> {
         Ok(self.slot(op)?.clone())
     }
 
@@ -94,7 +93,7 @@ impl SharedMemory {
         f: impl FnOnce(&mut qshm::SharedMemory) -> qshm::Result<R> + Send,
     ) -> PyResult<R> {
         let mut slot = self.slot(op)?;
-        let views = slot.views.load(Ordering::Acquire);
+        let views = self.views.load(Ordering::Acquire);
         let Some(handle) = Arc::get_mut(&mut slot) else {
             return Err(if views > 0 {
                 errors::buffer_error(
@@ -122,14 +121,15 @@ impl SharedMemory {
         py.detach(|| f(shm)).map_err(errors::to_py)
     }
 
-    fn lock_with(&self, py: Python<'_>, write: bool, timeout: Option<f64>) -> PyResult<LockGuard> {
+    fn lock_with(slf: &Bound<'_, Self>, write: bool, timeout: Option<f64>) -> PyResult<LockGuard> {
         let op = if write { "lock" } else { "lock_read" };
         let wait = wait::timeout_arg(timeout)?;
-        match guard::take(py, self.shared(op)?, write, wait, false)? {
+        let this = slf.get();
+        match guard::take(slf, this.shared(op)?, write, wait, false)? {
             Some(guard) => Ok(guard),
             None => Err(errors::timed_out(
                 op,
-                &self.name,
+                &this.name,
                 timeout.unwrap_or(f64::INFINITY),
             )),
         }
@@ -260,27 +260,27 @@ impl SharedMemory {
     /// ``PermissionDenied`` when attached read-only, or when this user may only read the
     /// segment.
     #[pyo3(signature = (timeout = None))]
-    fn lock(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<LockGuard> {
-        self.lock_with(py, true, timeout)
+    fn lock(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<LockGuard> {
+        Self::lock_with(slf, true, timeout)
     }
 
     /// ``lock()`` for reading: the guard's views are read-only; works on a read-only
     /// attachment.
     #[pyo3(signature = (timeout = None))]
-    fn lock_read(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<LockGuard> {
-        self.lock_with(py, false, timeout)
+    fn lock_read(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<LockGuard> {
+        Self::lock_with(slf, false, timeout)
     }
 
     /// ``lock()`` without waiting: the guard, or ``None`` if another holder has the lock.
     /// (It never waits, so it never finds out that a holder died; ``lock(timeout=...)``
     /// does.)
-    fn try_lock(&self, py: Python<'_>) -> PyResult<Option<LockGuard>> {
-        guard::take(py, self.shared("lock")?, true, None, true)
+    fn try_lock(slf: &Bound<'_, Self>) -> PyResult<Option<LockGuard>> {
+        guard::take(slf, slf.get().shared("lock")?, true, None, true)
     }
 
     /// ``lock_read()`` without waiting: the guard, or ``None`` if the lock is busy.
-    fn try_lock_read(&self, py: Python<'_>) -> PyResult<Option<LockGuard>> {
-        guard::take(py, self.shared("lock_read")?, false, None, true)
+    fn try_lock_read(slf: &Bound<'_, Self>) -> PyResult<Option<LockGuard>> {
+        guard::take(slf, slf.get().shared("lock_read")?, false, None, true)
     }
 
     /// The segment's current ``Generation`` (how many ``notify_all()`` it has seen), to
