@@ -9,6 +9,7 @@
 //!   isolation: the venv's maturin, no download), built in `target/python` (dev profile).
 //! * pytest runs in a private IPC and mount namespace with its own `/dev/shm` and `TMPDIR`
 //!   when root (as CI is), so its leftover checks see only its own objects.
+//! * The crate's own Rust unit tests (`cargo test` in `python/`) run as a second trial.
 //! * Without Python, a venv or PyPI, the suite is reported as ignored with a loud `SKIP`
 //!   line, never passed silently; without Qt (PyQt6) its Qt tests are skipped, loudly too.
 //!   A build failure or a failing test fails.
@@ -22,21 +23,29 @@ use std::time::Instant;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 const NAME: &str = "python::pytest_suite";
+const UNIT: &str = "python::crate_unit_tests";
 const DEPS: [&str; 3] = ["maturin>=1.9,<2", "pytest", "numpy"];
 
 fn main() {
     let args = Arguments::from_args();
-    let trial = match test_venv() {
+    let trials = match test_venv() {
         Ok(python) => {
             let qt = support::qt::find_qt_python();
-            Trial::test(NAME, move || run_suite(&python, qt.as_deref()))
+            let unit_python = python.clone();
+            vec![
+                Trial::test(NAME, move || run_suite(&python, qt.as_deref())),
+                Trial::test(UNIT, move || run_unit_tests(&unit_python)),
+            ]
         }
         Err(why) => {
             eprintln!("\n*** SKIP: Python package tests: {why} ***\n");
-            Trial::test(NAME, || Ok(())).with_ignored_flag(true)
+            vec![
+                Trial::test(NAME, || Ok(())).with_ignored_flag(true),
+                Trial::test(UNIT, || Ok(())).with_ignored_flag(true),
+            ]
         }
     };
-    libtest_mimic::run(&args, vec![trial]).exit();
+    libtest_mimic::run(&args, trials).exit();
 }
 
 fn root() -> &'static Path {
@@ -167,6 +176,23 @@ fn run_suite(python: &Path, qt: Option<&Path>) -> Result<(), Failed> {
         Some(0) => Ok(()),
         Some(5) => Err("pytest collected no tests".into()),
         _ => Err(format!("pytest failed ({status}); its output is above").into()),
+    }
+}
+
+/// `cargo test` in `python/` (PyO3 finds the venv's Python), built in its own target
+/// directory: maturin's builds set other PyO3 variables, which would rebuild PyO3 each time.
+fn run_unit_tests(python: &Path) -> Result<(), Failed> {
+    let status = Command::new(env!("CARGO"))
+        .args(["test", "--quiet", "--manifest-path", "python/Cargo.toml"])
+        .current_dir(root())
+        .env("CARGO_TARGET_DIR", target_dir().join("python-unit"))
+        .env("PYO3_PYTHON", python)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo test in python/ failed ({status})").into())
     }
 }
 

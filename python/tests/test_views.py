@@ -2,6 +2,8 @@
 dangling) once the block ends."""
 import gc
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -255,3 +257,29 @@ def test_try_lock_and_timeouts(key):
             assert 0.15 < result[-1] < 5, result
         with other.try_lock() as buf:
             assert buf.nbytes == 64
+
+
+def test_a_guard_dropped_on_another_thread_is_leaked_with_a_warning(key):
+    # Only the locking thread may unlock; a guard whose last reference goes on another
+    # thread is leaked, with a warning, never unlocked there (in a child process: the
+    # leaked lock keeps the segment until that process ends).
+    code = f"""
+import gc, threading, qshm
+shm = qshm.SharedMemory({key!r})
+shm.create(64)
+box = []
+t = threading.Thread(target=lambda: box.append(shm.lock()))
+t.start()
+t.join()
+box.clear()  # the guard goes here, on the main thread
+gc.collect()
+print("dropped", flush=True)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=T)
+    assert out.returncode == 0 and out.stdout == "dropped\n", out.stderr
+    assert "was dropped by another thread than the one that locked it" in out.stderr
+    # the process is gone: its segment is stale, and the next create reclaims it
+    with qshm.SharedMemory(key) as shm:
+        shm.create(64)
+        with shm.lock(timeout=T) as buf:
+            assert buf[0] == 0
