@@ -23,85 +23,34 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyMemoryView, PyWeakrefReference};
 use qshm::SharedMemoryError;
-use self_cell::self_cell;
 
 use crate::errors;
 use crate::generation::Generation;
+use crate::handle::{Core, Handle};
+use crate::held::{self, Held};
 use crate::on_thread::OnThread;
-use crate::shared_memory::{Handle, SharedMemory};
-use crate::wait;
 
-/// The library's guard of either kind.
-enum Taken<'a> {
-    Write(qshm::LockGuard<'a>),
-    Read(qshm::ReadGuard<'a>),
-}
-
-/// The guard while held (`Some`); taken out to unlock it with its `Result`.
-type Guarded<'a> = Option<Taken<'a>>;
-
-self_cell!(
-    /// A handle and the held lock that borrows it.
-    struct Held {
-        owner: Arc<Handle>,
-        #[covariant]
-        dependent: Guarded,
-    }
-);
-
-/// Why one attempt to lock did not give a guard.
-enum Attempt {
-    Busy,
-    Failed(qshm::Error),
-}
-
-/// One attempt to lock `shm`, waiting at most `wait`.
-fn attempt(shm: &qshm::SharedMemory, write: bool, wait: Duration) -> Result<Guarded<'_>, Attempt> {
-    let got = if write {
-        shm.lock_timeout(wait).map(|g| g.map(Taken::Write))
-    } else {
-        shm.lock_read_timeout(wait).map(|g| g.map(Taken::Read))
-    };
-    match got {
-        Ok(Some(taken)) => Ok(Some(taken)),
-        Ok(None) => Err(Attempt::Busy),
-        Err(e) => Err(Attempt::Failed(e)),
-    }
-}
-
-/// Lock the handle of `shm`: one try with the GIL held (the uncontended path costs no GIL
-/// release), then waits with the GIL released ([`wait::in_slices`]). `once`: the try
-/// only. `Ok(None)`: busy (`once`) or timed out.
+/// Lock the handle of `core` ([`held::hold`]; `once`: one try only; `Ok(None)`: busy or
+/// timed out). The guard is the parked one when nobody else refers to it (re-armed),
+/// else a new one.
 pub(crate) fn take(
-    shm: &Bound<'_, SharedMemory>,
-    handle: Arc<Handle>,
+    py: Python<'_>,
+    core: &Arc<Core>,
+    op: &str,
     write: bool,
     timeout: Option<Duration>,
     once: bool,
-) -> PyResult<Option<LockGuard>> {
-    let held = match Held::try_new(handle, |h| attempt(&h.shm, write, Duration::ZERO)) {
-        Ok(held) => held,
-        Err(Attempt::Failed(e)) => return Err(errors::to_py(e)),
-        Err(Attempt::Busy) if once || timeout == Some(Duration::ZERO) => return Ok(None),
-        Err(Attempt::Busy) => {
-            let handle = shm.get().shared("lock")?;
-            let waited = wait::in_slices(shm.py(), timeout, |slice| {
-                match Held::try_new(handle.clone(), |h| attempt(&h.shm, write, slice)) {
-                    // PyO3's `detach` runs this on the calling thread, where the
-                    // wrapper is then taken apart
-                    Ok(held) => Ok(Some(OnThread::new(held))),
-                    Err(Attempt::Busy) => Ok(None),
-                    Err(Attempt::Failed(e)) => Err(e),
-                }
-            })?;
-            match waited.map(OnThread::take) {
-                Some(Ok(held)) => held,
-                Some(Err(_)) => unreachable!("a wait ran on another thread"),
-                None => return Ok(None),
-            }
-        }
+) -> PyResult<Option<Py<LockGuard>>> {
+    let (handle, spare) = core.for_lock(op)?;
+    let Some(held) = held::hold(py, handle, write, timeout, once)? else {
+        return Ok(None);
     };
-    Ok(Some(LockGuard::new(held, shm.clone().unbind())))
+    let guard = match spare {
+        Some(guard) => guard,
+        None => Py::new(py, LockGuard::new(core.clone()))?,
+    };
+    guard.get().arm(held);
+    Ok(Some(guard))
 }
 
 /// A held lock on a ``SharedMemory`` segment; returned by ``lock()``, ``lock_read()``,
@@ -121,20 +70,22 @@ pub(crate) fn take(
 /// guard must be unlocked by the thread that locked it.
 #[pyclass(frozen, module = "qshm")]
 pub(crate) struct LockGuard {
-    /// The handle's Python object: its key for messages, its count of views.
-    shm: Py<SharedMemory>,
-    data: usize,
-    len: usize,
-    writable: bool,
-    previous_owner_died: bool,
+    /// Its handle's key for messages, count of views, and place to park once unlocked.
+    core: Arc<Core>,
     /// Buffers exported and not yet released.
     exports: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
 }
 
+#[derive(Default)]
 struct State {
     /// The lock (with the handle it borrows, and so the mapping), until it is unlocked.
     held: Option<OnThread<Held>>,
+    /// The mapping, as the lock gave it.
+    data: usize,
+    len: usize,
+    writable: bool,
+    previous_owner_died: bool,
     /// The view `__enter__` handed out (weakly: it holds the guard, not the reverse).
     view: Option<Py<PyWeakrefReference>>,
     /// The handle, after unlocking, while views of the mapping are still alive.
@@ -142,30 +93,33 @@ struct State {
 }
 
 impl LockGuard {
-    fn new(mut held: Held, shm: Py<SharedMemory>) -> LockGuard {
-        let (data, len, writable, died) = held.with_dependent_mut(|_, guarded| match guarded {
-            Some(Taken::Write(g)) => (g.as_mut_ptr() as usize, g.len(), true, g.previous_owner_died()),
-            Some(Taken::Read(g)) => (g.as_ptr() as usize, g.len(), false, g.previous_owner_died()),
-            None => (0, 0, false, false),
-        });
+    /// A guard of `core`'s handle, not armed yet.
+    fn new(core: Arc<Core>) -> LockGuard {
         LockGuard {
-            shm,
+            core,
+            exports: std::sync::atomic::AtomicUsize::new(0),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Take `held` (a new guard, or a used one nobody else refers to any more: unlocked,
+    /// without views).
+    fn arm(&self, mut held: Held) {
+        let (data, len, writable, died) = held::mapping(&mut held);
+        *self.state() = State {
+            held: Some(OnThread::new(held)),
             data,
             len,
             writable,
             previous_owner_died: died,
-            exports: std::sync::atomic::AtomicUsize::new(0),
-            state: Mutex::new(State {
-                held: Some(OnThread::new(held)),
-                view: None,
-                pin: None,
-            }),
-        }
+            view: None,
+            pin: None,
+        };
     }
 
     /// The key, for messages.
     fn name(&self) -> &str {
-        &self.shm.get().name
+        &self.core.name
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -197,17 +151,17 @@ impl LockGuard {
                     "not locked: this guard was unlocked already",
                 ));
             };
-            if !held.here() {
-                state.held = Some(held);
-                return Err(errors::own(
-                    SharedMemoryError::LockError,
-                    "unlock",
-                    this.name(),
-                    "the lock belongs to the thread that locked it; unlock it there",
-                ));
-            }
-            let Ok(held) = held.take() else {
-                unreachable!("checked: on its own thread");
+            let held = match held.take() {
+                Ok(held) => held,
+                Err(elsewhere) => {
+                    state.held = Some(elsewhere);
+                    return Err(errors::own(
+                        SharedMemoryError::LockError,
+                        "unlock",
+                        this.name(),
+                        "the lock belongs to the thread that locked it; unlock it there",
+                    ));
+                }
             };
             (held, state.view.take())
         };
@@ -219,7 +173,7 @@ impl LockGuard {
         {
             if !e.is_instance_of::<PyBufferError>(py) {
                 // (not expected from memoryview.release(); unlock all the same)
-                let _ = unlock(held, false);
+                let _ = held::unlock(held, false);
                 return Err(e);
             }
             kept_by_export = true; // something holds a buffer of the view itself
@@ -230,7 +184,10 @@ impl LockGuard {
         if left > 0 {
             this.state().pin = Some(held.borrow_owner().clone());
         }
-        let unlocked = unlock(held, notify); // may detach (the handle's last reference)
+        let unlocked = held::unlock(held, notify); // may detach (the handle's last reference)
+        if left == 0 {
+            this.core.park(slf.clone().unbind());
+        }
         let generation = unlocked.map_err(errors::to_py)?;
         if report_views && (left > 0 || kept_by_export) {
             return Err(errors::buffer_error(
@@ -252,26 +209,6 @@ impl LockGuard {
         }
         Ok(generation.map(Generation::from))
     }
-}
-
-/// Unlock the library guard, reporting a failure; with `notify`, wake waiters too.
-fn unlock(mut held: Held, notify: bool) -> Result<Option<qshm::Generation>, qshm::Error> {
-    let result = held.with_dependent_mut(|owner, guarded| match guarded.take() {
-        Some(Taken::Write(g)) if notify => g.unlock_and_notify().map(Some),
-        Some(Taken::Write(g)) => g.unlock().map(|()| None),
-        Some(Taken::Read(g)) => {
-            let unlocked = g.unlock();
-            let notified = if notify {
-                owner.shm.notify_all().map(Some)
-            } else {
-                Ok(None)
-            };
-            unlocked.and(notified)
-        }
-        None => Ok(None),
-    });
-    drop(held);
-    result
 }
 
 #[pymethods]
@@ -325,7 +262,7 @@ impl LockGuard {
     /// half-written; check or repair it.
     #[getter]
     fn previous_owner_died(&self) -> bool {
-        self.previous_owner_died
+        self.state().previous_owner_died
     }
 
     /// True until the guard is unlocked.
@@ -337,22 +274,27 @@ impl LockGuard {
     /// True for a guard from ``lock_read()``/``try_lock_read()``: its views are read-only.
     #[getter]
     fn read_only(&self) -> bool {
-        !self.writable
+        !self.state().writable
     }
 
     /// The number of bytes of the segment.
     fn __len__(&self) -> usize {
-        self.len
+        self.state().len
     }
 
     fn __repr__(&self) -> String {
+        let state = self.state();
         format!(
             "<qshm.LockGuard {:?} {} {} bytes{}{}>",
             self.name(),
-            if self.locked() { "locked" } else { "unlocked" },
-            self.len,
-            if self.writable { "" } else { " read-only" },
-            if self.previous_owner_died {
+            if state.held.is_some() {
+                "locked"
+            } else {
+                "unlocked"
+            },
+            state.len,
+            if state.writable { "" } else { " read-only" },
+            if state.previous_owner_died {
                 " previous_owner_died"
             } else {
                 ""
@@ -375,7 +317,7 @@ impl LockGuard {
                 "the lock is no longer held: views of the segment exist only while it is locked",
             ));
         };
-        if flags & ffi::PyBUF_WRITABLE != 0 && !this.writable {
+        if flags & ffi::PyBUF_WRITABLE != 0 && !state.writable {
             return Err(errors::buffer_error(
                 "view",
                 this.name(),
@@ -391,9 +333,9 @@ impl LockGuard {
             ffi::PyBuffer_FillInfo(
                 view,
                 slf.as_ptr(),
-                this.data as *mut c_void,
-                this.len as ffi::Py_ssize_t,
-                c_int::from(!this.writable),
+                state.data as *mut c_void,
+                state.len as ffi::Py_ssize_t,
+                c_int::from(!state.writable),
                 flags,
             )
         };
@@ -401,7 +343,7 @@ impl LockGuard {
             return Err(PyErr::fetch(slf.py()));
         }
         this.exports.fetch_add(1, Ordering::AcqRel);
-        this.shm.get().views.fetch_add(1, Ordering::AcqRel);
+        this.core.views.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -411,7 +353,7 @@ impl LockGuard {
     ///
     /// `view` was filled by `__getbuffer__` (it is not read).
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
-        self.shm.get().views.fetch_sub(1, Ordering::AcqRel);
+        self.core.views.fetch_sub(1, Ordering::AcqRel);
         if self.exports.fetch_sub(1, Ordering::AcqRel) == 1 {
             // the last one: after unlocking, nothing needs the handle any more
             let pin = self.state().pin.take();

@@ -2,11 +2,12 @@
 //! Rust library. Keys, locks and lifetime are the library's; this crate only turns them
 //! into Python objects, exceptions and buffers.
 //!
-//! * [`shared_memory`]: `SharedMemory`, one library handle behind an `Arc`, so that a lock
-//!   guard, a view or a wait in another thread keeps the mapping alive and `detach`
-//!   refuses while they exist.
-//! * [`guard`]: `LockGuard`, a held lock that exports the segment through the buffer
-//!   protocol (a `memoryview`, numpy arrays) and releases its views when it unlocks.
+//! * [`shared_memory`]: `SharedMemory`, whose library handle lives in a [`handle::Core`]
+//!   behind an `Arc`, so that a lock guard, a view or a wait in another thread keeps the
+//!   mapping alive and `detach` refuses while they exist.
+//! * [`guard`]: `LockGuard`, a held lock ([`held`]) that exports the segment through the
+//!   buffer protocol (a `memoryview`, numpy arrays) and releases its views when it
+//!   unlocks; [`on_thread`]: only the locking thread unlocks.
 //! * [`semaphore`]: `SystemSemaphore`; [`keys`]: `NativeIpcKey` and the enums;
 //!   [`generation`]: `Generation`; [`args`]: sizes and options;
 //!   [`errors`]: the library's errors as the exceptions of `qshm/_errors.py`;
@@ -18,6 +19,8 @@ mod args;
 mod errors;
 mod generation;
 mod guard;
+mod handle;
+mod held;
 mod keys;
 mod on_thread;
 mod semaphore;

@@ -1,28 +1,20 @@
-//! `SharedMemory`: the library's handle (`qshm::SharedMemory`) behind an `Arc`.
-//!
-//! Locks, views and waits borrow the handle by holding a clone of the `Arc`, so that it
-//! outlives them in any thread; `create`, `attach` and `detach` need the only reference
-//! (`Arc::get_mut`) and refuse while any of those exist, with an error that says which.
+//! `SharedMemory`: the Python face of the library's handle, which lives in a [`Core`]
+//! shared with its guards (`handle.rs`: how locks, views and waits borrow it).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, MutexGuard};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
-use qshm::{AccessMode, SharedMemoryError};
+use qshm::AccessMode;
 
 use crate::args::{configured, size_arg};
 use crate::errors;
 use crate::generation::Generation;
 use crate::guard::{self, LockGuard};
+use crate::handle::{self, Core, Slot};
 use crate::keys::{self, KeyArg, KeyType, LockMode, NativeIpcKey};
 use crate::wait;
-
-/// A library handle, shared by the Python handle with its locks and waits.
-pub(crate) struct Handle {
-    pub(crate) shm: qshm::SharedMemory,
-}
 
 /// A named shared-memory segment, shared by threads and processes, with a system-wide
 /// lock: Qt's ``QSharedMemory``, compatible with Qt 5.15/6 programs and with Rust programs
@@ -48,88 +40,47 @@ pub(crate) struct Handle {
 ///         # another process: shm.attach(read_only=True); shm.lock_read()
 #[pyclass(frozen, module = "qshm")]
 pub(crate) struct SharedMemory {
-    slot: Mutex<Arc<Handle>>,
-    /// The key, for messages (also while another thread holds `slot`).
-    pub(crate) name: Box<str>,
-    /// Buffers of the segment exported by this handle's guards and not yet released.
-    pub(crate) views: AtomicUsize,
+    core: Arc<Core>,
 }
 
 fn new_handle(shm: qshm::SharedMemory) -> SharedMemory {
-    SharedMemory {
-        name: keys::display_name(shm.native_ipc_key()).into(),
-        slot: Mutex::new(Arc::new(Handle { shm })),
-        views: AtomicUsize::new(0),
+    SharedMemory { core: Core::new(shm) }
+}
+
+impl Drop for SharedMemory {
+    /// Let the handle go (it detaches once no lock, view or wait refers to it any more).
+    fn drop(&mut self) {
+        self.core.close();
     }
 }
 
 impl SharedMemory {
-    /// The handle's slot. Held only briefly, or by `create`/`attach`/`detach` while they
-    /// run with the GIL released: another thread then gets a `LockError` (it must not
-    /// block here holding the GIL, which that call needs back to finish).
-    fn slot(&self, op: &str) -> PyResult<MutexGuard<'_, Arc<Handle>>> {
-        match self.slot.try_lock() {
-            Ok(slot) => Ok(slot),
-            Err(TryLockError::Poisoned(e)) => Ok(e.into_inner()),
-            Err(TryLockError::WouldBlock) => Err(errors::own(
-                SharedMemoryError::LockError,
-                op,
-                &self.name,
-                "another thread is creating, attaching or detaching this handle right now",
-            )),
-        }
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
-    /// A reference to the handle for a lock, a view or a wait.
-    pub(crate) fn shared(&self, op: &str) -> PyResult<Arc<Handle>> {
-        Ok(self.slot(op)?.clone())
+    fn slot(&self, op: &str) -> PyResult<MutexGuard<'_, Slot>> {
+        self.core.slot(op)
     }
 
-    /// Run `f` with the handle to itself (nothing borrows it), with the GIL released.
     fn exclusive<R: Send>(
         &self,
         py: Python<'_>,
         op: &str,
         f: impl FnOnce(&mut qshm::SharedMemory) -> qshm::Result<R> + Send,
     ) -> PyResult<R> {
-        let mut slot = self.slot(op)?;
-        let views = self.views.load(Ordering::Acquire);
-        let Some(handle) = Arc::get_mut(&mut slot) else {
-            return Err(if views > 0 {
-                errors::buffer_error(
-                    op,
-                    &self.name,
-                    &format!(
-                        "{views} view{} of the segment (a memoryview or a numpy array made inside a lock \
-                         block) {} still alive; release {} first (del, or view.release())",
-                        if views > 1 { "s" } else { "" },
-                        if views > 1 { "are" } else { "is" },
-                        if views > 1 { "them" } else { "it" },
-                    ),
-                )
-            } else {
-                errors::own(
-                    SharedMemoryError::LockError,
-                    op,
-                    &self.name,
-                    "this handle is locked (a LockGuard not yet unlocked), or another thread waits on \
-                     it (lock(), wait_for_change()); unlock first",
-                )
-            });
-        };
-        let shm = &mut handle.shm;
-        py.detach(|| f(shm)).map_err(errors::to_py)
+        self.core.exclusive(py, op, f)
     }
 
-    fn lock_with(slf: &Bound<'_, Self>, write: bool, timeout: Option<f64>) -> PyResult<LockGuard> {
+    fn lock_with(slf: &Bound<'_, Self>, write: bool, timeout: Option<f64>) -> PyResult<Py<LockGuard>> {
         let op = if write { "lock" } else { "lock_read" };
         let wait = wait::timeout_arg(timeout)?;
         let this = slf.get();
-        match guard::take(slf, this.shared(op)?, write, wait, false)? {
+        match guard::take(slf.py(), this.core(), op, write, wait, false)? {
             Some(guard) => Ok(guard),
             None => Err(errors::timed_out(
                 op,
-                &this.name,
+                &this.core.name,
                 timeout.unwrap_or(f64::INFINITY),
             )),
         }
@@ -225,7 +176,7 @@ impl SharedMemory {
     /// holds; ``InvalidKey`` for an empty or unusable key.
     #[pyo3(signature = (size, read_only = false))]
     fn create(&self, py: Python<'_>, size: &Bound<'_, PyAny>, read_only: bool) -> PyResult<()> {
-        let size = size_arg(size, &self.name)?;
+        let size = size_arg(size, &self.core.name)?;
         let mode = if read_only {
             AccessMode::ReadOnly
         } else {
@@ -260,33 +211,33 @@ impl SharedMemory {
     /// ``PermissionDenied`` when attached read-only, or when this user may only read the
     /// segment.
     #[pyo3(signature = (timeout = None))]
-    fn lock(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<LockGuard> {
+    fn lock(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<Py<LockGuard>> {
         Self::lock_with(slf, true, timeout)
     }
 
     /// ``lock()`` for reading: the guard's views are read-only; works on a read-only
     /// attachment.
     #[pyo3(signature = (timeout = None))]
-    fn lock_read(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<LockGuard> {
+    fn lock_read(slf: &Bound<'_, Self>, timeout: Option<f64>) -> PyResult<Py<LockGuard>> {
         Self::lock_with(slf, false, timeout)
     }
 
     /// ``lock()`` without waiting: the guard, or ``None`` if another holder has the lock.
     /// (It never waits, so it never finds out that a holder died; ``lock(timeout=...)``
     /// does.)
-    fn try_lock(slf: &Bound<'_, Self>) -> PyResult<Option<LockGuard>> {
-        guard::take(slf, slf.get().shared("lock")?, true, None, true)
+    fn try_lock(slf: &Bound<'_, Self>) -> PyResult<Option<Py<LockGuard>>> {
+        guard::take(slf.py(), slf.get().core(), "lock", true, None, true)
     }
 
     /// ``lock_read()`` without waiting: the guard, or ``None`` if the lock is busy.
-    fn try_lock_read(slf: &Bound<'_, Self>) -> PyResult<Option<LockGuard>> {
-        guard::take(slf, slf.get().shared("lock_read")?, false, None, true)
+    fn try_lock_read(slf: &Bound<'_, Self>) -> PyResult<Option<Py<LockGuard>>> {
+        guard::take(slf.py(), slf.get().core(), "lock_read", false, None, true)
     }
 
     /// The segment's current ``Generation`` (how many ``notify_all()`` it has seen), to
     /// pass to ``wait_for_change``. Read it before looking at the data.
     fn generation(&self) -> PyResult<Generation> {
-        let handle = self.shared("generation")?;
+        let handle = self.core.shared("generation")?;
         handle
             .shm
             .generation()
@@ -297,7 +248,7 @@ impl SharedMemory {
     /// Announce that the data changed: wake every thread and process (Python or Rust) in
     /// ``wait_for_change``. Returns the new ``Generation``. Qt programs do not see it.
     fn notify_all(&self) -> PyResult<Generation> {
-        let handle = self.shared("notify")?;
+        let handle = self.core.shared("notify")?;
         handle
             .shm
             .notify_all()
@@ -317,7 +268,7 @@ impl SharedMemory {
         timeout: Option<f64>,
     ) -> PyResult<Generation> {
         let wait = wait::timeout_arg(timeout)?;
-        let handle = self.shared("wait for change")?;
+        let handle = self.core.shared("wait for change")?;
         let seen = seen.0;
         let changed = wait::in_slices(py, wait, |slice| {
             handle
@@ -331,53 +282,69 @@ impl SharedMemory {
     /// The legacy key, or ``None`` for a handle made from a native key.
     #[getter]
     fn key(&self) -> PyResult<Option<String>> {
-        Ok(self.slot("key")?.shm.key().map(str::to_owned))
+        Ok(handle::handle_of(&*self.slot("key")?)
+            .shm
+            .key()
+            .map(str::to_owned))
     }
 
     /// The native key: a file path (System V) or a ``/name`` (POSIX).
     #[getter]
     fn native_key(&self) -> PyResult<String> {
-        Ok(self.slot("native_key")?.shm.native_key().to_owned())
+        Ok(handle::handle_of(&*self.slot("native_key")?)
+            .shm
+            .native_key()
+            .to_owned())
     }
 
     /// The native key with its type, as a ``NativeIpcKey``.
     #[getter]
     fn native_ipc_key(&self) -> PyResult<NativeIpcKey> {
         Ok(NativeIpcKey {
-            key: self.slot("native_ipc_key")?.shm.native_ipc_key().clone(),
+            key: handle::handle_of(&*self.slot("native_ipc_key")?)
+                .shm
+                .native_ipc_key()
+                .clone(),
         })
     }
 
     /// The key type (``KeyType.SystemV`` or ``KeyType.PosixRealtime``).
     #[getter]
     fn r#type(&self) -> PyResult<KeyType> {
-        Ok(self.slot("type")?.shm.native_ipc_key().kind().into())
+        Ok(handle::handle_of(&*self.slot("type")?)
+            .shm
+            .native_ipc_key()
+            .kind()
+            .into())
     }
 
     /// The size of the attached segment in bytes, exactly what its creator asked for;
     /// 0 when not attached.
     #[getter]
     fn size(&self) -> PyResult<usize> {
-        Ok(self.slot("size")?.shm.size())
+        Ok(handle::handle_of(&*self.slot("size")?).shm.size())
     }
 
     /// True while attached.
     #[getter]
     fn is_attached(&self) -> PyResult<bool> {
-        Ok(self.slot("is_attached")?.shm.is_attached())
+        Ok(handle::handle_of(&*self.slot("is_attached")?).shm.is_attached())
     }
 
     /// True when attached read-only.
     #[getter]
     fn read_only(&self) -> PyResult<bool> {
-        Ok(self.slot("read_only")?.shm.access_mode() == Some(AccessMode::ReadOnly))
+        Ok(handle::handle_of(&*self.slot("read_only")?).shm.access_mode() == Some(AccessMode::ReadOnly))
     }
 
     /// The lock mode: the segment's once attached (adopted from its creator), else the
     /// one asked for (``LockMode.QtCompatible`` by default).
     #[getter]
     fn lock_mode(&self) -> PyResult<LockMode> {
-        Ok(self.slot("lock_mode")?.shm.lock_mode().into())
+        Ok(handle::handle_of(&*self.slot("lock_mode")?)
+            .shm
+            .lock_mode()
+            .into())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -395,7 +362,7 @@ impl SharedMemory {
         _exc_value: Option<&Bound<'_, PyAny>>,
         _traceback: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        if !self.slot("detach")?.shm.is_attached() {
+        if !handle::handle_of(&*self.slot("detach")?).shm.is_attached() {
             return Ok(false);
         }
         match self.detach(py) {
@@ -405,9 +372,9 @@ impl SharedMemory {
     }
 
     fn __repr__(&self) -> String {
-        match self.slot.try_lock() {
+        match self.core.slot("repr") {
             Ok(slot) => {
-                let shm = &slot.shm;
+                let shm = &handle::handle_of(&slot).shm;
                 let state = match shm.access_mode() {
                     None => "not attached".to_owned(),
                     Some(mode) => format!(
@@ -422,12 +389,12 @@ impl SharedMemory {
                 };
                 format!(
                     "<qshm.SharedMemory {:?} native={:?} {state} lock_mode={:?}>",
-                    self.name,
+                    self.core.name,
                     shm.native_ipc_key().to_string(),
                     shm.lock_mode()
                 )
             }
-            Err(_) => format!("<qshm.SharedMemory {:?} busy>", self.name),
+            Err(_) => format!("<qshm.SharedMemory {:?} busy>", self.core.name),
         }
     }
 
@@ -436,7 +403,7 @@ impl SharedMemory {
         Err(PyTypeError::new_err(format!(
             "cannot pickle a qshm.SharedMemory ({:?}): an attachment belongs to its process; pass \
              shm.native_ipc_key (picklable) or the key to the other process and attach there",
-            self.name
+            self.core.name
         )))
     }
 }

@@ -283,3 +283,25 @@ print("dropped", flush=True)
         shm.create(64)
         with shm.lock(timeout=T) as buf:
             assert buf[0] == 0
+
+
+def test_a_guard_is_reused_only_when_nobody_refers_to_it(key):
+    # an unlocked guard is kept by its handle and re-armed by the next lock, but only if
+    # nothing else refers to it; a guard kept by the caller is never re-armed under it
+    shm = qshm.SharedMemory(key)
+    shm.create(64)
+    kept = shm.lock()
+    kept.unlock()
+    for _ in range(3):
+        with shm.lock() as buf:
+            buf[0] += 1
+        assert not kept.locked
+    again = shm.lock()
+    assert again is not kept and again.locked and not kept.locked
+    again.unlock()
+    del kept, again
+    shm.lock().unlock()  # parks a guard in the handle
+    del shm  # ... which does not keep the handle (or the segment) alive
+    gc.collect()
+    with pytest.raises(qshm.NotFound):
+        qshm.SharedMemory(key).attach()
