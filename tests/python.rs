@@ -31,10 +31,9 @@ fn main() {
     let trials = match test_venv() {
         Ok(python) => {
             let qt = support::qt::find_qt_python();
-            let unit_python = python.clone();
             vec![
                 Trial::test(NAME, move || run_suite(&python, qt.as_deref())),
-                Trial::test(UNIT, move || run_unit_tests(&unit_python)),
+                Trial::test(UNIT, run_unit_tests),
             ]
         }
         Err(why) => {
@@ -179,14 +178,13 @@ fn run_suite(python: &Path, qt: Option<&Path>) -> Result<(), Failed> {
     }
 }
 
-/// `cargo test` in `python/` (PyO3 finds the venv's Python), built in its own target
-/// directory: maturin's builds set other PyO3 variables, which would rebuild PyO3 each time.
-fn run_unit_tests(python: &Path) -> Result<(), Failed> {
+/// `cargo test` in `python/`, built in its own target directory (shared with CI's lint of
+/// the crate): maturin's builds set other PyO3 variables, which would rebuild PyO3 each time.
+fn run_unit_tests() -> Result<(), Failed> {
     let status = Command::new(env!("CARGO"))
         .args(["test", "--quiet", "--manifest-path", "python/Cargo.toml"])
         .current_dir(root())
         .env("CARGO_TARGET_DIR", target_dir().join("python-unit"))
-        .env("PYO3_PYTHON", python)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if status.success() {
