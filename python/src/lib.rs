@@ -27,7 +27,11 @@ mod semaphore;
 mod shared_memory;
 mod wait;
 
-#[pymodule]
+/// `gil_used = true`: the bindings rely on the GIL (a parked guard is re-armed only when
+/// its reference count, read with the GIL held, says nobody else has it; a guard's
+/// unlock and its views' release are ordered by it), so a free-threaded interpreter keeps
+/// its GIL while qshm is loaded. (PyO3 0.30 declares the opposite unless told.)
+#[pymodule(gil_used = true)]
 fn _qshm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<shared_memory::SharedMemory>()?;
