@@ -106,7 +106,7 @@ impl LockGuard {
     /// without views).
     fn arm(&self, mut held: Held) {
         let (data, len, writable, died) = held::mapping(&mut held);
-        *self.state() = State {
+        let armed = State {
             held: Some(OnThread::new(held)),
             data,
             len,
@@ -115,6 +115,8 @@ impl LockGuard {
             view: None,
             pin: None,
         };
+        let old = std::mem::replace(&mut *self.state(), armed);
+        drop(old); // (its stale view reference: not under the state lock)
     }
 
     /// The key, for messages.
@@ -122,6 +124,8 @@ impl LockGuard {
         &self.core.name
     }
 
+    /// The state. Never held across a call into Python (a view's release calls
+    /// `__releasebuffer__`, which takes it too; Python code may let another thread run).
     fn state(&self) -> MutexGuard<'_, State> {
         // a panic while it was held left nothing half-done that matters here
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -138,32 +142,30 @@ impl LockGuard {
     ) -> PyResult<Option<Generation>> {
         let this = slf.get();
         let py = slf.py();
-        let (held, view) = {
+        // (an exception is made after the state's lock: making one runs Python code, and
+        // another thread could then want the state while holding the GIL)
+        let taken = {
             let mut state = this.state();
-            let Some(held) = state.held.take() else {
-                if !strict {
-                    return Ok(None);
+            match state.held.take().map(OnThread::take) {
+                None => Err("not locked: this guard was unlocked already"),
+                Some(Err(elsewhere)) => {
+                    state.held = Some(elsewhere);
+                    Err("the lock belongs to the thread that locked it; unlock it there")
                 }
+                Some(Ok(held)) => Ok((held, state.view.take())),
+            }
+        };
+        let (held, view) = match taken {
+            Ok(taken) => taken,
+            Err(_) if !strict => return Ok(None),
+            Err(why) => {
                 return Err(errors::own(
                     SharedMemoryError::LockError,
                     "unlock",
                     this.name(),
-                    "not locked: this guard was unlocked already",
+                    why,
                 ));
-            };
-            let held = match held.take() {
-                Ok(held) => held,
-                Err(elsewhere) => {
-                    state.held = Some(elsewhere);
-                    return Err(errors::own(
-                        SharedMemoryError::LockError,
-                        "unlock",
-                        this.name(),
-                        "the lock belongs to the thread that locked it; unlock it there",
-                    ));
-                }
-            };
-            (held, state.view.take())
+            }
         };
         // Still locked (`held`), but no new view can be made. Outside the state lock:
         // releasing the view calls __releasebuffer__.
