@@ -83,7 +83,7 @@ fn test_venv() -> Result<PathBuf, String> {
         return Err(format!("{base} is not Python 3.9 or later"));
     }
     eprintln!(
-        "qshm: installing {} into {} for the Python package tests (a download of about 60 MB)",
+        "qshm: installing {} into {} for the Python package tests (a download of about 30 MB)",
         DEPS.join(", "),
         venv.display()
     );
