@@ -31,6 +31,8 @@ measure_start=$(date +%s)
 ./target/release/qshm-bench measure $quick >"$rows"
 if [ -n "$py" ]; then
     "$py" py/peers.py $quick >>"$rows" || echo "# python peers failed" >>"$rows"
+    # the qshm Python package (python/bench): built into this venv, then its rows
+    bash ../python/bench/rows.sh "$(pwd)/$py" $quick >>"$rows" || echo "# python package bench failed" >>"$rows"
 fi
 seconds=$(($(date +%s) - measure_start))
 echo "measured in ${seconds} s (whole script so far: $(($(date +%s) - start)) s)"

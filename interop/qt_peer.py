@@ -277,6 +277,25 @@ def act_hold_attached(args):
     say("DETACHED")
 
 
+def act_count(args):
+    # Add 1 to the little-endian u64 at --offset, --times times, each under lock(): with
+    # other processes counting at once, the total is exact only if the locks exclude.
+    shm = make_shm(args)
+    if not shm.attach(QSharedMemory.AccessMode.ReadWrite):
+        fail(shm, "attach")
+    check_range(shm, args.offset, 8)
+    say("READY")
+    wait_for_line_or(None)
+    end = args.offset + 8
+    for _ in range(args.times):
+        lock(shm)
+        v = view(shm, True)
+        v[args.offset:end] = (int.from_bytes(v[args.offset:end], "little") + 1).to_bytes(8, "little")
+        shm.unlock()
+    say(f"COUNTED {args.times}")
+    shm.detach()
+
+
 def main():
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_DFL)
@@ -325,6 +344,9 @@ def main():
     keyed("time-lock", act_time_lock, "attach and lock(), timing how long it blocked")
     s = keyed("hold-attached", act_hold_attached, "attach, hold until told")
     s.add_argument("--hold", type=float)
+    s = keyed("count", act_count, "attach, wait for a line, add 1 under lock() N times")
+    s.add_argument("--times", type=int, required=True)
+    s.add_argument("--offset", type=int, default=0)
 
     args = p.parse_args()
     try:
