@@ -14,6 +14,7 @@ use qshm::{
     AccessMode, KeyType, LockMode, NativeIpcKey, SemaphoreMode, SharedMemory, SharedMemoryError,
     SystemSemaphore,
 };
+use support::actor;
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -32,6 +33,10 @@ fn main() {
             trials.push(Trial::test(
                 format!("{k}::{m}::fork_child_copy_is_inert"),
                 move || fork_child_is_inert(kind, mode),
+            ));
+            trials.push(Trial::test(
+                format!("{k}::{m}::a_signal_handler_during_a_lock_wait_is_no_error"),
+                move || signal_during_lock_wait(kind, mode),
             ));
         }
         trials.push(Trial::test(
@@ -121,6 +126,7 @@ fn c(s: &str) -> CString {
 /// Child roles. Most take: key, key type, lock mode.
 fn child_main(role: &str, args: &[String]) -> i32 {
     match role {
+        "actor" => actor::qshm_actor(args),
         "loop" => {
             let (key, kind, mode) = (&args[0], parse_kind(&args[1]), parse_mode(&args[2]));
             let millis: u64 = args[3].parse().unwrap();
@@ -1142,4 +1148,61 @@ fn reserved_native_names() -> Result<(), Failed> {
 #[allow(dead_code)]
 fn mode_bits(path: &str) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.mode() & 0o7777)
+}
+
+/// A signal whose handler runs while `lock_timeout` waits for another process's lock (a
+/// handler installed without `SA_RESTART`, as Python's and many C programs' are) only
+/// costs the wait a moment: it still times out after its timeout, without an error.
+/// Before, the System V wait ended with `LockError` ("Interrupted system call"): the
+/// Python package's interruptible waits, which wait in slices, failed on any signal.
+fn signal_during_lock_wait(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
+    extern "C" fn ignore(_: libc::c_int) {}
+    let key = unique_key("eintr");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = handle(&key, kind, mode).with_permissions(0o600);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let mut holder = actor::qshm(None, &key, kind, mode, T).ok_or("actor")?;
+    check(
+        actor::ask(&mut holder, "attach", T).as_deref() == Some("OK"),
+        "attach",
+    )?;
+    check(
+        actor::ask(&mut holder, "hold", T).as_deref() == Some("HELD"),
+        "the actor holds it",
+    )?;
+    // SAFETY: a handler that does nothing, installed without SA_RESTART; sigaction is
+    // given a zeroed, then filled, struct.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    let signaller = std::thread::spawn(move || {
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: this thread outlives the wait it interrupts (joined below).
+            unsafe { libc::pthread_kill(me, libc::SIGUSR2) };
+        }
+    });
+    let start = Instant::now();
+    let got = shm.lock_timeout(Duration::from_millis(600));
+    let waited = start.elapsed();
+    signaller.join().map_err(|_| "signaller")?;
+    holder.kill9();
+    check(
+        matches!(got, Ok(None)),
+        format!(
+            "lock_timeout with a signal in its wait: {:?}",
+            got.map(|g| g.is_some())
+        ),
+    )?;
+    check(
+        waited >= Duration::from_millis(550),
+        format!("it waited only {waited:?} of 600 ms"),
+    )?;
+    Ok(())
 }

@@ -121,24 +121,39 @@ pub(crate) fn semop_undo(id: libc::c_int, delta: i16, timeout: Option<Duration>)
     if timeout == Some(Duration::ZERO) {
         flags |= libc::IPC_NOWAIT as libc::c_short;
     }
-    let mut op = libc::sembuf {
-        sem_num: 0,
-        sem_op: delta,
-        sem_flg: flags,
-    };
-    let rc = match timeout {
-        Some(t) if !t.is_zero() => {
-            let ts = timespec(t);
-            // SAFETY: op and ts are valid for the duration of the call.
-            unsafe { libc::syscall(libc::SYS_semtimedop, id, &mut op, 1usize, &ts) as libc::c_int }
+    // a signal handler that runs meanwhile (without SA_RESTART, as Python's) ends the call
+    // with EINTR: the wait goes on for the time that is left, as std's calls do
+    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    loop {
+        let mut op = libc::sembuf {
+            sem_num: 0,
+            sem_op: delta,
+            sem_flg: flags,
+        };
+        let left = match (timeout, deadline) {
+            (Some(t), _) if t.is_zero() => None,
+            (Some(_), Some(deadline)) => Some(
+                deadline
+                    .saturating_duration_since(std::time::Instant::now())
+                    .max(Duration::from_nanos(1)),
+            ),
+            _ => None,
+        };
+        let rc = match left {
+            Some(t) => {
+                let ts = timespec(t);
+                // SAFETY: op and ts are valid for the duration of the call.
+                unsafe { libc::syscall(libc::SYS_semtimedop, id, &mut op, 1usize, &ts) as libc::c_int }
+            }
+            // SAFETY: op is valid for the duration of the call.
+            None => unsafe { libc::semop(id, &mut op, 1) },
+        };
+        match cvt(rc) {
+            Ok(_) => return Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN)) => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
         }
-        // SAFETY: op is valid for the duration of the call.
-        _ => unsafe { libc::semop(id, &mut op, 1) },
-    };
-    match cvt(rc) {
-        Ok(_) => Ok(true),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN)) => Ok(false),
-        Err(e) => Err(e),
     }
 }
 
