@@ -37,6 +37,9 @@ mount -t tmpfs -o size=64m qshm-stress-tmp "$tmp"
 export TMPDIR="$tmp"
 
 log=$(mktemp)
+# the whole output of every failed run, kept (outside the namespace's tmpfs)
+failures="${QSHM_STRESS_FAILURES:-$PWD/target/stress-failures.log}"
+: >"$failures"
 seed=${QSHM_SEED:-$(date +%s)}
 export QSHM_SEED=$seed
 if [ -n "$quick" ]; then
@@ -53,8 +56,9 @@ run() { # test-binary filter [VAR=value ...]
     shift 2
     if ! env "$@" cargo test --quiet --test "$bin" -- --exact "$filter" >"$log" 2>&1; then
         status=1
-        echo "FAILED: $bin $filter $*"
-        grep -E "^----|left|hung|failed|ERROR" "$log" | head -20 || true
+        echo "FAILED: $bin $filter $* (whole output: $failures)"
+        grep -E "^----|left|hung|failed|ERROR|child:" "$log" | head -20 || true
+        { echo "=== FAILED: $bin $filter $*"; cat "$log"; } >>"$failures"
     fi
     grep -E "^(\((unprivileged-user|pid-namespace) pass|crash trials|racing creates|kills in tight loops|create-or-attach loop|matrix \()" "$log" || true
 }
