@@ -172,33 +172,33 @@ fn create_once(
         })
     })?;
     let mapping = Mapping::map_file(&fd, req.size, req.writable)?;
-    // 4. publish the segment (atomic, and fails if the name is taken), then its lock state
-    //    (killed in between: a segment without lock state, stale, reclaimed)
+    // 4. name the lock state, then the segment (atomic, and fails if the name is taken):
+    //    whoever finds the segment finds its lock state. (The other order let a creator
+    //    killed in between leave a named segment without one, which an attacher took for
+    //    another program's: LockError in Fast mode.) Killed in between: a lock state whose
+    //    segment never got a name, an orphan that clean-ups remove.
+    let state = match prepared.publish() {
+        Ok(state) => state,
+        // a squatter on this identity's name: a new file gets a new identity
+        Err(CreateError::Taken) => return Ok(None),
+        Err(CreateError::Io(e)) => return Err(lock_state_failure(e)),
+    };
     match os::link_fd(&fd, c_path) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+        Err(e) => {
             drop(mapping);
+            drop(state);
+            LockState::remove(id);
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(e.into());
+            }
             return match probe_existing(c_path, Reclaim::Ours)? {
                 Probe::Live { owner } if owner != os::euid() => Err(not_ours("a segment of this key", owner)),
                 Probe::Live { .. } => Err(Failure::new(SharedMemoryError::AlreadyExists)),
                 Probe::Gone => Ok(None),
             };
         }
-        Err(e) => return Err(e.into()),
     }
-    let state = match prepared.publish() {
-        Ok(state) => state,
-        Err(e) => {
-            // a squatter on this identity's name, or no room: this file goes
-            if os::lstat(c_path).is_ok_and(|now| now.same_file(&st)) {
-                let _ = os::unlink(c_path);
-            }
-            return match e {
-                CreateError::Taken => Ok(None),
-                CreateError::Io(e) => Err(lock_state_failure(e)),
-            };
-        }
-    };
     // 5. the semaphore opened in step 1 must still be the key's: the last detacher of a
     //    segment this one replaces unlinks its semaphore before its name, so a creator
     //    that shared that semaphore finds it gone here, and starts again with a new one
