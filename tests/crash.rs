@@ -92,7 +92,8 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                     Ok(()) => {}
                     Err(e) if e.kind() == SharedMemoryError::NotFound => continue,
                     Err(e) => {
-                        eprintln!("chaos child: {e}");
+                        // on stdout, where the trial reads it for its report
+                        say(format!("ERROR create or attach: {e} [{:?}]", e.kind()));
                         return 3;
                     }
                 }
@@ -106,7 +107,7 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                         }
                         Ok(None) => return 42, // hung past the bound
                         Err(e) => {
-                            eprintln!("chaos child: {e}");
+                            say(format!("ERROR lock: {e} [{:?}]", e.kind()));
                             return 4;
                         }
                     }
@@ -247,7 +248,12 @@ fn crash_trials() -> Result<(), Failed> {
                     failed.push(format!("trial {trial} ({kind:?}, {mode:?}): a child hung"));
                 }
                 Some(None) | Some(Some(0)) => {} // killed by us, or finished
-                Some(Some(code)) => failed.push(format!("trial {trial}: a child exited with {code}")),
+                Some(Some(code)) => {
+                    let said = peer.try_line(Duration::from_millis(100)).unwrap_or_default();
+                    failed.push(format!(
+                        "trial {trial} ({kind:?}, {mode:?}): a child exited with {code}: {said}"
+                    ));
+                }
             }
         }
         // The survivors are done: the next create must work and the lock must be free.
