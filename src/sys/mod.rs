@@ -59,6 +59,17 @@ pub(crate) enum Detached {
     WasGone,
 }
 
+/// Which way [`SharedMemory::open_or_create`](crate::SharedMemory::open_or_create) went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Opened {
+    /// No segment had the key: this call made it (with this handle's size, lock mode and
+    /// permissions), exactly as [`create`](crate::SharedMemory::create) would have.
+    Created,
+    /// A live segment had the key: this call attached to it, exactly as
+    /// [`attach`](crate::SharedMemory::attach) would have (adopting its lock mode).
+    Attached,
+}
+
 /// An attached segment (its bytes are the [`Mapping`] that came with it, which the facade
 /// owns and drops before detaching).
 pub(crate) trait SegmentBackend: Send + Sync {
@@ -169,6 +180,39 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::attach(key, req),
         KeyType::PosixRealtime => posix::attach(key, req),
     }
+}
+
+/// Attach to the live segment of `key`, or create it if there is none, as one step: one
+/// creator however many race, never a `NotFound` or `AlreadyExists` for a segment that
+/// was being made or destroyed meanwhile (such races are retried inside, a bounded number
+/// of times).
+pub(crate) fn open_or_create(
+    key: &NativeIpcKey,
+    create: &CreateRequest,
+    attach: &AttachRequest,
+) -> Result<(Attached, Opened), Failure> {
+    check_key(key)?;
+    match key.kind() {
+        KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::open_or_create(key, create, attach),
+        KeyType::PosixRealtime => posix::open_or_create(key, create, attach),
+    }
+}
+
+/// How often `open_or_create` tries again after losing a race (a segment destroyed
+/// between its look and its attach, or made between its look and its create). Each
+/// round is a full look, so losing them all takes others making and destroying the key
+/// 64 times in a row.
+pub(crate) const OPEN_OR_CREATE_ROUNDS: usize = 64;
+
+/// The failure of an `open_or_create` that lost every round.
+pub(crate) fn kept_changing() -> Failure {
+    Failure::because(
+        SharedMemoryError::UnknownError,
+        format!(
+            "the segment of this key was made and removed by others {OPEN_OR_CREATE_ROUNDS} times \
+             while this call tried to attach or create it; gave up"
+        ),
+    )
 }
 
 /// Open (or create) the semaphore of `key`, as `QSystemSemaphore` does.

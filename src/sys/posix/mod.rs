@@ -70,8 +70,8 @@ use super::mapping::Mapping;
 use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Owner, SHM_DIR, SegmentBackend,
-    SegmentStat, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, SHM_DIR,
+    SegmentBackend, SegmentStat, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
@@ -110,21 +110,14 @@ pub(crate) struct Segment {
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
     let c_path = segment_path(key)?;
     for _ in 0..RACE_RETRIES {
-        // 1. Qt's semaphore, before the segment can be found
-        let semaphore = match req.mode {
-            LockMode::QtCompatible => Some(semaphore_for_create(&req.semaphore, req.perms & 0o777)?),
-            LockMode::Fast => None,
-        };
-        match create_once(&c_path, req, semaphore.as_ref().map(|s| &s.file)) {
-            Ok(Some(attached)) => return Ok(attached),
+        match create_round(&c_path, req)? {
+            Made::Segment(attached) => return Ok(attached),
             // lost a race with another creator or a destroyer: again
-            Ok(None) => continue,
-            Err(failure) => {
-                if let Some(sem) = semaphore {
-                    sem.undo();
-                }
-                return Err(failure);
+            Made::Again => continue,
+            Made::Taken { owner } if owner != os::euid() => {
+                return Err(not_ours("a segment of this key", owner));
             }
+            Made::Taken { .. } => return Err(Failure::new(SharedMemoryError::AlreadyExists)),
         }
     }
     Err(Failure::because(
@@ -133,14 +126,69 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     ))
 }
 
-/// Steps 2 to 5 of [`create`]: the segment file and its lock state, published. `Ok(None)`:
-/// a race was lost (the name was taken by a stale segment now removed, or a squatter holds
-/// the lock state's name): try again.
+/// Attach to the live segment named by `key`, or create it (see [`super::open_or_create`]).
+/// Looks first, so that attaching never makes (and reserves the pages of) a segment in
+/// vain; `linkat` still decides between racing creators, and a creator that loses attaches
+/// to the winner's segment in its next round.
+pub(crate) fn open_or_create(
+    key: &NativeIpcKey,
+    create: &CreateRequest,
+    attach_req: &AttachRequest,
+) -> Result<(Attached, Opened), Failure> {
+    let c_path = segment_path(key)?;
+    for _ in 0..super::OPEN_OR_CREATE_ROUNDS {
+        // a live segment (a stale one of ours is removed here, as create removes it)
+        if let Probe::Live { .. } = probe_existing(&c_path, Reclaim::Ours)? {
+            match attach(key, attach_req) {
+                Ok(attached) => return Ok((attached, Opened::Attached)),
+                // its last user destroyed it since we looked: create it
+                Err(f) if f.kind == SharedMemoryError::NotFound => {}
+                Err(f) => return Err(f),
+            }
+        }
+        match create_round(&c_path, create)? {
+            Made::Segment(attached) => return Ok((attached, Opened::Created)),
+            // another creator won (attach to its segment), or a destroyer was in the way
+            Made::Taken { .. } | Made::Again => continue,
+        }
+    }
+    Err(super::kept_changing())
+}
+
+/// What one round of creating came to.
+enum Made {
+    /// The segment, made, named and attached.
+    Segment(Attached),
+    /// A race was lost (the name was taken by a stale segment now removed, or a squatter
+    /// holds the lock state's name): try again.
+    Again,
+    /// A live segment has the name; `owner` is its owner.
+    Taken { owner: u32 },
+}
+
+/// One round of [`create`]: Qt's semaphore (step 1), then the segment ([`create_once`]).
+/// What was made for a segment that is not ours in the end is undone.
+fn create_round(c_path: &std::ffi::CString, req: &CreateRequest) -> Result<Made, Failure> {
+    // 1. Qt's semaphore, before the segment can be found
+    let semaphore = match req.mode {
+        LockMode::QtCompatible => Some(semaphore_for_create(&req.semaphore, req.perms & 0o777)?),
+        LockMode::Fast => None,
+    };
+    let made = create_once(c_path, req, semaphore.as_ref().map(|s| &s.file));
+    if let Some(sem) = semaphore
+        && matches!(made, Ok(Made::Taken { .. }) | Err(_))
+    {
+        sem.undo();
+    }
+    made
+}
+
+/// Steps 2 to 5 of [`create`]: the segment file and its lock state, published.
 fn create_once(
     c_path: &std::ffi::CString,
     req: &CreateRequest,
     semaphore: Option<&Arc<SemaphoreFile>>,
-) -> Result<Option<Attached>, Failure> {
+) -> Result<Made, Failure> {
     let dir = os::cstring(SHM_DIR)?;
     let perms = req.perms & 0o777;
     // 2. the file, unnamed: size, pages, and an exclusive flock that keeps attachers
@@ -178,11 +226,10 @@ fn create_once(
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             drop(mapping);
-            return match probe_existing(c_path, Reclaim::Ours)? {
-                Probe::Live { owner } if owner != os::euid() => Err(not_ours("a segment of this key", owner)),
-                Probe::Live { .. } => Err(Failure::new(SharedMemoryError::AlreadyExists)),
-                Probe::Gone => Ok(None),
-            };
+            return Ok(match probe_existing(c_path, Reclaim::Ours)? {
+                Probe::Live { owner } => Made::Taken { owner },
+                Probe::Gone => Made::Again,
+            });
         }
         Err(e) => return Err(e.into()),
     }
@@ -194,7 +241,7 @@ fn create_once(
                 let _ = os::unlink(c_path);
             }
             return match e {
-                CreateError::Taken => Ok(None),
+                CreateError::Taken => Ok(Made::Again),
                 CreateError::Io(e) => Err(lock_state_failure(e)),
             };
         }
@@ -213,7 +260,7 @@ fn create_once(
         },
         None => LockParts::Fast { state: state.clone() },
     };
-    Ok(Some(Attached {
+    Ok(Made::Segment(Attached {
         segment: Box::new(Segment {
             _in_child: InChild::share(std::os::fd::AsRawFd::as_raw_fd(&file.fd)),
             file,

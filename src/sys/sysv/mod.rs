@@ -31,10 +31,10 @@ mod cleanup;
 mod key_file;
 mod semaphore;
 
+use cleanup::{Stale, reclaim_if_stale, table_owner};
 #[cfg(feature = "admin")]
 pub(crate) use cleanup::{lock_state_orphaned, remove_if_stale};
 pub(crate) use cleanup::{numeric_key, remove, sweep_orphaned_lock_states};
-use cleanup::{reclaim_if_stale, table_owner};
 
 #[cfg(feature = "admin")]
 pub(crate) use key_file::used_under_any_id;
@@ -49,7 +49,7 @@ use super::mapping::Mapping;
 use super::named_file::NamedFile;
 use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Owner, SegmentBackend,
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, SegmentBackend,
     SegmentStat, SemaphoreMode, fork, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
@@ -100,7 +100,10 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     let fork_epoch = fork::epoch_watched();
     sweep_orphaned_lock_states();
     let (key_file, created) = lock_key_file_for_create(&path)?;
-    let result = create_locked(&key_file, project_id, created, req, fork_epoch);
+    let result = match create_locked(&key_file, project_id, created, req, fork_epoch) {
+        Ok(Made::Segment(attached)) => Ok(attached),
+        Ok(Made::Taken(failure)) | Err(failure) => Err(failure),
+    };
     if result.is_err() && created && !segment_uses(&path, project_id) {
         // keep no key file behind for a segment we did not make (and never one a live
         // segment uses: we hold its lock, so nobody made one since we looked)
@@ -109,13 +112,68 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     result
 }
 
+/// Attach to the live segment of `key`, or create it (see [`super::open_or_create`]), all
+/// under the key file's lock, which every qshm create, attach and destroy of the key
+/// takes: nothing of qshm's can make or destroy the segment between the look and the act.
+/// Only a program that does not take that lock (Qt) can destroy it in between; the next
+/// round then creates it.
+pub(crate) fn open_or_create(
+    key: &NativeIpcKey,
+    create: &CreateRequest,
+    attach_req: &AttachRequest,
+) -> Result<(Attached, Opened), Failure> {
+    let path = key_path(key)?;
+    let project_id = project_id(key);
+    let fork_epoch = fork::epoch_watched();
+    sweep_orphaned_lock_states();
+    let (key_file, created) = match lock_key_file_for_create(&path) {
+        Ok(held) => held,
+        // another user's key file: the key is theirs to create; attach if they let us
+        Err(failure) if failure.kind == SharedMemoryError::AlreadyExists => {
+            return match attach(key, attach_req) {
+                Ok(attached) => Ok((attached, Opened::Attached)),
+                Err(f) if f.kind == SharedMemoryError::NotFound => Err(failure),
+                Err(f) => Err(f),
+            };
+        }
+        Err(failure) => return Err(failure),
+    };
+    let result = (|| {
+        for _ in 0..super::OPEN_OR_CREATE_ROUNDS {
+            match create_locked(&key_file, project_id, created, create, fork_epoch)? {
+                Made::Segment(attached) => return Ok((attached, Opened::Created)),
+                Made::Taken(_) => {}
+            }
+            match attach_locked(key, attach_req, &path, Some(&key_file), fork_epoch) {
+                Ok(attached) => return Ok((attached, Opened::Attached)),
+                // destroyed meanwhile by a program that does not take the key file's lock
+                Err(f) if f.kind == SharedMemoryError::NotFound => {}
+                Err(f) => return Err(f),
+            }
+        }
+        Err(super::kept_changing())
+    })();
+    if result.is_err() && created && !segment_uses(&path, project_id) {
+        let _ = key_file.unlink_if_still_named();
+    }
+    result
+}
+
+/// What [`create_locked`] came to.
+enum Made {
+    /// The segment, made and attached.
+    Segment(Attached),
+    /// A live segment has the key (the failure `create` reports: whose it is).
+    Taken(Failure),
+}
+
 fn create_locked(
     key_file: &NamedFile,
     project_id: u8,
     created: bool,
     req: &CreateRequest,
     fork_epoch: u64,
-) -> Result<Attached, Failure> {
+) -> Result<Made, Failure> {
     let path = &key_file.path;
     let shm_key = ftok_key(path, project_id).map_err(|e| key_file_failure(path, e))?;
     let perms = req.perms & 0o777;
@@ -129,7 +187,10 @@ fn create_locked(
         ) {
             Ok(id) => id,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                inherited = inherited.or(reclaim_if_stale(shm_key)?);
+                match reclaim_if_stale(shm_key)? {
+                    Stale::Removed(record) => inherited = inherited.or(record),
+                    Stale::Live(failure) => return Ok(Made::Taken(failure)),
+                }
                 continue;
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -223,11 +284,11 @@ fn create_locked(
             key_file: recorded_key_file,
             fork_epoch,
         };
-        return Ok(Attached {
+        return Ok(Made::Segment(Attached {
             segment: Box::new(segment),
             mapping,
             lock,
-        });
+        }));
     }
     Err(Failure::new(SharedMemoryError::AlreadyExists))
 }
@@ -270,10 +331,23 @@ fn open_owned_semaphore(key: &NativeIpcKey, perms: u32, held: &NamedFile) -> Res
 pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
     let path = key_path(key)?;
     let fork_epoch = fork::epoch_watched();
-    let _key_file = match lock_key_file(&path)? {
+    let key_file = match lock_key_file(&path)? {
         Some(file) => file,
         None => return Err(Failure::new(SharedMemoryError::NotFound)),
     };
+    attach_locked(key, req, &path, key_file.as_ref(), fork_epoch)
+}
+
+/// [`attach`] while holding the key file `key_file` locked (`None`: another user's key
+/// file we may not open).
+fn attach_locked(
+    key: &NativeIpcKey,
+    req: &AttachRequest,
+    path: &CString,
+    key_file: Option<&NamedFile>,
+    fork_epoch: u64,
+) -> Result<Attached, Failure> {
+    let path = path.clone();
     let project_id = project_id(key);
     let shm_key = ftok_key(&path, project_id).map_err(|e| key_file_failure(&path, e))?;
     let id = os::shmget(shm_key, 0, if req.writable { 0o600 } else { 0o400 }).map_err(|e| {
@@ -307,7 +381,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
             1,
             SemaphoreMode::Open,
             lock_state::locker_permissions(owner.perms),
-            _key_file.as_ref(),
+            key_file,
         ) {
             Ok(sem) => Some(Arc::new(sem)),
             // a reader of another user's segment: it may not alter the set
