@@ -41,7 +41,7 @@ pub use semaphore::SystemSemaphore;
 #[cfg(target_os = "linux")]
 pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SharedMemory};
 #[cfg(target_os = "linux")]
-pub use sys::{DEFAULT_PERMISSIONS, LockMode, Opened, SemaphoreMode};
+pub use sys::{DEFAULT_PERMISSIONS, LockMode, Opened, Removal, SemaphoreMode};
 /// The crate whose traits the typed views ([`LockGuard::as_type`]) ask for, re-exported so
 /// that its version matches qshm's.
 pub use zerocopy;

@@ -16,6 +16,7 @@ mod last_error;
 mod locking;
 mod notify;
 mod open_or_create;
+mod removal;
 mod setup;
 
 pub use atomics::Atomics;

@@ -70,11 +70,43 @@ pub enum Opened {
     Attached,
 }
 
+/// Whether an attached segment is still the one its key names
+/// ([`SharedMemory::removal`](crate::SharedMemory::removal)).
+///
+/// A segment is *removed* when it loses its name while attached: System V's `IPC_RMID`
+/// (`ipcrm`, `qshm rm`, systemd-logind's `RemoveIPC=yes` at logout) marks it for
+/// destruction and takes its key away; a POSIX segment's file in `/dev/shm` is unlinked
+/// (`rm`, `qshm rm`, `RemoveIPC=yes`) or another file takes its name. The processes that
+/// are attached keep their mapping, its bytes and its lock, but nobody can attach to it
+/// any more, and the kernel frees it when the last of them detaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Removal {
+    /// Not removed: the key still names this very segment (System V: the kernel has not
+    /// marked it for destruction; POSIX: its name in `/dev/shm` still is this file).
+    Present,
+    /// Removed, and nothing has the key now: an `attach` of the key finds nothing.
+    Removed,
+    /// Removed, and the key names another segment now: one made since (by a `create`,
+    /// an `open_or_create`, a Qt program) or, for POSIX, another file put in its place.
+    /// Others who attach meet there, not here.
+    Replaced,
+}
+
+impl Removal {
+    /// True for [`Removed`](Removal::Removed) and [`Replaced`](Removal::Replaced): this
+    /// handle no longer shares the key's segment with anyone who attaches from now on.
+    pub fn is_removed(self) -> bool {
+        self != Removal::Present
+    }
+}
+
 /// An attached segment (its bytes are the [`Mapping`] that came with it, which the facade
 /// owns and drops before detaching).
 pub(crate) trait SegmentBackend: Send + Sync {
     /// Current facts from the OS.
     fn stat(&self) -> io::Result<SegmentStat>;
+    /// Whether the key still names this segment (see [`Removal`]).
+    fn removal(&self) -> io::Result<Removal>;
     /// Detach (the mapping and the lock are gone already); if no user is left, destroy
     /// the segment, its lock state and Qt's semaphore.
     fn detach(self: Box<Self>) -> Result<Detached, Failure>;

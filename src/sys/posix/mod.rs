@@ -70,7 +70,7 @@ use super::mapping::Mapping;
 use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, SHM_DIR,
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, Removal, SHM_DIR,
     SegmentBackend, SegmentStat, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
@@ -429,6 +429,17 @@ impl SegmentBackend for Segment {
             created_secs: now.created_secs(),
             os_id: format!("{} (inode {})", self.file.path.to_string_lossy(), now.ino),
         })
+    }
+
+    fn removal(&self) -> io::Result<Removal> {
+        // While we hold the file open its inode cannot be reused: another device and
+        // inode under the name is another file.
+        match os::lstat(&self.file.path) {
+            Ok(now) if now.same_file(&self.file.stat) => Ok(Removal::Present),
+            Ok(_) => Ok(Removal::Replaced),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Removal::Removed),
+            Err(e) => Err(e),
+        }
     }
 
     fn detach(self: Box<Self>) -> Result<Detached, Failure> {

@@ -47,10 +47,10 @@ pub(crate) use semaphore::{Semaphore, remove_recorded};
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::NamedFile;
-use super::procfs::Mapped;
+use super::procfs::{self, Mapped};
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, SegmentBackend,
-    SegmentStat, SemaphoreMode, fork, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, Removal,
+    SegmentBackend, SegmentStat, SemaphoreMode, fork, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
@@ -428,6 +428,31 @@ impl SegmentBackend for Segment {
             uid: ds.shm_perm.uid,
             created_secs: ds.shm_ctime,
             os_id: format!("shmid {} key {:#010x}", self.id, ds.shm_perm.__key),
+        })
+    }
+
+    fn removal(&self) -> io::Result<Removal> {
+        // IPC_RMID marks the segment SHM_DEST and sets its key to IPC_PRIVATE; it lives
+        // on (its id is not reused) until its last attachment goes, ours among them.
+        let removed = match os::shm_stat(self.id) {
+            Ok(ds) => ds.shm_perm.mode & os::SHM_DEST != 0 || ds.shm_perm.__key == libc::IPC_PRIVATE,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => true,
+            // its owner took our read permission away since (IPC_SET): the table is public
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                match procfs::shm_table().into_iter().find(|row| row.id == self.id) {
+                    Some(row) => row.perms & u32::from(os::SHM_DEST) != 0 || row.key == libc::IPC_PRIVATE,
+                    None => true,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if !removed {
+            return Ok(Removal::Present);
+        }
+        let now = ftok_key(&self.path, self.project_id).and_then(|k| os::shmget(k, 0, 0));
+        Ok(match now {
+            Ok(id) if id != self.id => Removal::Replaced,
+            _ => Removal::Removed,
         })
     }
 
