@@ -136,6 +136,7 @@ pub(crate) fn open_or_create(
     attach_req: &AttachRequest,
 ) -> Result<(Attached, Opened), Failure> {
     let c_path = segment_path(key)?;
+    let mut without_lock_state = 0;
     for _ in 0..super::OPEN_OR_CREATE_ROUNDS {
         // a live segment (a stale one of ours is removed here, as create removes it)
         if let Probe::Live { .. } = probe_existing(&c_path, Reclaim::Ours)? {
@@ -143,6 +144,17 @@ pub(crate) fn open_or_create(
                 Ok(attached) => return Ok((attached, Opened::Attached)),
                 // its last user destroyed it since we looked: create it
                 Err(f) if f.kind == SharedMemoryError::NotFound => {}
+                // A segment without lock state refuses LockMode::Fast. It may be Qt's, or
+                // one whose creator was killed between naming it and its lock state: that
+                // one is stale, and a next round's look removes it once the racers that
+                // look at it with us let go. A few rounds tell; then the failure stands.
+                Err(f)
+                    if f.kind == SharedMemoryError::LockError
+                        && without_lock_state < HALF_MADE_ROUNDS
+                        && lacks_lock_state(&c_path) =>
+                {
+                    without_lock_state += 1;
+                }
                 Err(f) => return Err(f),
             }
         }
@@ -153,6 +165,20 @@ pub(crate) fn open_or_create(
         }
     }
     Err(super::kept_changing())
+}
+
+/// How many rounds `open_or_create` gives a segment without lock state to turn out stale
+/// (each round's look lets about 6 ms pass when others have it open).
+const HALF_MADE_ROUNDS: usize = 8;
+
+/// Whether the segment file named `c_path` has no lock state (made by another program,
+/// or by a qshm creator killed before it named the lock state).
+fn lacks_lock_state(c_path: &std::ffi::CString) -> bool {
+    NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0).is_ok_and(|file| {
+        let id = id_of(c_path, &file.stat);
+        os::cstring(&id.lock_state_path())
+            .is_ok_and(|p| os::lstat(&p).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)))
+    })
 }
 
 /// What one round of creating came to.
