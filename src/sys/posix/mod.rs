@@ -488,9 +488,12 @@ impl SegmentBackend for Segment {
         let ours = |sem: &SemaphoreFile| made_semaphore == Some(sem.record());
         if !file.still_named() {
             // removed behind our back (qshm rm, a test's clean-up): we were the last qshm
-            // user of this incarnation; remove what was left of it
+            // user of this incarnation; remove what was left of it. Qt's semaphore belongs
+            // to the key, not the incarnation: a segment made since under the name (after
+            // an `rm` that left the semaphore) shares it, and keeps it.
             LockState::remove(id);
-            if let Some(sem) = semaphore.as_ref().filter(|s| ours(s)) {
+            let made_again = os::lstat(&file.path).is_ok();
+            if !made_again && let Some(sem) = semaphore.as_ref().filter(|s| ours(s)) {
                 sem.unlink_if_still_named();
             }
             return Ok(Detached::WasGone);
