@@ -274,6 +274,7 @@ fn create_once(
     };
     // 5. let attachers in: the creator's attachment is a shared lock like theirs
     os::flock(&fd, libc::LOCK_SH)?;
+    name_the_mapping(c_path, &st, &mapping, req.writable);
     let file = NamedFile {
         fd,
         stat: st,
@@ -298,6 +299,20 @@ fn create_once(
         mapping,
         lock,
     }))
+}
+
+/// Map the creator's pages again through the segment's name: a mapping of the unnamed
+/// `O_TMPFILE` descriptor is `/dev/shm/#INODE (deleted)` in `/proc/PID/maps` for ever,
+/// one through the name is `/dev/shm/NAME`, and `/dev/shm/NAME (deleted)` once someone
+/// removes it, which is how `qshm stat` finds the processes still using a removed segment
+/// ([`crate::admin::removed_in_use`]). Best effort: the mapping stays as it was otherwise.
+fn name_the_mapping(c_path: &std::ffi::CString, st: &FileStat, mapping: &Mapping, writable: bool) {
+    let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY };
+    if let Ok(named) = NamedFile::open(c_path, flags, 0)
+        && named.stat.same_file(st)
+    {
+        let _ = mapping.remap_through(&named.fd, writable);
+    }
 }
 
 fn size_failure(size: usize, e: io::Error) -> Failure {
