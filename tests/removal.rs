@@ -206,6 +206,15 @@ fn removed_by(kind: KeyType, mode: LockMode, how: Remover) -> Result<(), Failed>
         seen == "Ok(Removed)",
         format!("{how:?}: the other process sees {seen}"),
     )?;
+    // tools find who still maps it (while the key file exists: qshm rm removes it)
+    if !matches!(how, Remover::ForceRemove) || kind == KeyType::PosixRealtime {
+        let removed = qshm::admin::removed_in_use(fx.shm.native_ipc_key());
+        let pids: Vec<u32> = removed.iter().flat_map(|r| r.mapped_by.clone()).collect();
+        check(
+            removed.len() == 1 && pids.contains(&watcher.child.id()) && pids.contains(&std::process::id()),
+            format!("{how:?}: removed_in_use {removed:?}"),
+        )?;
+    }
     // nobody new finds it; the attached keep their bytes (and this one its lock)
     let err = handle(&fx.key, kind, mode)
         .attach(AccessMode::ReadOnly)
@@ -235,6 +244,15 @@ fn replaced(kind: KeyType) -> Result<(), Failed> {
         "replaced for the old handle",
     )?;
     check(newer.removal()? == Removal::Present, "present for the new one")?;
+    // (System V: qshm rm took the key file, and the new one may have another inode, so
+    // another numeric key: the old segment is not found by this key any more)
+    if kind == KeyType::PosixRealtime {
+        let removed = qshm::admin::removed_in_use(newer.native_ipc_key());
+        check(
+            removed.len() == 1 && removed[0].mapped_by == [std::process::id()],
+            format!("the old one, still in use beside the new one: {removed:?}"),
+        )?;
+    }
     check(
         fx.shm.lock_read()?[0] == b'o',
         "the old handle keeps its own bytes",
@@ -242,6 +260,10 @@ fn replaced(kind: KeyType) -> Result<(), Failed> {
     // the old handle's detach leaves the new segment alone
     let recorded_old = fx.recorded.clone();
     fx.shm.detach()?;
+    check(
+        qshm::admin::removed_in_use(newer.native_ipc_key()).is_empty(),
+        "none once its last user detached",
+    )?;
     let mut third = handle(&fx.key, kind, LockMode::QtCompatible);
     third.attach(AccessMode::ReadOnly)?;
     check(third.lock_read()?[0] == b'n', "the key's segment is the new one")?;
