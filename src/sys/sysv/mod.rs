@@ -125,7 +125,6 @@ pub(crate) fn open_or_create(
     let path = key_path(key)?;
     let project_id = project_id(key);
     let fork_epoch = fork::epoch_watched();
-    sweep_orphaned_lock_states();
     let (key_file, created) = match lock_key_file_for_create(&path) {
         Ok(held) => held,
         // another user's key file: the key is theirs to create; attach if they let us
@@ -139,14 +138,30 @@ pub(crate) fn open_or_create(
         Err(failure) => return Err(failure),
     };
     let result = (|| {
+        let mut swept = false;
         for _ in 0..super::OPEN_OR_CREATE_ROUNDS {
+            // a live segment: attach, without the creator's work (a key file we just made
+            // has none)
+            if !created && live_segment_at(&path, project_id) {
+                match attach_locked(key, attach_req, &path, Some(&key_file), fork_epoch) {
+                    Ok(attached) => return Ok((attached, Opened::Attached)),
+                    // destroyed meanwhile by a program that does not take the key file's
+                    // lock (Qt): create it
+                    Err(f) if f.kind == SharedMemoryError::NotFound => {}
+                    Err(f) => return Err(f),
+                }
+            }
+            if !swept {
+                sweep_orphaned_lock_states();
+                swept = true;
+            }
             match create_locked(&key_file, project_id, created, create, fork_epoch)? {
                 Made::Segment(attached) => return Ok((attached, Opened::Created)),
+                // made since our look by a program that does not take the lock: attach
                 Made::Taken(_) => {}
             }
             match attach_locked(key, attach_req, &path, Some(&key_file), fork_epoch) {
                 Ok(attached) => return Ok((attached, Opened::Attached)),
-                // destroyed meanwhile by a program that does not take the key file's lock
                 Err(f) if f.kind == SharedMemoryError::NotFound => {}
                 Err(f) => return Err(f),
             }
@@ -157,6 +172,19 @@ pub(crate) fn open_or_create(
         let _ = key_file.unlink_if_still_named();
     }
     result
+}
+
+/// Whether the key file `path` (held locked) finds a segment that is not stale: someone is
+/// attached, or it is not ours to judge (another user's, or one we may not look at).
+/// A stale one of ours is left to `create_locked`, which replaces it.
+fn live_segment_at(path: &CString, project_id: u8) -> bool {
+    let Ok(id) = ftok_key(path, project_id).and_then(|k| os::shmget(k, 0, 0)) else {
+        return false;
+    };
+    match os::shm_stat(id) {
+        Ok(ds) => ds.shm_nattch > 0 || ds.shm_perm.uid != os::euid(),
+        Err(e) => e.raw_os_error() == Some(libc::EACCES),
+    }
 }
 
 /// What [`create_locked`] came to.
