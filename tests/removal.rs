@@ -1,11 +1,12 @@
 //! Segments removed behind their users' back, across real processes: `ipcrm`, `rm` of
 //! the `/dev/shm` file, `qshm rm` (`force_remove`) and systemd-logind's `RemoveIPC=yes`
-//! (simulated as logind does it: every System V segment and semaphore set of the user,
-//! and every file of the user in `/dev/shm`, removed at once) are reported by
-//! `SharedMemory::removal` in every attached process, for both key types; a segment
-//! removed and made again is `Replaced` for the old handle and `Present` for the new one;
-//! other processes attaching and detaching is no removal. After each case nothing of the
-//! key is left.
+//! (simulated as logind's `clean_ipc_by_uid` does it: the user's System V segments nobody
+//! is attached to, all the user's System V semaphore sets and all the user's files in
+//! `/dev/shm`, at once) are reported by `SharedMemory::removal` in every attached
+//! process, for both key types (logind leaves a System V segment that is attached, but
+//! its lock state goes: `LockStateRemoved`); a segment removed and made again is
+//! `Replaced` for the old handle and `Present` for the new one; other processes attaching
+//! and detaching is no removal. After each case nothing of the key is left.
 
 mod support;
 
@@ -58,6 +59,10 @@ fn main() {
         trials.push(Trial::test(
             format!("{k}::after_{name}_and_a_new_segment_the_old_detach_leaves_the_new_lock_alone"),
             move || old_detach_leaves_new_lock(kind, how),
+        ));
+        trials.push(Trial::test(
+            format!("{k}::a_removed_lock_state_is_reported_in_every_attached_process"),
+            move || lock_state_removed(kind),
         ));
         trials.push(Trial::test(
             format!("{k}::others_attaching_and_detaching_is_no_removal"),
@@ -316,6 +321,30 @@ fn old_detach_leaves_new_lock(kind: KeyType, how: Remover) -> Result<(), Failed>
     check(left.is_empty(), format!("left behind: {left:?}"))
 }
 
+/// Only qshm's lock state is removed (what RemoveIPC=yes does to an attached System V
+/// segment): the segment is present, but its handles, in every process, are told that
+/// newcomers no longer share their lock state.
+fn lock_state_removed(kind: KeyType) -> Result<(), Failed> {
+    let fx = setup("lockstategone", kind, LockMode::Fast, 64)?;
+    let mut watcher = Peer::spawn("watch", &fx.args(&[]));
+    watcher.expect("ATTACHED", T);
+    let path = fx.shm.lock_state_path().ok_or("a lock state")?;
+    std::fs::remove_file(&path)?;
+    check(
+        fx.shm.removal()? == Removal::LockStateRemoved,
+        "this handle is told",
+    )?;
+    check(fx.shm.is_removed()?, "is_removed")?;
+    watcher.send("look");
+    let seen = watcher.expect("REMOVAL", T);
+    check(
+        seen == "Ok(LockStateRemoved)",
+        format!("the other process sees {seen}"),
+    )?;
+    watcher.finish();
+    fx.finish().map_err(Into::into)
+}
+
 fn others_come_and_go(kind: KeyType) -> Result<(), Failed> {
     let fx = setup("comeandgo", kind, LockMode::QtCompatible, 64)?;
     for _ in 0..3 {
@@ -338,28 +367,30 @@ fn not_attached(kind: KeyType) -> Result<(), Failed> {
 }
 
 /// What systemd-logind does with `RemoveIPC=yes` when the last session of `uid` ends
-/// (`clean_ipc_by_uid`): remove every System V segment and semaphore set the user owns or
-/// created, and every file of the user in `/dev/shm`.
+/// (`clean_ipc_by_uid` in systemd's `clean-ipc.c`): remove every System V segment the user
+/// owns that nobody is attached to, every System V semaphore set the user owns, and every
+/// file of the user in `/dev/shm` (POSIX segments, glibc's semaphores, qshm's lock state).
 fn remove_ipc_of(uid: u32) -> Result<usize, Failed> {
     let mut removed = 0;
     for (table, shm) in [("/proc/sysvipc/shm", true), ("/proc/sysvipc/sem", false)] {
         let text = std::fs::read_to_string(table)?;
         let header: Vec<&str> = text.lines().next().unwrap_or("").split_whitespace().collect();
         let column = |name: &str| header.iter().position(|h| *h == name);
-        let (id_col, uid_col, cuid_col) = (
+        let (id_col, uid_col) = (
             column(if shm { "shmid" } else { "semid" }).ok_or("no id column")?,
             column("uid").ok_or("no uid column")?,
-            column("cuid").ok_or("no cuid column")?,
         );
+        let nattch_col = column("nattch");
         for row in text.lines().skip(1) {
             let f: Vec<&str> = row.split_whitespace().collect();
-            let owned = [uid_col, cuid_col]
-                .iter()
-                .any(|&c| f.get(c).and_then(|v| v.parse::<u32>().ok()) == Some(uid));
+            let number = |c: usize| f.get(c).and_then(|v| v.parse::<u64>().ok());
+            let owned = number(uid_col) == Some(u64::from(uid));
+            // logind leaves a segment that is attached
+            let attached = shm && nattch_col.and_then(number).is_some_and(|n| n > 0);
             let Some(id) = f.get(id_col).and_then(|v| v.parse::<i32>().ok()) else {
                 continue;
             };
-            if !owned {
+            if !owned || attached {
                 continue;
             }
             // SAFETY: IPC_RMID takes no buffer (null) and acts on the id only.
@@ -399,10 +430,16 @@ fn remove_ipc_at_logout(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
     let recorded = sysv_keys(&key, kind);
     // the user logs out; the program (a service started as the user) keeps running
     let removed = remove_ipc_of(user.uid)?;
-    check(removed >= 2, format!("RemoveIPC removed {removed} objects"))?;
+    check(removed >= 1, format!("RemoveIPC removed {removed} objects"))?;
     program.send("look");
     let seen = program.expect("REMOVAL", T);
-    check(seen == "Ok(Removed)", format!("the program sees {seen}"))?;
+    // POSIX: its file went. System V: logind leaves an attached segment, but its lock
+    // state (a /dev/shm file of the user) went, and with it what newcomers would share
+    let want = match kind {
+        KeyType::PosixRealtime => "Ok(Removed)",
+        _ => "Ok(LockStateRemoved)",
+    };
+    check(seen == want, format!("the program sees {seen}, not {want}"))?;
     // the old segment still locks for this process: the lock state and glibc's semaphore
     // stay mapped; System V's semaphore set, removed too, is made again (as Qt does)
     let lock = program.expect("LOCK", T);

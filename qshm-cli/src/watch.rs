@@ -44,6 +44,10 @@ pub fn watch(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> C
             Next::Removed(how) => {
                 shm.detach()?;
                 let what = match how {
+                    Removal::LockStateRemoved => {
+                        "lost its lock state in /dev/shm (systemd-logind's RemoveIPC=yes at its owner's logout, \
+                         or rm): writers that attach from now on notify apart (watch again to see them)"
+                    }
                     Removal::Replaced => {
                         "was removed, and the key names a new segment now (watch again to follow that one)"
                     }

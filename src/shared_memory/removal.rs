@@ -3,7 +3,9 @@
 
 use super::SharedMemory;
 use crate::error::{Error, Result, SharedMemoryError};
+use crate::os;
 use crate::sys::Removal;
+use crate::sys::lock_state::LockState;
 
 impl SharedMemory {
     /// Whether the attached segment is still the one its key names, or was removed while
@@ -13,7 +15,9 @@ impl SharedMemory {
     /// `RemoveIPC=yes`, when the segment's owner logs out: see the README) do. This handle
     /// keeps its mapping, its bytes and its lock, but it is alone from then on: whoever
     /// attaches to the key now gets another segment or none. [`Removal::Replaced`] says the
-    /// key names another segment already. Either way the cure is the same: detach, then
+    /// key names another segment already, and [`Removal::LockStateRemoved`] that only the
+    /// lock state qshm keeps in `/dev/shm` went (what `RemoveIPC=yes` does to a System V
+    /// segment that is attached). Every way the cure is the same: detach, then
     /// [`open_or_create`](Self::open_or_create) (or `create`) again.
     ///
     /// Only removals count. Other processes attaching and detaching never remove a segment
@@ -23,7 +27,8 @@ impl SharedMemory {
     /// segment (a `/tmp` cleaner) removes nothing: the segment is present, only `ftok` can
     /// no longer find it.
     ///
-    /// One system call (`statx` of the name, or `IPC_STAT`). `NotFound` when not attached.
+    /// Two system calls (`statx` of the name or `IPC_STAT`, and `statx` of the lock
+    /// state's name). `NotFound` when not attached.
     ///
     /// ```
     /// use qshm::{AccessMode, KeyType, Opened, Removal, SharedMemory};
@@ -46,6 +51,10 @@ impl SharedMemory {
             Some(attached) => attached
                 .segment
                 .removal()
+                .map(|removal| match removal {
+                    Removal::Present if !lock_state_named(attached.lock.state()) => Removal::LockStateRemoved,
+                    removal => removal,
+                })
                 .map_err(|e| Error::os(OP, self.key.display_name(), e)),
         };
         self.record(result)
@@ -55,5 +64,20 @@ impl SharedMemory {
     /// the attached segment was removed (or replaced) behind this handle's back.
     pub fn is_removed(&self) -> Result<bool> {
         self.removal().map(Removal::is_removed)
+    }
+}
+
+/// Whether the lock state this handle uses (if it has one) still has its name in
+/// `/dev/shm`: device and inode, which cannot be reused while this process maps it.
+fn lock_state_named(state: Option<&LockState>) -> bool {
+    let Some(state) = state else {
+        return true;
+    };
+    let Ok(path) = os::cstring(&state.segment().lock_state_path()) else {
+        return true;
+    };
+    match os::lstat(&path) {
+        Ok(now) => (now.dev, now.ino) == state.file_id(),
+        Err(e) => e.raw_os_error() != Some(libc::ENOENT),
     }
 }

@@ -90,11 +90,18 @@ pub enum Removal {
     /// an `open_or_create`, a Qt program) or, for POSIX, another file put in its place.
     /// Others who attach meet there, not here.
     Replaced,
+    /// The segment is present, but the lock state qshm keeps beside it in `/dev/shm` was
+    /// removed (`rm`, or systemd-logind's `RemoveIPC=yes`, which removes every
+    /// `/dev/shm` file of the user but leaves a System V segment that is attached).
+    /// Processes that attach from now on share the bytes but not this handle's lock
+    /// state: not its [`LockMode::Fast`] lock, not its change notification.
+    LockStateRemoved,
 }
 
 impl Removal {
-    /// True for [`Removed`](Removal::Removed) and [`Replaced`](Removal::Replaced): this
-    /// handle no longer shares the key's segment with anyone who attaches from now on.
+    /// True for everything but [`Present`](Removal::Present): this handle no longer
+    /// shares the key's segment (or, for [`LockStateRemoved`](Removal::LockStateRemoved),
+    /// its lock) with anyone who attaches from now on.
     pub fn is_removed(self) -> bool {
         self != Removal::Present
     }
