@@ -140,9 +140,9 @@ pub(crate) fn open_or_create(
     let result = (|| {
         let mut swept = false;
         for _ in 0..super::OPEN_OR_CREATE_ROUNDS {
-            // a live segment: attach, without the creator's work (a key file we just made
-            // has none)
-            if !created && live_segment_at(&path, project_id) {
+            // a live segment: attach, without the creator's work (even under a key file
+            // this call made: a racer may have taken its lock first and made the segment)
+            if live_segment_at(&path, project_id) {
                 match attach_locked(key, attach_req, &path, Some(&key_file), fork_epoch) {
                     Ok(attached) => return Ok((attached, Opened::Attached)),
                     // destroyed meanwhile by a program that does not take the key file's
