@@ -30,6 +30,12 @@ const SIZE: usize = 4096;
 const SLOTS: usize = 64;
 /// No wait of a correct run comes near this; a broken one fails with it instead of hanging.
 const BOUND: Duration = Duration::from_secs(30);
+/// How long a racer waits to see the others' slots: less than [`BOUND`], so that it says
+/// what it saw before the test gives up on the round.
+const LOOK_BOUND: Duration = Duration::from_secs(20);
+/// A call slower than this is reported (with what it returned), though not a failure by
+/// itself: every wait inside it is bounded, and the round's bound judges.
+const SLOW_CALL: Duration = Duration::from_secs(2);
 
 /// The control segment's words (`u32`s at these offsets).
 mod ctl {
@@ -266,7 +272,15 @@ fn racer(args: &[String]) -> i32 {
             return 3;
         }
         let mut shm = handle(&round_key(base, round), kind, round_mode(round));
-        match shm.open_or_create(SIZE, AccessMode::ReadWrite) {
+        let called = Instant::now();
+        let opened = shm.open_or_create(SIZE, AccessMode::ReadWrite);
+        if called.elapsed() > SLOW_CALL {
+            say(format!(
+                "ROUND {round} racer {id}: open_or_create took {:?}: {opened:?}",
+                called.elapsed()
+            ));
+        }
+        match opened {
             Ok(Opened::Created) => {
                 ctl.word(ctl::CREATORS).fetch_or(1 << id, Ordering::AcqRel);
                 ctl.add(ctl::CREATED);
@@ -285,7 +299,7 @@ fn racer(args: &[String]) -> i32 {
             let atomics = shm.atomics().expect("atomics");
             let slot = |i: usize| atomics.atomic_u32(SLOTS + 4 * i).expect("slot");
             slot(id).store(id as u32 + 1, Ordering::Release);
-            let deadline = Instant::now() + BOUND;
+            let deadline = Instant::now() + LOOK_BOUND;
             loop {
                 let expected = ctl.get(ctl::EXPECTED);
                 let filled = (0..RACERS)
@@ -457,7 +471,7 @@ fn eight_at_once(kind: KeyType) -> Result<(), Failed> {
     let (mut no_creator, mut two_creators, mut split, mut errors, mut leaked) = (0, 0, 0, 0, 0);
     let mut failures = Vec::new();
     for round in 1..=rounds {
-        let r = run_round(
+        let r = match run_round(
             &mut ctl,
             &base,
             kind,
@@ -466,7 +480,14 @@ fn eight_at_once(kind: KeyType) -> Result<(), Failed> {
             Some(0xff),
             None,
             |_| {},
-        )?;
+        ) {
+            Ok(r) => r,
+            Err(why) => {
+                // what the racers say about it (they give up looking before the round's bound)
+                std::thread::sleep(Duration::from_secs(1));
+                return Err(format!("{why}; racers said: {:#?}", complaints(&mut peers)).into());
+            }
+        };
         no_creator += u32::from(r.created == 0);
         two_creators += u32::from(r.created > 1);
         split += u32::from(r.saw_all < RACERS as u32);
