@@ -43,11 +43,11 @@ failures="${QSHM_STRESS_FAILURES:-$PWD/target/stress-failures.log}"
 seed=${QSHM_SEED:-$(date +%s)}
 export QSHM_SEED=$seed
 if [ -n "$quick" ]; then
-    trials=100 races=50 kills=40 loop_ms=10000 race_rounds=150 matrix=100
+    trials=100 races=50 kills=40 loop_ms=10000 race_rounds=150 matrix=100 ooc_rounds=150 ooc_kills=50
 else
-    trials=1000 races=1000 kills=1000 loop_ms=60000 race_rounds=1000 matrix=all
+    trials=1000 races=1000 kills=1000 loop_ms=60000 race_rounds=1000 matrix=all ooc_rounds=1000 ooc_kills=300
 fi
-echo "qshm stress run: seed $seed, $trials crash trials per backend and lock mode, $races racing-create rounds, $kills kills per lock, ${loop_ms} ms loops, $race_rounds rounds of 4 racers (root, user, PID namespace), matrix orders: $matrix per key type and lock mode"
+echo "qshm stress run: seed $seed, $trials crash trials per backend and lock mode, $races racing-create rounds, $kills kills per lock, ${loop_ms} ms loops, $race_rounds rounds of 4 racers (root, user, PID namespace), matrix orders: $matrix per key type and lock mode, $ooc_rounds open_or_create rounds of 8 racers and $ooc_kills with one killed per key type"
 echo "namespace: private IPC (ipcs sees $(ipcs -m | grep -c '^0x' || true) segments), /dev/shm and TMPDIR on fresh tmpfs"
 
 status=0
@@ -60,7 +60,7 @@ run() { # test-binary filter [VAR=value ...]
         grep -E "^----|left|hung|failed|ERROR|child:" "$log" | head -20 || true
         { echo "=== FAILED: $bin $filter $*"; cat "$log"; } >>"$failures"
     fi
-    grep -E "^(\((unprivileged-user|pid-namespace) pass|crash trials|racing creates|kills in tight loops|create-or-attach loop|matrix \()" "$log" || true
+    grep -E "^(\((unprivileged-user|pid-namespace) pass|crash trials|racing creates|kills in tight loops|create-or-attach loop|open_or_create |matrix \()" "$log" || true
 }
 
 for kind in systemv posix; do
@@ -81,6 +81,13 @@ for kind in systemv posix; do
     for mode in qt fast; do
         run hardening "$kind::$mode::create_or_attach_loop_of_4_processes_never_splits" QSHM_LOOP_MS=$loop_ms
     done
+done
+
+# open_or_create (tests/open_or_create.rs): 8 processes at one instant per round, and a
+# racer SIGKILLed mid-call, both lock modes
+for kind in systemv posix; do
+    run open_or_create "$kind::eight_processes_at_one_instant_one_creator_one_segment" QSHM_OOC_ROUNDS=$ooc_rounds
+    run open_or_create "$kind::a_racer_killed_mid_call_leaves_one_segment_and_nothing_behind" QSHM_OOC_KILLS=$ooc_kills
 done
 
 # the mixed-order matrix (tests/matrix.rs): once, as root (its actors include another user)

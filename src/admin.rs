@@ -22,6 +22,10 @@
 //! whose holder died is taken over by its next locker, whoever that is (a clean-up run
 //! as root never writes into a lock that another user can write).
 //!
+//! [`removed_in_use`] finds the segments of a key that were removed while processes
+//! still map them (`ipcrm`, `rm`, `qshm rm`, systemd-logind's `RemoveIPC=yes`), and who
+//! those processes are.
+//!
 //! The facts about one handle's segment that only tools need (`info`, `force_remove`,
 //! `semaphore_key`, `lock_state_path`, `system_v_key`) are the extension trait
 //! [`SharedMemoryExt`], so they stay out of [`SharedMemory`](crate::SharedMemory)'s own API.
@@ -39,11 +43,13 @@ mod lock_status;
 mod look;
 mod orphans;
 mod removal;
+mod removed;
 #[cfg(test)]
 mod tests;
 mod tools;
 
 pub use crate::shared_memory::SegmentInfo;
+pub use removed::{RemovedInUse, removed_in_use};
 pub use tools::SharedMemoryExt;
 
 /// How long a System V segment nobody ever attached to, or an empty POSIX segment, is

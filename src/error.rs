@@ -90,6 +90,18 @@ struct ErrorInner {
     key: String,
     detail: Option<String>,
     os: Option<io::Error>,
+    size_mismatch: Option<SizeMismatch>,
+}
+
+/// The two sizes of an [`open_or_create`](crate::SharedMemory::open_or_create) that found
+/// the key's segment with another size than it asked for ([`Error::size_mismatch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct SizeMismatch {
+    /// The size the call asked for.
+    pub asked: usize,
+    /// The size of the segment the key names: exactly what its creator asked for.
+    pub found: usize,
 }
 
 impl Error {
@@ -102,6 +114,7 @@ impl Error {
             key: key.to_owned(),
             detail: None,
             os: None,
+            size_mismatch: None,
         }))
     }
 
@@ -130,6 +143,11 @@ impl Error {
         self
     }
 
+    pub(crate) fn with_size_mismatch(mut self, sizes: SizeMismatch) -> Error {
+        self.0.size_mismatch = Some(sizes);
+        self
+    }
+
     /// Qt's error category.
     pub fn kind(&self) -> SharedMemoryError {
         self.0.kind
@@ -148,6 +166,13 @@ impl Error {
     /// The OS error behind this error, if any.
     pub fn os_error(&self) -> Option<&io::Error> {
         self.0.os.as_ref()
+    }
+
+    /// Both sizes, when an [`open_or_create`](crate::SharedMemory::open_or_create) found
+    /// the key's segment with another size than it asked for (an
+    /// [`InvalidSize`](SharedMemoryError::InvalidSize) error, whose message names them too).
+    pub fn size_mismatch(&self) -> Option<SizeMismatch> {
+        self.0.size_mismatch
     }
 }
 
@@ -211,6 +236,7 @@ impl fmt::Debug for Error {
                 .field("key", &e.key)
                 .field("detail", &e.detail)
                 .field("os", &e.os)
+                .field("size_mismatch", &e.size_mismatch)
                 .finish()
         } else {
             write!(f, "{self} [{:?}]", self.0.kind)

@@ -33,7 +33,7 @@ mod shared_memory;
 mod sys;
 
 #[cfg(target_os = "linux")]
-pub use error::{Error, Result, SharedMemoryError};
+pub use error::{Error, Result, SharedMemoryError, SizeMismatch};
 #[cfg(target_os = "linux")]
 pub use key::{KeyType, NativeIpcKey, SystemVId};
 #[cfg(target_os = "linux")]
@@ -41,7 +41,7 @@ pub use semaphore::SystemSemaphore;
 #[cfg(target_os = "linux")]
 pub use shared_memory::{AccessMode, Atomics, Generation, LockGuard, ReadGuard, SharedMemory};
 #[cfg(target_os = "linux")]
-pub use sys::{DEFAULT_PERMISSIONS, LockMode, SemaphoreMode};
+pub use sys::{DEFAULT_PERMISSIONS, LockMode, Opened, Removal, SemaphoreMode};
 /// The crate whose traits the typed views ([`LockGuard::as_type`]) ask for, re-exported so
 /// that its version matches qshm's.
 pub use zerocopy;

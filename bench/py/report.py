@@ -51,6 +51,13 @@ METRICS = OrderedDict([
     ("racers_kcycles_per_s", dict(title="N processes racing on one key: create or attach, lock, add, unlock, detach",
                                   lower=False, peer=None, floor=None, floors=[], xlabel="processes",
                                   chart="racers.svg", ylabel="thousand cycles per second, all racers")),
+    ("open_or_create_us", dict(title="open_or_create, 4 KiB: the call that creates (nobody has the key) and the one "
+                                     "that attaches (another process holds the segment), beside create and attach alone",
+                               lower=True, peer=None, floor=None,
+                               floors=[(f"{fl}: open_or_create, {how}", f"{fl}: {alone} alone")
+                                       for fl in ("qshm POSIX (fast)", "qshm POSIX (Qt-compatible)",
+                                                  "qshm System V (fast)", "qshm System V (Qt-compatible)")
+                                       for how, alone in (("creates", "create"), ("attaches", "attach"))])),
     ("size_cycle_us", dict(title="create + first touch of every page + destroy, against segment size",
                            lower=True, peer=SHMEM, floor=RAW_POSIX, floors=[("System V", RAW_SYSV)],
                            xlabel="segment size", chart="size_cycle.svg", ylabel="µs per cycle")),
@@ -99,6 +106,12 @@ TARGETS = [
      ("racers_kcycles_per_s", f, n), ("racers_kcycles_per_s", f, 1), 1 / 0.7)
     for f in ("qshm POSIX (Qt-compatible)", "qshm POSIX (fast)", "qshm System V (Qt-compatible)")
     for n in (2, 4)
+] + [
+    # issue 23: asking once costs little more than knowing which to call
+    (f"{fl}: open_or_create that {how} within {limit}x of {alone} alone",
+     ("open_or_create_us", f"{fl}: open_or_create, {how}"), ("open_or_create_us", f"{fl}: {alone} alone"), limit)
+    for fl in ("qshm POSIX (Qt-compatible)", "qshm System V (Qt-compatible)")
+    for how, alone, limit in (("creates", "create", 1.2), ("attaches", "attach", 1.5))
 ] + [
     ("Qt-compatible lock+unlock (POSIX) within 1.5x of bare sem_wait+sem_post",
      ("lock_unlock_ns", "qshm Qt-compatible (POSIX)"), ("lock_unlock_ns", SEM_POSIX), 1.5),

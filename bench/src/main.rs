@@ -10,6 +10,7 @@
 
 mod locks;
 mod notify;
+mod open_or_create;
 mod racers;
 mod stats;
 
@@ -107,11 +108,17 @@ fn main() {
                     note_machine();
                     racers::measure(plan.runs, plan.racer_window, plan.racer_procs);
                 }
-                Some(other) => eprintln!("qshm-bench: --only {other}: `notify` and `racers` are known"),
+                Some(only) if only == "open_or_create" => {
+                    note_machine();
+                    open_or_create::measure(plan.runs, plan.cycles);
+                }
+                Some(other) => {
+                    eprintln!("qshm-bench: --only {other}: `notify`, `racers` and `open_or_create` are known")
+                }
                 None => measure(plan),
             }
         }
-        _ => eprintln!("usage: qshm-bench measure [--quick] [--only notify|racers]"),
+        _ => eprintln!("usage: qshm-bench measure [--quick] [--only notify|racers|open_or_create]"),
     }
 }
 
@@ -154,6 +161,7 @@ fn measure(plan: &Plan) {
     cycles(plan);
     crowded_cycles(plan);
     racers::measure(plan.runs, plan.racer_window, plan.racer_procs);
+    open_or_create::measure(plan.runs, plan.cycles);
     size_curve(plan);
     pingpong(plan);
     notify(plan);
@@ -887,6 +895,7 @@ fn child(args: &[String]) {
         }
         "notify" => notify::child(&args[1..]),
         "race" => racers::child(&args[1..]),
+        "ooc-hold" => open_or_create::child(&args[1..]),
         "contend" => {
             let ctl = Mapping::open(&args[1]);
             let latency = args[2] == "1";

@@ -238,11 +238,54 @@ fn lock_state(shm: &SharedMemory, info: &SegmentInfo, lock: Option<LockStatus>) 
     }
 }
 
+/// The removed segments of the key that processes still map, in words (`None`: none).
+fn removed_in_use(target: &Target) -> Option<String> {
+    let removed = admin::removed_in_use(&target.native);
+    if removed.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = removed
+        .iter()
+        .map(|r| {
+            let what = match &r.os_id {
+                admin::OsId::SystemV { shmid, .. } => format!("shmid {shmid}"),
+                admin::OsId::Posix { path, inode } => format!("{} (inode {inode})", path.display()),
+                _ => "a segment".to_owned(),
+            };
+            let size = r
+                .size
+                .map_or(String::new(), |n| format!(", {}", human::bytes(n as usize)));
+            let pids: Vec<String> = r.mapped_by.iter().map(u32::to_string).collect();
+            let by = if pids.len() == 1 { "process" } else { "processes" };
+            format!("{what}{size}, mapped by {by} {}", pids.join(", "))
+        })
+        .collect();
+    Some(format!(
+        "{} of this key, removed while in use, {} still mapped: {} (`qshm rm`, `ipcrm`, `rm` of \
+         its file, or systemd-logind's RemoveIPC=yes; its processes share it with nobody who \
+         attaches from now on)",
+        plural(removed.len(), "segment"),
+        if removed.len() == 1 { "is" } else { "are" },
+        each.join("; ")
+    ))
+}
+
 pub fn stat(target: &Target) -> CliResult {
     // Attach adopting the segment's lock mode, whatever --fast says.
     let mut probe = target.adopting_handle();
     probe.attach(AccessMode::ReadOnly).map_err(|e| match e.kind() {
-        SharedMemoryError::NotFound => target.not_found(true),
+        SharedMemoryError::NotFound => match removed_in_use(target) {
+            // the key names nothing, but processes still use what it named
+            Some(removed) => Failure::with_code(
+                format!(
+                    "no segment for key {:?} ({}); {removed}",
+                    target.shown,
+                    type_name(target.native.kind())
+                ),
+                3,
+            ),
+            None => target.not_found(true),
+        },
         _ => e.into(),
     })?;
     let info = probe.info()?;
@@ -275,6 +318,9 @@ pub fn stat(target: &Target) -> CliResult {
     );
     let _ = writeln!(text, "created:      {} ago", human::age(age));
     let _ = writeln!(text, "lock:         {lock}");
+    if let Some(removed) = removed_in_use(target) {
+        let _ = writeln!(text, "removed:      {removed}");
+    }
     probe.detach()?;
     print_all(&text)
 }

@@ -2,19 +2,17 @@
 //! until the segment is removed.
 
 use std::io::Write as _;
-use std::os::unix::fs::MetadataExt as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use qshm::admin::SharedMemoryExt as _;
-use qshm::{AccessMode, Generation, KeyType, SharedMemory};
+use qshm::{AccessMode, Generation, Removal, SharedMemory};
 
 use crate::commands::{hex_dump, read_locked, read_range};
 use crate::interrupt::{self, Interrupt};
 use crate::{CliResult, Failure, Target};
 
 /// How long one wait for a change lasts before the signal flag and the segment's
-/// existence are looked at again (the wait sleeps in the kernel meanwhile).
+/// removal ([`SharedMemory::removal`]) are looked at again (the wait sleeps in the
+/// kernel meanwhile).
 const SLICE: Duration = Duration::from_millis(100);
 
 /// Exit code when the segment is removed while watched: 3, as for any segment not found.
@@ -27,7 +25,6 @@ pub fn watch(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> C
     let mut seen = shm
         .generation()
         .map_err(|e| Failure::from(e).with_hint("qshm watch needs qshm's change counter"))?;
-    let identity = Identity::of(&shm);
     eprintln!(
         "qshm: watching {:?} ({} from offset {offset}); Ctrl-C to stop",
         target.shown,
@@ -41,16 +38,25 @@ pub fn watch(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> C
             print_change(&copy, offset, seen, hex)?;
             printed = Some(copy);
         }
-        match next_change(&shm, seen, &interrupt, &identity)? {
+        match next_change(&shm, seen, &interrupt)? {
             Next::Changed(now) => seen = now,
             Next::Interrupted => break,
-            Next::Removed => {
+            Next::Removed(how) => {
                 shm.detach()?;
+                let what = match how {
+                    Removal::LockStateRemoved => {
+                        "lost its lock state in /dev/shm (systemd-logind's RemoveIPC=yes at its owner's logout, \
+                         or rm): writers that attach from now on notify apart (watch again to see them)"
+                    }
+                    Removal::Replaced => {
+                        "was removed, and the key names a new segment now (watch again to follow that one)"
+                    }
+                    _ => {
+                        "was removed (`qshm rm`, `ipcrm`, `rm` of its file, or systemd-logind's RemoveIPC=yes at its owner's logout)"
+                    }
+                };
                 return Err(Failure::with_code(
-                    format!(
-                        "the segment of {:?} was removed (`qshm rm`, or its creator's last detach); stopped watching",
-                        target.shown
-                    ),
+                    format!("the segment of {:?} {what}; stopped watching", target.shown),
                     REMOVED,
                 ));
             }
@@ -63,17 +69,12 @@ pub fn watch(target: &Target, offset: usize, len: Option<usize>, hex: bool) -> C
 enum Next {
     Changed(Generation),
     Interrupted,
-    Removed,
+    Removed(Removal),
 }
 
 /// Sleep until the generation moves on from `seen`, a signal comes or the segment is
 /// removed.
-fn next_change(
-    shm: &SharedMemory,
-    seen: Generation,
-    interrupt: &Interrupt,
-    identity: &Identity,
-) -> Result<Next, Failure> {
+fn next_change(shm: &SharedMemory, seen: Generation, interrupt: &Interrupt) -> Result<Next, Failure> {
     loop {
         if interrupt.raised() {
             return Ok(Next::Interrupted);
@@ -82,49 +83,9 @@ fn next_change(
         if now != seen {
             return Ok(Next::Changed(now));
         }
-        if identity.removed(shm) {
-            return Ok(Next::Removed);
-        }
-    }
-}
-
-/// What tells that the watched segment was removed: its file in `/dev/shm` is gone or
-/// is another file (POSIX), or the kernel has marked it for destruction, which makes its
-/// key `IPC_PRIVATE` (System V; qshm's keys never are).
-enum Identity {
-    Posix { path: PathBuf, dev: u64, ino: u64 },
-    SystemV,
-    Unknown,
-}
-
-impl Identity {
-    fn of(shm: &SharedMemory) -> Identity {
-        match shm.native_ipc_key().kind() {
-            KeyType::PosixRealtime => {
-                let path = PathBuf::from(format!("/dev/shm/{}", shm.native_key().trim_start_matches('/')));
-                match std::fs::metadata(&path) {
-                    Ok(m) => Identity::Posix {
-                        path,
-                        dev: m.dev(),
-                        ino: m.ino(),
-                    },
-                    Err(_) => Identity::Unknown,
-                }
-            }
-            KeyType::SystemV | KeyType::SystemVWithId(_) => Identity::SystemV,
-            _ => Identity::Unknown,
-        }
-    }
-
-    fn removed(&self, shm: &SharedMemory) -> bool {
-        match self {
-            Identity::Posix { path, dev, ino } => {
-                std::fs::metadata(path).map_or(true, |m| (m.dev(), m.ino()) != (*dev, *ino))
-            }
-            Identity::SystemV => shm
-                .info()
-                .map_or(true, |info| info.os_id.ends_with(" key 0x00000000")),
-            Identity::Unknown => false,
+        let removal = shm.removal()?;
+        if removal.is_removed() {
+            return Ok(Next::Removed(removal));
         }
     }
 }

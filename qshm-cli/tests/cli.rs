@@ -1707,11 +1707,128 @@ fn watch_skips_unchanged_bytes_and_stops_when_the_segment_goes() {
         watch.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         assert!(
             err.ends_with(&format!(
-                "qshm: the segment of {key:?} was removed (`qshm rm`, or its creator's last detach); stopped watching\n"
+                "qshm: the segment of {key:?} was removed (`qshm rm`, `ipcrm`, `rm` of its file, or \
+                 systemd-logind's RemoveIPC=yes at its owner's logout); stopped watching\n"
             )),
             "{err}"
         );
         interrupt(&mut holder);
+    }
+}
+
+/// Remove the segment of `key` behind its users' back as an administrator (or systemd's
+/// RemoveIPC=yes) would: `ipcrm -m` (System V, which leaves the key file, as logind does)
+/// or `rm` of the file in /dev/shm (POSIX).
+fn remove_behind_the_back(key: &str, kind: KeyType) {
+    let native = SharedMemory::legacy_native_key(key, kind);
+    if kind.is_system_v() {
+        let mut shm = SharedMemory::with_native_key(native);
+        shm.attach(AccessMode::ReadOnly).expect("attach");
+        let os_id = shm.info().expect("info").os_id; // "shmid N key 0x..."
+        drop(shm);
+        let shmid = os_id.split_whitespace().nth(1).expect("shmid").to_owned();
+        let status = Command::new("ipcrm")
+            .args(["-m", &shmid])
+            .status()
+            .expect("ipcrm");
+        assert!(status.success(), "ipcrm -m {shmid}");
+    } else {
+        std::fs::remove_file(format!("/dev/shm{}", native.native())).expect("rm");
+    }
+}
+
+/// `watch` tells a segment removed and made again (its key names another segment now)
+/// from one removed: the watcher is stopped (SIGSTOP) while it happens, so that it wakes
+/// to the new segment already there, whatever the timing.
+#[test]
+fn watch_says_when_the_key_names_a_new_segment() {
+    for kind in KINDS {
+        let key = unique_key("cliwatchnew");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let (mut holder, _) = hold(&key, kind, "32", &[]);
+        let mut watch = Command::new(BIN)
+            .args(["watch", &key, "--len", "4", type_flag(kind)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "\0\0\0\0");
+        let pid = watch.id() as i32;
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let out = qshm(&["rm", &key, type_flag(kind)]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (mut newer, _) = hold(&key, kind, "32", &[]);
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let status = watch.wait().unwrap();
+        assert_eq!(status.code(), Some(3));
+        let mut err = String::new();
+        use std::io::Read;
+        watch.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(
+            err.ends_with(&format!(
+                "qshm: the segment of {key:?} was removed, and the key names a new segment now \
+                 (watch again to follow that one); stopped watching\n"
+            )),
+            "{err}"
+        );
+        interrupt(&mut holder);
+        interrupt(&mut newer);
+        let left = leftovers(&key, kind, &[]);
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
+
+/// `stat` of a key whose segment was removed while a process still maps it (`ipcrm`, `rm`
+/// of its file, or systemd's RemoveIPC=yes) says so and names that process: when the key
+/// names nothing now (exit 3), and beside the key's new segment.
+#[test]
+fn stat_reports_a_removed_segment_still_in_use() {
+    for kind in KINDS {
+        let key = unique_key("clistatrm");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let (mut holder, _) = hold(&key, kind, "4096", &[]);
+        let pid = holder.child.id();
+        remove_behind_the_back(&key, kind);
+        let err = assert_fails(&qshm(&["stat", &key, type_flag(kind)]), 3);
+        assert!(
+            err.starts_with(&format!("qshm: no segment for key {key:?}")),
+            "{err}"
+        );
+        assert!(
+            err.contains("1 segment of this key, removed while in use, is still mapped: ")
+                && err.contains(&format!("mapped by process {pid} ("))
+                && err.contains("RemoveIPC=yes"),
+            "{err}"
+        );
+        // the key's new segment, and the old one still in use beside it
+        let (mut newer, _) = hold(&key, kind, "64", &[]);
+        let out = qshm(&["stat", &key, type_flag(kind)]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("size:         64 bytes\n"), "{text}");
+        let removed = text
+            .lines()
+            .find(|l| l.starts_with("removed:      1 segment of this key"))
+            .unwrap_or_else(|| panic!("no removed line: {text}"));
+        assert!(
+            removed.contains(&format!("mapped by process {pid} (")),
+            "{removed}"
+        );
+        if kind.is_system_v() {
+            assert!(removed.contains(", 4096 bytes, mapped by"), "{removed}");
+        }
+        interrupt(&mut holder);
+        // gone once its last process let go
+        let text = stdout(&qshm(&["stat", &key, type_flag(kind)]));
+        assert!(!text.contains("removed:"), "{text}");
+        interrupt(&mut newer);
+        let left = leftovers(&key, kind, &[]);
+        assert!(left.is_empty(), "{left:?}");
     }
 }
 

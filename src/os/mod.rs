@@ -320,6 +320,33 @@ pub(crate) fn mmap_shared(fd: RawFd, len: usize, writable: bool) -> io::Result<*
     }
 }
 
+/// Map `len` bytes of `fd` shared in place of the mapping at `ptr` (`MAP_FIXED`, which
+/// replaces it in one step); read-only unless `writable`.
+///
+/// # Safety
+/// `ptr..ptr+len` must be a mapping made by [`mmap_shared`] of the very file `fd` is open
+/// on, from offset 0, with the same protection: its bytes stay what they were, only the
+/// mapping's file reference changes.
+pub(crate) unsafe fn mmap_shared_in_place(
+    ptr: *mut u8,
+    fd: RawFd,
+    len: usize,
+    writable: bool,
+) -> io::Result<()> {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: guaranteed by the caller: the range is our own mapping of the same pages.
+    let got = unsafe { libc::mmap(ptr.cast(), len, prot, libc::MAP_SHARED | libc::MAP_FIXED, fd, 0) };
+    if got == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// # Safety
 /// `ptr..ptr+len` must be a mapping made by [`mmap_shared`] that nothing uses any more.
 pub(crate) unsafe fn munmap(ptr: *mut u8, len: usize) -> io::Result<()> {

@@ -15,6 +15,8 @@ mod info;
 mod last_error;
 mod locking;
 mod notify;
+mod open_or_create;
+mod removal;
 mod setup;
 
 pub use atomics::Atomics;
@@ -146,32 +148,38 @@ impl SharedMemory {
 
     fn create_inner(&mut self, size: usize, mode: AccessMode) -> Result<()> {
         const OP: &str = "create";
+        let req = self.create_request(OP, size, mode)?;
+        let attached = sys::create(&self.key, &req).map_err(|f| self.fail(OP, f))?;
+        self.attached = Some(Attachment::new(attached, mode));
+        Ok(())
+    }
+
+    /// What `create` (operation `op`) asks the backend for, once the handle is free and
+    /// `size` makes sense.
+    fn create_request(&self, op: &'static str, size: usize, mode: AccessMode) -> Result<CreateRequest> {
         if self.attached.is_some() {
             return Err(self.error_of(
-                OP,
+                op,
                 SharedMemoryError::AlreadyExists,
                 "this handle is already attached; detach first",
             ));
         }
-        checked_size(size).map_err(|why| self.error_of(OP, SharedMemoryError::InvalidSize, why))?;
+        checked_size(size).map_err(|why| self.error_of(op, SharedMemoryError::InvalidSize, why))?;
         let limit = os::memory_limit();
         if size as u64 > limit {
             return Err(self.error_of(
-                OP,
+                op,
                 SharedMemoryError::OutOfResources,
                 format!("{size} bytes is more than this machine's memory and swap ({limit} bytes)"),
             ));
         }
-        let req = CreateRequest {
+        Ok(CreateRequest {
             size,
             perms: self.perms,
             writable: mode == AccessMode::ReadWrite,
             mode: self.requested_mode.unwrap_or_default(),
             semaphore: crate::key::semaphore_key(&self.key),
-        };
-        let attached = sys::create(&self.key, &req).map_err(|f| self.fail(OP, f))?;
-        self.attached = Some(Attachment::new(attached, mode));
-        Ok(())
+        })
     }
 
     /// Attach to the existing segment (`NotFound` if there is none), adopting its lock mode
@@ -190,14 +198,19 @@ impl SharedMemory {
                 "this handle is already attached; detach first",
             ));
         }
-        let req = AttachRequest {
-            writable: mode == AccessMode::ReadWrite,
-            mode: self.requested_mode,
-            semaphore,
-        };
+        let req = self.attach_request(mode, semaphore);
         let attached = sys::attach(&self.key, &req).map_err(|f| self.fail(OP, f))?;
         self.attached = Some(Attachment::new(attached, mode));
         Ok(())
+    }
+
+    /// What `attach` asks the backend for.
+    fn attach_request(&self, mode: AccessMode, semaphore: NativeIpcKey) -> AttachRequest {
+        AttachRequest {
+            writable: mode == AccessMode::ReadWrite,
+            mode: self.requested_mode,
+            semaphore,
+        }
     }
 
     /// Detach from the segment; the last detach (in any process) destroys it.

@@ -45,6 +45,19 @@ impl Mapping {
         })
     }
 
+    /// Map the same pages again through `fd`, another descriptor of the file this
+    /// mapping maps (`writable` as when mapped), in place: what `/proc/PID/maps` names the
+    /// mapping after changes to `fd`'s path. On failure the mapping stays as it was.
+    pub(crate) fn remap_through(&self, fd: &OwnedFd, writable: bool) -> io::Result<()> {
+        if self.kind != Kind::Mmap {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: this Mapping made the region with mmap_shared of the file `fd` is open on
+        // (the caller's promise), from offset 0, with this protection; nothing is unmapped
+        // in between, so every pointer into it stays valid and sees the same bytes.
+        unsafe { os::mmap_shared_in_place(self.ptr.as_ptr(), fd.as_raw_fd(), self.len, writable) }
+    }
+
     /// Attach System V segment `id` (read-only unless `writable`), `len` bytes long.
     pub(crate) fn attach_system_v(id: libc::c_int, len: usize, writable: bool) -> io::Result<Mapping> {
         let ptr = os::shmat(id, !writable)?;

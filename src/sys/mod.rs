@@ -59,11 +59,61 @@ pub(crate) enum Detached {
     WasGone,
 }
 
+/// Which way [`SharedMemory::open_or_create`](crate::SharedMemory::open_or_create) went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Opened {
+    /// No segment had the key: this call made it (with this handle's size, lock mode and
+    /// permissions), exactly as [`create`](crate::SharedMemory::create) would have.
+    Created,
+    /// A live segment had the key: this call attached to it, exactly as
+    /// [`attach`](crate::SharedMemory::attach) would have (adopting its lock mode).
+    Attached,
+}
+
+/// Whether an attached segment is still the one its key names
+/// ([`SharedMemory::removal`](crate::SharedMemory::removal)).
+///
+/// A segment is *removed* when it loses its name while attached: System V's `IPC_RMID`
+/// (`ipcrm`, `qshm rm`, systemd-logind's `RemoveIPC=yes` at logout) marks it for
+/// destruction and takes its key away; a POSIX segment's file in `/dev/shm` is unlinked
+/// (`rm`, `qshm rm`, `RemoveIPC=yes`) or another file takes its name. The processes that
+/// are attached keep their mapping, its bytes and its lock, but nobody can attach to it
+/// any more, and the kernel frees it when the last of them detaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Removal {
+    /// Not removed: the key still names this very segment (System V: the kernel has not
+    /// marked it for destruction; POSIX: its name in `/dev/shm` still is this file).
+    Present,
+    /// Removed, and nothing has the key now: an `attach` of the key finds nothing.
+    Removed,
+    /// Removed, and the key names another segment now: one made since (by a `create`,
+    /// an `open_or_create`, a Qt program) or, for POSIX, another file put in its place.
+    /// Others who attach meet there, not here.
+    Replaced,
+    /// The segment is present, but the lock state qshm keeps beside it in `/dev/shm` was
+    /// removed (`rm`, or systemd-logind's `RemoveIPC=yes`, which removes every
+    /// `/dev/shm` file of the user but leaves a System V segment that is attached).
+    /// Processes that attach from now on share the bytes but not this handle's lock
+    /// state: not its [`LockMode::Fast`] lock, not its change notification.
+    LockStateRemoved,
+}
+
+impl Removal {
+    /// True for everything but [`Present`](Removal::Present): this handle no longer
+    /// shares the key's segment (or, for [`LockStateRemoved`](Removal::LockStateRemoved),
+    /// its lock) with anyone who attaches from now on.
+    pub fn is_removed(self) -> bool {
+        self != Removal::Present
+    }
+}
+
 /// An attached segment (its bytes are the [`Mapping`] that came with it, which the facade
 /// owns and drops before detaching).
 pub(crate) trait SegmentBackend: Send + Sync {
     /// Current facts from the OS.
     fn stat(&self) -> io::Result<SegmentStat>;
+    /// Whether the key still names this segment (see [`Removal`]).
+    fn removal(&self) -> io::Result<Removal>;
     /// Detach (the mapping and the lock are gone already); if no user is left, destroy
     /// the segment, its lock state and Qt's semaphore.
     fn detach(self: Box<Self>) -> Result<Detached, Failure>;
@@ -169,6 +219,39 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::attach(key, req),
         KeyType::PosixRealtime => posix::attach(key, req),
     }
+}
+
+/// Attach to the live segment of `key`, or create it if there is none, as one step: one
+/// creator however many race, never a `NotFound` or `AlreadyExists` for a segment that
+/// was being made or destroyed meanwhile (such races are retried inside, a bounded number
+/// of times).
+pub(crate) fn open_or_create(
+    key: &NativeIpcKey,
+    create: &CreateRequest,
+    attach: &AttachRequest,
+) -> Result<(Attached, Opened), Failure> {
+    check_key(key)?;
+    match key.kind() {
+        KeyType::SystemV | KeyType::SystemVWithId(_) => sysv::open_or_create(key, create, attach),
+        KeyType::PosixRealtime => posix::open_or_create(key, create, attach),
+    }
+}
+
+/// How often `open_or_create` tries again after losing a race (a segment destroyed
+/// between its look and its attach, or made between its look and its create). Each
+/// round is a full look, so losing them all takes others making and destroying the key
+/// 64 times in a row.
+pub(crate) const OPEN_OR_CREATE_ROUNDS: usize = 64;
+
+/// The failure of an `open_or_create` that lost every round.
+pub(crate) fn kept_changing() -> Failure {
+    Failure::because(
+        SharedMemoryError::UnknownError,
+        format!(
+            "the segment of this key was made and removed by others {OPEN_OR_CREATE_ROUNDS} times \
+             while this call tried to attach or create it; gave up"
+        ),
+    )
 }
 
 /// Open (or create) the semaphore of `key`, as `QSystemSemaphore` does.

@@ -139,7 +139,9 @@ fn parse_maps_line(line: &str) -> Option<(Option<u64>, u64, &str)> {
     let dev = fields.nth(3)?;
     let ino: u64 = fields.next()?.parse().ok()?;
     let path = fields.next()?.trim_start();
-    if ino == 0 || path.is_empty() {
+    // inode 0 names nothing, except a System V segment whose id is 0 (the first one made
+    // since boot, or in a fresh IPC namespace): its inode is its id
+    if (ino == 0 && !path.starts_with("/SYSV")) || path.is_empty() {
         return None;
     }
     Some((device(dev), ino, path))
@@ -433,5 +435,10 @@ mod tests {
         assert!(Mapped::SystemV { shmid: 98311 }.matches(dev, ino, path));
         assert!(!Mapped::SystemV { shmid: 98312 }.matches(dev, ino, path));
         assert_eq!(parse_maps_line("7f0-7f1 r-xp 00000000 00:00 0 "), None);
+        // the first System V segment since boot (or in a new IPC namespace) has id 0
+        let first = "7f63ad955000-7f63ad956000 rw-s 00000000 00:01 0     /SYSV5100a52e (deleted)";
+        let (dev, ino, path) = parse_maps_line(first).expect("shmid 0 is a segment");
+        assert!(Mapped::SystemV { shmid: 0 }.matches(dev, ino, path));
+        assert_eq!(parse_maps_line("7f0-7f1 rw-p 00000000 00:00 0    [heap]"), None);
     }
 }

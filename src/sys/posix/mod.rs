@@ -70,8 +70,8 @@ use super::mapping::Mapping;
 use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Owner, SHM_DIR, SegmentBackend,
-    SegmentStat, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, Removal, SHM_DIR,
+    SegmentBackend, SegmentStat, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
@@ -110,21 +110,14 @@ pub(crate) struct Segment {
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
     let c_path = segment_path(key)?;
     for _ in 0..RACE_RETRIES {
-        // 1. Qt's semaphore, before the segment can be found
-        let semaphore = match req.mode {
-            LockMode::QtCompatible => Some(semaphore_for_create(&req.semaphore, req.perms & 0o777)?),
-            LockMode::Fast => None,
-        };
-        match create_once(&c_path, req, semaphore.as_ref().map(|s| &s.file)) {
-            Ok(Some(attached)) => return Ok(attached),
+        match create_round(&c_path, req)? {
+            Made::Segment(attached) => return Ok(attached),
             // lost a race with another creator or a destroyer: again
-            Ok(None) => continue,
-            Err(failure) => {
-                if let Some(sem) = semaphore {
-                    sem.undo();
-                }
-                return Err(failure);
+            Made::Again => continue,
+            Made::Taken { owner } if owner != os::euid() => {
+                return Err(not_ours("a segment of this key", owner));
             }
+            Made::Taken { .. } => return Err(Failure::new(SharedMemoryError::AlreadyExists)),
         }
     }
     Err(Failure::because(
@@ -133,14 +126,95 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     ))
 }
 
-/// Steps 2 to 5 of [`create`]: the segment file and its lock state, published. `Ok(None)`:
-/// a race was lost (the name was taken by a stale segment now removed, or a squatter holds
-/// the lock state's name): try again.
+/// Attach to the live segment named by `key`, or create it (see [`super::open_or_create`]).
+/// Looks first, so that attaching never makes (and reserves the pages of) a segment in
+/// vain; `linkat` still decides between racing creators, and a creator that loses attaches
+/// to the winner's segment in its next round.
+pub(crate) fn open_or_create(
+    key: &NativeIpcKey,
+    create: &CreateRequest,
+    attach_req: &AttachRequest,
+) -> Result<(Attached, Opened), Failure> {
+    let c_path = segment_path(key)?;
+    let mut without_lock_state = 0;
+    for _ in 0..super::OPEN_OR_CREATE_ROUNDS {
+        // a live segment (a stale one of ours is removed here, as create removes it)
+        if let Probe::Live { .. } = probe_existing(&c_path, Reclaim::Ours)? {
+            match attach(key, attach_req) {
+                Ok(attached) => return Ok((attached, Opened::Attached)),
+                // its last user destroyed it since we looked: create it
+                Err(f) if f.kind == SharedMemoryError::NotFound => {}
+                // A segment without lock state refuses LockMode::Fast. It may be Qt's, or
+                // one whose creator was killed between naming it and its lock state: that
+                // one is stale, and a next round's look removes it once the racers that
+                // look at it with us let go. A few rounds tell; then the failure stands.
+                Err(f)
+                    if f.kind == SharedMemoryError::LockError
+                        && without_lock_state < HALF_MADE_ROUNDS
+                        && lacks_lock_state(&c_path) =>
+                {
+                    without_lock_state += 1;
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        match create_round(&c_path, create)? {
+            Made::Segment(attached) => return Ok((attached, Opened::Created)),
+            // another creator won (attach to its segment), or a destroyer was in the way
+            Made::Taken { .. } | Made::Again => continue,
+        }
+    }
+    Err(super::kept_changing())
+}
+
+/// How many rounds `open_or_create` gives a segment without lock state to turn out stale
+/// (each round's look lets about 6 ms pass when others have it open).
+const HALF_MADE_ROUNDS: usize = 8;
+
+/// Whether the segment file named `c_path` has no lock state (made by another program,
+/// or by a qshm creator killed before it named the lock state).
+fn lacks_lock_state(c_path: &std::ffi::CString) -> bool {
+    NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0).is_ok_and(|file| {
+        let id = id_of(c_path, &file.stat);
+        os::cstring(&id.lock_state_path())
+            .is_ok_and(|p| os::lstat(&p).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)))
+    })
+}
+
+/// What one round of creating came to.
+enum Made {
+    /// The segment, made, named and attached.
+    Segment(Attached),
+    /// A race was lost (the name was taken by a stale segment now removed, or a squatter
+    /// holds the lock state's name): try again.
+    Again,
+    /// A live segment has the name; `owner` is its owner.
+    Taken { owner: u32 },
+}
+
+/// One round of [`create`]: Qt's semaphore (step 1), then the segment ([`create_once`]).
+/// What was made for a segment that is not ours in the end is undone.
+fn create_round(c_path: &std::ffi::CString, req: &CreateRequest) -> Result<Made, Failure> {
+    // 1. Qt's semaphore, before the segment can be found
+    let semaphore = match req.mode {
+        LockMode::QtCompatible => Some(semaphore_for_create(&req.semaphore, req.perms & 0o777)?),
+        LockMode::Fast => None,
+    };
+    let made = create_once(c_path, req, semaphore.as_ref().map(|s| &s.file));
+    if let Some(sem) = semaphore
+        && matches!(made, Ok(Made::Taken { .. }) | Err(_))
+    {
+        sem.undo();
+    }
+    made
+}
+
+/// Steps 2 to 5 of [`create`]: the segment file and its lock state, published.
 fn create_once(
     c_path: &std::ffi::CString,
     req: &CreateRequest,
     semaphore: Option<&Arc<SemaphoreFile>>,
-) -> Result<Option<Attached>, Failure> {
+) -> Result<Made, Failure> {
     let dir = os::cstring(SHM_DIR)?;
     let perms = req.perms & 0o777;
     // 2. the file, unnamed: size, pages, and an exclusive flock that keeps attachers
@@ -180,7 +254,7 @@ fn create_once(
     let state = match prepared.publish() {
         Ok(state) => state,
         // a squatter on this identity's name: a new file gets a new identity
-        Err(CreateError::Taken) => return Ok(None),
+        Err(CreateError::Taken) => return Ok(Made::Again),
         Err(CreateError::Io(e)) => return Err(lock_state_failure(e)),
     };
     match os::link_fd(&fd, c_path) {
@@ -192,11 +266,10 @@ fn create_once(
             if e.raw_os_error() != Some(libc::EEXIST) {
                 return Err(e.into());
             }
-            return match probe_existing(c_path, Reclaim::Ours)? {
-                Probe::Live { owner } if owner != os::euid() => Err(not_ours("a segment of this key", owner)),
-                Probe::Live { .. } => Err(Failure::new(SharedMemoryError::AlreadyExists)),
-                Probe::Gone => Ok(None),
-            };
+            return Ok(match probe_existing(c_path, Reclaim::Ours)? {
+                Probe::Live { owner } => Made::Taken { owner },
+                Probe::Gone => Made::Again,
+            });
         }
     }
     // 5. the semaphore opened in step 1 must still be the key's: the last detacher of a
@@ -211,10 +284,11 @@ fn create_once(
         if os::lstat(c_path).is_ok_and(|now| now.same_file(&st)) {
             let _ = os::unlink(c_path);
         }
-        return Ok(None);
+        return Ok(Made::Again);
     }
     // 6. let attachers in: the creator's attachment is a shared lock like theirs
     os::flock(&fd, libc::LOCK_SH)?;
+    name_the_mapping(c_path, &st, &mapping, req.writable);
     let file = NamedFile {
         fd,
         stat: st,
@@ -227,7 +301,7 @@ fn create_once(
         },
         None => LockParts::Fast { state: state.clone() },
     };
-    Ok(Some(Attached {
+    Ok(Made::Segment(Attached {
         segment: Box::new(Segment {
             _in_child: InChild::share(std::os::fd::AsRawFd::as_raw_fd(&file.fd)),
             file,
@@ -239,6 +313,20 @@ fn create_once(
         mapping,
         lock,
     }))
+}
+
+/// Map the creator's pages again through the segment's name: a mapping of the unnamed
+/// `O_TMPFILE` descriptor is `/dev/shm/#INODE (deleted)` in `/proc/PID/maps` for ever,
+/// one through the name is `/dev/shm/NAME`, and `/dev/shm/NAME (deleted)` once someone
+/// removes it, which is how `qshm stat` finds the processes still using a removed segment
+/// ([`crate::admin::removed_in_use`]). Best effort: the mapping stays as it was otherwise.
+fn name_the_mapping(c_path: &std::ffi::CString, st: &FileStat, mapping: &Mapping, writable: bool) {
+    let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY };
+    if let Ok(named) = NamedFile::open(c_path, flags, 0)
+        && named.stat.same_file(st)
+    {
+        let _ = mapping.remap_through(&named.fd, writable);
+    }
 }
 
 fn size_failure(size: usize, e: io::Error) -> Failure {
@@ -398,6 +486,17 @@ impl SegmentBackend for Segment {
         })
     }
 
+    fn removal(&self) -> io::Result<Removal> {
+        // While we hold the file open its inode cannot be reused: another device and
+        // inode under the name is another file.
+        match os::lstat(&self.file.path) {
+            Ok(now) if now.same_file(&self.file.stat) => Ok(Removal::Present),
+            Ok(_) => Ok(Removal::Replaced),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Removal::Removed),
+            Err(e) => Err(e),
+        }
+    }
+
     fn detach(self: Box<Self>) -> Result<Detached, Failure> {
         let Segment {
             file,
@@ -418,11 +517,13 @@ impl SegmentBackend for Segment {
         let ours = |sem: &SemaphoreFile| made_semaphore == Some(sem.record());
         if !file.still_named() {
             // removed behind our back (qshm rm, a test's clean-up): we were the last qshm
-            // user of this incarnation; remove what was left of it. Its semaphore only if
-            // nobody else has it open: the key is free, and a new segment of it may be
-            // sharing the semaphore already.
+            // user of this incarnation; remove what was left of it. Qt's semaphore belongs
+            // to the key, not the incarnation: a segment made since under the name (after
+            // an `rm` that left the semaphore) shares it and keeps it; otherwise it goes
+            // only if nobody else has it open (a creator may be sharing it already).
             LockState::remove(id);
-            if let Some(sem) = semaphore.as_ref().filter(|s| ours(s)) {
+            let made_again = os::lstat(&file.path).is_ok();
+            if !made_again && let Some(sem) = semaphore.as_ref().filter(|s| ours(s)) {
                 SemaphoreFile::unlink_if_alone(sem);
             }
             return Ok(Detached::WasGone);

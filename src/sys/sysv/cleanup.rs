@@ -62,40 +62,49 @@ pub(crate) fn lock_state_orphaned(id: SegmentId) -> bool {
     }
 }
 
+/// What [`reclaim_if_stale`] found at a key.
+pub(super) enum Stale {
+    /// Nothing is there any more (we removed a stale segment, or it went meanwhile); the
+    /// removed segment's record of the key file qshm made for it, if any.
+    Removed(Option<[u64; 3]>),
+    /// A segment that stays: in use, or another user's. The failure says which.
+    Live(Failure),
+}
+
 /// A segment exists at `shm_key`: remove it if it is ours and nobody is attached (every
 /// user died), else report it. Runs under the key file's lock.
-/// Returns the stale segment's record of the key file qshm made for it, which the new
-/// segment inherits (else a key file qshm made would be left when the reclaimer is last).
-pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Option<[u64; 3]>, Failure> {
+/// A removed one's record of the key file qshm made for it is returned: the new segment
+/// inherits it (else a key file qshm made would be left when the reclaimer is last).
+pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Stale, Failure> {
+    let not_ours_at_key = || {
+        Stale::Live(not_ours(
+            "a segment of this key",
+            table_owner(shm_key).unwrap_or(u32::MAX),
+        ))
+    };
     let old = match os::shmget(shm_key, 0, 0) {
         Ok(old) => old,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None), // gone meanwhile
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-            let owner = table_owner(shm_key).unwrap_or(u32::MAX);
-            return Err(not_ours("a segment of this key", owner));
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Stale::Removed(None)), // gone meanwhile
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(not_ours_at_key()),
         Err(e) => return Err(e.into()),
     };
     let ds = match os::shm_stat(old) {
         Ok(ds) => ds,
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-            let owner = table_owner(shm_key).unwrap_or(u32::MAX);
-            return Err(not_ours("a segment of this key", owner));
-        }
-        Err(_) => return Ok(None), // removed meanwhile: try again
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(not_ours_at_key()),
+        Err(_) => return Ok(Stale::Removed(None)), // removed meanwhile: try again
     };
     if ds.shm_perm.uid != os::euid() {
-        return Err(not_ours("a segment of this key", ds.shm_perm.uid));
+        return Ok(Stale::Live(not_ours("a segment of this key", ds.shm_perm.uid)));
     }
     if ds.shm_nattch > 0 {
-        return Err(Failure::new(SharedMemoryError::AlreadyExists));
+        return Ok(Stale::Live(Failure::new(SharedMemoryError::AlreadyExists)));
     }
     let old_id = id_of(old, &ds);
     let record = LockState::recorded(old_id).and_then(|r| r.key_file);
     LockState::remove(old_id);
     match os::shm_remove(old) {
         Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e.into()),
-        _ => Ok(record),
+        _ => Ok(Stale::Removed(record)),
     }
 }
 

@@ -31,10 +31,10 @@ mod cleanup;
 mod key_file;
 mod semaphore;
 
+use cleanup::{Stale, reclaim_if_stale, table_owner};
 #[cfg(feature = "admin")]
 pub(crate) use cleanup::{lock_state_orphaned, remove_if_stale};
 pub(crate) use cleanup::{numeric_key, remove, sweep_orphaned_lock_states};
-use cleanup::{reclaim_if_stale, table_owner};
 
 #[cfg(feature = "admin")]
 pub(crate) use key_file::used_under_any_id;
@@ -48,10 +48,10 @@ pub(crate) use semaphore::{Semaphore, remove_recorded};
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::NamedFile;
-use super::procfs::Mapped;
+use super::procfs::{self, Mapped};
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Owner, SegmentBackend,
-    SegmentStat, SemaphoreMode, fork, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, Removal,
+    SegmentBackend, SegmentStat, SemaphoreMode, fork, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
@@ -101,7 +101,10 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     let fork_epoch = fork::epoch_watched();
     sweep_orphaned_lock_states();
     let (key_file, created) = lock_key_file_for_create(&path)?;
-    let result = create_locked(&key_file, project_id, created, req, fork_epoch);
+    let result = match create_locked(&key_file, project_id, created, req, fork_epoch) {
+        Ok(Made::Segment(attached)) => Ok(attached),
+        Ok(Made::Taken(failure)) | Err(failure) => Err(failure),
+    };
     if result.is_err() && created && !segment_uses(&path, project_id) {
         // keep no key file behind for a segment we did not make (and never one a live
         // segment uses: we hold its lock, so nobody made one since we looked)
@@ -110,13 +113,96 @@ pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached
     result
 }
 
+/// Attach to the live segment of `key`, or create it (see [`super::open_or_create`]), all
+/// under the key file's lock, which every qshm create, attach and destroy of the key
+/// takes: nothing of qshm's can make or destroy the segment between the look and the act.
+/// Only a program that does not take that lock (Qt) can destroy it in between; the next
+/// round then creates it.
+pub(crate) fn open_or_create(
+    key: &NativeIpcKey,
+    create: &CreateRequest,
+    attach_req: &AttachRequest,
+) -> Result<(Attached, Opened), Failure> {
+    let path = key_path(key)?;
+    let project_id = project_id(key);
+    let fork_epoch = fork::epoch_watched();
+    let (key_file, created) = match lock_key_file_for_create(&path) {
+        Ok(held) => held,
+        // another user's key file: the key is theirs to create; attach if they let us
+        Err(failure) if failure.kind == SharedMemoryError::AlreadyExists => {
+            return match attach(key, attach_req) {
+                Ok(attached) => Ok((attached, Opened::Attached)),
+                Err(f) if f.kind == SharedMemoryError::NotFound => Err(failure),
+                Err(f) => Err(f),
+            };
+        }
+        Err(failure) => return Err(failure),
+    };
+    let result = (|| {
+        let mut swept = false;
+        for _ in 0..super::OPEN_OR_CREATE_ROUNDS {
+            // a live segment: attach, without the creator's work (even under a key file
+            // this call made: a racer may have taken its lock first and made the segment)
+            if live_segment_at(&path, project_id) {
+                match attach_locked(key, attach_req, &path, Some(&key_file), fork_epoch) {
+                    Ok(attached) => return Ok((attached, Opened::Attached)),
+                    // destroyed meanwhile by a program that does not take the key file's
+                    // lock (Qt): create it
+                    Err(f) if f.kind == SharedMemoryError::NotFound => {}
+                    Err(f) => return Err(f),
+                }
+            }
+            if !swept {
+                sweep_orphaned_lock_states();
+                swept = true;
+            }
+            match create_locked(&key_file, project_id, created, create, fork_epoch)? {
+                Made::Segment(attached) => return Ok((attached, Opened::Created)),
+                // made since our look by a program that does not take the lock: attach
+                Made::Taken(_) => {}
+            }
+            match attach_locked(key, attach_req, &path, Some(&key_file), fork_epoch) {
+                Ok(attached) => return Ok((attached, Opened::Attached)),
+                Err(f) if f.kind == SharedMemoryError::NotFound => {}
+                Err(f) => return Err(f),
+            }
+        }
+        Err(super::kept_changing())
+    })();
+    if result.is_err() && created && !segment_uses(&path, project_id) {
+        let _ = key_file.unlink_if_still_named();
+    }
+    result
+}
+
+/// Whether the key file `path` (held locked) finds a segment that is not stale: someone is
+/// attached, or it is not ours to judge (another user's, or one we may not look at).
+/// A stale one of ours is left to `create_locked`, which replaces it.
+fn live_segment_at(path: &CString, project_id: u8) -> bool {
+    let Ok(id) = ftok_key(path, project_id).and_then(|k| os::shmget(k, 0, 0)) else {
+        return false;
+    };
+    match os::shm_stat(id) {
+        Ok(ds) => ds.shm_nattch > 0 || ds.shm_perm.uid != os::euid(),
+        Err(e) => e.raw_os_error() == Some(libc::EACCES),
+    }
+}
+
+/// What [`create_locked`] came to.
+enum Made {
+    /// The segment, made and attached.
+    Segment(Attached),
+    /// A live segment has the key (the failure `create` reports: whose it is).
+    Taken(Failure),
+}
+
 fn create_locked(
     key_file: &NamedFile,
     project_id: u8,
     created: bool,
     req: &CreateRequest,
     fork_epoch: u64,
-) -> Result<Attached, Failure> {
+) -> Result<Made, Failure> {
     let path = &key_file.path;
     let shm_key = ftok_key(path, project_id).map_err(|e| key_file_failure(path, e))?;
     let perms = req.perms & 0o777;
@@ -130,7 +216,10 @@ fn create_locked(
         ) {
             Ok(id) => id,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                inherited = inherited.or(reclaim_if_stale(shm_key)?);
+                match reclaim_if_stale(shm_key)? {
+                    Stale::Removed(record) => inherited = inherited.or(record),
+                    Stale::Live(failure) => return Ok(Made::Taken(failure)),
+                }
                 continue;
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -224,11 +313,11 @@ fn create_locked(
             key_file: recorded_key_file,
             fork_epoch,
         };
-        return Ok(Attached {
+        return Ok(Made::Segment(Attached {
             segment: Box::new(segment),
             mapping,
             lock,
-        });
+        }));
     }
     Err(Failure::new(SharedMemoryError::AlreadyExists))
 }
@@ -271,10 +360,23 @@ fn open_owned_semaphore(key: &NativeIpcKey, perms: u32, held: &NamedFile) -> Res
 pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached, Failure> {
     let path = key_path(key)?;
     let fork_epoch = fork::epoch_watched();
-    let _key_file = match lock_key_file(&path)? {
+    let key_file = match lock_key_file(&path)? {
         Some(file) => file,
         None => return Err(Failure::new(SharedMemoryError::NotFound)),
     };
+    attach_locked(key, req, &path, key_file.as_ref(), fork_epoch)
+}
+
+/// [`attach`] while holding the key file `key_file` locked (`None`: another user's key
+/// file we may not open).
+fn attach_locked(
+    key: &NativeIpcKey,
+    req: &AttachRequest,
+    path: &CString,
+    key_file: Option<&NamedFile>,
+    fork_epoch: u64,
+) -> Result<Attached, Failure> {
+    let path = path.clone();
     let project_id = project_id(key);
     let shm_key = ftok_key(&path, project_id).map_err(|e| key_file_failure(&path, e))?;
     let id = os::shmget(shm_key, 0, if req.writable { 0o600 } else { 0o400 }).map_err(|e| {
@@ -308,7 +410,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
             1,
             SemaphoreMode::Open,
             lock_state::locker_permissions(owner.perms),
-            _key_file.as_ref(),
+            key_file,
         ) {
             Ok(sem) => Some(Arc::new(sem)),
             // a reader of another user's segment: it may not alter the set
@@ -355,6 +457,31 @@ impl SegmentBackend for Segment {
             uid: ds.shm_perm.uid,
             created_secs: ds.shm_ctime,
             os_id: format!("shmid {} key {:#010x}", self.id, ds.shm_perm.__key),
+        })
+    }
+
+    fn removal(&self) -> io::Result<Removal> {
+        // IPC_RMID marks the segment SHM_DEST and sets its key to IPC_PRIVATE; it lives
+        // on (its id is not reused) until its last attachment goes, ours among them.
+        let removed = match os::shm_stat(self.id) {
+            Ok(ds) => ds.shm_perm.mode & os::SHM_DEST != 0 || ds.shm_perm.__key == libc::IPC_PRIVATE,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => true,
+            // its owner took our read permission away since (IPC_SET): the table is public
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                match procfs::shm_table().into_iter().find(|row| row.id == self.id) {
+                    Some(row) => row.perms & u32::from(os::SHM_DEST) != 0 || row.key == libc::IPC_PRIVATE,
+                    None => true,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if !removed {
+            return Ok(Removal::Present);
+        }
+        let now = ftok_key(&self.path, self.project_id).and_then(|k| os::shmget(k, 0, 0));
+        Ok(match now {
+            Ok(id) if id != self.id => Removal::Replaced,
+            _ => Removal::Removed,
         })
     }
 
