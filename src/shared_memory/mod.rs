@@ -23,6 +23,9 @@ pub use guard::{LockGuard, ReadGuard};
 pub use info::SegmentInfo;
 use last_error::LastError;
 pub use notify::Generation;
+/// The futex wait on a lock state's change counter, for the async wake-up's thread.
+#[cfg(feature = "async")]
+pub(crate) use notify::wait as wait_for_generation;
 
 /// How a segment is mapped (Qt's `QSharedMemory::AccessMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -1,0 +1,2 @@
+//! Async wake-ups across processes (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Message queues across processes (being written).
+fn main() {}
