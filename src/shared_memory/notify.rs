@@ -32,6 +32,7 @@ pub struct Generation(u32);
 impl Generation {
     /// The generation whose counter value is `value` (crate-internal: callers get theirs
     /// from the segment).
+    #[cfg(feature = "async")]
     pub(crate) fn from_value(value: u32) -> Generation {
         Generation(value)
     }
