@@ -13,6 +13,14 @@ pub struct Publisher {
     publisher: IcePublisher<ipc::Service, [u8], ()>,
 }
 
+/// A node, iceoryx2's logging kept off stdout (where the benchmark's rows go) but for errors.
+fn node() -> Node<ipc::Service> {
+    set_log_level(LogLevel::Error);
+    NodeBuilder::new()
+        .create::<ipc::Service>()
+        .expect("iceoryx2 node")
+}
+
 /// The service, made by whoever comes first; up to 4 subscribers (the most the benchmark runs).
 fn service(node: &Node<ipc::Service>, name: &str) -> PortFactory<ipc::Service, [u8], ()> {
     node.service_builder(&name.try_into().expect("service name"))
@@ -30,9 +38,7 @@ type PortFactory<S, P, H> = iceoryx2::service::port_factory::publish_subscribe::
 
 impl Publisher {
     pub fn new(name: &str, max_len: usize) -> Publisher {
-        let node = NodeBuilder::new()
-            .create::<ipc::Service>()
-            .expect("iceoryx2 node");
+        let node = node();
         let publisher = service(&node, name)
             .publisher_builder()
             .initial_max_slice_len(max_len)
@@ -58,9 +64,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn new(name: &str) -> Subscriber {
-        let node = NodeBuilder::new()
-            .create::<ipc::Service>()
-            .expect("iceoryx2 node");
+        let node = node();
         let subscriber = service(&node, name)
             .subscriber_builder()
             .buffer_size(2)
