@@ -47,6 +47,10 @@ fn main() {
         killed_consumer,
     ));
     trials.push(Trial::test(
+        "posix::a_last_message_sent_as_the_producer_leaves_arrives_before_disconnected",
+        last_message_before_leaving,
+    ));
+    trials.push(Trial::test(
         "posix::one_producer_and_one_consumer_at_a_time_and_refusals",
         roles_and_refusals,
     ));
@@ -516,6 +520,51 @@ fn killed_consumer() -> Result<(), Failed> {
     next.send("");
     check(next.wait(T).success(), "it exits")?;
     drop(tx);
+    fx.finish().map_err(Failed::from)
+}
+
+/// A producer sends one message and leaves at once, again and again, while the consumer
+/// waits: the consumer must get each message before it hears that the producer left
+/// (the producer's departure may be seen between its look at the queue and its sleep).
+fn last_message_before_leaving() -> Result<(), Failed> {
+    const MAX: usize = 16;
+    const CAP: usize = 4;
+    const ROUNDS: u64 = 20_000;
+    let kind = KeyType::PosixRealtime;
+    let size = Producer::segment_size(MAX, CAP).expect("size");
+    let fx = setup("queuelast", kind, LockMode::Fast, size)?;
+    let mut rx = Consumer::new(attached(&fx.key, kind), MAX, CAP)?;
+    let key = fx.key.clone();
+    let producer = std::thread::spawn(move || {
+        let mut shm = Some(attached(&key, kind));
+        for round in 0..ROUNDS {
+            let mut tx = Producer::new(shm.take().expect("segment"), MAX, CAP).expect("producer");
+            tx.send(&round.to_le_bytes()).expect("send");
+            shm = Some(tx.into_inner()); // leaves right after the message
+            std::thread::yield_now();
+        }
+    });
+    let mut buf = [0u8; MAX];
+    let mut next = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while next < ROUNDS && Instant::now() < deadline {
+        match rx.recv_timeout(&mut buf, T) {
+            Ok(Some(8)) => {
+                let got = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+                check(got == next, format!("message {got} arrived, {next} expected"))?;
+                next += 1;
+            }
+            Ok(other) => return Err(format!("a receive gave {other:?}").into()),
+            // the producer left with the queue empty: a new one is coming
+            Err(e) if e.kind() == SharedMemoryError::Disconnected => {
+                check(rx.is_empty()?, format!("Disconnected with a message queued: {e}"))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    producer.join().map_err(|_| "the producer thread panicked")?;
+    check(next == ROUNDS, format!("{next} of {ROUNDS} messages arrived"))?;
+    drop(rx);
     fx.finish().map_err(Failed::from)
 }
 

@@ -68,8 +68,13 @@ impl Consumer {
         let g = end.geometry;
         let (_, used) = end.others_index(OP)?;
         if used == 0 {
-            end.check_peer(OP, false)?;
-            return Ok(None);
+            match end.check_peer(OP, false) {
+                Ok(()) => return Ok(None),
+                // the producer may have sent a last message and left since we looked: a
+                // departure is reported only for a queue still empty after it was seen
+                Err(e) if end.others_index(OP)?.1 == 0 => return Err(e),
+                Err(_) => {}
+            }
         }
         let index = end.index;
         let len = end::len_word(&end.seg, OP, &g, index)?.load(Ordering::Relaxed);
@@ -114,7 +119,10 @@ impl Consumer {
             if let Some(len) = self.try_recv(buf)? {
                 return Ok(Some(len));
             }
-            let (tail, _) = self.end.others_index(OP)?;
+            let (tail, used) = self.end.others_index(OP)?;
+            if used != 0 {
+                continue; // sent since try_recv looked
+            }
             if !self.end.wait_for_other(OP, tail, deadline)? {
                 return self.try_recv(buf);
             }

@@ -267,13 +267,22 @@ impl End {
             }
             std::hint::spin_loop();
         }
-        self.check_peer(op, false)?;
         let waiting = self.seg.u32_at(op, waiting_at)?;
         let result = loop {
             // said before every sleep: the other end clears it when it wakes us
             waiting.store(1, Ordering::SeqCst);
             if other.load(Ordering::SeqCst) != seen {
                 break Ok(true);
+            }
+            // a peer that left or died is reported only if it did not move its index
+            // first (it publishes before it gives its role up: seeing the role given up,
+            // we see the index it published)
+            if let Err(e) = self.check_peer(op, false) {
+                break if other.load(Ordering::SeqCst) != seen {
+                    Ok(true)
+                } else {
+                    Err(e)
+                };
             }
             let mut slice = PEER_LOOK;
             if let Some(d) = deadline {
@@ -290,9 +299,6 @@ impl End {
                     .seg
                     .error(op, SharedMemoryError::UnknownError, "the wait failed")
                     .with_os(e));
-            }
-            if let Err(e) = self.check_peer(op, false) {
-                break Err(e);
             }
         };
         waiting.store(0, Ordering::Relaxed);

@@ -125,7 +125,10 @@ impl Producer {
             if self.try_send(message)? {
                 return Ok(true);
             }
-            let (head, _) = self.end.others_index(OP)?;
+            let (head, used) = self.end.others_index(OP)?;
+            if used != self.end.geometry.capacity as u64 {
+                continue; // room made since try_send looked
+            }
             if !self.end.wait_for_other(OP, head, deadline)? {
                 return self.try_send(message);
             }
