@@ -28,6 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+#[cfg(feature = "tokio")]
 use std::time::Duration;
 
 use crate::error::{Result, SharedMemoryError};
