@@ -93,7 +93,9 @@ impl Bridge {
         let generation = &self.state.words().generation;
         let mut alone_since: Option<Instant> = None;
         loop {
-            let now = generation.load(Ordering::SeqCst);
+            // relaxed and a fence: the mapping may be read-only (see the future's poll)
+            let now = generation.load(Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Acquire);
             let empty = {
                 let mut w = lock(&self.waiters);
                 w.list.retain(|(_, seen, waker)| {

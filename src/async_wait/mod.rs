@@ -109,8 +109,16 @@ impl Future for Changed<'_> {
             Ok(state) => state,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        let now =
-            || Generation::from_value(state.words().generation.load(std::sync::atomic::Ordering::SeqCst));
+        // a relaxed load and a fence: the only atomic load Rust allows on a read-only
+        // mapping (a reader's); registering under the bridge's mutex orders it enough
+        let now = || {
+            let value = state
+                .words()
+                .generation
+                .load(std::sync::atomic::Ordering::Relaxed);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            Generation::from_value(value)
+        };
         if now() != this.seen {
             this.stop_waiting();
             return Poll::Ready(Ok(now()));
