@@ -140,11 +140,11 @@ TARGETS = [
      ("frames_copy_GBps", FRAMES_QSHM, 1), ("frames_copy_GBps", FRAMES_MEMCPY, 1), 2.0),
 ] + [
     t for n in (1, 2, 4) for t in (
-        (f"Frames, {n} readers: at least 2x the frames per second of a pipe",
+        (f"Frames, {n} reader{'s' if n > 1 else ''}: at least 2x the frames per second of a pipe",
          ("frames_reader_fps", FRAMES_QSHM, n), ("frames_reader_fps", FRAMES_PIPE, n), 0.5),
-        (f"Frames, {n} readers: no fewer frames per second than a Unix socket",
+        (f"Frames, {n} reader{'s' if n > 1 else ''}: no fewer frames per second than a Unix socket",
          ("frames_reader_fps", FRAMES_QSHM, n), ("frames_reader_fps", FRAMES_SOCKET, n), 1.0),
-        (f"Frames, {n} readers: no fewer frames per second than iceoryx2's publish-subscribe",
+        (f"Frames, {n} reader{'s' if n > 1 else ''}: no fewer frames per second than iceoryx2's publish-subscribe",
          ("frames_reader_fps", FRAMES_QSHM, n), ("frames_reader_fps", FRAMES_ICEORYX2, n), 1.0),
     )
 ] + [
