@@ -30,6 +30,16 @@ pub enum SharedMemoryError {
     OutOfResources,
     /// Something else happened, and it was bad.
     UnknownError,
+    /// qshm only (no Qt equivalent): the other side of a message queue ([`Producer`](crate::Producer), [`Consumer`](crate::Consumer))
+    /// is gone — it died (its process slot's byte lock is gone) or left — and the queue
+    /// is drained. A new peer may take its place: the queue is reusable.
+    Disconnected,
+    /// qshm only (no Qt equivalent): the shared words of a frame channel or message
+    /// queue contradict what qshm writes there — a user who may write the segment
+    /// garbled them, the segment holds something else, or (frames) a writer kept
+    /// overwriting the frame while it was being copied for longer than a reader waits.
+    /// Nothing was read out of bounds; recreate the segment to start afresh.
+    Inconsistent,
 }
 
 impl SharedMemoryError {
@@ -45,6 +55,8 @@ impl SharedMemoryError {
             SharedMemoryError::LockError => "lock error",
             SharedMemoryError::OutOfResources => "out of resources",
             SharedMemoryError::UnknownError => "unknown error",
+            SharedMemoryError::Disconnected => "the peer is gone",
+            SharedMemoryError::Inconsistent => "inconsistent shared words",
         }
     }
 

@@ -17,8 +17,12 @@ compile_error!(
 // Linux-only system calls.
 #[cfg(all(target_os = "linux", feature = "admin"))]
 pub mod admin;
+#[cfg(all(target_os = "linux", feature = "async"))]
+mod async_wait;
 #[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
+mod frames;
 #[cfg(target_os = "linux")]
 mod key;
 #[cfg(target_os = "linux")]
@@ -26,16 +30,32 @@ mod lock;
 #[cfg(target_os = "linux")]
 mod os;
 #[cfg(target_os = "linux")]
+mod queue;
+#[cfg(target_os = "linux")]
+mod role;
+#[cfg(target_os = "linux")]
+mod segment_words;
+#[cfg(target_os = "linux")]
 mod semaphore;
+#[cfg(target_os = "linux")]
+mod shared_copy;
 #[cfg(target_os = "linux")]
 mod shared_memory;
 #[cfg(target_os = "linux")]
 mod sys;
 
+#[cfg(all(target_os = "linux", feature = "async"))]
+pub use async_wait::Changed;
 #[cfg(target_os = "linux")]
 pub use error::{Error, Result, SharedMemoryError, SizeMismatch};
 #[cfg(target_os = "linux")]
+pub use frames::{Frame, FrameReader, FrameWriter};
+#[cfg(target_os = "linux")]
 pub use key::{KeyType, NativeIpcKey, SystemVId};
+#[cfg(target_os = "linux")]
+pub use queue::{Consumer, Producer};
+#[cfg(target_os = "linux")]
+pub use role::Peer;
 #[cfg(target_os = "linux")]
 pub use semaphore::SystemSemaphore;
 #[cfg(target_os = "linux")]

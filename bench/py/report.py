@@ -27,6 +27,16 @@ RAW_SYSV = "floor: raw shmget + shmat (System V)"
 EVENTFD = "eventfd ping-pong (write -> blocking read)"
 FUTEX = "floor: bare FUTEX_WAKE -> FUTEX_WAIT on a MAP_SHARED word"
 QT_BASELINE = "Python: the Qt cycle's calls as no-ops (interpreter baseline)"
+# issue 23: frame channels and message queues (bench/src/frames.rs, bench/src/queue.rs)
+FRAMES_QSHM = "qshm FrameWriter -> FrameReader::read_next"
+FRAMES_PIPE = "pipe per reader (every frame to every reader)"
+FRAMES_SOCKET = "Unix stream socket per reader (every frame to every reader)"
+FRAMES_ICEORYX2 = "iceoryx2 publish-subscribe (safe overflow, subscriber copies out)"
+FRAMES_MEMCPY = "floor: memcpy of 4 MiB frames into 3 buffers in turn, one process"
+QUEUE_QSHM = "qshm Producer -> Consumer"
+QUEUE_PIPE = "pipe (one write and one read per message)"
+QUEUE_SOCKET = "Unix stream socket (one send and one receive per message)"
+QUEUE_FLOOR = "floor: two atomics on a shared word (store, then load; spin, yield every 100)"
 IDLE = 1000  # idle processes of the crowded-machine cycle (qshm-bench's Plan)
 
 # metric: title, lower is better, peer row, floor row, and floors by implementation
@@ -70,6 +80,20 @@ METRICS = OrderedDict([
     ("contended_handoff_p99_us", dict(title="N processes under the lock: handoff to another process, p99",
                                       lower=True, peer=RAW, floor=SPIN, floors=[], xlabel="processes",
                                       chart="contended_handoff_p99.svg", ylabel="µs, unlock to next lock")),
+    ("frames_reader_fps", dict(title="4 MiB frames from one writer to N reader processes: frames per second per reader",
+                               lower=False, peer=FRAMES_PIPE, floor=FRAMES_MEMCPY, floors=[], xlabel="reader processes",
+                               chart="frames_fps.svg", ylabel="frames per second, per reader")),
+    ("frames_copy_GBps", dict(title="4 MiB frames to N reader processes: bytes all readers copied per second",
+                              lower=False, peer=FRAMES_PIPE, floor=FRAMES_MEMCPY, floors=[], xlabel="reader processes",
+                              chart="frames_copy.svg", ylabel="GB/s, all readers")),
+    ("frames_writer_fps", dict(title="4 MiB frames to N reader processes: frames the writer published per second",
+                               lower=False, peer=FRAMES_PIPE, floor=None, floors=[], xlabel="reader processes")),
+    ("queue_Mmsgs", dict(title="64-byte messages from one process to another: throughput", lower=False,
+                         peer=QUEUE_PIPE, floor=QUEUE_FLOOR, floors=[])),
+    ("queue_latency_median_us", dict(title="64-byte messages, ping-pong: one way (half a round trip), median",
+                                     lower=True, peer=QUEUE_PIPE, floor=QUEUE_FLOOR, floors=[])),
+    ("queue_latency_p99_us", dict(title="64-byte messages, ping-pong: one way (half a round trip), p99",
+                                  lower=True, peer=QUEUE_PIPE, floor=QUEUE_FLOOR, floors=[])),
 ])
 
 # The performance issue's targets. Each: (target, numerator, denominator, limit): the cost
@@ -123,6 +147,25 @@ TARGETS = [
     ("Qt-compatible cycle (POSIX) no slower than Qt's own, net of Python calls",
      ("cycle_4KiB_us", "qshm POSIX (Qt-compatible)"),
      ("net", ("cycle_4KiB_us", "Qt 6 QSharedMemory (PyQt6, POSIX)"), ("cycle_4KiB_us", QT_BASELINE)), 1.0),
+] + [
+    # issue 23: frame channels (4 MiB frames) and message queues (64-byte messages)
+    ("Frames, 1 reader: readers copy at least half as fast as memcpy",
+     ("frames_copy_GBps", FRAMES_QSHM, 1), ("frames_copy_GBps", FRAMES_MEMCPY, 1), 2.0),
+] + [
+    t for n in (1, 2, 4) for t in (
+        (f"Frames, {n} reader{'s' if n > 1 else ''}: at least 2x the frames per second of a pipe",
+         ("frames_reader_fps", FRAMES_QSHM, n), ("frames_reader_fps", FRAMES_PIPE, n), 0.5),
+        (f"Frames, {n} reader{'s' if n > 1 else ''}: no fewer frames per second than a Unix socket",
+         ("frames_reader_fps", FRAMES_QSHM, n), ("frames_reader_fps", FRAMES_SOCKET, n), 1.0),
+        (f"Frames, {n} reader{'s' if n > 1 else ''}: no fewer frames per second than iceoryx2's publish-subscribe",
+         ("frames_reader_fps", FRAMES_QSHM, n), ("frames_reader_fps", FRAMES_ICEORYX2, n), 1.0),
+    )
+] + [
+    ("Queue: throughput at least 2x a pipe's", ("queue_Mmsgs", QUEUE_QSHM), ("queue_Mmsgs", QUEUE_PIPE), 0.5),
+    ("Queue: throughput no lower than the floor's (one message per handoff)",
+     ("queue_Mmsgs", QUEUE_QSHM), ("queue_Mmsgs", QUEUE_FLOOR), 1.0),
+    ("Queue: p99 one-way latency within 1.5x of a pipe's",
+     ("queue_latency_p99_us", QUEUE_QSHM), ("queue_latency_p99_us", QUEUE_PIPE), 1.5),
 ]
 
 
@@ -590,6 +633,22 @@ HOW = [
     "  blocking read), a pipe each way (1 byte), and the floor: the bare shared futex (`FUTEX_WAKE`",
     "  -> `FUTEX_WAIT` on a MAP_SHARED word, no waiter count, no checks). One-way = half of each",
     "  round trip; a tenth as many round trips warm up first; per run the median and p99.",
+    "- **frames** (issue 23): one writer publishes 4 MiB frames for a fixed window while 1, 2 or 4",
+    "  reader processes copy them into their own buffers: qshm's `FrameWriter` -> `FrameReader::read_next`",
+    "  (the writer never waits; readers get the newest frame and skip others), a pipe and a Unix stream",
+    "  socket per reader (every frame to every reader, so the writer waits for the slowest), and, when",
+    "  the bench is built with `--features iceoryx2` (its bindgen build needs libclang), iceoryx2's",
+    "  publish-subscribe (safe overflow, no history, the subscriber copies each sample out). Frames per",
+    "  second per reader, bytes all readers copied per second, frames published per second. The floor:",
+    "  memcpy of 4 MiB frames into 3 private buffers in turn (a channel's working set), one process,",
+    "  same run. Nothing is pinned (the writer and the readers share the 2 cores).",
+    "- **message queues** (issue 23): 64-byte messages between two processes pinned to two CPUs: qshm's",
+    "  `Producer` -> `Consumer` (1024 slots), a pipe and a Unix stream socket (one write and one read per",
+    "  message), and the floor: two atomics on a shared word (a store, then a load; the waiter spins and",
+    "  yields every 100 spins, as more processes than cores may run). Throughput: a million messages",
+    "  (quick: 100 000) as fast as the channel takes them; the floor holds one message at a time, so its",
+    "  throughput is its ping-pong rate. Latency: a ping-pong of one message each way (a second queue or",
+    "  pipe back), one way = half a round trip; per run the median and p99.",
     "- **two-process handoff**: two processes on two different CPUs take turns through a turn",
     "  counter under the lock (the side whose turn it is not unlocks and yields); one-way handoff =",
     "  half the time between the parent's consecutive moves.",

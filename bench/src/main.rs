@@ -8,9 +8,13 @@
 //!
 //! Only qshm's public API is used, so the benchmark outlives rewrites of its internals.
 
+mod frames;
+#[cfg(feature = "iceoryx2")]
+mod iceoryx;
 mod locks;
 mod notify;
 mod open_or_create;
+mod queue;
 mod racers;
 mod stats;
 
@@ -47,6 +51,12 @@ struct Plan {
     /// Processes racing on one key (create-or-attach, lock, detach), and each run's length.
     racer_procs: &'static [usize],
     racer_window: Duration,
+    /// Frame channels: readers, and each run's length.
+    frame_readers: &'static [usize],
+    frame_window: Duration,
+    /// Message queues: messages per throughput run, round trips per latency run.
+    queue_messages: u64,
+    queue_pingpongs: u64,
 }
 
 const FULL: Plan = Plan {
@@ -65,6 +75,10 @@ const FULL: Plan = Plan {
     copy_bytes: 256 << 20,
     racer_procs: &[1, 2, 4],
     racer_window: Duration::from_millis(500),
+    frame_readers: &[1, 2, 4],
+    frame_window: Duration::from_millis(1000),
+    queue_messages: 1_000_000,
+    queue_pingpongs: 20_000,
 };
 
 const QUICK: Plan = Plan {
@@ -83,6 +97,10 @@ const QUICK: Plan = Plan {
     copy_bytes: 32 << 20,
     racer_procs: &[1, 2, 4],
     racer_window: Duration::from_millis(150),
+    frame_readers: &[1, 2, 4],
+    frame_window: Duration::from_millis(300),
+    queue_messages: 100_000,
+    queue_pingpongs: 2_000,
 };
 
 fn main() {
@@ -112,13 +130,23 @@ fn main() {
                     note_machine();
                     open_or_create::measure(plan.runs, plan.cycles);
                 }
+                Some(only) if only == "frames" => {
+                    note_machine();
+                    frames::measure(plan.runs, plan.frame_window, plan.frame_readers);
+                }
+                Some(only) if only == "queue" => {
+                    note_machine();
+                    queue::measure(plan.runs, plan.queue_messages, plan.queue_pingpongs);
+                }
                 Some(other) => {
-                    eprintln!("qshm-bench: --only {other}: `notify`, `racers` and `open_or_create` are known")
+                    eprintln!(
+                        "qshm-bench: --only {other}: `notify`, `racers`, `open_or_create`, `frames` and `queue` are known"
+                    )
                 }
                 None => measure(plan),
             }
         }
-        _ => eprintln!("usage: qshm-bench measure [--quick] [--only notify|racers|open_or_create]"),
+        _ => eprintln!("usage: qshm-bench measure [--quick] [--only notify|racers|open_or_create|frames|queue]"),
     }
 }
 
@@ -167,6 +195,8 @@ fn measure(plan: &Plan) {
     notify(plan);
     contended_curve(plan);
     bandwidth(plan);
+    frames::measure(plan.runs, plan.frame_window, plan.frame_readers);
+    queue::measure(plan.runs, plan.queue_messages, plan.queue_pingpongs);
 }
 
 /// Change notification against eventfd and pipe wake-ups (see `notify.rs`).
@@ -896,6 +926,8 @@ fn child(args: &[String]) {
         "notify" => notify::child(&args[1..]),
         "race" => racers::child(&args[1..]),
         "ooc-hold" => open_or_create::child(&args[1..]),
+        "frames" => frames::child(&args[1..]),
+        "queue" => queue::child(&args[1..]),
         "contend" => {
             let ctl = Mapping::open(&args[1]);
             let latency = args[2] == "1";

@@ -25,6 +25,9 @@ pub use guard::{LockGuard, ReadGuard};
 pub use info::SegmentInfo;
 use last_error::LastError;
 pub use notify::Generation;
+/// The futex wait on a lock state's change counter, for the async wake-up's thread.
+#[cfg(feature = "async")]
+pub(crate) use notify::wait as wait_for_generation;
 
 /// How a segment is mapped (Qt's `QSharedMemory::AccessMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -107,6 +110,17 @@ pub enum AccessMode {
 /// rest under the lock through the typed views at an offset
 /// ([`as_type_at`](crate::LockGuard::as_type_at)), which reference only their own bytes (a
 /// guard's whole `[u8]` would cover the words too).
+///
+/// ## Frame channels and message queues
+///
+/// A segment handed to a [`FrameWriter`](crate::FrameWriter),
+/// [`FrameReader`](crate::FrameReader), [`Producer`](crate::Producer) or
+/// [`Consumer`](crate::Consumer) belongs to its channel or queue: no process writes its
+/// bytes other than through those types, which touch every shared word atomically, copy
+/// frames and messages byte-wise atomically, and treat every word they read as
+/// untrusted (checked before it is used as an index or length; a garbled word is an
+/// `Inconsistent` error, never an access outside the segment). On a read-only attachment
+/// they make only relaxed atomic loads, the only atomic access Rust allows there.
 ///
 /// [`as_ptr`]: Self::as_ptr
 /// [`as_mut_ptr`]: Self::as_mut_ptr

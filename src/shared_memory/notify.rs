@@ -30,6 +30,13 @@ use crate::sys::lock_state::LockState;
 pub struct Generation(u32);
 
 impl Generation {
+    /// The generation whose counter value is `value` (crate-internal: callers get theirs
+    /// from the segment).
+    #[cfg(feature = "async")]
+    pub(crate) fn from_value(value: u32) -> Generation {
+        Generation(value)
+    }
+
     /// The counter's value.
     pub fn value(self) -> u32 {
         self.0
@@ -120,6 +127,13 @@ impl SharedMemory {
             .change_word("wait for change")
             .and_then(|state| wait(state, seen, timeout).map_err(|e| self.wait_error(e)));
         self.record(result)
+    }
+
+    /// The segment's lock state (its process slots, change counter and words), for the
+    /// features built on them (frame channels, message queues, async waits); errors as
+    /// for [`notify_all`](Self::notify_all), in operation `op`.
+    pub(crate) fn lock_state(&self, op: &'static str) -> Result<&LockState> {
+        self.change_word(op)
     }
 
     /// The lock state whose generation word this handle's notifications use.

@@ -303,6 +303,14 @@ impl LockState {
     }
 }
 
+/// This process's shared mapping of the lock state whose file is (device, inode), if it
+/// has one open: what a helper that must outlive a borrow of the handle keeps (the
+/// async wake-up's thread, `src/async_wait/`).
+#[cfg(feature = "async")]
+pub(crate) fn shared(file: (u64, u64)) -> Option<std::sync::Arc<LockState>> {
+    registry::find(file)
+}
+
 /// (device, inode, birth ns) of a file, as recorded for key files.
 pub(crate) fn file_words(st: &FileStat) -> [u64; 3] {
     [st.dev, st.ino, st.btime_ns.unwrap_or(st.ctime_ns) as u64]
