@@ -53,6 +53,10 @@ fn main() {
         ));
     }
     trials.push(Trial::test(
+        "systemv::a_key_file_lock_ends_with_its_operation_while_another_thread_forks",
+        key_file_lock_ends_with_operation,
+    ));
+    trials.push(Trial::test(
         "systemv::a_failed_create_never_unlinks_a_key_file_in_use",
         failed_create_keeps_key_file,
     ));
@@ -330,6 +334,7 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             0
         }
         "fork" => fork_role(&args[0], parse_kind(&args[1]), parse_mode(&args[2])),
+        "fork-window" => fork_window_role(&args[0]),
         "sem-create" => {
             let key = NativeIpcKey::new(format!("/{}", args[0]), KeyType::PosixRealtime);
             let made = SystemSemaphore::with_native_key(key, 1, SemaphoreMode::Create);
@@ -948,6 +953,89 @@ fn held_file_lock_bounds_attach(kind: KeyType) -> Result<(), Failed> {
         line.contains("LockError"),
         format!("a held file lock is a LockError: {line}"),
     )
+}
+
+/// System V: the key file's `flock` is held for the length of a create, attach or detach.
+/// A thread that forks meanwhile (any `Command::spawn` of the program) gives its child a
+/// copy of that descriptor, and a lock released only by closing it stayed held until the
+/// child called `exec` (or for ever, if it never does): another process's attach then
+/// failed with LockError, and a test's own `flock` right after `create` found it taken.
+/// Run in a child process, whose forking threads disturb no other test.
+fn key_file_lock_ends_with_operation() -> Result<(), Failed> {
+    let prefix = unique_key("forkwindow");
+    let mut peer = Peer::spawn("fork-window", &[&prefix]);
+    let line = peer.expect("RESULT", T);
+    peer.wait(T);
+    let held: u32 = line
+        .split_whitespace()
+        .next()
+        .ok_or_else(|| format!("no count in {line}"))?
+        .parse()?;
+    check(
+        held == 0,
+        format!("after its operation, the key file was still locked: {line} tries"),
+    )
+}
+
+/// Create and attach System V segments while two threads fork children that wait 20 ms
+/// before `exec`; after each operation, take the key file's `flock` from a new open file
+/// description. Prints `RESULT <times it was still held> of <tries>`.
+fn fork_window_role(prefix: &str) -> i32 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let forkers: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                while !STOP.load(Ordering::Relaxed) {
+                    let mut cmd = std::process::Command::new("true");
+                    // SAFETY: the closure only sleeps, which is async-signal-safe.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            libc::usleep(20_000);
+                            Ok(())
+                        })
+                    };
+                    let _ = cmd.status();
+                }
+            })
+        })
+        .collect();
+    let free = |path: &str| -> bool {
+        let Ok(file) = std::fs::File::open(path) else {
+            return true;
+        };
+        // SAFETY: flock on a descriptor we own; unlocked before it closes, as a forked
+        // child may share it for a while.
+        unsafe {
+            let taken = libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0;
+            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
+            taken
+        }
+    };
+    let (mut held, mut tries) = (0u32, 0u32);
+    for i in 0..300 {
+        let key = format!("{prefix}{i}");
+        let path = SharedMemory::legacy_native_key(&key, KeyType::SystemV)
+            .native()
+            .to_owned();
+        let mut creator = handle(&key, KeyType::SystemV, LockMode::QtCompatible);
+        creator.create(64, AccessMode::ReadWrite).expect("create");
+        held += u32::from(!free(&path));
+        let mut attacher = handle(&key, KeyType::SystemV, LockMode::QtCompatible);
+        attacher.attach(AccessMode::ReadWrite).expect("attach");
+        held += u32::from(!free(&path));
+        tries += 2;
+        drop(attacher);
+        drop(creator);
+    }
+    STOP.store(true, Ordering::Relaxed);
+    for forker in forkers {
+        let _ = forker.join();
+    }
+    say(format!("RESULT {held} of {tries}"));
+    0
 }
 
 /// System V, Qt-compatible: detach used to wait up to 2 s for Qt's semaphore while

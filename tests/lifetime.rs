@@ -97,6 +97,15 @@ fn main() {
         "systemv::qt::a_create_racing_a_detach_after_removal_behind_its_back_never_splits_the_lock",
         create_racing_detach_after_removal,
     ));
+    for mode in [LockMode::QtCompatible, LockMode::Fast] {
+        trials.push(Trial::test(
+            format!(
+                "posix::{}::a_creator_killed_before_it_names_the_segment_leaves_nothing_after_the_next_create",
+                mode_name(mode)
+            ),
+            move || creator_killed_before_naming_segment(mode),
+        ));
+    }
     trials.push(Trial::test(
         "posix::fast::a_creator_killed_as_it_names_the_segment_never_leaves_it_without_its_lock",
         creator_killed_naming_segment,
@@ -177,11 +186,15 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             wait_for_stdin_line();
             0
         }
-        "create-fast-hold" => {
-            // say who we are, create a Fast segment, then hold it until a line
+        "create-fast-hold" | "create-qt-hold" => {
+            // say who we are, create a segment, then hold it until a line
             say(format!("PID {}", std::process::id()));
-            let mut shm =
-                SharedMemory::with_key_type(&args[0], KeyType::PosixRealtime).with_lock_mode(LockMode::Fast);
+            let mode = if role == "create-qt-hold" {
+                LockMode::QtCompatible
+            } else {
+                LockMode::Fast
+            };
+            let mut shm = SharedMemory::with_key_type(&args[0], KeyType::PosixRealtime).with_lock_mode(mode);
             shm.create(64, AccessMode::ReadWrite).expect("create");
             say("CREATED");
             wait_for_stdin_line();
@@ -872,12 +885,80 @@ fn creator_killed_naming_segment() -> Result<(), Failed> {
     again.create(64, AccessMode::ReadWrite)?;
     drop(again.lock()?);
     again.detach()?;
-    // what the killed creator made for its unnamed file is an orphan that clean-ups
-    // remove (once 2 s old: younger ones may be a creator's work in progress)
-    std::thread::sleep(Duration::from_millis(2100));
-    qshm::admin::remove_stale(false)?;
+    // what the killed creator made for its unnamed file (a lock state nobody has open)
+    // is removed by the next create of the key, as the crash trials require
     let left = shm_dir_names_starting(&posix_lock_state_prefix(&native));
-    check(left.is_empty(), format!("left after clean-up: {left:?}"))
+    check(
+        left.is_empty(),
+        format!("left after the next create and detach: {left:?}"),
+    )
+}
+
+/// POSIX: a creator is killed after it named the segment's lock state and before it named
+/// the segment (strace holds it at the entry of `linkat`). Its lock state then belongs to
+/// a file that is gone and nobody has it open; the next create of the key removes it (it
+/// used to stay until `qshm rm --stale`, which the crash trials counted as a leak).
+fn creator_killed_before_naming_segment(mode: LockMode) -> Result<(), Failed> {
+    let strace_ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strace_ok {
+        eprintln!("*** SKIP a_creator_killed_before_it_names_the_segment: needs strace ***");
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("prenamekill");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = native(&key, kind);
+    let segment = shm_path(&native);
+    let prefix = posix_lock_state_prefix(&native);
+    let exe = std::env::current_exe()?;
+    let role = if mode == LockMode::Fast {
+        "create-fast-hold"
+    } else {
+        "create-qt-hold"
+    };
+    let mut creator = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-P", &segment])
+            .args(["-e", "trace=linkat"])
+            .args(["-e", "inject=linkat:delay_enter=3000000"])
+            .arg(exe)
+            .arg(&key)
+            .env(CHILD_ENV, role),
+    );
+    let pid: i32 = creator.expect("PID", T).parse()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shm_dir_names_starting(&prefix).is_empty() {
+        check(
+            Instant::now() < deadline,
+            "the creator never named its lock state",
+        )?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // linkat is entered only after the lock state has its name: give it a moment to get there
+    std::thread::sleep(Duration::from_millis(200));
+    check(
+        !std::path::Path::new(&segment).exists(),
+        "the segment was named before the kill",
+    )?;
+    // SAFETY: kill takes plain values; pid is the creator's.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    creator.wait(T);
+    let mut again = SharedMemory::with_key_type(&key, kind).with_lock_mode(mode);
+    again.create(64, AccessMode::ReadWrite)?;
+    check(
+        !again.lock()?.previous_owner_died(),
+        "nobody held the new segment's lock",
+    )?;
+    again.detach()?;
+    let left = leftovers(&key, kind, &[]);
+    check(
+        left.is_empty(),
+        format!("left after the next create and detach: {left:?}"),
+    )
 }
 
 /// System V: a segment and its key file are removed behind its last user's back (as Qt's

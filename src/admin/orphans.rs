@@ -9,7 +9,7 @@ use super::{Orphan, OrphanKind};
 use crate::key::{IpcType, KeyType, LegacyName, NativeIpcKey};
 use crate::os;
 use crate::sys::lock_state::{LOCK_STATE_PREFIX, SegmentId};
-use crate::sys::named_file::NamedFile;
+use crate::sys::named_file::{FileLock, NamedFile};
 use crate::sys::procfs;
 use crate::sys::{posix, sysv};
 
@@ -266,7 +266,7 @@ fn remove_key_file(c_path: &CString) -> bool {
     let Ok(file) = NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
         return false;
     };
-    if !matches!(os::flock(&file.fd, libc::LOCK_EX | libc::LOCK_NB), Ok(true)) || !file.still_named() {
+    if !matches!(file.try_lock(FileLock::Exclusive), Ok(true)) || !file.still_named() {
         return false;
     }
     let in_use = sysv::used_under_any_id(c_path);

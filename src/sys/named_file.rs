@@ -6,6 +6,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::os::{self, FileStat};
@@ -15,11 +16,20 @@ use crate::os::{self, FileStat};
 pub(crate) const FILE_LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// A regular file opened by name.
+///
+/// An exclusive `flock` taken through it is released explicitly when it drops, not by
+/// closing the descriptor: a child another thread forked meanwhile shares the open file
+/// description until it calls `exec` (or for ever, if it never does), and closing our
+/// copy would leave the lock held by the child for that long.
 #[derive(Debug)]
 pub(crate) struct NamedFile {
     pub fd: OwnedFd,
     pub stat: FileStat,
     pub path: CString,
+    /// Whether this process took an exclusive `flock` through `fd`.
+    exclusive: AtomicBool,
+    /// `fork::epoch()` when opened: a child's copy never unlocks its parent's lock.
+    fork_epoch: u64,
 }
 
 /// Shared or exclusive `flock`.
@@ -62,18 +72,53 @@ impl NamedFile {
         if !stat.is_regular() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        Ok(NamedFile {
+        Ok(NamedFile::from_parts(fd, stat, path.to_owned()))
+    }
+
+    /// A file opened by other means (an `O_TMPFILE` given its name later).
+    pub(crate) fn from_parts(fd: OwnedFd, stat: FileStat, path: CString) -> NamedFile {
+        NamedFile {
             fd,
             stat,
-            path: path.to_owned(),
-        })
+            path,
+            exclusive: AtomicBool::new(false),
+            fork_epoch: super::fork::epoch_watched(),
+        }
+    }
+
+    /// The descriptor alone, for a file kept open for longer (an exclusive lock taken
+    /// through it is released first).
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.unlock_if_taken();
+        // SAFETY: `this` is never used or dropped again; each field is read out once and
+        // `path` is dropped in place.
+        unsafe {
+            std::ptr::drop_in_place(std::ptr::addr_of!(this.path).cast_mut());
+            std::ptr::read(&this.fd)
+        }
+    }
+
+    fn unlock_if_taken(&self) {
+        if self.exclusive.load(Ordering::Relaxed) && super::fork::epoch() == self.fork_epoch {
+            let _ = os::flock(&self.fd, libc::LOCK_UN);
+        }
+    }
+
+    /// `flock(lock | LOCK_NB)`, remembering an exclusive lock for `Drop`.
+    fn flock_now(&self, lock: FileLock) -> io::Result<bool> {
+        let taken = os::flock(&self.fd, lock.op() | libc::LOCK_NB)?;
+        if taken && lock == FileLock::Exclusive {
+            self.exclusive.store(true, Ordering::Relaxed);
+        }
+        Ok(taken)
     }
 
     /// Take `lock`, waiting until `deadline` at most (then `ErrorKind::TimedOut`).
     pub(crate) fn lock_until(&self, lock: FileLock, deadline: Instant) -> io::Result<()> {
         let mut pause = Duration::from_micros(50);
         loop {
-            if os::flock(&self.fd, lock.op() | libc::LOCK_NB)? {
+            if self.flock_now(lock)? {
                 return Ok(());
             }
             let now = Instant::now();
@@ -87,7 +132,7 @@ impl NamedFile {
 
     /// Try `lock` once; `Ok(false)` when someone else holds a conflicting lock.
     pub(crate) fn try_lock(&self, lock: FileLock) -> io::Result<bool> {
-        os::flock(&self.fd, lock.op() | libc::LOCK_NB)
+        self.flock_now(lock)
     }
 
     /// True while `path` still names this very file.
@@ -120,6 +165,12 @@ impl NamedFile {
     /// Give back the lease [`alone`](Self::alone) took.
     pub(crate) fn release(&self) {
         os::release_lease(&self.fd);
+    }
+}
+
+impl Drop for NamedFile {
+    fn drop(&mut self) {
+        self.unlock_if_taken();
     }
 }
 

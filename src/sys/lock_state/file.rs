@@ -166,7 +166,7 @@ impl LockState {
         if header.check(id).is_none() {
             return Err(OpenError::Untrusted(Untrusted::Content));
         }
-        LockState::assemble(file.fd, st, id, header, writable)
+        LockState::assemble(file.into_fd(), st, id, header, writable)
             .map(Some)
             .map_err(OpenError::Io)
     }

@@ -55,6 +55,7 @@ use names::segment_path;
 #[cfg(feature = "admin")]
 pub(crate) use names::shm_file_name;
 
+use probe::sweep_orphaned_lock_states;
 pub(crate) use probe::{Probe, Reclaim, probe_existing, unused_by_others};
 #[cfg(feature = "admin")]
 pub(crate) use semaphore::remove_semaphore_if_unused;
@@ -109,6 +110,7 @@ pub(crate) struct Segment {
 
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
     let c_path = segment_path(key)?;
+    sweep_orphaned_lock_states(&c_path);
     for _ in 0..RACE_RETRIES {
         match create_round(&c_path, req)? {
             Made::Segment(attached) => return Ok(attached),
@@ -136,6 +138,7 @@ pub(crate) fn open_or_create(
     attach_req: &AttachRequest,
 ) -> Result<(Attached, Opened), Failure> {
     let c_path = segment_path(key)?;
+    sweep_orphaned_lock_states(&c_path);
     let mut without_lock_state = 0;
     for _ in 0..super::OPEN_OR_CREATE_ROUNDS {
         // a live segment (a stale one of ours is removed here, as create removes it)
@@ -289,11 +292,7 @@ fn create_once(
     // 6. let attachers in: the creator's attachment is a shared lock like theirs
     os::flock(&fd, libc::LOCK_SH)?;
     name_the_mapping(c_path, &st, &mapping, req.writable);
-    let file = NamedFile {
-        fd,
-        stat: st,
-        path: c_path.clone(),
-    };
+    let file = NamedFile::from_parts(fd, st, c_path.clone());
     let lock = match semaphore {
         Some(sem) => LockParts::QtPosix {
             semaphore: sem.clone(),
@@ -450,7 +449,11 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         let in_child = InChild::share(std::os::fd::AsRawFd::as_raw_fd(&file.fd));
         return Ok(Attached {
             segment: Box::new(Segment {
-                file: NamedFile { stat: st, ..file },
+                file: {
+                    let mut file = file;
+                    file.stat = st;
+                    file
+                },
                 id,
                 state,
                 semaphore,

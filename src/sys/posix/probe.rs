@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use super::id_of;
 use crate::error::Failure;
 use crate::os::{self, FileStat};
-use crate::sys::lock_state::LockState;
+use crate::sys::SHM_DIR;
+use crate::sys::lock_state::{LockState, SegmentId, name_tag};
 use crate::sys::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use crate::sys::procfs::{self, Mapped};
 
@@ -103,6 +104,56 @@ pub(crate) fn probe_existing(c_path: &CString, reclaim: Reclaim) -> Result<Probe
         file.release();
         removed?;
         return Ok(Probe::Gone);
+    }
+}
+
+/// Remove the lock states of this key's segments that are not the named one and that
+/// nobody has open: a creator killed after naming its lock state and before naming its
+/// segment leaves one (its file is gone with it). A creator at work, or a process still
+/// attached to a segment removed by name, has its lock state open, and a lease tells
+/// (the kernel's count, for every user); where a lease cannot be taken (another user's
+/// file, an old kernel), the lock state stays for `qshm rm --stale`.
+pub(crate) fn sweep_orphaned_lock_states(c_path: &CString) {
+    let Some(file_name) = c_path.to_str().ok().and_then(|p| p.rsplit('/').next()) else {
+        return;
+    };
+    let prefix = SegmentId::Posix {
+        name_tag: name_tag(file_name),
+        ino: 0,
+        btime_ns: 0,
+    }
+    .lock_state_name();
+    let Some(prefix) = prefix.strip_suffix("0.0") else {
+        return;
+    };
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+        return;
+    };
+    let named = os::lstat(c_path).ok().map(|st| id_of(c_path, &st));
+    let me = os::euid();
+    for entry in dir.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some(id) = name
+            .strip_prefix(prefix)
+            .and(SegmentId::from_lock_state_name(&name))
+        else {
+            continue;
+        };
+        if Some(id) == named {
+            continue;
+        }
+        let Ok(path) = os::cstring(&format!("{SHM_DIR}/{name}")) else {
+            continue;
+        };
+        let Ok(file) = NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
+            continue;
+        };
+        if (file.stat.uid == me || me == 0) && file.alone() == Some(true) {
+            let _ = file.unlink_if_still_named();
+        }
+        file.release();
     }
 }
 

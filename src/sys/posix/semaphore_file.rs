@@ -178,7 +178,7 @@ impl SemaphoreFile {
         if let Some(shared) = find((st.dev, st.ino)) {
             return Ok(Some(shared));
         }
-        SemaphoreFile::assemble(file.fd, st, path.clone())
+        SemaphoreFile::assemble(file.into_fd(), st, path.clone())
             .map(Some)
             .map_err(OpenError::Io)
     }
