@@ -25,7 +25,14 @@ else
     echo "*** SKIP: no python3: Python and Qt peers are not measured, no report ***"
 fi
 
-cargo build --release --quiet
+# iceoryx2 (a frame-channel peer) where its build can find libclang (bindgen needs it)
+features=()
+if ldconfig -p 2>/dev/null | grep -q libclang; then
+    features=(--features iceoryx2)
+else
+    echo "*** SKIP: no libclang: iceoryx2 is not measured as a frame-channel peer ***"
+fi
+cargo build --release --quiet "${features[@]}"
 rows="$deps/rows.tsv"
 measure_start=$(date +%s)
 ./target/release/qshm-bench measure $quick >"$rows"
