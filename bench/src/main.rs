@@ -146,7 +146,9 @@ fn main() {
                 None => measure(plan),
             }
         }
-        _ => eprintln!("usage: qshm-bench measure [--quick] [--only notify|racers|open_or_create|frames|queue]"),
+        _ => eprintln!(
+            "usage: qshm-bench measure [--quick] [--only notify|racers|open_or_create|frames|queue]"
+        ),
     }
 }
 
