@@ -107,6 +107,10 @@ fn main() {
         ));
     }
     trials.push(Trial::test(
+        "posix::fast::a_create_sweeping_lock_states_never_takes_one_from_a_named_segment",
+        sweep_racing_a_killed_creator,
+    ));
+    trials.push(Trial::test(
         "posix::fast::a_creator_killed_as_it_names_the_segment_never_leaves_it_without_its_lock",
         creator_killed_naming_segment,
     ));
@@ -197,6 +201,16 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             let mut shm = SharedMemory::with_key_type(&args[0], KeyType::PosixRealtime).with_lock_mode(mode);
             shm.create(64, AccessMode::ReadWrite).expect("create");
             say("CREATED");
+            wait_for_stdin_line();
+            0
+        }
+        "create-fast-report" => {
+            // say who we are, create a Fast segment, say how that went, wait for a line
+            say(format!("PID {}", std::process::id()));
+            let mut shm =
+                SharedMemory::with_key_type(&args[0], KeyType::PosixRealtime).with_lock_mode(LockMode::Fast);
+            let made = shm.create(64, AccessMode::ReadWrite);
+            say(format!("MADE {:?}", made.err().map(|e| e.kind())));
             wait_for_stdin_line();
             0
         }
@@ -959,6 +973,99 @@ fn creator_killed_before_naming_segment(mode: LockMode) -> Result<(), Failed> {
         left.is_empty(),
         format!("left after the next create and detach: {left:?}"),
     )
+}
+
+/// POSIX: a create sweeps the key's lock states that nobody has open and whose segment is
+/// not the named one. Its look at the name came before a creator named its segment, and
+/// that creator was killed right after, before the sweep's lease probe found its lock
+/// state alone: the sweep removed the lock state of a named segment, and an attacher then
+/// took the segment for another program's (`LockError` in Fast mode; the crash trials found
+/// it). strace holds the creator at `linkat` and the sweeper after its look at the name,
+/// then the sweeper at its own `linkat`, while this process attaches.
+fn sweep_racing_a_killed_creator() -> Result<(), Failed> {
+    let strace_ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strace_ok {
+        eprintln!("*** SKIP a_create_sweeping_lock_states_never_takes_one: needs strace ***");
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("sweeprace");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = native(&key, kind);
+    let segment = shm_path(&native);
+    let prefix = posix_lock_state_prefix(&native);
+    let exe = std::env::current_exe()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // the creator: held for 1.5 s as it is about to name its segment
+    let mut creator = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-P", &segment])
+            .args(["-e", "trace=linkat"])
+            .args(["-e", "inject=linkat:delay_enter=1500000"])
+            .arg(&exe)
+            .arg(&key)
+            .env(CHILD_ENV, "create-fast-hold"),
+    );
+    let creator_pid: i32 = creator.expect("PID", T).parse()?;
+    let creators_state = loop {
+        if let Some(name) = shm_dir_names_starting(&prefix).into_iter().next() {
+            break name;
+        }
+        check(
+            Instant::now() < deadline,
+            "the creator never named its lock state",
+        )?;
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    // the sweeper: its look at the name returns 4 s late, its own linkat waits 3 s
+    let mut sweeper = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-P", &segment])
+            .args(["-e", "trace=statx,linkat"])
+            .args(["-e", "inject=statx:delay_exit=4000000:when=1"])
+            .args(["-e", "inject=linkat:delay_enter=3000000"])
+            .arg(&exe)
+            .arg(&key)
+            .env(CHILD_ENV, "create-fast-report"),
+    );
+    sweeper.expect("PID", T);
+    while !std::path::Path::new(&segment).exists() {
+        check(Instant::now() < deadline, "the creator never named its segment")?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill takes plain values; the pid is the creator's.
+    unsafe { libc::kill(creator_pid, libc::SIGKILL) };
+    creator.wait(T);
+    // the sweeper is past its sweep once its own lock state has a name
+    while !shm_dir_names_starting(&prefix)
+        .iter()
+        .any(|n| *n != creators_state)
+    {
+        check(
+            Instant::now() < deadline,
+            "the sweeper never named its lock state",
+        )?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let kept = shm_dir_names_starting(&prefix).contains(&creators_state);
+    let mut attacher = SharedMemory::with_key_type(&key, kind).with_lock_mode(LockMode::Fast);
+    let attached = attacher.attach(AccessMode::ReadWrite);
+    let made = sweeper.expect("MADE", T);
+    sweeper.finish();
+    check(kept, "the sweep removed the lock state of a named segment")?;
+    attached.map_err(|e| format!("attach to the killed creator's segment: {e}"))?;
+    check(
+        made.contains("AlreadyExists"),
+        format!("the sweeper's create beside an attached segment: {made}"),
+    )?;
+    drop(attacher.lock()?);
+    attacher.detach()?;
+    let left = leftovers(&key, kind, &[]);
+    check(left.is_empty(), format!("left after the last detach: {left:?}"))
 }
 
 /// System V: a segment and its key file are removed behind its last user's back (as Qt's

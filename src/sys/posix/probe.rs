@@ -109,7 +109,8 @@ pub(crate) fn probe_existing(c_path: &CString, reclaim: Reclaim) -> Result<Probe
 
 /// Remove the lock states of this key's segments that are not the named one and that
 /// nobody has open: a creator killed after naming its lock state and before naming its
-/// segment leaves one (its file is gone with it). A creator at work, or a process still
+/// segment leaves one (its file is gone with it). Once a lock state is alone, its creator
+/// is gone or done, so a look at the name under the lease settles whose it is. A creator at work, or a process still
 /// attached to a segment removed by name, has its lock state open, and a lease tells
 /// (the kernel's count, for every user); where a lease cannot be taken (another user's
 /// file, an old kernel), the lock state stays for `qshm rm --stale`.
@@ -150,7 +151,12 @@ pub(crate) fn sweep_orphaned_lock_states(c_path: &CString) {
         let Ok(file) = NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
             continue;
         };
-        if (file.stat.uid == me || me == 0) && file.alone() == Some(true) {
+        // Looked at again under the lease: the look above may predate a creator that named
+        // its segment and was killed since (alone now), whose lock state this is.
+        if (file.stat.uid == me || me == 0)
+            && file.alone() == Some(true)
+            && os::lstat(c_path).map_or(true, |st| id_of(c_path, &st) != id)
+        {
             let _ = file.unlink_if_still_named();
         }
         file.release();
