@@ -107,6 +107,10 @@ fn main() {
         ));
     }
     trials.push(Trial::test(
+        "posix::fast::a_last_detacher_killed_as_it_destroys_never_leaves_the_segment_without_its_lock",
+        destroyer_killed_mid_destroy,
+    ));
+    trials.push(Trial::test(
         "posix::fast::a_create_sweeping_lock_states_never_takes_one_from_a_named_segment",
         sweep_racing_a_killed_creator,
     ));
@@ -202,6 +206,18 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             shm.create(64, AccessMode::ReadWrite).expect("create");
             say("CREATED");
             wait_for_stdin_line();
+            0
+        }
+        "create-fast-detach" => {
+            // create a Fast segment, then on a line detach as its last user
+            say(format!("PID {}", std::process::id()));
+            let mut shm =
+                SharedMemory::with_key_type(&args[0], KeyType::PosixRealtime).with_lock_mode(LockMode::Fast);
+            shm.create(64, AccessMode::ReadWrite).expect("create");
+            say("CREATED");
+            wait_for_stdin_line();
+            shm.detach().expect("detach");
+            say("DETACHED");
             0
         }
         "create-fast-report" => {
@@ -973,6 +989,65 @@ fn creator_killed_before_naming_segment(mode: LockMode) -> Result<(), Failed> {
         left.is_empty(),
         format!("left after the next create and detach: {left:?}"),
     )
+}
+
+/// POSIX: the last detacher is killed while it destroys the segment (strace holds it at
+/// the `unlink` of the segment's name). It used to remove the lock state first, which left
+/// a named segment without one: an attacher then took it for another program's
+/// (`LockError` in Fast mode; the crash trials found it). Now the name goes first, and a
+/// destroyer killed at any point leaves either a stale segment with its lock state (the
+/// next attacher gets in, the next create reclaims it) or an orphan lock state (swept).
+fn destroyer_killed_mid_destroy() -> Result<(), Failed> {
+    let strace_ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strace_ok {
+        eprintln!("*** SKIP a_last_detacher_killed_as_it_destroys: needs strace ***");
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("destroykill");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = native(&key, kind);
+    let segment = shm_path(&native);
+    let prefix = posix_lock_state_prefix(&native);
+    let exe = std::env::current_exe()?;
+    let mut destroyer = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-P", &segment])
+            .args(["-e", "trace=unlink,unlinkat"])
+            .args(["-e", "inject=unlink:delay_enter=3000000"])
+            .args(["-e", "inject=unlinkat:delay_enter=3000000"])
+            .arg(&exe)
+            .arg(&key)
+            .env(CHILD_ENV, "create-fast-detach"),
+    );
+    let pid: i32 = destroyer.expect("PID", T).parse()?;
+    destroyer.expect("CREATED", T);
+    destroyer.send("detach");
+    // the destroyer is at the segment's unlink within moments (the old order had removed
+    // the lock state by then)
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while !shm_dir_names_starting(&prefix).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    check(
+        std::path::Path::new(&segment).exists(),
+        "the segment lost its name before the kill",
+    )?;
+    // SAFETY: kill takes plain values; pid is the destroyer's.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    destroyer.wait(T);
+    let mut next = SharedMemory::with_key_type(&key, kind).with_lock_mode(LockMode::Fast);
+    next.attach(AccessMode::ReadWrite)
+        .map_err(|e| format!("attach after the destroyer was killed: {e}"))?;
+    check(!next.lock()?.previous_owner_died(), "nobody held the lock")?;
+    next.detach()?;
+    let left = leftovers(&key, kind, &[]);
+    check(left.is_empty(), format!("left after the last detach: {left:?}"))
 }
 
 /// POSIX: a create sweeps the key's lock states that nobody has open and whose segment is

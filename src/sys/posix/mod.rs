@@ -539,7 +539,6 @@ impl SegmentBackend for Segment {
         let held = semaphore.as_ref().is_some_and(|sem| hold_briefly(sem, label));
         let mut outcome = Detached::Kept;
         if unused_by_others(&file) {
-            LockState::remove(id);
             // Qt's semaphore goes first (like Qt's creator, which unlinks it when it goes
             // away: whoever still has it open keeps it), while the segment still has its
             // name: a creator of the key can publish a new segment only once that name is
@@ -550,15 +549,27 @@ impl SegmentBackend for Segment {
             if let Some(sem) = semaphore.as_ref().filter(|s| ours(s)) {
                 sem.unlink_if_still_named();
             }
+            // then the name, then the lock state: killed in between, this leaves a lock
+            // state without a segment (an orphan the key's next create or destroy sweeps),
+            // never a named segment without its lock state, which attachers would take for
+            // another program's (the other order did; a crash trial found it)
             if matches!(file.unlink_if_still_named(), Ok(true)) {
                 outcome = Detached::Destroyed;
             } else {
                 file.release();
             }
+            if !file.still_named() {
+                LockState::remove(id);
+            }
         }
+        let c_path = file.path.clone();
         drop(file);
         if held && let Some(sem) = &semaphore {
             let _ = sem.give_back(label);
+        }
+        if outcome == Detached::Destroyed {
+            // what racers killed between naming their lock state and their segment left
+            sweep_orphaned_lock_states(&c_path);
         }
         Ok(outcome)
     }
@@ -588,8 +599,10 @@ pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<boo
     let c_path = segment_path(key)?;
     let existed = match NamedFile::open(&c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
         Ok(file) => {
+            // the name first, then the lock state (see the last detach)
+            let unlinked = file.unlink_if_still_named()?;
             LockState::remove(id_of(&file.path, &file.stat));
-            file.unlink_if_still_named()?
+            unlinked
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
         Err(e) => return Err(e.into()),

@@ -99,8 +99,9 @@ pub(crate) fn probe_existing(c_path: &CString, reclaim: Reclaim) -> Result<Probe
         if !unused_by_others(&file) {
             return Ok(Probe::Live { owner });
         }
-        LockState::remove(id_of(&file.path, &file.stat));
+        // the name first, then the lock state (see the last detach in mod.rs)
         let removed = file.unlink_if_still_named();
+        LockState::remove(id_of(&file.path, &file.stat));
         file.release();
         removed?;
         return Ok(Probe::Gone);
