@@ -111,6 +111,10 @@ fn main() {
         destroyer_killed_mid_destroy,
     ));
     trials.push(Trial::test(
+        "systemv::fast::a_last_detacher_killed_as_it_destroys_never_leaves_the_segment_without_its_lock",
+        sysv_destroyer_killed_mid_destroy,
+    ));
+    trials.push(Trial::test(
         "posix::fast::a_create_sweeping_lock_states_never_takes_one_from_a_named_segment",
         sweep_racing_a_killed_creator,
     ));
@@ -211,8 +215,8 @@ fn child_main(role: &str, args: &[String]) -> i32 {
         "create-fast-detach" => {
             // create a Fast segment, then on a line detach as its last user
             say(format!("PID {}", std::process::id()));
-            let mut shm =
-                SharedMemory::with_key_type(&args[0], KeyType::PosixRealtime).with_lock_mode(LockMode::Fast);
+            let kind = args.get(1).map_or(KeyType::PosixRealtime, |k| parse_kind(k));
+            let mut shm = SharedMemory::with_key_type(&args[0], kind).with_lock_mode(LockMode::Fast);
             shm.create(64, AccessMode::ReadWrite).expect("create");
             say("CREATED");
             wait_for_stdin_line();
@@ -1048,6 +1052,81 @@ fn destroyer_killed_mid_destroy() -> Result<(), Failed> {
     next.detach()?;
     let left = leftovers(&key, kind, &[]);
     check(left.is_empty(), format!("left after the last detach: {left:?}"))
+}
+
+/// System V: the last detacher is killed right after it removed the segment's lock state
+/// (strace, attached to it once it created, holds it at the exit of that `unlink`). It
+/// used to remove the lock state before the segment (`IPC_RMID`), which left the key's
+/// segment without its lock state: a Fast attacher refused it as another program's. Now
+/// the segment goes first, and what a killed destroyer leaves is an orphaned lock state
+/// (the next create of any key sweeps it).
+fn sysv_destroyer_killed_mid_destroy() -> Result<(), Failed> {
+    let strace_ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !strace_ok {
+        eprintln!("*** SKIP systemv a_last_detacher_killed_as_it_destroys: needs strace ***");
+        return Ok(());
+    }
+    let kind = KeyType::SystemV;
+    let key = unique_key("svdestroykill");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut destroyer = Peer::spawn("create-fast-detach", &[&key, kind_name(kind)]);
+    let pid: i32 = destroyer.expect("PID", T).parse()?;
+    destroyer.expect("CREATED", T);
+    let recorded = sysv_keys(&key, kind);
+    let Some(&(_, numeric, shmid)) = recorded.iter().find(|(table, ..)| table.ends_with("shm")) else {
+        return Err("no System V segment after create".into());
+    };
+    let state_prefix = format!("qshm-lock.s.{:08x}.{shmid}.", numeric as u32);
+    let state = shm_dir_names_starting(&state_prefix)
+        .into_iter()
+        .next()
+        .ok_or("no lock state after create")?;
+    let state_path = format!("/dev/shm/{state}");
+    let mut tracer = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-P", &state_path])
+        .args(["-e", "trace=unlink,unlinkat"])
+        .args(["-e", "inject=unlink:delay_exit=3000000"])
+        .args(["-e", "inject=unlinkat:delay_exit=3000000"])
+        .args(["-p", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500)); // strace attaches
+    destroyer.send("detach");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while std::path::Path::new(&state_path).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill takes plain values; pid is the destroyer's.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    destroyer.wait(T);
+    let _ = tracer.wait();
+    check(
+        !std::path::Path::new(&state_path).exists(),
+        "the destroyer never removed the lock state",
+    )?;
+    let mut next = SharedMemory::with_key_type(&key, kind).with_lock_mode(LockMode::Fast);
+    match next.attach(AccessMode::ReadWrite) {
+        Ok(()) => {
+            check(!next.lock()?.previous_owner_died(), "nobody held the lock")?;
+            next.detach()?;
+        }
+        Err(e) if e.kind() == qshm::SharedMemoryError::NotFound => {}
+        Err(e) => return Err(format!("attach after the destroyer was killed: {e}").into()),
+    }
+    // the next create works and, with its last detach, leaves nothing
+    let mut again = SharedMemory::with_key_type(&key, kind).with_lock_mode(LockMode::Fast);
+    again.create(64, AccessMode::ReadWrite)?;
+    again.detach()?;
+    let left = leftovers(&key, kind, &recorded);
+    check(
+        left.is_empty(),
+        format!("left after the next create and detach: {left:?}"),
+    )
 }
 
 /// POSIX: a create sweeps the key's lock states that nobody has open and whose segment is

@@ -101,10 +101,13 @@ pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Stale, Failure> {
     }
     let old_id = id_of(old, &ds);
     let record = LockState::recorded(old_id).and_then(|r| r.key_file);
-    LockState::remove(old_id);
+    // the segment, then its lock state (see the last detach)
     match os::shm_remove(old) {
         Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e.into()),
-        _ => Ok(Stale::Removed(record)),
+        _ => {
+            LockState::remove(old_id);
+            Ok(Stale::Removed(record))
+        }
     }
 }
 
@@ -131,12 +134,15 @@ pub(crate) fn remove(key: &NativeIpcKey, semaphore: &NativeIpcKey) -> Result<boo
     if let Ok(skey) = ftok_key(&path, project_id)
         && let Ok(id) = os::shmget(skey, 0, 0)
     {
-        if let Ok(ds) = os::shm_stat(id) {
-            let segment_id = id_of(id, &ds);
+        let segment_id = os::shm_stat(id).ok().map(|ds| id_of(id, &ds));
+        if let Some(segment_id) = segment_id {
             recorded = LockState::recorded(segment_id).and_then(|r| r.key_file);
+        }
+        // the segment, then its lock state (see the last detach)
+        os::shm_remove(id)?;
+        if let Some(segment_id) = segment_id {
             LockState::remove(segment_id);
         }
-        os::shm_remove(id)?;
         existed = true;
     }
     remove_companions(lock.as_ref(), project_id, recorded, Some(semaphore));
@@ -172,10 +178,11 @@ pub(crate) fn remove_if_stale(
     };
     let segment_id = id_of(id, &ds);
     let recorded = LockState::recorded(segment_id).and_then(|r| r.key_file);
-    LockState::remove(segment_id);
+    // the segment, then its lock state (see the last detach)
     if os::shm_remove(id).is_err() {
         return false;
     }
+    LockState::remove(segment_id);
     // ftok puts the project id in the numeric key's top byte
     let project_id = (ds.shm_perm.__key as u32 >> 24) as u8;
     remove_companions(lock.as_ref(), project_id, recorded, semaphore);

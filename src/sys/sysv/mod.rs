@@ -288,8 +288,8 @@ fn create_locked(
             Ok(mapping) => mapping,
             Err(e) => {
                 drop(state);
-                LockState::remove(segment_id);
                 let _ = os::shm_remove(id);
+                LockState::remove(segment_id);
                 return Err(e.into());
             }
         };
@@ -521,17 +521,19 @@ impl SegmentBackend for Segment {
                 let me = os::euid();
                 let last = matches!(os::shm_stat(id), Ok(ds) if ds.shm_nattch == 0
                     && (me == 0 || me == ds.shm_perm.uid || me == ds.shm_perm.cuid));
-                // the lock state first: killed after it, we leave a stale segment that
-                // the next create reclaims, never an orphaned lock state
-                if last {
-                    LockState::remove(segment_id);
-                }
+                // the segment first, then its lock state: killed in between, we leave an
+                // orphaned lock state (the next create of any key sweeps it), never the
+                // key's segment without its lock state, which attachers would take for
+                // another program's (the other order did)
                 let removed = last
                     && match os::shm_remove(id) {
                         Ok(()) => true,
                         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => true,
                         Err(_) => false,
                     };
+                if removed {
+                    LockState::remove(segment_id);
+                }
                 if held && let Some(sem) = &semaphore {
                     let _ = sem.give(1);
                 }
