@@ -181,8 +181,8 @@ fn statx(dirfd: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<FileStat> 
 }
 
 /// `fstat(2)` (as `statx`, for the birth time).
-pub(crate) fn fstat(fd: &OwnedFd) -> io::Result<FileStat> {
-    statx(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
+pub(crate) fn fstat(fd: impl AsFd) -> io::Result<FileStat> {
+    statx(fd.as_fd().as_raw_fd(), c"", libc::AT_EMPTY_PATH)
 }
 
 /// `lstat(2)` (as `statx`): the link itself, never its target.
@@ -197,9 +197,9 @@ pub(crate) fn ftruncate(fd: &OwnedFd, len: u64) -> io::Result<()> {
     retry(|| cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })).map(drop)
 }
 
-pub(crate) fn fchmod(fd: &OwnedFd, mode: libc::mode_t) -> io::Result<()> {
+pub(crate) fn fchmod(fd: impl AsFd, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: fd is open; fchmod only changes the file's mode bits.
-    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+    cvt(unsafe { libc::fchmod(fd.as_fd().as_raw_fd(), mode) }).map(drop)
 }
 
 pub(crate) fn fchown(fd: &OwnedFd, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {

@@ -108,6 +108,15 @@ pub(crate) fn sem_owner(id: libc::c_int) -> io::Result<u32> {
     Ok(sem_stat(id)?.sem_perm.uid)
 }
 
+/// Set the permission bits of semaphore set `id` (`semctl(IPC_SET)`; its owner and
+/// group stay).
+pub(crate) fn sem_set_mode(id: libc::c_int, mode: u32) -> io::Result<()> {
+    let mut ds = sem_stat(id)?;
+    ds.sem_perm.mode = (ds.sem_perm.mode & !0o777) | (mode & 0o777) as libc::c_ushort;
+    // SAFETY: IPC_SET reads a semid_ds through the variadic pointer argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds) }).map(drop)
+}
+
 pub(crate) fn sem_remove(id: libc::c_int) -> io::Result<()> {
     // SAFETY: IPC_RMID takes no extra argument.
     cvt(unsafe { libc::semctl(id, 0, libc::IPC_RMID) }).map(drop)

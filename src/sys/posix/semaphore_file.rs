@@ -221,6 +221,19 @@ impl SemaphoreFile {
     }
 
     /// (device, inode) of the file.
+    /// Add the permission bits `perms` to the semaphore file (its owner only: a semaphore
+    /// a Qt process made at 0600 before qshm made the segment lets in the segment's other
+    /// writers). The kernel refuses anyone else; that is no error here.
+    pub(crate) fn add_permissions(&self, perms: u32) {
+        let Ok(st) = os::fstat(self.fd.as_fd()) else {
+            return;
+        };
+        let mode = st.mode & 0o777;
+        if st.uid == os::euid() && mode | (perms & 0o777) != mode {
+            let _ = os::fchmod(self.fd.as_fd(), (mode | (perms & 0o777)) as libc::mode_t);
+        }
+    }
+
     pub(crate) fn file_id(&self) -> (u64, u64) {
         (self.file.dev, self.file.ino)
     }

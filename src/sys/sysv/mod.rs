@@ -352,6 +352,14 @@ fn open_owned_semaphore(key: &NativeIpcKey, perms: u32, held: &NamedFile) -> Res
             // survived a crash is set back to 1. SEM_UNDO already returns a dead
             // holder's unit; this heals one made but never initialised.
             let _ = os::sem_setval(sem.id(), 1);
+            // One made before the segment (a Qt process's attach makes it, 0600) lets in
+            // whoever may lock the new segment: its other writers (bits are only added)
+            if let Ok(ds) = os::sem_stat(sem.id()) {
+                let mode = u32::from(ds.sem_perm.mode) & 0o777;
+                if mode | (perms & 0o777) != mode {
+                    let _ = os::sem_set_mode(sem.id(), mode | (perms & 0o777));
+                }
+            }
             Ok(Arc::new(sem))
         }
     }
