@@ -289,6 +289,14 @@ fn create_once(
         }
         return Ok(Made::Again);
     }
+    //    One made before the segment (a Qt process's attach makes it, 0600) lets in the
+    //    new segment's other writers (bits are only added). Only now, when the segment is
+    //    ours: a create that found another's segment must leave its semaphore as it was
+    //    (its attachers refuse one wider than the segment). qshm's attachers are still
+    //    kept waiting by the exclusive flock.
+    if let Some(sem) = semaphore {
+        sem.add_permissions(lock_state::locker_permissions(perms));
+    }
     // 6. let attachers in: the creator's attachment is a shared lock like theirs
     os::flock(&fd, libc::LOCK_SH)?;
     name_the_mapping(c_path, &st, &mapping, req.writable);

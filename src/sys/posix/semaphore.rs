@@ -109,12 +109,7 @@ pub(super) fn semaphore_for_create(
         }
         drop(existing);
         match SemaphoreFile::open(&path, trust) {
-            Ok(Some(file)) => {
-                // made before the segment (a Qt process's attach makes it, 0600): the new
-                // segment's other writers must be able to lock
-                file.add_permissions(perms);
-                return Ok(CreatedSemaphore { file, made: false });
-            }
+            Ok(Some(file)) => return Ok(CreatedSemaphore { file, made: false }),
             Ok(None) => {}
             Err(OpenError::Untrusted(why)) => {
                 return Err(untrusted_file(&path.to_string_lossy(), "semaphore", why)
