@@ -14,6 +14,23 @@ use support::actor;
 use support::qt::find_qt_python;
 use support::*;
 
+/// Trials that clean up machine-wide (`rm --stale`) run alone: trials that leave a stale
+/// segment for a moment on purpose (a process killed at a chosen point, then a look at
+/// what it left) would otherwise see it removed by them, as the owner's `rm --stale`
+/// rightly does.
+static MACHINE_WIDE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A trial that runs beside other trials, never beside a machine-wide clean-up.
+fn beside_cleanups(
+    name: impl Into<String>,
+    test: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+) -> Trial {
+    Trial::test(name, move || {
+        let _beside = MACHINE_WIDE.read().unwrap_or_else(|e| e.into_inner());
+        test()
+    })
+}
+
 const T: Duration = Duration::from_secs(30);
 const REPLY: Duration = Duration::from_secs(10);
 
@@ -21,14 +38,20 @@ fn main() {
     run_child_role(child_main);
     let python = find_qt_python();
     let mut trials = Vec::new();
+    // (trials whose name says "cleaned" run rm --stale themselves: alone, not beside)
     let with_qt = |name: String, f: fn(&Path) -> Result<(), Failed>, python: &Option<PathBuf>| {
         let py = python.clone();
         let missing = py.is_none();
-        Trial::test(name, move || match &py {
+        let run = move || match &py {
             Some(py) => f(py),
             None => Ok(()),
-        })
-        .with_ignored_flag(missing)
+        };
+        let trial = if name.ends_with("_cleaned") {
+            Trial::test(name, run)
+        } else {
+            beside_cleanups(name, run)
+        };
+        trial.with_ignored_flag(missing)
     };
     trials.push(with_qt(
         "posix::a_qt_process_that_attached_first_and_left_never_splits_the_lock".into(),
@@ -46,11 +69,11 @@ fn main() {
             },
             &python,
         ));
-        trials.push(Trial::test(
+        trials.push(beside_cleanups(
             format!("{k}::another_user_locking_first_never_locks_out_the_owner"),
             move || other_user_locked_first(kind),
         ));
-        trials.push(Trial::test(
+        trials.push(beside_cleanups(
             format!("{k}::the_first_lock_after_reclaiming_a_crashed_segment_does_not_wait"),
             move || first_lock_after_reclaim(kind),
         ));
@@ -63,12 +86,12 @@ fn main() {
             },
             &python,
         ));
-        trials.push(Trial::test(
+        trials.push(beside_cleanups(
             format!("{k}::racing_creates_leave_nothing_as_root_as_a_user_and_in_a_pid_namespace"),
             move || racing_creates(kind),
         ));
     }
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "posix::a_full_dev_shm_after_create_never_stops_the_lock",
         full_dev_shm_after_create,
     ));
@@ -77,7 +100,7 @@ fn main() {
         qt_creator_killed,
         &python,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "systemv::a_native_key_segment_removed_behind_qshms_back_leaves_no_semaphore_set",
         removed_behind_back_leaves_no_set,
     ));
@@ -89,16 +112,16 @@ fn main() {
         "posix::rm_stale_judges_files_by_qshms_evidence_not_mode_bits",
         mode_bits_are_no_evidence,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "posix::qt::a_create_racing_the_last_detach_never_splits_the_lock",
         create_racing_last_detach,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "systemv::qt::a_create_racing_a_detach_after_removal_behind_its_back_never_splits_the_lock",
         create_racing_detach_after_removal,
     ));
     for mode in [LockMode::QtCompatible, LockMode::Fast] {
-        trials.push(Trial::test(
+        trials.push(beside_cleanups(
             format!(
                 "posix::{}::a_creator_killed_before_it_names_the_segment_leaves_nothing_after_the_next_create",
                 mode_name(mode)
@@ -106,31 +129,31 @@ fn main() {
             move || creator_killed_before_naming_segment(mode),
         ));
     }
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "posix::fast::a_last_detacher_killed_as_it_destroys_never_leaves_the_segment_without_its_lock",
         destroyer_killed_mid_destroy,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "systemv::fast::a_last_detacher_killed_as_it_destroys_never_leaves_the_segment_without_its_lock",
         sysv_destroyer_killed_mid_destroy,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "posix::fast::a_create_sweeping_lock_states_never_takes_one_from_a_named_segment",
         sweep_racing_a_killed_creator,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "posix::fast::a_creator_killed_as_it_names_the_segment_never_leaves_it_without_its_lock",
         creator_killed_naming_segment,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "posix::a_fork_childs_mapping_keeps_the_segment",
         fork_child_keeps_segment,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "posix::attachments_are_counted_in_one_consistent_read",
         consistent_attachment_counts,
     ));
-    trials.push(Trial::test(
+    trials.push(beside_cleanups(
         "posix::a_mapper_in_another_pid_namespace_keeps_the_segment",
         mapper_in_other_pid_namespace,
     ));
@@ -527,6 +550,7 @@ fn removed_behind_back_leaves_no_set() -> Result<(), Failed> {
 /// do (a POSIX Qt segment is never removed by Qt), but `qshm ls` shows it and root's
 /// `rm --stale` (or the next create) removes it: after both, nothing is left.
 fn qt_detaches_last(py: &Path, kind: KeyType) -> Result<(), Failed> {
+    let _alone = MACHINE_WIDE.write().unwrap_or_else(|e| e.into_inner());
     let key = unique_key("qtlast");
     let mut cleanup = Cleanup::default();
     cleanup.key(&key, kind);
@@ -561,6 +585,7 @@ fn qt_detaches_last(py: &Path, kind: KeyType) -> Result<(), Failed> {
 /// 6: root's `rm --stale` removes another user's stale POSIX segment (its README says so;
 /// before, only root's own were judged).
 fn root_removes_other_users_stale() -> Result<(), Failed> {
+    let _alone = MACHINE_WIDE.write().unwrap_or_else(|e| e.into_inner());
     let Some(user) = TempUser::create("roots_rm_stale_removes_another_users") else {
         return Ok(());
     };
@@ -586,6 +611,7 @@ fn root_removes_other_users_stale() -> Result<(), Failed> {
 /// other programs use too: root's `rm --stale` (without `--all`) keeps a root file that
 /// merely carries the set-group-ID or sticky bit.
 fn mode_bits_are_no_evidence() -> Result<(), Failed> {
+    let _alone = MACHINE_WIDE.write().unwrap_or_else(|e| e.into_inner());
     let paths: Vec<String> = ["sgid", "sticky"]
         .iter()
         .map(|t| format!("/dev/shm/qshm-test-modebits-{t}-{}", std::process::id()))
@@ -1340,6 +1366,7 @@ fn mapper_in_other_pid_namespace() -> Result<(), Failed> {
 /// `ls`, `rm --stale` and an attach to it each finish within 3 s (before: each open of it
 /// waited the kernel's lease-break time, 45 s).
 fn foreign_lease_never_stalls() -> Result<(), Failed> {
+    let _alone = MACHINE_WIDE.write().unwrap_or_else(|e| e.into_inner());
     let Some(user) = TempUser::create("another_users_lease_never_stalls") else {
         return Ok(());
     };
