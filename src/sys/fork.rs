@@ -37,7 +37,30 @@ static SHARE_IN_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE
 /// The descriptors the parent opened for the child before `fork` (index as above).
 static FOR_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
 
+/// When this process last forked (`CLOCK_MONOTONIC`, nanoseconds; 0: never).
+static LAST_FORK_NS: AtomicU64 = AtomicU64::new(0);
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec; it is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Whether this process forked within the last `window`: a child it forked may still
+/// hold a shared `flock` of its own on a segment (until it `exec`s).
+pub(crate) fn forked_within(window: std::time::Duration) -> bool {
+    let last = LAST_FORK_NS.load(Ordering::Relaxed);
+    last != 0 && monotonic_ns().saturating_sub(last) < window.as_nanos() as u64
+}
+
 extern "C" fn before_fork() {
+    LAST_FORK_NS.store(monotonic_ns(), Ordering::Relaxed);
     for (entry, made) in SHARE_IN_CHILD.iter().zip(&FOR_CHILD) {
         let fd = entry.load(Ordering::Relaxed);
         if fd >= 0 {

@@ -361,6 +361,32 @@ pub(crate) fn lock_state_failure(e: io::Error) -> Failure {
         .with_detail(format!("cannot make the lock state in {SHM_DIR}"))
 }
 
+/// How long a last detach waits for children this process forked a moment ago to `exec`
+/// (each holds a shared `flock` of its own on the segment until then, see `fork.rs`).
+const FORKED_CHILDREN_WAIT: Duration = Duration::from_millis(100);
+
+/// A last detach's look (the exclusive `flock`, the lease probe) that a child of ours may
+/// fail for a moment: when this process forked within [`FORKED_CHILDREN_WAIT`], look
+/// again until that much time has passed. (Without it, any program that spawns processes
+/// from another thread left segments behind: the last detach took the child's lock and
+/// open file for another user.) A child that never `exec`s keeps them, and the segment,
+/// as it should.
+fn once_children_exec(mut look: impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
+    if !fork::forked_within(FORKED_CHILDREN_WAIT) {
+        return Ok(false);
+    }
+    let until = Instant::now() + FORKED_CHILDREN_WAIT;
+    let mut pause = Duration::from_micros(100);
+    while Instant::now() < until {
+        std::thread::sleep(pause);
+        if look()? {
+            return Ok(true);
+        }
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+    Ok(false)
+}
+
 /// Open the segment file for an attach: the file with a shared `flock` on it, still
 /// carrying its name. While a destroyer or reclaimer holds it exclusively, the file is
 /// closed and opened again a little later (never kept open without a lock, which would
@@ -521,7 +547,8 @@ impl SegmentBackend for Segment {
         if fork::epoch() != fork_epoch {
             return Ok(Detached::Kept);
         }
-        if !file.try_lock(FileLock::Exclusive)? {
+        if !file.try_lock(FileLock::Exclusive)? && !once_children_exec(|| file.try_lock(FileLock::Exclusive))?
+        {
             return Ok(Detached::Kept); // other qshm attachments
         }
         let made_semaphore = state.as_ref().and_then(|s| s.semaphore());
@@ -546,7 +573,7 @@ impl SegmentBackend for Segment {
         let label = state.as_ref().and_then(|s| s.label()).map_or(0, |l| l.word());
         let held = semaphore.as_ref().is_some_and(|sem| hold_briefly(sem, label));
         let mut outcome = Detached::Kept;
-        if unused_by_others(&file) {
+        if unused_by_others(&file) || once_children_exec(|| Ok(unused_by_others(&file)))? {
             // Qt's semaphore goes first (like Qt's creator, which unlinks it when it goes
             // away: whoever still has it open keeps it), while the segment still has its
             // name: a creator of the key can publish a new segment only once that name is
