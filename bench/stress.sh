@@ -90,6 +90,10 @@ for kind in systemv posix; do
     run open_or_create "$kind::a_racer_killed_mid_call_leaves_one_segment_and_nothing_behind" QSHM_OOC_KILLS=$ooc_kills
 done
 
+# last detaches while another thread forks (tests/hardening.rs): how many leave their
+# segment (an open problem: about 1 in 200; not in CI)
+run hardening "posix::the_last_detach_destroys_while_another_thread_forks" QSHM_FORK_WINDOW=1
+
 # the mixed-order matrix (tests/matrix.rs): once, as root (its actors include another user)
 for kind in systemv posix; do
     for mode in qt fast; do
