@@ -407,12 +407,7 @@ fn create_or_attach_loop(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
 /// create made a second segment under the same key.
 fn failed_create_keeps_key_file() -> Result<(), Failed> {
     let kind = KeyType::SystemV;
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP a_failed_create_never_unlinks_a_key_file_in_use: needs strace ***");
+    if !strace_available("a_failed_create_never_unlinks_a_key_file_in_use") {
         return Ok(());
     }
     let key = unique_key("keyrace");

@@ -831,12 +831,7 @@ fn racer(key: &str, kind: KeyType, rounds: u32) -> i32 {
 /// then unlinked, and the next attacher made another one. Two semaphores, two holders
 /// (found by the create-or-attach loop of tests/hardening.rs as an ordinary user).
 fn create_racing_last_detach() -> Result<(), Failed> {
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP a_create_racing_the_last_detach: needs strace ***");
+    if !strace_available("a_create_racing_the_last_detach") {
         return Ok(());
     }
     let kind = KeyType::PosixRealtime;
@@ -898,12 +893,7 @@ fn create_racing_last_detach() -> Result<(), Failed> {
 /// failed with `LockError` (taking it for another program's), while anyone attached kept
 /// it from being reclaimed (seen once in 1000 crash trials of `bench/stress.sh`).
 fn creator_killed_naming_segment() -> Result<(), Failed> {
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP a_creator_killed_as_it_names_the_segment: needs strace ***");
+    if !strace_available("a_creator_killed_as_it_names_the_segment") {
         return Ok(());
     }
     let kind = KeyType::PosixRealtime;
@@ -959,12 +949,7 @@ fn creator_killed_naming_segment() -> Result<(), Failed> {
 /// a file that is gone and nobody has it open; the next create of the key removes it (it
 /// used to stay until `qshm rm --stale`, which the crash trials counted as a leak).
 fn creator_killed_before_naming_segment(mode: LockMode) -> Result<(), Failed> {
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP a_creator_killed_before_it_names_the_segment: needs strace ***");
+    if !strace_available("a_creator_killed_before_it_names_the_segment") {
         return Ok(());
     }
     let kind = KeyType::PosixRealtime;
@@ -1028,12 +1013,7 @@ fn creator_killed_before_naming_segment(mode: LockMode) -> Result<(), Failed> {
 /// destroyer killed at any point leaves either a stale segment with its lock state (the
 /// next attacher gets in, the next create reclaims it) or an orphan lock state (swept).
 fn destroyer_killed_mid_destroy() -> Result<(), Failed> {
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP a_last_detacher_killed_as_it_destroys: needs strace ***");
+    if !strace_available("a_last_detacher_killed_as_it_destroys") {
         return Ok(());
     }
     let kind = KeyType::PosixRealtime;
@@ -1087,12 +1067,7 @@ fn destroyer_killed_mid_destroy() -> Result<(), Failed> {
 /// the segment goes first, and what a killed destroyer leaves is an orphaned lock state
 /// (the next create of any key sweeps it).
 fn sysv_destroyer_killed_mid_destroy() -> Result<(), Failed> {
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP systemv a_last_detacher_killed_as_it_destroys: needs strace ***");
+    if !strace_available("systemv a_last_detacher_killed_as_it_destroys") {
         return Ok(());
     }
     let kind = KeyType::SystemV;
@@ -1163,12 +1138,7 @@ fn sysv_destroyer_killed_mid_destroy() -> Result<(), Failed> {
 /// it). strace holds the creator at `linkat` and the sweeper after its look at the name,
 /// then the sweeper at its own `linkat`, while this process attaches.
 fn sweep_racing_a_killed_creator() -> Result<(), Failed> {
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP a_create_sweeping_lock_states_never_takes_one: needs strace ***");
+    if !strace_available("a_create_sweeping_lock_states_never_takes_one") {
         return Ok(());
     }
     let kind = KeyType::PosixRealtime;
@@ -1257,12 +1227,7 @@ fn sweep_racing_a_killed_creator() -> Result<(), Failed> {
 /// segment already used: the next attacher made another one (found by the
 /// create-or-attach loop of tests/hardening.rs).
 fn create_racing_detach_after_removal() -> Result<(), Failed> {
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP a_create_racing_a_detach_after_removal: needs strace ***");
+    if !strace_available("a_create_racing_a_detach_after_removal") {
         return Ok(());
     }
     let kind = KeyType::SystemV;

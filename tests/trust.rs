@@ -409,12 +409,7 @@ fn planted_semaphore_swapped() -> Result<(), Failed> {
     let Some(user) = TempUser::create("a_planted_semaphore_swapped_at_open_is_never_used") else {
         return Ok(());
     };
-    let strace_ok = std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !strace_ok {
-        eprintln!("*** SKIP a_planted_semaphore_swapped_at_open_is_never_used: needs strace ***");
+    if !strace_available("a_planted_semaphore_swapped_at_open_is_never_used") {
         return Ok(());
     }
     let kind = KeyType::PosixRealtime;

@@ -125,6 +125,19 @@ impl Fixture {
     }
 }
 
+/// Whether `strace` runs here (the tests that place a delay or a kill at one system call
+/// need it); if not, says that `test` is skipped.
+pub(crate) fn strace_available(test: &str) -> bool {
+    let ok = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("*** SKIP {test}: needs strace ***");
+    }
+    ok
+}
+
 /// A key no other test (in this or a parallel run) uses.
 pub(crate) fn unique_key(tag: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
