@@ -148,7 +148,7 @@ impl FastLock {
         Ok(Attempt::Busy)
     }
 
-    #[inline]
+    #[inline(always)]
     fn held(&self, how: Acquired) -> Attempt {
         self.local.set();
         Attempt::Acquired(how)
@@ -178,7 +178,7 @@ impl FastLock {
 }
 
 impl RawLock for FastLock {
-    #[inline]
+    #[inline(always)]
     fn lock(&self, deadline: Deadline) -> Result<Attempt, Failure> {
         match self
             .word()
@@ -189,7 +189,7 @@ impl RawLock for FastLock {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn unlock(&self) -> Result<(), Failure> {
         self.local.clear();
         match self

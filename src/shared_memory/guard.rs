@@ -25,7 +25,7 @@ struct Held<'a> {
 }
 
 impl Held<'_> {
-    #[inline]
+    #[inline(always)]
     fn unlock(&self) -> Result<()> {
         if fork::epoch() != self.fork_epoch {
             // a copy in a fork()ed child: the lock is the parent's
@@ -253,7 +253,7 @@ macro_rules! guard_common {
         }
 
         impl Drop for $guard<'_> {
-            #[inline]
+            #[inline(always)]
             fn drop(&mut self) {
                 let result = self.held.unlock();
                 let _ = self.held.shm.record(result);

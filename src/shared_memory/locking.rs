@@ -14,7 +14,7 @@ impl SharedMemory {
     /// would return at once, but two guards would be two `&mut` to the same bytes),
     /// `PermissionDenied` when attached read-only (use [`lock_read`](Self::lock_read)) or
     /// when this user may not write the segment (only its writers may take its lock).
-    #[inline]
+    #[inline(always)]
     pub fn lock(&self) -> Result<LockGuard<'_>> {
         let (a, died) = self
             .take(Deadline::Never, true)?
@@ -75,7 +75,7 @@ impl SharedMemory {
     }
 
     /// Take the lock (the whole uncontended path is inlined: one compare-and-swap).
-    #[inline]
+    #[inline(always)]
     fn take(&self, deadline: Deadline, write: bool) -> Result<Option<(&Attachment, bool)>> {
         let result = match &self.attached {
             Some(a) if (!write || a.access == AccessMode::ReadWrite) && !a.forked() => {
