@@ -37,6 +37,12 @@ QUEUE_QSHM = "qshm Producer -> Consumer"
 QUEUE_PIPE = "pipe (one write and one read per message)"
 QUEUE_SOCKET = "Unix stream socket (one send and one receive per message)"
 QUEUE_FLOOR = "floor: two atomics on a shared word (store, then load; spin, yield every 100)"
+# issue 23: async wake-ups (bench/src/notify.rs) and removal checks (bench/src/removal.rs)
+NOTIFY_SYNC = "qshm notify_all -> wait_for_change (Fast, POSIX)"
+NOTIFY_ASYNC = "qshm notify_all -> changed().await on tokio (Fast, POSIX)"
+REMOVED_POSIX = "qshm is_removed() (Fast, POSIX)"
+LSTAT = "floor: lstat of the segment's /dev/shm name"
+SHMCTL = "floor: shmctl(IPC_STAT) of the segment's id"
 IDLE = 1000  # idle processes of the crowded-machine cycle (qshm-bench's Plan)
 
 # metric: title, lower is better, peer row, floor row, and floors by implementation
@@ -58,6 +64,9 @@ METRICS = OrderedDict([
     ("notify_wake_p99_us", dict(title="two processes: notify_all in one -> wait_for_change returns in the other, "
                                       "one way (half a round trip), p99",
                                 lower=True, peer=EVENTFD, floor=FUTEX, floors=[])),
+    ("removal_check_ns", dict(title="is_removed(): was the attached segment removed behind the handle's back "
+                                    "(qshm also looks at its lock state: two lookups)",
+                              lower=True, peer=None, floor=None, floors=[("POSIX", LSTAT), ("System V", SHMCTL)])),
     ("racers_kcycles_per_s", dict(title="N processes racing on one key: create or attach, lock, add, unlock, detach",
                                   lower=False, peer=None, floor=None, floors=[], xlabel="processes",
                                   chart="racers.svg", ylabel="thousand cycles per second, all racers")),
@@ -161,6 +170,10 @@ TARGETS = [
          ("frames_reader_fps", FRAMES_QSHM, n), ("frames_reader_fps", FRAMES_ICEORYX2, n), 1.0),
     )
 ] + [
+    ("Async wake-up (changed().await on tokio): one way within 3x of wait_for_change",
+     ("notify_wake_median_us", NOTIFY_ASYNC), ("notify_wake_median_us", NOTIFY_SYNC), 3.0),
+    ("is_removed() (POSIX) within 3x of one lstat of its name (it makes two lookups)",
+     ("removal_check_ns", REMOVED_POSIX), ("removal_check_ns", LSTAT), 3.0),
     ("Queue: throughput at least 2x a pipe's", ("queue_Mmsgs", QUEUE_QSHM), ("queue_Mmsgs", QUEUE_PIPE), 0.5),
     ("Queue: throughput no lower than the floor's (one message per handoff)",
      ("queue_Mmsgs", QUEUE_QSHM), ("queue_Mmsgs", QUEUE_FLOOR), 1.0),
@@ -607,6 +620,9 @@ HOW = [
     "  uncontended one acquire compare-exchange and one release store; contended waiters spin on a",
     "  load and yield every 100 spins (there are more processes than cores). Its data sits a cache",
     "  line away from the word, as a segment's data does from qshm's lock state.",
+    "- **two-CAS floor (uncontended lock)**: a compare-and-swap to take and one to give back on a",
+    "  MAP_SHARED word: the least a lock whose waiters sleep can do, as its release must see",
+    "  atomically whether anyone sleeps (the spin floor's release is a plain store: nobody sleeps).",
     "- **bare semaphores**: `sem_wait`+`sem_post` (POSIX) and `semop(-1)`+`semop(+1)` with `SEM_UNDO`",
     "  (System V) from Rust on the very semaphore qshm's `LockMode::QtCompatible` takes for that",
     "  segment (`SharedMemory::semaphore_key`): the floor of that mode.",
@@ -633,6 +649,13 @@ HOW = [
     "  blocking read), a pipe each way (1 byte), and the floor: the bare shared futex (`FUTEX_WAKE`",
     "  -> `FUTEX_WAIT` on a MAP_SHARED word, no waiter count, no checks). One-way = half of each",
     "  round trip; a tenth as many round trips warm up first; per run the median and p99.",
+    "- **async wake-up** (issue 23): the same ping-pong with both processes awaiting",
+    "  `changed()` in a tokio current-thread runtime (`block_on` per wait); each wake-up goes",
+    "  through the process's bridge thread, which sleeps in the same futex wait and wakes the task.",
+    "- **removal check** (issue 23): `is_removed()` on an attached segment nobody removed, called",
+    "  in a loop, against the one system call that answers it for the segment alone: `lstat` of",
+    "  its /dev/shm name (POSIX), `shmctl(IPC_STAT)` of its id (System V). qshm also looks up its",
+    "  lock state's name (an `lstat`), so it makes two lookups.",
     "- **frames** (issue 23): one writer publishes 4 MiB frames for a fixed window while 1, 2 or 4",
     "  reader processes copy them into their own buffers: qshm's `FrameWriter` -> `FrameReader::read_next`",
     "  (the writer never waits; readers get the newest frame and skip others), a pipe and a Unix stream",

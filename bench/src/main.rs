@@ -16,6 +16,7 @@ mod notify;
 mod open_or_create;
 mod queue;
 mod racers;
+mod removal;
 mod stats;
 
 use std::ffi::CString;
@@ -134,20 +135,24 @@ fn main() {
                     note_machine();
                     frames::measure(plan.runs, plan.frame_window, plan.frame_readers);
                 }
+                Some(only) if only == "removal" => {
+                    note_machine();
+                    removal(plan);
+                }
                 Some(only) if only == "queue" => {
                     note_machine();
                     queue::measure(plan.runs, plan.queue_messages, plan.queue_pingpongs);
                 }
                 Some(other) => {
                     eprintln!(
-                        "qshm-bench: --only {other}: `notify`, `racers`, `open_or_create`, `frames` and `queue` are known"
+                        "qshm-bench: --only {other}: `notify`, `racers`, `open_or_create`, `frames`, `queue` and `removal` are known"
                     )
                 }
                 None => measure(plan),
             }
         }
         _ => eprintln!(
-            "usage: qshm-bench measure [--quick] [--only notify|racers|open_or_create|frames|queue]"
+            "usage: qshm-bench measure [--quick] [--only notify|racers|open_or_create|frames|queue|removal]"
         ),
     }
 }
@@ -195,6 +200,7 @@ fn measure(plan: &Plan) {
     size_curve(plan);
     pingpong(plan);
     notify(plan);
+    removal(plan);
     contended_curve(plan);
     bandwidth(plan);
     frames::measure(plan.runs, plan.frame_window, plan.frame_readers);
@@ -204,6 +210,12 @@ fn measure(plan: &Plan) {
 /// Change notification against eventfd and pipe wake-ups (see `notify.rs`).
 fn notify(plan: &Plan) {
     notify::measure(plan.handoff_runs, plan.handoff_rounds);
+}
+
+/// `is_removed()` against one system call (see `removal.rs`); a system call each costs
+/// about a hundred lock pairs.
+fn removal(plan: &Plan) {
+    removal::measure(plan.runs, plan.lock_pairs / 100);
 }
 
 /// One figure's measurer: each call makes one run and returns its value.
@@ -247,6 +259,9 @@ fn us_per_call(n: usize, mut body: impl FnMut()) -> f64 {
 
 // ------------------------------------------------------------------ uncontended lock
 
+/// The floor of a lock whose waiters sleep (see `lock_pairs`).
+const TWO_CAS: &str = "floor: CAS acquire + CAS release on a MAP_SHARED word (a lock whose waiters sleep)";
+
 /// A POSIX named semaphore opened with sem_open, closed when dropped.
 struct PosixSem(*mut libc::sem_t);
 
@@ -285,6 +300,25 @@ fn lock_pairs(plan: &Plan) {
             }),
         ));
     }
+
+    // A lock whose waiters sleep must see, as it gives the lock back, whether anyone
+    // sleeps: its release is a read-modify-write too (the spin floor's is a plain store,
+    // as its waiters never sleep). Two compare-and-swaps are that lock's floor.
+    let word = Mapping::create(&key("cas2"), 4096);
+    let n = plan.lock_pairs;
+    runners.push((
+        TWO_CAS.into(),
+        Box::new(move || {
+            let w = word.u32_at(0);
+            ns_per_op(n, |n| {
+                for _ in 0..n {
+                    let took = w.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed);
+                    let gave = black_box(w).compare_exchange(1, 0, Ordering::Release, Ordering::Relaxed);
+                    assert!(took.is_ok() && gave.is_ok());
+                }
+            })
+        }),
+    ));
 
     let mut shm = locks::handle(&key("sem"), QT_POSIX);
     shm.create(4096, AccessMode::ReadWrite).expect("create");

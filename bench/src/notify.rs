@@ -2,6 +2,10 @@
 //! return of `wait_for_change` in the other, against the usual ways of waking another
 //! process (an `eventfd`, a pipe) and the bare shared futex, measured in one run.
 //!
+//! qshm's async wake-up (`changed().await`, feature `async`) is measured the same way with
+//! both processes in a tokio current-thread runtime: its one-way figure includes the hop
+//! through the process's bridge thread (see `src/async_wait`).
+//!
 //! Each is a ping-pong of two processes on two CPUs, both sleeping in the kernel while
 //! they wait: one round trip is two wake-ups, so a one-way figure is half a round trip.
 
@@ -18,6 +22,7 @@ use crate::{allowed_cpus, key, pin, unpin, wait_all};
 
 pub const QSHM_FAST: &str = "qshm notify_all -> wait_for_change (Fast, POSIX)";
 pub const QSHM_QT: &str = "qshm notify_all -> wait_for_change (Qt-compatible, System V)";
+pub const QSHM_ASYNC: &str = "qshm notify_all -> changed().await on tokio (Fast, POSIX)";
 pub const EVENTFD: &str = "eventfd ping-pong (write -> blocking read)";
 pub const PIPE: &str = "pipe ping-pong (write -> blocking read)";
 pub const FUTEX: &str = "floor: bare FUTEX_WAKE -> FUTEX_WAIT on a MAP_SHARED word";
@@ -28,6 +33,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[allow(clippy::large_enum_variant)] // two per measurement, never moved in a loop
 enum Channel {
     Qshm(SharedMemory),
+    QshmAsync(SharedMemory, tokio::runtime::Runtime),
     Fds { ping: RawFd, pong: RawFd },
     Futex(Mapping),
 }
@@ -42,11 +48,11 @@ fn child_cmd(args: &[String]) -> Command {
 fn start(what: &str, rounds: u64) -> (Channel, Child) {
     let rounds = rounds.to_string();
     match what {
-        QSHM_FAST | QSHM_QT => {
-            let (kind, mode, tag) = if what == QSHM_FAST {
-                (KeyType::PosixRealtime, LockMode::Fast, "fast")
-            } else {
-                (KeyType::SystemV, LockMode::QtCompatible, "qt")
+        QSHM_FAST | QSHM_QT | QSHM_ASYNC => {
+            let (kind, mode, tag) = match what {
+                QSHM_FAST => (KeyType::PosixRealtime, LockMode::Fast, "fast"),
+                QSHM_ASYNC => (KeyType::PosixRealtime, LockMode::Fast, "async"),
+                _ => (KeyType::SystemV, LockMode::QtCompatible, "qt"),
             };
             let k = key("notify");
             let mut shm = SharedMemory::with_key_type(&k, kind).with_lock_mode(mode);
@@ -54,7 +60,11 @@ fn start(what: &str, rounds: u64) -> (Channel, Child) {
             let child = child_cmd(&["qshm".into(), rounds, k, tag.into()])
                 .spawn()
                 .expect("spawn");
-            (Channel::Qshm(shm), child)
+            if what == QSHM_ASYNC {
+                (Channel::QshmAsync(shm, runtime()), child)
+            } else {
+                (Channel::Qshm(shm), child)
+            }
         }
         EVENTFD => {
             // SAFETY: eventfd takes plain values; without EFD_CLOEXEC the child inherits them.
@@ -94,6 +104,13 @@ fn start(what: &str, rounds: u64) -> (Channel, Child) {
         }
         other => panic!("unknown channel {other}"),
     }
+}
+
+/// A tokio runtime on this thread, as an async program waiting for a change would have.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// Write the 8-byte (eventfd) or 1-byte (pipe) token to `fd`.
@@ -147,6 +164,12 @@ fn round_trip(channel: &Channel, width: usize) {
             let got = shm.wait_for_change(sent, WAIT).expect("wait");
             assert_ne!(got, sent, "no answer within {WAIT:?}");
         }
+        Channel::QshmAsync(shm, rt) => {
+            let sent = shm.notify_all().expect("notify");
+            // (the child answers within the benchmark's time; a lost answer hangs it visibly)
+            let got = rt.block_on(shm.changed(sent)).expect("changed");
+            assert_ne!(got, sent);
+        }
         Channel::Fds { ping, pong } => {
             send(*ping, width);
             receive(*pong, width);
@@ -160,7 +183,7 @@ fn round_trip(channel: &Channel, width: usize) {
 pub fn measure(runs: usize, rounds: u64) {
     let cpus = allowed_cpus();
     pin(&cpus, 0);
-    let subjects = [QSHM_FAST, QSHM_QT, EVENTFD, PIPE, FUTEX];
+    let subjects = [QSHM_FAST, QSHM_QT, QSHM_ASYNC, EVENTFD, PIPE, FUTEX];
     let mut medians = vec![Vec::new(); subjects.len()];
     let mut p99s = vec![Vec::new(); subjects.len()];
     let warm = rounds / 10;
@@ -206,11 +229,12 @@ pub fn child(args: &[String]) {
     match args[0].as_str() {
         "qshm" => {
             let (kind, mode) = match args[3].as_str() {
-                "fast" => (KeyType::PosixRealtime, LockMode::Fast),
+                "fast" | "async" => (KeyType::PosixRealtime, LockMode::Fast),
                 _ => (KeyType::SystemV, LockMode::QtCompatible),
             };
             let mut shm = SharedMemory::with_key_type(&args[2], kind).with_lock_mode(mode);
             shm.attach(AccessMode::ReadWrite).expect("attach");
+            let rt = (args[3] == "async").then(runtime);
             // the parent makes the generation odd, we make it even
             let mut seen = shm.generation().expect("generation");
             let mut answered = 0;
@@ -218,6 +242,8 @@ pub fn child(args: &[String]) {
                 if seen.value() % 2 == 1 {
                     seen = shm.notify_all().expect("notify");
                     answered += 1;
+                } else if let Some(rt) = &rt {
+                    seen = rt.block_on(shm.changed(seen)).expect("changed");
                 } else {
                     seen = shm.wait_for_change(seen, WAIT).expect("wait");
                 }
