@@ -69,6 +69,15 @@ fn main() {
             },
             &python,
         ));
+        trials.push(with_qt(
+            format!("{k}::a_qt_waiter_on_a_dead_qshm_holder_goes_on_as_the_readme_says"),
+            if kind == KeyType::SystemV {
+                |py| qt_waits_on_dead_qshm_holder(py, KeyType::SystemV)
+            } else {
+                |py| qt_waits_on_dead_qshm_holder(py, KeyType::PosixRealtime)
+            },
+            &python,
+        ));
         trials.push(beside_cleanups(
             format!("{k}::another_user_locking_first_never_locks_out_the_owner"),
             move || other_user_locked_first(kind),
@@ -368,6 +377,58 @@ fn qt_locked_first(py: &Path, kind: KeyType) -> Result<(), Failed> {
         peer.send("exit");
         peer.wait(T);
     }
+    shm.detach()?;
+    Ok(())
+}
+
+/// A qshm process dies holding the Qt-compatible lock while a Qt process waits in `lock()`
+/// (README, "Dead holders"). System V: the kernel undoes the dead holder's unit and Qt goes
+/// on by itself. POSIX: `sem_wait` knows no labels, so Qt waits until a qshm process locks
+/// the segment, which takes the dead holder's unit over and gives it back, and then goes on.
+fn qt_waits_on_dead_qshm_holder(py: &Path, kind: KeyType) -> Result<(), Failed> {
+    const STILL: Duration = Duration::from_millis(700);
+    let key = unique_key("qtwaitsdead");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = SharedMemory::with_key_type(&key, kind).with_lock_mode(LockMode::QtCompatible);
+    shm.create(64, AccessMode::ReadWrite)?;
+    let mut holder = actor::qshm(None, &key, kind, LockMode::QtCompatible, REPLY).ok_or("qshm actor")?;
+    let mut qt = actor::qt(py, &key, kind, REPLY).ok_or("Qt actor")?;
+    // both attach first: Qt's attach() takes the lock too
+    for (peer, who) in [(&mut holder, "the qshm holder"), (&mut qt, "Qt")] {
+        check(
+            actor::ask(peer, "attach", REPLY).as_deref() == Some("OK"),
+            format!("{who} attaches"),
+        )?;
+    }
+    check(
+        actor::ask(&mut holder, "hold", REPLY).as_deref() == Some("HELD"),
+        "the qshm actor holds the lock",
+    )?;
+    qt.send("lock");
+    check(qt.try_line(STILL).is_none(), "Qt waits while the holder lives")?;
+    holder.kill9();
+    if kind == KeyType::PosixRealtime {
+        let early = qt.try_line(STILL);
+        check(
+            early.is_none(),
+            format!("POSIX: Qt went on before any qshm lock: {early:?}"),
+        )?;
+        let guard = shm
+            .lock_timeout(REPLY)?
+            .ok_or("qshm did not take the dead holder's lock over")?;
+        check(guard.previous_owner_died(), "qshm is told of the dead holder")?;
+        drop(guard);
+    }
+    let reply = qt.try_line(REPLY).unwrap_or_default();
+    check(
+        reply.starts_with("OK"),
+        format!("Qt's lock after the holder died: {reply:?}"),
+    )?;
+    let value = u64::from_le_bytes(shm.lock()?[..8].try_into()?);
+    check(value == 1, format!("Qt's increment: counter {value}, expected 1"))?;
+    qt.send("exit");
+    qt.wait(T);
     shm.detach()?;
     Ok(())
 }
