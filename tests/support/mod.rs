@@ -619,9 +619,18 @@ impl TempUser {
             return Err("making a user needs root".to_owned());
         }
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        static RUN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        // unique per process and per call (user names have at most 32 characters)
-        let name = format!("qshmt{}u{n}", std::process::id() % 1_000_000);
+        // unique per process and per call (user names have at most 32 characters); users
+        // are machine-wide, pids are not: every PID-namespace pass runs as pid 4, so the
+        // pid alone named two suites' users alike. A random number per process does not.
+        let run = *RUN.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish() as u32
+        });
+        let name = format!("qshmt{run:08x}u{n}");
         user_tool(&["useradd", "-M", "-N", "-s", "/bin/false", &name])?;
         // from here on, Drop removes the user whatever happens
         let mut user = TempUser { name, uid: 0, gid: 0 };
