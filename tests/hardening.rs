@@ -968,19 +968,67 @@ fn held_file_lock_bounds_attach(kind: KeyType) -> Result<(), Failed> {
 /// failed with LockError, and a test's own `flock` right after `create` found it taken.
 /// Run in a child process, whose forking threads disturb no other test.
 fn key_file_lock_ends_with_operation() -> Result<(), Failed> {
-    let prefix = unique_key("forkwindow");
-    let mut peer = Peer::spawn("fork-window", &[&prefix]);
-    let line = peer.expect("RESULT", T);
-    peer.wait(T);
-    let held: u32 = line
-        .split_whitespace()
-        .next()
-        .ok_or_else(|| format!("no count in {line}"))?
-        .parse()?;
+    let (held, line) = counted_by_role("fork-window", "forkwindow")?;
     check(
         held == 0,
         format!("after its operation, the key file was still locked: {line} tries"),
     )
+}
+
+/// Run child `role` on a fresh key prefix made of `tag`; the count its `RESULT <n> of <m>`
+/// line starts with, and that line.
+fn counted_by_role(role: &str, tag: &str) -> Result<(u32, String), Failed> {
+    let prefix = unique_key(tag);
+    let mut peer = Peer::spawn(role, &[&prefix]);
+    let line = peer.expect("RESULT", T);
+    peer.wait(T);
+    let count = line
+        .split_whitespace()
+        .next()
+        .ok_or_else(|| format!("no count in {line}"))?
+        .parse()?;
+    Ok((count, line))
+}
+
+/// Threads that fork children which wait 20 ms before they `exec` (as a program spawning
+/// processes from other threads does), until stopped.
+struct Forkers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Forkers {
+    fn start(n: usize) -> Forkers {
+        use std::os::unix::process::CommandExt;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut cmd = std::process::Command::new("true");
+                        // SAFETY: the closure only sleeps, which is async-signal-safe.
+                        unsafe {
+                            cmd.pre_exec(|| {
+                                libc::usleep(20_000);
+                                Ok(())
+                            })
+                        };
+                        let _ = cmd.status();
+                    }
+                })
+            })
+            .collect();
+        Forkers { stop, threads }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Create and attach System V segments while two threads fork children that wait 20 ms
@@ -988,26 +1036,7 @@ fn key_file_lock_ends_with_operation() -> Result<(), Failed> {
 /// description. Prints `RESULT <times it was still held> of <tries>`.
 fn fork_window_role(prefix: &str) -> i32 {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static STOP: AtomicBool = AtomicBool::new(false);
-    let forkers: Vec<_> = (0..2)
-        .map(|_| {
-            std::thread::spawn(|| {
-                while !STOP.load(Ordering::Relaxed) {
-                    let mut cmd = std::process::Command::new("true");
-                    // SAFETY: the closure only sleeps, which is async-signal-safe.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            libc::usleep(20_000);
-                            Ok(())
-                        })
-                    };
-                    let _ = cmd.status();
-                }
-            })
-        })
-        .collect();
+    let forkers = Forkers::start(2);
     let free = |path: &str| -> bool {
         let Ok(file) = std::fs::File::open(path) else {
             return true;
@@ -1036,10 +1065,7 @@ fn fork_window_role(prefix: &str) -> i32 {
         drop(attacher);
         drop(creator);
     }
-    STOP.store(true, Ordering::Relaxed);
-    for forker in forkers {
-        let _ = forker.join();
-    }
+    forkers.stop();
     say(format!("RESULT {held} of {tries}"));
     0
 }
@@ -1054,15 +1080,7 @@ fn fork_window_role(prefix: &str) -> i32 {
 /// forked a moment ago to `exec`), 0–3 of 400 still do, as root and as a user: not
 /// understood yet.
 fn last_detach_destroys_while_forking() -> Result<(), Failed> {
-    let prefix = unique_key("forkdestroy");
-    let mut peer = Peer::spawn("fork-window-destroy", &[&prefix]);
-    let line = peer.expect("RESULT", T);
-    peer.wait(T);
-    let left: u32 = line
-        .split_whitespace()
-        .next()
-        .ok_or_else(|| format!("no count in {line}"))?
-        .parse()?;
+    let (left, line) = counted_by_role("fork-window-destroy", "forkdestroy")?;
     check(
         left == 0,
         format!("segments left after their last detach: {line}"),
@@ -1072,26 +1090,7 @@ fn last_detach_destroys_while_forking() -> Result<(), Failed> {
 /// Create and detach POSIX segments (both lock modes) while two threads fork children
 /// that wait 20 ms before `exec`. Prints `RESULT <segments left> of <tries>`.
 fn fork_window_destroy_role(prefix: &str) -> i32 {
-    use std::os::unix::process::CommandExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static STOP: AtomicBool = AtomicBool::new(false);
-    let forkers: Vec<_> = (0..2)
-        .map(|_| {
-            std::thread::spawn(|| {
-                while !STOP.load(Ordering::Relaxed) {
-                    let mut cmd = std::process::Command::new("true");
-                    // SAFETY: the closure only sleeps, which is async-signal-safe.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            libc::usleep(20_000);
-                            Ok(())
-                        })
-                    };
-                    let _ = cmd.status();
-                }
-            })
-        })
-        .collect();
+    let forkers = Forkers::start(2);
     std::thread::sleep(Duration::from_millis(50)); // the forkers are at work
     let (mut left, mut tries) = (0u32, 0u32);
     for i in 0..400 {
@@ -1114,10 +1113,7 @@ fn fork_window_destroy_role(prefix: &str) -> i32 {
         let native = SharedMemory::legacy_native_key(&key, KeyType::PosixRealtime);
         left += u32::from(qshm::admin::exists(&native));
     }
-    STOP.store(true, Ordering::Relaxed);
-    for forker in forkers {
-        let _ = forker.join();
-    }
+    forkers.stop();
     say(format!("RESULT {left} of {tries}"));
     0
 }
