@@ -16,14 +16,22 @@
 //!   the child exits or `exec`s. (The child never detaches that copy; once it exits the
 //!   segment is stale, and the next `create` reclaims it.)
 //!
+//! * Every fork gets a pipe whose write end only the child keeps, so that a last detach can
+//!   wait until the children that may hold a segment have `exec`'d or exited
+//!   (`exec_watch.rs`).
+//!
 //! The handlers run around `fork`, where only async-signal-safe calls are allowed: they
-//! read fixed tables of atomics, format a path into a stack buffer and call `open`,
-//! `flock` and `close`.
+//! read fixed tables of atomics and constant-initialised thread-locals (plain TLS
+//! accesses), format a path into a stack buffer and call `open`, `flock`, `pipe2`, `poll`
+//! and `close`.
 
+use std::cell::Cell;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Once;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use super::exec_watch;
 
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
@@ -31,50 +39,98 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 /// care (a child of a process with that many attachments keeps their slots alive).
 const TABLE: usize = 1024;
 /// Lock-state descriptors the child closes.
-static CLOSE_IN_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
+static CLOSE_IN_CHILD: [AtomicU64; TABLE] = [const { AtomicU64::new(EMPTY) }; TABLE];
 /// POSIX segment descriptors whose file the child locks anew.
-static SHARE_IN_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
-/// The descriptors the parent opened for the child before `fork` (index as above).
-static FOR_CHILD: [AtomicI32; TABLE] = [const { AtomicI32::new(-1) }; TABLE];
+static SHARE_IN_CHILD: [AtomicU64; TABLE] = [const { AtomicU64::new(EMPTY) }; TABLE];
+/// An entry of those tables: the descriptor (low half) and the entry's number (high half),
+/// so that a fork handler can tell the entry it read from a later one that reuses the
+/// slot and the descriptor number.
+const EMPTY: u64 = u64::MAX;
+static ENTRIES: AtomicU32 = AtomicU32::new(0);
 
-/// When this process last forked (`CLOCK_MONOTONIC`, nanoseconds; 0: never).
-static LAST_FORK_NS: AtomicU64 = AtomicU64::new(0);
+fn entry_fd(entry: u64) -> Option<RawFd> {
+    (entry != EMPTY).then_some(entry as u32 as RawFd)
+}
+/// The descriptors the parent opened for children before `fork`, each with the number of
+/// the fork it was opened for (`made`): two threads forking at once each close only their
+/// own in the parent, and each child keeps only its own. (One shared slot per segment, as
+/// before, let one fork overwrite another's descriptor: the parent then kept that one, and
+/// its lock, for good, and a child could hold a lock no watch knew of.)
+static FOR_CHILD: [AtomicU64; TABLE] = [const { AtomicU64::new(NOT_MADE) }; TABLE];
+const NOT_MADE: u64 = u64::MAX;
+/// Numbers for forks that share segments' locks (0: none).
+static MADE_FOR: AtomicU32 = AtomicU32::new(0);
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec; it is async-signal-safe.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+thread_local! {
+    /// The number of the fork this thread is making (its handlers run on this thread).
+    static MY_FORK: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Whether this process forked within the last `window`: a child it forked may still
-/// hold a shared `flock` of its own on a segment (until it `exec`s).
-pub(crate) fn forked_within(window: std::time::Duration) -> bool {
-    let last = LAST_FORK_NS.load(Ordering::Relaxed);
-    last != 0 && monotonic_ns().saturating_sub(last) < window.as_nanos() as u64
+fn made(fork: u32, fd: RawFd) -> u64 {
+    (u64::from(fork) << 32) | u64::from(fd as u32)
+}
+
+fn made_parts(entry: u64) -> Option<(u32, RawFd)> {
+    (entry != NOT_MADE).then_some(((entry >> 32) as u32, entry as u32 as RawFd))
 }
 
 extern "C" fn before_fork() {
-    LAST_FORK_NS.store(monotonic_ns(), Ordering::Relaxed);
-    for (entry, made) in SHARE_IN_CHILD.iter().zip(&FOR_CHILD) {
-        let fd = entry.load(Ordering::Relaxed);
-        if fd >= 0 {
-            made.store(lock_anew(fd), Ordering::Relaxed);
+    // counted and watched first: see exec_watch::forks_before_now
+    exec_watch::before_fork();
+    let mut share = [EMPTY; TABLE];
+    let mut any = false;
+    for (to, entry) in share.iter_mut().zip(&SHARE_IN_CHILD) {
+        *to = entry.load(Ordering::SeqCst);
+        any |= *to != EMPTY;
+    }
+    if !any {
+        return;
+    }
+    let mut number = MADE_FOR.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    if number == 0 || number == u32::MAX {
+        number = 1;
+    }
+    MY_FORK.with(|m| m.set(number));
+    for (seen, entry) in share.into_iter().zip(&SHARE_IN_CHILD) {
+        let Some(fd) = entry_fd(seen) else { continue };
+        let new = lock_anew(fd);
+        if new < 0 {
+            continue;
+        }
+        if entry.load(Ordering::SeqCst) != seen {
+            // detached meanwhile: the number may name another segment's file by now,
+            // which this fork was not counted for
+            // SAFETY: our own new descriptor, in no table.
+            unsafe { libc::close(new) };
+            continue;
+        }
+        let placed = FOR_CHILD.iter().any(|slot| {
+            slot.compare_exchange(NOT_MADE, made(number, new), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        });
+        if !placed {
+            // SAFETY: our own new descriptor, in no table: the child goes without it.
+            unsafe { libc::close(new) };
         }
     }
 }
 
 extern "C" fn in_parent() {
-    for made in &FOR_CHILD {
-        let fd = made.swap(-1, Ordering::Relaxed);
-        if fd >= 0 {
-            // SAFETY: our copy of a descriptor before_fork opened; the child keeps its copy
-            // (and so the open file description and its lock).
+    exec_watch::in_parent();
+    let mine = MY_FORK.with(|m| m.replace(0));
+    if mine == 0 {
+        return;
+    }
+    for slot in &FOR_CHILD {
+        let entry = slot.load(Ordering::Relaxed);
+        if let Some((fork, fd)) = made_parts(entry)
+            && fork == mine
+            && slot
+                .compare_exchange(entry, NOT_MADE, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SAFETY: our copy of a descriptor before_fork opened for this fork; the child
+            // keeps its copy (and so the open file description and its lock).
             unsafe { libc::close(fd) };
         }
     }
@@ -82,14 +138,23 @@ extern "C" fn in_parent() {
 
 extern "C" fn in_child() {
     EPOCH.fetch_add(1, Ordering::Relaxed);
-    for (entry, made) in SHARE_IN_CHILD.iter().zip(&FOR_CHILD) {
-        // the child keeps what before_fork made for it (it closes at exec or exit)
-        entry.store(-1, Ordering::Relaxed);
-        made.store(-1, Ordering::Relaxed);
+    exec_watch::in_child();
+    let mine = MY_FORK.with(|m| m.replace(0));
+    for entry in &SHARE_IN_CHILD {
+        entry.store(EMPTY, Ordering::Relaxed);
+    }
+    for slot in &FOR_CHILD {
+        if let Some((fork, fd)) = made_parts(slot.swap(NOT_MADE, Ordering::Relaxed))
+            && fork != mine
+        {
+            // SAFETY: the child's copy of a descriptor made for another thread's fork
+            // at the same moment; this child must not hold its lock.
+            unsafe { libc::close(fd) };
+        }
+        // its own it keeps: they close at exec or exit
     }
     for entry in &CLOSE_IN_CHILD {
-        let fd = entry.swap(-1, Ordering::Relaxed);
-        if fd >= 0 {
+        if let Some(fd) = entry_fd(entry.swap(EMPTY, Ordering::Relaxed)) {
             // SAFETY: fd is the child's copy of a descriptor qshm owns in the parent; the
             // child's handles never use it again (they are inert after a fork).
             unsafe { libc::close(fd) };
@@ -122,6 +187,8 @@ fn lock_anew(fd: RawFd) -> RawFd {
         )
     };
     if new >= 0 {
+        // (it may fail: the creator holds the file exclusively until the segment is made;
+        // the child still keeps the file open, which a last detach's lease probe sees)
         // SAFETY: new is a descriptor we just opened.
         unsafe { libc::flock(new, libc::LOCK_SH | libc::LOCK_NB) };
     }
@@ -152,20 +219,39 @@ pub(crate) fn epoch() -> u64 {
 /// descriptor is closed).
 #[derive(Debug)]
 pub(crate) struct InChild {
-    table: &'static [AtomicI32; TABLE],
+    table: &'static [AtomicU64; TABLE],
     index: Option<usize>,
-    fd: RawFd,
+    entry: u64,
+    forks_before: u64,
 }
 
 impl InChild {
-    fn enter(table: &'static [AtomicI32; TABLE], fd: RawFd) -> InChild {
+    fn enter(table: &'static [AtomicU64; TABLE], fd: RawFd) -> InChild {
         watch();
-        let index = table.iter().position(|entry| {
-            entry
-                .compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed)
+        // read before the entry is in the table (and the segment mapped): a fork that may
+        // see the entry, or copy the mapping, has a larger number than this
+        let forks_before = exec_watch::forks_before_now();
+        let mut number = ENTRIES.fetch_add(1, Ordering::Relaxed);
+        if number == u32::MAX {
+            number = ENTRIES.fetch_add(1, Ordering::Relaxed);
+        }
+        let entry = (u64::from(number) << 32) | u64::from(fd as u32);
+        let index = table.iter().position(|slot| {
+            slot.compare_exchange(EMPTY, entry, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
         });
-        InChild { table, index, fd }
+        InChild {
+            table,
+            index,
+            entry,
+            forks_before,
+        }
+    }
+
+    /// The number of forks before this entry: only children forked after it may hold
+    /// what it shares (see `exec_watch::once_children_exec`).
+    pub(crate) fn forks_before(&self) -> u64 {
+        self.forks_before
     }
 
     /// A lock-state descriptor the child closes.
@@ -183,7 +269,7 @@ impl Drop for InChild {
     fn drop(&mut self) {
         if let Some(i) = self.index {
             // (in a child the entry was cleared, and may hold someone else's descriptor now)
-            let _ = self.table[i].compare_exchange(self.fd, -1, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.table[i].compare_exchange(self.entry, EMPTY, Ordering::SeqCst, Ordering::Relaxed);
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::error::{Failure, SharedMemoryError};
 use crate::key::{KeyType, NativeIpcKey};
 use crate::os;
 
+pub(crate) mod exec_watch;
 pub(crate) mod fork;
 pub(crate) mod lock_state;
 pub(crate) mod mapping;

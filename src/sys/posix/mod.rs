@@ -65,6 +65,7 @@ use semaphore::{semaphore_for_attach, semaphore_for_create};
 pub(crate) use semaphore_file::peek as peek_semaphore;
 pub(crate) use semaphore_file::{SemaphoreFile, Take, holder_label, seen_value};
 
+use super::exec_watch;
 use super::fork::{self, InChild};
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
@@ -248,6 +249,9 @@ fn create_once(
             CreateError::Taken => io::Error::from_raw_os_error(libc::EEXIST),
         })
     })?;
+    // children forked from here on lock the file too (and are waited for by the last
+    // detach): before the mapping, so that no child maps it without
+    let in_child = InChild::share(std::os::fd::AsRawFd::as_raw_fd(&fd));
     let mapping = Mapping::map_file(&fd, req.size, req.writable)?;
     // 4. name the lock state, then the segment (atomic, and fails if the name is taken):
     //    whoever finds the segment finds its lock state. (The other order let a creator
@@ -310,7 +314,7 @@ fn create_once(
     };
     Ok(Made::Segment(Attached {
         segment: Box::new(Segment {
-            _in_child: InChild::share(std::os::fd::AsRawFd::as_raw_fd(&file.fd)),
+            _in_child: in_child,
             file,
             id,
             state: Some(state),
@@ -361,30 +365,20 @@ pub(crate) fn lock_state_failure(e: io::Error) -> Failure {
         .with_detail(format!("cannot make the lock state in {SHM_DIR}"))
 }
 
-/// How long a last detach waits for children this process forked a moment ago to `exec`
-/// (each holds a shared `flock` of its own on the segment until then, see `fork.rs`).
-const FORKED_CHILDREN_WAIT: Duration = Duration::from_millis(100);
+/// How long a last detach waits at most for children this process forked while the
+/// segment was attached to `exec` or exit (each holds a shared `flock` of its own on the
+/// segment until then, see `fork.rs`). It waits only while such a child lives; one that
+/// has not `exec`'d by then is taken for a child that uses its inherited mapping, and the
+/// segment stays.
+const FORKED_CHILDREN_WAIT: Duration = Duration::from_secs(1);
 
 /// A last detach's look (the exclusive `flock`, the lease probe) that a child of ours may
-/// fail for a moment: when this process forked within [`FORKED_CHILDREN_WAIT`], look
-/// again until that much time has passed. (Without it, any program that spawns processes
-/// from another thread left segments behind: the last detach took the child's lock and
-/// open file for another user.) A child that never `exec`s keeps them, and the segment,
-/// as it should.
-fn once_children_exec(mut look: impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
-    if !fork::forked_within(FORKED_CHILDREN_WAIT) {
-        return Ok(false);
-    }
-    let until = Instant::now() + FORKED_CHILDREN_WAIT;
-    let mut pause = Duration::from_micros(100);
-    while Instant::now() < until {
-        std::thread::sleep(pause);
-        if look()? {
-            return Ok(true);
-        }
-        pause = (pause * 2).min(Duration::from_millis(5));
-    }
-    Ok(false)
+/// fail until it `exec`s: look again each time such a child `exec`'d or exited (see
+/// `exec_watch`). (Without it, any program that spawns processes from another thread left
+/// segments behind: the last detach took the child's lock and open file for another
+/// user's.)
+fn once_children_exec(since: u64, look: impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
+    exec_watch::once_children_exec(since, FORKED_CHILDREN_WAIT, look)
 }
 
 /// Open the segment file for an attach: the file with a shared `flock` on it, still
@@ -475,12 +469,13 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
                 },
             },
         };
+        // (before the mapping: see create_once)
+        let in_child = InChild::share(std::os::fd::AsRawFd::as_raw_fd(&file.fd));
         let mapping = Mapping::map_file(&file.fd, len, req.writable)?;
         let semaphore = match &lock {
             LockParts::QtPosix { semaphore, .. } => Some(semaphore.clone()),
             _ => None,
         };
-        let in_child = InChild::share(std::os::fd::AsRawFd::as_raw_fd(&file.fd));
         return Ok(Attached {
             segment: Box::new(Segment {
                 file: {
@@ -543,11 +538,13 @@ impl SegmentBackend for Segment {
             fork_epoch,
             _in_child,
         } = *self;
+        let since = _in_child.forks_before();
         drop(_in_child);
         if fork::epoch() != fork_epoch {
             return Ok(Detached::Kept);
         }
-        if !file.try_lock(FileLock::Exclusive)? && !once_children_exec(|| file.try_lock(FileLock::Exclusive))?
+        if !file.try_lock(FileLock::Exclusive)?
+            && !once_children_exec(since, || file.try_lock(FileLock::Exclusive))?
         {
             return Ok(Detached::Kept); // other qshm attachments
         }
@@ -573,7 +570,7 @@ impl SegmentBackend for Segment {
         let label = state.as_ref().and_then(|s| s.label()).map_or(0, |l| l.word());
         let held = semaphore.as_ref().is_some_and(|sem| hold_briefly(sem, label));
         let mut outcome = Detached::Kept;
-        if unused_by_others(&file) || once_children_exec(|| Ok(unused_by_others(&file)))? {
+        if unused_by_others(&file) || once_children_exec(since, || Ok(unused_by_others(&file)))? {
             // Qt's semaphore goes first (like Qt's creator, which unlinks it when it goes
             // away: whoever still has it open keeps it), while the segment still has its
             // name: a creator of the key can publish a new segment only once that name is
