@@ -66,10 +66,15 @@ fn main() {
         )
         .with_ignored_flag(std::env::var_os("QSHM_FORK_WINDOW").is_none()),
     );
-    trials.push(Trial::test(
-        "posix::a_last_detach_destroys_once_a_slow_child_execs",
-        last_detach_after_slow_exec,
-    ));
+    for kind in KINDS {
+        trials.push(Trial::test(
+            format!(
+                "{}::a_last_detach_destroys_once_a_slow_child_execs",
+                kind_name(kind)
+            ),
+            move || last_detach_after_slow_exec(kind),
+        ));
+    }
     trials.push(Trial::test(
         "systemv::a_failed_create_never_unlinks_a_key_file_in_use",
         failed_create_keeps_key_file,
@@ -350,7 +355,7 @@ fn child_main(role: &str, args: &[String]) -> i32 {
         "fork" => fork_role(&args[0], parse_kind(&args[1]), parse_mode(&args[2])),
         "fork-window" => fork_window_role(&args[0]),
         "fork-window-destroy" => fork_window_destroy_role(&args[0]),
-        "slow-exec-detach" => slow_exec_detach_role(&args[0]),
+        "slow-exec-detach" => slow_exec_detach_role(&args[0], parse_kind(&args[1])),
         "sem-create" => {
             let key = NativeIpcKey::new(format!("/{}", args[0]), KeyType::PosixRealtime);
             let made = SystemSemaphore::with_native_key(key, 1, SemaphoreMode::Create);
@@ -983,8 +988,15 @@ fn key_file_lock_ends_with_operation() -> Result<(), Failed> {
 /// Run child `role` on a fresh key prefix made of `tag`; the count its `RESULT <n> of <m>`
 /// line starts with, and that line.
 fn counted_by_role(role: &str, tag: &str) -> Result<(u32, String), Failed> {
+    counted_by_role_with(role, tag, &[])
+}
+
+/// [`counted_by_role`] with more arguments after the key prefix.
+fn counted_by_role_with(role: &str, tag: &str, more: &[&str]) -> Result<(u32, String), Failed> {
     let prefix = unique_key(tag);
-    let mut peer = Peer::spawn(role, &[&prefix]);
+    let mut args = vec![prefix.as_str()];
+    args.extend_from_slice(more);
+    let mut peer = Peer::spawn(role, &args);
     let line = peer.expect("RESULT", T);
     peer.wait(T);
     let count = line
@@ -1124,26 +1136,29 @@ fn fork_window_destroy_role(prefix: &str) -> i32 {
     0
 }
 
-/// POSIX: the last detach while a child another thread forked (to `exec`) still holds its
-/// inherited `flock`: once the child has exec'd, the segment is destroyed, however long
-/// the child took (here 300 ms, as a loaded machine may take). Before, a detach waited at
-/// most 100 ms for such children, then kept the segment, and nobody destroyed it.
-fn last_detach_after_slow_exec() -> Result<(), Failed> {
-    let (left, line) = counted_by_role("slow-exec-detach", "slowexec")?;
+/// The last detach while a child another thread forked (to `exec`) still holds what it
+/// inherited (POSIX: a `flock` of its own and the mapping; System V: an attachment, which
+/// `shm_nattch` counts): once the child has exec'd, the segment is destroyed, however long
+/// the child took (here 300 ms, as a loaded machine may take). Before, a POSIX detach
+/// waited at most 100 ms for such children and a System V one not at all; both then kept
+/// the segment, and nobody destroyed it (CI's open_or_create suite once found a System V
+/// segment Qt made left so).
+fn last_detach_after_slow_exec(kind: KeyType) -> Result<(), Failed> {
+    let (left, line) = counted_by_role_with("slow-exec-detach", "slowexec", &[kind_name(kind)])?;
     check(
         left == 0,
         format!("segments left after their last detach: {line}"),
     )
 }
 
-/// Create a POSIX segment, let another thread spawn a child that waits 300 ms before it
-/// `exec`s, detach once the child is forked, and print `RESULT <segments left> of 1` after
-/// the child is gone.
-fn slow_exec_detach_role(key: &str) -> i32 {
+/// Create a segment, let another thread spawn a child that waits 300 ms before it `exec`s,
+/// detach once the child is forked, and print `RESULT <segments left> of 1` after the
+/// child is gone.
+fn slow_exec_detach_role(key: &str, kind: KeyType) -> i32 {
     use std::os::unix::process::CommandExt;
     let mut cleanup = Cleanup::default();
-    cleanup.key(key, KeyType::PosixRealtime);
-    let mut shm = handle(key, KeyType::PosixRealtime, LockMode::Fast);
+    cleanup.key(key, kind);
+    let mut shm = handle(key, kind, LockMode::Fast);
     shm.create(64, AccessMode::ReadWrite).expect("create");
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into fds.
@@ -1166,7 +1181,7 @@ fn slow_exec_detach_role(key: &str) -> i32 {
     assert_eq!(unsafe { libc::read(forked, (&raw mut byte).cast(), 1) }, 1);
     shm.detach().expect("detach");
     let _ = spawner.join();
-    let native = SharedMemory::legacy_native_key(key, KeyType::PosixRealtime);
+    let native = SharedMemory::legacy_native_key(key, kind);
     say(format!("RESULT {} of 1", u32::from(qshm::admin::exists(&native))));
     0
 }
