@@ -74,6 +74,13 @@ fn main() {
             ),
             move || last_detach_after_slow_exec(kind),
         ));
+        trials.push(Trial::test(
+            format!(
+                "{}::a_detach_never_waits_for_a_child_forked_long_ago",
+                kind_name(kind)
+            ),
+            move || detach_beside_old_child(kind),
+        ));
     }
     trials.push(Trial::test(
         "systemv::a_failed_create_never_unlinks_a_key_file_in_use",
@@ -356,6 +363,7 @@ fn child_main(role: &str, args: &[String]) -> i32 {
         "fork-window" => fork_window_role(&args[0]),
         "fork-window-destroy" => fork_window_destroy_role(&args[0]),
         "slow-exec-detach" => slow_exec_detach_role(&args[0], parse_kind(&args[1])),
+        "old-child-detach" => old_child_detach_role(&args[0], parse_kind(&args[1])),
         "sem-create" => {
             let key = NativeIpcKey::new(format!("/{}", args[0]), KeyType::PosixRealtime);
             let made = SystemSemaphore::with_native_key(key, 1, SemaphoreMode::Create);
@@ -1183,6 +1191,57 @@ fn slow_exec_detach_role(key: &str, kind: KeyType) -> i32 {
     let _ = spawner.join();
     let native = SharedMemory::legacy_native_key(key, kind);
     say(format!("RESULT {} of 1", u32::from(qshm::admin::exists(&native))));
+    0
+}
+
+/// A detach while another handle keeps the segment, beside a child forked more than the
+/// wait's bound ago that has not `exec`'d (a long-lived worker): it does not wait for that
+/// child (before, every such detach waited the whole bound, 1 s).
+fn detach_beside_old_child(kind: KeyType) -> Result<(), Failed> {
+    let (millis, line) = counted_by_role_with("old-child-detach", "oldchild", &[kind_name(kind)])?;
+    check(
+        millis < 500,
+        format!("the detach waited for a child forked long ago: {line}"),
+    )
+}
+
+/// Create a segment and attach a second handle; let another thread spawn a child that
+/// waits 2.5 s before it `exec`s; 1.2 s after the fork, detach the first handle and print
+/// `RESULT <milliseconds the detach took> of 1`.
+fn old_child_detach_role(key: &str, kind: KeyType) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let mut cleanup = Cleanup::default();
+    cleanup.key(key, kind);
+    let mut first = handle(key, kind, LockMode::Fast);
+    first.create(64, AccessMode::ReadWrite).expect("create");
+    let mut second = handle(key, kind, LockMode::Fast);
+    second.attach(AccessMode::ReadWrite).expect("attach");
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into fds.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let [forked, tell] = fds;
+    let spawner = std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: the closure writes one byte and sleeps, both async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::write(tell, b"f".as_ptr().cast(), 1);
+                libc::usleep(2_500_000);
+                Ok(())
+            })
+        };
+        cmd.status()
+    });
+    let mut byte = 0u8;
+    // SAFETY: reads one byte into byte; the child writes it once it is forked.
+    assert_eq!(unsafe { libc::read(forked, (&raw mut byte).cast(), 1) }, 1);
+    std::thread::sleep(Duration::from_millis(1200));
+    let start = Instant::now();
+    first.detach().expect("detach");
+    let millis = start.elapsed().as_millis();
+    drop(second);
+    let _ = spawner.join();
+    say(format!("RESULT {millis} of 1"));
     0
 }
 

@@ -16,6 +16,11 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long a last detach waits at most for children forked while the segment was
+/// attached to `exec` or exit; one that has not by then is taken for a child that uses
+/// its inherited mapping (or attachment), and the segment stays.
+pub(crate) const WAIT_FOR_CHILDREN: Duration = Duration::from_secs(1);
+
 /// Children watched at once; a fork beyond them is counted in [`UNWATCHED`] instead.
 const WATCHES: usize = 64;
 /// A free entry: no descriptor (all ones), nobody borrowing it.
@@ -29,6 +34,8 @@ const BORROW: u64 = 1 << 32;
 static WATCH: [AtomicU64; WATCHES] = [const { AtomicU64::new(FREE) }; WATCHES];
 /// The fork number each entry's child was made at.
 static WATCH_FORK: [AtomicU64; WATCHES] = [const { AtomicU64::new(0) }; WATCHES];
+/// When each entry's child was forked (`CLOCK_MONOTONIC`, nanoseconds).
+static WATCH_BORN: [AtomicU64; WATCHES] = [const { AtomicU64::new(0) }; WATCHES];
 /// Write ends between `before_fork` and the parent's handler (index as above).
 static WRITE_END: [AtomicI32; WATCHES] = [const { AtomicI32::new(-1) }; WATCHES];
 /// Forks that shared a segment's lock with their child, counted.
@@ -112,9 +119,23 @@ pub(super) fn before_fork() {
         return;
     };
     WATCH_FORK[slot].store(number, Ordering::Relaxed);
+    WATCH_BORN[slot].store(monotonic_ns(), Ordering::Relaxed);
     WRITE_END[slot].store(write, Ordering::Relaxed);
     WATCH[slot].store(read as u64, Ordering::Release);
     MINE.with(|m| m.set(slot));
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (async-signal-safe).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec; it is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// A free entry, now `FILLING`.
@@ -207,12 +228,18 @@ pub(super) fn in_child() {
 struct Borrowed {
     slot: usize,
     fd: RawFd,
+    /// How much longer this child is waited for.
+    left: Duration,
 }
 
 impl Borrowed {
-    /// The read ends of children made after fork number `since`; `None` while a fork
-    /// handler fills an entry (the caller looks again a moment later).
-    fn after(since: u64) -> Option<Vec<Borrowed>> {
+    /// The read ends of children made after fork number `since` and less than `limit`
+    /// ago (an older one that has not `exec`'d is taken for one that uses what it
+    /// inherited); `None` while a fork handler fills an entry (the caller looks again a
+    /// moment later).
+    fn after(since: u64, limit: Duration) -> Option<Vec<Borrowed>> {
+        let now = monotonic_ns();
+        let limit = limit.as_nanos() as u64;
         let mut out = Vec::new();
         for (slot, entry) in WATCH.iter().enumerate() {
             let mut seen = entry.load(Ordering::Acquire);
@@ -221,12 +248,17 @@ impl Borrowed {
                     return None; // (dropping `out` gives the others back)
                 }
                 let Some(fd) = fd_of(seen) else { break };
-                if WATCH_FORK[slot].load(Ordering::Relaxed) <= since {
+                let age = now.saturating_sub(WATCH_BORN[slot].load(Ordering::Relaxed));
+                if WATCH_FORK[slot].load(Ordering::Relaxed) <= since || age >= limit {
                     break;
                 }
                 match entry.compare_exchange(seen, seen + BORROW, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => {
-                        let child = Borrowed { slot, fd };
+                        let child = Borrowed {
+                            slot,
+                            fd,
+                            left: Duration::from_nanos(limit - age),
+                        };
                         // one that is gone already is no longer waited for (dropping
                         // the last borrow of it closes it)
                         if !hung_up(fd, 0) {
@@ -259,22 +291,28 @@ impl Drop for Borrowed {
     }
 }
 
-/// A last detach's `look` (the exclusive `flock`, the lease probe) failed, maybe only
-/// because children forked after fork number `since` still hold the segment's lock they
-/// inherited. Wait until each of them has `exec`'d or exited, at most `limit`, and look
-/// again whenever one did; true as soon as `look` is. False at once when no such child
-/// lives (the lock is another process's), and after `limit` when some still do (a child
-/// that never `exec`s uses its inherited mapping: the segment stays).
+/// A last detach's `look` (the exclusive `flock`, the lease probe, `shm_nattch`) failed,
+/// maybe only because children forked after fork number `since` still hold what they
+/// inherited. Wait until each of them has `exec`'d or exited, but for none longer than
+/// `limit` after its fork, and look again whenever one did; true as soon as `look` is.
+/// False at once when no such child lives (the segment is another process's too), and
+/// once the children left are older than `limit` (a child that never `exec`s uses its
+/// inherited mapping: the segment stays). So a program with long-lived forked workers
+/// only waits right after a fork, at most `limit`.
 pub(crate) fn once_children_exec(
     since: u64,
     limit: Duration,
     mut look: impl FnMut() -> io::Result<bool>,
 ) -> io::Result<bool> {
+    // (a bound for children the table could not hold, whose age is unknown)
     let deadline = Instant::now() + limit;
     let mut waited = false;
     loop {
-        let unwatched = UNWATCHED.load(Ordering::SeqCst) > since;
-        let Some(children) = Borrowed::after(since) else {
+        let unwatched = UNWATCHED.load(Ordering::SeqCst) > since && Instant::now() < deadline;
+        let Some(children) = Borrowed::after(since, limit) else {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
             std::thread::yield_now();
             continue;
         };
@@ -284,15 +322,11 @@ pub(crate) fn once_children_exec(
         }
         waited = true;
 
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(false);
-        }
         // unwatched children (more than the table holds) can only be looked for now and then
-        let slice = if unwatched {
-            Duration::from_millis(5)
-        } else {
-            deadline - now
+        let slice = match children.iter().map(|c| c.left).min() {
+            Some(left) if !unwatched => left,
+            Some(left) => left.min(Duration::from_millis(5)),
+            None => Duration::from_millis(5),
         };
         let mut polled: Vec<libc::pollfd> = children
             .iter()

@@ -365,20 +365,13 @@ pub(crate) fn lock_state_failure(e: io::Error) -> Failure {
         .with_detail(format!("cannot make the lock state in {SHM_DIR}"))
 }
 
-/// How long a last detach waits at most for children this process forked while the
-/// segment was attached to `exec` or exit (each holds a shared `flock` of its own on the
-/// segment until then, see `fork.rs`). It waits only while such a child lives; one that
-/// has not `exec`'d by then is taken for a child that uses its inherited mapping, and the
-/// segment stays.
-const FORKED_CHILDREN_WAIT: Duration = Duration::from_secs(1);
-
 /// A last detach's look (the exclusive `flock`, the lease probe) that a child of ours may
 /// fail until it `exec`s: look again each time such a child `exec`'d or exited (see
 /// `exec_watch`). (Without it, any program that spawns processes from another thread left
 /// segments behind: the last detach took the child's lock and open file for another
 /// user's.)
 fn once_children_exec(since: u64, look: impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
-    exec_watch::once_children_exec(since, FORKED_CHILDREN_WAIT, look)
+    exec_watch::once_children_exec(since, exec_watch::WAIT_FOR_CHILDREN, look)
 }
 
 /// Open the segment file for an attach: the file with a shared `flock` on it, still

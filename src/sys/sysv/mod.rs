@@ -45,6 +45,7 @@ use key_file::{
 };
 pub(crate) use semaphore::{Semaphore, remove_recorded};
 
+use super::exec_watch;
 use super::lock_state::{self, CreateError, LockState, NewLockState, Origin, SegmentId};
 use super::mapping::Mapping;
 use super::named_file::NamedFile;
@@ -93,6 +94,9 @@ pub(crate) struct Segment {
     /// The key file qshm made for this segment (from the lock state).
     key_file: Option<[u64; 3]>,
     fork_epoch: u64,
+    /// Forks before the segment was attached: children forked after inherit the
+    /// attachment (counted in `shm_nattch`) until they `exec` (see `exec_watch`).
+    forks_before: u64,
 }
 
 pub(crate) fn create(key: &NativeIpcKey, req: &CreateRequest) -> Result<Attached, Failure> {
@@ -284,6 +288,7 @@ fn create_locked(
             }
         };
 
+        let forks_before = exec_watch::forks_before_now();
         let mapping = match Mapping::attach_system_v(id, ds.shm_segsz, req.writable) {
             Ok(mapping) => mapping,
             Err(e) => {
@@ -312,6 +317,7 @@ fn create_locked(
             semaphore_key: req.semaphore.clone(),
             key_file: recorded_key_file,
             fork_epoch,
+            forks_before,
         };
         return Ok(Made::Segment(Attached {
             segment: Box::new(segment),
@@ -408,6 +414,7 @@ fn attach_locked(
     if mode == LockMode::Fast && ds.shm_nattch > 0 && qt_semaphore_exists(&req.semaphore) {
         super::refuse_fast_next_to_foreign_mapper(Mapped::SystemV { shmid: id }, state.as_deref())?;
     }
+    let forks_before = exec_watch::forks_before_now();
     let mapping = Mapping::attach_system_v(id, ds.shm_segsz, req.writable)?;
     if os::shm_stat(id).is_ok_and(|ds| ds.shm_perm.mode & os::SHM_DEST != 0) {
         return Err(Failure::new(SharedMemoryError::NotFound));
@@ -447,6 +454,7 @@ fn attach_locked(
         semaphore_key: req.semaphore.clone(),
         key_file,
         fork_epoch,
+        forks_before,
     };
     Ok(Attached {
         segment: Box::new(segment),
@@ -505,6 +513,7 @@ impl SegmentBackend for Segment {
             semaphore_key,
             key_file,
             fork_epoch,
+            forks_before,
         } = *self;
         if fork::epoch() != fork_epoch {
             return Ok(Detached::Kept);
@@ -513,11 +522,21 @@ impl SegmentBackend for Segment {
         // the bound, only detach (the segment is reclaimed later, as a stale one).
         let lock = lock_key_file(&path);
         let may_destroy = lock.is_ok();
-        let nattch = match os::shm_stat(id) {
+        let mut nattch = match os::shm_stat(id) {
             Ok(ds) => Some(ds.shm_nattch),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => None,
             Err(_) => return Ok(Detached::Kept),
         };
+        // children another thread forked meanwhile count until they exec: wait for them
+        // (and only them), or the segment stays with nobody to destroy it
+        if may_destroy
+            && nattch.is_some_and(|n| n > 0)
+            && exec_watch::once_children_exec(forks_before, exec_watch::WAIT_FOR_CHILDREN, || {
+                Ok(matches!(os::shm_stat(id), Ok(ds) if ds.shm_nattch == 0))
+            })?
+        {
+            nattch = Some(0);
+        }
         match nattch {
             Some(n) if n > 0 || !may_destroy => Ok(Detached::Kept),
             Some(_) => {
