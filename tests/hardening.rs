@@ -1163,11 +1163,22 @@ fn last_detach_after_slow_exec(kind: KeyType) -> Result<(), Failed> {
 /// detach once the child is forked, and print `RESULT <segments left> of 1` after the
 /// child is gone.
 fn slow_exec_detach_role(key: &str, kind: KeyType) -> i32 {
-    use std::os::unix::process::CommandExt;
     let mut cleanup = Cleanup::default();
     cleanup.key(key, kind);
     let mut shm = handle(key, kind, LockMode::Fast);
     shm.create(64, AccessMode::ReadWrite).expect("create");
+    let spawner = spawn_slow_exec_child(300_000);
+    shm.detach().expect("detach");
+    let _ = spawner.join();
+    let native = SharedMemory::legacy_native_key(key, kind);
+    say(format!("RESULT {} of 1", u32::from(qshm::admin::exists(&native))));
+    0
+}
+
+/// From another thread, spawn a child that waits `micros` before it `exec`s; returns once
+/// the child is forked (it says so through a pipe), with the thread that waits for it.
+fn spawn_slow_exec_child(micros: u32) -> std::thread::JoinHandle<std::io::Result<std::process::ExitStatus>> {
+    use std::os::unix::process::CommandExt;
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into fds.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -1178,7 +1189,7 @@ fn slow_exec_detach_role(key: &str, kind: KeyType) -> i32 {
         unsafe {
             cmd.pre_exec(move || {
                 libc::write(tell, b"f".as_ptr().cast(), 1);
-                libc::usleep(300_000);
+                libc::usleep(micros);
                 Ok(())
             })
         };
@@ -1187,11 +1198,7 @@ fn slow_exec_detach_role(key: &str, kind: KeyType) -> i32 {
     let mut byte = 0u8;
     // SAFETY: reads one byte into byte; the child writes it once it is forked.
     assert_eq!(unsafe { libc::read(forked, (&raw mut byte).cast(), 1) }, 1);
-    shm.detach().expect("detach");
-    let _ = spawner.join();
-    let native = SharedMemory::legacy_native_key(key, kind);
-    say(format!("RESULT {} of 1", u32::from(qshm::admin::exists(&native))));
-    0
+    spawner
 }
 
 /// A detach while another handle keeps the segment, beside a child forked more than the
@@ -1209,32 +1216,13 @@ fn detach_beside_old_child(kind: KeyType) -> Result<(), Failed> {
 /// waits 2.5 s before it `exec`s; 1.2 s after the fork, detach the first handle and print
 /// `RESULT <milliseconds the detach took> of 1`.
 fn old_child_detach_role(key: &str, kind: KeyType) -> i32 {
-    use std::os::unix::process::CommandExt;
     let mut cleanup = Cleanup::default();
     cleanup.key(key, kind);
     let mut first = handle(key, kind, LockMode::Fast);
     first.create(64, AccessMode::ReadWrite).expect("create");
     let mut second = handle(key, kind, LockMode::Fast);
     second.attach(AccessMode::ReadWrite).expect("attach");
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into fds.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let [forked, tell] = fds;
-    let spawner = std::thread::spawn(move || {
-        let mut cmd = std::process::Command::new("true");
-        // SAFETY: the closure writes one byte and sleeps, both async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::write(tell, b"f".as_ptr().cast(), 1);
-                libc::usleep(2_500_000);
-                Ok(())
-            })
-        };
-        cmd.status()
-    });
-    let mut byte = 0u8;
-    // SAFETY: reads one byte into byte; the child writes it once it is forked.
-    assert_eq!(unsafe { libc::read(forked, (&raw mut byte).cast(), 1) }, 1);
+    let spawner = spawn_slow_exec_child(2_500_000);
     std::thread::sleep(Duration::from_millis(1200));
     let start = Instant::now();
     first.detach().expect("detach");
