@@ -177,3 +177,56 @@ fn a_posix_key_whose_semaphore_name_is_too_long_is_refused_as_qt_refuses_it() {
     let sem = SystemSemaphore::with_native_key(sem_key, 1, SemaphoreMode::Create);
     assert_eq!(sem.unwrap_err().kind(), qshm::SharedMemoryError::KeyError);
 }
+
+/// `ftok` keeps 16 bits of a key file's inode, so another key file can give this one's
+/// numeric key under another project id. qshm cannot tell that object from one that uses
+/// this very file, and removing a file in use would split that object's key: the last
+/// detach keeps the (empty) key file, and the leak check knows why (at aac018e a 'Q'
+/// semaphore of another test, at the numeric key of a `systemv-84` semaphore's key file,
+/// turned CI red).
+#[test]
+fn a_key_file_whose_numeric_key_another_file_shares_is_kept_and_is_no_leak() {
+    let key = unique_key("ftok-collision");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, t());
+    let mut shm = SharedMemory::with_key_type(&key, t());
+    shm.create(16, AccessMode::ReadWrite).unwrap();
+    let native = shm.native_ipc_key().clone();
+    let files = [
+        native.native().to_owned(),
+        shm.semaphore_key().native().to_owned(),
+    ];
+    let recorded = sysv_keys_of(&native);
+    // a set at each file's numeric key under 'Q', as another key file would have it (one
+    // that is there already is another file's: it serves, and is left to its owner)
+    let others: Vec<(i32, bool)> = files
+        .iter()
+        .map(|file| {
+            let k = SharedMemory::system_v_key(&NativeIpcKey::new(file.as_str(), KeyType::SystemV)).unwrap();
+            // SAFETY: semget takes plain integers.
+            let made = unsafe { libc::semget(k, 1, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
+            // SAFETY: as above.
+            (made, made >= 0 || unsafe { libc::semget(k, 0, 0) } >= 0)
+        })
+        .collect();
+    drop(shm);
+    let kept: Vec<bool> = files.iter().map(|f| std::path::Path::new(f).exists()).collect();
+    let left = leftovers_of(&native, &recorded);
+    for &(made, _) in others.iter().filter(|(made, _)| *made >= 0) {
+        // SAFETY: semctl(IPC_RMID) takes plain integers and no fourth argument.
+        unsafe { libc::semctl(made, 0, libc::IPC_RMID) };
+    }
+    for file in &files {
+        let _ = std::fs::remove_file(file);
+    }
+    assert!(
+        others.iter().all(|&(_, there)| there),
+        "sets at the numeric keys: {others:?}"
+    );
+    assert_eq!(
+        kept,
+        [true, true],
+        "a key file another object may use was removed"
+    );
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
