@@ -35,6 +35,8 @@ pub const DEFAULT_PERMISSIONS: u32 = 0o600;
 
 /// Where glibc's `shm_open` and `sem_open` keep their files, and qshm its lock states.
 pub(crate) const SHM_DIR: &str = "/dev/shm";
+/// [`SHM_DIR`] as a C string.
+pub(crate) const SHM_DIR_C: &std::ffi::CStr = c"/dev/shm";
 use lock_state::{CreateError, LockState, NewLockState, OpenError, Origin, SegmentId, Trust, Untrusted};
 use mapping::Mapping;
 

@@ -128,19 +128,22 @@ pub(crate) fn sweep_orphaned_lock_states(c_path: &CString) {
     let Some(prefix) = prefix.strip_suffix("0.0") else {
         return;
     };
-    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+    // (a scan of the whole of /dev/shm at each create and destroy: without an
+    // allocation per name, as other programs may keep thousands of files there)
+    let mut ours = Vec::new();
+    let Ok(()) = os::for_each_name(crate::sys::SHM_DIR_C, |name| {
+        if name.to_bytes().starts_with(prefix.as_bytes())
+            && let Ok(name) = name.to_str()
+        {
+            ours.push(name.to_owned());
+        }
+    }) else {
         return;
     };
     let named = os::lstat(c_path).ok().map(|st| id_of(c_path, &st));
     let me = os::euid();
-    for entry in dir.flatten() {
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let Some(id) = name
-            .strip_prefix(prefix)
-            .and(SegmentId::from_lock_state_name(&name))
-        else {
+    for name in ours {
+        let Some(id) = SegmentId::from_lock_state_name(&name) else {
             continue;
         };
         if Some(id) == named {

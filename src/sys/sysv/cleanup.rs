@@ -15,19 +15,26 @@ use crate::sys::{not_ours, procfs};
 /// segment exists and removed before it, so one whose segment id is gone (or now names a
 /// segment of another creator) is an orphan, never work in progress.
 pub(crate) fn sweep_orphaned_lock_states() {
-    let Ok(dir) = std::fs::read_dir(crate::sys::SHM_DIR) else {
+    // (without an allocation per name: see the POSIX sweep)
+    let mut ids = Vec::new();
+    let scanned = os::for_each_name(crate::sys::SHM_DIR_C, |name| {
+        if let Ok(name) = name.to_str()
+            && let Some(id @ SegmentId::SystemV { .. }) = SegmentId::from_lock_state_name(name)
+        {
+            ids.push((id, format!("{}/{name}", crate::sys::SHM_DIR)));
+        }
+    });
+    if scanned.is_err() {
         return;
-    };
+    }
     let me = os::euid();
-    for entry in dir.flatten() {
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
+    for (id, path) in ids {
+        let ours = || {
+            os::cstring(&path)
+                .and_then(|p| os::lstat(&p))
+                .is_ok_and(|st| st.uid == me || me == 0)
         };
-        let Some(id @ SegmentId::SystemV { .. }) = SegmentId::from_lock_state_name(&name) else {
-            continue;
-        };
-        use std::os::unix::fs::MetadataExt;
-        if lock_state_orphaned(id) && entry.metadata().is_ok_and(|m| m.uid() == me || me == 0) {
+        if lock_state_orphaned(id) && ours() {
             remove_orphaned_lock_state(id);
         }
     }
