@@ -489,15 +489,8 @@ fn kept_for_another_files_object(
     let others: Vec<String> = ["/proc/sysvipc/shm", "/proc/sysvipc/sem"]
         .into_iter()
         .flat_map(|table| {
-            let text = std::fs::read_to_string(table).unwrap_or_default();
-            text.lines()
-                .skip(1)
-                .filter_map(|l| {
-                    let mut f = l.split_whitespace();
-                    let k: i32 = f.next()?.parse().ok()?;
-                    let id: i32 = f.next()?.parse().ok()?;
-                    Some((k, id))
-                })
+            sysv_rows(table)
+                .into_iter()
                 .filter(|&(k, id)| {
                     k != 0
                         && k as u32 & 0x00ff_ffff == file_key
@@ -567,14 +560,20 @@ fn posix_file_users(path: &str) -> String {
 
 /// Ids of the entries with numeric key `key` in a `/proc/sysvipc` table.
 pub(crate) fn sysv_ids(table: &str, key: i32) -> Vec<i32> {
+    sysv_rows(table)
+        .into_iter()
+        .filter_map(|(k, id)| (k == key).then_some(id))
+        .collect()
+}
+
+/// The (numeric key, id) of every entry in a `/proc/sysvipc` table.
+fn sysv_rows(table: &str) -> Vec<(i32, i32)> {
     let text = std::fs::read_to_string(table).unwrap_or_default();
     text.lines()
         .skip(1)
         .filter_map(|l| {
             let mut f = l.split_whitespace();
-            let k: i32 = f.next()?.parse().ok()?;
-            let id: i32 = f.next()?.parse().ok()?;
-            (k == key).then_some(id)
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
         })
         .collect()
 }
