@@ -76,6 +76,13 @@ fn main() {
         ));
         trials.push(Trial::test(
             format!(
+                "{}::a_last_detach_destroys_once_more_slow_children_than_watched_exec",
+                kind_name(kind)
+            ),
+            move || last_detach_after_more_slow_children_than_watched(kind),
+        ));
+        trials.push(Trial::test(
+            format!(
                 "{}::a_detach_never_waits_for_a_child_forked_long_ago",
                 kind_name(kind)
             ),
@@ -362,7 +369,13 @@ fn child_main(role: &str, args: &[String]) -> i32 {
         "fork" => fork_role(&args[0], parse_kind(&args[1]), parse_mode(&args[2])),
         "fork-window" => fork_window_role(&args[0]),
         "fork-window-destroy" => fork_window_destroy_role(&args[0]),
-        "slow-exec-detach" => slow_exec_detach_role(&args[0], parse_kind(&args[1])),
+        "slow-exec-detach" => slow_exec_detach_role(
+            &args[0],
+            parse_kind(&args[1]),
+            args[2].parse().expect("children"),
+            args[3].parse().expect("milliseconds"),
+            args[4].parse().expect("milliseconds past 64 children"),
+        ),
         "old-child-detach" => old_child_detach_role(&args[0], parse_kind(&args[1])),
         "sem-create" => {
             let key = NativeIpcKey::new(format!("/{}", args[0]), KeyType::PosixRealtime);
@@ -1152,24 +1165,48 @@ fn fork_window_destroy_role(prefix: &str) -> i32 {
 /// the segment, and nobody destroyed it (CI's open_or_create suite once found a System V
 /// segment Qt made left so).
 fn last_detach_after_slow_exec(kind: KeyType) -> Result<(), Failed> {
-    let (left, line) = counted_by_role_with("slow-exec-detach", "slowexec", &[kind_name(kind)])?;
+    let (left, line) = counted_by_role_with(
+        "slow-exec-detach",
+        "slowexec",
+        &[kind_name(kind), "1", "300", "300"],
+    )?;
     check(
         left == 0,
         format!("segments left after their last detach: {line}"),
     )
 }
 
-/// Create a segment, let another thread spawn a child that waits 300 ms before it `exec`s,
-/// detach once the child is forked, and print `RESULT <segments left> of 1` after the
-/// child is gone.
-fn slow_exec_detach_role(key: &str, kind: KeyType) -> i32 {
+/// As [`last_detach_after_slow_exec`], with more slow children than the fork watch's table
+/// holds (64): those past it are looked for every few milliseconds instead of through
+/// their pipe, within the same bound. They `exec` last (after 500 ms, the watched ones
+/// after 200 ms), so a detach that waited only for the watched ones keeps the segment.
+fn last_detach_after_more_slow_children_than_watched(kind: KeyType) -> Result<(), Failed> {
+    let (left, line) = counted_by_role_with(
+        "slow-exec-detach",
+        "slowexecs",
+        &[kind_name(kind), "70", "200", "500"],
+    )?;
+    check(
+        left == 0,
+        format!("segments left after their last detach: {line}"),
+    )
+}
+
+/// Create a segment, let other threads spawn `children` children that wait `millis` before
+/// they `exec` (those past the fork watch's 64, `late_millis`), detach once they are
+/// forked, and print `RESULT <segments left> of 1` after the children are gone.
+fn slow_exec_detach_role(key: &str, kind: KeyType, children: usize, millis: u32, late_millis: u32) -> i32 {
     let mut cleanup = Cleanup::default();
     cleanup.key(key, kind);
     let mut shm = handle(key, kind, LockMode::Fast);
     shm.create(64, AccessMode::ReadWrite).expect("create");
-    let spawner = spawn_slow_exec_child(300_000);
+    let spawners: Vec<_> = (0..children)
+        .map(|i| spawn_slow_exec_child(if i < 64 { millis } else { late_millis } * 1000))
+        .collect();
     shm.detach().expect("detach");
-    let _ = spawner.join();
+    for spawner in spawners {
+        let _ = spawner.join();
+    }
     let native = SharedMemory::legacy_native_key(key, kind);
     say(format!("RESULT {} of 1", u32::from(qshm::admin::exists(&native))));
     0
