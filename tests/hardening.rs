@@ -67,12 +67,36 @@ fn main() {
         .with_ignored_flag(std::env::var_os("QSHM_FORK_WINDOW").is_none()),
     );
     for kind in KINDS {
+        trials.push(
+            Trial::test(
+                format!(
+                    "{}::the_last_detach_destroys_while_another_thread_spawns",
+                    kind_name(kind)
+                ),
+                move || {
+                    let (left, line) =
+                        counted_by_role_with("spawn-window-destroy", "spawndestroy", &[kind_name(kind)])?;
+                    check(
+                        left == 0,
+                        format!("segments left after their last detach: {line}"),
+                    )
+                },
+            )
+            .with_ignored_flag(std::env::var_os("QSHM_SPAWN_WINDOW").is_none()),
+        );
         trials.push(Trial::test(
             format!(
                 "{}::a_last_detach_destroys_once_a_slow_child_execs",
                 kind_name(kind)
             ),
             move || last_detach_after_slow_exec(kind),
+        ));
+        trials.push(Trial::test(
+            format!(
+                "{}::a_last_detach_destroys_once_a_spawned_child_execs",
+                kind_name(kind)
+            ),
+            move || last_detach_after_spawned_exec(kind),
         ));
         trials.push(Trial::test(
             format!(
@@ -369,6 +393,8 @@ fn child_main(role: &str, args: &[String]) -> i32 {
         "fork" => fork_role(&args[0], parse_kind(&args[1]), parse_mode(&args[2])),
         "fork-window" => fork_window_role(&args[0]),
         "fork-window-destroy" => fork_window_destroy_role(&args[0]),
+        "spawn-window-destroy" => spawn_window_destroy_role(&args[0], parse_kind(&args[1])),
+        "spawned-exec-detach" => spawned_exec_detach_role(&args[0], parse_kind(&args[1])),
         "slow-exec-detach" => slow_exec_detach_role(
             &args[0],
             parse_kind(&args[1]),
@@ -1157,6 +1183,50 @@ fn fork_window_destroy_role(prefix: &str) -> i32 {
     0
 }
 
+/// Create a segment, attach and drop a second handle, and detach the first, while two
+/// threads spawn `true` nonstop through `posix_spawn` (Rust's `Command` without
+/// `pre_exec`: a `vfork`-like clone that runs no fork handlers). Prints `RESULT <segments
+/// left> of <tries>`.
+fn spawn_window_destroy_role(prefix: &str, kind: KeyType) -> i32 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                }
+            })
+        })
+        .collect();
+    let (mut left, mut tries) = (0u32, 0u32);
+    for i in 0..std::env::var("QSHM_SPAWN_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(400)
+    {
+        let key = format!("{prefix}{i}");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let mut shm = handle(&key, kind, LockMode::Fast);
+        shm.create(64, AccessMode::ReadWrite).expect("create");
+        let mut other = handle(&key, kind, LockMode::Fast);
+        other.attach(AccessMode::ReadWrite).expect("attach");
+        drop(other);
+        shm.detach().expect("detach");
+        tries += 1;
+        let native = SharedMemory::legacy_native_key(&key, kind);
+        left += u32::from(qshm::admin::exists(&native));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spawners {
+        let _ = s.join();
+    }
+    say(format!("RESULT {left} of {tries}"));
+    0
+}
+
 /// The last detach while a child another thread forked (to `exec`) still holds what it
 /// inherited (POSIX: a `flock` of its own and the mapping; System V: an attachment, which
 /// `shm_nattch` counts): once the child has exec'd, the segment is destroyed, however long
@@ -1210,6 +1280,94 @@ fn slow_exec_detach_role(key: &str, kind: KeyType, children: usize, millis: u32,
     let native = SharedMemory::legacy_native_key(key, kind);
     say(format!("RESULT {} of 1", u32::from(qshm::admin::exists(&native))));
     0
+}
+
+/// The last detach while a child another thread spawned through `posix_spawn` (a clone
+/// that shares our memory and runs no fork handlers, as Rust's `Command` without
+/// `pre_exec` does) has not `exec`'d yet: it holds a copy of every descriptor, among them
+/// that of a second handle dropped meanwhile. Once the child has exec'd, the segment is
+/// destroyed. Before, that copy kept the second handle's shared `flock` and open file, the
+/// last detach took them for another attachment, and the segment stayed (CI's
+/// open_or_create suite once left one so, a spawning racer beside it).
+fn last_detach_after_spawned_exec(kind: KeyType) -> Result<(), Failed> {
+    let (left, line) = counted_by_role_with("spawned-exec-detach", "spawnexec", &[kind_name(kind)])?;
+    check(
+        left == 0,
+        format!("segments left after their last detach: {line}"),
+    )
+}
+
+/// Create a segment and attach a second handle; spawn (`posix_spawn`) a child that
+/// blocks before its `exec` (it opens a FIFO nobody writes yet), drop the second handle,
+/// let the child go on 300 ms later, detach meanwhile, and print `RESULT <segments left>
+/// of 1`.
+fn spawned_exec_detach_role(key: &str, kind: KeyType) -> i32 {
+    use std::ffi::CString;
+    let mut cleanup = Cleanup::default();
+    cleanup.key(key, kind);
+    let mut shm = handle(key, kind, LockMode::Fast);
+    shm.create(64, AccessMode::ReadWrite).expect("create");
+    let mut other = handle(key, kind, LockMode::Fast);
+    other.attach(AccessMode::ReadWrite).expect("attach");
+    let fifo = std::env::temp_dir().join(format!("{key}.fifo"));
+    let fifo_c = CString::new(fifo.to_str().expect("path")).expect("path");
+    // SAFETY: mkfifo reads one valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let spawner = {
+        let fifo_c = fifo_c.clone();
+        std::thread::spawn(move || {
+            let prog = CString::new("/bin/true").expect("path");
+            let argv = [prog.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null::<libc::c_char>()];
+            let mut pid = 0;
+            // SAFETY: the file actions are initialised, used and destroyed here; argv and
+            // envp are null-terminated arrays of valid C strings that outlive the call.
+            unsafe {
+                let mut actions = std::mem::zeroed::<libc::posix_spawn_file_actions_t>();
+                libc::posix_spawn_file_actions_init(&mut actions);
+                // the child opens the FIFO before exec: it blocks until a writer comes
+                libc::posix_spawn_file_actions_addopen(&mut actions, 100, fifo_c.as_ptr(), libc::O_RDONLY, 0);
+                let rc = libc::posix_spawn(
+                    &mut pid,
+                    prog.as_ptr(),
+                    &actions,
+                    std::ptr::null(),
+                    argv.as_ptr().cast(),
+                    envp.as_ptr().cast(),
+                );
+                libc::posix_spawn_file_actions_destroy(&mut actions);
+                assert_eq!(rc, 0, "posix_spawn");
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+        })
+    };
+    // the child is made (and blocked) once this process has a child
+    let made = Instant::now();
+    while !has_children() && made.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(other);
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::OpenOptions::new().write(true).open(&fifo)
+    });
+    shm.detach().expect("detach");
+    let _ = opener.join();
+    let _ = spawner.join();
+    let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{key}.fifo")));
+    let native = SharedMemory::legacy_native_key(key, kind);
+    say(format!("RESULT {} of 1", u32::from(qshm::admin::exists(&native))));
+    0
+}
+
+/// Whether any thread of this process has a child.
+fn has_children() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|task| std::fs::read_to_string(task.path().join("children")).is_ok_and(|c| !c.trim().is_empty()))
 }
 
 /// From another thread, spawn a child that waits `micros` before it `exec`s; returns once
