@@ -412,6 +412,48 @@ fn timespec(d: Duration) -> libc::timespec {
     }
 }
 
+/// Whether processes `a` and `b` share one address space (`kcmp(2)`, `KCMP_VM`): a
+/// `vfork`ed or `posix_spawn`ed child before its `exec`. Needs ptrace access to both
+/// (a child of ours: yes, unless Yama forbids any ptrace).
+pub(crate) fn same_address_space(a: u32, b: u32) -> io::Result<bool> {
+    const KCMP_VM: libc::c_int = 1; // <linux/kcmp.h>
+    // SAFETY: kcmp takes plain integers and reads no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a as libc::pid_t,
+            b as libc::pid_t,
+            KCMP_VM,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r == 0)
+    }
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of times in `/proc/<pid>/stat`.
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// Time since boot, suspended time included (`CLOCK_BOOTTIME`, the clock of process
+/// start times in `/proc/<pid>/stat`).
+pub(crate) fn boot_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
 /// Call `f` with each name in directory `dir` but `.` and `..`, without allocating per
 /// entry (`std::fs::read_dir` allocates three times per name; `/dev/shm` may hold
 /// thousands). `readdir(3)`: glibc reads in 32 KiB `getdents64` batches and opens with

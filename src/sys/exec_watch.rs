@@ -16,6 +16,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::procfs;
+
 /// How long a last detach waits at most for children forked while the segment was
 /// attached to `exec` or exit; one that has not by then is taken for a child that uses
 /// its inherited mapping (or attachment), and the segment stays.
@@ -302,13 +304,50 @@ impl Drop for Borrowed {
 pub(crate) fn once_children_exec(
     since: u64,
     limit: Duration,
+    look: impl FnMut() -> io::Result<bool>,
+) -> io::Result<bool> {
+    wait_for_children(since, limit, Spawned::Ignored, look)
+}
+
+/// [`once_children_exec`], also waiting (as long) for children spawned meanwhile through
+/// a clone that runs no fork handlers (`posix_spawn`, `vfork`: Rust's `Command` without
+/// `pre_exec`), which hold a copy of every descriptor until they `exec`. For a look that
+/// counts open files (a lease probe), not `flock`s: qshm releases its locks explicitly,
+/// so such a child never holds one.
+pub(crate) fn once_children_and_spawned_exec(
+    since: u64,
+    limit: Duration,
+    look: impl FnMut() -> io::Result<bool>,
+) -> io::Result<bool> {
+    wait_for_children(since, limit, Spawned::WaitedFor, look)
+}
+
+/// Whether a wait for children counts those spawned without fork handlers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spawned {
+    Ignored,
+    WaitedFor,
+}
+
+fn wait_for_children(
+    since: u64,
+    limit: Duration,
+    spawned: Spawned,
     mut look: impl FnMut() -> io::Result<bool>,
 ) -> io::Result<bool> {
-    // (a bound for children the table could not hold, whose age is unknown)
+    // (a bound for children the table could not hold, and for spawned ones, whose age is
+    // unknown)
     let deadline = Instant::now() + limit;
     let mut waited = false;
     loop {
-        let unwatched = UNWATCHED.load(Ordering::SeqCst) > since && Instant::now() < deadline;
+        let own = match spawned {
+            Spawned::WaitedFor if Instant::now() < deadline => procfs::own_children(limit),
+            _ => procfs::OwnChildren::Settled,
+        };
+        // one that may be in the middle of its exec: look again over the settling time
+        waited |= own == procfs::OwnChildren::JustStarted;
+        let unwatched = Instant::now() < deadline
+            && (UNWATCHED.load(Ordering::SeqCst) > since || own == procfs::OwnChildren::BeforeExec);
         let Some(children) = Borrowed::after(since, limit) else {
             if Instant::now() >= deadline {
                 return Ok(false);

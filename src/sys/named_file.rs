@@ -6,7 +6,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::os::{self, FileStat};
@@ -17,20 +17,26 @@ pub(crate) const FILE_LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// A regular file opened by name.
 ///
-/// An exclusive `flock` taken through it is released explicitly when it drops, not by
-/// closing the descriptor: a child another thread forked meanwhile shares the open file
+/// A `flock` taken through it is released explicitly when it drops, not by closing the
+/// descriptor: a child another thread forked or spawned meanwhile (`posix_spawn` and
+/// `vfork` copy the descriptor table too, and run no fork handlers) shares the open file
 /// description until it calls `exec` (or for ever, if it never does), and closing our
-/// copy would leave the lock held by the child for that long.
+/// copy would leave the lock held by the child for that long. A segment's shared lock so
+/// kept made its last detacher take it for another attachment and keep the segment.
 #[derive(Debug)]
 pub(crate) struct NamedFile {
     pub fd: OwnedFd,
     pub stat: FileStat,
     pub path: CString,
-    /// Whether this process took an exclusive `flock` through `fd`.
-    exclusive: AtomicBool,
+    /// The `flock` this process took through `fd`: [`UNLOCKED`], [`SHARED`] or [`EXCLUSIVE`].
+    locked: AtomicU8,
     /// `fork::epoch()` when opened: a child's copy never unlocks its parent's lock.
     fork_epoch: u64,
 }
+
+const UNLOCKED: u8 = 0;
+const SHARED: u8 = 1;
+const EXCLUSIVE: u8 = 2;
 
 /// Shared or exclusive `flock`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,16 +87,18 @@ impl NamedFile {
             fd,
             stat,
             path,
-            exclusive: AtomicBool::new(false),
+            locked: AtomicU8::new(UNLOCKED),
             fork_epoch: super::fork::epoch_watched(),
         }
     }
 
     /// The descriptor alone, for a file kept open for longer (an exclusive lock taken
-    /// through it is released first).
+    /// through it is released first; a shared one stays, and its new owner's).
     pub(crate) fn into_fd(self) -> OwnedFd {
         let this = std::mem::ManuallyDrop::new(self);
-        this.unlock_if_taken();
+        if this.locked.load(Ordering::Relaxed) == EXCLUSIVE {
+            this.unlock_if_taken();
+        }
         // SAFETY: `this` is never used or dropped again; each field is read out once and
         // `path` is dropped in place.
         unsafe {
@@ -100,16 +108,20 @@ impl NamedFile {
     }
 
     fn unlock_if_taken(&self) {
-        if self.exclusive.load(Ordering::Relaxed) && super::fork::epoch() == self.fork_epoch {
+        if self.locked.load(Ordering::Relaxed) != UNLOCKED && super::fork::epoch() == self.fork_epoch {
             let _ = os::flock(&self.fd, libc::LOCK_UN);
         }
     }
 
-    /// `flock(lock | LOCK_NB)`, remembering an exclusive lock for `Drop`.
+    /// `flock(lock | LOCK_NB)`, remembering the lock for `Drop`.
     fn flock_now(&self, lock: FileLock) -> io::Result<bool> {
         let taken = os::flock(&self.fd, lock.op() | libc::LOCK_NB)?;
-        if taken && lock == FileLock::Exclusive {
-            self.exclusive.store(true, Ordering::Relaxed);
+        if taken {
+            let state = match lock {
+                FileLock::Shared => SHARED,
+                FileLock::Exclusive => EXCLUSIVE,
+            };
+            self.locked.store(state, Ordering::Relaxed);
         }
         Ok(taken)
     }

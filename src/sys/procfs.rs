@@ -8,6 +8,58 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 
+/// What this process's children say about descriptors they may hold copies of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OwnChildren {
+    /// One still shares our address space: spawned through `posix_spawn` or `vfork` (a
+    /// clone with `CLONE_VM`, which runs no fork handlers but copies the descriptor table)
+    /// and not yet `exec`'d. It holds a copy of every descriptor we had when it was made
+    /// until its `exec`: microseconds, or milliseconds on a loaded machine.
+    BeforeExec,
+    /// None does, but one started less than the given time ago: it may be in the middle of
+    /// its `exec`, whose closing of those copies completes only as the `exec` returns.
+    JustStarted,
+    /// Neither (or `/proc/self/task/*/children` or `kcmp` is unavailable: then nothing is
+    /// waited for, and a segment such a child kept open stays, for the next create).
+    Settled,
+}
+
+/// [`OwnChildren`] now, `recent` being how young a child counts as just started.
+pub(crate) fn own_children(recent: std::time::Duration) -> OwnChildren {
+    let me = std::process::id();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return OwnChildren::Settled;
+    };
+    let mut outcome = OwnChildren::Settled;
+    for task in tasks.flatten() {
+        let Ok(pids) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in pids.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok()) {
+            if crate::os::same_address_space(me, pid).unwrap_or(false) {
+                return OwnChildren::BeforeExec;
+            }
+            if outcome == OwnChildren::Settled && age(pid).is_some_and(|age| age < recent) {
+                outcome = OwnChildren::JustStarted;
+            }
+        }
+    }
+    outcome
+}
+
+/// How long ago process `pid` started (`/proc/<pid>/stat` field 22, in clock ticks since
+/// boot, against `CLOCK_BOOTTIME`).
+fn age(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name, which may hold spaces and parentheses: state is 3
+    let after = &stat[stat.rfind(')')? + 1..];
+    let started: u64 = after.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let ticks = crate::os::clock_ticks_per_second();
+    let now = crate::os::boot_time();
+    let started = std::time::Duration::from_nanos(started.checked_mul(1_000_000_000)? / ticks.max(1));
+    Some(now.saturating_sub(started))
+}
+
 /// Something a process can map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mapped {

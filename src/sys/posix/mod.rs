@@ -563,7 +563,11 @@ impl SegmentBackend for Segment {
         let label = state.as_ref().and_then(|s| s.label()).map_or(0, |l| l.word());
         let held = semaphore.as_ref().is_some_and(|sem| hold_briefly(sem, label));
         let mut outcome = Detached::Kept;
-        if unused_by_others(&file) || once_children_exec(since, || Ok(unused_by_others(&file)))? {
+        if unused_by_others(&file)
+            || exec_watch::once_children_and_spawned_exec(since, exec_watch::WAIT_FOR_CHILDREN, || {
+                Ok(unused_by_others(&file))
+            })?
+        {
             // Qt's semaphore goes first (like Qt's creator, which unlinks it when it goes
             // away: whoever still has it open keeps it), while the segment still has its
             // name: a creator of the key can publish a new segment only once that name is
