@@ -2,7 +2,8 @@
 //! maps are read, so only off the hot paths: deciding whether a stuck POSIX semaphore
 //! can still have a living holder, refusing `LockMode::Fast` next to a non-qshm process,
 //! tools, and the fallback where a lease probe is unavailable), the System V tables
-//! (`/proc/sysvipc/shm`, `/proc/sysvipc/sem`) and the `flock` holders (`/proc/locks`).
+//! (`/proc/sysvipc/shm`, `/proc/sysvipc/sem`), the `flock` holders (`/proc/locks`) and
+//! this process's children (`/proc/self/task/*/children`, for a last detach).
 
 #[cfg(feature = "admin")]
 use std::collections::{HashMap, HashSet};
