@@ -1054,15 +1054,31 @@ fn counted_by_role_with(role: &str, tag: &str, more: &[&str]) -> Result<(u32, St
     Ok((count, line))
 }
 
-/// Threads that fork children which wait 20 ms before they `exec` (as a program spawning
-/// processes from other threads does), until stopped.
+/// Threads that make children nonstop (as a program spawning processes from other
+/// threads does), until stopped.
 struct Forkers {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// How [`Forkers`] make their children.
+#[derive(Clone, Copy)]
+enum ChildMaking {
+    /// `fork` (a `Command` with `pre_exec`, so fork handlers run), then 20 ms before `exec`.
+    SlowForks,
+    /// `posix_spawn` (a `Command` without `pre_exec`: a clone that shares our memory and
+    /// runs no fork handlers).
+    Spawns,
+}
+
 impl Forkers {
+    /// `n` threads forking children that wait 20 ms before they `exec`.
     fn start(n: usize) -> Forkers {
+        Forkers::making(n, ChildMaking::SlowForks)
+    }
+
+    /// `n` threads making children `how`.
+    fn making(n: usize, how: ChildMaking) -> Forkers {
         use std::os::unix::process::CommandExt;
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1072,13 +1088,15 @@ impl Forkers {
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let mut cmd = std::process::Command::new("true");
-                        // SAFETY: the closure only sleeps, which is async-signal-safe.
-                        unsafe {
-                            cmd.pre_exec(|| {
-                                libc::usleep(20_000);
-                                Ok(())
-                            })
-                        };
+                        if let ChildMaking::SlowForks = how {
+                            // SAFETY: the closure only sleeps, which is async-signal-safe.
+                            unsafe {
+                                cmd.pre_exec(|| {
+                                    libc::usleep(20_000);
+                                    Ok(())
+                                })
+                            };
+                        }
                         let _ = cmd.status();
                     }
                 })
@@ -1188,24 +1206,13 @@ fn fork_window_destroy_role(prefix: &str) -> i32 {
 /// `pre_exec`: a `vfork`-like clone that runs no fork handlers). Prints `RESULT <segments
 /// left> of <tries>`.
 fn spawn_window_destroy_role(prefix: &str, kind: KeyType) -> i32 {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let spawners: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = std::process::Command::new("true").status();
-                }
-            })
-        })
-        .collect();
+    let spawners = Forkers::making(2, ChildMaking::Spawns);
     let (mut left, mut tries) = (0u32, 0u32);
-    for i in 0..std::env::var("QSHM_SPAWN_ROUNDS")
+    let rounds: u32 = std::env::var("QSHM_SPAWN_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(400)
-    {
+        .unwrap_or(400);
+    for i in 0..rounds {
         let key = format!("{prefix}{i}");
         let mut cleanup = Cleanup::default();
         cleanup.key(&key, kind);
@@ -1219,10 +1226,7 @@ fn spawn_window_destroy_role(prefix: &str, kind: KeyType) -> i32 {
         let native = SharedMemory::legacy_native_key(&key, kind);
         left += u32::from(qshm::admin::exists(&native));
     }
-    stop.store(true, Ordering::Relaxed);
-    for s in spawners {
-        let _ = s.join();
-    }
+    spawners.stop();
     say(format!("RESULT {left} of {tries}"));
     0
 }
@@ -1348,14 +1352,17 @@ fn spawned_exec_detach_role(key: &str, kind: KeyType) -> i32 {
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(other);
-    let opener = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        std::fs::OpenOptions::new().write(true).open(&fifo)
-    });
+    let opener = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::OpenOptions::new().write(true).open(&fifo)
+        })
+    };
     shm.detach().expect("detach");
     let _ = opener.join();
     let _ = spawner.join();
-    let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{key}.fifo")));
+    let _ = std::fs::remove_file(&fifo);
     let native = SharedMemory::legacy_native_key(key, kind);
     say(format!("RESULT {} of 1", u32::from(qshm::admin::exists(&native))));
     0

@@ -480,12 +480,11 @@ fn kept_for_another_files_object(
     own_id: Option<u32>,
     ours: &[(&'static str, i32, i32)],
 ) -> Option<String> {
-    let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
-    let file_key =
-        SharedMemory::system_v_key(&NativeIpcKey::new(path, KeyType::SystemV))? as u32 & 0x00ff_ffff;
-    if !empty {
+    if !std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
         return None;
     }
+    let file_key =
+        SharedMemory::system_v_key(&NativeIpcKey::new(path, KeyType::SystemV))? as u32 & 0x00ff_ffff;
     let others: Vec<String> = ["/proc/sysvipc/shm", "/proc/sysvipc/sem"]
         .into_iter()
         .flat_map(|table| {
