@@ -51,10 +51,7 @@ pub(crate) fn own_children(recent: std::time::Duration) -> OwnChildren {
 /// How long ago process `pid` started (`/proc/<pid>/stat` field 22, in clock ticks since
 /// boot, against `CLOCK_BOOTTIME`).
 fn age(pid: u32) -> Option<std::time::Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // fields after the command name, which may hold spaces and parentheses: state is 3
-    let after = &stat[stat.rfind(')')? + 1..];
-    let started: u64 = after.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let started = stat_field(&stat_from_state(pid)?, 22)?;
     let ticks = crate::os::clock_ticks_per_second();
     let now = crate::os::boot_time();
     let started = std::time::Duration::from_nanos(started.checked_mul(1_000_000_000)? / ticks.max(1));
@@ -211,16 +208,22 @@ pub(crate) fn device(text: &str) -> Option<u64> {
 /// `PF_EXITING` in the flags of `/proc/<pid>/stat` (the ninth field).
 fn exiting(pid: u32) -> bool {
     const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(stat) = stat_from_state(pid) else {
         return true; // gone
     };
-    // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold spaces
-    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    after_comm
-        .split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_EXITING != 0)
+    stat_field(&stat, 9).is_some_and(|flags| flags & PF_EXITING != 0)
+}
+
+/// `/proc/<pid>/stat` from its third field (state) on: "pid (comm) state ppid …", where
+/// comm may hold spaces and parentheses. `None` when the process is gone.
+fn stat_from_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')').map_or("", |(_, rest)| rest).to_owned())
+}
+
+/// Field `n` (numbered from 1, as in proc(5)) of [`stat_from_state`]'s text, as a number.
+fn stat_field(from_state: &str, n: usize) -> Option<u64> {
+    from_state.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 /// The effective uid and the groups of process `pid` (from `/proc/<pid>/status`,

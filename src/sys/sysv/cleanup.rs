@@ -21,16 +21,16 @@ pub(crate) fn sweep_orphaned_lock_states() {
         if let Ok(name) = name.to_str()
             && let Some(id @ SegmentId::SystemV { .. }) = SegmentId::from_lock_state_name(name)
         {
-            ids.push((id, format!("{}/{name}", crate::sys::SHM_DIR)));
+            ids.push(id);
         }
     });
     if scanned.is_err() {
         return;
     }
     let me = os::euid();
-    for (id, path) in ids {
+    for id in ids {
         let ours = || {
-            os::cstring(&path)
+            os::cstring(&id.lock_state_path())
                 .and_then(|p| os::lstat(&p))
                 .is_ok_and(|st| st.uid == me || me == 0)
         };
