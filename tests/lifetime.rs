@@ -99,6 +99,12 @@ fn main() {
             format!("{k}::racing_creates_leave_nothing_as_root_as_a_user_and_in_a_pid_namespace"),
             move || racing_creates(kind),
         ));
+        for mode in [LockMode::QtCompatible, LockMode::Fast] {
+            trials.push(beside_cleanups(
+                format!("{k}::{}::one_lock_across_pid_namespaces", mode_name(mode)),
+                move || one_lock_across_pid_namespaces(kind, mode),
+            ));
+        }
     }
     trials.push(beside_cleanups(
         "posix::a_full_dev_shm_after_create_never_stops_the_lock",
@@ -1341,6 +1347,90 @@ fn create_racing_detach_after_removal() -> Result<(), Failed> {
     )?;
     other.send("exit");
     other.wait(T);
+    Ok(())
+}
+
+/// Where an actor of [`one_lock_across_pid_namespaces`] runs.
+#[derive(Clone, Copy, Debug)]
+enum Placement {
+    /// In this test's PID namespace.
+    Here,
+    /// In a PID namespace of its own (PID 1 there; the rest of the machine invisible).
+    OwnPidNamespace,
+}
+
+/// Two qshm processes, each here or in a PID namespace of its own (containers that share
+/// IPC and `/dev/shm`, with the host or with each other), use one segment: the creator
+/// holds the lock, a create of another key here sweeps orphaned lock states, and the
+/// other process and a handle here still find the lock busy; once the holder is killed,
+/// the other takes the lock over and is told. Before: a System V segment's lock state was
+/// named by the segment's creator pid, which each PID namespace sees differently (1 in
+/// the creator's, 0 where the creator is invisible): the processes used two lock states
+/// (Fast: two holders at once), and a sweep in another namespace took the live segment's
+/// lock state for an orphan and removed it with Qt's semaphore set (Qt-compatible: a
+/// waiter re-made the set and took it beside the holder, or one that opened it as it went
+/// made it uninitialised, at 0, and every locker waited for ever).
+fn one_lock_across_pid_namespaces(kind: KeyType, mode: LockMode) -> Result<(), Failed> {
+    if !is_root() {
+        eprintln!("*** SKIP one_lock_across_pid_namespaces: needs root for unshare -p ***");
+        return Ok(());
+    }
+    use Placement::*;
+    for (creator_at, other_at) in [
+        (OwnPidNamespace, Here),
+        (Here, OwnPidNamespace),
+        (OwnPidNamespace, OwnPidNamespace),
+    ] {
+        let order = format!("creator {creator_at:?}, other {other_at:?}");
+        let key = unique_key("pidnslock");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let start = |at: Placement| match at {
+            Here => actor::qshm(None, &key, kind, mode, REPLY),
+            OwnPidNamespace => actor::qshm_in_own_pid_namespace(&key, kind, mode, REPLY),
+        };
+        let mut creator = start(creator_at).ok_or("the creator actor did not start")?;
+        let mut other = start(other_at).ok_or("the other actor did not start")?;
+        let answer = |peer: &mut Peer, command: &str| actor::ask(peer, command, REPLY).unwrap_or_default();
+        check(
+            answer(&mut creator, "create 64") == "OK",
+            format!("{order}: create"),
+        )?;
+        check(answer(&mut other, "attach") == "OK", format!("{order}: attach"))?;
+        check(
+            answer(&mut creator, "hold") == "HELD",
+            format!("{order}: the creator's lock"),
+        )?;
+        // a create here sweeps the lock states it takes for orphans
+        let sweep_key = unique_key("pidnssweep");
+        cleanup.key(&sweep_key, kind);
+        let mut sweeper = SharedMemory::with_key_type(&sweep_key, kind).with_lock_mode(mode);
+        sweeper.create(64, AccessMode::ReadWrite)?;
+        sweeper.detach()?;
+        let busy = answer(&mut other, "trylock");
+        check(
+            busy == "BUSY",
+            format!("{order}: the other's try_lock while the creator holds the lock: {busy}"),
+        )?;
+        let mut here = SharedMemory::with_key_type(&key, kind).with_lock_mode(mode);
+        here.attach(AccessMode::ReadWrite)?;
+        check(
+            here.try_lock()?.is_none(),
+            format!("{order}: a try_lock here while the creator holds the lock got it"),
+        )?;
+        creator.kill9();
+        let taken = answer(&mut other, "lock");
+        check(
+            taken == "OK died=1",
+            format!("{order}: the other's lock after the holder was killed: {taken}"),
+        )?;
+        here.detach()?;
+        check(answer(&mut other, "detach") == "OK", format!("{order}: detach"))?;
+        other.send("exit");
+        other.wait(T);
+        let left = leftovers(&key, kind, &[]);
+        check(left.is_empty(), format!("{order}: left behind: {left:?}"))?;
+    }
     Ok(())
 }
 

@@ -28,6 +28,27 @@ pub(crate) fn qshm(
     started(peer, wait)
 }
 
+/// A qshm actor as [`qshm`] (root), but in a PID namespace of its own, where it is PID 1
+/// and sees no other process (a container sharing IPC and `/dev/shm` with the host);
+/// `None` if it did not start within `wait`.
+pub(crate) fn qshm_in_own_pid_namespace(
+    key: &str,
+    kind: KeyType,
+    mode: LockMode,
+    wait: Duration,
+) -> Option<Peer> {
+    let exe = std::env::current_exe().ok()?;
+    let peer = Peer::spawn_command(
+        // --kill-child: killing the peer (unshare) kills the actor too
+        Command::new("unshare")
+            .args(["-pf", "--kill-child", "--mount-proc"])
+            .arg(exe)
+            .env(super::CHILD_ENV, "actor")
+            .args([key, kind_name(kind), mode_name(mode)]),
+    );
+    started(peer, wait)
+}
+
 /// A Qt 6 actor (PyQt6 `python`) on legacy key `key`; `None` if it did not start.
 pub(crate) fn qt(python: &Path, key: &str, kind: KeyType, wait: Duration) -> Option<Peer> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_actor.py");
