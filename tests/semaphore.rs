@@ -163,3 +163,99 @@ fn every_key_type_is_supported_here() {
         assert!(SystemSemaphore::is_key_type_supported(kind), "{kind}");
     }
 }
+
+/// Set for [`semaphore_opener_child`]: the native key string of the semaphore to open.
+const OPENER_ENV: &str = "QSHM_TEST_OPEN_SEMAPHORE";
+
+/// The child role of [`a_system_v_semaphore_removed_as_it_is_opened_is_made_again_initialised`]:
+/// when started by it, say its thread id (this test's thread makes the calls), open the semaphore (initial value 1, `Open`), and say
+/// its value and whether a unit could be taken. Run as a normal test, it does nothing.
+#[test]
+fn semaphore_opener_child() {
+    let Ok(key) = std::env::var(OPENER_ENV) else {
+        return;
+    };
+    let key: NativeIpcKey = key.parse().expect("a native key string");
+    // on a line of its own: libtest has printed "test semaphore_opener_child ... "
+    // SAFETY: gettid has no preconditions.
+    println!("\nTID {}", unsafe { libc::gettid() });
+    let sem = SystemSemaphore::with_native_key(key, 1, SemaphoreMode::Open).expect("open the semaphore");
+    println!(
+        "VALUE {} TAKEN {}",
+        sem.value().unwrap(),
+        sem.try_acquire().unwrap()
+    );
+}
+
+/// Whether thread `tid` is stopped by its tracer (`/proc/<tid>/stat` state `t`).
+fn traced_stop(tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('t')))
+        .unwrap_or(false)
+}
+
+/// A semaphore set removed (by Qt's creator, or `ipcrm`: neither takes qshm's key-file
+/// lock) between an opener's `semget(IPC_CREAT | IPC_EXCL)`, which finds it, and the
+/// `semget` that opens it: the opener makes it again, at its initial value. Before: the
+/// second `semget` had `IPC_CREAT` too and made a new set without setting its value (0),
+/// so every lock of it waited for ever. The first `semget` is held up by `strace`.
+#[test]
+fn a_system_v_semaphore_removed_as_it_is_opened_is_made_again_initialised() {
+    if !strace_available("a_system_v_semaphore_removed_as_it_is_opened_is_made_again_initialised") {
+        return;
+    }
+    for kind in [KeyType::SystemV, SYSTEM_V_T] {
+        let key = sysv_key("openrace", kind);
+        let mut cleanup = Cleanup::default();
+        cleanup.native_key(&key);
+        let creator = SystemSemaphore::with_native_key(key.clone(), 1, SemaphoreMode::Create).unwrap();
+        let numeric = qshm::SharedMemory::system_v_key(&key).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut opener = Peer::spawn_command(
+            std::process::Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null"])
+                .args([
+                    "-e",
+                    "trace=semget",
+                    "-e",
+                    "inject=semget:delay_exit=3000000:when=1",
+                ])
+                .arg(exe)
+                .args([
+                    "--exact",
+                    "semaphore_opener_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(OPENER_ENV, key.to_string()),
+        );
+        let tid: u32 = opener
+            .expect("TID ", std::time::Duration::from_secs(30))
+            .parse()
+            .unwrap();
+        // held at the exit of its first semget (which found the set) for 3 s
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !(traced_stop(tid) && {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            traced_stop(tid)
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the opener never stopped in semget"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for id in sysv_ids("/proc/sysvipc/sem", numeric) {
+            // SAFETY: semctl(IPC_RMID) takes plain values; the set is this test's.
+            assert_eq!(unsafe { libc::semctl(id, 0, libc::IPC_RMID) }, 0);
+        }
+        let value = opener.expect("VALUE ", std::time::Duration::from_secs(30));
+        opener.wait(std::time::Duration::from_secs(30));
+        assert_eq!(
+            value, "1 TAKEN true",
+            "{kind}: the semaphore the opener made again"
+        );
+        drop(creator);
+    }
+}
