@@ -802,7 +802,8 @@ fn consistent_attachment_counts() -> Result<(), Failed> {
 }
 
 /// 1: processes race to create-or-attach, lock and detach one key, as root, as another
-/// user, and inside a PID namespace of their own (where `/proc` shows only them): no
+/// user, and each inside a PID namespace of its own (where `/proc` shows only it): no two
+/// hold the lock at once, every lock is had within 5 s, and no
 /// round leaves a segment behind (before: `/proc` walks took unreadable processes for
 /// mappers and kept segments for ever).
 fn racing_creates(kind: KeyType) -> Result<(), Failed> {
@@ -869,7 +870,16 @@ fn racer(key: &str, kind: KeyType, rounds: u32) -> i32 {
         };
         if attached {
             match shm.lock_timeout(Duration::from_secs(5)) {
-                Ok(Some(mut data)) => data[0] = data[0].wrapping_add(1),
+                Ok(Some(mut data)) => {
+                    // byte 1 says someone is inside: nobody else may be
+                    if data[1] != 0 {
+                        errors.push("two holders of the lock at once".to_owned());
+                    }
+                    data[1] = 1;
+                    data[0] = data[0].wrapping_add(1);
+                    std::thread::yield_now();
+                    data[1] = 0;
+                }
                 Ok(None) => errors.push("lock timed out".to_owned()),
                 Err(e) => errors.push(e.to_string()),
             }
@@ -1148,12 +1158,11 @@ fn sysv_destroyer_killed_mid_destroy() -> Result<(), Failed> {
     let Some(&(_, numeric, shmid)) = recorded.iter().find(|(table, ..)| table.ends_with("shm")) else {
         return Err("no System V segment after create".into());
     };
-    let state_prefix = format!("qshm-lock.s.{:08x}.{shmid}.", numeric as u32);
-    let state = shm_dir_names_starting(&state_prefix)
-        .into_iter()
-        .next()
-        .ok_or("no lock state after create")?;
-    let state_path = format!("/dev/shm/{state}");
+    let state_path = format!("/dev/shm/{}", sysv_lock_state_name(numeric, shmid));
+    check(
+        std::path::Path::new(&state_path).exists(),
+        "no lock state after create",
+    )?;
     let mut tracer = std::process::Command::new("strace")
         .args(["-f", "-qq", "-o", "/dev/null", "-P", &state_path])
         .args(["-e", "trace=unlink,unlinkat"])

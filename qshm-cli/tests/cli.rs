@@ -553,17 +553,18 @@ fn rm_stale_removes_orphans_and_never_a_live_segment() {
         let native = SharedMemory::legacy_native_key(&key, kind);
         let sem = SystemSemaphore::legacy_native_key(&key, kind);
         let recorded = sysv_keys(&key, kind);
-        let prefix = match kind {
-            KeyType::PosixRealtime => posix_lock_state_prefix(&native),
+        let lock_states = match kind {
+            KeyType::PosixRealtime => shm_dir_names_starting(&posix_lock_state_prefix(&native)),
             _ => {
                 let (_, k, id) = recorded
                     .iter()
                     .find(|r| r.0.ends_with("shm"))
                     .expect("segment recorded");
-                format!("qshm-lock.s.{:08x}.{id}.", *k as u32)
+                let name = sysv_lock_state_name(*k, *id);
+                let made = std::path::Path::new(&format!("/dev/shm/{name}")).exists();
+                made.then_some(name).into_iter().collect()
             }
         };
-        let lock_states = shm_dir_names_starting(&prefix);
         assert_eq!(lock_states.len(), 1, "one lock state: {lock_states:?}");
         holder.kill9();
         // then the segment itself goes, behind qshm's back (ipcrm, or Qt's unlink)

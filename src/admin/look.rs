@@ -158,7 +158,6 @@ impl Look {
         let id = SegmentId::SystemV {
             key: row.key,
             shmid: row.id,
-            cpid: row.cpid,
         };
         let peek = LockState::peek(id).ok().flatten();
         let name = key_file.map(|p| p.rsplit('/').next().unwrap_or(p));

@@ -424,7 +424,10 @@ pub(crate) fn leftovers_of(native: &NativeIpcKey, recorded: &[(&'static str, i32
             // key file can have the same numeric key (and a lock state of its own)
             for &(table, k, id) in &keys {
                 if table.ends_with("shm") {
-                    lock_state_prefixes.push(format!("qshm-lock.s.{:08x}.{id}.", k as u32));
+                    let name = sysv_lock_state_name(k, id);
+                    if std::path::Path::new(&format!("/dev/shm/{name}")).exists() {
+                        found.push(format!("lock state /dev/shm/{name}"));
+                    }
                 }
             }
             for (table, k, id) in keys {
@@ -442,6 +445,12 @@ pub(crate) fn leftovers_of(native: &NativeIpcKey, recorded: &[(&'static str, i32
     found.sort();
     found.dedup();
     found
+}
+
+/// The lock-state file name of System V segment `shmid` at numeric key `key` (in
+/// `/dev/shm`): `qshm-lock.s.<key, 8 hex digits>.<shmid>`.
+pub(crate) fn sysv_lock_state_name(key: i32, shmid: i32) -> String {
+    format!("qshm-lock.s.{:08x}.{shmid}", key as u32)
 }
 
 /// The start of the lock-state file names of a POSIX segment: `qshm-lock.p.<tag>.`, the

@@ -356,13 +356,8 @@ mod tests {
             SegmentId::SystemV {
                 key: 0x5100_abcd,
                 shmid: 98311,
-                cpid: 4242,
             },
-            SegmentId::SystemV {
-                key: -5,
-                shmid: 1,
-                cpid: 2,
-            },
+            SegmentId::SystemV { key: -5, shmid: 1 },
         ] {
             assert_eq!(SegmentId::from_lock_state_name(&id.lock_state_name()), Some(id));
         }

@@ -8,9 +8,12 @@ pub(crate) enum SegmentId {
     /// A POSIX segment file: a tag of its name (so tools can find a key's lock states),
     /// inode and birth time (inodes are reused, birth times not).
     Posix { name_tag: u64, ino: u64, btime_ns: i64 },
-    /// A System V segment: numeric key, id and creator pid (ids are reused only after
-    /// wrapping).
-    SystemV { key: i32, shmid: i32, cpid: i32 },
+    /// A System V segment: numeric key and id. Both read the same in every PID namespace
+    /// (a creator pid does not: its own namespace shows 1, one where it is invisible 0),
+    /// and the kernel hands an id out again only after its index has cycled (at least 64
+    /// segments) through every sequence number (65 536): a lock state left by a segment
+    /// is swept by the next create long before.
+    SystemV { key: i32, shmid: i32 },
 }
 
 /// Prefix of every lock-state file name in `/dev/shm`.
@@ -35,8 +38,8 @@ impl SegmentId {
             } => {
                 format!("{LOCK_STATE_PREFIX}p.{name_tag:016x}.{ino}.{btime_ns}")
             }
-            SegmentId::SystemV { key, shmid, cpid } => {
-                format!("{LOCK_STATE_PREFIX}s.{:08x}.{shmid}.{cpid}", key as u32)
+            SegmentId::SystemV { key, shmid } => {
+                format!("{LOCK_STATE_PREFIX}s.{:08x}.{shmid}", key as u32)
             }
         }
     }
@@ -50,17 +53,16 @@ impl SegmentId {
     pub(crate) fn from_lock_state_name(name: &str) -> Option<SegmentId> {
         let rest = name.strip_prefix(LOCK_STATE_PREFIX)?;
         let mut parts = rest.splitn(4, '.');
-        let (kind, tag, a, b) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        match kind {
-            "p" => Some(SegmentId::Posix {
+        let (kind, tag, a, b) = (parts.next()?, parts.next()?, parts.next()?, parts.next());
+        match (kind, b) {
+            ("p", Some(b)) => Some(SegmentId::Posix {
                 name_tag: u64::from_str_radix(tag, 16).ok()?,
                 ino: a.parse().ok()?,
                 btime_ns: b.parse().ok()?,
             }),
-            "s" => Some(SegmentId::SystemV {
+            ("s", None) => Some(SegmentId::SystemV {
                 key: u32::from_str_radix(tag, 16).ok()? as i32,
                 shmid: a.parse().ok()?,
-                cpid: b.parse().ok()?,
             }),
             _ => None,
         }
@@ -73,7 +75,7 @@ impl SegmentId {
                 ino,
                 btime_ns,
             } => [1, name_tag, ino, btime_ns as u64],
-            SegmentId::SystemV { key, shmid, cpid } => [2, u64::from(key as u32), shmid as u64, cpid as u64],
+            SegmentId::SystemV { key, shmid } => [2, u64::from(key as u32), shmid as u64, 0],
         }
     }
 }

@@ -56,15 +56,17 @@ pub(crate) fn remove_orphaned_lock_state(id: SegmentId) {
 }
 
 /// Whether the System V segment a lock state was made for is gone: its id names no
-/// segment, or one of another creator (the lock state is made while its segment exists
-/// and removed before it, so such a lock state is an orphan, never work in progress).
-/// A segment we may not look at counts as there.
+/// segment, or one of another key (the kernel gave the id out again; the lock state is
+/// made while its segment exists and removed before it, so such a lock state is an
+/// orphan, never work in progress). A segment removed while attached (`IPC_RMID`) shows
+/// key 0 and is still the one; a segment we may not look at counts as there. Nothing
+/// here depends on the PID namespace it runs in.
 pub(crate) fn lock_state_orphaned(id: SegmentId) -> bool {
-    let SegmentId::SystemV { shmid, cpid, .. } = id else {
+    let SegmentId::SystemV { key, shmid } = id else {
         return false;
     };
     match os::shm_stat(shmid) {
-        Ok(ds) => ds.shm_cpid != cpid,
+        Ok(ds) => ds.shm_perm.__key != key && ds.shm_perm.mode & os::SHM_DEST == 0,
         Err(e) => matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)),
     }
 }

@@ -65,7 +65,6 @@ pub(super) fn id_of(shmid: libc::c_int, ds: &libc::shmid_ds) -> SegmentId {
     SegmentId::SystemV {
         key: ds.shm_perm.__key,
         shmid,
-        cpid: ds.shm_cpid,
     }
 }
 

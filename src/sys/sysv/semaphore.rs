@@ -116,13 +116,7 @@ impl Semaphore {
             let result = (|| {
                 let key = ftok_key(path, project_id)?;
                 let perms = (perms & 0o777) as libc::c_int;
-                let (id, created) = match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
-                    Ok(id) => (id, true),
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        (os::semget(key, perms | libc::IPC_CREAT)?, false)
-                    }
-                    Err(e) => return Err(e),
-                };
+                let (id, created) = open_or_make(key, perms)?;
                 if created || mode == SemaphoreMode::Create {
                     // initial <= SEMVMX was checked
                     os::sem_setval(id, initial as libc::c_int)?;
@@ -173,6 +167,29 @@ impl Semaphore {
                 op(got.id)
             }
             other => other,
+        }
+    }
+}
+
+/// The set at `key`: made now (`true`: its value is still to be set), or the one there.
+/// The open never creates: a set removed between the two `semget`s (by Qt's creator or
+/// `ipcrm`, which take no key-file lock) is made again by the exclusive one, so the
+/// caller sets its value. (With `IPC_CREAT` on the open, as Qt's, such a set was made at
+/// 0 and never set: every lock of it waited for ever.)
+fn open_or_make(key: libc::key_t, perms: libc::c_int) -> io::Result<(libc::c_int, bool)> {
+    let mut tries = 0;
+    loop {
+        match os::semget(key, perms | libc::IPC_CREAT | libc::IPC_EXCL) {
+            Ok(id) => return Ok((id, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        // (the mode bits ask for the access the caller means to use, as before)
+        match os::semget(key, perms) {
+            Ok(id) => return Ok((id, false)),
+            // removed in between: make it (a bounded number of times, as a create does)
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && tries < 8 => tries += 1,
+            Err(e) => return Err(e),
         }
     }
 }
