@@ -99,6 +99,15 @@ fn main() {
             format!("{k}::racing_creates_leave_nothing_as_root_as_a_user_and_in_a_pid_namespace"),
             move || racing_creates(kind),
         ));
+        trials.push(with_qt(
+            format!("{k}::a_living_qt_holder_in_another_pid_namespace_keeps_the_lock"),
+            if kind == KeyType::SystemV {
+                |py| qt_holder_across_pid_namespaces(py, KeyType::SystemV)
+            } else {
+                |py| qt_holder_across_pid_namespaces(py, KeyType::PosixRealtime)
+            },
+            &python,
+        ));
         for mode in [LockMode::QtCompatible, LockMode::Fast] {
             trials.push(beside_cleanups(
                 format!("{k}::{}::one_lock_across_pid_namespaces", mode_name(mode)),
@@ -1439,6 +1448,62 @@ fn one_lock_across_pid_namespaces(kind: KeyType, mode: LockMode) -> Result<(), F
         other.wait(T);
         let left = leftovers(&key, kind, &[]);
         check(left.is_empty(), format!("{order}: left behind: {left:?}"))?;
+    }
+    Ok(())
+}
+
+/// A real Qt process holds the lock of a segment a qshm process made; a qshm waiter, one
+/// of the two in a PID namespace of its own (a container beside the host, sharing IPC and
+/// `/dev/shm`), waits 4 s: the Qt holder is alive, so the waiter never gets the lock. (A
+/// Qt holder writes no label; a waiter that cannot see it in `/proc` has no evidence that
+/// it died.)
+fn qt_holder_across_pid_namespaces(py: &Path, kind: KeyType) -> Result<(), Failed> {
+    if !is_root() {
+        eprintln!("*** SKIP a_living_qt_holder_in_another_pid_namespace: needs root for unshare -p ***");
+        return Ok(());
+    }
+    use Placement::*;
+    for (qt_at, waiter_at) in [(OwnPidNamespace, Here), (Here, OwnPidNamespace)] {
+        let order = format!("Qt holder {qt_at:?}, qshm waiter {waiter_at:?}");
+        let key = unique_key("pidnsqt");
+        let mut cleanup = Cleanup::default();
+        cleanup.key(&key, kind);
+        let mode = LockMode::QtCompatible;
+        let mut creator = actor::qshm(None, &key, kind, mode, REPLY).ok_or("the creator did not start")?;
+        let answer = |peer: &mut Peer, command: &str| actor::ask(peer, command, REPLY).unwrap_or_default();
+        check(
+            answer(&mut creator, "create 64") == "OK",
+            format!("{order}: create"),
+        )?;
+        let mut qt = match qt_at {
+            Here => actor::qt(py, &key, kind, REPLY),
+            OwnPidNamespace => actor::qt_in_own_pid_namespace(py, &key, kind, REPLY),
+        }
+        .ok_or("the Qt actor did not start")?;
+        check(answer(&mut qt, "attach") == "OK", format!("{order}: Qt's attach"))?;
+        check(answer(&mut qt, "hold") == "HELD", format!("{order}: Qt's lock"))?;
+        let mut waiter = match waiter_at {
+            Here => actor::qshm(None, &key, kind, mode, REPLY),
+            OwnPidNamespace => actor::qshm_in_own_pid_namespace(&key, kind, mode, REPLY),
+        }
+        .ok_or("the waiter did not start")?;
+        check(
+            answer(&mut waiter, "attach") == "OK",
+            format!("{order}: the waiter's attach"),
+        )?;
+        // the actor's lock waits 5 s
+        let got = answer(&mut waiter, "lock");
+        check(
+            got == "ERR Timeout",
+            format!("{order}: a waiter's lock while Qt holds it: {got}"),
+        )?;
+        qt.kill9();
+        check(answer(&mut waiter, "detach") == "OK", format!("{order}: detach"))?;
+        check(answer(&mut creator, "detach") == "OK", format!("{order}: detach"))?;
+        for mut peer in [waiter, creator] {
+            peer.send("exit");
+            peer.wait(T);
+        }
     }
     Ok(())
 }

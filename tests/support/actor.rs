@@ -61,6 +61,25 @@ pub(crate) fn qt(python: &Path, key: &str, kind: KeyType, wait: Duration) -> Opt
     started(peer, wait)
 }
 
+/// A Qt 6 actor as [`qt`], but in a PID namespace of its own (see
+/// [`qshm_in_own_pid_namespace`]); `None` if it did not start.
+pub(crate) fn qt_in_own_pid_namespace(
+    python: &Path,
+    key: &str,
+    kind: KeyType,
+    wait: Duration,
+) -> Option<Peer> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_actor.py");
+    let peer = Peer::spawn_command(
+        Command::new("unshare")
+            .args(["-pf", "--kill-child", "--mount-proc"])
+            .arg(python)
+            .arg(script)
+            .args(["--key", key, "--type", kind_name(kind)]),
+    );
+    started(peer, wait)
+}
+
 fn started(mut peer: Peer, wait: Duration) -> Option<Peer> {
     (peer.try_line(wait).as_deref() == Some("READY")).then_some(peer)
 }
