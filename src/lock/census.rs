@@ -27,6 +27,10 @@ pub(crate) fn nobody_could_hold(
         targets.push(Mapped::File { dev, ino });
     }
     let census = procfs::census(&targets);
+    // processes /proc cannot list (other PID namespaces) could hold it
+    if !census.complete {
+        return false;
+    }
     let labelled_only = |mapper: &procfs::Mapper| lock_state.is_some() && mapper.maps & 0b10 != 0;
     if census
         .mapping

@@ -101,6 +101,26 @@ pub(crate) struct Hidden {
 pub(crate) struct Census {
     pub mapping: Vec<Mapper>,
     pub hidden: Vec<Hidden>,
+    /// `/proc` listed every process of the machine ([`shows_every_process`]). If not,
+    /// processes of other PID namespaces (another container, the host) may map or hold
+    /// what this census looked for: what it did not find is no evidence.
+    pub complete: bool,
+}
+
+/// The link `/proc/self/ns/pid` of the initial PID namespace (the kernel's fixed inode
+/// number for it, `PROC_PID_INIT_INO`).
+const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
+
+/// Whether `/proc` shows every process of the machine: this process is in the initial
+/// PID namespace and `/proc` is that namespace's (its `self` is this process). In a
+/// container or under `unshare -p`, processes of other PID namespaces that share
+/// `/dev/shm` and IPC objects with this one do not appear in it at all.
+pub(crate) fn shows_every_process() -> bool {
+    let initial =
+        std::fs::read_link("/proc/self/ns/pid").is_ok_and(|l| l.as_os_str() == INITIAL_PID_NAMESPACE);
+    let ours = std::fs::read_link("/proc/self")
+        .is_ok_and(|l| l.to_str().and_then(|pid| pid.parse::<u32>().ok()) == Some(std::process::id()));
+    initial && ours
 }
 
 /// Look at every process except this one (at most 32 targets).
@@ -110,6 +130,7 @@ pub(crate) fn census(targets: &[Mapped]) -> Census {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
     };
+    out.complete = shows_every_process();
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
             continue;

@@ -189,13 +189,15 @@ pub(crate) fn unused_by_others(file: &NamedFile) -> bool {
 }
 
 /// The `/proc` fallback where no lease can be taken: does any other process map the file,
-/// or could one that we may not inspect (it could open the file)?
+/// or could one that we may not inspect (it could open the file), or one that `/proc`
+/// does not list (another PID namespace)?
 pub(super) fn mapped_by_others(st: &FileStat) -> bool {
     let census = procfs::census(&[Mapped::File {
         dev: st.dev,
         ino: st.ino,
     }]);
-    !census.mapping.is_empty()
+    !census.complete
+        || !census.mapping.is_empty()
         || census.hidden.iter().any(|h| {
             h.uid == 0
                 || h.uid == st.uid
