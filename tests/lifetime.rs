@@ -108,6 +108,15 @@ fn main() {
             },
             &python,
         ));
+        trials.push(with_qt(
+            format!("{k}::fast::an_attacher_in_a_container_never_joins_a_qt_mapper_it_cannot_see"),
+            if kind == KeyType::SystemV {
+                |py| fast_attacher_in_container_beside_qt(py, KeyType::SystemV)
+            } else {
+                |py| fast_attacher_in_container_beside_qt(py, KeyType::PosixRealtime)
+            },
+            &python,
+        ));
         for mode in [LockMode::QtCompatible, LockMode::Fast] {
             trials.push(beside_cleanups(
                 format!("{k}::{}::one_lock_across_pid_namespaces", mode_name(mode)),
@@ -1506,6 +1515,45 @@ fn qt_holder_across_pid_namespaces(py: &Path, kind: KeyType) -> Result<(), Faile
         }
     }
     Ok(())
+}
+
+/// A Fast segment a real Qt process has attached (Qt's lock, its semaphore, would not see
+/// qshm's Fast lock): a qshm attacher here refuses it, and so must one in a PID namespace
+/// of its own, whose `/proc` does not list the Qt process (before: it saw no foreign
+/// mapper and attached, to lock beside a Qt process that does not see its lock).
+fn fast_attacher_in_container_beside_qt(py: &Path, kind: KeyType) -> Result<(), Failed> {
+    if !is_root() {
+        eprintln!(
+            "*** SKIP an_attacher_in_a_container_never_joins_a_qt_mapper: needs root for unshare -p ***"
+        );
+        return Ok(());
+    }
+    let key = unique_key("pidnsfast");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mode = LockMode::Fast;
+    let answer = |peer: &mut Peer, command: &str| actor::ask(peer, command, REPLY).unwrap_or_default();
+    let mut creator = actor::qshm(None, &key, kind, mode, REPLY).ok_or("the creator did not start")?;
+    check(answer(&mut creator, "create 64") == "OK", "create")?;
+    let mut qt = actor::qt(py, &key, kind, REPLY).ok_or("the Qt actor did not start")?;
+    check(answer(&mut qt, "attach") == "OK", "Qt's attach")?;
+    let mut here = actor::qshm(None, &key, kind, mode, REPLY).ok_or("an attacher did not start")?;
+    let attached_here = answer(&mut here, "attach");
+    let mut contained =
+        actor::qshm_in_own_pid_namespace(&key, kind, mode, REPLY).ok_or("an attacher did not start")?;
+    let attached_there = answer(&mut contained, "attach");
+    for mut peer in [qt, here, contained, creator] {
+        peer.send("exit");
+        peer.wait(T);
+    }
+    check(
+        attached_here.starts_with("ERR"),
+        format!("a Fast attach here beside a Qt mapper: {attached_here}"),
+    )?;
+    check(
+        attached_there.starts_with("ERR"),
+        format!("a Fast attach in a container beside a Qt mapper it cannot see: {attached_there}"),
+    )
 }
 
 /// 2: a program in another PID namespace (a container sharing `/dev/shm`) maps a POSIX
