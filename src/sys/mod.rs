@@ -440,7 +440,9 @@ pub(crate) fn untrusted_file(path: &str, what: &str, why: Untrusted) -> Failure 
 }
 
 /// In `LockMode::Fast`, refuse a segment that a process outside qshm maps: that process
-/// would not see the lock. (Processes mapping the lock state are qshm's.)
+/// would not see the lock. (Processes mapping the lock state are qshm's.) Called only when
+/// Qt's semaphore of the key is in use; where `/proc` cannot list every process (another
+/// PID namespace), refuse too.
 pub(crate) fn refuse_fast_next_to_foreign_mapper(
     segment: procfs::Mapped,
     lock_state: Option<&LockState>,
@@ -462,6 +464,16 @@ pub(crate) fn refuse_fast_next_to_foreign_mapper(
                 "the segment uses LockMode::Fast, but process {pid} maps it without qshm's lock state \
                  (Qt?) and would not see the lock; refusing to attach"
             ),
+        ));
+    }
+    // Qt's semaphore is in use, and a Qt process of another PID namespace would not be
+    // listed at all: no evidence that none maps the segment
+    if !census.complete {
+        return Err(Failure::because(
+            SharedMemoryError::LockError,
+            "the segment uses LockMode::Fast, and Qt's semaphore of its key is in use, but /proc here does \
+             not list the processes of other PID namespaces (a container?): a Qt process there would not \
+             see the lock; refusing to attach (Qt programs share a segment only in LockMode::QtCompatible)",
         ));
     }
     Ok(())
