@@ -191,6 +191,10 @@ fn main() {
         mapper_in_other_pid_namespace,
     ));
     trials.push(Trial::test(
+        "posix::rm_stale_in_a_container_keeps_a_segment_the_host_maps_cleaned",
+        rm_stale_in_container_keeps_host_mapping,
+    ));
+    trials.push(Trial::test(
         "posix::another_users_lease_never_stalls_ls_rm_or_attach",
         foreign_lease_never_stalls,
     ));
@@ -227,6 +231,31 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             say("MAPPED");
             wait_for_stdin_line();
             0
+        }
+        "rm-stale" => {
+            // qshm ls, then rm --stale: say the state of the segment of native key args[0],
+            // then whether it was removed
+            let state = qshm::admin::scan().ok().and_then(|scan| {
+                scan.segments
+                    .into_iter()
+                    .find(|s| s.native_key.as_ref().is_some_and(|k| k.native() == args[0]))
+                    .map(|s| s.state)
+            });
+            say(format!("STATE {state:?}"));
+            match qshm::admin::remove_stale(true) {
+                Ok(removal) => {
+                    let removed = removal
+                        .segments
+                        .iter()
+                        .any(|s| s.native_key.as_ref().is_some_and(|k| k.native() == args[0]));
+                    say(if removed { "REMOVED" } else { "KEPT" });
+                    0
+                }
+                Err(e) => {
+                    say(format!("ERR {e}"));
+                    1
+                }
+            }
         }
         "lease-hold" => {
             // make a file and hold a write lease on it for ever (another user's program)
@@ -1597,6 +1626,55 @@ fn mapper_in_other_pid_namespace() -> Result<(), Failed> {
             .as_ref()
             .is_err_and(|e| e.kind() == qshm::SharedMemoryError::AlreadyExists),
         format!("a create beside the mapper: {created:?}"),
+    )
+}
+
+/// A program of the host (not qshm, as Qt: it closes the file once mapped) maps a POSIX
+/// segment nobody else uses; root's `qshm rm --stale` in a container (a PID namespace of
+/// its own, sharing `/dev/shm`) does not list that process in its `/proc`: `ls` says it
+/// cannot tell (before: STALE, "`qshm rm --stale` removes the STALE ones"), and
+/// `rm --stale` keeps the segment.
+fn rm_stale_in_container_keeps_host_mapping() -> Result<(), Failed> {
+    let _alone = MACHINE_WIDE.write().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        eprintln!("*** SKIP rm_stale_in_a_container: needs root for unshare -p ***");
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("pidnsrm");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut shm = SharedMemory::with_key_type(&key, kind);
+    shm.create(4096, AccessMode::ReadWrite)?;
+    let native = shm.native_ipc_key().clone();
+    let mut mapper = Peer::spawn("raw-map", &[&shm_path(&native)]);
+    mapper.expect("MAPPED", T);
+    shm.detach()?;
+    check(
+        qshm::admin::exists(&native),
+        "the last detach destroyed a mapped segment",
+    )?;
+    let exe = std::env::current_exe()?;
+    let mut cleaner = Peer::spawn_command(
+        std::process::Command::new("unshare")
+            .args(["-pf", "--kill-child", "--mount-proc"])
+            .arg(exe)
+            .arg(native.native())
+            .env(CHILD_ENV, "rm-stale"),
+    );
+    let state = cleaner.line(T);
+    let said = cleaner.line(T);
+    cleaner.wait(T);
+    let kept = qshm::admin::exists(&native);
+    mapper.send("done");
+    mapper.wait(T);
+    check(
+        state == "STATE Some(Unknown)",
+        format!("ls in a PID namespace of its own beside a host mapper: {state}"),
+    )?;
+    check(
+        said == "KEPT" && kept,
+        format!("rm --stale in a PID namespace of its own beside a host mapper: {said}, exists: {kept}"),
     )
 }
 
