@@ -68,8 +68,9 @@ pub enum State {
     New,
     /// Nobody is attached: every user died (or, for POSIX, Qt left it behind).
     Stale,
-    /// Another user's POSIX segment that no visible process uses: whether one of their
-    /// processes maps it cannot be seen without privileges.
+    /// A POSIX segment that no visible process uses, where not every user could be
+    /// seen: another user's (their processes' mappings need privileges), or any, in a
+    /// container (`/proc` there does not list other PID namespaces' processes).
     Unknown,
 }
 

@@ -89,6 +89,9 @@ pub(super) struct Look {
     pub flocks: HashMap<(u64, u64), u64>,
     /// Processes mapping each file in `/dev/shm`, by (device, inode).
     pub mappers: HashMap<(u64, u64), u64>,
+    /// `/proc` lists every process of the machine ([`procfs::shows_every_process`]): not
+    /// in a container, where other namespaces' mappers are missing from `mappers`.
+    pub every_process: bool,
     pub files: Vec<ShmFile>,
 }
 
@@ -105,6 +108,7 @@ impl Look {
             key_files: key_files(),
             flocks: procfs::flock_holders(),
             mappers: procfs::mappers_under(crate::sys::SHM_DIR),
+            every_process: procfs::shows_every_process(),
             files: shm_dir_files()?,
         })
     }
@@ -200,7 +204,8 @@ impl Look {
         let attachments = self.mappers.get(&f.file_id()).copied().unwrap_or(0);
         let age = self.age(f.st.btime_ns.unwrap_or(f.st.ctime_ns));
         let users = qshm_attachments + attachments;
-        let state = posix_state(users, f.st.size, age, os::euid() == 0 || f.st.uid == os::euid());
+        let all_visible = (os::euid() == 0 || f.st.uid == os::euid()) && self.every_process;
+        let state = posix_state(users, f.st.size, age, all_visible);
         let qt_name = qt_name(&f.name);
         let maker = maker(peek.as_ref(), qt_name.is_some());
         let semaphore = semaphore.or_else(|| posix_semaphore_of(&f.name));
@@ -244,7 +249,8 @@ pub(super) fn sysv_state(nattch: u64, ever_attached: bool, age: Duration) -> Sta
 }
 
 /// A POSIX segment that `users` processes map or hold locked, of `size` bytes, made
-/// `age` ago, whose users we could all see (ours, or we are root) or not.
+/// `age` ago, whose users we could all see (ours, or we are root, and `/proc` lists every
+/// process) or not.
 pub(super) fn posix_state(users: u64, size: u64, age: Duration, all_visible: bool) -> State {
     if users > 0 {
         State::Live

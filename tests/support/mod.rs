@@ -447,6 +447,16 @@ pub(crate) fn leftovers_of(native: &NativeIpcKey, recorded: &[(&'static str, i32
     found
 }
 
+/// Whether `/proc` lists every process of the machine (this test runs in the initial PID
+/// namespace, with its `/proc`), as qshm asks before it takes the absence of a user there
+/// for evidence; not in the suites' PID-namespace pass.
+pub(crate) fn sees_every_process() -> bool {
+    let initial = std::fs::read_link("/proc/self/ns/pid").is_ok_and(|l| l.as_os_str() == "pid:[4026531836]");
+    let ours = std::fs::read_link("/proc/self")
+        .is_ok_and(|l| l.to_str().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id()));
+    initial && ours
+}
+
 /// The lock-state file name of System V segment `shmid` at numeric key `key` (in
 /// `/dev/shm`): `qshm-lock.s.<key, 8 hex digits>.<shmid>`.
 pub(crate) fn sysv_lock_state_name(key: i32, shmid: i32) -> String {
