@@ -1,11 +1,14 @@
 //! The mixed-order matrix (issue 19): generated orders of events over actors, instead of
 //! hand-picked cases.
 //!
-//! Actors: qshm A and qshm B (root), a real Qt 6 process (PyQt6, `interop/qt_actor.py`) and
-//! a qshm process of another user. Events: create, attach, lock (lock, add one to the
-//! counter, unlock; the first one is the actor's first lock), detach, exit, SIGKILL, and
-//! SIGKILL while holding the lock. Every valid order up to [`LENGTH`] events is
-//! generated (B only after A: they are alike), for both key types, in Qt-compatible mode
+//! Actors: qshm A and qshm B (root; B, as root, in a PID namespace of its own: a container
+//! sharing IPC and `/dev/shm` with the host), a real Qt 6 process (PyQt6,
+//! `interop/qt_actor.py`) and a qshm process of another user. Events: create, attach, lock
+//! (lock, add one to the counter, unlock; the first one is the actor's first lock),
+//! detach, exit, SIGKILL, and SIGKILL while holding the lock. Every valid order up to
+//! [`LENGTH`] events is generated (B only after A, which halves the orders; A's first
+//! event may be an attach that fails, so B still creates first in some), for both key
+//! types, in Qt-compatible mode
 //! (all actors) and Fast mode (the qshm actors). After the order every actor still
 //! attached adds [`BURST`] to the counter at the same time, then all exit, and the next
 //! qshm user creates and detaches. Invariants:
@@ -21,7 +24,8 @@
 //!
 //! Qt has flaws of its own (its `create()` on an existing key replaces the lock's
 //! semaphore; a killed Qt holder of a POSIX semaphore is never recovered by Qt): an order
-//! that breaks an invariant is run again with Qt processes in place of the qshm actors,
+//! that breaks an invariant is run again with Qt processes in place of the qshm actors (B's
+//! in its PID namespace),
 //! and if Qt alone breaks the same invariant, the order is counted as Qt's, not qshm's.
 //!
 //! CI runs a fixed slice ([`SLICE`] orders per key type and lock mode, every n-th of the
@@ -325,11 +329,19 @@ impl Runner<'_> {
 
     fn spawn(&self, actor: Actor, key: &str, qt_alone: bool) -> Result<Peer, Failed> {
         let qt = actor == Actor::Qt || (qt_alone && matches!(actor, Actor::A | Actor::B));
-        let peer = if qt {
-            actor::qt(self.python.ok_or("no PyQt6")?, key, self.kind, REPLY)
-        } else {
-            let user = self.user.filter(|_| actor == Actor::User);
-            actor::qshm(user, key, self.kind, self.mode, REPLY)
+        // B runs in a PID namespace of its own (a container sharing IPC and /dev/shm with
+        // the host), where root may make one
+        let contained = actor == Actor::B && is_root();
+        let peer = match (qt, contained) {
+            (true, false) => actor::qt(self.python.ok_or("no PyQt6")?, key, self.kind, REPLY),
+            (true, true) => {
+                actor::qt_in_own_pid_namespace(self.python.ok_or("no PyQt6")?, key, self.kind, REPLY)
+            }
+            (false, true) => actor::qshm_in_own_pid_namespace(key, self.kind, self.mode, REPLY),
+            (false, false) => {
+                let user = self.user.filter(|_| actor == Actor::User);
+                actor::qshm(user, key, self.kind, self.mode, REPLY)
+            }
         };
         peer.ok_or_else(|| format!("{actor:?} did not start").into())
     }
