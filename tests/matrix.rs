@@ -526,6 +526,21 @@ const ONCE_BROKEN: &[(KeyType, LockMode, &str)] = &[
     ),
 ];
 
+/// Whether a break is what Qt's `create` on an existing POSIX key causes: it unlinks the
+/// key's semaphore and makes a new one, mode 0600, so increments are lost between holders
+/// of the old and the new one, and another user's lock or burst is refused.
+fn qt_remade_semaphore_did(class: &Broken, what: &str) -> bool {
+    match class {
+        Broken::Counter => true,
+        Broken::Refused => {
+            what.starts_with("User ")
+                && what.contains("ERR PermissionDenied")
+                && (what.contains(" lock:") || what.contains(" hold:") || what.contains(" burst:"))
+        }
+        _ => false,
+    }
+}
+
 /// Run the matrix slice (`only`: exactly the orders printed so, instead).
 fn run_matrix(
     kind: KeyType,
@@ -579,8 +594,13 @@ fn run_matrix(
         if broken.is_empty() {
             continue;
         }
-        // Qt's create remade the POSIX semaphore: a lost increment is Qt's doing (README)
-        if runner.qt_remade_semaphore.get() && broken.iter().all(|(class, _)| *class == Broken::Counter) {
+        // Qt's create remade the POSIX semaphore: a lost increment is Qt's doing (README),
+        // and so is another user's lock refused: Qt makes the new semaphore 0600, its own
+        if runner.qt_remade_semaphore.get()
+            && broken
+                .iter()
+                .all(|(class, what)| qt_remade_semaphore_did(class, what))
+        {
             qt_too += 1;
             eprintln!("  Qt's create remade the key's POSIX semaphore: {order:?}: {broken:?}");
             continue;
