@@ -270,11 +270,32 @@ fn native_key(python: &Path, kind: KeyType) -> R {
     qcompare!(shm.size(), 777);
     qcompare!(shm.lock_read()?.to_vec(), data);
     drop(shm);
+    let recorded = sysv_keys_of(&key);
     qt.send("done");
     qcompare!(qt.expect("DETACHED", T), "");
     qverify!(qt.finish().success());
+    // Qt detached last: qshm's next create and detach of the key leave nothing but the
+    // key file (Qt made it; the test removes it). Before: Qt 5.15 makes no semaphore for a
+    // native key; qshm's attach made one, which nothing ever removed.
+    let mut again = SharedMemory::with_native_key(key.clone());
+    again.create(16, AccessMode::ReadWrite)?;
+    let recorded = [recorded, sysv_keys_of(&key)].concat();
+    drop(again);
+    let left: Vec<String> = leftovers_of(&key, &recorded)
+        .into_iter()
+        .filter(|l| !l.starts_with("key file"))
+        .collect();
     if kind.is_system_v() {
         let _ = std::fs::remove_file(&native);
+    }
+    qverify!(left.is_empty(), "left behind: {left:?}");
+    let numeric = SharedMemory::system_v_key(&key).unwrap_or(0);
+    if kind.is_system_v() {
+        let sets = sysv_ids("/proc/sysvipc/sem", numeric);
+        qverify!(
+            sets.is_empty(),
+            "semaphore sets left at the native key's numeric key: {sets:?}"
+        );
     }
     Ok(())
 }
