@@ -38,21 +38,6 @@ fn main() {
     run_child_role(child_main);
     let python = find_qt_python();
     let mut trials = Vec::new();
-    // (trials whose name says "cleaned" run rm --stale themselves: alone, not beside)
-    let with_qt = |name: String, f: fn(&Path) -> Result<(), Failed>, python: &Option<PathBuf>| {
-        let py = python.clone();
-        let missing = py.is_none();
-        let run = move || match &py {
-            Some(py) => f(py),
-            None => Ok(()),
-        };
-        let trial = if name.ends_with("_cleaned") {
-            Trial::test(name, run)
-        } else {
-            beside_cleanups(name, run)
-        };
-        trial.with_ignored_flag(missing)
-    };
     trials.push(with_qt(
         "posix::a_qt_process_that_attached_first_and_left_never_splits_the_lock".into(),
         qt_attached_first_and_left,
@@ -62,20 +47,12 @@ fn main() {
         let k = kind_name(kind);
         trials.push(with_qt(
             format!("{k}::a_0666_segment_qt_locked_first_stays_lockable_by_another_user"),
-            if kind == KeyType::SystemV {
-                |py| qt_locked_first(py, KeyType::SystemV)
-            } else {
-                |py| qt_locked_first(py, KeyType::PosixRealtime)
-            },
+            move |py| qt_locked_first(py, kind),
             &python,
         ));
         trials.push(with_qt(
             format!("{k}::a_qt_waiter_on_a_dead_qshm_holder_goes_on_as_the_readme_says"),
-            if kind == KeyType::SystemV {
-                |py| qt_waits_on_dead_qshm_holder(py, KeyType::SystemV)
-            } else {
-                |py| qt_waits_on_dead_qshm_holder(py, KeyType::PosixRealtime)
-            },
+            move |py| qt_waits_on_dead_qshm_holder(py, kind),
             &python,
         ));
         trials.push(beside_cleanups(
@@ -88,11 +65,7 @@ fn main() {
         ));
         trials.push(with_qt(
             format!("{k}::qshm_extras_left_when_qt_detaches_last_are_listed_and_cleaned"),
-            if kind == KeyType::SystemV {
-                |py| qt_detaches_last(py, KeyType::SystemV)
-            } else {
-                |py| qt_detaches_last(py, KeyType::PosixRealtime)
-            },
+            move |py| qt_detaches_last(py, kind),
             &python,
         ));
         trials.push(beside_cleanups(
@@ -101,20 +74,12 @@ fn main() {
         ));
         trials.push(with_qt(
             format!("{k}::a_living_qt_holder_in_another_pid_namespace_keeps_the_lock"),
-            if kind == KeyType::SystemV {
-                |py| qt_holder_across_pid_namespaces(py, KeyType::SystemV)
-            } else {
-                |py| qt_holder_across_pid_namespaces(py, KeyType::PosixRealtime)
-            },
+            move |py| qt_holder_across_pid_namespaces(py, kind),
             &python,
         ));
         trials.push(with_qt(
             format!("{k}::fast::an_attacher_in_a_container_never_joins_a_qt_mapper_it_cannot_see"),
-            if kind == KeyType::SystemV {
-                |py| fast_attacher_in_container_beside_qt(py, KeyType::SystemV)
-            } else {
-                |py| fast_attacher_in_container_beside_qt(py, KeyType::PosixRealtime)
-            },
+            move |py| fast_attacher_in_container_beside_qt(py, kind),
             &python,
         ));
         for mode in [LockMode::QtCompatible, LockMode::Fast] {
@@ -199,6 +164,27 @@ fn main() {
         foreign_lease_never_stalls,
     ));
     run_suite(&Arguments::from_args(), trials, Passes::AsUserAndInPidNamespace);
+}
+
+/// A trial that needs real Qt 6 (`python`): reported ignored without it. Trials whose name
+/// says "cleaned" run `rm --stale` themselves: alone, not beside other trials' clean-ups.
+fn with_qt(
+    name: String,
+    f: impl Fn(&Path) -> Result<(), Failed> + Send + 'static,
+    python: &Option<PathBuf>,
+) -> Trial {
+    let py = python.clone();
+    let missing = py.is_none();
+    let run = move || match &py {
+        Some(py) => f(py),
+        None => Ok(()),
+    };
+    let trial = if name.ends_with("_cleaned") {
+        Trial::test(name, run)
+    } else {
+        beside_cleanups(name, run)
+    };
+    trial.with_ignored_flag(missing)
 }
 
 fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
