@@ -187,6 +187,15 @@ fn with_qt(
     trial.with_ignored_flag(missing)
 }
 
+/// The state `qshm ls` gives the segment of native key `native`, if it lists it.
+fn scanned_state(native: &str) -> Result<Option<qshm::admin::State>, qshm::Error> {
+    Ok(qshm::admin::scan()?
+        .segments
+        .into_iter()
+        .find(|s| s.native_key.as_ref().is_some_and(|k| k.native() == native))
+        .map(|s| s.state))
+}
+
 fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
     if cond { Ok(()) } else { Err(what.into().into()) }
 }
@@ -221,12 +230,7 @@ fn child_main(role: &str, args: &[String]) -> i32 {
         "rm-stale" => {
             // qshm ls, then rm --stale: say the state of the segment of native key args[0],
             // then whether it was removed
-            let state = qshm::admin::scan().ok().and_then(|scan| {
-                scan.segments
-                    .into_iter()
-                    .find(|s| s.native_key.as_ref().is_some_and(|k| k.native() == args[0]))
-                    .map(|s| s.state)
-            });
+            let state = scanned_state(&args[0]).ok().flatten();
             say(format!("STATE {state:?}"));
             match qshm::admin::remove_stale(true) {
                 Ok(removal) => {
@@ -679,15 +683,7 @@ fn qt_detaches_last(py: &Path, kind: KeyType) -> Result<(), Failed> {
             // In a PID namespace (this suite's third pass) a POSIX segment nobody visible
             // maps may still be mapped from another namespace: `rm --stale` keeps it, `ls`
             // cannot tell, and only `qshm rm KEY` removes it (then its extras are orphans).
-            let state = qshm::admin::scan()?
-                .segments
-                .into_iter()
-                .find(|s| {
-                    s.native_key
-                        .as_ref()
-                        .is_some_and(|k| k.native() == native.native())
-                })
-                .map(|s| s.state);
+            let state = scanned_state(native.native())?;
             check(
                 state == Some(qshm::admin::State::Unknown),
                 format!("in a PID namespace, the segment Qt left: {state:?}"),
@@ -732,15 +728,7 @@ fn root_removes_other_users_stale() -> Result<(), Failed> {
             !removed && qshm::admin::exists(&native),
             "removed from a PID namespace",
         )?;
-        let state = qshm::admin::scan()?
-            .segments
-            .into_iter()
-            .find(|s| {
-                s.native_key
-                    .as_ref()
-                    .is_some_and(|k| k.native() == native.native())
-            })
-            .map(|s| s.state);
+        let state = scanned_state(native.native())?;
         return check(
             state == Some(qshm::admin::State::Unknown),
             format!("in a PID namespace, another user's stale segment: {state:?}"),
@@ -902,9 +890,7 @@ fn racing_creates(kind: KeyType) -> Result<(), Failed> {
         let mut racers: Vec<Peer> = (0..4)
             .map(|_| {
                 let mut cmd = if pid_ns {
-                    let mut c = std::process::Command::new("unshare");
-                    c.args(["-pf", "--mount-proc"]).arg(&exe);
-                    c
+                    in_own_pid_namespace(&exe)
                 } else {
                     std::process::Command::new(&exe)
                 };
@@ -1631,13 +1617,7 @@ fn mapper_in_other_pid_namespace() -> Result<(), Failed> {
     shm.create(4096, AccessMode::ReadWrite)?;
     let path = shm_path(shm.native_ipc_key());
     let exe = std::env::current_exe()?;
-    let mut mapper = Peer::spawn_command(
-        std::process::Command::new("unshare")
-            .args(["-pf", "--mount-proc"])
-            .arg(exe)
-            .arg(&path)
-            .env(CHILD_ENV, "raw-map"),
-    );
+    let mut mapper = Peer::spawn_command(in_own_pid_namespace(exe).arg(&path).env(CHILD_ENV, "raw-map"));
     mapper.expect("MAPPED", T);
     let native = shm.native_ipc_key().clone();
     shm.detach()?;
@@ -1685,9 +1665,7 @@ fn rm_stale_in_container_keeps_host_mapping() -> Result<(), Failed> {
     )?;
     let exe = std::env::current_exe()?;
     let mut cleaner = Peer::spawn_command(
-        std::process::Command::new("unshare")
-            .args(["-pf", "--kill-child", "--mount-proc"])
-            .arg(exe)
+        in_own_pid_namespace(exe)
             .arg(native.native())
             .env(CHILD_ENV, "rm-stale"),
     );

@@ -39,10 +39,8 @@ pub(crate) fn qshm_in_own_pid_namespace(
 ) -> Option<Peer> {
     let exe = std::env::current_exe().ok()?;
     let peer = Peer::spawn_command(
-        // --kill-child: killing the peer (unshare) kills the actor too
-        Command::new("unshare")
-            .args(["-pf", "--kill-child", "--mount-proc"])
-            .arg(exe)
+        // killing the peer (unshare) kills the actor too
+        super::in_own_pid_namespace(exe)
             .env(super::CHILD_ENV, "actor")
             .args([key, kind_name(kind), mode_name(mode)]),
     );
@@ -70,13 +68,12 @@ pub(crate) fn qt_in_own_pid_namespace(
     wait: Duration,
 ) -> Option<Peer> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/qt_actor.py");
-    let peer = Peer::spawn_command(
-        Command::new("unshare")
-            .args(["-pf", "--kill-child", "--mount-proc"])
-            .arg(python)
-            .arg(script)
-            .args(["--key", key, "--type", kind_name(kind)]),
-    );
+    let peer = Peer::spawn_command(super::in_own_pid_namespace(python).arg(script).args([
+        "--key",
+        key,
+        "--type",
+        kind_name(kind),
+    ]));
     started(peer, wait)
 }
 

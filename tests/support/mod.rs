@@ -447,6 +447,15 @@ pub(crate) fn leftovers_of(native: &NativeIpcKey, recorded: &[(&'static str, i32
     found
 }
 
+/// `program` in a PID namespace of its own, where it is PID 1 and sees no other process
+/// (a container sharing IPC and `/dev/shm` with the test): `unshare -pf --mount-proc`;
+/// `--kill-child`, so that killing the returned command's process kills `program` too.
+pub(crate) fn in_own_pid_namespace(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-pf", "--kill-child", "--mount-proc"]).arg(program);
+    cmd
+}
+
 /// Whether `/proc` lists every process of the machine (this test runs in the initial PID
 /// namespace, with its `/proc`), as qshm asks before it takes the absence of a user there
 /// for evidence; not in the suites' PID-namespace pass.
