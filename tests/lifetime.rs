@@ -147,6 +147,15 @@ fn main() {
         "posix::a_fork_childs_mapping_keeps_the_segment",
         fork_child_keeps_segment,
     ));
+    for mode in [LockMode::QtCompatible, LockMode::Fast] {
+        trials.push(beside_cleanups(
+            format!(
+                "systemv::{}::a_removed_segment_freed_as_a_fork_child_leaves_is_cleaned_by_the_last_detach",
+                mode_name(mode)
+            ),
+            move || removed_segment_freed_by_fork_child(mode),
+        ));
+    }
     trials.push(beside_cleanups(
         "posix::attachments_are_counted_in_one_consistent_read",
         consistent_attachment_counts,
@@ -321,6 +330,7 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             0
         }
         "fork-keeps" => fork_keeps(&args[0]),
+        "fork-then-detach-removed" => fork_then_detach_removed(&args[0], parse_mode(&args[1])),
         "fill-and-lock" => fill_and_lock(&args[0]),
         other => {
             eprintln!("unknown role {other}");
@@ -814,6 +824,80 @@ fn fork_keeps(key: &str) -> i32 {
     let _ = to_child;
     let _ = SharedMemory::force_remove(&native);
     say(format!("RESULT {}", if kept { "kept" } else { "destroyed" }));
+    0
+}
+
+/// CI run 0533/2 (`removal systemv::fast::ipcrm_while_attached…`): a last detach of a
+/// System V segment removed behind its back (`ipcrm`) left its lock state and key file.
+/// Another thread of the process had forked a child (it inherits every attachment), so the
+/// detach found the segment still attached and waited for the child to exec; when it did,
+/// the kernel freed the removed segment, and the detach, which only took "attached 0
+/// times" for the end of its wait, not "gone", kept what was left for a segment that no
+/// longer existed.
+fn removed_segment_freed_by_fork_child(mode: LockMode) -> Result<(), Failed> {
+    let kind = KeyType::SystemV;
+    let key = unique_key("forkfreed");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut child = Peer::spawn("fork-then-detach-removed", &[&key, mode_name(mode)]);
+    child.expect("CREATED", T);
+    let recorded = sysv_keys(&key, kind);
+    child.send("go");
+    let detached = child.expect("DETACHED", T);
+    let status = child.wait(T);
+    check(status.success(), format!("the child: {status}"))?;
+    check(detached == "Ok(())", format!("the detach said {detached}"))?;
+    let left = leftovers(&key, kind, &recorded);
+    check(left.is_empty(), format!("left behind: {left:?}"))
+}
+
+/// The `fork-then-detach-removed` role: create a System V segment, fork a child that keeps
+/// the attachment it inherits until the parent's detach waits for it, remove the segment
+/// (`IPC_RMID`, as `ipcrm` does), detach, and say what the detach returned.
+fn fork_then_detach_removed(key: &str, mode: LockMode) -> i32 {
+    let mut shm = handle(key, KeyType::SystemV, mode);
+    shm.create(64, AccessMode::ReadWrite).expect("create");
+    say("CREATED");
+    wait_for_stdin_line();
+    let shmid: i32 = shm
+        .info()
+        .expect("info")
+        .os_id
+        .split_whitespace()
+        .nth(1)
+        .and_then(|id| id.parse().ok())
+        .expect("shmid");
+    let mut fds = [0; 2];
+    // SAFETY: fds is an array of two ints for pipe().
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (to_child, from_parent) = (fds[1], fds[0]);
+    // SAFETY: this role's process runs no other thread that could hold a lock across the
+    // fork; the child only reads its pipe and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut byte = [0u8; 1];
+        // SAFETY: reading one byte from our pipe end, then ending without the parent's
+        // destructors.
+        unsafe {
+            libc::read(from_parent, byte.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: IPC_RMID ignores the buffer; the segment stays until its last detach.
+    let removed = unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+    assert_eq!(removed, 0, "IPC_RMID");
+    // the child leaves while the detach below waits for it
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: one byte to our pipe end; then reap our child.
+        unsafe {
+            libc::write(to_child, [1u8].as_ptr().cast(), 1);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    });
+    let detached = shm.detach().map_err(|e| e.kind());
+    release.join().expect("release");
+    say(format!("DETACHED {detached:?}"));
     0
 }
 
