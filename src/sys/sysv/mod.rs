@@ -521,31 +521,40 @@ impl SegmentBackend for Segment {
         // the bound, only detach (the segment is reclaimed later, as a stale one).
         let lock = lock_key_file(&path);
         let may_destroy = lock.is_ok();
-        let mut nattch = match os::shm_stat(id) {
-            Ok(ds) => Some(ds.shm_nattch),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => None,
-            Err(_) => return Ok(Detached::Kept),
-        };
+        let mut found = attachments(id);
         // children another thread forked meanwhile count until they exec: wait for them
-        // (and only them), or the segment stays with nobody to destroy it
+        // (and only them), or the segment stays with nobody to destroy it. A segment
+        // removed behind our back (`ipcrm`) is freed by the kernel as the last of them
+        // goes: gone ends the wait too.
         if may_destroy
-            && nattch.is_some_and(|n| n > 0)
+            && matches!(found, Attachments::Counted(n) if n > 0)
             && exec_watch::once_children_exec(forks_before, exec_watch::WAIT_FOR_CHILDREN, || {
-                Ok(matches!(os::shm_stat(id), Ok(ds) if ds.shm_nattch == 0))
+                Ok(!matches!(attachments(id), Attachments::Counted(n) if n > 0))
             })?
         {
-            nattch = Some(0);
+            found = attachments(id);
         }
-        match nattch {
-            Some(n) if n > 0 || !may_destroy => Ok(Detached::Kept),
-            Some(_) => {
+        let leftovers = Leftovers {
+            segment_id,
+            path,
+            project_id,
+            key_file,
+            semaphore_key,
+            semaphore_record,
+            mode,
+        };
+        match found {
+            Attachments::Unknown => Ok(Detached::Kept),
+            Attachments::Counted(n) if n > 0 || !may_destroy => Ok(Detached::Kept),
+            Attachments::Counted(_) => {
                 // Keep Qt's attach out (Qt holds its semaphore around attach), then look again.
                 let held = mode == LockMode::QtCompatible
                     && semaphore.as_ref().is_some_and(|sem| {
                         os::semop_undo(sem.id(), -1, Some(DESTROY_SEMAPHORE_WAIT)).unwrap_or(false)
                     });
                 let me = os::euid();
-                let last = matches!(os::shm_stat(id), Ok(ds) if ds.shm_nattch == 0
+                let now = os::shm_stat(id);
+                let last = matches!(&now, Ok(ds) if ds.shm_nattch == 0
                     && (me == 0 || me == ds.shm_perm.uid || me == ds.shm_perm.cuid));
                 // the segment first, then its lock state: killed in between, we leave an
                 // orphaned lock state (the next create of any key sweeps it), never the
@@ -564,6 +573,12 @@ impl SegmentBackend for Segment {
                     let _ = sem.give(1);
                 }
                 if !removed {
+                    // removed by someone else (and freed) since we counted: as below
+                    if matches!(&now, Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)))
+                    {
+                        drop(semaphore);
+                        return Ok(leftovers.of_vanished_segment(&lock));
+                    }
                     return Ok(Detached::Kept);
                 }
                 drop(semaphore);
@@ -572,39 +587,14 @@ impl SegmentBackend for Segment {
                     .ok()
                     .and_then(|l| l.as_ref())
                     .and_then(|f| f.as_ref());
-                let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
-                remove_companions(held_file, project_id, key_file, sem);
-                remove_set_left_without_key_file(&path, semaphore_record);
+                let sem = (mode == LockMode::QtCompatible).then_some(&leftovers.semaphore_key);
+                remove_companions(held_file, project_id, leftovers.key_file, sem);
+                remove_set_left_without_key_file(&leftovers.path, semaphore_record);
                 Ok(Detached::Destroyed)
             }
-            None => {
-                // Removed behind our back (or by another detacher of it) and now freed:
-                // our incarnation's lock state is ours to remove. The key file and Qt's
-                // semaphore belong to the key, not the incarnation: only while we hold
-                // the key file's lock and no segment uses it (a missing key file means
-                // the remover cleaned up, and a new creator may be at work).
-                LockState::remove(segment_id);
-                let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
+            Attachments::Gone => {
                 drop(semaphore);
-                match &lock {
-                    Ok(Some(Some(file)))
-                        if !ftok_key(&path, project_id).is_ok_and(|k| os::shmget(k, 0, 0).is_ok()) =>
-                    {
-                        remove_companions(Some(file), project_id, key_file, sem);
-                    }
-                    // no key file: Qt's semaphore goes too, unless a creator makes the key
-                    // anew meanwhile (looked at again under the semaphore key file's lock)
-                    Ok(None) => {
-                        if let Some(sem) = sem {
-                            remove_semaphore_of_vanished_key(&path, sem);
-                        }
-                    }
-                    _ => {}
-                }
-                if matches!(lock, Ok(None)) {
-                    remove_set_left_without_key_file(&path, semaphore_record);
-                }
-                Ok(Detached::WasGone)
+                Ok(leftovers.of_vanished_segment(&lock))
             }
         }
     }
@@ -612,6 +602,75 @@ impl SegmentBackend for Segment {
     fn forget(self: Box<Self>) {
         // shmdt (the facade dropped the mapping) lowered the count fork() had raised
         drop(self);
+    }
+}
+
+/// What a detach finds of its segment, by id.
+enum Attachments {
+    /// It exists, attached this many times (children forked with it included).
+    Counted(u64),
+    /// Removed and freed: no process is attached any more.
+    Gone,
+    /// We may not look (its owner took our read permission away).
+    Unknown,
+}
+
+fn attachments(id: libc::c_int) -> Attachments {
+    match os::shm_stat(id) {
+        Ok(ds) => Attachments::Counted(ds.shm_nattch),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Attachments::Gone,
+        Err(_) => Attachments::Unknown,
+    }
+}
+
+/// What a detaching process may have to remove besides the segment.
+struct Leftovers {
+    segment_id: SegmentId,
+    path: CString,
+    project_id: u8,
+    key_file: Option<[u64; 3]>,
+    semaphore_key: NativeIpcKey,
+    semaphore_record: Option<[u64; 3]>,
+    mode: LockMode,
+}
+
+impl Leftovers {
+    /// The segment was removed behind our back (or by another detacher of it) and is
+    /// freed now: our incarnation's lock state is ours to remove. The key file and Qt's
+    /// semaphore belong to the key, not the incarnation: only while we hold the key file's
+    /// lock and no segment uses it (a missing key file means the remover cleaned up, and a
+    /// new creator may be at work).
+    fn of_vanished_segment(self, lock: &Result<Option<Option<NamedFile>>, Failure>) -> Detached {
+        let Leftovers {
+            segment_id,
+            path,
+            project_id,
+            key_file,
+            semaphore_key,
+            semaphore_record,
+            mode,
+        } = self;
+        LockState::remove(segment_id);
+        let sem = (mode == LockMode::QtCompatible).then_some(&semaphore_key);
+        match lock {
+            Ok(Some(Some(file)))
+                if !ftok_key(&path, project_id).is_ok_and(|k| os::shmget(k, 0, 0).is_ok()) =>
+            {
+                remove_companions(Some(file), project_id, key_file, sem);
+            }
+            // no key file: Qt's semaphore goes too, unless a creator makes the key anew
+            // meanwhile (looked at again under the semaphore key file's lock)
+            Ok(None) => {
+                if let Some(sem) = sem {
+                    remove_semaphore_of_vanished_key(&path, sem);
+                }
+            }
+            _ => {}
+        }
+        if matches!(lock, Ok(None)) {
+            remove_set_left_without_key_file(&path, semaphore_record);
+        }
+        Detached::WasGone
     }
 }
 
