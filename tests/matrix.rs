@@ -28,6 +28,17 @@
 //! in its PID namespace),
 //! and if Qt alone breaks the same invariant, the order is counted as Qt's, not qshm's.
 //!
+//! A second family ([`Family::Removal`]) has qshm A and B and the world: A and B create,
+//! attach, lock, **fork** (a child that keeps what it inherited and `exec`s a moment into
+//! the actor's next command, as a program that runs a tool does), detach and exit; the
+//! world **removes** the segment once, behind everyone's back (`ipcrm -m`, `rm
+//! /dev/shm/…`), up to [`REMOVAL_LENGTH`] events. One lock holds per segment (those
+//! attached to a removed one share its lock, not the next one's), and as nobody is killed,
+//! nothing of the key may be left after the last exit, before anyone's clean-up (CI run
+//! 0533/2: a last detach waiting for a forked child kept the lock state and key file of a
+//! removed segment the child's exec freed; this family finds that order by itself). The
+//! same holds for the first family's orders of A and B alone without a kill.
+//!
 //! CI runs a fixed slice ([`SLICE`] orders per key type and lock mode, every n-th of the
 //! enumeration); `QSHM_MATRIX=all` (bench/stress.sh) runs every order and reports counts;
 //! `QSHM_MATRIX_ONLY=TEXT` runs the orders whose printed form contains TEXT.
@@ -74,12 +85,22 @@ fn main() {
             let python = python.clone();
             let mut trial = {
                 let python = python.clone();
-                Trial::test(name, move || run_matrix(kind, mode, python.as_ref(), None))
+                Trial::test(name, move || {
+                    run_matrix(Family::Mixed, kind, mode, python.as_ref(), None)
+                })
             };
             if missing_qt {
                 trial = trial.with_ignored_flag(true);
             }
             trials.push(trial);
+            trials.push(Trial::test(
+                format!(
+                    "{}::{}::generated_orders_with_forks_and_removals_keep_one_lock_per_segment_and_leave_nothing",
+                    kind_name(kind),
+                    mode_name(mode)
+                ),
+                move || run_matrix(Family::Removal, kind, mode, None, None),
+            ));
             let once_broken: Vec<&'static str> = ONCE_BROKEN
                 .iter()
                 .filter(|(k, m, _)| *k == kind && *m == mode)
@@ -93,7 +114,7 @@ fn main() {
                 );
                 trials.push(
                     Trial::test(name, move || {
-                        run_matrix(kind, mode, python.as_ref(), Some(&once_broken))
+                        run_matrix(Family::Mixed, kind, mode, python.as_ref(), Some(&once_broken))
                     })
                     // its orders have another user's actor: root makes that user
                     .with_ignored_flag(missing_qt || !is_root()),
@@ -119,6 +140,9 @@ enum Actor {
     B,
     Qt,
     User,
+    /// Root removing the segment behind everyone's back (`ipcrm -m`, `rm /dev/shm/…`):
+    /// no process, one event.
+    World,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,6 +154,11 @@ enum Event {
     Exit,
     Kill,
     HoldKill,
+    /// A qshm actor forks a child that keeps what it inherited and `exec`s a moment into
+    /// the actor's next command (a detach or an exit waits for it).
+    Fork,
+    /// The world removes the key's segment (its users keep it until they detach).
+    Remove,
 }
 
 const EVENTS: [Event; 7] = [
@@ -152,10 +181,28 @@ enum Life {
 
 type Order = Vec<(Actor, Event)>;
 
-fn life_after(life: Life, event: Event) -> Option<Life> {
+/// The events of the second family: forks and removals among qshm actors, no kills (so
+/// that nothing may be left, without anyone's clean-up).
+const REMOVAL_EVENTS: [Event; 7] = [
+    Event::Create,
+    Event::Attach,
+    Event::Lock,
+    Event::Fork,
+    Event::Detach,
+    Event::Exit,
+    Event::Remove,
+];
+
+fn life_after(actor: Actor, life: Life, event: Event) -> Option<Life> {
     use Event::*;
     use Life::*;
+    match (actor, event) {
+        (Actor::World, Remove) => return (life == Absent).then_some(Gone),
+        (Actor::World, _) | (_, Remove) | (Actor::Qt, Fork) => return None,
+        _ => {}
+    }
     match (life, event) {
+        (Attached, Fork) => Some(Attached),
         (Absent | Idle, Create | Attach) => Some(Attached), // (or stays idle if it fails)
         (Attached, Lock) => Some(Attached),
         (Attached, Detach) => Some(Idle),
@@ -165,9 +212,16 @@ fn life_after(life: Life, event: Event) -> Option<Life> {
     }
 }
 
-/// Every valid order of 1 to `length` events over `actors` (B only after A appeared).
-fn orders(actors: &[Actor], length: usize) -> Vec<Order> {
-    fn walk(actors: &[Actor], length: usize, order: &mut Order, lives: &mut Vec<Life>, out: &mut Vec<Order>) {
+/// Every valid order of 1 to `length` of `events` over `actors` (B only after A appeared).
+fn orders(actors: &[Actor], events: &[Event], length: usize) -> Vec<Order> {
+    fn walk(
+        actors: &[Actor],
+        events: &[Event],
+        length: usize,
+        order: &mut Order,
+        lives: &mut Vec<Life>,
+        out: &mut Vec<Order>,
+    ) {
         if !order.is_empty() {
             out.push(order.clone());
         }
@@ -178,14 +232,14 @@ fn orders(actors: &[Actor], length: usize) -> Vec<Order> {
             if actor == Actor::B && !order.iter().any(|(a, _)| *a == Actor::A) {
                 continue;
             }
-            for event in EVENTS {
-                let Some(next) = life_after(lives[i], event) else {
+            for &event in events {
+                let Some(next) = life_after(actor, lives[i], event) else {
                     continue;
                 };
                 let before = lives[i];
                 lives[i] = next;
                 order.push((actor, event));
-                walk(actors, length, order, lives, out);
+                walk(actors, events, length, order, lives, out);
                 order.pop();
                 lives[i] = before;
             }
@@ -194,6 +248,7 @@ fn orders(actors: &[Actor], length: usize) -> Vec<Order> {
     let mut out = Vec::new();
     walk(
         actors,
+        events,
         length,
         &mut Vec::new(),
         &mut vec![Life::Absent; actors.len()],
@@ -202,14 +257,55 @@ fn orders(actors: &[Actor], length: usize) -> Vec<Order> {
     out
 }
 
+/// Which orders a trial runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    /// qshm A and B, Qt and another user: creates, attaches, locks, detaches, exits and
+    /// kills.
+    Mixed,
+    /// qshm A and B and the world: creates, attaches, locks, forks, detaches, exits and a
+    /// removal behind everyone's back. No kill, no Qt: nothing may be left after the last
+    /// exit, before any clean-up.
+    Removal,
+}
+
+/// The longest order of [`Family::Removal`].
+const REMOVAL_LENGTH: usize = 5;
+
+impl Family {
+    fn actors(self, mode: LockMode, another_user: bool) -> Vec<Actor> {
+        match self {
+            Family::Mixed => {
+                let mut actors = vec![Actor::A, Actor::B, Actor::User];
+                if mode == LockMode::QtCompatible {
+                    actors.insert(2, Actor::Qt);
+                }
+                if !another_user {
+                    actors.retain(|a| *a != Actor::User);
+                }
+                actors
+            }
+            Family::Removal => vec![Actor::A, Actor::B, Actor::World],
+        }
+    }
+
+    fn orders(self, actors: &[Actor]) -> Vec<Order> {
+        match self {
+            Family::Mixed => orders(actors, &EVENTS, LENGTH),
+            Family::Removal => orders(actors, &REMOVAL_EVENTS, REMOVAL_LENGTH),
+        }
+    }
+}
+
 fn generator_is_sound() -> Result<(), Failed> {
-    let all = orders(&[Actor::A, Actor::B, Actor::Qt, Actor::User], LENGTH);
-    let fast = orders(&[Actor::A, Actor::B, Actor::User], LENGTH);
-    for order in all.iter().chain(&fast) {
+    let all = orders(&[Actor::A, Actor::B, Actor::Qt, Actor::User], &EVENTS, LENGTH);
+    let fast = orders(&[Actor::A, Actor::B, Actor::User], &EVENTS, LENGTH);
+    let removal = Family::Removal.orders(&Family::Removal.actors(LockMode::Fast, false));
+    for order in all.iter().chain(&fast).chain(&removal) {
         let mut lives = std::collections::HashMap::new();
         for &(actor, event) in order {
             let life = lives.entry(actor).or_insert(Life::Absent);
-            *life = life_after(*life, event).ok_or_else(|| format!("invalid order {order:?}"))?;
+            *life = life_after(actor, *life, event).ok_or_else(|| format!("invalid order {order:?}"))?;
         }
         let first_b = order.iter().position(|(a, _)| *a == Actor::B);
         let first_a = order.iter().position(|(a, _)| *a == Actor::A);
@@ -217,13 +313,28 @@ fn generator_is_sound() -> Result<(), Failed> {
             return Err(format!("B before A: {order:?}").into());
         }
     }
+    let with = |event: Event| {
+        removal
+            .iter()
+            .filter(|o| o.iter().any(|(_, e)| *e == event))
+            .count()
+    };
     eprintln!(
-        "orders up to {LENGTH} events: {} with Qt, {} without",
+        "orders up to {LENGTH} events: {} with Qt, {} without; up to {REMOVAL_LENGTH} with forks and removals: {} ({} fork, {} remove)",
         all.len(),
-        fast.len()
+        fast.len(),
+        removal.len(),
+        with(Event::Fork),
+        with(Event::Remove)
     );
-    if all.len() < 1000 || fast.len() < 200 {
-        return Err(format!("too few orders: {} / {}", all.len(), fast.len()).into());
+    if all.len() < 1000 || fast.len() < 200 || with(Event::Fork) < 200 || with(Event::Remove) < 200 {
+        return Err(format!(
+            "too few orders: {} / {} / {}",
+            all.len(),
+            fast.len(),
+            removal.len()
+        )
+        .into());
     }
     Ok(())
 }
@@ -260,24 +371,36 @@ struct Runner<'a> {
     /// exclude each other. Whether Qt alone then loses increments in the burst depends on
     /// timing (Python is slow to overlap), so the comparison cannot tell it reliably.
     qt_remade_semaphore: std::cell::Cell<bool>,
+    /// Which segment a create or attach now finds: one more after each removal. Actors of
+    /// a removed segment share its lock among themselves, not with those of the next.
+    incarnation: std::cell::Cell<u32>,
 }
 
 /// One actor process.
 struct Running {
     peer: Peer,
     life: Life,
+    /// The segment it attached ([`Runner::incarnation`] then).
+    incarnation: u32,
 }
 
 impl Runner<'_> {
     /// Run `order` on a fresh key; `qt_alone`: Qt processes in place of the qshm ones.
     fn run(&self, order: &Order, qt_alone: bool) -> Result<Vec<(Broken, String)>, Failed> {
         self.qt_remade_semaphore.set(false);
+        self.incarnation.set(0);
         let key = unique_key("matrix");
         let mut cleanup = Cleanup::default();
         cleanup.key(&key, self.kind);
         let mut actors: Vec<(Actor, Running)> = Vec::new();
         let mut broken = Vec::new();
         for &(actor, event) in order {
+            if actor == Actor::World {
+                if let Err(why) = self.remove(&key) {
+                    broken.push((Broken::Refused, format!("the world's removal: {why}")));
+                }
+                continue;
+            }
             if !actors.iter().any(|(a, _)| *a == actor) {
                 let peer = self.spawn(actor, &key, qt_alone)?;
                 actors.push((
@@ -285,6 +408,7 @@ impl Runner<'_> {
                     Running {
                         peer,
                         life: Life::Idle,
+                        incarnation: 0,
                     },
                 ));
             }
@@ -299,6 +423,17 @@ impl Runner<'_> {
                     broken.push((Broken::Hung, format!("{actor:?} exit")));
                 }
                 running.life = Life::Gone;
+            }
+        }
+        // qshm processes that all detached or exited leave nothing, before anyone's clean-up
+        let cleanly = !qt_alone
+            && order.iter().all(|(a, e)| {
+                !matches!(a, Actor::Qt | Actor::User) && !matches!(e, Event::Kill | Event::HoldKill)
+            });
+        if cleanly {
+            let left = leftovers(&key, self.kind, &[]);
+            if !left.is_empty() {
+                broken.push((Broken::Left, format!("after the last exit: {left:?}")));
             }
         }
         // root's clean-up (another user's stale segment is not root's create's to reclaim;
@@ -346,6 +481,35 @@ impl Runner<'_> {
         peer.ok_or_else(|| format!("{actor:?} did not start").into())
     }
 
+    /// The world removes the key's segment behind its users' back, as root's `ipcrm -m ID`
+    /// or `rm /dev/shm/NAME` would; what a create or attach finds from now on is another.
+    fn remove(&self, key: &str) -> Result<(), String> {
+        self.incarnation.set(self.incarnation.get() + 1);
+        let native = native(key, self.kind);
+        match self.kind {
+            KeyType::PosixRealtime => match std::fs::remove_file(shm_path(&native)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            },
+            _ => {
+                let Some(numeric) = SharedMemory::system_v_key(&native) else {
+                    return Ok(()); // no key file: no segment
+                };
+                // SAFETY: shmget and IPC_RMID take plain integers (IPC_RMID ignores the
+                // buffer).
+                let removed = unsafe {
+                    let id = libc::shmget(numeric, 0, 0);
+                    id < 0 || libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) == 0
+                };
+                if removed {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error().to_string())
+                }
+            }
+        }
+    }
+
     fn ask(running: &mut Running, command: &str) -> Option<String> {
         actor::ask(&mut running.peer, command, REPLY)
     }
@@ -387,7 +551,10 @@ impl Runner<'_> {
                     "attach"
                 };
                 match Self::ask(running, command) {
-                    Some(reply) if reply == "OK" => running.life = Life::Attached,
+                    Some(reply) if reply == "OK" => {
+                        running.life = Life::Attached;
+                        running.incarnation = self.incarnation.get();
+                    }
                     Some(reply) => {
                         let expected = match event {
                             Event::Create => existed && reply == "ERR AlreadyExists",
@@ -427,6 +594,12 @@ impl Runner<'_> {
                 running.peer.kill9();
                 running.life = Life::Gone;
             }
+            Event::Fork => match Self::ask(running, "fork") {
+                Some(reply) if reply == "FORKED" => {}
+                Some(reply) => broken.push((Broken::Refused, format!("{actor:?} fork: {reply}"))),
+                None => broken.push((Broken::Hung, format!("{actor:?} fork"))),
+            },
+            Event::Remove => unreachable!("the world's event, applied in run"),
             Event::HoldKill => {
                 match Self::ask(running, "hold") {
                     Some(reply) if reply == "HELD" => {}
@@ -441,10 +614,30 @@ impl Runner<'_> {
 
     /// Every attached actor adds `BURST` at the same time: the counter must grow by exactly
     /// that much per actor.
+    /// (Actors of a removed segment and of its successor burst apart, each group on its own
+    /// counter.)
     fn burst(&self, actors: &mut [(Actor, Running)], broken: &mut Vec<(Broken, String)>) {
-        let attached: Vec<usize> = (0..actors.len())
-            .filter(|&i| actors[i].1.life == Life::Attached)
+        let mut segments: Vec<u32> = actors
+            .iter()
+            .filter(|(_, r)| r.life == Life::Attached)
+            .map(|(_, r)| r.incarnation)
             .collect();
+        segments.sort_unstable();
+        segments.dedup();
+        for segment in segments {
+            let attached: Vec<usize> = (0..actors.len())
+                .filter(|&i| actors[i].1.life == Life::Attached && actors[i].1.incarnation == segment)
+                .collect();
+            self.burst_on_one_segment(actors, &attached, broken);
+        }
+    }
+
+    fn burst_on_one_segment(
+        &self,
+        actors: &mut [(Actor, Running)],
+        attached: &[usize],
+        broken: &mut Vec<(Broken, String)>,
+    ) {
         let Some(&first) = attached.first() else {
             return;
         };
@@ -472,10 +665,10 @@ impl Runner<'_> {
                 return;
             }
         };
-        for &i in &attached {
+        for &i in attached {
             actors[i].1.peer.send(&format!("burst {BURST}"));
         }
-        for &i in &attached {
+        for &i in attached {
             match actors[i].1.peer.try_line(REPLY * 3) {
                 Some(reply) if reply.starts_with("OK") => {}
                 Some(reply) => broken.push((Broken::Refused, format!("{:?} burst: {reply}", actors[i].0))),
@@ -541,22 +734,20 @@ fn qt_remade_semaphore_did(class: &Broken, what: &str) -> bool {
     }
 }
 
-/// Run the matrix slice (`only`: exactly the orders printed so, instead).
+/// Run the matrix slice of `family` (`only`: exactly the orders printed so, instead).
 fn run_matrix(
+    family: Family,
     kind: KeyType,
     mode: LockMode,
     python: Option<&PathBuf>,
     only: Option<&[&str]>,
 ) -> Result<(), Failed> {
-    let user = TempUser::create("generated_orders");
-    let mut actors = vec![Actor::A, Actor::B, Actor::User];
-    if mode == LockMode::QtCompatible {
-        actors.insert(2, Actor::Qt);
-    }
-    if user.is_none() {
-        actors.retain(|a| *a != Actor::User);
-    }
-    let all = orders(&actors, LENGTH);
+    let user = match family {
+        Family::Mixed => TempUser::create("generated_orders"),
+        Family::Removal => None,
+    };
+    let actors = family.actors(mode, user.is_some());
+    let all = family.orders(&actors);
     // QSHM_MATRIX=all: every order; =N: N orders; else the CI slice
     let wanted = match std::env::var("QSHM_MATRIX").ok().as_deref() {
         Some("all") => all.len(),
@@ -586,6 +777,7 @@ fn run_matrix(
         python,
         user: user.as_ref(),
         qt_remade_semaphore: std::cell::Cell::new(false),
+        incarnation: std::cell::Cell::new(0),
     };
     let (mut qshm_broken, mut qt_too) = (Vec::new(), 0);
     let started = Instant::now();
@@ -606,7 +798,7 @@ fn run_matrix(
             continue;
         }
         // Qt's own flaw? The same order with Qt processes for the qshm ones.
-        let comparable = mode == LockMode::QtCompatible && python.is_some();
+        let comparable = family == Family::Mixed && mode == LockMode::QtCompatible && python.is_some();
         let alone = if comparable {
             runner.run(order, true)?
         } else {
@@ -624,7 +816,7 @@ fn run_matrix(
         }
     }
     eprintln!(
-        "matrix ({kind:?}, {mode:?}): {} of {} orders run in {:.0?}; {} broken by qshm, {qt_too} broken the same way by Qt alone",
+        "matrix ({family:?}, {kind:?}, {mode:?}): {} of {} orders run in {:.0?}; {} broken by qshm, {qt_too} broken the same way by Qt alone",
         picked.len(),
         all.len(),
         started.elapsed(),

@@ -100,6 +100,8 @@ pub(crate) fn qshm_actor(args: &[String]) -> i32 {
         .with_permissions(0o666);
     say("READY");
     let wait = Duration::from_secs(5);
+    // a child forked by `fork`: it holds what it inherited until the next command
+    let mut forked: Option<ForkedChild> = None;
     let add = |shm: &SharedMemory| -> Result<bool, String> {
         match shm.lock_timeout(wait) {
             Ok(Some(mut data)) => {
@@ -113,11 +115,20 @@ pub(crate) fn qshm_actor(args: &[String]) -> i32 {
     };
     loop {
         let mut line = String::new();
-        if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
+        let ended = std::io::stdin().read_line(&mut line).unwrap_or(0) == 0;
+        // the child forked before this command (or the end) execs a moment into it
+        if let Some(child) = forked.take() {
+            child.release();
+        }
+        if ended {
             break;
         }
         let words: Vec<&str> = line.split_whitespace().collect();
         let reply = match words.first().copied() {
+            Some("fork") => {
+                forked = Some(ForkedChild::fork());
+                "FORKED".to_owned()
+            }
             Some("create") => match shm.create(words[1].parse().unwrap(), AccessMode::ReadWrite) {
                 Ok(()) => "OK".to_owned(),
                 Err(e) => format!("ERR {:?}", e.kind()),
@@ -173,5 +184,66 @@ pub(crate) fn qshm_actor(args: &[String]) -> i32 {
         };
         say(reply);
     }
+    drop(shm);
+    ForkedChild::reap_all();
     0
+}
+
+/// A child `fork`ed by an actor (another thread of a program forking to run a tool): it
+/// keeps every mapping and attachment it inherited until, released, it `exec`s `true`
+/// [`EXEC_DELAY`] later. If the actor dies first, its end of the pipe closes and the child
+/// goes on the same way.
+struct ForkedChild {
+    to_child: libc::c_int,
+}
+
+/// How long a released child takes to `exec`: the actor's next command (a detach, an
+/// exit) runs meanwhile, with the child still holding what it inherited.
+const EXEC_DELAY: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 100_000_000,
+};
+
+impl ForkedChild {
+    fn fork() -> ForkedChild {
+        let program = c"/bin/true";
+        let argv = [program.as_ptr(), std::ptr::null()];
+        let mut fds = [0; 2];
+        // SAFETY: fds is an array of two ints for pipe2.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let (from_actor, to_child) = (fds[0], fds[1]);
+        // SAFETY: the child calls only async-signal-safe functions (read, nanosleep,
+        // execv, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let mut byte = 0u8;
+            // SAFETY: as above; argv is NUL-terminated and outlives the exec.
+            unsafe {
+                libc::close(to_child);
+                libc::read(from_actor, (&raw mut byte).cast(), 1);
+                libc::nanosleep(&EXEC_DELAY, std::ptr::null_mut());
+                libc::execv(program.as_ptr(), argv.as_ptr());
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the child's end, which this process does not use.
+        unsafe { libc::close(from_actor) };
+        ForkedChild { to_child }
+    }
+
+    /// Let the child go on to `exec`.
+    fn release(self) {
+        // SAFETY: our end of the pipe: one byte, then closed.
+        unsafe {
+            libc::write(self.to_child, [1u8].as_ptr().cast(), 1);
+            libc::close(self.to_child);
+        }
+    }
+
+    /// Reap every child that has ended or ends now.
+    fn reap_all() {
+        // SAFETY: waits for this process's children only; none is waited for elsewhere.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } > 0 {}
+    }
 }
