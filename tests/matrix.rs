@@ -63,6 +63,11 @@ const BURST: u64 = 300;
 const REPLY: Duration = Duration::from_secs(10);
 /// Orders per key type and lock mode in CI.
 const SLICE: usize = 12;
+/// A forked child is released by its actor's next command and `exec`s 100 ms later; a last
+/// detach waits only for children forked less than 1 s before (README, "`fork()` without
+/// `exec`"). A release later than this after the fork may leave the segment for the child,
+/// as designed: that order cannot ask for nothing left (only a loaded machine is so slow).
+const FORK_RELEASED_IN_TIME: Duration = Duration::from_millis(700);
 
 fn main() {
     run_child_role(|role, args| match role {
@@ -374,6 +379,8 @@ struct Runner<'a> {
     /// Which segment a create or attach now finds: one more after each removal. Actors of
     /// a removed segment share its lock among themselves, not with those of the next.
     incarnation: std::cell::Cell<u32>,
+    /// An actor released its forked child later than [`FORK_RELEASED_IN_TIME`].
+    released_late: std::cell::Cell<bool>,
 }
 
 /// One actor process.
@@ -382,6 +389,8 @@ struct Running {
     life: Life,
     /// The segment it attached ([`Runner::incarnation`] then).
     incarnation: u32,
+    /// When it forked the child its next command releases.
+    forked_at: Option<Instant>,
 }
 
 impl Runner<'_> {
@@ -389,6 +398,7 @@ impl Runner<'_> {
     fn run(&self, order: &Order, qt_alone: bool) -> Result<Vec<(Broken, String)>, Failed> {
         self.qt_remade_semaphore.set(false);
         self.incarnation.set(0);
+        self.released_late.set(false);
         let key = unique_key("matrix");
         let mut cleanup = Cleanup::default();
         cleanup.key(&key, self.kind);
@@ -409,6 +419,7 @@ impl Runner<'_> {
                         peer,
                         life: Life::Idle,
                         incarnation: 0,
+                        forked_at: None,
                     },
                 ));
             }
@@ -418,6 +429,7 @@ impl Runner<'_> {
         self.burst(&mut actors, &mut broken);
         for (actor, running) in &mut actors {
             if running.life != Life::Gone {
+                self.releasing(running);
                 running.peer.send("exit");
                 if running.peer.wait_or_kill(REPLY).is_none() {
                     broken.push((Broken::Hung, format!("{actor:?} exit")));
@@ -430,7 +442,11 @@ impl Runner<'_> {
             && order.iter().all(|(a, e)| {
                 !matches!(a, Actor::Qt | Actor::User) && !matches!(e, Event::Kill | Event::HoldKill)
             });
-        if cleanly {
+        if cleanly && self.released_late.get() {
+            eprintln!(
+                "  a forked child was released late (a loaded machine): not held to nothing left: {order:?}"
+            );
+        } else if cleanly {
             let left = leftovers(&key, self.kind, &[]);
             if !left.is_empty() {
                 broken.push((Broken::Left, format!("after the last exit: {left:?}")));
@@ -510,7 +526,17 @@ impl Runner<'_> {
         }
     }
 
-    fn ask(running: &mut Running, command: &str) -> Option<String> {
+    /// Before every command to an actor: it releases the child it forked, if any.
+    fn releasing(&self, running: &mut Running) {
+        if let Some(at) = running.forked_at.take()
+            && at.elapsed() > FORK_RELEASED_IN_TIME
+        {
+            self.released_late.set(true);
+        }
+    }
+
+    fn ask(&self, running: &mut Running, command: &str) -> Option<String> {
+        self.releasing(running);
         actor::ask(&mut running.peer, command, REPLY)
     }
 
@@ -550,7 +576,7 @@ impl Runner<'_> {
                 } else {
                     "attach"
                 };
-                match Self::ask(running, command) {
+                match self.ask(running, command) {
                     Some(reply) if reply == "OK" => {
                         running.life = Life::Attached;
                         running.incarnation = self.incarnation.get();
@@ -570,13 +596,13 @@ impl Runner<'_> {
                     None => broken.push((Broken::Hung, format!("{actor:?} {command}"))),
                 }
             }
-            Event::Lock => match Self::ask(running, "lock") {
+            Event::Lock => match self.ask(running, "lock") {
                 Some(reply) if reply.starts_with("OK") => {}
                 Some(reply) => broken.push((Broken::Refused, format!("{actor:?} lock: {reply}"))),
                 None => broken.push((Broken::Hung, format!("{actor:?} lock"))),
             },
             Event::Detach => {
-                match Self::ask(running, "detach") {
+                match self.ask(running, "detach") {
                     Some(reply) if reply == "OK" => {}
                     Some(reply) => broken.push((Broken::Refused, format!("{actor:?} detach: {reply}"))),
                     None => broken.push((Broken::Hung, format!("{actor:?} detach"))),
@@ -584,6 +610,7 @@ impl Runner<'_> {
                 running.life = Life::Idle;
             }
             Event::Exit => {
+                self.releasing(running);
                 running.peer.send("exit");
                 if running.peer.wait_or_kill(REPLY).is_none() {
                     broken.push((Broken::Hung, format!("{actor:?} exit")));
@@ -594,14 +621,14 @@ impl Runner<'_> {
                 running.peer.kill9();
                 running.life = Life::Gone;
             }
-            Event::Fork => match Self::ask(running, "fork") {
-                Some(reply) if reply == "FORKED" => {}
+            Event::Fork => match self.ask(running, "fork") {
+                Some(reply) if reply == "FORKED" => running.forked_at = Some(Instant::now()),
                 Some(reply) => broken.push((Broken::Refused, format!("{actor:?} fork: {reply}"))),
                 None => broken.push((Broken::Hung, format!("{actor:?} fork"))),
             },
             Event::Remove => unreachable!("the world's event, applied in run"),
             Event::HoldKill => {
-                match Self::ask(running, "hold") {
+                match self.ask(running, "hold") {
                     Some(reply) if reply == "HELD" => {}
                     Some(reply) => broken.push((Broken::Refused, format!("{actor:?} hold: {reply}"))),
                     None => broken.push((Broken::Hung, format!("{actor:?} hold"))),
@@ -642,7 +669,7 @@ impl Runner<'_> {
             return;
         };
         let read = |running: &mut Running| -> Result<u64, String> {
-            match Self::ask(running, "read") {
+            match self.ask(running, "read") {
                 Some(reply) => reply
                     .strip_prefix("VALUE ")
                     .and_then(|v| v.parse().ok())
@@ -666,6 +693,7 @@ impl Runner<'_> {
             }
         };
         for &i in attached {
+            self.releasing(&mut actors[i].1);
             actors[i].1.peer.send(&format!("burst {BURST}"));
         }
         for &i in attached {
@@ -778,6 +806,7 @@ fn run_matrix(
         user: user.as_ref(),
         qt_remade_semaphore: std::cell::Cell::new(false),
         incarnation: std::cell::Cell::new(0),
+        released_late: std::cell::Cell::new(false),
     };
     let (mut qshm_broken, mut qt_too) = (Vec::new(), 0);
     let started = Instant::now();
