@@ -6,6 +6,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -156,6 +157,13 @@ fn main() {
             move || removed_segment_freed_by_fork_child(mode),
         ));
     }
+    trials.push(
+        beside_cleanups(
+            "systemv::ls_in_a_pid_namespace_without_its_own_proc_never_calls_a_living_users_semaphore_an_orphan",
+            living_semaphore_user_behind_a_foreign_proc,
+        )
+        .with_ignored_flag(!is_root()),
+    );
     trials.push(beside_cleanups(
         "posix::attachments_are_counted_in_one_consistent_read",
         consistent_attachment_counts,
@@ -330,6 +338,19 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             0
         }
         "fork-keeps" => fork_keeps(&args[0]),
+        "scan-without-own-proc" => scan_without_own_proc(&args[0]),
+        "semaphore-user" => {
+            // open the System V semaphore of native key args[0], take and give a unit (so
+            // that this process is its last user), say so, and wait
+            let key = NativeIpcKey::new(args[0].clone(), KeyType::SystemV);
+            let sem = qshm::SystemSemaphore::with_native_key(key, 1, qshm::SemaphoreMode::Open)
+                .expect("open the semaphore");
+            sem.acquire().expect("acquire");
+            sem.release(1).expect("release");
+            say(format!("USED {}", std::process::id()));
+            wait_for_stdin_line();
+            0
+        }
         "fork-then-detach-removed" => fork_then_detach_removed(&args[0], parse_mode(&args[1])),
         "fill-and-lock" => fill_and_lock(&args[0]),
         other => {
@@ -898,6 +919,71 @@ fn fork_then_detach_removed(key: &str, mode: LockMode) -> i32 {
     let detached = shm.detach().map_err(|e| e.kind());
     release.join().expect("release");
     say(format!("DETACHED {detached:?}"));
+    0
+}
+
+/// `qshm ls` called a Qt System V semaphore an orphan ("its segment is gone and its last
+/// user died"), and `rm --stale` would remove it, while its last user was alive: the check
+/// looked up `semctl(GETPID)` in `/proc`, but under `unshare -p` without `--mount-proc`
+/// (or in a container given the host's `/proc`) the kernel reports that pid in this
+/// process's PID namespace while `/proc` lists another's. The last user here is the
+/// namespace's process whose pid names no process in the host's `/proc`.
+fn living_semaphore_user_behind_a_foreign_proc() -> Result<(), Failed> {
+    let key = unique_key("procguard");
+    let native = qshm::SystemSemaphore::legacy_native_key(&key, KeyType::SystemV);
+    let sem = qshm::SystemSemaphore::with_native_key(native.clone(), 1, qshm::SemaphoreMode::Create)?;
+    let exe = std::env::current_exe()?;
+    // a PID namespace of its own, and the host's /proc
+    let mut scanner = Peer::spawn_command(
+        Command::new("unshare")
+            .args(["-pf", "--kill-child"])
+            .arg(exe)
+            .env(CHILD_ENV, "scan-without-own-proc")
+            .arg(native.native()),
+    );
+    let said = scanner.expect("SCANNED", T);
+    let status = scanner.wait(T);
+    sem.remove()?;
+    check(status.success(), format!("the scanner: {status}"))?;
+    // "listed LISTED, last user PID (in its namespace), PID in this /proc: EXISTS"
+    let host_has_pid = said.ends_with("true");
+    check(
+        !host_has_pid,
+        format!("the set-up failed: the last user's pid names a process here ({said})"),
+    )?;
+    check(
+        said.starts_with("listed false"),
+        format!("the living user's semaphore was taken for an orphan: {said}"),
+    )
+}
+
+/// The `scan-without-own-proc` role (PID 1 of a PID namespace that sees the host's
+/// `/proc`): start throw-away processes until the next pid names no process in this
+/// `/proc`, start the semaphore's user there, then look at the orphans as `qshm ls` does.
+fn scan_without_own_proc(native: &str) -> i32 {
+    let mut tries = 0;
+    loop {
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        if !Path::new(&format!("/proc/{}", pid + 1)).exists() {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 500, "no free pid found");
+    }
+    let mut user = Peer::spawn("semaphore-user", &[native]);
+    let used = user.expect("USED", T);
+    let pid: u32 = used.parse().expect("pid");
+    let scan = qshm::admin::scan().expect("scan");
+    let listed = scan.orphans.iter().any(|o| {
+        matches!(o.kind, qshm::admin::OrphanKind::SystemVSemaphore { .. }) && o.path.as_os_str() == native
+    });
+    let exists = Path::new(&format!("/proc/{pid}")).exists();
+    say(format!(
+        "SCANNED listed {listed}, last user {pid}, pid in this /proc: {exists}"
+    ));
+    user.finish();
     0
 }
 
