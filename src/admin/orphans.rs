@@ -112,9 +112,10 @@ fn posix_semaphores(look: &Look) -> Vec<Orphan> {
 
 /// A System V semaphore's last user is known and no longer running. (One that nobody
 /// operated on, or whose last user lives, may be in use: a `QSystemSemaphore` needs no
-/// segment.)
+/// segment.) The kernel gives that pid in this process's PID namespace (0 for a process it
+/// cannot see there), so `/proc` is asked only when it lists this namespace.
 fn last_user_dead(semid: i32) -> bool {
-    matches!(os::sem_last_pid(semid), Ok(pid) if pid > 0 && !procfs::alive(pid))
+    matches!(os::sem_last_pid(semid), Ok(pid) if pid > 0 && procfs::lists_own_namespace() && !procfs::alive(pid))
 }
 
 /// The key file of the segment whose semaphore's key file is `path`, if Qt named it.

@@ -118,9 +118,17 @@ const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
 pub(crate) fn shows_every_process() -> bool {
     let initial =
         std::fs::read_link("/proc/self/ns/pid").is_ok_and(|l| l.as_os_str() == INITIAL_PID_NAMESPACE);
-    let ours = std::fs::read_link("/proc/self")
-        .is_ok_and(|l| l.to_str().and_then(|pid| pid.parse::<u32>().ok()) == Some(std::process::id()));
-    initial && ours
+    initial && lists_own_namespace()
+}
+
+/// Whether `/proc` is this process's PID namespace's (its `self` is this process). Only
+/// then does a pid the kernel reports to this process (`semctl(GETPID)`, `shm_cpid`), which
+/// it gives in this process's namespace, name the same process in `/proc`. Under `unshare
+/// -p` without `--mount-proc`, or in a container given the host's `/proc`, it names another
+/// or none.
+pub(crate) fn lists_own_namespace() -> bool {
+    std::fs::read_link("/proc/self")
+        .is_ok_and(|l| l.to_str().and_then(|pid| pid.parse::<u32>().ok()) == Some(std::process::id()))
 }
 
 /// Look at every process except this one (at most 32 targets).
