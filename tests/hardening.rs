@@ -53,6 +53,10 @@ fn main() {
         ));
     }
     trials.push(Trial::test(
+        "posix::qt::a_create_waits_out_a_probe_of_the_old_semaphore",
+        create_waits_out_a_probe_of_the_old_semaphore,
+    ));
+    trials.push(Trial::test(
         "systemv::a_key_file_lock_ends_with_its_operation_while_another_thread_forks",
         key_file_lock_ends_with_operation,
     ));
@@ -294,6 +298,52 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             } else {
                 "FAILED".to_owned()
             });
+            0
+        }
+        "lease-semaphore" => {
+            // A POSIX semaphore nobody uses (its creator has gone), and a process probing
+            // whether anyone does: a write lease on its file, held args[2] ms (qshm's
+            // probes hold theirs for microseconds: a last detach's unlink_if_alone, a
+            // create's look at an old semaphore, a waiter's look for a dead holder).
+            let name = c(&args[0]);
+            let path = c(&args[1]);
+            let hold = Duration::from_millis(args[2].parse().unwrap_or(0));
+            // SAFETY: name is NUL-terminated; mode and value are passed as the C ABI expects.
+            let sem = unsafe {
+                libc::sem_open(
+                    name.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL,
+                    0o600 as libc::c_uint,
+                    1u32,
+                )
+            };
+            if sem == libc::SEM_FAILED {
+                say(format!("FAILED sem_open: {}", std::io::Error::last_os_error()));
+                return 1;
+            }
+            // SAFETY: sem came from sem_open and is not used after.
+            unsafe { libc::sem_close(sem) };
+            // SAFETY: path is NUL-terminated.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            // A lease break signals the holder, with SIGIO by default, which would end this
+            // process: SIGURG is ignored by default. (F_SETSIG is 10; the libc crate lacks it.)
+            // SAFETY: fcntl on our own descriptor with int arguments.
+            let leased = unsafe {
+                libc::fcntl(fd, 10, libc::SIGURG) == 0
+                    && libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) == 0
+            };
+            if !leased {
+                say(format!("FAILED lease: {}", std::io::Error::last_os_error()));
+                return 1;
+            }
+            say("LEASED");
+            std::thread::sleep(hold);
+            // SAFETY: as above; fd is ours and closed once.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+                libc::close(fd);
+            }
+            say("RELEASED");
             0
         }
         "sysv-semaphore" => {
@@ -664,6 +714,45 @@ impl Drop for RemoveFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A create that finds the key's old semaphore while another process probes it (holds a
+/// write lease on its file, which makes every other `open` of it fail with `EWOULDBLOCK`
+/// under `O_NONBLOCK`) waits the probe out, as an attach already did, and then replaces or
+/// shares the semaphore. CI run B/1 on 6748705 failed `posix::qt::create_or_attach_loop_of_
+/// 4_processes_never_splits` in the user pass: a looping create reported "cannot make or
+/// open the lock's semaphore … Resource temporarily unavailable".
+fn create_waits_out_a_probe_of_the_old_semaphore() -> Result<(), Failed> {
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("probedsem");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let sem = SystemSemaphore::legacy_native_key(&key, kind);
+    let path = sem_path(&sem);
+    let _sem_file = RemoveFile(path.clone());
+    let mut prober = Peer::spawn("lease-semaphore", &[sem.native(), &path, "300"]);
+    let leased = prober.line(T);
+    check(leased == "LEASED", format!("the prober: {leased}"))?;
+    let mut shm = handle(&key, kind, LockMode::QtCompatible);
+    let started = Instant::now();
+    let created = shm.create(64, AccessMode::ReadWrite);
+    let waited = started.elapsed();
+    let released = prober.line(T);
+    prober.finish();
+    check(
+        created.is_ok(),
+        format!(
+            "create while another process probed the key's old semaphore ({released} later): {created:?} after {waited:?}"
+        ),
+    )?;
+    let mut data = shm.lock().map_err(|e| format!("lock: {e}"))?;
+    data[0] = 1;
+    drop(data);
+    drop(shm);
+    check(
+        !std::path::Path::new(&path).exists(),
+        format!("the semaphore {path} outlived the segment's last detach"),
+    )
 }
 
 /// Another user pre-creates the segment (System V: key file plus a 0666 segment at its
