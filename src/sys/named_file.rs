@@ -15,6 +15,10 @@ use crate::os::{self, FileStat};
 /// holder (a create, attach or destroy of the same key) holds it for milliseconds.
 pub(crate) const FILE_LOCK_WAIT: Duration = Duration::from_secs(3);
 
+/// How long [`NamedFile::open_past_probes`] waits for another process's probe (a lease
+/// held for microseconds; a second is ample even on a loaded machine).
+pub(crate) const PROBE_PATIENCE: Duration = Duration::from_secs(1);
+
 /// A regular file opened by name.
 ///
 /// A `flock` taken through it is released explicitly when it drops, not by closing the
@@ -79,6 +83,28 @@ impl NamedFile {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         Ok(NamedFile::from_parts(fd, stat, path.to_owned()))
+    }
+
+    /// [`open`](Self::open), waiting out another process's probe: a write lease (does
+    /// anyone else have the file open?) held for microseconds makes the open `EWOULDBLOCK`,
+    /// so it is tried again, a little later each time, for up to [`PROBE_PATIENCE`]. A
+    /// lease held longer (only the file's owner or root can take one) is `EWOULDBLOCK` then.
+    pub(crate) fn open_past_probes(
+        path: &CStr,
+        flags: libc::c_int,
+        mode: libc::mode_t,
+    ) -> io::Result<NamedFile> {
+        let deadline = Instant::now() + PROBE_PATIENCE;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match NamedFile::open(path, flags, mode) {
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A file opened by other means (an `O_TMPFILE` given its name later).

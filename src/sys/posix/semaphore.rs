@@ -46,7 +46,7 @@ impl CreatedSemaphore {
         let id = self.file.file_id();
         let path = self.file.path().clone();
         drop(self.file);
-        if let Ok(file) = NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+        if let Ok(file) = NamedFile::open_past_probes(&path, libc::O_RDONLY, 0)
             && (file.stat.dev, file.stat.ino) == id
             && !in_use(&file)
         {
@@ -87,8 +87,9 @@ pub(super) fn semaphore_for_create(
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(semaphore_failure(&path, e)),
         }
-        // one exists: whose, and does anyone use it?
-        let existing = match NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+        // one exists: whose, and does anyone use it? (Another process may be asking the
+        // same with a lease for a moment: wait that out.)
+        let existing = match NamedFile::open_past_probes(&path, libc::O_RDONLY, 0) {
             Ok(file) => file,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => {

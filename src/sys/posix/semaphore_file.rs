@@ -153,7 +153,7 @@ impl SemaphoreFile {
         if !supported() {
             return Err(OpenError::Io(unsupported()));
         }
-        let file = match open_nonblocking(path) {
+        let file = match NamedFile::open_past_probes(path, libc::O_RDWR, 0) {
             Ok(file) => file,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(OpenError::Io(e)),
@@ -426,21 +426,6 @@ impl SemaphoreFile {
     pub(crate) fn sleep(&self, timeout: Duration) -> io::Result<()> {
         // SAFETY: the value word lives in our mapping for the call.
         unsafe { os::futex_wait_at(self.value_word(), 0, Some(timeout)) }.map(drop)
-    }
-}
-
-/// Open `path` for reading and writing without ever waiting for a lease (someone probing
-/// whether it is in use holds one for microseconds): `EWOULDBLOCK` is tried again for up
-/// to a second.
-fn open_nonblocking(path: &CString) -> io::Result<NamedFile> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        match NamedFile::open(path, libc::O_RDWR | libc::O_NONBLOCK, 0) {
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            other => return other,
-        }
     }
 }
 
