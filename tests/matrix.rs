@@ -41,7 +41,10 @@
 //!
 //! CI runs a fixed slice ([`SLICE`] orders per key type and lock mode, every n-th of the
 //! enumeration); `QSHM_MATRIX=all` (bench/stress.sh) runs every order and reports counts;
-//! `QSHM_MATRIX_ONLY=TEXT` runs the orders whose printed form contains TEXT.
+//! `QSHM_MATRIX_ONLY=TEXT` runs the orders whose printed form contains TEXT;
+//! `QSHM_MATRIX_SHARD=i/n` runs every n-th of the chosen orders from the i-th, so that
+//! `bench/matrix.sh` runs the whole matrix as n processes at once, each in namespaces of its
+//! own.
 
 mod support;
 
@@ -63,6 +66,8 @@ const BURST: u64 = 300;
 const REPLY: Duration = Duration::from_secs(10);
 /// Orders per key type and lock mode in CI.
 const SLICE: usize = 12;
+/// A long run prints a progress line every this many orders.
+const PROGRESS_EVERY: usize = 250;
 /// A forked child is released by its actor's next command and `exec`s 100 ms later; a last
 /// detach waits only for children forked less than 1 s before (README, "`fork()` without
 /// `exec`"). A release later than this after the fork may leave the segment for the child,
@@ -130,6 +135,10 @@ fn main() {
     trials.push(Trial::test(
         "the_generator_makes_only_valid_orders",
         generator_is_sound,
+    ));
+    trials.push(Trial::test(
+        "shards_run_every_order_exactly_once",
+        shards_run_every_order_exactly_once,
     ));
     // one trial at a time: each ends with a machine-wide rm --stale
     let mut args = Arguments::from_args();
@@ -747,6 +756,62 @@ const ONCE_BROKEN: &[(KeyType, LockMode, &str)] = &[
     ),
 ];
 
+/// `i/n` of `QSHM_MATRIX_SHARD`: shard `i` (from 0) of `n`.
+fn parse_shard(text: &str) -> Result<(usize, usize), Failed> {
+    let parsed = text
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+    match parsed {
+        Some((index, shards)) if index < shards => Ok((index, shards)),
+        _ => Err(format!("QSHM_MATRIX_SHARD={text:?}: expected i/n with 0 <= i < n").into()),
+    }
+}
+
+/// Shard `index` of `shards` of `items`: every `shards`-th from the `index`-th.
+fn in_shard<T>(items: Vec<T>, index: usize, shards: usize) -> Vec<T> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(position, _)| position % shards == index)
+        .map(|(_, item)| item)
+        .collect()
+}
+
+/// The shards of `bench/matrix.sh` run every order exactly once, and a bad
+/// `QSHM_MATRIX_SHARD` is an error, not a silent full run.
+fn shards_run_every_order_exactly_once() -> Result<(), Failed> {
+    let actors = Family::Removal.actors(LockMode::Fast, false);
+    let orders: Vec<String> = Family::Removal
+        .orders(&actors)
+        .iter()
+        .map(|o| format!("{o:?}"))
+        .collect();
+    for shards in 1..=5 {
+        let mut seen: Vec<String> = (0..shards)
+            .flat_map(|index| in_shard(orders.clone(), index, shards))
+            .collect();
+        seen.sort();
+        let mut expected = orders.clone();
+        expected.sort();
+        if seen != expected {
+            return Err(format!("{shards} shards did not run every order exactly once").into());
+        }
+    }
+    for (text, expected) in [
+        ("0/3", Some((0, 3))),
+        ("2/3", Some((2, 3))),
+        ("3/3", None),
+        ("1", None),
+        ("a/b", None),
+        ("0/0", None),
+    ] {
+        if parse_shard(text).ok() != expected {
+            return Err(format!("QSHM_MATRIX_SHARD={text:?} parsed wrongly").into());
+        }
+    }
+    Ok(())
+}
+
 /// Whether a break is what Qt's `create` on an existing POSIX key causes: it unlinks the
 /// key's semaphore and makes a new one, mode 0600, so increments are lost between holders
 /// of the old and the new one, and another user's lock or burst is refused.
@@ -790,6 +855,15 @@ fn run_matrix(
     if let Ok(only) = std::env::var("QSHM_MATRIX_ONLY") {
         picked = all.iter().filter(|o| format!("{o:?}").contains(&only)).collect();
     }
+    // QSHM_MATRIX_SHARD=i/n: of those, every n-th from the i-th (counted from 0), so that n
+    // processes, each in namespaces of its own, share the whole enumeration (bench/matrix.sh)
+    let shard = match std::env::var("QSHM_MATRIX_SHARD") {
+        Ok(text) => Some(parse_shard(&text)?),
+        Err(_) => None,
+    };
+    if let Some((index, shards)) = shard {
+        picked = in_shard(picked, index, shards);
+    }
     if let Some(only) = only {
         picked = all
             .iter()
@@ -810,7 +884,16 @@ fn run_matrix(
     };
     let (mut qshm_broken, mut qt_too) = (Vec::new(), 0);
     let started = Instant::now();
-    for order in &picked {
+    for (done, order) in picked.iter().enumerate() {
+        // a long run (bench/matrix.sh) says where it is, and what it found so far
+        if done > 0 && done % PROGRESS_EVERY == 0 {
+            eprintln!(
+                "  progress ({family:?}, {kind:?}, {mode:?}): {done} of {} orders in {:.0?}, {} broken by qshm so far",
+                picked.len(),
+                started.elapsed(),
+                qshm_broken.len()
+            );
+        }
         let broken = runner.run(order, false)?;
         if broken.is_empty() {
             continue;
@@ -841,11 +924,16 @@ fn run_matrix(
             qt_too += 1;
             eprintln!("  Qt alone breaks it too: {order:?}: {broken:?}");
         } else {
+            eprintln!("  broken by qshm: {order:?}: {ours:?}");
             qshm_broken.push(format!("{order:?}: {ours:?}"));
         }
     }
+    let shard = match shard {
+        Some((index, shards)) => format!(" (shard {index}/{shards})"),
+        None => String::new(),
+    };
     eprintln!(
-        "matrix ({family:?}, {kind:?}, {mode:?}): {} of {} orders run in {:.0?}; {} broken by qshm, {qt_too} broken the same way by Qt alone",
+        "matrix ({family:?}, {kind:?}, {mode:?}): {} of {} orders{shard} run in {:.0?}; {} broken by qshm, {qt_too} broken the same way by Qt alone",
         picked.len(),
         all.len(),
         started.elapsed(),
