@@ -57,6 +57,10 @@ fn main() {
         create_waits_out_a_probe_of_the_old_semaphore,
     ));
     trials.push(Trial::test(
+        "posix::qt::a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users",
+        a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users,
+    ));
+    trials.push(Trial::test(
         "systemv::a_key_file_lock_ends_with_its_operation_while_another_thread_forks",
         key_file_lock_ends_with_operation,
     ));
@@ -264,6 +268,23 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             shm.create(64, AccessMode::ReadWrite).expect("create");
             say("CREATED");
             wait_for_stdin_line();
+            0
+        }
+        "sem-open-until-told" => {
+            // A process that has the key's POSIX semaphore open (as Qt does from its attach
+            // on), until it is told to let go.
+            let name = c(&args[0]);
+            // SAFETY: name is NUL-terminated; mode and value are passed as the C ABI expects.
+            let sem = unsafe { libc::sem_open(name.as_ptr(), libc::O_CREAT, 0o600 as libc::c_uint, 1u32) };
+            if sem == libc::SEM_FAILED {
+                say(format!("FAILED sem_open: {}", std::io::Error::last_os_error()));
+                return 1;
+            }
+            say("OPEN");
+            wait_for_stdin_line();
+            // SAFETY: sem came from sem_open and is not used after.
+            unsafe { libc::sem_close(sem) };
+            say("CLOSED");
             0
         }
         "sem-hold" => {
@@ -753,6 +774,83 @@ fn create_waits_out_a_probe_of_the_old_semaphore() -> Result<(), Failed> {
         !std::path::Path::new(&path).exists(),
         format!("the semaphore {path} outlived the segment's last detach"),
     )
+}
+
+/// A create that shared the key's semaphore (someone had it open) and then lost the
+/// segment to a live one (`AlreadyExists`) leaves the semaphore only to whoever still has
+/// it open: when the one who had it open let go meanwhile, nobody would ever remove it (the
+/// live segment has no semaphore: Fast mode here; in a race, its creator's own was
+/// replaced), and it stayed after every process had gone. Here the sharer's naming of its
+/// segment is held back by strace's fault injection while the other opener lets go.
+fn a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users() -> Result<(), Failed> {
+    if !strace_available("a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users") {
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("sharedlost");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let sem = SystemSemaphore::legacy_native_key(&key, kind);
+    let path = sem_path(&sem);
+    let _sem_file = RemoveFile(path.clone());
+    // the live segment the sharer loses to, and a process with the semaphore open
+    let mut live = handle(&key, kind, LockMode::Fast);
+    live.create(64, AccessMode::ReadWrite)?;
+    let mut opener = Peer::spawn("sem-open-until-told", &[sem.native()]);
+    let line = opener.line(T);
+    check(line == "OPEN", format!("the opener: {line}"))?;
+    // the sharer: every linkat (naming its lock state and its segment) 1.5 s late
+    let exe = std::env::current_exe()?;
+    let mut sharer = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
+            .args(["-e", "inject=linkat:delay_enter=1500000"])
+            .arg(exe)
+            .args([key.as_str(), kind_name(kind)])
+            .env(CHILD_ENV, "create-report"),
+    );
+    // once the sharer has the semaphore open too (two mappers), the opener lets go
+    let deadline = Instant::now() + T;
+    while mappers_of(&path) < 2 {
+        if Instant::now() >= deadline {
+            let said = sharer.try_line(Duration::ZERO);
+            return Err(format!("the sharer never opened the semaphore {path} (it said {said:?})").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    opener.send("close");
+    let closed = opener.line(T);
+    opener.finish();
+    let created = sharer.line(T);
+    sharer.wait(T);
+    check(
+        created == "ERROR AlreadyExists",
+        format!("the sharer: {created} ({closed})"),
+    )?;
+    drop(live);
+    check(
+        !std::path::Path::new(&path).exists(),
+        format!("the semaphore {path} stayed, used by nobody, after its sharer lost"),
+    )
+}
+
+/// How many processes map the file named `path` (in the `/proc/*/maps` this user may
+/// read), by inode: glibc's `sem_open` maps a semaphore it makes under a temporary name.
+fn mappers_of(path: &str) -> usize {
+    let Ok(ino) = std::fs::metadata(path).map(|m| m.ino().to_string()) else {
+        return 0;
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path().join("maps")).is_ok_and(|maps| {
+                maps.lines()
+                    .any(|l| l.split_whitespace().nth(4) == Some(ino.as_str()) && l.contains("/dev/shm/"))
+            })
+        })
+        .count()
 }
 
 /// Another user pre-creates the segment (System V: key file plus a 0666 segment at its
