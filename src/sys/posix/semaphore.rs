@@ -30,19 +30,19 @@ fn semaphore_path(key: &NativeIpcKey) -> Result<CString, Failure> {
     Ok(os::cstring(&semaphore_file(key)?)?)
 }
 
-/// Qt's semaphore of a segment being created, and whether we made it (then the lock
-/// state records it, and the segment's destroyer removes it).
+/// Qt's semaphore of a segment being created, made or shared with a racing creator (the
+/// lock state records it either way, and the segment's destroyer removes it).
 pub(crate) struct CreatedSemaphore {
     pub file: Arc<SemaphoreFile>,
-    pub made: bool,
 }
 
 impl CreatedSemaphore {
-    /// The create failed: remove the semaphore if we made it and nobody else uses it.
+    /// The create failed: remove the semaphore if nobody else has it open, whether we made
+    /// it or shared it. One we shared may have lost its other users since (a racing creator
+    /// that failed too, a process that let go), and a semaphore nobody has open is nobody's
+    /// lock: left, nothing would ever remove it. Whoever uses it keeps it open (qshm and Qt
+    /// map it from attach to detach), and the lease probe sees them.
     pub(crate) fn undo(self) {
-        if !self.made {
-            return;
-        }
         let id = self.file.file_id();
         let path = self.file.path().clone();
         drop(self.file);
@@ -83,7 +83,7 @@ pub(super) fn semaphore_for_create(
     };
     for _ in 0..4 {
         match SemaphoreFile::create(&path, perms, None, 1) {
-            Ok(file) => return Ok(CreatedSemaphore { file, made: true }),
+            Ok(file) => return Ok(CreatedSemaphore { file }),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(semaphore_failure(&path, e)),
         }
@@ -110,7 +110,7 @@ pub(super) fn semaphore_for_create(
         }
         drop(existing);
         match SemaphoreFile::open(&path, trust) {
-            Ok(Some(file)) => return Ok(CreatedSemaphore { file, made: false }),
+            Ok(Some(file)) => return Ok(CreatedSemaphore { file }),
             Ok(None) => {}
             Err(OpenError::Untrusted(why)) => {
                 return Err(untrusted_file(&path.to_string_lossy(), "semaphore", why)
