@@ -8,6 +8,7 @@
 #   sudo bash bench/matrix.sh            # every order, 3 shards
 #   sudo bash bench/matrix.sh 4          # every order, 4 shards
 #   QSHM_MATRIX=300 bash bench/matrix.sh # 300 orders per trial (every n-th), split alike
+#   QSHM_MATRIX_FILTER=forks_and_removals bash bench/matrix.sh   # one family (trial names)
 #
 # Prints each trial's count line per shard, progress lines, and every order qshm broke as it
 # is found; a shard's whole output is kept in target/matrix-shard-N.log. Exit status 0 only
@@ -34,7 +35,7 @@ if [ -n "${QSHM_MATRIX_SHARD_INSIDE:-}" ]; then
     mount -t tmpfs -o size=64m qshm-matrix-tmp "$tmp"
     export TMPDIR="$tmp"
     status=0
-    "$QSHM_MATRIX_BINARY" generated_orders --test-threads 1 || status=$?
+    "$QSHM_MATRIX_BINARY" "${QSHM_MATRIX_FILTER:-generated_orders}" --test-threads 1 || status=$?
     left_shm=$(ipcs -m | grep -c '^0x' || true)
     left_sem=$(ipcs -s | grep -c '^0x' || true)
     left_files=$(find /dev/shm "$tmp" -mindepth 1 | wc -l)

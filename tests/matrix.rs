@@ -26,7 +26,9 @@
 //! semaphore; a killed Qt holder of a POSIX semaphore is never recovered by Qt): an order
 //! that breaks an invariant is run again with Qt processes in place of the qshm actors (B's
 //! in its PID namespace),
-//! and if Qt alone breaks the same invariant, the order is counted as Qt's, not qshm's.
+//! and if Qt alone breaks the same invariant, the order is counted as Qt's, not qshm's; so
+//! is an order whose break happens also with qshm A and B left out (Qt and the other user
+//! alone).
 //!
 //! A second family ([`Family::Removal`]) has qshm A and B and the world: A and B create,
 //! attach, lock, **fork** (a child that keeps what it inherited and `exec`s a moment into
@@ -909,13 +911,32 @@ fn run_matrix(
             eprintln!("  Qt's create remade the key's POSIX semaphore: {order:?}: {broken:?}");
             continue;
         }
-        // Qt's own flaw? The same order with Qt processes for the qshm ones.
+        // Qt's own flaw? The same order with Qt processes for the qshm ones; and what is
+        // still unexplained, with the other actors alone (Qt and the other user, without
+        // qshm's A and B): a break that happens without A and B is not theirs. (A Qt
+        // attach that fails makes the key's file and semaphore set, root's, which refuse
+        // the other user's create; the replay with Qt for A made that Qt process their
+        // creator, whose exit removed them, so only the order without A shows it.)
         let comparable = family == Family::Mixed && mode == LockMode::QtCompatible && python.is_some();
-        let alone = if comparable {
+        let mut alone = if comparable {
             runner.run(order, true)?
         } else {
             Vec::new()
         };
+        let unexplained = |alone: &[(Broken, String)]| -> usize {
+            broken
+                .iter()
+                .filter(|(class, _)| !alone.iter().any(|(c, _)| c == class))
+                .count()
+        };
+        let others: Order = order
+            .iter()
+            .copied()
+            .filter(|(actor, _)| !matches!(actor, Actor::A | Actor::B))
+            .collect();
+        if comparable && unexplained(&alone) > 0 && !others.is_empty() && others.len() < order.len() {
+            alone.extend(runner.run(&others, false)?);
+        }
         let ours: Vec<_> = broken
             .iter()
             .filter(|(class, _)| !alone.iter().any(|(c, _)| c == class))
