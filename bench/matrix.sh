@@ -36,12 +36,8 @@ if [ -n "${QSHM_MATRIX_SHARD_INSIDE:-}" ]; then
     export TMPDIR="$tmp"
     status=0
     "$QSHM_MATRIX_BINARY" "${QSHM_MATRIX_FILTER:-generated_orders}" --test-threads 1 || status=$?
-    left_shm=$(ipcs -m | grep -c '^0x' || true)
-    left_sem=$(ipcs -s | grep -c '^0x' || true)
-    left_files=$(find /dev/shm "$tmp" -mindepth 1 | wc -l)
-    echo "shard $QSHM_MATRIX_SHARD left in its namespace: $left_shm System V segments, $left_sem semaphore sets, $left_files files in /dev/shm and TMPDIR"
-    find /dev/shm "$tmp" -mindepth 1 | head -5
-    [ "$left_shm" = 0 ] && [ "$left_sem" = 0 ] && [ "$left_files" = 0 ] || status=1
+    source bench/left.sh
+    left_in_namespace "shard $QSHM_MATRIX_SHARD left in its namespace" "$tmp" || status=1
     exit $status
 fi
 

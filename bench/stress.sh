@@ -114,11 +114,7 @@ grep -E "^(matrix|  broken by qshm|shard )" "$log" || true
 
 rm -f "$log"
 # nothing of qshm may be left in the private namespace
-left_shm=$(ipcs -m | grep -c '^0x' || true)
-left_sem=$(ipcs -s | grep -c '^0x' || true)
-left_files=$(find /dev/shm "$tmp" -mindepth 1 | wc -l)
-echo "left in the namespace: $left_shm System V segments, $left_sem semaphore sets, $left_files files in /dev/shm and TMPDIR"
-find /dev/shm "$tmp" -mindepth 1 | head -5
-[ "$left_shm" = 0 ] && [ "$left_sem" = 0 ] && [ "$left_files" = 0 ] || status=1
+source bench/left.sh
+left_in_namespace "left in the namespace" "$tmp" || status=1
 echo "stress run: $([ $status = 0 ] && echo passed || echo FAILED) (seed $seed)"
 exit $status

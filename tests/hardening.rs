@@ -273,13 +273,13 @@ fn child_main(role: &str, args: &[String]) -> i32 {
         "sem-open-until-told" => {
             // A process that has the key's POSIX semaphore open (as Qt does from its attach
             // on), until it is told to let go.
-            let name = c(&args[0]);
-            // SAFETY: name is NUL-terminated; mode and value are passed as the C ABI expects.
-            let sem = unsafe { libc::sem_open(name.as_ptr(), libc::O_CREAT, 0o600 as libc::c_uint, 1u32) };
-            if sem == libc::SEM_FAILED {
-                say(format!("FAILED sem_open: {}", std::io::Error::last_os_error()));
-                return 1;
-            }
+            let sem = match sem_open_create(&args[0], false, 0o600) {
+                Ok(sem) => sem,
+                Err(e) => {
+                    say(format!("FAILED sem_open: {e}"));
+                    return 1;
+                }
+            };
             say("OPEN");
             wait_for_stdin_line();
             // SAFETY: sem came from sem_open and is not used after.
@@ -326,22 +326,15 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             // whether anyone does: a write lease on its file, held args[2] ms (qshm's
             // probes hold theirs for microseconds: a last detach's unlink_if_alone, a
             // create's look at an old semaphore, a waiter's look for a dead holder).
-            let name = c(&args[0]);
             let path = c(&args[1]);
             let hold = Duration::from_millis(args[2].parse().unwrap_or(0));
-            // SAFETY: name is NUL-terminated; mode and value are passed as the C ABI expects.
-            let sem = unsafe {
-                libc::sem_open(
-                    name.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL,
-                    0o600 as libc::c_uint,
-                    1u32,
-                )
+            let sem = match sem_open_create(&args[0], true, 0o600) {
+                Ok(sem) => sem,
+                Err(e) => {
+                    say(format!("FAILED sem_open: {e}"));
+                    return 1;
+                }
             };
-            if sem == libc::SEM_FAILED {
-                say(format!("FAILED sem_open: {}", std::io::Error::last_os_error()));
-                return 1;
-            }
             // SAFETY: sem came from sem_open and is not used after.
             unsafe { libc::sem_close(sem) };
             // SAFETY: path is NUL-terminated.
@@ -382,17 +375,10 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             0
         }
         "posix-semaphore" => {
-            let name = c(&args[0]);
-            // SAFETY: name is NUL-terminated; mode and value are passed as the C ABI expects.
-            let sem = unsafe {
-                libc::sem_open(
-                    name.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL,
-                    0o666 as libc::c_uint,
-                    1u32,
-                )
-            };
-            say(if sem == libc::SEM_FAILED { "FAILED" } else { "MADE" });
+            say(match sem_open_create(&args[0], true, 0o666) {
+                Ok(_) => "MADE",
+                Err(_) => "FAILED",
+            });
             0
         }
         "full-posix" => {

@@ -110,14 +110,12 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                 }
             }
             // like a Qt process: Qt keeps its segment's semaphore open while attached
-            if let Some(sem) = args.get(1) {
-                let sem = CString::new(sem.as_str()).unwrap();
-                // SAFETY: a NUL-terminated name; the handle stays open until exit.
-                let handle = unsafe { libc::sem_open(sem.as_ptr(), libc::O_CREAT, 0o600, 1) };
-                if handle == libc::SEM_FAILED {
-                    say("FAILED sem_open");
-                    return 1;
-                }
+            // (the handle stays open until exit)
+            if let Some(sem) = args.get(1)
+                && sem_open_create(sem, false, 0o600).is_err()
+            {
+                say("FAILED sem_open");
+                return 1;
             }
             say("MAPPED");
             wait_for_stdin_line();

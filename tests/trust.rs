@@ -472,20 +472,13 @@ fn planted_semaphore_swapped() -> Result<(), Failed> {
 /// name goes), `value` (print it), anything else ends.
 fn planted_semaphore(key: &str) -> i32 {
     let key: NativeIpcKey = key.parse().unwrap();
-    let name = std::ffi::CString::new(key.native()).unwrap();
-    // SAFETY: name is NUL-terminated; mode and value are passed as the C ABI expects.
-    let sem = unsafe {
-        libc::sem_open(
-            name.as_ptr(),
-            libc::O_CREAT | libc::O_EXCL,
-            0o666 as libc::c_uint,
-            1u32,
-        )
+    let sem = match sem_open_create(key.native(), true, 0o666) {
+        Ok(sem) => sem,
+        Err(e) => {
+            say(format!("NOT PLANTED {e}"));
+            return 0;
+        }
     };
-    if sem == libc::SEM_FAILED {
-        say(format!("NOT PLANTED {}", std::io::Error::last_os_error()));
-        return 0;
-    }
     let file = sem_path(&key);
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     say("PLANTED");

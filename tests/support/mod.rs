@@ -349,6 +349,20 @@ pub(crate) fn wait_for_stdin_line() {
 }
 
 /// Print a protocol line and flush.
+/// A POSIX named semaphore made or opened as glibc's `sem_open` (and so Qt) does it:
+/// `O_CREAT`, with `O_EXCL` if `exclusive`, `mode`, value 1 (`sem_close` it when done).
+pub(crate) fn sem_open_create(name: &str, exclusive: bool, mode: u32) -> std::io::Result<*mut libc::sem_t> {
+    let name = std::ffi::CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = libc::O_CREAT | if exclusive { libc::O_EXCL } else { 0 };
+    // SAFETY: name is NUL-terminated; mode and value are passed as the C ABI expects.
+    let sem = unsafe { libc::sem_open(name.as_ptr(), flags, mode as libc::c_uint, 1u32) };
+    if sem == libc::SEM_FAILED {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(sem)
+    }
+}
+
 pub(crate) fn say(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
