@@ -535,10 +535,14 @@ fn last_message_before_leaving() -> Result<(), Failed> {
     let fx = setup("queuelast", kind, LockMode::Fast, size)?;
     let mut rx = Consumer::new(attached(&fx.key, kind), MAX, CAP)?;
     let key = fx.key.clone();
+    // how many producers have taken the role so far (counted once each has it)
+    let claimed = std::sync::Arc::new(AtomicU64::new(0));
+    let claims = claimed.clone();
     let producer = std::thread::spawn(move || {
         let mut shm = Some(attached(&key, kind));
         for round in 0..ROUNDS {
             let mut tx = Producer::new(shm.take().expect("segment"), MAX, CAP).expect("producer");
+            claims.fetch_add(1, Ordering::SeqCst);
             tx.send(&round.to_le_bytes()).expect("send");
             shm = Some(tx.into_inner()); // leaves right after the message
             std::thread::yield_now();
@@ -546,8 +550,15 @@ fn last_message_before_leaving() -> Result<(), Failed> {
     });
     let mut buf = [0u8; MAX];
     let mut next = 0u64;
+    let (mut departures, mut queued, mut judged) = (0u64, 0u64, 0u64);
     let deadline = Instant::now() + Duration::from_secs(120);
     while next < ROUNDS && Instant::now() < deadline {
+        // Producer `next` (whose message is the next to arrive) had the role before this
+        // receive began: then the departure the receive may report is its own or a later
+        // one, and its message, sent before it left, must have arrived first. Otherwise a
+        // message found queued after `Disconnected` may be a newer producer's, which took
+        // the role after the receive saw the old one gone: nothing to judge.
+        let judgeable = claimed.load(Ordering::SeqCst) > next;
         match rx.recv_timeout(&mut buf, T) {
             Ok(Some(8)) => {
                 let got = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
@@ -555,13 +566,25 @@ fn last_message_before_leaving() -> Result<(), Failed> {
                 next += 1;
             }
             Ok(other) => return Err(format!("a receive gave {other:?}").into()),
-            // the producer left with the queue empty: a new one is coming
             Err(e) if e.kind() == SharedMemoryError::Disconnected => {
-                check(rx.is_empty()?, format!("Disconnected with a message queued: {e}"))?;
+                departures += 1;
+                if !rx.is_empty()? {
+                    queued += 1;
+                }
+                if judgeable {
+                    judged += 1;
+                    check(
+                        rx.is_empty()?,
+                        format!("Disconnected with producer {next}'s message queued: {e}"),
+                    )?;
+                }
             }
             Err(e) => return Err(e.into()),
         }
     }
+    eprintln!(
+        "last messages: {ROUNDS} producers, {departures} departures reported ({queued} with a newer producer's message queued), {judged} judged"
+    );
     producer.join().map_err(|_| "the producer thread panicked")?;
     check(next == ROUNDS, format!("{next} of {ROUNDS} messages arrived"))?;
     drop(rx);
