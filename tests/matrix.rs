@@ -930,10 +930,11 @@ fn run_matrix(
             );
         }
         let broken = runner.run(order, false)?;
-        let refused = runner.refused.borrow().clone();
         if broken.is_empty() {
             continue;
         }
+        // (read before the replays below run other orders)
+        let refused = runner.refused.borrow().clone();
         // Qt's create remade the POSIX semaphore: a lost increment is Qt's doing (README),
         // and so is another user's lock refused: Qt makes the new semaphore 0600, its own
         if runner.qt_remade_semaphore.get()
@@ -957,18 +958,19 @@ fn run_matrix(
         } else {
             Vec::new()
         };
-        let unexplained = |alone: &[(Broken, String)]| -> usize {
+        // the breaks of this order no replay broke the same way
+        let unexplained = |alone: &[(Broken, String)]| -> Vec<&(Broken, String)> {
             broken
                 .iter()
                 .filter(|(class, _)| !alone.iter().any(|(c, _)| c == class))
-                .count()
+                .collect()
         };
         let others: Order = order
             .iter()
             .copied()
             .filter(|(actor, _)| !matches!(actor, Actor::A | Actor::B))
             .collect();
-        if comparable && unexplained(&alone) > 0 && !others.is_empty() && others.len() < order.len() {
+        if comparable && !unexplained(&alone).is_empty() && !others.is_empty() && others.len() < order.len() {
             alone.extend(runner.run(&others, false)?);
         }
         // ... and, still unexplained, with Qt for A and B but without their events that
@@ -982,13 +984,10 @@ fn run_matrix(
             .filter(|(index, _)| !refused.contains(index))
             .map(|(_, event)| *event)
             .collect();
-        if comparable && unexplained(&alone) > 0 && !refused.is_empty() && !effective.is_empty() {
+        if comparable && !unexplained(&alone).is_empty() && !refused.is_empty() && !effective.is_empty() {
             alone.extend(runner.run(&effective, true)?);
         }
-        let ours: Vec<_> = broken
-            .iter()
-            .filter(|(class, _)| !alone.iter().any(|(c, _)| c == class))
-            .collect();
+        let ours = unexplained(&alone);
         if ours.is_empty() {
             qt_too += 1;
             eprintln!("  Qt alone breaks it too: {order:?}: {broken:?}");
