@@ -247,11 +247,11 @@ fn keys(python: &Path, kind: KeyType) -> R {
 
 /// `native_key`: Qt creates under a native key, qshm reads it.
 fn native_key(python: &Path, kind: KeyType) -> R {
-    let name = unique_key("native");
+    // (System V: a key file made now, whose numeric key no other live key shares)
     let native = if kind.is_system_v() {
-        format!("{}/{name}", std::env::temp_dir().display())
+        sysv_key_file("native", kind)
     } else {
-        format!("/{name}")
+        format!("/{}", unique_key("native"))
     };
     let key = NativeIpcKey::new(native.as_str(), kind);
     let mut cleanup = Cleanup::default();
@@ -275,7 +275,7 @@ fn native_key(python: &Path, kind: KeyType) -> R {
     qcompare!(qt.expect("DETACHED", T), "");
     qverify!(qt.finish().success());
     // Qt detached last: qshm's next create and detach of the key leave nothing but the
-    // key file (Qt made it; the test removes it). Before: Qt 5.15 makes no semaphore for a
+    // key file (the test made it and removes it). Before: Qt 5.15 makes no semaphore for a
     // native key; qshm's attach made one, which nothing ever removed.
     let mut again = SharedMemory::with_native_key(key.clone());
     again.create(16, AccessMode::ReadWrite)?;

@@ -149,6 +149,41 @@ pub(crate) fn unique_key(tag: &str) -> String {
     format!("qshm-test-{tag}-{}-{n}-{nanos}", std::process::id())
 }
 
+/// A System V key file of its own, made now in the test's temporary directory, whose numeric
+/// key no other such file of this process holds and no System V segment or semaphore set
+/// has yet. `ftok` keeps only the low 16 bits of the inode, so on a disk filesystem (which
+/// reuses inode numbers) two live key files can share one numeric key, and then their
+/// segments and semaphores are one, in Qt and in qshm alike. CI once met it:
+/// `qt5.15::systemv::native_key` found another test's live semaphore set at its key.
+/// For tests whose key file may exist before the first create (not for tests about who
+/// makes or removes key files).
+pub(crate) fn sysv_key_file(tag: &str, kind: KeyType) -> String {
+    static TAKEN: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+    // Refused files stay until one is found: removed at once, their inode (so their
+    // numeric key) would come straight back.
+    let mut refused = Vec::new();
+    let found = loop {
+        let path = format!("{}/{}", std::env::temp_dir().display(), unique_key(tag));
+        std::fs::write(&path, b"").expect("make the key file");
+        let numeric = SharedMemory::system_v_key(&NativeIpcKey::new(path.as_str(), kind))
+            .expect("the numeric key of a key file that exists");
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        let in_use = ["/proc/sysvipc/shm", "/proc/sysvipc/sem"]
+            .iter()
+            .any(|table| !sysv_ids(table, numeric).is_empty());
+        if !in_use && !taken.contains(&numeric) {
+            taken.push(numeric);
+            break path;
+        }
+        eprintln!("(key file {path}: numeric key {numeric:#x} is taken; another one)");
+        refused.push(path);
+    };
+    for path in refused {
+        let _ = std::fs::remove_file(path);
+    }
+    found
+}
+
 pub(crate) fn kind_name(kind: KeyType) -> &'static str {
     kind.as_str()
 }
