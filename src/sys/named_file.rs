@@ -214,7 +214,7 @@ impl Drop for NamedFile {
 
 /// Whether write leases see read-only openers too (Linux 5.3 and later count them): checked
 /// once per process on a scratch file, so an older kernel falls back to `/proc` scans.
-fn leases_see_readers() -> bool {
+pub(crate) fn leases_see_readers() -> bool {
     static CHECKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CHECKED.get_or_init(|| {
         let Ok(dir) = os::cstring(super::SHM_DIR) else {
