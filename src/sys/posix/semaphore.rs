@@ -42,17 +42,49 @@ impl CreatedSemaphore {
     /// that failed too, a process that let go), and a semaphore nobody has open is nobody's
     /// lock: left, nothing would ever remove it. Whoever uses it keeps it open (qshm and Qt
     /// map it from attach to detach), and the lease probe sees them.
+    ///
+    /// Another opener may be only probing it, as we do: two creates that lose at once each
+    /// see the other's probe, and both left it to nobody. So an undo that sees another
+    /// opener looks again a few times, each after a pause of its own (1 to 3 ms, then
+    /// longer, [`UNDO_LOOKS`] looks, 14 ms at most): a probe passes in microseconds,
+    /// a user keeps it open for as long as it uses it.
     pub(crate) fn undo(self) {
         let id = self.file.file_id();
         let path = self.file.path().clone();
         drop(self.file);
-        if let Ok(file) = NamedFile::open_past_probes(&path, libc::O_RDONLY, 0)
-            && (file.stat.dev, file.stat.ino) == id
-            && !in_use(&file)
-        {
-            let _ = file.unlink_if_still_named();
+        let mut pause = Duration::from_millis(1);
+        for look in 1..=UNDO_LOOKS {
+            let Ok(file) = NamedFile::open_past_probes(&path, libc::O_RDONLY, 0) else {
+                return;
+            };
+            if (file.stat.dev, file.stat.ino) != id || SemaphoreFile::open_here(id) {
+                return; // another semaphore has the name now; or this process uses it
+            }
+            if !in_use(&file) {
+                let _ = file.unlink_if_still_named();
+                return;
+            }
+            drop(file); // not open while we wait: our own look must not stop theirs
+            if look < UNDO_LOOKS {
+                std::thread::sleep(pause + jitter(pause));
+                pause *= 2;
+            }
         }
     }
+}
+
+/// How many times a failed create's undo looks whether anyone else has the semaphore open.
+const UNDO_LOOKS: u32 = 4;
+
+/// Up to `limit` more, different in every process and call: two undos that looked at the
+/// same instant look again apart.
+fn jitter(limit: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 20);
+    let limit_nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % limit_nanos)
 }
 
 /// Whether the semaphore file opened as `file` is in use: this process maps it, or a
