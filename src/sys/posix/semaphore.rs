@@ -60,8 +60,7 @@ impl CreatedSemaphore {
             if (file.stat.dev, file.stat.ino) != id || SemaphoreFile::open_here(id) {
                 return; // another semaphore has the name now; or this process uses it
             }
-            if !in_use(&file) {
-                let _ = file.unlink_if_still_named();
+            if unlink_if_unused(&file) {
                 return;
             }
             drop(file); // not open while we wait: our own look must not stop theirs
@@ -87,15 +86,21 @@ fn jitter(limit: Duration) -> Duration {
     Duration::from_nanos(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % limit_nanos)
 }
 
-/// Whether the semaphore file opened as `file` is in use: this process maps it, or a
-/// lease probe cannot rule out another opener (where the kernel cannot tell, it is).
-fn in_use(file: &NamedFile) -> bool {
-    if SemaphoreFile::open_here((file.stat.dev, file.stat.ino)) {
-        return true;
+/// Unlink the semaphore file opened as `file` if nobody uses it: this process does not
+/// map it, and a write lease shows no other opener (where the kernel cannot tell, it is in
+/// use). The lease is held across the unlink, so that nobody opens it between the look and
+/// the unlink (an `O_NONBLOCK` opener fails with `EWOULDBLOCK` and looks again, `sem_open`
+/// waits): giving it back first let an attacher that already had the segment open the
+/// semaphore in between and keep it, unnamed, while later attachers opened or made
+/// another: two locks (the 4-process loop found it once a failed create's undo took a few
+/// milliseconds longer).
+fn unlink_if_unused(file: &NamedFile) -> bool {
+    if SemaphoreFile::open_here((file.stat.dev, file.stat.ino)) || file.alone() != Some(true) {
+        return false;
     }
-    let alone = file.alone();
+    let unlinked = matches!(file.unlink_if_still_named(), Ok(true));
     file.release();
-    alone != Some(true)
+    unlinked
 }
 
 /// Qt's semaphore for a segment being created with mode `segment_perms`, before the
@@ -135,9 +140,8 @@ pub(super) fn semaphore_for_create(
         if existing.stat.uid != os::euid() {
             return Err(not_ours("the lock's semaphore", existing.stat.uid));
         }
-        if !in_use(&existing) {
-            // stale: its value may be whatever a crash left; make a fresh one
-            let _ = existing.unlink_if_still_named();
+        // stale: its value may be whatever a crash left; make a fresh one
+        if unlink_if_unused(&existing) {
             continue;
         }
         drop(existing);
@@ -223,9 +227,7 @@ pub(crate) fn remove_semaphore_if_unused(key: &NativeIpcKey, made: Option<[u64; 
         Some(record) => record == crate::sys::lock_state::file_words(&st),
         None => st.uid == os::euid() || os::euid() == 0,
     };
-    let removed = ours && !in_use(&file) && matches!(file.unlink_if_still_named(), Ok(true));
-    file.release();
-    removed
+    ours && unlink_if_unused(&file)
 }
 
 /// Whether a process may have Qt's semaphore `key` open: its file exists and a lease
