@@ -103,6 +103,10 @@ fn main() {
         "systemv::a_native_key_segment_removed_behind_qshms_back_leaves_no_semaphore_set",
         removed_behind_back_leaves_no_set,
     ));
+    trials.push(beside_cleanups(
+        "systemv::a_set_an_attach_made_goes_once_another_program_removes_the_segment_and_key_file",
+        set_made_by_attach_goes_with_foreign_segment,
+    ));
     trials.push(Trial::test(
         "posix::roots_rm_stale_removes_another_users_stale_segment",
         root_removes_other_users_stale,
@@ -678,6 +682,65 @@ fn removed_behind_back_leaves_no_set() -> Result<(), Failed> {
         .skip(1)
         .any(|l| l.split_whitespace().nth(1) == Some(&semid.to_string()));
     check(!left, format!("semaphore set {semid} left behind"))
+}
+
+/// Qt 5.15 with a native System V key: it makes the segment and no semaphore; qshm's
+/// attach makes the set (Qt's semaphore key of a native key is the key itself); qshm
+/// detaches first, so it keeps the set for the attached program; that program detaches
+/// last and removes the segment and the key file (as Qt 5.15 does), which leaves the set's
+/// numeric key unreachable by any path. The next qshm create of any key still removes the
+/// set, by the record its lock state keeps. Before: the lock state (made before the set)
+/// recorded none, so the set stayed for good, and a later key file whose inode shared 16
+/// bits with the old one met it (CI red A/8 on 3e4cfea, qt_versions native_key).
+fn set_made_by_attach_goes_with_foreign_segment() -> Result<(), Failed> {
+    // (a key file whose numeric key no other live object has)
+    let path = sysv_key_file("foreign", KeyType::SystemV);
+    let native = NativeIpcKey::new(path.as_str(), KeyType::SystemV);
+    let mut cleanup = Cleanup::default();
+    cleanup.native_key(&native);
+    let numeric = SharedMemory::system_v_key(&native).ok_or("numeric key")?;
+    // the other program: its segment, attached, and no semaphore
+    // SAFETY: shmget takes plain values.
+    let shmid = unsafe { libc::shmget(numeric, 64, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
+    check(
+        shmid >= 0,
+        format!("the other program's segment: {}", std::io::Error::last_os_error()),
+    )?;
+    // SAFETY: attaching a segment we made, anywhere the kernel picks; detached below.
+    let at = unsafe { libc::shmat(shmid, std::ptr::null(), 0) };
+    check(at as isize != -1, "the other program attaches")?;
+    let mut shm = SharedMemory::with_native_key(native.clone());
+    shm.attach(AccessMode::ReadOnly)?;
+    drop(shm.lock_read()?);
+    let semid = *sysv_ids("/proc/sysvipc/sem", numeric)
+        .first()
+        .ok_or("qshm's attach made no semaphore set")?;
+    shm.detach()?;
+    check(
+        sysv_ids("/proc/sysvipc/sem", numeric).contains(&semid),
+        "the set stays while the other program is attached",
+    )?;
+    // the other program detaches last: it removes the segment and the key file
+    // SAFETY: `at` is the attachment made above, not used after; IPC_RMID takes no buffer.
+    unsafe {
+        libc::shmdt(at);
+        libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+    }
+    std::fs::remove_file(&path)?;
+    // the next create of any key
+    let other = unique_key("foreign-next");
+    cleanup.key(&other, KeyType::SystemV);
+    let mut next = SharedMemory::with_key_type(&other, KeyType::SystemV);
+    next.create(16, AccessMode::ReadWrite)?;
+    next.detach()?;
+    let left = std::fs::read_to_string("/proc/sysvipc/sem")?
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(1) == Some(&semid.to_string()));
+    check(
+        !left,
+        format!("semaphore set {semid} (key {numeric:#x}) left behind"),
+    )
 }
 
 /// 5(c): qshm creates, a Qt process attaches, qshm detaches, the Qt process detaches last.
