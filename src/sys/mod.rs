@@ -336,18 +336,28 @@ impl Owner {
     }
 }
 
+/// What [`lock_state_of`] does when the segment has no lock state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IfMissing {
+    /// Leave it missing: the caller makes it later, once it knows what to record.
+    Leave,
+    /// Make one, recording Qt's semaphore this attacher made for the segment, if it made
+    /// one (so that it is removed with the segment even if another program removes that).
+    Make { semaphore: Option<[u64; 3]> },
+}
+
 /// Find the lock state of segment `id` and settle the lock mode, as an attacher does:
 /// the segment's recorded mode is adopted; a conflicting explicit request is an error.
 /// A segment without lock state was made by another program (qshm makes its lock state
-/// before its segment can be found): its lock is Qt's, and with `add`, a lock state is
-/// added if we may (its owner, or root for them), so that qshm's holders are labelled
-/// and change notification works. `None` then: we may not, or there is no room (the
-/// semaphore alone still excludes, as in Qt).
+/// before its segment can be found): its lock is Qt's, and with [`IfMissing::Make`], a
+/// lock state is added if we may (its owner, or root for them), so that qshm's holders
+/// are labelled and change notification works. `None` then: we may not, or there is no
+/// room (the semaphore alone still excludes, as in Qt).
 pub(crate) fn lock_state_of(
     id: SegmentId,
     owner: Owner,
     requested: Option<LockMode>,
-    add: bool,
+    missing: IfMissing,
 ) -> Result<(Option<Arc<LockState>>, LockMode), Failure> {
     for _ in 0..3 {
         match LockState::open(id, owner.trust()) {
@@ -368,7 +378,10 @@ pub(crate) fn lock_state_of(
                     ));
                 }
                 let me = os::euid();
-                if !add || (me != owner.uid && me != 0) {
+                let IfMissing::Make { semaphore } = missing else {
+                    return Ok((None, LockMode::QtCompatible));
+                };
+                if me != owner.uid && me != 0 {
                     return Ok((None, LockMode::QtCompatible));
                 }
                 let new = NewLockState {
@@ -378,7 +391,7 @@ pub(crate) fn lock_state_of(
                     perms: lock_state::lock_permissions(owner.perms),
                     owner: (me != owner.uid).then_some((owner.uid, owner.gid)),
                     key_file: None,
-                    semaphore: None,
+                    semaphore,
                 };
                 match LockState::create(new) {
                     Ok(state) => {

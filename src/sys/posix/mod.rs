@@ -72,8 +72,8 @@ use super::mapping::Mapping;
 use super::named_file::{FILE_LOCK_WAIT, FileLock, NamedFile};
 use super::procfs::Mapped;
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, Removal, SHM_DIR,
-    SegmentBackend, SegmentStat, not_ours, owner_label,
+    AttachRequest, Attached, CreateRequest, Detached, IfMissing, LockMode, LockParts, Opened, Owner, Removal,
+    SHM_DIR, SegmentBackend, SegmentStat, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
@@ -435,7 +435,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         let len = usize::try_from(st.size).map_err(|_| Failure::new(SharedMemoryError::InvalidSize))?;
         let id = id_of(&c_path, &st);
         let owner = owner_of(&st);
-        let (state, mode) = super::lock_state_of(id, owner, req.mode, true)?;
+        let (state, mode) = super::lock_state_of(id, owner, req.mode, IfMissing::Make { semaphore: None })?;
         if mode == LockMode::Fast {
             // Nobody else has the file open at all (the kernel says so cheaply): then
             // nobody else maps it either. Else, if Qt's semaphore of this key is open

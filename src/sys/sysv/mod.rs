@@ -51,7 +51,7 @@ use super::mapping::Mapping;
 use super::named_file::NamedFile;
 use super::procfs::{self, Mapped};
 use super::{
-    AttachRequest, Attached, CreateRequest, Detached, LockMode, LockParts, Opened, Owner, Removal,
+    AttachRequest, Attached, CreateRequest, Detached, IfMissing, LockMode, LockParts, Opened, Owner, Removal,
     SegmentBackend, SegmentStat, SemaphoreMode, fork, not_ours, owner_label,
 };
 use crate::error::{Failure, SharedMemoryError};
@@ -407,7 +407,11 @@ fn attach_locked(
     }
     let segment_id = id_of(id, &ds);
     let owner = owner_of(&ds);
-    let (state, mode) = super::lock_state_of(segment_id, owner, req.mode, true)?;
+    // A missing lock state is made after Qt's semaphore, to record a set this attach
+    // makes: a program that detaches last and removes the segment and its key file (Qt
+    // 5.15, whose native keys have no semaphore) leaves the set's key unreachable by any
+    // path, and only that record lets the next create's sweep remove it.
+    let (state, mode) = super::lock_state_of(segment_id, owner, req.mode, IfMissing::Leave)?;
     // Others attached, and Qt's semaphore of this key exists (a Qt process makes it at
     // its first attach; qshm's Fast mode never does): ask /proc who maps the segment.
     if mode == LockMode::Fast && ds.shm_nattch > 0 && qt_semaphore_exists(&req.semaphore) {
@@ -432,6 +436,22 @@ fn attach_locked(
             Err(f) => return Err(f),
         },
         LockMode::Fast => None,
+    };
+    let state = match state {
+        None if mode == LockMode::QtCompatible => {
+            let made = semaphore
+                .as_ref()
+                .filter(|sem| super::SemaphoreBackend::created(sem.as_ref()))
+                .and_then(|sem| sem.record());
+            let (state, now) =
+                super::lock_state_of(segment_id, owner, req.mode, IfMissing::Make { semaphore: made })?;
+            if now != mode {
+                // attach makes only Qt-compatible lock states, under the key file's lock
+                return Err(super::mode_conflict(mode, now));
+            }
+            state
+        }
+        state => state,
     };
     let key_file = state.as_ref().and_then(|s| s.key_file());
     let lock = match (mode, &semaphore, state.clone()) {
