@@ -67,6 +67,10 @@ const LENGTH: usize = 4;
 const BURST: u64 = 300;
 /// How long a command may take.
 const REPLY: Duration = Duration::from_secs(10);
+/// How long an actor may take to start (it touches no IPC object before its READY): a
+/// Python importing PyQt6 on a loaded machine took over [`REPLY`], and the "did not start"
+/// ended a whole shard of the long matrix (1 400 POSIX orders unrun beside CI builds).
+const START: Duration = Duration::from_secs(60);
 /// Orders per key type and lock mode in CI.
 const SLICE: usize = 12;
 /// A long run prints a progress line every this many orders.
@@ -528,14 +532,14 @@ impl Runner<'_> {
         // the host), where root may make one
         let contained = actor == Actor::B && is_root();
         let peer = match (qt, contained) {
-            (true, false) => actor::qt(self.python.ok_or("no PyQt6")?, key, self.kind, REPLY),
+            (true, false) => actor::qt(self.python.ok_or("no PyQt6")?, key, self.kind, START),
             (true, true) => {
-                actor::qt_in_own_pid_namespace(self.python.ok_or("no PyQt6")?, key, self.kind, REPLY)
+                actor::qt_in_own_pid_namespace(self.python.ok_or("no PyQt6")?, key, self.kind, START)
             }
-            (false, true) => actor::qshm_in_own_pid_namespace(key, self.kind, self.mode, REPLY),
+            (false, true) => actor::qshm_in_own_pid_namespace(key, self.kind, self.mode, START),
             (false, false) => {
                 let user = self.user.filter(|_| actor == Actor::User);
-                actor::qshm(user, key, self.kind, self.mode, REPLY)
+                actor::qshm(user, key, self.kind, self.mode, START)
             }
         };
         peer.ok_or_else(|| format!("{actor:?} did not start").into())
