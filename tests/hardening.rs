@@ -57,6 +57,10 @@ fn main() {
         create_waits_out_a_probe_of_the_old_semaphore,
     ));
     trials.push(Trial::test(
+        "posix::qt::a_stale_semaphore_is_unlinked_under_the_lease_that_judged_it",
+        a_stale_semaphore_is_unlinked_under_the_lease_that_judged_it,
+    ));
+    trials.push(Trial::test(
         "posix::qt::a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users",
         a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users,
     ));
@@ -260,6 +264,17 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                 Ok(()) => say("CREATED"),
                 Err(e) => say(format!("ERROR {:?}", e.kind())),
             }
+            0
+        }
+        "create-hold" => {
+            // creates, and holds the segment (and Qt's semaphore) until told to go
+            let (key, kind) = (&args[0], parse_kind(&args[1]));
+            let mut shm = handle(key, kind, LockMode::QtCompatible);
+            match shm.create(64, AccessMode::ReadWrite) {
+                Ok(()) => say("CREATED"),
+                Err(e) => say(format!("ERROR {:?}", e.kind())),
+            }
+            wait_for_stdin_line();
             0
         }
         "create-native-hold" => {
@@ -817,6 +832,89 @@ fn a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users() -> Resul
     check(
         !std::path::Path::new(&path).exists(),
         format!("the semaphore {path} stayed, used by nobody, after its sharer lost"),
+    )
+}
+
+/// A create finds the key's semaphore stale (nobody has it open, no segment) and removes
+/// it. The write lease that judged it unused must be held across the unlink: given back
+/// first (until 3e4cfea), an attacher opening the semaphore in between kept the old one,
+/// unnamed, while later attachers made another, and two held the lock at once (the
+/// 4-process create-or-attach loop found it). Here strace holds the creator's `unlink`
+/// back 700 ms, and the moment its lease was taken this process opens the semaphore as
+/// qshm's attachers do (`O_NONBLOCK`, again until it gets one): the semaphore it ends up
+/// with must be the one named, never the removed one.
+fn a_stale_semaphore_is_unlinked_under_the_lease_that_judged_it() -> Result<(), Failed> {
+    if !strace_available("a_stale_semaphore_is_unlinked_under_the_lease_that_judged_it") {
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("unlinklease");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let sem = SystemSemaphore::legacy_native_key(&key, kind);
+    let path = sem_path(&sem);
+    let _sem_file = RemoveFile(path.clone());
+    // a stale semaphore: made, then closed by everyone
+    let made = sem_open_create(sem.native(), true, 0o600)?;
+    // SAFETY: made came from sem_open and is not used after.
+    unsafe { libc::sem_close(made) };
+    let log = format!("{}/strace-{key}.log", std::env::temp_dir().display());
+    let _log_file = RemoveFile(log.clone());
+    let exe = std::env::current_exe()?;
+    let mut creator = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", &log, "-P", &path])
+            .args(["-e", "trace=fcntl,unlink,unlinkat"])
+            .args(["-e", "inject=unlink,unlinkat:delay_enter=700000"])
+            .arg(exe)
+            .args([key.as_str(), kind_name(kind)])
+            .env(CHILD_ENV, "create-hold"),
+    );
+    // strace writes each line as the call returns (a delayed one as it starts)
+    let deadline = Instant::now() + T;
+    let leased = |text: String| {
+        text.lines()
+            .any(|l| l.contains("F_SETLEASE, F_WRLCK)") && l.trim_end().ends_with("= 0"))
+    };
+    while !std::fs::read_to_string(&log).is_ok_and(leased) {
+        if Instant::now() >= deadline {
+            let said = creator.try_line(Duration::ZERO);
+            let traced = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!(
+                "the creator never took a lease on {path} (it said {said:?}; strace: {traced})"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c_path = CString::new(path.as_str())?;
+    let fd = loop {
+        // SAFETY: c_path is NUL-terminated; the descriptor is owned below.
+        let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if fd >= 0 {
+            // SAFETY: fd is a descriptor we just opened and own alone.
+            break unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{path} never opened: {}", std::io::Error::last_os_error()).into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let created = creator.line(T);
+    let held = std::fs::File::from(fd).metadata()?;
+    let named = std::fs::metadata(&path).ok().map(|n| (n.dev(), n.ino()));
+    creator.send("go");
+    creator.wait(T);
+    check(created == "CREATED", format!("the creator: {created}"))?;
+    check(
+        held.nlink() > 0 && named == Some((held.dev(), held.ino())),
+        format!(
+            "opened while the creator removed the stale semaphore, this process holds inode {} \
+             ({} links), while {path} is {:?}: two locks",
+            held.ino(),
+            held.nlink(),
+            named.map(|n| n.1)
+        ),
     )
 }
 
