@@ -90,6 +90,11 @@ fn main() {
             ));
         }
     }
+    trials.push(with_qt(
+        "posix::qt::a_qt_attach_before_the_segment_then_its_exit_never_splits_the_lock".into(),
+        qt_attach_before_segment_then_exit,
+        &python,
+    ));
     trials.push(beside_cleanups(
         "posix::a_full_dev_shm_after_create_never_stops_the_lock",
         full_dev_shm_after_create,
@@ -740,6 +745,48 @@ fn set_made_by_attach_goes_with_foreign_segment() -> Result<(), Failed> {
     check(
         !left,
         format!("semaphore set {semid} (key {numeric:#x}) left behind"),
+    )
+}
+
+/// A Qt program polling `attach()` before the segment exists (a consumer started before
+/// its qshm producer): Qt 6's failed attach makes Qt's POSIX semaphore and keeps it, as its
+/// creator; qshm's create finds it in use and shares it; when the Qt process exits it
+/// unlinks the semaphore's name (Qt's creator always does), while the qshm creator keeps
+/// using it. The next qshm attacher must still meet the creator on one lock. Before: it
+/// made a second semaphore under the free name, and both held "the" lock at once (the
+/// POSIX mixed-order matrix: `[(Qt, Attach), (A, Create), (Qt, Exit), (User, Attach)]`,
+/// lost increments when the two bursts overlapped).
+fn qt_attach_before_segment_then_exit(py: &Path) -> Result<(), Failed> {
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("qtfirst");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut qt = actor::qt(py, &key, kind, REPLY).ok_or("Qt actor")?;
+    let said = actor::ask(&mut qt, "attach", REPLY);
+    check(
+        said.as_deref().is_some_and(|s| s.starts_with("ERR")),
+        format!("Qt's attach before the segment: {said:?}"),
+    )?;
+    let mut creator = SharedMemory::with_key_type(&key, kind);
+    creator.create(64, AccessMode::ReadWrite)?;
+    qt.send("exit");
+    qt.wait(T);
+    let mut attacher = actor::qshm(None, &key, kind, LockMode::QtCompatible, REPLY).ok_or("qshm actor")?;
+    let said = actor::ask(&mut attacher, "attach", REPLY);
+    check(said.as_deref() == Some("OK"), format!("the attacher: {said:?}"))?;
+    let held = creator.lock()?;
+    let tried = actor::ask(&mut attacher, "trylock", REPLY);
+    drop(held);
+    let after = actor::ask(&mut attacher, "trylock", REPLY);
+    attacher.send("exit");
+    attacher.wait(T);
+    check(
+        tried.as_deref() == Some("BUSY"),
+        format!("while the creator held the lock, the attacher's try_lock: {tried:?} (two locks)"),
+    )?;
+    check(
+        after.as_deref() == Some("OK"),
+        format!("once the creator let go, the attacher's try_lock: {after:?}"),
     )
 }
 
