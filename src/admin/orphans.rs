@@ -185,7 +185,14 @@ pub(super) fn remove(orphan: &Orphan) -> bool {
                 Some(id) => sysv::lock_state_orphaned(id),
                 None => false,
             };
-            still && name.starts_with(LOCK_STATE_PREFIX) && remove_if_unused(&c_path)
+            let removed = still && name.starts_with(LOCK_STATE_PREFIX) && remove_if_unused(&c_path);
+            // and the second name of its POSIX semaphore (`sys/posix/semaphore_keep.rs`)
+            if let (true, Some(id)) = (removed, SegmentId::from_lock_state_name(name))
+                && let Some(Ok(keep)) = id.semaphore_keep_path().map(|p| os::cstring(&p))
+            {
+                let _ = os::unlink(&keep);
+            }
+            removed
         }
         OrphanKind::UnfinishedSemaphore => remove_glibc_temporary(&c_path),
         OrphanKind::MaybeUnfinishedSemaphore => remove_if_unused(&c_path),

@@ -4,7 +4,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -226,7 +226,8 @@ pub(crate) fn fallocate(fd: &OwnedFd, len: u64) -> io::Result<()> {
 /// `linkat(fd, "", AT_EMPTY_PATH)` names the file directly (root, or since Linux 6.10 the
 /// opener itself); elsewhere it fails with `ENOENT` and the `/proc/self/fd` link is used,
 /// whose procfs walk costs more.
-pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
+pub(crate) fn link_fd(fd: impl AsFd, path: &CStr) -> io::Result<()> {
+    let fd = fd.as_fd();
     static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
     if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
         match link_by_descriptor(fd, path) {
@@ -241,7 +242,7 @@ pub(crate) fn link_fd(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
     link_through_proc(fd, path)
 }
 
-fn link_by_descriptor(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
+fn link_by_descriptor(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
     // SAFETY: both paths are NUL-terminated; AT_EMPTY_PATH makes "" name `fd` itself.
     cvt(unsafe {
         libc::linkat(
@@ -255,7 +256,7 @@ fn link_by_descriptor(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
     .map(drop)
 }
 
-fn link_through_proc(fd: &OwnedFd, path: &CStr) -> io::Result<()> {
+fn link_through_proc(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
     let proc_path = cstring(&format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     // SAFETY: both paths are NUL-terminated; AT_SYMLINK_FOLLOW resolves the magic link.
     cvt(unsafe {
@@ -512,16 +513,16 @@ mod link_tests {
         }
         let _remove = RemoveDir(dir.clone());
         let c_dir = cstring(dir.to_str().unwrap()).unwrap();
-        type Link = fn(&OwnedFd, &CStr) -> io::Result<()>;
+        type Link = fn(BorrowedFd<'_>, &CStr) -> io::Result<()>;
         let ways: [(&str, Link); 3] = [
             ("descriptor", link_by_descriptor),
             ("proc", link_through_proc),
-            ("link_fd", link_fd),
+            ("link_fd", |fd, path| link_fd(fd, path)),
         ];
         for (name, link) in ways {
             let target = cstring(dir.join(name).to_str().unwrap()).unwrap();
             let fd = open(&c_dir, libc::O_TMPFILE | libc::O_RDWR, 0o600).unwrap();
-            match link(&fd, &target) {
+            match link(fd.as_fd(), &target) {
                 Ok(()) => {}
                 // unprivileged on a kernel before 6.10: only the fallback works
                 Err(e) if name == "descriptor" && e.raw_os_error() == Some(libc::ENOENT) => continue,
@@ -529,7 +530,7 @@ mod link_tests {
             }
             assert_eq!(lstat(&target).unwrap().ino, fstat(&fd).unwrap().ino, "{name}");
             let other = open(&c_dir, libc::O_TMPFILE | libc::O_RDWR, 0o600).unwrap();
-            let taken = link(&other, &target).unwrap_err();
+            let taken = link(other.as_fd(), &target).unwrap_err();
             assert_eq!(taken.raw_os_error(), Some(libc::EEXIST), "{name}");
         }
     }

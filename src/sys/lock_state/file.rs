@@ -195,8 +195,15 @@ impl LockState {
         Ok(registry::share(state))
     }
 
-    /// Remove the lock state of segment `id` (the segment is gone or going).
+    /// Remove the lock state of segment `id` (the segment is gone or going), and first the
+    /// second name of its POSIX semaphore, if it has one: killed in between, a lock state
+    /// is left without it, never the other way round.
     pub(crate) fn remove(id: SegmentId) {
+        if let Some(keep) = id.semaphore_keep_path()
+            && let Ok(keep) = os::cstring(&keep)
+        {
+            let _ = os::unlink(&keep);
+        }
         if let Ok(path) = os::cstring(&id.lock_state_path()) {
             let _ = os::unlink(&path);
         }

@@ -360,6 +360,12 @@ mod tests {
             SegmentId::SystemV { key: -5, shmid: 1 },
         ] {
             assert_eq!(SegmentId::from_lock_state_name(&id.lock_state_name()), Some(id));
+            // a POSIX semaphore's second name is never taken for a lock state
+            if let Some(keep) = id.semaphore_keep_path() {
+                let name = keep.rsplit('/').next().unwrap_or_default();
+                assert!(name.starts_with(LOCK_STATE_PREFIX), "{name}");
+                assert_eq!(SegmentId::from_lock_state_name(name), None, "{name}");
+            }
         }
         assert_eq!(SegmentId::from_lock_state_name("qshm-lock.0123abcd"), None);
         assert_eq!(SegmentId::from_lock_state_name("qshm-lock.x.1.2.3"), None);

@@ -49,6 +49,23 @@ impl SegmentId {
         format!("{SHM_DIR}/{}", self.lock_state_name())
     }
 
+    /// The path of the second name qshm gives Qt's POSIX semaphore of a POSIX segment (a
+    /// hard link beside the lock state, kind `k` where the lock state's is `p`), so that
+    /// the semaphore outlives the unlink of its Qt name by a Qt process that made it (see
+    /// `sys/posix/semaphore_keep.rs`). `None` for a System V segment.
+    pub(crate) fn semaphore_keep_path(&self) -> Option<String> {
+        match *self {
+            SegmentId::Posix {
+                name_tag,
+                ino,
+                btime_ns,
+            } => Some(format!(
+                "{SHM_DIR}/{LOCK_STATE_PREFIX}k.{name_tag:016x}.{ino}.{btime_ns}"
+            )),
+            SegmentId::SystemV { .. } => None,
+        }
+    }
+
     /// The segment a lock-state file name belongs to, if it is one.
     pub(crate) fn from_lock_state_name(name: &str) -> Option<SegmentId> {
         let rest = name.strip_prefix(LOCK_STATE_PREFIX)?;

@@ -48,6 +48,7 @@ mod names;
 mod probe;
 mod semaphore;
 mod semaphore_file;
+mod semaphore_keep;
 
 pub(crate) use names::id_of;
 use names::segment_path;
@@ -300,6 +301,8 @@ fn create_once(
     //    kept waiting by the exclusive flock.
     if let Some(sem) = semaphore {
         sem.add_permissions(lock_state::locker_permissions(perms));
+        // and a second name, which a Qt process that made it cannot take away
+        semaphore_keep::keep(sem, id);
     }
     // 6. let attachers in: the creator's attachment is a shared lock like theirs
     os::flock(&fd, libc::LOCK_SH)?;
@@ -454,7 +457,14 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
         let lock = match (mode, state.clone()) {
             (LockMode::Fast, Some(state)) => LockParts::Fast { state },
             (LockMode::Fast, None) => unreachable_fast(),
-            (LockMode::QtCompatible, state) => match semaphore_for_attach(&req.semaphore, owner)? {
+            (LockMode::QtCompatible, state) => match semaphore_for_attach(
+                &req.semaphore,
+                owner,
+                state
+                    .as_ref()
+                    .and_then(|s| s.semaphore())
+                    .map(|recorded| (id, recorded)),
+            )? {
                 Some(semaphore) => LockParts::QtPosix { semaphore, state },
                 None => LockParts::Unlockable {
                     state,

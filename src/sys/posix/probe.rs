@@ -160,8 +160,12 @@ pub(crate) fn sweep_orphaned_lock_states(c_path: &CString) {
         if (file.stat.uid == me || me == 0)
             && file.alone() == Some(true)
             && os::lstat(c_path).map_or(true, |st| id_of(c_path, &st) != id)
+            && matches!(file.unlink_if_still_named(), Ok(true))
         {
-            let _ = file.unlink_if_still_named();
+            // and the second name of its semaphore (`semaphore_keep.rs`), if it has one
+            if let Some(Ok(keep)) = id.semaphore_keep_path().map(|p| os::cstring(&p)) {
+                let _ = os::unlink(&keep);
+            }
         }
         file.release();
     }

@@ -10,7 +10,7 @@ use super::semaphore_file::{OpenError, SEM_VALUE_MAX, SemaphoreFile, SemaphoreTr
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
 use crate::os;
-use crate::sys::lock_state::locker_permissions;
+use crate::sys::lock_state::{SegmentId, locker_permissions};
 use crate::sys::named_file::NamedFile;
 use crate::sys::{Owner, SHM_DIR, SemaphoreBackend, SemaphoreMode, not_ours, untrusted_file};
 
@@ -163,11 +163,15 @@ pub(super) fn semaphore_for_create(
 
 /// Qt's semaphore of an existing segment of `owner`, opened by descriptor and checked
 /// (owned by the segment's owner, this user or root; writable by nobody who may not write
-/// the segment), or made if missing, as Qt's `attach` makes it. `Ok(None)`: this user may
-/// not open it (it may read the segment, not lock it).
+/// the segment), or made if missing, as Qt's `attach` makes it. A missing one that the
+/// segment's lock state records (`recorded`: segment id, record) is first given its name
+/// back from its second name (`semaphore_keep.rs`): the Qt process that made it unlinked
+/// it as it exited, while the segment's users still use it. `Ok(None)`: this user may not
+/// open it (it may read the segment, not lock it).
 pub(super) fn semaphore_for_attach(
     key: &NativeIpcKey,
     owner: Owner,
+    recorded: Option<(SegmentId, [u64; 3])>,
 ) -> Result<Option<Arc<SemaphoreFile>>, Failure> {
     let path = semaphore_path(key)?;
     let trust = SemaphoreTrust::Segment {
@@ -184,7 +188,13 @@ pub(super) fn semaphore_for_attach(
             }
             Err(OpenError::Io(e)) => return Err(semaphore_failure(&path, e)),
         }
-        // missing (a Qt creator removed it when it went away): make it, as Qt's attach does
+        // missing (a Qt creator removed it when it went away): the segment's own, if it
+        // kept it; else make it, as Qt's attach does
+        if let Some((id, record)) = recorded
+            && super::semaphore_keep::restore(&path, id, record)
+        {
+            continue;
+        }
         let me = os::euid();
         let give_to = (me == 0 && owner.uid != 0).then_some((owner.uid, owner.gid));
         match SemaphoreFile::create(&path, locker_permissions(owner.perms), give_to, 1) {

@@ -257,6 +257,11 @@ impl SemaphoreFile {
         self.still_named() && os::unlink(&self.path).is_ok()
     }
 
+    /// Give the file another name (a hard link), `path`.
+    pub(crate) fn link_to(&self, path: &std::ffi::CStr) -> io::Result<()> {
+        os::link_fd(self.fd.as_fd(), path)
+    }
+
     /// Whether its name still means this file.
     pub(crate) fn still_named(&self) -> bool {
         matches!(os::lstat(&self.path), Ok(now) if now.same_file(&self.file))
