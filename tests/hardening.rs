@@ -226,7 +226,11 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                         // nobody else may hold it meanwhile: mark it, check the mark
                         let me = std::process::id().to_ne_bytes();
                         if data[8..12] != [0; 4] {
-                            say("ERROR wrong count: another holder's mark was there");
+                            let other = u32::from_ne_bytes(data[8..12].try_into().unwrap());
+                            say(format!(
+                                "ERROR wrong count: another holder's mark was there (pid {other}); {}",
+                                shm_files_mapped_by(&[std::process::id(), other])
+                            ));
                             return 1;
                         }
                         data[8..12].copy_from_slice(&me);
@@ -234,7 +238,11 @@ fn child_main(role: &str, args: &[String]) -> i32 {
                         std::thread::yield_now();
                         data[..8].copy_from_slice(&(n + 1).to_ne_bytes());
                         if data[8..12] != me {
-                            say("ERROR wrong count: two holders at once");
+                            let other = u32::from_ne_bytes(data[8..12].try_into().unwrap());
+                            say(format!(
+                                "ERROR wrong count: two holders at once (pid {other}); {}",
+                                shm_files_mapped_by(&[std::process::id(), other])
+                            ));
                             return 1;
                         }
                         data[8..12].fill(0);
@@ -916,6 +924,24 @@ fn a_stale_semaphore_is_unlinked_under_the_lease_that_judged_it() -> Result<(), 
             named.map(|n| n.1)
         ),
     )
+}
+
+/// What each of `pids` maps in `/dev/shm` (segment, lock state, semaphore: inode and
+/// name), for the report of a broken exclusion: which objects the two holders shared.
+fn shm_files_mapped_by(pids: &[u32]) -> String {
+    let mut report = Vec::new();
+    for pid in pids {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let mut files: Vec<String> = maps
+            .lines()
+            .filter(|l| l.contains("/dev/shm/"))
+            .map(|l| l.split_whitespace().skip(4).collect::<Vec<_>>().join(" "))
+            .collect();
+        files.sort();
+        files.dedup();
+        report.push(format!("pid {pid} maps {files:?}"));
+    }
+    report.join("; ")
 }
 
 /// How many processes map the file named `path` (in the `/proc/*/maps` this user may
