@@ -61,6 +61,10 @@ fn main() {
         a_stale_semaphore_is_unlinked_under_the_lease_that_judged_it,
     ));
     trials.push(Trial::test(
+        "posix::qt::a_destroyer_holding_a_semaphore_a_new_segment_shares_is_never_taken_over",
+        destroyer_holding_a_shared_semaphore_is_never_taken_over,
+    ));
+    trials.push(Trial::test(
         "posix::qt::a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users",
         a_create_that_shared_the_semaphore_and_lost_leaves_it_to_its_users,
     ));
@@ -923,6 +927,113 @@ fn a_stale_semaphore_is_unlinked_under_the_lease_that_judged_it() -> Result<(), 
             held.nlink(),
             named.map(|n| n.1)
         ),
+    )
+}
+
+/// A live segment's semaphore is replaced by a racing create while the segment's only user
+/// is between its `flock` and its open of the semaphore; that user then uses the new one,
+/// which the segment's lock state does not record. Its last detach therefore leaves that
+/// semaphore named (only a recorded one is unlinked first) while it holds it, labelled
+/// from the old lock state, and a new segment of the key shares it: the new segment's
+/// waiter read the label against its own lock state, found its slot unclaimed, and took
+/// the unit from the living destroyer; the destroyer's give-back then freed a second unit
+/// (two holders). strace orders it: the attacher's opens of the lock state and of the
+/// semaphore, and its unlink of the lock state, each 1.5 s late; the racing create's
+/// every `linkat` 1.5 s late.
+fn destroyer_holding_a_shared_semaphore_is_never_taken_over() -> Result<(), Failed> {
+    if !strace_available("a_destroyer_holding_a_semaphore_a_new_segment_shares_is_never_taken_over") {
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("takeover");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = SharedMemory::legacy_native_key(&key, kind);
+    let sem = SystemSemaphore::legacy_native_key(&key, kind);
+    let sem_file = sem_path(&sem);
+    let _sem_file = RemoveFile(sem_file.clone());
+    // the segment, by this process
+    let mut first = handle(&key, kind, LockMode::QtCompatible);
+    first.create(64, AccessMode::ReadWrite)?;
+    let states = shm_dir_names_starting(&posix_lock_state_prefix(&native));
+    check(states.len() == 1, format!("one lock state: {states:?}"))?;
+    let state_file = format!("/dev/shm/{}", states[0]);
+    // the attacher, held back at its opens (lock state, semaphore) and its lock state's unlink
+    let log = format!("{}/strace-{key}.log", std::env::temp_dir().display());
+    let _log_file = RemoveFile(log.clone());
+    let exe = std::env::current_exe()?;
+    let mut attacher = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", &log, "-P", &sem_file, "-P", &state_file])
+            .args(["-e", "trace=openat,unlink"])
+            // (its first two opens of either: the lock state's, then the semaphore's)
+            .args(["-e", "inject=openat:delay_enter=1500000:when=1..2"])
+            .args(["-e", "inject=unlink:delay_enter=1500000"])
+            .arg(&exe)
+            .args([key.as_str(), kind_name(kind), mode_name(LockMode::QtCompatible)])
+            .env(CHILD_ENV, "actor"),
+    );
+    let ready = attacher.line(T);
+    check(ready == "READY", format!("the attacher: {ready}"))?;
+    attacher.send("attach");
+    let started = |call: &str| {
+        let deadline = Instant::now() + T;
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().any(|l| l.contains(call) && l.contains(&states[0])) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    };
+    check(started("openat("), "the attacher never opened the lock state")?;
+    // the creator leaves; the attacher's flock keeps the segment
+    first.detach()?;
+    // a racing create: finds the semaphore unused, and loses to the live segment
+    let mut racer = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
+            .args(["-e", "inject=linkat:delay_enter=1500000"])
+            .arg(&exe)
+            .args([key.as_str(), kind_name(kind)])
+            .env(CHILD_ENV, "create-report"),
+    );
+    let raced = racer.line(T);
+    racer.wait(T);
+    let attached = attacher.line(T);
+    check(
+        attached == "OK",
+        format!("the attacher: {attached} (the racer: {raced})"),
+    )?;
+    // the attacher detaches last; while its lock state's unlink waits, a new segment
+    attacher.send("detach");
+    check(started("unlink("), "the attacher never removed the lock state")?;
+    let mut next = handle(&key, kind, LockMode::QtCompatible);
+    next.create(64, AccessMode::ReadWrite)?;
+    let guard = next.lock_timeout(T)?.ok_or("the new segment's lock: timed out")?;
+    let died = guard.previous_owner_died();
+    let detached = attacher.line(T);
+    // with the new segment's lock held, another process's try
+    let mut other = actor::qshm(None, &key, kind, LockMode::QtCompatible, T).ok_or("actor")?;
+    let other_attached = actor::ask(&mut other, "attach", T);
+    let tried = actor::ask(&mut other, "trylock", T);
+    drop(guard);
+    other.send("exit");
+    other.wait(T);
+    attacher.send("exit");
+    attacher.wait(T);
+    check(
+        detached == "OK" && other_attached.as_deref() == Some("OK"),
+        format!("the attacher's detach: {detached}; the other's attach: {other_attached:?}"),
+    )?;
+    check(
+        !died,
+        format!("the new segment's lock was taken from the living destroyer (racer: {raced})"),
+    )?;
+    check(
+        tried.as_deref() == Some("BUSY"),
+        format!("another process's try_lock while the new segment's lock was held: {tried:?} (two holders)"),
     )
 }
 
