@@ -202,7 +202,7 @@ enum Made {
 fn create_round(c_path: &std::ffi::CString, req: &CreateRequest) -> Result<Made, Failure> {
     // 1. Qt's semaphore, before the segment can be found
     let semaphore = match req.mode {
-        LockMode::QtCompatible => Some(semaphore_for_create(&req.semaphore, req.perms & 0o777)?),
+        LockMode::QtCompatible => Some(semaphore_for_create(&req.semaphore, req.perms & 0o777, c_path)?),
         LockMode::Fast => None,
     };
     let made = create_once(c_path, req, semaphore.as_ref().map(|s| &s.file));

@@ -108,9 +108,19 @@ fn unlink_if_unused(file: &NamedFile) -> bool {
 /// one, as Qt's `QSystemSemaphore::Create` replaces it; one in use is shared (a racing
 /// creator, or a Qt process between its `attach` and its `create`); another user's is
 /// refused (they could set it to 0, a hang, or to 5, no exclusion).
+///
+/// Never replaced while a segment has the key's name (`segment`, the segment file's
+/// path): then it is that segment's, whose only users may all be between their `flock`
+/// and their open of it (nobody has it open for a moment). Replaced, they went on with
+/// the new one, which the lock state does not record; the last of them left it named
+/// as it destroyed the segment, holding it under a label of the old lock state, and a
+/// new segment's waiter read that label against its own lock state and took the unit
+/// from the living destroyer (two holders: the 4-process loop, CI red A/4 on 9cceab3).
+/// This create fails or reclaims that segment, and starts again.
 pub(super) fn semaphore_for_create(
     key: &NativeIpcKey,
     segment_perms: u32,
+    segment: &CString,
 ) -> Result<CreatedSemaphore, Failure> {
     let path = semaphore_path(key)?;
     let perms = locker_permissions(segment_perms);
@@ -140,8 +150,10 @@ pub(super) fn semaphore_for_create(
         if existing.stat.uid != os::euid() {
             return Err(not_ours("the lock's semaphore", existing.stat.uid));
         }
-        // stale: its value may be whatever a crash left; make a fresh one
-        if unlink_if_unused(&existing) {
+        // stale: its value may be whatever a crash left; make a fresh one (never the
+        // semaphore of a segment that has the name: see above)
+        let no_segment = matches!(os::lstat(segment), Err(e) if e.raw_os_error() == Some(libc::ENOENT));
+        if no_segment && unlink_if_unused(&existing) {
             continue;
         }
         drop(existing);
