@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::semaphore_file::{OpenError, SEM_VALUE_MAX, SemaphoreFile, SemaphoreTrust, Take};
+use super::{Probe, Reclaim};
 use crate::error::{Failure, SharedMemoryError};
 use crate::key::NativeIpcKey;
 use crate::os;
@@ -116,7 +117,8 @@ fn unlink_if_unused(file: &NamedFile) -> bool {
 /// as it destroyed the segment, holding it under a label of the old lock state, and a
 /// new segment's waiter read that label against its own lock state and took the unit
 /// from the living destroyer (two holders: the 4-process loop, CI red A/4 on 9cceab3).
-/// This create fails or reclaims that segment, and starts again.
+/// That segment is looked at first: a stale one (a crash) is reclaimed, and its
+/// semaphore then replaced as above; beside a live one this create shares it, and fails.
 pub(super) fn semaphore_for_create(
     key: &NativeIpcKey,
     segment_perms: u32,
@@ -153,7 +155,13 @@ pub(super) fn semaphore_for_create(
         // stale: its value may be whatever a crash left; make a fresh one (never the
         // semaphore of a segment that has the name: see above)
         let no_segment = matches!(os::lstat(segment), Err(e) if e.raw_os_error() == Some(libc::ENOENT));
-        if no_segment && unlink_if_unused(&existing) {
+        if no_segment {
+            if unlink_if_unused(&existing) {
+                continue;
+            }
+        } else if matches!(super::probe_existing(segment, Reclaim::Ours)?, Probe::Gone) {
+            // the segment that has the name was stale (a crash) and is reclaimed now: its
+            // semaphore is looked at again, and replaced if nobody uses it
             continue;
         }
         drop(existing);
