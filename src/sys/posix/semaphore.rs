@@ -154,14 +154,11 @@ pub(super) fn semaphore_for_create(
         }
         // stale: its value may be whatever a crash left; make a fresh one (never the
         // semaphore of a segment that has the name: see above)
-        let no_segment = matches!(os::lstat(segment), Err(e) if e.raw_os_error() == Some(libc::ENOENT));
-        if no_segment {
-            if unlink_if_unused(&existing) {
-                continue;
-            }
-        } else if matches!(super::probe_existing(segment, Reclaim::Ours)?, Probe::Gone) {
-            // the segment that has the name was stale (a crash) and is reclaimed now: its
-            // semaphore is looked at again, and replaced if nobody uses it
+        // (a segment that has the name and was stale, a crash, is reclaimed first; one that
+        // went meanwhile is gone as well: either way its semaphore may be judged now)
+        let no_segment = matches!(os::lstat(segment), Err(e) if e.raw_os_error() == Some(libc::ENOENT))
+            || matches!(super::probe_existing(segment, Reclaim::Ours)?, Probe::Gone);
+        if no_segment && unlink_if_unused(&existing) {
             continue;
         }
         drop(existing);
