@@ -230,3 +230,59 @@ fn a_key_file_whose_numeric_key_another_file_shares_is_kept_and_is_no_leak() {
     );
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `ftok` keeps only 16 bits of a key file's inode, so a fresh key file can get the numeric
+/// key of another key file's live segment. The create then fails (as Qt's does), and its
+/// error says why: the segment was made for another key file.
+#[test]
+fn a_create_whose_numeric_key_a_live_segment_of_another_key_file_holds_says_so() {
+    // Both key files in a directory of their own on /dev/shm: tmpfs gives every new file
+    // the next inode number, so at most 65 536 new files reach any low 16 bits (a disk
+    // filesystem hands freed inodes out again, and makes files far more slowly).
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let scratch = Scratch(std::path::PathBuf::from(format!(
+        "/dev/shm/{}",
+        unique_key("ftok")
+    )));
+    std::fs::create_dir(&scratch.0).unwrap();
+    let make = |name: &str| {
+        let path = scratch.0.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
+        (path.to_str().unwrap().to_owned(), inode)
+    };
+    // the first key file is made by qshm's create, which records it in the lock state
+    let first_path = scratch.0.join("first");
+    let first = NativeIpcKey::new(first_path.to_str().unwrap(), KeyType::SystemV);
+    let mut live = SharedMemory::with_native_key(first.clone());
+    live.create(64, AccessMode::ReadWrite).unwrap();
+    let first_inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&first_path).unwrap());
+    let twin = (0..200_000)
+        .map(|n| make(&n.to_string()))
+        .find(|&(_, inode)| inode & 0xffff == first_inode & 0xffff)
+        .map(|(path, _)| path)
+        .expect("tmpfs numbers new files in turn");
+    let second = NativeIpcKey::new(twin.as_str(), KeyType::SystemV);
+    assert_eq!(
+        SharedMemory::system_v_key(&second).unwrap(),
+        SharedMemory::system_v_key(&first).unwrap(),
+        "same device and low inode bits: one numeric key"
+    );
+    let err = SharedMemory::with_native_key(second)
+        .create(64, AccessMode::ReadWrite)
+        .expect_err("a live segment holds the numeric key");
+    assert_eq!(err.kind(), qshm::SharedMemoryError::AlreadyExists);
+    let text = err.to_string();
+    assert!(
+        text.contains("made for another key file") && text.contains("ftok"),
+        "{text}"
+    );
+    // the first key's segment is untouched
+    live.lock().unwrap()[0] = 7;
+    assert_eq!(live.lock().unwrap()[0], 7);
+}

@@ -80,11 +80,12 @@ pub(super) enum Stale {
     Live(Failure),
 }
 
-/// A segment exists at `shm_key`: remove it if it is ours and nobody is attached (every
-/// user died), else report it. Runs under the key file's lock.
+/// A segment exists at `shm_key`, the numeric key of `key_file` (its device, inode and birth
+/// time): remove it if it is ours and nobody is attached (every user died), else report it.
+/// Runs under the key file's lock.
 /// A removed one's record of the key file qshm made for it is returned: the new segment
 /// inherits it (else a key file qshm made would be left when the reclaimer is last).
-pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Stale, Failure> {
+pub(super) fn reclaim_if_stale(shm_key: libc::key_t, key_file: [u64; 3]) -> Result<Stale, Failure> {
     let not_ours_at_key = || {
         Stale::Live(not_ours(
             "a segment of this key",
@@ -105,11 +106,11 @@ pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Stale, Failure> {
     if ds.shm_perm.uid != os::euid() {
         return Ok(Stale::Live(not_ours("a segment of this key", ds.shm_perm.uid)));
     }
-    if ds.shm_nattch > 0 {
-        return Ok(Stale::Live(Failure::new(SharedMemoryError::AlreadyExists)));
-    }
     let old_id = id_of(old, &ds);
     let record = LockState::recorded(old_id).and_then(|r| r.key_file);
+    if ds.shm_nattch > 0 {
+        return Ok(Stale::Live(in_use(shm_key, &ds, record, key_file)));
+    }
     // the segment, then its lock state (see the last detach)
     match os::shm_remove(old) {
         Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Err(e.into()),
@@ -117,6 +118,31 @@ pub(super) fn reclaim_if_stale(shm_key: libc::key_t) -> Result<Stale, Failure> {
             LockState::remove(old_id);
             Ok(Stale::Removed(record))
         }
+    }
+}
+
+/// The failure of a create that finds a live segment of ours at its numeric key. When the
+/// segment's lock state records a key file that is not this one, the two files share the
+/// numeric key only because `ftok` keeps 16 bits of the inode: say so, since the key's
+/// name alone cannot explain it (Qt's create fails the same way there, without a word).
+fn in_use(
+    shm_key: libc::key_t,
+    ds: &libc::shmid_ds,
+    made_for: Option<[u64; 3]>,
+    key_file: [u64; 3],
+) -> Failure {
+    let failure = Failure::new(SharedMemoryError::AlreadyExists);
+    match made_for {
+        Some(other) if other != key_file => failure.with_detail(format!(
+            "System V key {shm_key:#010x} is held by a live segment made for another key file \
+             (inode {}; this one is inode {}): ftok keeps only 16 bits of the inode, so two key \
+             files can share a numeric key; use another key",
+            other[1], key_file[1]
+        )),
+        _ => failure.with_detail(format!(
+            "a live segment ({} attached) has System V key {shm_key:#010x}",
+            ds.shm_nattch
+        )),
     }
 }
 

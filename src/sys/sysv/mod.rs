@@ -208,6 +208,7 @@ fn create_locked(
 ) -> Result<Made, Failure> {
     let path = &key_file.path;
     let shm_key = ftok_key(path, project_id).map_err(|e| key_file_failure(path, e))?;
+    let this_file = lock_state::file_words(&key_file.stat);
     let perms = req.perms & 0o777;
     let lock_perms = lock_state::lock_permissions(perms);
     let mut inherited = None;
@@ -219,7 +220,7 @@ fn create_locked(
         ) {
             Ok(id) => id,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                match reclaim_if_stale(shm_key)? {
+                match reclaim_if_stale(shm_key, this_file)? {
                     Stale::Removed(record) => inherited = inherited.or(record),
                     Stale::Live(failure) => return Ok(Made::Taken(failure)),
                 }
@@ -243,7 +244,6 @@ fn create_locked(
             }
         };
         let segment_id = id_of(id, &ds);
-        let this_file = lock_state::file_words(&key_file.stat);
         let recorded_key_file = (created || inherited == Some(this_file)).then_some(this_file);
         let semaphore = match req.mode {
             LockMode::QtCompatible => {
