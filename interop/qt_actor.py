@@ -11,12 +11,14 @@ It reads one command per line on stdin and answers each with one line on stdout:
   burst N         N times: lock(), add 1, unlock()        -> OK died=0 | ERR <...>
   read            lock(), read the u64 at offset 0, unlock() -> VALUE <n> | ERR <...>
   hold            lock() and keep it                      -> HELD | ERR <...>
+  semaphores      the inodes of the semaphore files this process maps -> SEMS [<inode> ...]
   detach          detach()                                -> OK | ERR <...>
   exit            ends the process (the QSharedMemory is destroyed: Qt detaches)
 
 Qt never reports a dead previous holder, so `died` is always 0.
 """
 import argparse
+import os
 import struct
 import sys
 
@@ -46,6 +48,26 @@ def read_value(shm):
     ptr = shm.constData()
     ptr.setsize(8)
     return struct.unpack_from("<Q", memoryview(ptr), 0)[0]
+
+
+def mapped_semaphores():
+    """The inodes of the POSIX semaphore files this process maps, sorted: one-page shared
+    mappings of files in /dev/shm that are not the segment (qipc_sharedmemory_*) or a qshm
+    lock state (glibc maps a new semaphore under a temporary name, so not by name)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    inodes = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) < 6:
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            path = fields[5]
+            if (end - start == page and path.startswith("/dev/shm/")
+                    and not path.startswith("/dev/shm/qipc_sharedmemory_")
+                    and not path.startswith("/dev/shm/qshm-lock.")):
+                inodes.add(fields[4])
+    return sorted(inodes)
 
 
 def main():
@@ -85,6 +107,8 @@ def main():
                 say(err(shm))
         elif cmd == "hold":
             say("HELD" if shm.lock() else err(shm))
+        elif cmd == "semaphores":
+            say("SEMS" + "".join(f" {i}" for i in mapped_semaphores()))
         elif cmd == "detach":
             say("OK" if shm.detach() else err(shm))
         elif cmd == "exit":

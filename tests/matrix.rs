@@ -14,7 +14,9 @@
 //! qshm user creates and detaches. Invariants:
 //!
 //! * **one lock**: the burst adds exactly `BURST` per actor (nobody locks another
-//!   semaphore or lock word);
+//!   semaphore or lock word), and with a Qt-compatible POSIX key every actor maps one
+//!   common semaphore file (by inode, asked after the burst: two semaphores show every
+//!   time, not only when two bursts overlap);
 //! * **no refusal**: an attach fails only with `NotFound` when no segment exists, and a
 //!   create only with `AlreadyExists` when one does;
 //! * **bounded waits**: every command answers within [`REPLY`];
@@ -365,7 +367,7 @@ fn generator_is_sound() -> Result<(), Failed> {
 /// What broke.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Broken {
-    /// The burst did not add up: two locks.
+    /// The burst did not add up, or the actors map no common semaphore: two locks.
     Counter,
     /// A segment a Qt process would attach was refused, or a create failed wrongly.
     Refused,
@@ -803,6 +805,48 @@ impl Runner<'_> {
                 ),
             )),
             Err(why) => broken.push((Broken::Hung, format!("read after the burst: {why}"))),
+        }
+        if self.kind == KeyType::PosixRealtime && self.mode == LockMode::QtCompatible {
+            self.one_semaphore(actors, attached, broken);
+        }
+    }
+
+    /// After a burst every actor has opened the lock's POSIX semaphore: they must map one
+    /// common semaphore file. Two semaphores lose increments only when two bursts overlap,
+    /// which the counter shows by chance; the inodes show it every time. (An actor that
+    /// maps none gives no evidence either way and is left out.)
+    fn one_semaphore(
+        &self,
+        actors: &mut [(Actor, Running)],
+        attached: &[usize],
+        broken: &mut Vec<(Broken, String)>,
+    ) {
+        let mut mapped: Vec<(Actor, Vec<String>)> = Vec::new();
+        for &i in attached {
+            let Some(reply) = self.ask(&mut actors[i].1, "semaphores") else {
+                broken.push((Broken::Hung, format!("{:?} semaphores", actors[i].0)));
+                return;
+            };
+            match reply.strip_prefix("SEMS") {
+                Some(inodes) if !inodes.trim().is_empty() => mapped.push((
+                    actors[i].0,
+                    inodes.split_whitespace().map(str::to_owned).collect(),
+                )),
+                Some(_) => {}
+                None => broken.push((Broken::Refused, format!("{:?} semaphores: {reply}", actors[i].0))),
+            }
+        }
+        let Some(((_, first), rest)) = mapped.split_first() else {
+            return;
+        };
+        let common = first
+            .iter()
+            .any(|inode| rest.iter().all(|(_, other)| other.contains(inode)));
+        if !common {
+            broken.push((
+                Broken::Counter,
+                format!("no semaphore file common to every attached actor (by inode): {mapped:?}"),
+            ));
         }
     }
 }

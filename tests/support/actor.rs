@@ -175,6 +175,7 @@ pub(crate) fn qshm_actor(args: &[String]) -> i32 {
                 Ok(None) => "ERR Timeout".to_owned(),
                 Err(e) => format!("ERR {:?}", e.kind()),
             },
+            Some("semaphores") => format!("SEMS{}", mapped_semaphores()),
             Some("detach") => match shm.detach() {
                 Ok(()) => "OK".to_owned(),
                 Err(e) => format!("ERR {:?}", e.kind()),
@@ -187,6 +188,35 @@ pub(crate) fn qshm_actor(args: &[String]) -> i32 {
     drop(shm);
     ForkedChild::reap_all();
     0
+}
+
+/// The inodes of the POSIX semaphore files this process maps, each after a space:
+/// processes that share a lock map one common inode, and the matrix compares the lists.
+/// A semaphore is told by its mapping, not its name: a one-page shared mapping of a file
+/// in `/dev/shm` that is not a Qt segment (`qipc_sharedmemory_*`, the matrix's are one
+/// page too) or a qshm lock state. Its name may be `sem.*`, glibc's temporary name for a
+/// new one, or `#N` (a file qshm made unnamed and then linked).
+pub(crate) fn mapped_semaphores() -> String {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut inodes: Vec<&str> = maps
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (range, inode, path) = (fields.first()?, fields.get(4)?, fields.get(5)?);
+            let (start, end) = range.split_once('-')?;
+            let length = u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
+            let semaphore = length == page
+                && path.starts_with("/dev/shm/")
+                && !path.starts_with("/dev/shm/qipc_sharedmemory_")
+                && !path.starts_with("/dev/shm/qshm-lock.");
+            semaphore.then_some(*inode)
+        })
+        .collect();
+    inodes.sort_unstable();
+    inodes.dedup();
+    inodes.iter().map(|i| format!(" {i}")).collect()
 }
 
 /// A child `fork`ed by an actor (another thread of a program forking to run a tool): it
