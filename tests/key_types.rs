@@ -279,7 +279,9 @@ fn a_create_whose_numeric_key_a_live_segment_of_another_key_file_holds_says_so()
     assert_eq!(err.kind(), qshm::SharedMemoryError::AlreadyExists);
     let text = err.to_string();
     assert!(
-        text.contains("made for another key file") && text.contains("ftok"),
+        text.contains("already exists")
+            && text.contains("made for another key file")
+            && text.contains("ftok"),
         "{text}"
     );
     // the first key's segment is untouched

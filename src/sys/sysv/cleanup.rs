@@ -134,13 +134,13 @@ fn in_use(
     let failure = Failure::new(SharedMemoryError::AlreadyExists);
     match made_for {
         Some(other) if other != key_file => failure.with_detail(format!(
-            "System V key {shm_key:#010x} is held by a live segment made for another key file \
-             (inode {}; this one is inode {}): ftok keeps only 16 bits of the inode, so two key \
-             files can share a numeric key; use another key",
+            "a segment already exists at System V key {shm_key:#010x}, made for another key \
+             file (inode {}; this one is inode {}): ftok keeps only 16 bits of the inode, so two \
+             key files can share a numeric key; use another key",
             other[1], key_file[1]
         )),
         _ => failure.with_detail(format!(
-            "a live segment ({} attached) has System V key {shm_key:#010x}",
+            "a segment already exists at System V key {shm_key:#010x} ({} attached)",
             ds.shm_nattch
         )),
     }
