@@ -152,12 +152,10 @@ pub(super) fn semaphore_for_create(
         if existing.stat.uid != os::euid() {
             return Err(not_ours("the lock's semaphore", existing.stat.uid));
         }
-        // stale: its value may be whatever a crash left; make a fresh one (never the
-        // semaphore of a segment that has the name: see above)
-        // (a segment that has the name and was stale, a crash, is reclaimed first; one that
-        // went meanwhile is gone as well: either way its semaphore may be judged now)
-        let no_segment = matches!(os::lstat(segment), Err(e) if e.raw_os_error() == Some(libc::ENOENT))
-            || matches!(super::probe_existing(segment, Reclaim::Ours)?, Probe::Gone);
+        // stale: its value may be whatever a crash left; make a fresh one, but never while a
+        // segment has the name (see above). The probe says Gone for no segment, one that
+        // went meanwhile, and a stale one (a crash), which it reclaims.
+        let no_segment = matches!(super::probe_existing(segment, Reclaim::Ours)?, Probe::Gone);
         if no_segment && unlink_if_unused(&existing) {
             continue;
         }
