@@ -119,6 +119,10 @@ fn main() {
                 .position(|a| a == "--only")
                 .and_then(|i| args.get(i + 1))
             {
+                Some(only) if only == "locks" => {
+                    note_machine();
+                    lock_pairs(plan);
+                }
                 Some(only) if only == "notify" => {
                     note_machine();
                     notify(plan);
@@ -145,14 +149,14 @@ fn main() {
                 }
                 Some(other) => {
                     eprintln!(
-                        "qshm-bench: --only {other}: `notify`, `racers`, `open_or_create`, `frames`, `queue` and `removal` are known"
+                        "qshm-bench: --only {other}: `locks`, `notify`, `racers`, `open_or_create`, `frames`, `queue` and `removal` are known"
                     )
                 }
                 None => measure(plan),
             }
         }
         _ => eprintln!(
-            "usage: qshm-bench measure [--quick] [--only notify|racers|open_or_create|frames|queue|removal]"
+            "usage: qshm-bench measure [--quick] [--only locks|notify|racers|open_or_create|frames|queue|removal]"
         ),
     }
 }
