@@ -50,6 +50,9 @@ IDLE = 1000  # idle processes of the crowded-machine cycle (qshm-bench's Plan)
 METRICS = OrderedDict([
     ("lock_unlock_ns", dict(title="uncontended lock+unlock pair", lower=True, peer=RAW, floor=CAS,
                             floors=[("Python", None), ("POSIX)", SEM_POSIX), ("System V)", SEM_SYSV)])),
+    ("fence_us", dict(title="an asymmetric fence: what a lock released by a plain store would make each "
+                            "sleeping waiter pay (see the README's benchmark notes)",
+                      lower=True, peer=None, floor="floor: getppid (a system call that does nothing)", floors=[])),
     ("cycle_4KiB_us", dict(title="create + attach + detach + destroy, 4 KiB", lower=True, peer=SHMEM,
                            floor=RAW_POSIX, floors=[("interpreter baseline", None), ("System V", RAW_SYSV)])),
     ("crowded_cycle_4KiB_us", dict(title=f"the same cycle, before and while {IDLE} idle processes run",
@@ -623,6 +626,10 @@ HOW = [
     "- **two-CAS floor (uncontended lock)**: a compare-and-swap to take and one to give back on a",
     "  MAP_SHARED word: the least a lock whose waiters sleep can do, as its release must see",
     "  atomically whether anyone sleeps (the spin floor's release is a plain store: nobody sleeps).",
+    "- **asymmetric fence**: `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` while another process that",
+    "  registered for it spins on another CPU (as a lock holder would), against `getppid`. A lock could",
+    "  give itself back with a plain store (the spin floor's release) only if every waiter paid this",
+    "  before it sleeps; qshm's Fast lock does not (one compare-and-swap each way).",
     "- **bare semaphores**: `sem_wait`+`sem_post` (POSIX) and `semop(-1)`+`semop(+1)` with `SEM_UNDO`",
     "  (System V) from Rust on the very semaphore qshm's `LockMode::QtCompatible` takes for that",
     "  segment (`SharedMemory::semaphore_key`): the floor of that mode.",

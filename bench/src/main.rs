@@ -8,6 +8,7 @@
 //!
 //! Only qshm's public API is used, so the benchmark outlives rewrites of its internals.
 
+mod fence;
 mod frames;
 #[cfg(feature = "iceoryx2")]
 mod iceoryx;
@@ -35,6 +36,8 @@ struct Plan {
     /// Repetitions of each figure (the median and spread are over these).
     runs: usize,
     lock_pairs: u64,
+    /// membarrier calls per run (`fence.rs`)
+    fence_calls: usize,
     cycles: usize,
     /// Idle processes started for the crowded-machine cycle, and cycles per run there.
     idle_procs: usize,
@@ -63,6 +66,7 @@ struct Plan {
 const FULL: Plan = Plan {
     runs: 7,
     lock_pairs: 2_000_000,
+    fence_calls: 5_000,
     cycles: 400,
     idle_procs: 1000,
     idle_cycles: 40,
@@ -85,6 +89,7 @@ const FULL: Plan = Plan {
 const QUICK: Plan = Plan {
     runs: 3,
     lock_pairs: 200_000,
+    fence_calls: 1_000,
     cycles: 40,
     idle_procs: 1000,
     idle_cycles: 5,
@@ -122,6 +127,7 @@ fn main() {
                 Some(only) if only == "locks" => {
                     note_machine();
                     lock_pairs(plan);
+                    fence::measure(plan.runs, plan.fence_calls);
                 }
                 Some(only) if only == "notify" => {
                     note_machine();
@@ -197,6 +203,7 @@ fn note_machine() {
 fn measure(plan: &Plan) {
     note_machine();
     lock_pairs(plan);
+    fence::measure(plan.runs, plan.fence_calls);
     cycles(plan);
     crowded_cycles(plan);
     racers::measure(plan.runs, plan.racer_window, plan.racer_procs);
