@@ -53,6 +53,10 @@ fn main() {
         ));
     }
     trials.push(Trial::test(
+        "posix::qt::a_co_user_who_names_the_semaphores_second_name_first_never_splits_the_lock",
+        squatted_second_name_never_splits_the_lock,
+    ));
+    trials.push(Trial::test(
         "posix::qt::a_create_waits_out_a_probe_of_the_old_semaphore",
         create_waits_out_a_probe_of_the_old_semaphore,
     ));
@@ -289,6 +293,20 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             wait_for_stdin_line();
             0
         }
+        "create-lock-hold" => {
+            // creates (mode 0600), takes the lock, and holds both until told to go
+            let (key, kind) = (&args[0], parse_kind(&args[1]));
+            let mut shm = handle(key, kind, LockMode::QtCompatible);
+            match shm.create(64, AccessMode::ReadWrite).map(|()| shm.lock()) {
+                Ok(Ok(guard)) => {
+                    std::mem::forget(guard);
+                    say("HELD");
+                }
+                Ok(Err(e)) | Err(e) => say(format!("ERROR {:?}", e.kind())),
+            }
+            wait_for_stdin_line();
+            0
+        }
         "create-native-hold" => {
             let mut shm =
                 SharedMemory::with_native_key(NativeIpcKey::new(args[0].as_str(), KeyType::SystemV));
@@ -322,6 +340,18 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             say("HELD");
             wait_for_stdin_line();
             std::mem::forget(sem);
+            0
+        }
+        "make-new-file" => {
+            // name a new file (as whoever runs this role), never opening one that exists
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&args[0])
+            {
+                Ok(_) => say("MADE"),
+                Err(e) => say(format!("ERROR {e}")),
+            }
             0
         }
         "make-file" => {
@@ -1034,6 +1064,80 @@ fn destroyer_holding_a_shared_semaphore_is_never_taken_over() -> Result<(), Fail
     check(
         tried.as_deref() == Some("BUSY"),
         format!("another process's try_lock while the new segment's lock was held: {tried:?} (two holders)"),
+    )
+}
+
+/// A co-user cannot split a segment's lock by naming a file at the second name of its POSIX
+/// semaphore (`sys/posix/semaphore_keep.rs`) first. That name follows from the lock state's,
+/// and the creator used to give it only after naming the lock state: another user who saw
+/// the lock state's name could take it, and once the Qt process that made the semaphore
+/// went away (unlinking its name), the next attacher found no way back to the semaphore
+/// the segment's users hold, made another, and took the lock beside its holder. strace
+/// orders it: the creator's every `linkat` returns 1 s late, so that the other user sees
+/// the lock state's name and makes its file before the creator goes on.
+fn squatted_second_name_never_splits_the_lock() -> Result<(), Failed> {
+    const TEST: &str = "a_co_user_who_names_the_semaphores_second_name_first_never_splits_the_lock";
+    if !strace_available(TEST) {
+        return Ok(());
+    }
+    let Some(user) = TempUser::create(TEST) else {
+        return Ok(());
+    };
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("squat");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = SharedMemory::legacy_native_key(&key, kind);
+    let sem_file = sem_path(&SystemSemaphore::legacy_native_key(&key, kind));
+    let _sem_file = RemoveFile(sem_file.clone());
+    // the creator: a 0600 segment (the other user may not even read it), locked and held
+    let exe = std::env::current_exe()?;
+    let mut creator = Peer::spawn_command(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
+            .args(["-e", "inject=linkat:delay_exit=1000000"])
+            .arg(&exe)
+            .args([key.as_str(), kind_name(kind)])
+            .env(CHILD_ENV, "create-lock-hold"),
+    );
+    // the other user, as soon as the lock state has its name: a file at the second name
+    let prefix = posix_lock_state_prefix(&native);
+    let deadline = Instant::now() + T;
+    let state = loop {
+        if let Some(name) = shm_dir_names_starting(&prefix).pop() {
+            break name;
+        }
+        if Instant::now() > deadline {
+            return Err("the creator never named a lock state".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let keep = format!("/dev/shm/qshm-lock.k.{}", &state["qshm-lock.p.".len()..]);
+    let squat = user.run("make-new-file", &[&keep]);
+    let squat = String::from_utf8_lossy(&squat.stdout).trim().to_owned();
+    let held = creator.line(T);
+    check(held == "HELD", format!("the creator: {held}"))?;
+    // the Qt process that made the semaphore exits, unlinking its name (emulated)
+    std::fs::remove_file(&sem_file)?;
+    let mut other = actor::qshm(None, &key, kind, LockMode::QtCompatible, T).ok_or("actor")?;
+    let attached = actor::ask(&mut other, "attach", T);
+    let tried = actor::ask(&mut other, "trylock", T);
+    other.send("exit");
+    other.wait(T);
+    creator.send("go");
+    creator.wait(T);
+    // (the other user's file, if it made one)
+    let _ = std::fs::remove_file(&keep);
+    check(
+        attached.as_deref() == Some("OK"),
+        format!("the other process's attach: {attached:?}"),
+    )?;
+    check(
+        tried.as_deref() == Some("BUSY"),
+        format!(
+            "another process's try_lock while the creator held the lock: {tried:?} (two holders; \
+             the other user's file at the second name: {squat})"
+        ),
     )
 }
 

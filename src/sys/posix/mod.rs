@@ -254,16 +254,31 @@ fn create_once(
     // detach): before the mapping, so that no child maps it without
     let in_child = InChild::share(std::os::fd::AsRawFd::as_raw_fd(&fd));
     let mapping = Mapping::map_file(&fd, req.size, req.writable)?;
-    // 4. name the lock state, then the segment (atomic, and fails if the name is taken):
-    //    whoever finds the segment finds its lock state. (The other order let a creator
-    //    killed in between leave a named segment without one, which an attacher took for
-    //    another program's: LockError in Fast mode.) Killed in between: a lock state whose
-    //    segment never got a name, an orphan that clean-ups remove.
+    // 4. name the semaphore's second name, the lock state, then the segment (atomic, and
+    //    fails if the name is taken): whoever finds the segment finds its lock state. (The
+    //    other order let a creator killed in between leave a named segment without one,
+    //    which an attacher took for another program's: LockError in Fast mode.) Killed in
+    //    between: a lock state whose segment never got a name, or a second name without
+    //    its lock state, orphans that clean-ups remove.
+    //    The second name follows from the lock state's, so it goes first, while nobody
+    //    else can know it (the segment file has no name yet): given after the lock state's,
+    //    another user who saw that one could name a file there first, and when the Qt
+    //    process that made the semaphore unlinked its Qt name, attachers made another
+    //    semaphore: two locks.
+    if let Some(sem) = semaphore {
+        semaphore_keep::keep(sem, id);
+    }
     let state = match prepared.publish() {
         Ok(state) => state,
         // a squatter on this identity's name: a new file gets a new identity
-        Err(CreateError::Taken) => return Ok(Made::Again),
-        Err(CreateError::Io(e)) => return Err(lock_state_failure(e)),
+        Err(CreateError::Taken) => {
+            semaphore_keep::unkeep(id);
+            return Ok(Made::Again);
+        }
+        Err(CreateError::Io(e)) => {
+            semaphore_keep::unkeep(id);
+            return Err(lock_state_failure(e));
+        }
     };
     match os::link_fd(&fd, c_path) {
         Ok(()) => {}
@@ -301,8 +316,6 @@ fn create_once(
     //    kept waiting by the exclusive flock.
     if let Some(sem) = semaphore {
         sem.add_permissions(lock_state::locker_permissions(perms));
-        // and a second name, which a Qt process that made it cannot take away
-        semaphore_keep::keep(sem, id);
     }
     // 6. let attachers in: the creator's attachment is a shared lock like theirs
     os::flock(&fd, libc::LOCK_SH)?;

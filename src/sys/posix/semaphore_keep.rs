@@ -7,7 +7,8 @@
 //! semaphore's name (Qt's creator always does), while qshm's creator and attachers keep
 //! using it, and the next attacher, finding the name free, would make another: two locks.
 //! So the creator links the semaphore it made or shared under a second name beside the
-//! lock state (`qshm-lock.k.…`, [`SegmentId::semaphore_keep_path`]), and an attacher that finds the Qt
+//! lock state (`qshm-lock.k.…`, [`SegmentId::semaphore_keep_path`]), before it names the lock
+//! state (so nobody who saw that name can take the second one first), and an attacher that finds the Qt
 //! name missing gives the same semaphore its name back from there, if the second name is
 //! still the semaphore the lock state records (device, inode, birth time). The second name
 //! goes with the lock state ([`LockState::remove`](crate::sys::lock_state::LockState)).
@@ -30,6 +31,15 @@ use super::SemaphoreFile;
 pub(super) fn keep(sem: &SemaphoreFile, id: SegmentId) {
     if let Some(Ok(path)) = id.semaphore_keep_path().map(|p| os::cstring(&p)) {
         let _ = sem.link_to(&path);
+    }
+}
+
+/// Take back the second name [`keep`] gave for segment `id`, whose lock state never got its
+/// name (with a lock state, [`LockState::remove`](crate::sys::lock_state::LockState) takes
+/// both).
+pub(super) fn unkeep(id: SegmentId) {
+    if let Some(Ok(path)) = id.semaphore_keep_path().map(|p| os::cstring(&p)) {
+        let _ = os::unlink(&path);
     }
 }
 
