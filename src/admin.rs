@@ -210,7 +210,9 @@ impl Segment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum OrphanKind {
-    /// qshm's lock state (`/dev/shm/qshm-lock.…`) of a segment of this type that is gone.
+    /// qshm's lock state (`/dev/shm/qshm-lock.…`) of a segment of this type that is gone,
+    /// or the second name of a POSIX segment's semaphore (`qshm-lock.k.…`) whose lock state
+    /// never got its name (its creator was killed in between) and that nobody has open.
     LockState(KeyType),
     /// A Qt POSIX semaphore (`/dev/shm/sem.qipc_systemsem_…`) whose segment is gone and
     /// that nobody has open.

@@ -120,6 +120,14 @@ fn main() {
         "posix::rm_stale_judges_files_by_qshms_evidence_not_mode_bits",
         mode_bits_are_no_evidence,
     ));
+    trials.push(Trial::test(
+        "posix::qt::a_semaphores_second_name_a_killed_creator_left_without_its_lock_state_goes_with_rm_stale",
+        || second_name_without_lock_state_is_swept(true),
+    ));
+    trials.push(Trial::test(
+        "posix::qt::a_semaphores_second_name_a_killed_creator_left_without_its_lock_state_goes_at_the_next_create",
+        || second_name_without_lock_state_is_swept(false),
+    ));
     trials.push(beside_cleanups(
         "posix::qt::a_create_racing_the_last_detach_never_splits_the_lock",
         create_racing_last_detach,
@@ -877,6 +885,84 @@ fn root_removes_other_users_stale() -> Result<(), Failed> {
     }
     check(removed, format!("kept: {:?}", removal.kept_foreign.len()))?;
     check(!qshm::admin::exists(&native), "still there")
+}
+
+/// A creator gives Qt's semaphore its second name before it names the lock state (so that
+/// nobody can take that name first: `sys/posix/mod.rs`, step 4); one killed in between
+/// leaves the second name without a lock state, which `rm --stale` (`by_rm_stale`) or the
+/// key's next create removes. strace kills the creator as it names the lock state (its
+/// third `linkat`: the semaphore's Qt name, its second name, the lock state).
+fn second_name_without_lock_state_is_swept(by_rm_stale: bool) -> Result<(), Failed> {
+    const TEST: &str = "a_semaphores_second_name_a_killed_creator_left_without_its_lock_state_is_swept";
+    let _alone = MACHINE_WIDE.write().unwrap_or_else(|e| e.into_inner());
+    if !strace_available(TEST) {
+        return Ok(());
+    }
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("keepleft");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let native = native(&key, kind);
+    let sem_file = sem_path(&qshm::SystemSemaphore::legacy_native_key(&key, kind));
+    let state_prefix = posix_lock_state_prefix(&native);
+    let keep_prefix = state_prefix.replacen("qshm-lock.p.", "qshm-lock.k.", 1);
+    let mut maker = Peer::spawn_command(
+        Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
+            .args(["-e", "inject=linkat:signal=KILL:when=3"])
+            .arg(std::env::current_exe()?)
+            .args([key.as_str(), kind_name(kind)])
+            .env(CHILD_ENV, "create-die"),
+    );
+    maker.wait(T);
+    let left = shm_dir_names_starting(&keep_prefix);
+    let states = shm_dir_names_starting(&state_prefix);
+    let remove_left = || {
+        for name in shm_dir_names_starting(&keep_prefix) {
+            let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+        }
+    };
+    if left.len() != 1 || !states.is_empty() || !Path::new(&sem_file).exists() {
+        remove_left();
+        return Err(format!(
+            "the killed creator left second names {left:?}, lock states {states:?}, semaphore: {}",
+            Path::new(&sem_file).exists()
+        )
+        .into());
+    }
+    let result = if by_rm_stale {
+        // orphans younger than 2 s may be someone's work in progress
+        std::thread::sleep(Duration::from_millis(2100));
+        let listed = qshm::admin::scan()?
+            .orphans
+            .iter()
+            .any(|o| o.path.to_str().is_some_and(|p| p.ends_with(&left[0])));
+        qshm::admin::remove_stale(false)?;
+        check(listed, format!("`ls` does not list {} as an orphan", left[0])).and_then(|()| {
+            check(
+                !Path::new(&sem_file).exists(),
+                format!("the semaphore {sem_file} was left after rm --stale"),
+            )
+        })
+    } else {
+        let mut next = handle(&key, kind, LockMode::QtCompatible);
+        next.create(64, AccessMode::ReadWrite)?;
+        drop(next.lock()?);
+        Ok(())
+    };
+    let after = shm_dir_names_starting(&keep_prefix);
+    let states = shm_dir_names_starting(&state_prefix);
+    remove_left();
+    result?;
+    // (after the next create, its own second name, beside its lock state)
+    let lone: Vec<&String> = after
+        .iter()
+        .filter(|k| !states.contains(&k.replacen("qshm-lock.k.", "qshm-lock.p.", 1)))
+        .collect();
+    check(
+        !after.contains(&left[0]) && lone.is_empty(),
+        format!("second names left: {after:?} (lock states: {states:?})"),
+    )
 }
 
 /// 6: files are judged by qshm's evidence (a lock state naming them), never by mode bits

@@ -49,7 +49,8 @@ fn segment_gone(id: SegmentId, posix_alive: &HashSet<SegmentId>) -> bool {
     }
 }
 
-/// qshm lock states whose segment is gone and that nobody maps.
+/// qshm lock states whose segment is gone and that nobody maps, and second names of POSIX
+/// semaphores (`sys/posix/semaphore_keep.rs`) without their lock state that nobody has open.
 fn lock_states(look: &Look) -> Vec<Orphan> {
     let posix_alive: HashSet<SegmentId> = look
         .files
@@ -57,8 +58,15 @@ fn lock_states(look: &Look) -> Vec<Orphan> {
         .filter(|f| f.is_segment())
         .map(ShmFile::id)
         .collect();
+    let names: HashSet<&str> = look.files.iter().map(|f| f.name.as_str()).collect();
     unused(look)
         .filter_map(|f| {
+            if let Some(id) = SegmentId::from_semaphore_keep_name(&f.name) {
+                return (!names.contains(id.lock_state_name().as_str())).then(|| {
+                    let kind = OrphanKind::LockState(KeyType::PosixRealtime);
+                    orphan(look, kind, &f.path, &f.name, created_ns(&f.st))
+                });
+            }
             let id = SegmentId::from_lock_state_name(&f.name)?;
             let kind = match id {
                 SegmentId::Posix { .. } => KeyType::PosixRealtime,
@@ -179,6 +187,14 @@ pub(super) fn remove(orphan: &Orphan) -> bool {
     match orphan.kind {
         OrphanKind::LockState(_) => {
             let name = path.rsplit('/').next().unwrap_or(path);
+            if let Some(id) = SegmentId::from_semaphore_keep_name(name) {
+                // a second name whose lock state never got its name (its creator was
+                // killed in between); a semaphore someone has open keeps it
+                let alone = os::cstring(&id.lock_state_path()).is_ok_and(
+                    |state| matches!(os::lstat(&state), Err(e) if e.raw_os_error() == Some(libc::ENOENT)),
+                );
+                return alone && remove_if_unused(&c_path);
+            }
             let still = match SegmentId::from_lock_state_name(name) {
                 // a POSIX segment's identity (inode and birth time) never comes back
                 Some(SegmentId::Posix { .. }) => true,

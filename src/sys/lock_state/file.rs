@@ -197,7 +197,9 @@ impl LockState {
 
     /// Remove the lock state of segment `id` (the segment is gone or going), and first the
     /// second name of its POSIX semaphore, if it has one: killed in between, a lock state
-    /// is left without it, never the other way round.
+    /// is left without it, which clean-ups remove like any other. (A second name without its
+    /// lock state, which a creator killed before it named the lock state leaves, they
+    /// remove too.)
     pub(crate) fn remove(id: SegmentId) {
         if let Some(keep) = id.semaphore_keep_path()
             && let Ok(keep) = os::cstring(&keep)

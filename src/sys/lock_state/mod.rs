@@ -360,12 +360,15 @@ mod tests {
             SegmentId::SystemV { key: -5, shmid: 1 },
         ] {
             assert_eq!(SegmentId::from_lock_state_name(&id.lock_state_name()), Some(id));
-            // a POSIX semaphore's second name is never taken for a lock state
+            // a POSIX semaphore's second name is never taken for a lock state, and tells
+            // its segment (the sweep of one left without its lock state needs that)
             if let Some(keep) = id.semaphore_keep_path() {
                 let name = keep.rsplit('/').next().unwrap_or_default();
                 assert!(name.starts_with(LOCK_STATE_PREFIX), "{name}");
                 assert_eq!(SegmentId::from_lock_state_name(name), None, "{name}");
+                assert_eq!(SegmentId::from_semaphore_keep_name(name), Some(id), "{name}");
             }
+            assert_eq!(SegmentId::from_semaphore_keep_name(&id.lock_state_name()), None);
         }
         assert_eq!(SegmentId::from_lock_state_name("qshm-lock.0123abcd"), None);
         assert_eq!(SegmentId::from_lock_state_name("qshm-lock.x.1.2.3"), None);

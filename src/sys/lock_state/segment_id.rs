@@ -85,6 +85,16 @@ impl SegmentId {
         }
     }
 
+    /// The POSIX segment whose semaphore's second name is `name`
+    /// ([`semaphore_keep_path`](Self::semaphore_keep_path)), if it is one.
+    pub(crate) fn from_semaphore_keep_name(name: &str) -> Option<SegmentId> {
+        let rest = name.strip_prefix(LOCK_STATE_PREFIX)?.strip_prefix("k.")?;
+        match SegmentId::from_lock_state_name(&format!("{LOCK_STATE_PREFIX}p.{rest}"))? {
+            id @ SegmentId::Posix { .. } => Some(id),
+            SegmentId::SystemV { .. } => None,
+        }
+    }
+
     pub(super) fn words(&self) -> [u64; 4] {
         match *self {
             SegmentId::Posix {

@@ -128,20 +128,37 @@ pub(crate) fn sweep_orphaned_lock_states(c_path: &CString) {
     let Some(prefix) = prefix.strip_suffix("0.0") else {
         return;
     };
+    // and the second names of their semaphores (`semaphore_keep.rs`)
+    let Some(keep_prefix) = SegmentId::Posix {
+        name_tag: name_tag(file_name),
+        ino: 0,
+        btime_ns: 0,
+    }
+    .semaphore_keep_path()
+    .and_then(|path| Some(path.rsplit('/').next()?.strip_suffix("0.0")?.to_owned())) else {
+        return;
+    };
     // (a scan of the whole of /dev/shm at each create and destroy: without an
     // allocation per name, as other programs may keep thousands of files there)
     let mut ours = Vec::new();
+    let mut second_names = Vec::new();
     let Ok(()) = os::for_each_name(crate::sys::SHM_DIR_C, |name| {
-        if name.to_bytes().starts_with(prefix.as_bytes())
-            && let Ok(name) = name.to_str()
-        {
-            ours.push(name.to_owned());
+        let bytes = name.to_bytes();
+        if let Ok(name) = name.to_str() {
+            if bytes.starts_with(prefix.as_bytes()) {
+                ours.push(name.to_owned());
+            } else if bytes.starts_with(keep_prefix.as_bytes()) {
+                second_names.push(name.to_owned());
+            }
         }
     }) else {
         return;
     };
     let named = os::lstat(c_path).ok().map(|st| id_of(c_path, &st));
     let me = os::euid();
+    for name in &second_names {
+        sweep_lone_second_name(name, named, &ours, me);
+    }
     for name in ours {
         let Some(id) = SegmentId::from_lock_state_name(&name) else {
             continue;
@@ -169,6 +186,33 @@ pub(crate) fn sweep_orphaned_lock_states(c_path: &CString) {
         }
         file.release();
     }
+}
+
+/// Unlink `name`, the second name of a semaphore of a segment of the key whose lock state
+/// never got its name (its creator was killed in between: the second name goes first), if
+/// nobody has the semaphore open. (One with its lock state goes with that.)
+fn sweep_lone_second_name(name: &str, named: Option<SegmentId>, lock_states: &[String], me: u32) {
+    let Some(id) = SegmentId::from_semaphore_keep_name(name) else {
+        return;
+    };
+    if Some(id) == named || lock_states.contains(&id.lock_state_name()) {
+        return;
+    }
+    let Ok(path) = os::cstring(&format!("{SHM_DIR}/{name}")) else {
+        return;
+    };
+    let Ok(file) = NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
+        return;
+    };
+    let no_lock_state = || {
+        os::cstring(&id.lock_state_path())
+            .is_ok_and(|state| matches!(os::lstat(&state), Err(e) if e.raw_os_error() == Some(libc::ENOENT)))
+    };
+    // looked at again under the lease: a creator between the two names has it open
+    if (file.stat.uid == me || me == 0) && file.alone() == Some(true) && no_lock_state() {
+        let _ = file.unlink_if_still_named();
+    }
+    file.release();
 }
 
 /// Whether, holding the segment file's exclusive `flock` (so no qshm attachment exists),
