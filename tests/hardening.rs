@@ -57,6 +57,10 @@ fn main() {
         squatted_second_name_never_splits_the_lock,
     ));
     trials.push(Trial::test(
+        "posix::qt::a_reader_attaching_while_the_semaphores_qt_name_is_missing_never_splits_the_lock",
+        reader_never_makes_the_semaphore,
+    ));
+    trials.push(Trial::test(
         "posix::qt::a_create_waits_out_a_probe_of_the_old_semaphore",
         create_waits_out_a_probe_of_the_old_semaphore,
     ));
@@ -340,6 +344,16 @@ fn child_main(role: &str, args: &[String]) -> i32 {
             say("HELD");
             wait_for_stdin_line();
             std::mem::forget(sem);
+            0
+        }
+        "attach-read-report" => {
+            // attach read-only, say how it went, and leave
+            let (key, kind) = (&args[0], parse_kind(&args[1]));
+            let mut shm = handle(key, kind, LockMode::QtCompatible);
+            match shm.attach(AccessMode::ReadOnly) {
+                Ok(()) => say("ATTACHED"),
+                Err(e) => say(format!("ERROR {:?}", e.kind())),
+            }
             0
         }
         "make-new-file" => {
@@ -1137,6 +1151,46 @@ fn squatted_second_name_never_splits_the_lock() -> Result<(), Failed> {
         format!(
             "another process's try_lock while the creator held the lock: {tried:?} (two holders; \
              the other user's file at the second name: {squat})"
+        ),
+    )
+}
+
+/// A user who may only read a segment (and so never lock it) makes no semaphore for it:
+/// while the semaphore's Qt name is missing (the Qt process that made it has gone), such
+/// a reader's attach used to make the key's semaphore anew, owned by the reader: a lock
+/// beside the one the segment's users hold, which the owner's next attach refused as
+/// another user's.
+fn reader_never_makes_the_semaphore() -> Result<(), Failed> {
+    const TEST: &str = "a_reader_attaching_while_the_semaphores_qt_name_is_missing_never_splits_the_lock";
+    let Some(user) = TempUser::create(TEST) else {
+        return Ok(());
+    };
+    let kind = KeyType::PosixRealtime;
+    let key = unique_key("reader");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let sem_file = sem_path(&SystemSemaphore::legacy_native_key(&key, kind));
+    let _sem_file = RemoveFile(sem_file.clone());
+    let mut owner = handle(&key, kind, LockMode::QtCompatible).with_permissions(0o644);
+    owner.create(64, AccessMode::ReadWrite)?;
+    let guard = owner.lock()?;
+    // the Qt process that made the semaphore exits, unlinking its name (emulated)
+    std::fs::remove_file(&sem_file)?;
+    let reader = user.run("attach-read-report", &[&key, kind_name(kind)]);
+    let reader = String::from_utf8_lossy(&reader.stdout).trim().to_owned();
+    let sem_owner = std::fs::metadata(&sem_file).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let mut other = actor::qshm(None, &key, kind, LockMode::QtCompatible, T).ok_or("actor")?;
+    let attached = actor::ask(&mut other, "attach", T);
+    let tried = actor::ask(&mut other, "trylock", T);
+    other.send("exit");
+    other.wait(T);
+    drop(guard);
+    check(reader == "ATTACHED", format!("the reader's attach: {reader}"))?;
+    check(
+        attached.as_deref() == Some("OK") && tried.as_deref() == Some("BUSY"),
+        format!(
+            "the owner's other process, while the lock was held: attach {attached:?}, try_lock {tried:?} \
+             (the semaphore's Qt name after the reader's attach: owner {sem_owner:?})"
         ),
     )
 }

@@ -385,6 +385,13 @@ fn read_memory_limit() -> u64 {
         .saturating_mul(info.mem_unit as u64)
 }
 
+/// Whether this process may write the file at `path`, by its effective user and groups
+/// (supplementary ones included), as the kernel would decide an `open` for writing.
+pub(crate) fn may_write(path: &CStr) -> bool {
+    // SAFETY: path is NUL-terminated; faccessat only looks the file up.
+    unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
+}
+
 /// The effective user id.
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -182,10 +182,13 @@ pub(super) fn semaphore_for_create(
 /// segment's lock state records (`recorded`: segment id, record) is first given its name
 /// back from its second name (`semaphore_keep.rs`): the Qt process that made it unlinked
 /// it as it exited, while the segment's users still use it. `Ok(None)`: this user may not
-/// open it (it may read the segment, not lock it).
+/// open it (it may read the segment, not lock it). A user who may not write the segment
+/// (`may_write` false) only opens one: a reader never takes a lock, so one it made would
+/// only be a second lock, and another user's, which the owner's attach refuses.
 pub(super) fn semaphore_for_attach(
     key: &NativeIpcKey,
     owner: Owner,
+    may_write: bool,
     recorded: Option<(SegmentId, [u64; 3])>,
 ) -> Result<Option<Arc<SemaphoreFile>>, Failure> {
     let path = semaphore_path(key)?;
@@ -204,7 +207,10 @@ pub(super) fn semaphore_for_attach(
             Err(OpenError::Io(e)) => return Err(semaphore_failure(&path, e)),
         }
         // missing (a Qt creator removed it when it went away): the segment's own, if it
-        // kept it; else make it, as Qt's attach does
+        // kept it; else make it, as Qt's attach does (but not for a reader)
+        if !may_write {
+            return Ok(None);
+        }
         if let Some((id, record)) = recorded
             && super::semaphore_keep::restore(&path, id, record)
         {
