@@ -61,6 +61,10 @@ fn main() {
         reader_never_makes_the_semaphore,
     ));
     trials.push(Trial::test(
+        "systemv::qt::a_reader_attaching_while_the_semaphore_set_is_missing_never_makes_it",
+        reader_never_makes_the_semaphore_set,
+    ));
+    trials.push(Trial::test(
         "posix::qt::a_create_waits_out_a_probe_of_the_old_semaphore",
         create_waits_out_a_probe_of_the_old_semaphore,
     ));
@@ -1192,6 +1196,56 @@ fn reader_never_makes_the_semaphore() -> Result<(), Failed> {
             "the owner's other process, while the lock was held: attach {attached:?}, try_lock {tried:?} \
              (the semaphore's Qt name after the reader's attach: owner {sem_owner:?})"
         ),
+    )
+}
+
+/// System V: a user who may only read a segment makes no semaphore set for it either. The
+/// set goes when the Qt process that made it goes (Qt's creator removes it; as with Qt,
+/// the lock held on it is gone with it), and a reader's attach made it anew, owned by the
+/// reader: the owner's next attach could not take the lock of its own segment.
+fn reader_never_makes_the_semaphore_set() -> Result<(), Failed> {
+    use qshm::admin::SharedMemoryExt as _;
+    const TEST: &str = "a_reader_attaching_while_the_semaphore_set_is_missing_never_makes_it";
+    let Some(user) = TempUser::create(TEST) else {
+        return Ok(());
+    };
+    let kind = KeyType::SystemV;
+    let key = unique_key("readerv");
+    let mut cleanup = Cleanup::default();
+    cleanup.key(&key, kind);
+    let mut owner = handle(&key, kind, LockMode::QtCompatible).with_permissions(0o644);
+    owner.create(64, AccessMode::ReadWrite)?;
+    drop(owner.lock()?);
+    let sem_key = SharedMemory::system_v_key(&owner.semaphore_key()).ok_or("the set's key")?;
+    let set_owner = || {
+        // SAFETY: semget and semctl take plain values; IPC_STAT fills the struct given.
+        unsafe {
+            let id = libc::semget(sem_key, 0, 0);
+            let mut ds: libc::semid_ds = std::mem::zeroed();
+            (id >= 0 && libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) == 0)
+                .then_some((id, ds.sem_perm.uid))
+        }
+    };
+    let (id, _) = set_owner().ok_or("no set after the owner's lock")?;
+    // the Qt process that made the set exits, removing it (emulated)
+    // SAFETY: semctl IPC_RMID takes plain values.
+    check(unsafe { libc::semctl(id, 0, libc::IPC_RMID) } == 0, "IPC_RMID")?;
+    let reader = user.run("attach-read-report", &[&key, kind_name(kind)]);
+    let reader = String::from_utf8_lossy(&reader.stdout).trim().to_owned();
+    let made = set_owner();
+    let mut other = actor::qshm(None, &key, kind, LockMode::QtCompatible, T).ok_or("actor")?;
+    let attached = actor::ask(&mut other, "attach", T);
+    let tried = actor::ask(&mut other, "trylock", T);
+    other.send("exit");
+    other.wait(T);
+    check(reader == "ATTACHED", format!("the reader's attach: {reader}"))?;
+    check(
+        made.is_none_or(|(_, uid)| uid == 0),
+        format!("the reader's attach made the set: {made:?}"),
+    )?;
+    check(
+        attached.as_deref() == Some("OK") && tried.as_deref() == Some("OK"),
+        format!("the owner's other process: attach {attached:?}, try_lock {tried:?}"),
     )
 }
 

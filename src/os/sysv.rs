@@ -20,6 +20,43 @@ pub(crate) fn ftok(path: &CStr, id: i32) -> io::Result<libc::key_t> {
     }
 }
 
+/// Whether this process may write an IPC object with permissions `perm`, as the kernel's
+/// `ipcperms` decides: the owner's bits for its owner or creator, the group's for a member
+/// of its group or its creator's (supplementary groups included), else the others'; root
+/// always (it acts on owners' behalf). Hand-written: no system call answers this for an
+/// IPC object without trying the access itself (`faccessat` is for files).
+pub(crate) fn ipc_may_write(perm: &libc::ipc_perm) -> bool {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid == 0 {
+        return true;
+    }
+    let in_group = |g: libc::gid_t| g == gid || supplementary_groups().contains(&g);
+    let mode = u32::from(perm.mode);
+    let bits = if uid == perm.uid || uid == perm.cuid {
+        mode >> 6
+    } else if in_group(perm.gid) || in_group(perm.cgid) {
+        mode >> 3
+    } else {
+        mode
+    };
+    bits & 0o2 != 0
+}
+
+/// This process's supplementary groups (empty if they cannot be read).
+fn supplementary_groups() -> Vec<libc::gid_t> {
+    // SAFETY: a size of 0 asks only for the count.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let Ok(len) = usize::try_from(n) else {
+        return Vec::new();
+    };
+    let mut groups = vec![0; len];
+    // SAFETY: groups has room for len entries.
+    let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    groups.truncate(usize::try_from(n).unwrap_or(0));
+    groups
+}
+
 /// Whether the kernel has System V IPC: Qt's `runtimeSupportCheck` asks for something
 /// that must fail (a set of -1 semaphores, a segment of `usize::MAX` bytes) and looks
 /// whether it failed for want of the system call (`ENOSYS`).

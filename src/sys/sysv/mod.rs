@@ -422,19 +422,21 @@ fn attach_locked(
     if os::shm_stat(id).is_ok_and(|ds| ds.shm_perm.mode & os::SHM_DEST != 0) {
         return Err(Failure::new(SharedMemoryError::NotFound));
     }
+    let locker_perms = lock_state::locker_permissions(owner.perms);
     let semaphore = match mode {
-        LockMode::QtCompatible => match Semaphore::open_holding(
-            &req.semaphore,
-            1,
-            SemaphoreMode::Open,
-            lock_state::locker_permissions(owner.perms),
-            key_file,
-        ) {
-            Ok(sem) => Some(Arc::new(sem)),
-            // a reader of another user's segment: it may not alter the set
-            Err(f) if f.kind == SharedMemoryError::PermissionDenied => None,
-            Err(f) => return Err(f),
-        },
+        // a user who may only read the segment never makes its set (nor its key file): a
+        // set it made would be a second lock, and another user's to the owner
+        LockMode::QtCompatible if !os::ipc_may_write(&ds.shm_perm) => {
+            Semaphore::open_if_there(&req.semaphore, locker_perms)?.map(Arc::new)
+        }
+        LockMode::QtCompatible => {
+            match Semaphore::open_holding(&req.semaphore, 1, SemaphoreMode::Open, locker_perms, key_file) {
+                Ok(sem) => Some(Arc::new(sem)),
+                // a reader of another user's segment: it may not alter the set
+                Err(f) if f.kind == SharedMemoryError::PermissionDenied => None,
+                Err(f) => return Err(f),
+            }
+        }
         LockMode::Fast => None,
     };
     let state = match state {

@@ -78,6 +78,33 @@ impl Semaphore {
         })
     }
 
+    /// The semaphore of `key` if it exists, for a user who may not make it (one who may
+    /// only read the segment, and so never locks it): `Ok(None)` when there is no key file
+    /// or no set at its key, or this user may not open the set. It makes nothing.
+    pub(super) fn open_if_there(key: &NativeIpcKey, perms: u32) -> Result<Option<Semaphore>, Failure> {
+        let path = key_path(key)?;
+        let project_id = project_id(key);
+        let sysv_key = match ftok_key(&path, project_id) {
+            Ok(k) => k,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(key_file_failure(&path, e)),
+        };
+        let id = match os::semget(sysv_key, (perms & 0o777) as libc::c_int) {
+            Ok(id) => id,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EACCES)) => return Ok(None),
+            Err(e) => return Err(Failure::from(e)),
+        };
+        Ok(Some(Semaphore {
+            id: AtomicI32::new(id),
+            path,
+            project_id,
+            perms,
+            initial: 1,
+            created: AtomicBool::new(false),
+            made_file: Mutex::new(None),
+        }))
+    }
+
     /// Find or make the semaphore at `path`'s `ftok` key, under the key file's lock (so a
     /// destroyer removing it and its key file never interleaves). `held`: a key file the
     /// caller has locked already (for a native key, the segment's and the semaphore's
