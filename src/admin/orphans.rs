@@ -8,7 +8,7 @@ use super::look::{Look, ShmFile, qt_name};
 use super::{Orphan, OrphanKind};
 use crate::key::{IpcType, KeyType, LegacyName, NativeIpcKey};
 use crate::os;
-use crate::sys::lock_state::{LOCK_STATE_PREFIX, SegmentId};
+use crate::sys::lock_state::{LOCK_STATE_PREFIX, LockState, SegmentId};
 use crate::sys::named_file::{FileLock, NamedFile};
 use crate::sys::procfs;
 use crate::sys::{posix, sysv};
@@ -190,10 +190,7 @@ pub(super) fn remove(orphan: &Orphan) -> bool {
             if let Some(id) = SegmentId::from_semaphore_keep_name(name) {
                 // a second name whose lock state never got its name (its creator was
                 // killed in between); a semaphore someone has open keeps it
-                let alone = os::cstring(&id.lock_state_path()).is_ok_and(
-                    |state| matches!(os::lstat(&state), Err(e) if e.raw_os_error() == Some(libc::ENOENT)),
-                );
-                return alone && remove_if_unused(&c_path);
+                return LockState::missing(id) && remove_if_unused(&c_path);
             }
             let still = match SegmentId::from_lock_state_name(name) {
                 // a POSIX segment's identity (inode and birth time) never comes back
@@ -203,10 +200,8 @@ pub(super) fn remove(orphan: &Orphan) -> bool {
             };
             let removed = still && name.starts_with(LOCK_STATE_PREFIX) && remove_if_unused(&c_path);
             // and the second name of its POSIX semaphore (`sys/posix/semaphore_keep.rs`)
-            if let (true, Some(id)) = (removed, SegmentId::from_lock_state_name(name))
-                && let Some(Ok(keep)) = id.semaphore_keep_path().map(|p| os::cstring(&p))
-            {
-                let _ = os::unlink(&keep);
+            if let (true, Some(id)) = (removed, SegmentId::from_lock_state_name(name)) {
+                LockState::remove_second_name(id);
             }
             removed
         }

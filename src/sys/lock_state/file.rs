@@ -201,14 +201,25 @@ impl LockState {
     /// lock state, which a creator killed before it named the lock state leaves, they
     /// remove too.)
     pub(crate) fn remove(id: SegmentId) {
-        if let Some(keep) = id.semaphore_keep_path()
-            && let Ok(keep) = os::cstring(&keep)
-        {
-            let _ = os::unlink(&keep);
-        }
+        LockState::remove_second_name(id);
         if let Ok(path) = os::cstring(&id.lock_state_path()) {
             let _ = os::unlink(&path);
         }
+    }
+
+    /// Unlink the second name of segment `id`'s POSIX semaphore
+    /// (`sys/posix/semaphore_keep.rs`), if it has one.
+    pub(crate) fn remove_second_name(id: SegmentId) {
+        if let Some(Ok(keep)) = id.semaphore_keep_path().map(|p| os::cstring(&p)) {
+            let _ = os::unlink(&keep);
+        }
+    }
+
+    /// Whether segment `id` has no lock state: its name does not exist (`ENOENT`; any other
+    /// answer is no evidence that it is missing).
+    pub(crate) fn missing(id: SegmentId) -> bool {
+        os::cstring(&id.lock_state_path())
+            .is_ok_and(|path| os::lstat(&path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)))
     }
 
     /// What the lock state of `id` records of the objects qshm made with its segment (key

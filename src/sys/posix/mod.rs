@@ -179,11 +179,8 @@ const HALF_MADE_ROUNDS: usize = 8;
 /// Whether the segment file named `c_path` has no lock state (made by another program,
 /// or by a qshm creator killed before it named the lock state).
 fn lacks_lock_state(c_path: &std::ffi::CString) -> bool {
-    NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0).is_ok_and(|file| {
-        let id = id_of(c_path, &file.stat);
-        os::cstring(&id.lock_state_path())
-            .is_ok_and(|p| os::lstat(&p).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)))
-    })
+    NamedFile::open(c_path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+        .is_ok_and(|file| LockState::missing(id_of(c_path, &file.stat)))
 }
 
 /// What one round of creating came to.
@@ -272,11 +269,11 @@ fn create_once(
         Ok(state) => state,
         // a squatter on this identity's name: a new file gets a new identity
         Err(CreateError::Taken) => {
-            semaphore_keep::unkeep(id);
+            LockState::remove_second_name(id);
             return Ok(Made::Again);
         }
         Err(CreateError::Io(e)) => {
-            semaphore_keep::unkeep(id);
+            LockState::remove_second_name(id);
             return Err(lock_state_failure(e));
         }
     };

@@ -180,9 +180,7 @@ pub(crate) fn sweep_orphaned_lock_states(c_path: &CString) {
             && matches!(file.unlink_if_still_named(), Ok(true))
         {
             // and the second name of its semaphore (`semaphore_keep.rs`), if it has one
-            if let Some(Ok(keep)) = id.semaphore_keep_path().map(|p| os::cstring(&p)) {
-                let _ = os::unlink(&keep);
-            }
+            LockState::remove_second_name(id);
         }
         file.release();
     }
@@ -204,12 +202,8 @@ fn sweep_lone_second_name(name: &str, named: Option<SegmentId>, lock_states: &[S
     let Ok(file) = NamedFile::open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
         return;
     };
-    let no_lock_state = || {
-        os::cstring(&id.lock_state_path())
-            .is_ok_and(|state| matches!(os::lstat(&state), Err(e) if e.raw_os_error() == Some(libc::ENOENT)))
-    };
     // looked at again under the lease: a creator between the two names has it open
-    if (file.stat.uid == me || me == 0) && file.alone() == Some(true) && no_lock_state() {
+    if (file.stat.uid == me || me == 0) && file.alone() == Some(true) && LockState::missing(id) {
         let _ = file.unlink_if_still_named();
     }
     file.release();

@@ -34,15 +34,6 @@ pub(super) fn keep(sem: &SemaphoreFile, id: SegmentId) {
     }
 }
 
-/// Take back the second name [`keep`] gave for segment `id`, whose lock state never got its
-/// name (with a lock state, [`LockState::remove`](crate::sys::lock_state::LockState) takes
-/// both).
-pub(super) fn unkeep(id: SegmentId) {
-    if let Some(Ok(path)) = id.semaphore_keep_path().map(|p| os::cstring(&p)) {
-        let _ = os::unlink(&path);
-    }
-}
-
 /// The Qt name `sem_path` is missing: name the semaphore that `recorded` (the lock
 /// state's record: device, inode, birth ns) says is segment `id`'s again, from its second
 /// name. Whether it did (or someone else named one meanwhile: open that).
