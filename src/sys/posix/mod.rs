@@ -470,7 +470,7 @@ pub(crate) fn attach(key: &NativeIpcKey, req: &AttachRequest) -> Result<Attached
             (LockMode::QtCompatible, state) => match semaphore_for_attach(
                 &req.semaphore,
                 owner,
-                os::may_write(&c_path),
+                &c_path,
                 state
                     .as_ref()
                     .and_then(|s| s.semaphore())

@@ -1,7 +1,7 @@
 //! Qt's POSIX semaphores by key: the one a segment's lock takes (made with the segment,
 //! found by attachers), and `SystemSemaphore`'s backend, all on [`SemaphoreFile`].
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,12 +183,12 @@ pub(super) fn semaphore_for_create(
 /// back from its second name (`semaphore_keep.rs`): the Qt process that made it unlinked
 /// it as it exited, while the segment's users still use it. `Ok(None)`: this user may not
 /// open it (it may read the segment, not lock it). A user who may not write the segment
-/// (`may_write` false) only opens one: a reader never takes a lock, so one it made would
-/// only be a second lock, and another user's, which the owner's attach refuses.
+/// (at `segment`) only opens one: a reader never takes a lock, so one it made would only be
+/// a second lock, and another user's, which the owner's attach refuses.
 pub(super) fn semaphore_for_attach(
     key: &NativeIpcKey,
     owner: Owner,
-    may_write: bool,
+    segment: &CStr,
     recorded: Option<(SegmentId, [u64; 3])>,
 ) -> Result<Option<Arc<SemaphoreFile>>, Failure> {
     let path = semaphore_path(key)?;
@@ -208,7 +208,8 @@ pub(super) fn semaphore_for_attach(
         }
         // missing (a Qt creator removed it when it went away): the segment's own, if it
         // kept it; else make it, as Qt's attach does (but not for a reader)
-        if !may_write {
+        // (asked only now: most attaches find the semaphore, and need no system call more)
+        if !os::may_write(segment) {
             return Ok(None);
         }
         if let Some((id, record)) = recorded

@@ -432,7 +432,7 @@ fn attach_locked(
         LockMode::QtCompatible => {
             match Semaphore::open_holding(&req.semaphore, 1, SemaphoreMode::Open, locker_perms, key_file) {
                 Ok(sem) => Some(Arc::new(sem)),
-                // a reader of another user's segment: it may not alter the set
+                // another user's set this user may not alter (readers went the other way)
                 Err(f) if f.kind == SharedMemoryError::PermissionDenied => None,
                 Err(f) => return Err(f),
             }
